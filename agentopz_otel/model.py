@@ -1,0 +1,112 @@
+"""The data that flows through a pipeline: the OTLP request plus one canonical view per span."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+LLM = "llm"
+TOOL = "tool"
+AGENT = "agent"
+OTHER = "other"
+
+# Call status values for agentopz_llm_calls_total / agentopz_tool_calls_total{status}.
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+STATUS_RATE_LIMITED = "rate_limited"
+STATUS_TIMEOUT = "timeout"
+STATUS_SERVER_ERROR = "server_error"
+STATUS_CLIENT_ERROR = "client_error"
+UPSTREAM_ERROR_STATUSES = frozenset({STATUS_RATE_LIMITED, STATUS_TIMEOUT, STATUS_SERVER_ERROR})
+
+
+class SpanView:
+    """Everything the pipeline needs from one span, read once by normalize.
+
+    Token counts follow the GenAI semantic conventions: `input_tokens` includes cache reads and
+    writes, `output_tokens` includes reasoning. `None` means the span did not say.
+    """
+
+    __slots__ = (
+        "agent",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost",
+        "cost_source",
+        "duration",
+        "end_time",
+        "enriched",
+        "finish_reason",
+        "input_tokens",
+        "kind",
+        "model",
+        "output_tokens",
+        "parent_span_id",
+        "prompt_version",
+        "provider",
+        "reasoning_tokens",
+        "reported_cost",
+        "service",
+        "span",
+        "span_id",
+        "status",
+        "system_source",
+        "tool",
+        "trace_id",
+        "version_attribute",
+    )
+
+    def __init__(self, span: Span, service: str) -> None:
+        self.span = span
+        self.service = service
+        self.trace_id: bytes = span.trace_id
+        self.span_id: bytes = span.span_id
+        self.parent_span_id: bytes = span.parent_span_id
+        self.end_time: int = span.end_time_unix_nano
+        elapsed = span.end_time_unix_nano - span.start_time_unix_nano
+        self.duration: float | None = elapsed / 1e9 if elapsed >= 0 else None
+        self.kind = OTHER
+        self.status = STATUS_OK
+        self.provider = ""
+        self.model = ""
+        self.agent: str | None = None
+        self.tool: str | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.cache_read_tokens: int | None = None
+        self.cache_write_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
+        self.finish_reason: str | None = None
+        self.reported_cost: float | None = None
+        self.prompt_version: str | None = None
+        # (format, raw) of the system instructions, for the prompt-version hash.
+        self.system_source: tuple[str, str] | None = None
+        self.cost: float | None = None
+        self.cost_source: str | None = None
+        # The span already carries agentopz.cost.source / agentopz.prompt.version (never overwritten).
+        self.enriched = False
+        self.version_attribute = False
+
+    def set_attribute(self, key: str, value: str | float | int) -> None:
+        """Add an attribute to the forwarded span (callers never overwrite the user's own)."""
+        if isinstance(value, str):
+            any_value = AnyValue(string_value=value)
+        elif isinstance(value, bool):
+            any_value = AnyValue(bool_value=value)
+        elif isinstance(value, int):
+            any_value = AnyValue(int_value=value)
+        else:
+            any_value = AnyValue(double_value=value)
+        self.span.attributes.append(KeyValue(key=key, value=any_value))
+
+
+@dataclass
+class Batch:
+    """One accepted export request on its way through a pipeline."""
+
+    request: ExportTraceServiceRequest
+    span_count: int
+    views: list[SpanView] = field(default_factory=list)

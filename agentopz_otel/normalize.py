@@ -1,0 +1,479 @@
+"""Normalize: read each span once into a SpanView, whatever instrumentation dialect produced it.
+
+The dialects are data: `DIALECT_TABLE` lists, per canonical field, the attribute names that carry it
+in priority order (newest convention first). A span is scanned once; for each field the
+highest-priority attribute present wins, so duplicate and deprecated names are never added up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from pydantic import BaseModel, ConfigDict
+
+from .components import Context, Factory
+from .metrics import Counter, Family
+from .model import (
+    AGENT,
+    LLM,
+    OTHER,
+    STATUS_CLIENT_ERROR,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_RATE_LIMITED,
+    STATUS_SERVER_ERROR,
+    STATUS_TIMEOUT,
+    TOOL,
+    Batch,
+    SpanView,
+)
+
+# A token count above this is treated as invalid input, not priced (a hostile or broken sender
+# must not be able to put 2**63 tokens into a counter).
+MAX_TOKENS = 10**10
+MAX_REPORTED_COST_USD = 1e6
+
+INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
+SKIP: Any = object()  # the attribute is there but says nothing about this field
+
+Converter = Callable[[AnyValue], Any]
+
+
+def _text(value: AnyValue) -> Any:
+    if value.WhichOneof("value") != "string_value":
+        return INVALID
+    return value.string_value or SKIP
+
+
+def _number(value: AnyValue) -> float | None:
+    which = value.WhichOneof("value")
+    if which == "int_value":
+        return value.int_value
+    if which == "double_value":
+        return value.double_value
+    if which == "string_value":
+        try:
+            return float(value.string_value)
+        except ValueError:
+            return None
+    return None
+
+
+def _token_count(value: AnyValue) -> Any:
+    number = _number(value)
+    if number is None or not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_TOKENS:
+        return INVALID
+    return int(number)
+
+
+def _usd(value: AnyValue) -> Any:
+    number = _number(value)
+    if number is None or not math.isfinite(number) or not 0 <= number <= MAX_REPORTED_COST_USD:
+        return INVALID
+    return float(number)
+
+
+def _integer(value: AnyValue) -> Any:
+    number = _number(value)
+    return int(number) if number is not None and math.isfinite(number) else INVALID
+
+
+def _first_text(value: AnyValue) -> Any:
+    """A string, or the first string of an array (finish reasons come as either)."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value or SKIP
+    if which == "array_value":
+        for item in value.array_value.values:
+            if item.string_value:
+                return item.string_value
+        return SKIP
+    return INVALID
+
+
+def _present(value: AnyValue) -> Any:
+    return True
+
+
+def _one_of(mapping: Mapping[str, str]) -> Converter:
+    def convert(value: AnyValue) -> Any:
+        return mapping.get(value.string_value, SKIP)
+
+    return convert
+
+
+def _tagged(tag: str) -> Converter:
+    def convert(value: AnyValue) -> Any:
+        text = _text(value)
+        return text if text is INVALID or text is SKIP else (tag, text)
+
+    return convert
+
+
+# Span kinds by operation, per dialect.
+_SEMCONV_OPERATIONS = {
+    "chat": LLM,
+    "generate_content": LLM,
+    "text_completion": LLM,
+    "embeddings": LLM,
+    "execute_tool": TOOL,
+    "invoke_agent": AGENT,
+    "invoke_workflow": AGENT,
+}
+_OPENINFERENCE_KINDS = {"LLM": LLM, "EMBEDDING": LLM, "TOOL": TOOL, "AGENT": AGENT}
+_TRACELOOP_KINDS = {"workflow": AGENT, "agent": AGENT, "tool": TOOL}
+_TRACELOOP_REQUEST_TYPES = {"chat": LLM, "completion": LLM, "embedding": LLM}
+_VERCEL_OPERATIONS = {
+    "ai.generateText": AGENT,
+    "ai.streamText": AGENT,
+    "ai.generateObject": AGENT,
+    "ai.streamObject": AGENT,
+    "ai.generateText.doGenerate": LLM,
+    "ai.streamText.doStream": LLM,
+    "ai.generateObject.doGenerate": LLM,
+    "ai.streamObject.doStream": LLM,
+    "ai.embed.doEmbed": LLM,
+    "ai.embedMany.doEmbed": LLM,
+    "ai.toolCall": TOOL,
+}
+
+# (field, converter, attribute names in priority order). Rows for the same field continue its order.
+DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
+    ("kind", _one_of(_SEMCONV_OPERATIONS), ("gen_ai.operation.name",)),
+    ("kind", _one_of(_OPENINFERENCE_KINDS), ("openinference.span.kind",)),
+    ("kind", _one_of(_TRACELOOP_KINDS), ("traceloop.span.kind",)),
+    ("kind", _one_of(_VERCEL_OPERATIONS), ("ai.operationId",)),
+    ("kind", _one_of(_TRACELOOP_REQUEST_TYPES), ("llm.request.type",)),
+    ("provider", _text, ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system", "ai.model.provider")),
+    (
+        "model",
+        _text,
+        (
+            "gen_ai.response.model",
+            "gen_ai.request.model",
+            "llm.response.model_name",
+            "llm.model_name",
+            "llm.request.model_name",
+            "ai.response.model",
+            "ai.model.id",
+            "langfuse.observation.model.name",
+        ),
+    ),
+    (
+        "input_tokens",
+        _token_count,
+        (
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.prompt_tokens",
+            "llm.token_count.prompt",
+            "ai.usage.inputTokens",
+            "ai.usage.promptTokens",
+        ),
+    ),
+    (
+        "output_tokens",
+        _token_count,
+        (
+            "gen_ai.usage.output_tokens",
+            "gen_ai.usage.completion_tokens",
+            "llm.token_count.completion",
+            "ai.usage.outputTokens",
+            "ai.usage.completionTokens",
+        ),
+    ),
+    (
+        "cache_read_tokens",
+        _token_count,
+        (
+            "gen_ai.usage.cache_read.input_tokens",
+            "gen_ai.usage.cache_read_input_tokens",
+            "llm.token_count.prompt_details.cache_read",
+            "ai.usage.cachedInputTokens",
+        ),
+    ),
+    (
+        "cache_write_tokens",
+        _token_count,
+        (
+            "gen_ai.usage.cache_write.input_tokens",
+            "gen_ai.usage.cache_creation.input_tokens",
+            "gen_ai.usage.cache_creation_input_tokens",
+            "gen_ai.usage.cache_write_input_tokens",
+            "llm.token_count.prompt_details.cache_write",
+        ),
+    ),
+    (
+        "reasoning_tokens",
+        _token_count,
+        (
+            "gen_ai.usage.reasoning.output_tokens",
+            "gen_ai.usage.reasoning_tokens",
+            "gen_ai.usage.details.reasoning_tokens",
+            "llm.token_count.completion_details.reasoning",
+            "ai.usage.reasoningTokens",
+        ),
+    ),
+    ("reported_cost", _usd, ("operation.cost", "gen_ai.usage.cost.amount", "gen_ai.usage.cost", "llm.cost.total")),
+    ("agent", _text, ("gen_ai.agent.name", "agent.name", "ai.telemetry.functionId", "agent_name")),
+    ("tool", _text, ("gen_ai.tool.name", "tool.name", "ai.toolCall.name")),
+    ("entity_name", _text, ("traceloop.entity.name", "traceloop.workflow.name")),
+    (
+        "finish_reason",
+        _first_text,
+        ("gen_ai.response.finish_reasons", "llm.finish_reason", "ai.response.finishReason"),
+    ),
+    (
+        "prompt_version",
+        _text,
+        (
+            "agentopz.prompt.version",
+            "llm.prompt_template.version",
+            "traceloop.prompt.version",
+            "langfuse.observation.prompt.version",
+            "langfuse.prompt.version",
+            "gen_ai.agent.version",
+        ),
+    ),
+    ("system_source", _tagged("parts"), ("gen_ai.system_instructions",)),
+    ("system_source", _tagged("messages"), ("gen_ai.input.messages",)),
+    ("system_source", _tagged("vercel_prompt"), ("ai.prompt",)),
+    ("first_role", _text, ("llm.input_messages.0.message.role", "gen_ai.prompt.0.role")),
+    ("first_content", _text, ("llm.input_messages.0.message.content", "gen_ai.prompt.0.content")),
+    ("error_type", _text, ("error.type",)),
+    ("tool_status", _text, ("gen_ai.tool.status",)),
+    ("http_status", _integer, ("http.response.status_code", "http.status_code")),
+    ("enriched", _present, ("agentopz.cost.source",)),
+    ("version_attribute", _present, ("agentopz.prompt.version",)),
+)
+
+
+def build_attribute_table(rows=DIALECT_TABLE) -> dict[str, tuple[str, int, Converter]]:
+    """attribute name -> (field, priority, converter); lower priority wins within a field."""
+    table: dict[str, tuple[str, int, Converter]] = {}
+    order: dict[str, int] = {}
+    for field, converter, names in rows:
+        for name in names:
+            priority = order.get(field, 0)
+            order[field] = priority + 1
+            table[name] = (field, priority, converter)
+    return table
+
+
+ATTRIBUTE_TABLE = build_attribute_table()
+
+# Provider names as instrumentations spell them -> the provider id used in labels and pricing.
+PROVIDER_ALIASES = {
+    "az.ai.openai": "azure",
+    "azure.ai.openai": "azure",
+    "az.ai.inference": "azure",
+    "azure.ai.inference": "azure",
+    "azure_openai": "azure",
+    "vertex_ai": "google",
+    "gcp.vertex_ai": "google",
+    "gemini": "google",
+    "gcp.gemini": "google",
+    "gcp.gen_ai": "google",
+    "google.generative-ai": "google",
+    "google.vertex": "google",
+    "aws.bedrock": "aws",
+    "bedrock": "aws",
+    "amazon-bedrock": "aws",
+    "mistral_ai": "mistral",
+    "mistralai": "mistral",
+    "x_ai": "x-ai",
+    "xai": "x-ai",
+    "openai.chat": "openai",
+    "openai.responses": "openai",
+    "openai.completion": "openai",
+    "anthropic.messages": "anthropic",
+}
+
+# Failed calls by HTTP status, then by words in error.type / status message / exception type.
+_HTTP_STATUS_CLASSES = {429: STATUS_RATE_LIMITED, 408: STATUS_TIMEOUT, 504: STATUS_TIMEOUT}
+_ERROR_TEXT_CLASSES = (
+    (STATUS_RATE_LIMITED, ("429", "ratelimit", "rate_limit", "rate limit", "too many requests", "resource_exhausted")),
+    (STATUS_TIMEOUT, ("timeout", "timed out", "deadline", "504")),
+    (
+        STATUS_SERVER_ERROR,
+        (
+            "500",
+            "502",
+            "503",
+            "529",
+            "internalserver",
+            "internal server",
+            "unavailable",
+            "overloaded",
+            "badgateway",
+            "bad gateway",
+            "apiconnection",
+            "server_error",
+        ),
+    ),
+    (
+        STATUS_CLIENT_ERROR,
+        (
+            "400",
+            "401",
+            "403",
+            "404",
+            "422",
+            "badrequest",
+            "authentication",
+            "permissiondenied",
+            "notfound",
+            "invalid_request",
+            "unprocessable",
+        ),
+    ),
+)
+_FAILED_TOOL_STATUSES = frozenset({"error", "failed", "failure"})
+
+
+def classify_failure(span: Span, error_type: str | None, http_status: int | None) -> str:
+    """Why a failed call failed: rate_limited, timeout, server_error, client_error or error."""
+    if http_status is not None and http_status >= 400:
+        return _HTTP_STATUS_CLASSES.get(http_status, STATUS_SERVER_ERROR if http_status >= 500 else STATUS_CLIENT_ERROR)
+    words = [error_type or "", span.status.message]
+    words.extend(
+        attribute.value.string_value
+        for event in span.events
+        if event.name == "exception"
+        for attribute in event.attributes
+        if attribute.key in ("exception.type", "exception.message")
+    )
+    text = " ".join(words).lower()
+    for status, needles in _ERROR_TEXT_CLASSES:
+        if any(needle in text for needle in needles):
+            return status
+    return STATUS_ERROR
+
+
+class NormalizeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Normalizer:
+    """Turns an OTLP request into SpanViews; counts attributes whose values cannot be used."""
+
+    def __init__(self, invalid_attributes: Family[Counter]) -> None:
+        self._table = ATTRIBUTE_TABLE
+        self._invalid = invalid_attributes
+
+    def process(self, batch: Batch) -> None:
+        batch.views = self.views(batch.request)
+
+    def views(self, request: ExportTraceServiceRequest) -> list[SpanView]:
+        views = []
+        for resource_spans in request.resource_spans:
+            service = service_name(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    views.append(self.view(span, service))
+        return views
+
+    def view(self, span: Span, service: str) -> SpanView:
+        table = self._table
+        found: dict[str, tuple[int, Any]] = {}
+        for attribute in span.attributes:
+            entry = table.get(attribute.key)
+            if entry is None:
+                continue
+            field, priority, convert = entry
+            previous = found.get(field)
+            if previous is not None and previous[0] <= priority:
+                continue
+            value = convert(attribute.value)
+            if value is SKIP:
+                continue
+            if value is INVALID:
+                self._invalid.series((attribute.key,)).value += 1
+                continue
+            found[field] = (priority, value)
+        values = {field: value for field, (_, value) in found.items()}
+        view = SpanView(span, service)
+        self._fill(view, span, values)
+        return view
+
+    @staticmethod
+    def _fill(view: SpanView, span: Span, values: dict[str, Any]) -> None:
+        get = values.get
+        view.model = get("model", "")
+        provider = get("provider", "")
+        view.provider = PROVIDER_ALIASES.get(provider, provider).lower()
+        input_tokens = get("input_tokens")
+        output_tokens = get("output_tokens")
+        cache_read = get("cache_read_tokens")
+        cache_write = get("cache_write_tokens")
+        reasoning = get("reasoning_tokens")
+        kind = get("kind")
+        if kind is None:
+            kind = LLM if view.model and (input_tokens is not None or output_tokens is not None) else OTHER
+        view.kind = kind
+        # Some providers report cache and reasoning tokens beside the input/output counts rather than
+        # inside them; the canonical view always includes them.
+        cached = (cache_read or 0) + (cache_write or 0)
+        if cached and (input_tokens is None or input_tokens < cached):
+            input_tokens = (input_tokens or 0) + cached
+        if reasoning and (output_tokens is None or output_tokens < reasoning):
+            output_tokens = (output_tokens or 0) + reasoning
+        view.input_tokens = input_tokens
+        view.output_tokens = output_tokens
+        view.cache_read_tokens = cache_read
+        view.cache_write_tokens = cache_write
+        view.reasoning_tokens = reasoning
+        view.reported_cost = get("reported_cost")
+        view.finish_reason = get("finish_reason")
+        view.prompt_version = get("prompt_version")
+        view.enriched = "enriched" in values
+        view.version_attribute = "version_attribute" in values
+        view.agent = get("agent")
+        view.tool = get("tool")
+        if kind == AGENT and view.agent is None:
+            view.agent = get("entity_name")
+        elif kind == TOOL and view.tool is None:
+            view.tool = get("entity_name") or _name_after(span.name, "execute_tool ") or span.name
+        system_source = get("system_source")
+        if system_source is None and get("first_role") == "system" and "first_content" in values:
+            system_source = ("text", values["first_content"])
+        view.system_source = system_source
+        error_type = get("error_type")
+        failed = (
+            span.status.code == Status.STATUS_CODE_ERROR
+            or error_type is not None
+            or get("tool_status", "").lower() in _FAILED_TOOL_STATUSES
+        )
+        if failed:
+            view.status = classify_failure(span, error_type, get("http_status")) if kind != TOOL else STATUS_ERROR
+        else:
+            view.status = STATUS_OK
+
+
+def _name_after(name: str, prefix: str) -> str | None:
+    return name[len(prefix) :] or None if name.startswith(prefix) else None
+
+
+def service_name(resource_attributes) -> str:
+    for attribute in resource_attributes:
+        if attribute.key == "service.name":
+            return attribute.value.string_value or "unknown_service"
+    return "unknown_service"
+
+
+def _create(component_id: str, config: NormalizeConfig, context: Context) -> Normalizer:
+    return Normalizer(
+        context.metrics.counter(
+            "agentopz_invalid_attributes_total",
+            "GenAI attributes ignored because their value is unusable (negative or non-numeric tokens, ...).",
+            ("attribute",),
+            bounded=False,
+        )
+    )
+
+
+FACTORY = Factory(type="normalize", kind="processor", config_type=NormalizeConfig, create=_create)

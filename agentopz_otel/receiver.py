@@ -1,0 +1,431 @@
+"""OTLP receiver: TraceService over gRPC and POST /v1/traces over HTTP (protobuf or JSON, gzip).
+
+Duties from the OTLP specification: a request-size limit applied after decompression (413),
+415 for an unsupported content type, 400 with a google.rpc.Status body for undecodable data,
+partial success when some spans are invalid (the rest are kept), and 503 + Retry-After
+(gRPC UNAVAILABLE + RetryInfo) when the pipeline cannot take more.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError, Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from .components import Consumer, Context, Factory
+from .metrics import Counter, Family
+from .model import Batch
+from .netaddr import Endpoint, parse_endpoint
+
+log = logging.getLogger("agentopz_otel.receiver")
+
+TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
+_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+class GrpcProtocol(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Endpoint = "127.0.0.1:4317"
+    max_concurrent_requests: int = Field(default=64, ge=1)
+
+
+class HttpProtocol(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Endpoint = "127.0.0.1:4318"
+
+
+class Protocols(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grpc: GrpcProtocol | None = None
+    http: HttpProtocol | None = None
+
+
+class BearerAuth(BaseModel):
+    """Require `Authorization: Bearer <token>` on both transports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BearerAuth:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token or token_file")
+        return self
+
+    def secret(self) -> bytes:
+        if self.token is not None:
+            return self.token.get_secret_value().encode()
+        assert self.token_file is not None
+        return self.token_file.read_text().strip().encode()
+
+
+class OtlpReceiverConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    protocols: Protocols = Field(default_factory=lambda: Protocols(grpc=GrpcProtocol(), http=HttpProtocol()))
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="after decompression")
+    max_inflight_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="HTTP bodies being read at once, in total"
+    )
+    retry_after_seconds: float = Field(default=5.0, gt=0)
+    auth: BearerAuth | None = None
+
+    @model_validator(mode="after")
+    def _some_protocol(self) -> OtlpReceiverConfig:
+        if self.protocols.grpc is None and self.protocols.http is None:
+            raise ValueError("enable at least one of protocols.grpc or protocols.http")
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ValueError("max_inflight_bytes must be at least max_request_bytes")
+        return self
+
+
+class Backpressure(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"the pipeline is full, retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Accepted:
+    rejected_spans: int
+    error_message: str
+
+
+class RequestError(Exception):
+    """A request rejected as a whole: HTTP status plus the google.rpc code for the Status body."""
+
+    def __init__(self, http_status: int, grpc_code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.grpc_code = grpc_code
+
+
+def _is_valid_span(span) -> bool:
+    return (
+        len(span.trace_id) == 16
+        and span.trace_id != _ZERO_TRACE_ID
+        and len(span.span_id) == 8
+        and span.span_id != _ZERO_SPAN_ID
+        and len(span.parent_span_id) in (0, 8)
+    )
+
+
+def remove_invalid_spans(request: ExportTraceServiceRequest) -> tuple[int, int]:
+    """Drop spans with malformed ids in place; returns (spans seen, spans removed)."""
+    total = removed = 0
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            spans = scope_spans.spans
+            total += len(spans)
+            bad = [index for index, span in enumerate(spans) if not _is_valid_span(span)]
+            for index in reversed(bad):
+                del spans[index]
+            removed += len(bad)
+    return total, removed
+
+
+def _hex_ids_to_base64(node: dict) -> None:
+    for key in _ID_KEYS:
+        value = node.get(key)
+        if isinstance(value, str):
+            try:
+                raw = bytes.fromhex(value)
+            except ValueError:
+                raw = b"\x00"  # not hex: becomes an invalid id, so only this span is rejected
+            node[key] = base64.b64encode(raw).decode()
+
+
+def _children(node: object, *keys: str) -> list:
+    if not isinstance(node, dict):
+        return []
+    for key in keys:
+        value = node.get(key)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
+    """OTLP/JSON: ids are hex (protobuf's JSON mapping would expect base64), unknown fields ignored."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, f"invalid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, "the JSON body must be an object")
+    for resource_spans in _children(document, "resourceSpans", "resource_spans"):
+        for scope_spans in _children(resource_spans, "scopeSpans", "scope_spans"):
+            for span in _children(scope_spans, "spans"):
+                if isinstance(span, dict):
+                    _hex_ids_to_base64(span)
+                    for link in _children(span, "links"):
+                        if isinstance(link, dict):
+                            _hex_ids_to_base64(link)
+    request = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, RecursionError, TypeError, ValueError) as error:
+        raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, f"not an OTLP trace request: {error}") from None
+    return request
+
+
+def parse_protobuf_request(body: bytes) -> ExportTraceServiceRequest:
+    try:
+        return ExportTraceServiceRequest.FromString(body)
+    except (DecodeError, RecursionError) as error:
+        raise RequestError(
+            400, grpc.StatusCode.INVALID_ARGUMENT, f"not a valid ExportTraceServiceRequest: {error}"
+        ) from None
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """Decompress with the size limit applied to the output, so a gzip bomb stops at `limit`."""
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, f"invalid gzip body: {error}") from None
+    if len(data) > limit:
+        raise RequestError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"body exceeds {limit} bytes after gzip")
+    return data
+
+
+class OtlpReceiver:
+    def __init__(self, component_id: str, config: OtlpReceiverConfig, context: Context) -> None:
+        self.id = component_id
+        self._config = config
+        self._consumer: Consumer | None = None
+        self._secret = config.auth.secret() if config.auth else None
+        self._inflight_bytes = 0
+        self._grpc_server: grpc.aio.Server | None = None
+        self._http_runner: web.AppRunner | None = None
+        metrics = context.metrics
+        self._received: Family[Counter] = metrics.counter(
+            "agentopz_receiver_spans_total", "Spans received, by transport.", ("transport",), bounded=False
+        )
+        self._rejected: Family[Counter] = metrics.counter(
+            "agentopz_receiver_rejected_spans_total",
+            "Spans not accepted, by reason (invalid_id, backpressure).",
+            ("reason",),
+            bounded=False,
+        )
+        self._rejected_requests: Family[Counter] = metrics.counter(
+            "agentopz_receiver_rejected_requests_total",
+            "Whole requests rejected, by reason (decode, too_large, media_type, unauthenticated, busy).",
+            ("transport", "reason"),
+            bounded=False,
+        )
+
+    # -- shared by both transports -------------------------------------------------------------
+
+    def accept(self, request: ExportTraceServiceRequest, transport: str) -> Accepted:
+        assert self._consumer is not None
+        total, removed = remove_invalid_spans(request)
+        self._received.series((transport,)).value += total
+        if removed:
+            self._rejected.series(("invalid_id",)).value += removed
+        kept = total - removed
+        if kept:
+            retry_after = self._consumer.retry_after(kept)
+            if retry_after is not None:
+                self._rejected.series(("backpressure",)).value += kept
+                raise Backpressure(max(retry_after, self._config.retry_after_seconds))
+            self._consumer.consume(Batch(request, kept))
+        message = (
+            f"{removed} span(s) rejected: trace_id must be 16 bytes and span_id 8, not all zero" if removed else ""
+        )
+        return Accepted(removed, message)
+
+    def _authorized(self, header: str | None) -> bool:
+        if self._secret is None:
+            return True
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), self._secret)
+
+    @staticmethod
+    def _response(accepted: Accepted) -> ExportTraceServiceResponse:
+        response = ExportTraceServiceResponse()
+        if accepted.rejected_spans:
+            response.partial_success.rejected_spans = accepted.rejected_spans
+            response.partial_success.error_message = accepted.error_message
+        return response
+
+    # -- gRPC ----------------------------------------------------------------------------------
+
+    async def _grpc_export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        metadata = dict(context.invocation_metadata() or ())
+        if not self._authorized(metadata.get("authorization")):
+            self._rejected_requests.series(("grpc", "unauthenticated")).value += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        try:
+            accepted = self.accept(parse_protobuf_request(body), "grpc")
+        except RequestError as error:
+            self._rejected_requests.series(("grpc", "decode")).value += 1
+            await context.abort(error.grpc_code, str(error))
+        except Backpressure as busy:
+            self._rejected_requests.series(("grpc", "busy")).value += 1
+            status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(busy))
+            retry = error_details_pb2.RetryInfo(retry_delay=Duration(seconds=math.ceil(busy.retry_after)))
+            status.details.add().Pack(retry)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                str(busy),
+                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+            )
+        return self._response(accepted).SerializeToString()
+
+    async def _start_grpc(self, protocol: GrpcProtocol) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._config.max_request_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=protocol.max_concurrent_requests,
+        )
+        handler = grpc.unary_unary_rpc_method_handler(self._grpc_export)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TRACE_SERVICE, {"Export": handler}),))
+        host, port = parse_endpoint(protocol.endpoint)
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise OSError(f"receiver {self.id}: cannot listen for OTLP/gRPC on {protocol.endpoint} (port in use?)")
+        await server.start()
+        self._grpc_server = server
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._config.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"body exceeds {limit} bytes")
+        chunks = []
+        size = 0
+        try:
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                self._inflight_bytes += len(chunk)
+                chunks.append(chunk)
+                if size > limit:
+                    raise RequestError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"body exceeds {limit} bytes")
+                if self._inflight_bytes > self._config.max_inflight_bytes:
+                    raise Backpressure(self._config.retry_after_seconds)
+            return b"".join(chunks)
+        finally:
+            self._inflight_bytes -= size
+
+    def _status_response(self, status: int, code: int, message: str, json_body: bool, headers=None) -> web.Response:
+        return _message_response(status_pb2.Status(code=code, message=message), json_body, status, headers)
+
+    async def _http_export(self, request: web.Request) -> web.Response:
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        json_body = content_type == JSON
+        if not self._authorized(request.headers.get("Authorization")):
+            self._rejected_requests.series(("http", "unauthenticated")).value += 1
+            return self._status_response(401, code_pb2.UNAUTHENTICATED, "missing or wrong bearer token", json_body)
+        if content_type not in (PROTOBUF, JSON):
+            self._rejected_requests.series(("http", "media_type")).value += 1
+            return self._status_response(
+                415,
+                code_pb2.INVALID_ARGUMENT,
+                f"unsupported Content-Type {content_type!r}; use {PROTOBUF} or {JSON}",
+                False,
+            )
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("gzip", "identity", ""):
+            self._rejected_requests.series(("http", "media_type")).value += 1
+            return self._status_response(
+                415, code_pb2.INVALID_ARGUMENT, f"unsupported Content-Encoding {encoding!r}", json_body
+            )
+        try:
+            body = await self._read_body(request)
+            if encoding == "gzip":
+                body = gunzip(body, self._config.max_request_bytes)
+            parsed = parse_json_request(body) if json_body else parse_protobuf_request(body)
+            accepted = self.accept(parsed, "http")
+        except RequestError as error:
+            reason = "too_large" if error.http_status == 413 else "decode"
+            self._rejected_requests.series(("http", reason)).value += 1
+            return self._status_response(error.http_status, error.grpc_code.value[0], str(error), json_body)
+        except Backpressure as busy:
+            self._rejected_requests.series(("http", "busy")).value += 1
+            headers = {"Retry-After": str(math.ceil(busy.retry_after))}
+            return self._status_response(503, code_pb2.UNAVAILABLE, str(busy), json_body, headers)
+        return _message_response(self._response(accepted), json_body)
+
+    async def _start_http(self, protocol: HttpProtocol) -> None:
+        # aiohttp's own limit is a backstop; _read_body enforces the configured one with a clear error.
+        app = web.Application(client_max_size=self._config.max_request_bytes + 1)
+        app.router.add_post("/v1/traces", self._http_export)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = parse_endpoint(protocol.endpoint)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise OSError(
+                f"receiver {self.id}: cannot listen for OTLP/HTTP on {protocol.endpoint}: {error.strerror}"
+            ) from None
+        self._http_runner = runner
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        protocols = self._config.protocols
+        if protocols.grpc is not None:
+            await self._start_grpc(protocols.grpc)
+        if protocols.http is not None:
+            await self._start_http(protocols.http)
+
+    async def shutdown(self) -> None:
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace=2.0)
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+
+
+def _message_response(
+    message: Message, json_body: bool, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = json_format.MessageToJson(message, indent=None).encode() if json_body else message.SerializeToString()
+    response = web.Response(body=body, status=status, headers=headers)
+    response.content_type = JSON if json_body else PROTOBUF
+    return response
+
+
+def _create(component_id: str, config: OtlpReceiverConfig, context: Context) -> OtlpReceiver:
+    return OtlpReceiver(component_id, config, context)
+
+
+FACTORY = Factory(type="otlp", kind="receiver", config_type=OtlpReceiverConfig, create=_create)

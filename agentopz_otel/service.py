@@ -1,0 +1,158 @@
+"""The core: builds components from config, wires pipelines, serves the admin port, runs until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from .components import Context
+from .config import ComponentConfig, Config
+from .metrics import Registry
+from .model import Batch
+from .netaddr import parse_endpoint
+
+log = logging.getLogger("agentopz_otel")
+
+
+@dataclass
+class Pipeline:
+    name: str
+    processors: list[Any]
+    exporters: list[Any]
+
+    def retry_after(self, span_count: int) -> float | None:
+        delays = [d for e in self.exporters if (d := e.retry_after(span_count)) is not None]
+        return max(delays) if delays else None
+
+    def consume(self, batch: Batch) -> None:
+        for processor in self.processors:
+            processor.process(batch)
+        for exporter in self.exporters:
+            exporter.export(batch)
+
+
+@dataclass
+class FanOut:
+    """What a receiver feeds: every pipeline that lists it, each with its own copy of the data."""
+
+    pipelines: list[Pipeline] = field(default_factory=list)
+
+    def retry_after(self, span_count: int) -> float | None:
+        delays = [d for p in self.pipelines if (d := p.retry_after(span_count)) is not None]
+        return max(delays) if delays else None
+
+    def consume(self, batch: Batch) -> None:
+        for pipeline in self.pipelines[1:]:
+            request = ExportTraceServiceRequest()
+            request.CopyFrom(batch.request)
+            pipeline.consume(Batch(request, batch.span_count))
+        self.pipelines[0].consume(batch)
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Registry(config.service.cardinality)
+        self.context = Context(metrics=self.metrics)
+        self.receivers = {cid: self._create(c) for cid, c in config.receivers.items()}
+        self.exporters = {cid: self._create(c) for cid, c in config.exporters.items()}
+        self.fanouts = {cid: FanOut() for cid in self.receivers}
+        self.pipelines: list[Pipeline] = []
+        for name, spec in config.service.pipelines.items():
+            # Processors keep state (open runs), so each pipeline gets its own instances.
+            pipeline = Pipeline(
+                name,
+                [self._create(config.processors[pid]) for pid in spec.processors],
+                [self.exporters[eid] for eid in spec.exporters],
+            )
+            self.pipelines.append(pipeline)
+            for rid in spec.receivers:
+                self.fanouts[rid].pipelines.append(pipeline)
+        self._admin: web.AppRunner | None = None
+        self._ready = False
+        self._stopped = asyncio.Event()
+
+    def _create(self, component: ComponentConfig) -> Any:
+        return component.factory.create(component.id, component.config, self.context)
+
+    def _stateful(self) -> list[Any]:
+        """Processors and exporters that have a start/shutdown lifecycle, in pipeline order."""
+        seen: list[Any] = []
+        for pipeline in self.pipelines:
+            for component in (*pipeline.processors, *pipeline.exporters):
+                if hasattr(component, "start") and all(component is not s for s in seen):
+                    seen.append(component)
+        return seen
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready:
+            return web.Response(text="ready\n")
+        return web.Response(text="not ready\n", status=503)
+
+    async def _start_admin(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        paths = set()
+        for method, path, handler in self.context.admin_routes:
+            if path in paths:
+                raise ValueError(f"two components serve {path} on the admin port; configure only one")
+            paths.add(path)
+            app.router.add_route(method, path, handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        endpoint = self.config.service.admin.endpoint
+        host, port = parse_endpoint(endpoint)
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as error:
+            await runner.cleanup()
+            raise OSError(f"admin server: cannot listen on {endpoint}: {error.strerror}") from None
+        self._admin = runner
+
+    async def start(self) -> None:
+        await self._start_admin()
+        for component in self._stateful():
+            await component.start()
+        for rid, receiver in self.receivers.items():
+            await receiver.start(self.fanouts[rid])
+        self._ready = True
+        log.info(
+            "agentopz-otel ready: admin on %s, pipelines %s",
+            self.config.service.admin.endpoint,
+            ", ".join(p.name for p in self.pipelines),
+        )
+
+    async def shutdown(self) -> None:
+        """Stop taking data, then let every stateful component flush within the shutdown timeout."""
+        self._ready = False
+        for receiver in self.receivers.values():
+            await receiver.shutdown()
+        timeout = self.config.service.shutdown_timeout_seconds
+        for component in self._stateful():
+            await component.shutdown(timeout)
+        if self._admin is not None:
+            await self._admin.cleanup()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGINT/SIGTERM, then shut down cleanly."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.shutdown()
