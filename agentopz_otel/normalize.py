@@ -248,7 +248,6 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
     ("tool_status", _text, ("gen_ai.tool.status",)),
     ("http_status", _integer, ("http.response.status_code", "http.status_code")),
     ("enriched", _present, ("agentopz.cost.source",)),
-    ("version_attribute", _present, ("agentopz.prompt.version",)),
 )
 
 
@@ -258,6 +257,8 @@ def build_attribute_table(rows=DIALECT_TABLE) -> dict[str, tuple[str, int, Conve
     order: dict[str, int] = {}
     for field, converter, names in rows:
         for name in names:
+            if name in table:
+                raise ValueError(f"{name} is listed twice in the dialect table")
             priority = order.get(field, 0)
             order[field] = priority + 1
             table[name] = (field, priority, converter)
@@ -398,6 +399,8 @@ class Normalizer:
         values = {field: value for field, (_, value) in found.items()}
         view = SpanView(span, service)
         self._fill(view, span, values)
+        # Priority 0 of prompt_version is our own agentopz.prompt.version: the span has one already.
+        view.version_attribute = found.get("prompt_version", (None,))[0] == 0
         return view
 
     @staticmethod
@@ -431,7 +434,6 @@ class Normalizer:
         view.finish_reason = get("finish_reason")
         view.prompt_version = get("prompt_version")
         view.enriched = "enriched" in values
-        view.version_attribute = "version_attribute" in values
         view.agent = get("agent")
         view.tool = get("tool")
         if kind == AGENT and view.agent is None:

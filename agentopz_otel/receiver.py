@@ -385,7 +385,8 @@ class OtlpReceiver:
         # aiohttp's own limit is a backstop; _read_body enforces the configured one with a clear error.
         app = web.Application(client_max_size=self._config.max_request_bytes + 1)
         app.router.add_post("/v1/traces", self._http_export)
-        runner = web.AppRunner(app, access_log=None)
+        # Decompression is ours (gunzip) so the size limit applies to the decompressed body.
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()
         host, port = parse_endpoint(protocol.endpoint)
         site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from .components import Context
 from .config import ComponentConfig, Config
+from .exporters.prometheus import metrics_handler
 from .metrics import Registry
 from .model import Batch
 from .netaddr import parse_endpoint
@@ -102,6 +103,7 @@ class Service:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", metrics_handler(self.metrics))
         paths = set()
         for method, path, handler in self.context.admin_routes:
             if path in paths:

@@ -1,11 +1,11 @@
-"""Prometheus exporter: per-call LLM and tool metrics, and /metrics exposition of every metric.
+"""Prometheus exporter: per-call LLM and tool metrics; /metrics exposition of every metric family.
 
 Exposition is text or OpenMetrics by content negotiation (OpenMetrics carries the exemplars).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -75,8 +75,6 @@ def _buckets(histogram: Histogram) -> list:
 
 class PrometheusExporter:
     def __init__(self, registry: Registry) -> None:
-        self.exposition = CollectorRegistry(auto_describe=False)
-        self.exposition.register(RegistryCollector(registry))
         labels = ("service", "agent", "provider", "model")
         self._llm_calls = registry.counter(
             "agentopz_llm_calls_total", "LLM calls by outcome status.", (*labels, "status")
@@ -127,15 +125,21 @@ class PrometheusExporter:
                 if view.duration is not None:
                     self._tool_duration.series(labels).observe(view.duration)
 
-    async def handle_metrics(self, request: web.Request) -> web.Response:
+
+def metrics_handler(registry: Registry) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The admin port's /metrics: every family of `registry`, text or OpenMetrics as the scraper asks."""
+    exposition = CollectorRegistry(auto_describe=False)
+    exposition.register(RegistryCollector(registry))
+
+    async def handle(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.exposition), headers={"Content-Type": content_type})
+        return web.Response(body=encoder(exposition), headers={"Content-Type": content_type})
+
+    return handle
 
 
 def _create(component_id: str, config: PrometheusConfig, context: Context) -> PrometheusExporter:
-    exporter = PrometheusExporter(context.metrics)
-    context.admin_routes.append(("GET", "/metrics", exporter.handle_metrics))
-    return exporter
+    return PrometheusExporter(context.metrics)
 
 
 FACTORY = Factory(type="prometheus", kind="exporter", config_type=PrometheusConfig, create=_create)

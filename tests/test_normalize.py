@@ -1,0 +1,280 @@
+"""Normalize reads every dialect of the reference page into the same canonical view."""
+
+from __future__ import annotations
+
+import pytest
+from spans import make_request, make_span
+
+from agentopz_otel.metrics import Registry
+from agentopz_otel.model import AGENT, LLM, OTHER, TOOL
+from agentopz_otel.normalize import FACTORY, Normalizer
+
+
+@pytest.fixture
+def normalizer() -> tuple[Normalizer, Registry]:
+    from agentopz_otel.components import Context
+
+    registry = Registry()
+    return FACTORY.create("normalize", FACTORY.config_type(), Context(metrics=registry)), registry
+
+
+def view_of(normalizer, attrs, name="span", error=False, service="svc"):
+    norm, _ = normalizer
+    return norm.views(make_request([make_span(name, attrs, error=error)], service=service))[0]
+
+
+def tokens(view):
+    return (
+        view.input_tokens,
+        view.output_tokens,
+        view.cache_read_tokens,
+        view.cache_write_tokens,
+        view.reasoning_tokens,
+    )
+
+
+# One chat call of 1200 input (200 cached) and 300 output tokens, as each dialect reports it.
+DIALECTS = {
+    "semconv": {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.response.model": "gpt-4o-2024-08-06",
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.output_tokens": 300,
+        "gen_ai.usage.cache_read.input_tokens": 200,
+    },
+    "semconv_deprecated": {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": "gpt-4o-2024-08-06",
+        "gen_ai.usage.prompt_tokens": 1200,
+        "gen_ai.usage.completion_tokens": 300,
+        "gen_ai.usage.cache_read_input_tokens": 200,
+    },
+    "openinference": {
+        "openinference.span.kind": "LLM",
+        "llm.system": "openai",
+        "llm.model_name": "gpt-4o-2024-08-06",
+        "llm.token_count.prompt": 1200,
+        "llm.token_count.completion": 300,
+        "llm.token_count.total": 1500,
+        "llm.token_count.prompt_details.cache_read": 200,
+    },
+    "openllmetry": {
+        "llm.request.type": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.response.model": "gpt-4o-2024-08-06",
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.output_tokens": 300,
+        "gen_ai.usage.total_tokens": 1500,
+        "llm.usage.total_tokens": 1500,
+        "gen_ai.usage.cache_read.input_tokens": 200,
+    },
+    "vercel": {
+        "ai.operationId": "ai.generateText.doGenerate",
+        "ai.model.provider": "openai.chat",
+        "ai.model.id": "gpt-4o-2024-08-06",
+        "ai.usage.inputTokens": 1200,
+        "ai.usage.outputTokens": 300,
+        "ai.usage.cachedInputTokens": 200,
+    },
+    "vercel_legacy": {
+        "ai.operationId": "ai.generateText.doGenerate",
+        "ai.model.provider": "openai.chat",
+        "ai.model.id": "gpt-4o-2024-08-06",
+        "ai.usage.promptTokens": 1200,
+        "ai.usage.completionTokens": 300,
+    },
+    "strands": {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": "gpt-4o-2024-08-06",
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.prompt_tokens": 1200,
+        "gen_ai.usage.output_tokens": 300,
+        "gen_ai.usage.completion_tokens": 300,
+        "gen_ai.usage.total_tokens": 1500,
+        "gen_ai.usage.cache_read_input_tokens": 200,
+    },
+    "langfuse_model": {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "langfuse.observation.model.name": "gpt-4o-2024-08-06",
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.output_tokens": 300,
+        "gen_ai.usage.cache_read.input_tokens": 200,
+    },
+}
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+def test_every_dialect_gives_the_same_chat_call(normalizer, dialect):
+    view = view_of(normalizer, DIALECTS[dialect])
+    assert view.kind == LLM
+    assert view.provider == "openai"
+    assert view.model == "gpt-4o-2024-08-06"
+    cached = None if dialect == "vercel_legacy" else 200
+    assert tokens(view) == (1200, 300, cached, None, None)
+
+
+def test_newest_name_wins_and_duplicates_are_not_added(normalizer):
+    view = view_of(
+        normalizer,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "m",
+            "gen_ai.usage.prompt_tokens": 999,  # deprecated duplicate, listed first on the wire
+            "gen_ai.usage.input_tokens": 100,
+            "gen_ai.usage.cache_creation_input_tokens": 7,
+            "gen_ai.usage.cache_write.input_tokens": 10,
+        },
+    )
+    assert view.input_tokens == 100
+    assert view.cache_write_tokens == 10
+
+
+def test_pydantic_ai_aggregated_usage_on_agent_span_is_not_a_call(normalizer):
+    view = view_of(
+        normalizer,
+        {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "support",
+            "gen_ai.aggregated_usage.input_tokens": 5000,
+            "gen_ai.aggregated_usage.output_tokens": 800,
+            "gen_ai.request.model": "gpt-4o",
+        },
+        name="invoke_agent support",
+    )
+    assert view.kind == AGENT
+    assert view.agent == "support"
+    assert tokens(view) == (None, None, None, None, None)
+
+
+def test_pydantic_ai_chat_uses_operation_cost_and_details(normalizer):
+    view = view_of(
+        normalizer,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.system": "openai",
+            "gen_ai.request.model": "o3-mini",
+            "gen_ai.usage.input_tokens": 50,
+            "gen_ai.usage.output_tokens": 500,
+            "gen_ai.usage.details.reasoning_tokens": 400,
+            "operation.cost": 0.0123,
+        },
+    )
+    assert tokens(view) == (50, 500, None, None, 400)
+    assert view.reported_cost == 0.0123
+
+
+def test_cache_and_reasoning_reported_beside_totals_are_folded_in(normalizer):
+    view = view_of(
+        normalizer,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "claude",
+            "gen_ai.usage.input_tokens": 20,  # excludes the cache, as some providers count
+            "gen_ai.usage.cache_read.input_tokens": 1000,
+            "gen_ai.usage.cache_creation.input_tokens": 500,
+            "gen_ai.usage.output_tokens": 10,
+            "gen_ai.usage.reasoning.output_tokens": 40,
+        },
+    )
+    assert tokens(view) == (1520, 50, 1000, 500, 40)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "kind", "agent", "tool"),
+    [
+        ({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "a"}, AGENT, "a", None),
+        ({"gen_ai.operation.name": "invoke_workflow"}, AGENT, None, None),
+        ({"openinference.span.kind": "AGENT", "agent.name": "oi"}, AGENT, "oi", None),
+        ({"traceloop.span.kind": "workflow", "traceloop.workflow.name": "wf"}, AGENT, "wf", None),
+        ({"traceloop.span.kind": "agent", "traceloop.entity.name": "tl"}, AGENT, "tl", None),
+        ({"ai.operationId": "ai.generateText", "ai.telemetry.functionId": "fn"}, AGENT, "fn", None),
+        ({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}, TOOL, None, "search"),
+        ({"openinference.span.kind": "TOOL", "tool.name": "calc"}, TOOL, None, "calc"),
+        ({"traceloop.span.kind": "tool", "traceloop.entity.name": "lookup"}, TOOL, None, "lookup"),
+        ({"ai.operationId": "ai.toolCall", "ai.toolCall.name": "weather"}, TOOL, None, "weather"),
+        ({"openinference.span.kind": "CHAIN"}, OTHER, None, None),
+        ({"http.method": "GET"}, OTHER, None, None),
+    ],
+)
+def test_span_kinds_and_names(normalizer, attrs, kind, agent, tool):
+    view = view_of(normalizer, attrs)
+    assert (view.kind, view.agent, view.tool) == (kind, agent, tool)
+
+
+def test_tool_name_falls_back_to_span_name(normalizer):
+    view = view_of(normalizer, {"gen_ai.operation.name": "execute_tool"}, name="execute_tool fetch_page")
+    assert view.tool == "fetch_page"
+
+
+@pytest.mark.parametrize(
+    ("attrs", "status"),
+    [
+        ({"error.type": "429"}, "rate_limited"),
+        ({"error.type": "openai.RateLimitError"}, "rate_limited"),
+        ({"error.type": "APITimeoutError"}, "timeout"),
+        ({"error.type": "InternalServerError"}, "server_error"),
+        ({"error.type": "x", "http.response.status_code": 503}, "server_error"),
+        ({"error.type": "x", "http.response.status_code": 429}, "rate_limited"),
+        ({"error.type": "BadRequestError"}, "client_error"),
+        ({"error.type": "ValueError"}, "error"),
+    ],
+)
+def test_failed_llm_calls_are_classified(normalizer, attrs, status):
+    base = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
+    assert view_of(normalizer, {**base, **attrs}, error=True).status == status
+
+
+def test_ok_and_failed_tool_status(normalizer):
+    base = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "t"}
+    assert view_of(normalizer, base).status == "ok"
+    assert view_of(normalizer, base, error=True).status == "error"
+    assert view_of(normalizer, {**base, "gen_ai.tool.status": "error"}).status == "error"
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [("az.ai.openai", "azure"), ("gcp.vertex_ai", "google"), ("aws.bedrock", "aws"), ("Anthropic", "anthropic")],
+)
+def test_provider_aliases(normalizer, provider, expected):
+    view = view_of(normalizer, {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider})
+    assert view.provider == expected
+
+
+@pytest.mark.parametrize("bad", [-5, "many", 1.5, 10**12, float("nan")])
+def test_unusable_token_counts_are_ignored_and_counted(normalizer, bad):
+    _, registry = normalizer
+    view = view_of(
+        normalizer,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.input_tokens": bad,
+            "gen_ai.usage.output_tokens": 300,
+        },
+    )
+    assert view.input_tokens is None
+    assert view.output_tokens == 300
+    invalid = dict(next(f for f in registry.families if f.name == "agentopz_invalid_attributes_total").items())
+    assert invalid[("gen_ai.usage.input_tokens",)].value == 1
+
+
+def test_numeric_strings_are_accepted(normalizer):
+    view = view_of(normalizer, {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "42"})
+    assert view.input_tokens == 42
+
+
+def test_finish_reason_from_array_and_string(normalizer):
+    assert view_of(normalizer, {"gen_ai.response.finish_reasons": ["length"]}).finish_reason == "length"
+    assert view_of(normalizer, {"llm.finish_reason": "stop"}).finish_reason == "stop"
+
+
+def test_service_name_and_ids(normalizer):
+    view = view_of(normalizer, {}, service="billing")
+    assert view.service == "billing"
+    assert view.duration == pytest.approx(0.25)
