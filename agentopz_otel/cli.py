@@ -18,8 +18,13 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=config.service.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+
+    async def serve() -> None:
+        # Built inside the event loop: asyncio and grpc.aio objects bind to the running loop.
+        await Service(config).run()
+
     try:
-        asyncio.run(Service(config).run())
+        asyncio.run(serve())
     except OSError as error:
         print(f"agentopz-otel: {error}", file=sys.stderr)
         return 1

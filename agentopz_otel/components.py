@@ -74,8 +74,9 @@ def _builtin_factories() -> list[Factory]:
     from .normalize import FACTORY as normalize
     from .prompt_version import FACTORY as prompt_version
     from .receiver import FACTORY as otlp_receiver
+    from .runs import FACTORY as runs
 
-    return [otlp_receiver, normalize, cost, prompt_version, prometheus, otlp_exporter]
+    return [otlp_receiver, normalize, cost, prompt_version, runs, prometheus, otlp_exporter]
 
 
 def factories() -> dict[tuple[ComponentKind, str], Factory]:

@@ -9,7 +9,7 @@ Exposition goes through prometheus_client's collector interface (exporters/prome
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -145,6 +145,8 @@ class Registry:
         self.cardinality = cardinality or CardinalityConfig()
         self.families: list[Family] = []
         self._by_name: dict[str, Family] = {}
+        # Called before each exposition, for gauges computed from state (runs in flight).
+        self.before_collect: list[Callable[[], None]] = []
         self._limiters: dict[str, LabelLimiter] = {}
         self.label_overflow = self.counter(
             "agentopz_label_overflow_total",

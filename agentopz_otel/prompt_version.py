@@ -89,7 +89,11 @@ class PromptVersionProcessor:
 
     def process(self, batch: Batch) -> None:
         for view in batch.views:
-            if view.kind == LLM or view.kind == AGENT:
+            # An agent span with nothing to go on is left to the runs processor, which versions the run
+            # by its LLM calls.
+            if view.kind == LLM or (
+                view.kind == AGENT and (view.prompt_version or view.system_source or self._extra_attributes)
+            ):
                 self.assign(view)
 
     def _explicit(self, view: SpanView) -> str | None:

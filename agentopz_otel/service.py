@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .components import Context
@@ -27,15 +29,26 @@ class Pipeline:
     processors: list[Any]
     exporters: list[Any]
 
+    def __post_init__(self) -> None:
+        # Processors that emit data later (finished runs) send it on through the rest of the pipeline.
+        for index, processor in enumerate(self.processors):
+            if hasattr(processor, "connect"):
+                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs)
+
     def retry_after(self, span_count: int) -> float | None:
         delays = [d for e in self.exporters if (d := e.retry_after(span_count)) is not None]
         return max(delays) if delays else None
 
-    def consume(self, batch: Batch) -> None:
-        for processor in self.processors:
+    def consume(self, batch: Batch, start: int = 0) -> None:
+        for processor in self.processors[start:]:
             processor.process(batch)
         for exporter in self.exporters:
             exporter.export(batch)
+
+    def export_logs(self, request: ExportLogsServiceRequest, count: int) -> None:
+        for exporter in self.exporters:
+            if hasattr(exporter, "export_logs"):
+                exporter.export_logs(request, count)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""OTLP exporter: forwards the enriched spans to any OTLP backend over gRPC or HTTP.
+"""OTLP exporter: forwards the enriched spans (and run-log records) to any OTLP backend over gRPC or HTTP.
 
 Requests are queued as serialized bytes. Concatenated ExportTraceServiceRequest encodings are
 themselves a valid request holding all their spans (repeated fields append on the wire), so a
@@ -21,17 +21,18 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..components import Context, Factory
+from ..metrics import Registry
 from ..model import Batch
 
 log = logging.getLogger("agentopz_otel.exporter.otlp")
 
-TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _RETRYABLE_GRPC = frozenset(
     {
         grpc.StatusCode.CANCELLED,
@@ -75,7 +76,9 @@ class BatchConfig(BaseModel):
 class OtlpExporterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: str = Field(description="http(s)://host:port; for HTTP a bare host:port gets /v1/traces appended")
+    endpoint: str = Field(
+        description="http(s)://host:port[/prefix]; HTTP requests go to /v1/traces and /v1/logs under it"
+    )
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
     headers: dict[str, str] = Field(default_factory=dict)
     compression: Literal["none", "gzip"] = "none"
@@ -91,7 +94,7 @@ class SendResult:
     ok: bool
     retryable: bool = False
     retry_after: float | None = None
-    rejected_spans: int = 0
+    rejected: int = 0
     message: str = ""
 
 
@@ -106,13 +109,43 @@ def _grpc_retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
-def _partial(body: bytes) -> SendResult:
+@dataclass(frozen=True)
+class Signal:
+    """What differs between forwarding spans and forwarding log records."""
+
+    name: str
+    grpc_method: str
+    http_path: str
+    response_type: type[Message]
+    rejected_field: str
+    unit: str
+
+
+TRACES = Signal(
+    "traces",
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "/v1/traces",
+    ExportTraceServiceResponse,
+    "rejected_spans",
+    "spans",
+)
+LOGS = Signal(
+    "logs",
+    "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "/v1/logs",
+    ExportLogsServiceResponse,
+    "rejected_log_records",
+    "log_records",
+)
+
+
+def _partial(signal: Signal, body: bytes) -> SendResult:
     try:
-        response = ExportTraceServiceResponse.FromString(body)
+        response = signal.response_type.FromString(body)
     except DecodeError:
         return SendResult(ok=True)
     partial = response.partial_success
-    return SendResult(ok=True, rejected_spans=partial.rejected_spans, message=partial.error_message)
+    return SendResult(ok=True, rejected=getattr(partial, signal.rejected_field), message=partial.error_message)
 
 
 class GrpcSender:
@@ -127,19 +160,19 @@ class GrpcSender:
             )
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options, compression=compression)
-        self._export = self._channel.unary_unary(TRACE_EXPORT_METHOD)
+        self._methods = {signal.name: self._channel.unary_unary(signal.grpc_method) for signal in (TRACES, LOGS)}
         self._metadata = tuple((key.lower(), value) for key, value in config.headers.items())
         self._timeout = config.timeout_seconds
 
-    async def send(self, body: bytes) -> SendResult:
+    async def send(self, signal: Signal, body: bytes) -> SendResult:
         try:
-            response = await self._export(body, timeout=self._timeout, metadata=self._metadata)
+            response = await self._methods[signal.name](body, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             delay = _grpc_retry_delay(error)
             code = error.code()
             retryable = code in _RETRYABLE_GRPC or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None)
             return SendResult(False, retryable, delay, message=f"{code.name}: {error.details()}")
-        return _partial(response)
+        return _partial(signal, response)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -147,9 +180,7 @@ class GrpcSender:
 
 class HttpSender:
     def __init__(self, config: OtlpExporterConfig) -> None:
-        url = config.endpoint if "://" in config.endpoint else f"http://{config.endpoint}"
-        parts = urlsplit(url)
-        self._url = url if parts.path not in ("", "/") else url.rstrip("/") + "/v1/traces"
+        self._base = (config.endpoint if "://" in config.endpoint else f"http://{config.endpoint}").rstrip("/")
         self._headers = {"Content-Type": "application/x-protobuf", **config.headers}
         self._gzip = config.compression == "gzip"
         if self._gzip:
@@ -157,18 +188,18 @@ class HttpSender:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
-    async def send(self, body: bytes) -> SendResult:
+    async def send(self, signal: Signal, body: bytes) -> SendResult:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         payload = gzip.compress(body, compresslevel=5) if self._gzip else body
         try:
-            async with self._session.post(self._url, data=payload, headers=self._headers) as response:
-                content = await response.read()
-                if response.status == 200:
-                    return _partial(content)
-                retry_after = response.headers.get("Retry-After", "")
+            async with self._session.post(self._base + signal.http_path, data=payload, headers=self._headers) as reply:
+                content = await reply.read()
+                if reply.status == 200:
+                    return _partial(signal, content)
+                retry_after = reply.headers.get("Retry-After", "")
                 delay = float(retry_after) if retry_after.isdigit() else None
-                return SendResult(False, response.status in _RETRYABLE_HTTP, delay, message=f"HTTP {response.status}")
+                return SendResult(False, reply.status in _RETRYABLE_HTTP, delay, message=f"HTTP {reply.status}")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             return SendResult(False, True, message=f"{type(error).__name__}: {error}")
 
@@ -177,60 +208,62 @@ class HttpSender:
             await self._session.close()
 
 
-class OtlpExporter:
-    def __init__(self, component_id: str, config: OtlpExporterConfig, context: Context) -> None:
-        self.id = component_id
+Sender = GrpcSender | HttpSender
+
+
+class DeliveryQueue:
+    """A bounded queue of serialized requests of one signal, drained by sender tasks."""
+
+    def __init__(self, exporter_id: str, signal: Signal, config: OtlpExporterConfig, metrics: Registry) -> None:
+        self.id = exporter_id
+        self.signal = signal
         self._config = config
-        self._sender = GrpcSender(config) if config.protocol == "grpc" else HttpSender(config)
+        self._sender: Sender | None = None
         self._queue: deque[tuple[bytes, int]] = deque()
-        self._held_spans = 0  # queued plus in delivery: what the queue bound applies to
+        self._held = 0  # queued plus in delivery: what the queue bound applies to
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._stopping = False
         self._failing = False
-        metrics = context.metrics
-        label = (component_id,)
+        label = (exporter_id,)
+        unit = signal.unit
         self._sent = metrics.counter(
-            "agentopz_exporter_sent_spans_total", "Spans the backend accepted.", ("exporter",), bounded=False
+            f"agentopz_exporter_sent_{unit}_total", f"{unit} the backend accepted.", ("exporter",), bounded=False
         ).series(label)
         self._failed = metrics.counter(
-            "agentopz_exporter_failed_spans_total",
-            "Spans given up on: rejected by the backend, retries exhausted, queue full in drop mode, or shutdown.",
+            f"agentopz_exporter_failed_{unit}_total",
+            f"{unit} given up on: rejected by the backend, retries exhausted, queue full in drop mode, or shutdown.",
             ("exporter",),
             bounded=False,
         ).series(label)
         self._queued = metrics.gauge(
-            "agentopz_exporter_queue_spans", "Spans waiting in the exporter queue.", ("exporter",), bounded=False
+            f"agentopz_exporter_queue_{unit}", f"{unit} waiting in the exporter queue.", ("exporter",), bounded=False
         ).series(label)
 
-    # -- pipeline side -------------------------------------------------------------------------
-
-    def retry_after(self, span_count: int) -> float | None:
-        if self._config.queue.when_full == "drop" or self._held_spans + span_count <= self._config.queue.max_spans:
+    def retry_after(self, count: int) -> float | None:
+        if self._config.queue.when_full == "drop" or self._held + count <= self._config.queue.max_spans:
             return None
         return self._config.retry.initial_interval_seconds
 
-    def export(self, batch: Batch) -> None:
-        if self._stopping or self._held_spans + batch.span_count > self._config.queue.max_spans:
-            self._failed.value += batch.span_count
+    def put(self, body: bytes, count: int) -> None:
+        if self._stopping or self._held + count > self._config.queue.max_spans:
+            self._failed.value += count
             return
-        self._queue.append((batch.request.SerializeToString(), batch.span_count))
-        self._held_spans += batch.span_count
-        self._queued.value = self._held_spans
-        if self._held_spans >= self._config.batch.send_batch_size:
+        self._queue.append((body, count))
+        self._held += count
+        self._queued.value = self._held
+        if self._held >= self._config.batch.send_batch_size:
             self._wake.set()
-
-    # -- delivery ------------------------------------------------------------------------------
 
     def _take(self) -> tuple[bytes, int]:
         bodies = []
-        spans = 0
+        count = 0
         limit = self._config.batch.send_batch_max_size
-        while self._queue and (not bodies or spans + self._queue[0][1] <= limit):
-            body, count = self._queue.popleft()
+        while self._queue and (not bodies or count + self._queue[0][1] <= limit):
+            body, items = self._queue.popleft()
             bodies.append(body)
-            spans += count
-        return b"".join(bodies), spans
+            count += items
+        return b"".join(bodies), count
 
     async def _worker(self) -> None:
         timeout = self._config.batch.timeout_seconds
@@ -242,72 +275,102 @@ class OtlpExporter:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            if self._held_spans < self._config.batch.send_batch_size and not self._stopping:
+            if self._held < self._config.batch.send_batch_size and not self._stopping:
                 # Give a partial batch a short time to fill.
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-            body, spans = self._take()
-            if spans:
+            body, count = self._take()
+            if count:
                 try:
-                    await self._deliver(body, spans)
+                    await self._deliver(body, count)
                 finally:
-                    self._held_spans -= spans
-                    self._queued.value = self._held_spans
+                    self._held -= count
+                    self._queued.value = self._held
 
-    async def _deliver(self, body: bytes, spans: int) -> None:
+    async def _deliver(self, body: bytes, count: int) -> None:
         retry = self._config.retry
         started = time.monotonic()
         backoff = retry.initial_interval_seconds
         while True:
-            result = await self._sender.send(body)
+            assert self._sender is not None
+            result = await self._sender.send(self.signal, body)
             if result.ok:
-                self._sent.value += spans - result.rejected_spans
-                self._failed.value += result.rejected_spans
-                if result.rejected_spans:
-                    log.warning("%s: backend rejected %d span(s): %s", self.id, result.rejected_spans, result.message)
+                self._sent.value += count - result.rejected
+                self._failed.value += result.rejected
+                if result.rejected:
+                    log.warning(
+                        "%s: backend rejected %d %s: %s", self.id, result.rejected, self.signal.unit, result.message
+                    )
                 if self._failing:
                     log.info("%s: backend reachable again", self.id)
                     self._failing = False
                 return
             if not self._failing:
+                retrying = result.retryable and retry.enabled
                 log.warning(
-                    "%s: export failed (%s); %s",
-                    self.id,
-                    result.message,
-                    "retrying" if result.retryable and retry.enabled else "dropping",
+                    "%s: export failed (%s); %s", self.id, result.message, "retrying" if retrying else "dropping"
                 )
                 self._failing = True
             delay = result.retry_after if result.retry_after is not None else backoff * random.uniform(0.8, 1.2)
             backoff = min(backoff * 1.5, retry.max_interval_seconds)
             out_of_time = retry.max_elapsed_seconds and time.monotonic() - started + delay > retry.max_elapsed_seconds
             if not (result.retryable and retry.enabled) or out_of_time or self._stopping:
-                self._failed.value += spans
-                log.warning("%s: dropped %d span(s) after %s", self.id, spans, result.message)
+                self._failed.value += count
+                log.warning("%s: dropped %d %s after %s", self.id, count, self.signal.unit, result.message)
                 return
             await asyncio.sleep(delay)
 
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self) -> None:
+    def start(self, sender: Sender) -> None:
+        self._sender = sender
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._config.senders)]
 
     async def shutdown(self, timeout: float) -> None:
         """Flush what is held; whatever cannot be delivered within `timeout` is counted as failed."""
         self._stopping = True
         self._wake.set()
-        _, pending = await asyncio.wait(self._workers, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        # Cancelled deliveries released their spans from _held_spans; what is left is queued.
-        if self._held_spans:
-            self._failed.value += self._held_spans
-            log.warning("%s: %d span(s) not delivered before shutdown", self.id, self._held_spans)
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        # Cancelled deliveries released their items from _held; what is left is still queued.
+        if self._held:
+            self._failed.value += self._held
+            log.warning("%s: %d %s not delivered before shutdown", self.id, self._held, self.signal.unit)
             self._queue.clear()
-            self._held_spans = 0
+            self._held = 0
             self._queued.value = 0
-        await self._sender.close()
+
+
+class OtlpExporter:
+    def __init__(self, component_id: str, config: OtlpExporterConfig, context: Context) -> None:
+        self.id = component_id
+        self._config = config
+        self._sender: Sender | None = None
+        self._spans = DeliveryQueue(component_id, TRACES, config, context.metrics)
+        self._logs = DeliveryQueue(component_id, LOGS, config, context.metrics)
+
+    def retry_after(self, span_count: int) -> float | None:
+        return self._spans.retry_after(span_count)
+
+    def export(self, batch: Batch) -> None:
+        if batch.span_count:
+            self._spans.put(batch.request.SerializeToString(), batch.span_count)
+
+    def export_logs(self, request: ExportLogsServiceRequest, count: int) -> None:
+        self._logs.put(request.SerializeToString(), count)
+
+    async def start(self) -> None:
+        # Created here, inside the running event loop, which grpc.aio channels bind to.
+        self._sender = GrpcSender(self._config) if self._config.protocol == "grpc" else HttpSender(self._config)
+        self._spans.start(self._sender)
+        self._logs.start(self._sender)
+
+    async def shutdown(self, timeout: float) -> None:
+        await asyncio.gather(self._spans.shutdown(timeout), self._logs.shutdown(timeout))
+        if self._sender is not None:
+            await self._sender.close()
 
 
 def _create(component_id: str, config: OtlpExporterConfig, context: Context) -> OtlpExporter:

@@ -41,6 +41,8 @@ class RegistryCollector:
         self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
+        for refresh in self._registry.before_collect:
+            refresh()
         for family in self._registry.families:
             if family.kind is Counter:
                 metric = CounterMetricFamily(family.name, family.documentation, labels=family.labelnames)

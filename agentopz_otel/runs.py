@@ -1,0 +1,807 @@
+"""Runs: assemble spans into agent runs, decide each run's outcome, record run and in-flight metrics.
+
+A run is the outermost agent span of a trace with everything beneath it; a trace with LLM calls and
+no agent span is one run of its root. Spans arrive in any order, so spans are grouped with a small
+union-find keyed by span id: a span joins the group of its parent (or of its children, when they
+came first). An agent span's group is a run and does not join its parent's group on arrival; when
+the run is about to finish, an agent ancestor makes it a sub-agent step of that outer run instead.
+
+Per run only accumulators are kept (counts, tokens, cost, a few model names), plus the root span
+itself for the grace period, so it can be forwarded carrying the run totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import logging
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_NUMBER_WARN
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from pydantic import BaseModel, ConfigDict, Field
+
+from .components import Context, Factory
+from .metrics import Registry
+from .model import AGENT, LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView
+from .prompt_version import UNKNOWN_VERSION
+
+log = logging.getLogger("agentopz_otel.runs")
+
+SUCCESS = "success"
+QUALITY_FAILURE = "quality_failure"
+LLM_ERROR = "llm_error"
+TOOL_ERROR = "tool_error"
+BUDGET_EXCEEDED = "budget_exceeded"
+TIMEOUT = "timeout"
+ABANDONED = "abandoned"
+ERROR = "error"
+
+PASS = "pass"
+FAIL = "fail"
+UNKNOWN = "unknown"
+
+RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
+RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+MAX_MODELS_PER_RUN = 8
+
+
+class RunLimit(BaseModel):
+    """Limits for runs of matching agents (glob patterns); the first matching entry applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = "*"
+    service: str = "*"
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_duration_seconds: float | None = Field(default=None, gt=0)
+
+    def matches(self, service: str, agent: str) -> bool:
+        return fnmatch.fnmatchcase(agent, self.agent) and fnmatch.fnmatchcase(service, self.service)
+
+
+class RunLogConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(default=None, description="JSON lines file; '-' for stdout; unset: no file")
+    otlp: bool = Field(default=True, description="also send each record as an OTLP log record to OTLP exporters")
+
+
+class RunsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: float = Field(default=5.0, gt=0, description="quiet time after the root arrived")
+    root_wait_seconds: float = Field(
+        default=30.0, gt=0, description="how long a finished agent span waits for a parent that may be an agent"
+    )
+    abandon_after_seconds: float = Field(
+        default=300.0, gt=0, description="quiet time after which a run whose root never came is abandoned"
+    )
+    late_window_seconds: float = Field(default=300.0, ge=0, description="how long finished runs are remembered")
+    max_open_runs: int = Field(default=100_000, ge=1)
+    tick_seconds: float = Field(default=0.5, gt=0)
+    duration_buckets: list[float] = Field(default_factory=lambda: list(RUN_DURATION_BUCKETS))
+    cost_buckets: list[float] = Field(default_factory=lambda: list(RUN_COST_BUCKETS))
+    limits: list[RunLimit] = Field(default_factory=list)
+    run_log: RunLogConfig = Field(default_factory=RunLogConfig)
+
+
+@dataclass
+class HeldRoot:
+    """The run's root span, held until the run finishes so it can carry the totals."""
+
+    resource: Resource
+    scope: InstrumentationScope
+    schema_url: str
+    span: Span
+
+
+class Group:
+    """Accumulators for one run (or for spans whose run is not known yet)."""
+
+    __slots__ = (
+        "agent",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost",
+        "end_time",
+        "failed",
+        "finished",
+        "input_tokens",
+        "is_run",
+        "last_llm_error",
+        "last_seen",
+        "last_tool_error",
+        "llm_calls",
+        "llm_errors",
+        "merged_into",
+        "models",
+        "output_tokens",
+        "parent_id",
+        "prompt_version",
+        "reasoning_tokens",
+        "root",
+        "root_arrived",
+        "root_span_id",
+        "service",
+        "start_time",
+        "steps",
+        "sub_agents",
+        "tool_calls",
+        "tool_errors",
+        "top_parent",
+        "trace",
+        "unpriced_calls",
+    )
+
+    def __init__(self, trace: TraceState, top_parent: bytes, now: float) -> None:
+        self.trace = trace
+        self.top_parent = top_parent  # loose group: parent id of its topmost span (b"" = trace root)
+        self.merged_into: Group | None = None
+        self.is_run = False
+        self.finished = False
+        self.root: HeldRoot | None = None
+        self.root_arrived = 0.0
+        self.root_span_id = b""
+        self.parent_id = b""  # run group: the agent span's parent
+        self.service = ""
+        self.agent: str | None = None
+        self.prompt_version: str | None = None
+        self.failed = False
+        self.start_time = 0
+        self.end_time = 0
+        self.last_seen = now
+        self.cost = 0.0
+        self.unpriced_calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
+        self.llm_calls = 0
+        self.llm_errors = 0
+        self.steps = 0
+        self.sub_agents = 0
+        self.tool_calls = 0
+        self.tool_errors = 0
+        self.last_llm_error = 0
+        self.last_tool_error = 0
+        self.models: list[str] = []
+
+    def find(self) -> Group:
+        group = self
+        while group.merged_into is not None:
+            group = group.merged_into
+        return group
+
+    @property
+    def has_work(self) -> bool:
+        return self.llm_calls > 0 or self.tool_calls > 0 or self.is_run
+
+    def add(self, view: SpanView) -> None:
+        if view.agent and self.agent is None:
+            self.agent = view.agent
+        if not self.service:
+            self.service = view.service
+        if view.kind == LLM:
+            self.llm_calls += 1
+            self.steps += 1
+            if view.cost is not None:
+                self.cost += view.cost
+            elif view.cost_source is not None:
+                self.unpriced_calls += 1
+            self.input_tokens += view.input_tokens or 0
+            self.output_tokens += view.output_tokens or 0
+            self.cache_read_tokens += view.cache_read_tokens or 0
+            self.cache_write_tokens += view.cache_write_tokens or 0
+            self.reasoning_tokens += view.reasoning_tokens or 0
+            if view.status in UPSTREAM_ERROR_STATUSES:
+                self.llm_errors += 1
+                self.last_llm_error = max(self.last_llm_error, view.end_time)
+            elif view.status != STATUS_OK:
+                self.llm_errors += 1
+            if view.model and view.model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
+                self.models.append(view.model)
+            if self.prompt_version is None and view.prompt_version not in (None, UNKNOWN_VERSION):
+                self.prompt_version = view.prompt_version
+        elif view.kind == TOOL:
+            self.tool_calls += 1
+            if view.status != STATUS_OK:
+                self.tool_errors += 1
+                self.last_tool_error = max(self.last_tool_error, view.end_time)
+
+    def absorb(self, other: Group) -> None:
+        """Take over `other`'s accumulators (other is a subtree of this group)."""
+        for name in (
+            "cost",
+            "unpriced_calls",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "llm_calls",
+            "llm_errors",
+            "steps",
+            "sub_agents",
+            "tool_calls",
+            "tool_errors",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_llm_error = max(self.last_llm_error, other.last_llm_error)
+        self.last_tool_error = max(self.last_tool_error, other.last_tool_error)
+        for model in other.models:
+            if model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
+                self.models.append(model)
+        if self.agent is None and not self.is_run:
+            self.agent = other.agent
+        self.prompt_version = self.prompt_version or other.prompt_version
+        self.service = self.service or other.service
+        self.last_seen = max(self.last_seen, other.last_seen)
+        other.merged_into = self
+        other.root = None
+
+
+class TraceState:
+    __slots__ = ("groups", "last_seen", "nodes", "trace_id")
+
+    def __init__(self, trace_id: bytes, now: float) -> None:
+        self.trace_id = trace_id
+        self.nodes: dict[bytes, Group] = {}  # span id (arrived, or awaited as a parent) -> group
+        self.groups: list[Group] = []
+        self.last_seen = now
+
+    def node(self, span_id: bytes) -> Group | None:
+        group = self.nodes.get(span_id)
+        return group.find() if group is not None else None
+
+
+@dataclass
+class RunRecord:
+    """A finished run: what the run log writes and the quality checks receive."""
+
+    trace_id: str
+    root_span_id: str
+    service: str
+    agent: str
+    prompt_version: str
+    outcome: str
+    started_at: float
+    finished_at: float
+    duration_seconds: float | None
+    cost_usd: float | None
+    cost_complete: bool
+    tokens: dict[str, int]
+    steps: int
+    llm_calls: int
+    llm_errors: int
+    tool_calls: int
+    tool_errors: int
+    sub_agents: int
+    models: list[str]
+    quality_verdict: str = UNKNOWN
+    failed_checks: list[str] = field(default_factory=list)
+    limit_exceeded: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True)
+
+
+# Quality hook: given a finished run (and its held root span, if any), return (verdict, failed checks).
+QualityHook = Callable[[RunRecord, Group], tuple[str, list[str]]]
+
+
+def decide_outcome(group: Group, record: RunRecord, limit: RunLimit | None, quality_verdict: str) -> str:
+    """Exactly one outcome per run, most specific cause first."""
+    if group.root is None and not group.root_span_id:
+        return ABANDONED
+    if limit is not None:
+        if limit.max_cost_usd is not None and group.cost > limit.max_cost_usd:
+            record.limit_exceeded = "max_cost_usd"
+            return BUDGET_EXCEEDED
+        if limit.max_steps is not None and group.steps > limit.max_steps:
+            record.limit_exceeded = "max_steps"
+            return BUDGET_EXCEEDED
+        duration = record.duration_seconds
+        if limit.max_duration_seconds is not None and duration is not None and duration > limit.max_duration_seconds:
+            record.limit_exceeded = "max_duration_seconds"
+            return TIMEOUT
+    if group.failed:
+        # The failure closest to the end explains it: a recovered earlier error does not.
+        if group.last_llm_error and group.last_llm_error >= group.last_tool_error:
+            return LLM_ERROR
+        if group.last_tool_error:
+            return TOOL_ERROR
+        return ERROR
+    if quality_verdict == FAIL:
+        return QUALITY_FAILURE
+    return SUCCESS
+
+
+def _kv(key: str, value: Any) -> KeyValue:
+    if isinstance(value, str):
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(
+        key=key, value=AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=str(v)) for v in value]))
+    )
+
+
+def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
+    """The run log as OTLP log records: one per run, linked to its trace, grouped by service."""
+    request = ExportLogsServiceRequest()
+    by_service: dict[str, Any] = {}
+    for record in records:
+        scope_logs = by_service.get(record.service)
+        if scope_logs is None:
+            resource_logs = request.resource_logs.add()
+            resource_logs.resource.attributes.append(_kv("service.name", record.service))
+            scope_logs = resource_logs.scope_logs.add()
+            scope_logs.scope.name = "agentopz_otel.runs"
+            by_service[record.service] = scope_logs
+        log_record = scope_logs.log_records.add(
+            time_unix_nano=int(record.finished_at * 1e9),
+            observed_time_unix_nano=time.time_ns(),
+            severity_number=SEVERITY_NUMBER_INFO if record.outcome == SUCCESS else SEVERITY_NUMBER_WARN,
+            severity_text="INFO" if record.outcome == SUCCESS else "WARN",
+            trace_id=bytes.fromhex(record.trace_id),
+            span_id=bytes.fromhex(record.root_span_id) if record.root_span_id else b"",
+            event_name="agentopz.run",
+        )
+        log_record.body.string_value = record.to_json()
+        log_record.attributes.extend(
+            [
+                _kv("gen_ai.agent.name", record.agent),
+                _kv("agentopz.prompt.version", record.prompt_version),
+                _kv("agentopz.run.outcome", record.outcome),
+                _kv("agentopz.run.steps", record.steps),
+                _kv("agentopz.run.tool_calls", record.tool_calls),
+                _kv("agentopz.quality.verdict", record.quality_verdict),
+            ]
+        )
+        if record.cost_usd is not None and record.cost_complete:
+            log_record.attributes.append(_kv("agentopz.cost.usd", record.cost_usd))
+    return request
+
+
+class RunsProcessor:
+    def __init__(self, component_id: str, config: RunsConfig, registry: Registry) -> None:
+        self.id = component_id
+        self.config = config
+        self.quality: QualityHook | None = None
+        self._traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
+        # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
+        self._finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
+        self._emit_spans: Callable[[Batch], None] | None = None
+        self._emit_logs: Callable[[ExportLogsServiceRequest, int], None] | None = None
+        self._tick_task: asyncio.Task | None = None
+        self._run_log: IO[str] | None = None
+        labels = ("service", "agent", "prompt_version")
+        self._runs = registry.counter("agentopz_runs_total", "Finished agent runs by outcome.", (*labels, "outcome"))
+        self._duration = registry.histogram(
+            "agentopz_run_duration_seconds", "Run duration (root span).", labels, config.duration_buckets
+        )
+        self._cost = registry.histogram(
+            "agentopz_run_cost_usd",
+            "Cost of runs whose every LLM call was priced; exemplars carry trace ids.",
+            labels,
+            config.cost_buckets,
+        )
+        self._steps = registry.histogram("agentopz_run_steps", "LLM steps per run.", labels, RUN_COUNT_BUCKETS)
+        self._tool_calls = registry.histogram(
+            "agentopz_run_tool_calls", "Tool calls per run.", labels, RUN_COUNT_BUCKETS
+        )
+        self._last_finished = registry.gauge(
+            "agentopz_run_last_finished_timestamp_seconds",
+            "When a run of the agent last finished.",
+            ("service", "agent"),
+        )
+        self._in_flight = registry.gauge("agentopz_runs_in_flight", "Runs in progress.", ("service", "agent"))
+        self._in_flight_cost = registry.gauge(
+            "agentopz_in_flight_run_max_cost_usd", "Largest running cost of a run in progress.", ("service", "agent")
+        )
+        self._in_flight_steps = registry.gauge(
+            "agentopz_in_flight_run_max_steps", "Most LLM steps of a run in progress.", ("service", "agent")
+        )
+        self._open_runs = registry.gauge(
+            "agentopz_open_runs", "Runs held in memory (in flight or in their grace period)."
+        )
+        self._evicted = registry.counter(
+            "agentopz_evicted_runs_total",
+            "Runs dropped before finishing: the open-run cap was reached (capacity) or the service stopped (shutdown).",
+            ("reason",),
+            bounded=False,
+        )
+        self._late = registry.counter(
+            "agentopz_late_spans_total", "Spans that arrived after their run finished (not in run metrics)."
+        )
+        registry.before_collect.append(self._refresh_in_flight)
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def connect(
+        self, emit_spans: Callable[[Batch], None], emit_logs: Callable[[ExportLogsServiceRequest, int], None]
+    ) -> None:
+        """Where finished runs go: their root spans to the rest of the pipeline, their records to log exporters."""
+        self._emit_spans = emit_spans
+        self._emit_logs = emit_logs
+
+    async def start(self) -> None:
+        path = self.config.run_log.path
+        if path == "-":
+            self._run_log = sys.stdout
+        elif path:
+            self._run_log = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (kept open)
+        self._tick_task = asyncio.create_task(self._ticker())
+
+    async def shutdown(self, timeout: float) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        self.flush()
+        if self._run_log is not None and self._run_log is not sys.stdout:
+            self._run_log.close()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_seconds)
+            try:
+                self.tick(time.monotonic())
+            except Exception:
+                log.exception("finishing runs failed; continuing")
+
+    # -- span intake ---------------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> None:
+        now = time.monotonic()
+        held: list[SpanView] = []
+        for view in batch.views:
+            if self._take(view, now):
+                held.append(view)
+        if held:
+            self._hold_roots(batch, held)
+        if len(self._traces) > self.config.max_open_runs:
+            self._evict()
+
+    def _take(self, view: SpanView, now: float) -> bool:
+        """Account one span; True when it is a run root to hold back until the run finishes."""
+        trace_id = view.trace_id
+        trace = self._traces.get(trace_id)
+        if trace is None:
+            lingering = self._finished.pop(trace_id, None)
+            if lingering is not None:
+                trace = lingering[0]
+            elif view.kind not in (LLM, TOOL, AGENT):
+                return False  # a span of a trace with no GenAI work (yet): nothing to assemble
+            else:
+                trace = TraceState(trace_id, now)
+            trace.last_seen = now
+            self._traces[trace_id] = trace
+        else:
+            self._traces.move_to_end(trace_id)
+            trace.last_seen = now
+        span_id = view.span_id
+        parent_id = view.parent_span_id
+        own = trace.node(span_id)  # children that arrived first created a group under this id
+        if view.kind == AGENT:
+            group = own if own is not None and not own.is_run else None
+            if group is None:
+                group = self._new_group(trace, b"", now)
+                if own is not None:  # a run already sits under this id: cannot happen for valid traces
+                    group.absorb(own)
+            group.is_run = True
+            group.root_span_id = span_id
+            group.parent_id = parent_id
+            group.root_arrived = now
+            group.agent = view.agent or group.agent
+            group.service = view.service
+            if view.prompt_version not in (None, UNKNOWN_VERSION):  # the agent's own version beats its calls'
+                group.prompt_version = view.prompt_version
+            group.failed = view.status != STATUS_OK
+            group.start_time = view.span.start_time_unix_nano
+            group.end_time = view.end_time
+            group.last_seen = now
+            trace.nodes[span_id] = group
+            return True
+        if parent_id:
+            group = trace.node(parent_id)
+            if group is None:
+                group = own or self._new_group(trace, parent_id, now)
+                group.top_parent = parent_id
+                trace.nodes[parent_id] = group
+            elif own is not None and own is not group:
+                if own.finished or group.finished:
+                    self._late.series(()).value += 1
+                    return False
+                group.absorb(own)
+        else:
+            group = own or self._new_group(trace, b"", now)
+            group.top_parent = b""
+        if group.finished:
+            self._late.series(()).value += 1
+            return False
+        if view.kind != LLM:  # LLM calls have no children: keep the node map small
+            trace.nodes[span_id] = group
+        group.add(view)
+        group.last_seen = now
+        if group.is_run and view.agent is None:
+            view.agent = group.agent  # call metrics get the run's agent when it is already known
+        if not parent_id:  # the trace root: the root of a run if the trace has no agent span
+            group.root_span_id = span_id
+            group.failed = view.status != STATUS_OK
+            group.start_time = view.span.start_time_unix_nano
+            group.end_time = view.end_time
+            group.root_arrived = now
+            return True
+        return False
+
+    @staticmethod
+    def _new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
+        group = Group(trace, top_parent, now)
+        trace.groups.append(group)
+        return group
+
+    def _hold_roots(self, batch: Batch, roots: list[SpanView]) -> None:
+        """Move root spans out of the request; they are forwarded when their run finishes."""
+        by_id = {(view.trace_id, view.span_id): view for view in roots}
+        for resource_spans in batch.request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                spans = scope_spans.spans
+                for index in range(len(spans) - 1, -1, -1):
+                    span = spans[index]
+                    view = by_id.get((span.trace_id, span.span_id))
+                    if view is None:
+                        continue
+                    group = self._traces[view.trace_id].node(view.span_id)
+                    if group is None or group.finished:
+                        continue
+                    copy = Span()
+                    copy.CopyFrom(span)
+                    group.root = HeldRoot(resource_spans.resource, scope_spans.scope, resource_spans.schema_url, copy)
+                    del spans[index]
+                    batch.span_count -= 1
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def _outer_run(self, group: Group, now: float) -> Group | bool | None:
+        """For a run group: the enclosing run (nested agent), None if top-level, True to keep waiting."""
+        parent_id = group.parent_id
+        if not parent_id:
+            return None
+        parent = group.trace.node(parent_id)
+        if parent is None or (not parent.is_run and parent.top_parent):
+            # The parent (or the top of its subtree) has not arrived: it might be an outer agent.
+            return True if now - group.root_arrived < self.config.root_wait_seconds else None
+        return parent if parent.is_run else None
+
+    @staticmethod
+    def _unfinished(trace: TraceState) -> list[Group]:
+        return [g for g in trace.groups if g.merged_into is None and not g.finished]
+
+    def _nest_sub_agents(self, trace: TraceState, now: float) -> None:
+        """Fold runs whose ancestor is another run into it, as sub-agent steps."""
+        for group in self._unfinished(trace):
+            if group.is_run and isinstance(outer := self._outer_run(group, now), Group):
+                outer.absorb(group)
+                outer.steps += 1
+                outer.sub_agents += 1
+
+    def tick(self, now: float) -> None:
+        grace = self.config.grace_seconds
+        finished: list[tuple[Group, bool]] = []
+        quiet: list[TraceState] = []
+        for trace in list(self._traces.values()):
+            if now - trace.last_seen < grace:
+                break  # ordered by activity: the rest are newer
+            quiet.append(trace)
+            self._nest_sub_agents(trace, now)
+            has_run = any(g.is_run for g in trace.groups)
+            for group in self._unfinished(trace):
+                if now - group.last_seen < grace:
+                    continue
+                if group.is_run:
+                    if self._outer_run(group, now) is None:
+                        finished.append((group, False))
+                elif group.top_parent:  # its root has not come
+                    if now - group.last_seen >= self.config.abandon_after_seconds:
+                        finished.append((group, True))
+                elif group.llm_calls and not has_run:  # LLM calls and no agent span: a run of the root
+                    finished.append((group, False))
+                else:
+                    self._close(group)  # the trace root's own subtree, outside any run
+        records = [self._finish(group, abandoned, time.time()) for group, abandoned in finished]
+        for trace in quiet:
+            if not self._unfinished(trace):
+                self._retire(trace, now)
+        if records:
+            self._publish(records)
+        window = self.config.late_window_seconds
+        while self._finished and (
+            now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs
+        ):
+            self._finished.popitem(last=False)
+
+    def _retire(self, trace: TraceState, now: float) -> None:
+        del self._traces[trace.trace_id]
+        if self.config.late_window_seconds:
+            self._finished[trace.trace_id] = (trace, now)
+
+    def _close(self, group: Group) -> None:
+        """Finish a group that is not a run; its held root (a plain trace root) is forwarded unchanged."""
+        group.finished = True
+        if group.root is not None:
+            self._emit_root(group.root)
+            group.root = None
+
+    def _limit(self, service: str, agent: str) -> RunLimit | None:
+        return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
+
+    def _finish(self, group: Group, abandoned: bool, wall_now: float) -> RunRecord:
+        service = group.service or "unknown_service"
+        agent = group.agent or service
+        duration = (group.end_time - group.start_time) / 1e9 if group.root_span_id and not abandoned else None
+        if duration is not None and duration < 0:
+            duration = None
+        record = RunRecord(
+            trace_id=group.trace.trace_id.hex(),
+            root_span_id=group.root_span_id.hex(),
+            service=service,
+            agent=agent,
+            prompt_version=group.prompt_version or UNKNOWN_VERSION,
+            outcome=SUCCESS,
+            started_at=group.start_time / 1e9 if group.start_time else 0.0,
+            finished_at=group.end_time / 1e9 if group.end_time else wall_now,
+            duration_seconds=duration,
+            cost_usd=group.cost if group.llm_calls else 0.0,
+            cost_complete=group.unpriced_calls == 0,
+            tokens={
+                "input": group.input_tokens,
+                "output": group.output_tokens,
+                "cache_read": group.cache_read_tokens,
+                "cache_write": group.cache_write_tokens,
+                "reasoning": group.reasoning_tokens,
+            },
+            steps=group.steps,
+            llm_calls=group.llm_calls,
+            llm_errors=group.llm_errors,
+            tool_calls=group.tool_calls,
+            tool_errors=group.tool_errors,
+            sub_agents=group.sub_agents,
+            models=list(group.models),
+        )
+        if abandoned:
+            group.root_span_id = b""
+        verdict, failed_checks = self.quality(record, group) if self.quality is not None else (UNKNOWN, [])
+        record.quality_verdict = verdict
+        record.failed_checks = failed_checks
+        record.outcome = decide_outcome(group, record, self._limit(service, agent), verdict)
+        self._record_metrics(record)
+        if group.root is not None:
+            self._add_totals(group.root.span, record)
+        self._close(group)
+        return record
+
+    def _record_metrics(self, record: RunRecord) -> None:
+        labels = (record.service, record.agent, record.prompt_version)
+        self._runs.series((*labels, record.outcome)).value += 1
+        if record.duration_seconds is not None:
+            self._duration.series(labels).observe(record.duration_seconds)
+        if record.cost_complete and record.cost_usd is not None:
+            self._cost.series(labels).observe_with_exemplar(record.cost_usd, record.trace_id)
+        self._steps.series(labels).observe(record.steps)
+        self._tool_calls.series(labels).observe(record.tool_calls)
+        self._last_finished.series((record.service, record.agent)).value = record.finished_at
+
+    @staticmethod
+    def _add_totals(span: Span, record: RunRecord) -> None:
+        present = {kv.key for kv in span.attributes}
+        totals: list[tuple[str, Any]] = [
+            ("agentopz.run.outcome", record.outcome),
+            ("agentopz.run.steps", record.steps),
+            ("agentopz.run.tool_calls", record.tool_calls),
+            ("agentopz.quality.verdict", record.quality_verdict),
+            ("agentopz.quality.failed_checks", record.failed_checks),
+            ("agentopz.prompt.version", record.prompt_version),
+        ]
+        if record.cost_complete:
+            totals.append(("agentopz.cost.usd", record.cost_usd))
+        for key, value in totals:
+            if key not in present:
+                span.attributes.append(_kv(key, value))
+        if record.outcome != SUCCESS and span.status.code != Status.STATUS_CODE_ERROR and not span.status.message:
+            span.status.message = f"agentopz run outcome: {record.outcome}"
+
+    def _emit_root(self, root: HeldRoot) -> None:
+        if self._emit_spans is None:
+            return
+        request = ExportTraceServiceRequest()
+        resource_spans = request.resource_spans.add(schema_url=root.schema_url)
+        resource_spans.resource.CopyFrom(root.resource)
+        scope_spans = resource_spans.scope_spans.add()
+        scope_spans.scope.CopyFrom(root.scope)
+        scope_spans.spans.append(root.span)
+        self._emit_spans(Batch(request, 1))
+
+    def _publish(self, records: list[RunRecord]) -> None:
+        if self._run_log is not None:
+            self._run_log.write("".join(record.to_json() + "\n" for record in records))
+        if self._emit_logs is not None and self.config.run_log.otlp:
+            self._emit_logs(run_log_request(records), len(records))
+
+    def _evict(self) -> None:
+        while len(self._traces) > self.config.max_open_runs:
+            _, trace = self._traces.popitem(last=False)
+            for group in self._unfinished(trace):
+                if group.has_work:
+                    self._evicted.series(("capacity",)).value += 1
+                if group.root is not None:
+                    self._emit_root(group.root)
+
+    def flush(self) -> None:
+        """At shutdown: finish every run whose root arrived; count the rest as evicted."""
+        far_future = time.monotonic() + 10 * (self.config.grace_seconds + self.config.root_wait_seconds)
+        records = []
+        for trace in self._traces.values():
+            self._nest_sub_agents(trace, far_future)
+            has_run = any(g.is_run for g in trace.groups)
+            for group in self._unfinished(trace):
+                if group.is_run or (group.root_span_id and group.llm_calls and not has_run):
+                    records.append(self._finish(group, False, time.time()))
+                    continue
+                if group.has_work:
+                    self._evicted.series(("shutdown",)).value += 1
+                    log.warning("run of trace %s still in flight at shutdown", trace.trace_id.hex())
+                self._close(group)
+        self._traces.clear()
+        if records:
+            self._publish(records)
+
+    # -- gauges --------------------------------------------------------------------------------
+
+    def _refresh_in_flight(self) -> None:
+        counts: dict[tuple[str, str], list[float]] = {}
+        open_groups = 0
+        for trace in self._traces.values():
+            for group in self._unfinished(trace):
+                if not group.has_work:
+                    continue
+                open_groups += 1
+                key = (group.service or "unknown_service", group.agent or group.service or "unknown_service")
+                entry = counts.setdefault(key, [0, 0.0, 0])
+                entry[0] += 1
+                entry[1] = max(entry[1], group.cost)
+                entry[2] = max(entry[2], group.steps)
+        for family in (self._in_flight, self._in_flight_cost, self._in_flight_steps):
+            for _, series in family.items():
+                series.value = 0
+        for key, (count, cost, steps) in counts.items():
+            self._in_flight.series(key).value = count
+            self._in_flight_cost.series(key).value = cost
+            self._in_flight_steps.series(key).value = steps
+        self._open_runs.series(()).value = open_groups
+
+
+def _create(component_id: str, config: RunsConfig, context: Context) -> RunsProcessor:
+    return RunsProcessor(component_id, config, context.metrics)
+
+
+FACTORY = Factory(type="runs", kind="processor", config_type=RunsConfig, create=_create, requires=("normalize",))

@@ -1,0 +1,369 @@
+"""Runs: spans assembled into runs with exact outcomes, totals and metrics, via the real SDK exporters."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+
+import grpc
+import pytest
+from agents import chat_attributes, emit_chat, emit_tool, tracer
+from opentelemetry.trace import Status, StatusCode
+from spans import make_request, make_span
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+GPT4O_CALL = 0.00575  # 1200 in (200 cached) + 300 out on gpt-4o, per genai-prices
+
+RUNS = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
+      http: {{endpoint: "127.0.0.1:{http_port}"}}
+processors:
+  normalize: {{}}
+  cost: {{}}
+  prompt_version: {{}}
+  runs:
+    grace_seconds: 0.4
+    tick_seconds: 0.1
+    root_wait_seconds: 1.0
+    abandon_after_seconds: 1.5
+    max_open_runs: {max_open}
+    run_log: {{path: "{run_log}"}}
+    limits:
+      - {{agent: "spender", max_cost_usd: 0.01}}
+      - {{agent: "looper", max_steps: 3}}
+      - {{agent: "slow", max_duration_seconds: 0.05}}
+exporters:
+  prometheus: {{}}
+service:
+  admin: {{endpoint: "127.0.0.1:{admin_port}"}}
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [normalize, cost, prompt_version, runs]
+      exporters: [prometheus]
+"""
+
+
+@pytest.fixture
+def runs_service(start_service, tmp_path):
+    def start(max_open: int = 1000):
+        log_path = tmp_path / f"runs-{max_open}.jsonl"
+        body = RUNS.replace("{max_open}", str(max_open)).replace("{run_log}", str(log_path))
+        service = start_service(body)
+        service.run_log = log_path
+        return service
+
+    return start
+
+
+def run_records(service) -> list[dict]:
+    if not service.run_log.exists():
+        return []
+    return [json.loads(line) for line in service.run_log.read_text().splitlines()]
+
+
+def wait_runs(service, count: int, timeout: float = 10.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while len(records := run_records(service)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return records
+
+
+def agent_run(t, agent: str, failed: bool = False, **attributes):
+    """Context manager for an invoke_agent span."""
+    span = t.start_as_current_span(
+        f"invoke_agent {agent}",
+        attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, **attributes},
+    )
+    return span
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http/protobuf"])
+def test_a_run_with_calls_and_tools_has_exact_totals(runs_service, transport):
+    service = runs_service()
+    endpoint = service.grpc_endpoint if transport == "grpc" else service.http_url
+    with tracer(transport, endpoint, service="support-svc") as t:
+        with agent_run(t, "support", **{"agentopz.prompt.version": "v3"}) as root:
+            emit_chat(t)
+            emit_tool(t, "search")
+            emit_chat(t)
+            emit_tool(t, "lookup")
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    [record] = wait_runs(service, 1)
+    assert record["trace_id"] == trace_id
+    assert (record["service"], record["agent"], record["prompt_version"]) == ("support-svc", "support", "v3")
+    assert record["outcome"] == "success"
+    assert math.isclose(record["cost_usd"], 2 * GPT4O_CALL, rel_tol=1e-9)
+    assert record["tokens"] == {"input": 2400, "output": 600, "cache_read": 400, "cache_write": 0, "reasoning": 0}
+    assert (record["steps"], record["llm_calls"], record["tool_calls"], record["tool_errors"]) == (2, 2, 2, 0)
+    assert record["models"] == ["gpt-4o"]
+    assert record["duration_seconds"] > 0
+    labels = {"service": "support-svc", "agent": "support", "prompt_version": "v3"}
+    assert service.value("agentopz_runs_total", outcome="success", **labels) == 1
+    assert math.isclose(service.value("agentopz_run_cost_usd_sum", **labels), 2 * GPT4O_CALL, rel_tol=1e-9)
+    assert service.value("agentopz_run_steps_sum", **labels) == 2
+    assert service.value("agentopz_run_tool_calls_sum", **labels) == 2
+    assert service.value("agentopz_run_duration_seconds_count", **labels) == 1
+    assert service.value("agentopz_run_last_finished_timestamp_seconds", agent="support") > 1.7e9
+    # Calls that arrive after their agent's span is known get its name; the SDK exports the root last.
+    assert service.value("agentopz_tool_calls_total", tool="search", status="ok") == 1
+
+
+def test_prompt_version_of_the_run_comes_from_its_calls(runs_service):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "support"):
+        emit_chat(t, **{"gen_ai.system_instructions": "Be helpful."})
+    [record] = wait_runs(service, 1)
+    assert record["prompt_version"].startswith("sha-")
+    assert service.value("agentopz_runs_total", prompt_version=record["prompt_version"]) == 1
+
+
+def send(service, spans, service_name="svc"):
+    with grpc.insecure_channel(service.grpc_endpoint) as channel:
+        channel.unary_unary(EXPORT)(make_request(spans, service=service_name).SerializeToString(), timeout=5)
+
+
+def raw_run(trace_id: bytes, agent="raw"):
+    """An agent span with a chat and a tool span under it, built directly (for exact ordering)."""
+    root = make_span(
+        f"invoke_agent {agent}",
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent},
+        trace_id=trace_id,
+        duration_ns=2_000_000_000,
+    )
+    chat = make_span("chat gpt-4o", chat_attributes(), trace_id=trace_id, parent=root.span_id)
+    tool = make_span(
+        "execute_tool search",
+        {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"},
+        trace_id=trace_id,
+        parent=root.span_id,
+    )
+    return root, chat, tool
+
+
+def test_split_batches_and_reordering_make_one_run(runs_service):
+    service = runs_service()
+    root, chat, tool = raw_run(b"\x11" * 16)
+    send(service, [root])  # the root first, children later in separate requests
+    send(service, [tool])
+    send(service, [chat])
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["llm_calls"], record["tool_calls"], record["outcome"]) == ("raw", 1, 1, "success")
+    assert record["duration_seconds"] == 2.0
+    assert math.isclose(record["cost_usd"], GPT4O_CALL, rel_tol=1e-9)
+
+
+def test_deep_nesting_arriving_bottom_up_is_one_run(runs_service):
+    service = runs_service()
+    trace_id = b"\x12" * 16
+    root, _, _ = raw_run(trace_id, agent="deep")
+    chain = make_span("chain", {"openinference.span.kind": "CHAIN"}, trace_id=trace_id, parent=root.span_id)
+    tool = make_span(
+        "execute_tool t", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id, parent=chain.span_id
+    )
+    chat = make_span("chat", chat_attributes(), trace_id=trace_id, parent=tool.span_id)
+    for span in (chat, tool, chain, root):
+        send(service, [span])
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["llm_calls"], record["tool_calls"]) == ("deep", 1, 1)
+
+
+def test_a_second_process_contributes_tool_spans(runs_service):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint, service="orchestrator") as t:
+        with agent_run(t, "planner") as root:
+            context = root.get_span_context()
+            emit_chat(t)
+            script = textwrap.dedent(f"""
+                import sys
+                sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+                from agents import emit_tool, tracer
+                from opentelemetry import trace
+                from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+                parent = SpanContext({context.trace_id}, {context.span_id}, is_remote=True,
+                                     trace_flags=TraceFlags(1))
+                with tracer("grpc", {service.grpc_endpoint!r}, service="tools-svc") as t:
+                    with trace.use_span(NonRecordingSpan(parent)):
+                        emit_tool(t, "fetch")
+                        emit_tool(t, "fetch", failed=True)
+            """)
+            subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    [record] = wait_runs(service, 1)
+    assert (record["service"], record["agent"]) == ("orchestrator", "planner")
+    assert (record["llm_calls"], record["tool_calls"], record["tool_errors"]) == (1, 2, 1)
+    assert record["outcome"] == "success"  # the agent recovered from the failed fetch
+    assert service.value("agentopz_tool_calls_total", service="tools-svc", tool="fetch", status="error") == 1
+
+
+def test_a_retry_loop_that_recovers_is_success_and_visible_in_call_metrics(runs_service):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "retrier"):
+        emit_chat(t, error_type="429")
+        emit_chat(t, error_type="429")
+        emit_chat(t)
+    [record] = wait_runs(service, 1)
+    assert (record["outcome"], record["llm_calls"], record["llm_errors"]) == ("success", 3, 2)
+    assert service.value("agentopz_llm_calls_total", status="rate_limited") == 2
+    assert service.value("agentopz_llm_calls_total", status="ok") == 1
+
+
+def failing_run(t, agent: str, body) -> None:
+    with agent_run(t, agent) as root:
+        body()
+        root.set_status(Status(StatusCode.ERROR, "run failed"))
+
+
+@pytest.mark.parametrize(
+    ("agent", "body", "outcome"),
+    [
+        ("llm-fail", lambda t: (emit_chat(t), emit_chat(t, error_type="InternalServerError")), "llm_error"),
+        ("rate-limited", lambda t: emit_chat(t, error_type="429"), "llm_error"),
+        ("tool-fail", lambda t: (emit_chat(t), emit_tool(t, "db", failed=True)), "tool_error"),
+        # The 429 was recovered from; the failure that ended the run was the tool's.
+        (
+            "mixed",
+            lambda t: (emit_chat(t, error_type="429"), emit_chat(t), emit_tool(t, "db", failed=True)),
+            "tool_error",
+        ),
+        ("plain-fail", lambda t: emit_chat(t), "error"),
+        ("bad-request", lambda t: emit_chat(t, error_type="BadRequestError"), "error"),
+    ],
+)
+def test_failed_run_outcomes(runs_service, agent, body, outcome):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint) as t:
+        failing_run(t, agent, lambda: body(t))
+    [record] = wait_runs(service, 1)
+    assert record["outcome"] == outcome
+    assert service.value("agentopz_runs_total", agent=agent, outcome=outcome) == 1
+
+
+def test_limits_give_budget_exceeded_and_timeout(runs_service):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint) as t:
+        with agent_run(t, "spender"):
+            for _ in range(2):  # 2 x $0.00575 > $0.01
+                emit_chat(t)
+        with agent_run(t, "looper"):
+            for _ in range(4):
+                emit_chat(t, model="gpt-4o-mini")
+        with agent_run(t, "slow"):
+            emit_chat(t)
+            time.sleep(0.1)
+        with agent_run(t, "within"):
+            emit_chat(t)
+    records = {r["agent"]: r for r in wait_runs(service, 4)}
+    assert records["spender"]["outcome"] == "budget_exceeded"
+    assert records["spender"]["limit_exceeded"] == "max_cost_usd"
+    assert records["looper"]["outcome"] == "budget_exceeded"
+    assert records["looper"]["limit_exceeded"] == "max_steps"
+    assert records["slow"]["outcome"] == "timeout"
+    assert records["within"]["outcome"] == "success"
+
+
+def test_sub_agents_are_steps_of_the_outer_run(runs_service):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "outer"):
+        emit_chat(t)
+        with t.start_as_current_span("execute_tool delegate", attributes={"gen_ai.operation.name": "execute_tool"}):
+            with agent_run(t, "inner"):
+                emit_chat(t)
+                emit_chat(t)
+    [record] = wait_runs(service, 1)
+    assert record["agent"] == "outer"
+    assert (record["llm_calls"], record["sub_agents"], record["steps"], record["tool_calls"]) == (3, 1, 4, 1)
+    assert service.value("agentopz_runs_total", agent="inner") == 0
+
+
+def test_two_top_level_agents_in_one_trace_are_two_runs(runs_service):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint) as t:
+        with t.start_as_current_span("POST /chat"):
+            with agent_run(t, "triage"):
+                emit_chat(t)
+            with agent_run(t, "resolver"):
+                emit_chat(t)
+                emit_chat(t)
+    records = {r["agent"]: r for r in wait_runs(service, 2)}
+    assert records["triage"]["trace_id"] == records["resolver"]["trace_id"]
+    assert (records["triage"]["llm_calls"], records["resolver"]["llm_calls"]) == (1, 2)
+    time.sleep(0.6)
+    assert len(run_records(service)) == 2
+
+
+def test_llm_calls_without_an_agent_span_are_one_run_of_the_root(runs_service):
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint, service="rag-api") as t:
+        with t.start_as_current_span("GET /answer"):
+            emit_chat(t)
+            emit_chat(t)
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["llm_calls"], record["outcome"]) == ("rag-api", 2, "success")
+
+
+def test_a_crashed_run_with_no_root_is_abandoned(runs_service):
+    service = runs_service()
+    trace_id = b"\x13" * 16
+    _, chat, tool = raw_run(trace_id)
+    send(service, [chat, tool])
+    assert service.wait_for("agentopz_runs_in_flight", 1) == 1
+    [record] = wait_runs(service, 1, timeout=6)
+    assert record["outcome"] == "abandoned"
+    assert record["duration_seconds"] is None
+    assert (record["llm_calls"], record["tool_calls"]) == (1, 1)
+    assert service.value("agentopz_runs_total", outcome="abandoned") == 1
+    assert service.value("agentopz_runs_in_flight") == 0
+
+
+def test_in_flight_gauges_show_a_looping_run_before_it_ends(runs_service):
+    service = runs_service()
+    trace_id = b"\x14" * 16
+    root, _, _ = raw_run(trace_id, agent="looper")
+    calls = [make_span("chat", chat_attributes(), trace_id=trace_id, parent=root.span_id) for _ in range(5)]
+    send(service, calls, service_name="loop-svc")
+    assert service.wait_for("agentopz_in_flight_run_max_steps", 5, service="loop-svc") == 5
+    assert math.isclose(
+        service.value("agentopz_in_flight_run_max_cost_usd", service="loop-svc"), 5 * GPT4O_CALL, rel_tol=1e-9
+    )
+    assert service.value("agentopz_runs_in_flight", service="loop-svc") == 1
+    assert service.value("agentopz_open_runs") == 1
+
+
+def test_late_spans_count_in_calls_not_runs(runs_service):
+    service = runs_service()
+    root, chat, tool = raw_run(b"\x15" * 16)
+    send(service, [root, chat])
+    wait_runs(service, 1)
+    send(service, [tool, make_span("chat", chat_attributes(), trace_id=b"\x15" * 16, parent=root.span_id)])
+    assert service.wait_for("agentopz_late_spans_total", 2) == 2
+    assert service.value("agentopz_llm_calls_total") == 2
+    time.sleep(0.6)
+    assert service.value("agentopz_runs_total") == 1
+    assert service.value("agentopz_run_steps_sum") == 1
+
+
+def test_eviction_at_the_open_run_cap(runs_service):
+    service = runs_service(max_open=2)
+    for index in range(3):
+        trace_id = bytes([0x20 + index]) * 16
+        _, chat, _ = raw_run(trace_id)
+        send(service, [chat])
+    assert service.wait_for("agentopz_evicted_runs_total", 1) == 1
+    assert service.value("agentopz_evicted_runs_total", reason="capacity") == 1
+    assert service.value("agentopz_runs_in_flight") == 2
+
+
+def test_shutdown_finishes_runs_in_their_grace_period(runs_service):
+    service = runs_service()
+    root, chat, _ = raw_run(b"\x16" * 16, agent="flushed")
+    send(service, [chat, root])
+    service.stop()
+    [record] = run_records(service)
+    assert (record["agent"], record["outcome"]) == ("flushed", "success")
