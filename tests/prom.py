@@ -1,0 +1,93 @@
+"""A real Prometheus server for tests (Debian package `prometheus`), scraping the service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import free_port, require_binary
+
+
+@dataclass
+class Prometheus:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self, path: str, **params: str) -> dict:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as response:
+            document = json.load(response)
+        assert document["status"] == "success", document
+        return document["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
+
+    def wait_for(self, expr: str, timeout: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if result or time.monotonic() > deadline:
+                return result
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_prometheus(
+    tmp_path: Path,
+    targets: list[str],
+    rule_files: list[Path] = (),
+    alertmanager: str | None = None,
+    interval: str = "1s",
+) -> Prometheus:
+    binary = require_binary("prometheus")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [{"job_name": "agentopz", "static_configs": [{"targets": targets}]}],
+        "rule_files": [str(path) for path in rule_files],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    config_path = tmp_path / "prometheus.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    log_path = tmp_path / "prometheus.log"
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--enable-feature=exemplar-storage",
+            "--log.level=warn",
+        ],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    prometheus = Prometheus(process, port, log_path)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=1):
+                return prometheus
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus did not start:\n{log_path.read_text()}") from None
+            time.sleep(0.2)
