@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from pydantic import BaseModel
 
 from .metrics import Registry
@@ -34,6 +35,8 @@ class Consumer(Protocol):
     def retry_after(self, span_count: int) -> float | None: ...
 
     def consume(self, batch: Batch) -> None: ...
+
+    def consume_logs(self, request: ExportLogsServiceRequest) -> None: ...
 
 
 class Processor(Protocol):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+if TYPE_CHECKING:
+    from .quality import Evaluation
 
 LLM = "llm"
 TOOL = "tool"
@@ -39,16 +43,19 @@ class SpanView:
         "duration",
         "end_time",
         "enriched",
+        "evaluations",
         "finish_reason",
         "input_tokens",
         "kind",
         "model",
+        "output",
         "output_tokens",
         "parent_span_id",
         "prompt_version",
         "provider",
         "reasoning_tokens",
         "reported_cost",
+        "response_id",
         "service",
         "span",
         "span_id",
@@ -84,6 +91,10 @@ class SpanView:
         self.prompt_version: str | None = None
         # (format, raw) of the system instructions, for the prompt-version hash.
         self.system_source: tuple[str, str] | None = None
+        # (format, raw) of the output content when captured; see quality.output_text.
+        self.output: tuple[str, str] | None = None
+        self.response_id: str | None = None
+        self.evaluations: list[Evaluation] | None = None
         self.cost: float | None = None
         self.cost_source: str | None = None
         # The span already carries agentopz.cost.source / agentopz.prompt.version (never overwritten).

@@ -32,11 +32,14 @@ from .model import (
     Batch,
     SpanView,
 )
+from .quality import Evaluation
 
 # A token count above this is treated as invalid input, not priced (a hostile or broken sender
 # must not be able to put 2**63 tokens into a counter).
 MAX_TOKENS = 10**10
 MAX_REPORTED_COST_USD = 1e6
+MAX_ANNOTATIONS = 8  # OpenInference annotations.{i}.annotation.* read per span
+EVALUATION_EVENT = "gen_ai.evaluation.result"
 
 INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
 SKIP: Any = object()  # the attribute is there but says nothing about this field
@@ -76,6 +79,11 @@ def _usd(value: AnyValue) -> Any:
     if number is None or not math.isfinite(number) or not 0 <= number <= MAX_REPORTED_COST_USD:
         return INVALID
     return float(number)
+
+
+def _score(value: AnyValue) -> Any:
+    number = _number(value)
+    return float(number) if number is not None and math.isfinite(number) else INVALID
 
 
 def _integer(value: AnyValue) -> Any:
@@ -244,6 +252,20 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
     ("system_source", _tagged("vercel_prompt"), ("ai.prompt",)),
     ("first_role", _text, ("llm.input_messages.0.message.role", "gen_ai.prompt.0.role")),
     ("first_content", _text, ("llm.input_messages.0.message.content", "gen_ai.prompt.0.content")),
+    ("output", _tagged("messages"), ("gen_ai.output.messages",)),
+    (
+        "output",
+        _tagged("text"),
+        ("llm.output_messages.0.message.content", "ai.response.text", "gen_ai.completion.0.content"),
+    ),
+    ("output", _tagged("response"), ("output.value",)),
+    ("output", _tagged("json_or_text"), ("traceloop.entity.output",)),
+    ("response_id", _text, ("gen_ai.response.id",)),
+    *(
+        (f"annotation.{index}.{part}", converter, (f"annotations.{index}.annotation.{part}",))
+        for index in range(MAX_ANNOTATIONS)
+        for part, converter in (("name", _text), ("label", _text), ("score", _score), ("explanation", _text))
+    ),
     ("error_type", _text, ("error.type",)),
     ("tool_status", _text, ("gen_ai.tool.status",)),
     ("http_status", _integer, ("http.response.status_code", "http.status_code")),
@@ -444,6 +466,10 @@ class Normalizer:
         if system_source is None and get("first_role") == "system" and "first_content" in values:
             system_source = ("text", values["first_content"])
         view.system_source = system_source
+        view.output = get("output")
+        view.response_id = get("response_id")
+        if span.events or "annotation.0.name" in values:
+            view.evaluations = _evaluations(span, values, view.response_id)
         error_type = get("error_type")
         failed = (
             span.status.code == Status.STATUS_CODE_ERROR
@@ -454,6 +480,60 @@ class Normalizer:
             view.status = classify_failure(span, error_type, get("http_status")) if kind != TOOL else STATUS_ERROR
         else:
             view.status = STATUS_OK
+
+
+def evaluation_from_attributes(attributes, response_id: str | None = None) -> Evaluation | None:
+    """A gen_ai.evaluation.result event's or log record's attributes as an Evaluation."""
+    values: dict[str, Any] = {}
+    for attribute in attributes:
+        key = attribute.key
+        if key == "gen_ai.evaluation.score.value":
+            values["score"] = _score(attribute.value)
+        elif key in _EVALUATION_TEXT_FIELDS:
+            text = _text(attribute.value)
+            if text is not INVALID and text is not SKIP:
+                values[_EVALUATION_TEXT_FIELDS[key]] = text
+    if "name" not in values:
+        return None
+    score = values.get("score")
+    return Evaluation(
+        name=values["name"],
+        score=None if score is INVALID else score,
+        label=values.get("label"),
+        explanation=values.get("explanation"),
+        response_id=values.get("response_id", response_id),
+    )
+
+
+_EVALUATION_TEXT_FIELDS = {
+    "gen_ai.evaluation.name": "name",
+    "gen_ai.evaluation.score.label": "label",
+    "gen_ai.evaluation.explanation": "explanation",
+    "gen_ai.response.id": "response_id",
+}
+
+
+def _evaluations(span: Span, values: dict[str, Any], response_id: str | None) -> list[Evaluation] | None:
+    found = [
+        evaluation
+        for event in span.events
+        if event.name == EVALUATION_EVENT
+        and (evaluation := evaluation_from_attributes(event.attributes, response_id)) is not None
+    ]
+    for index in range(MAX_ANNOTATIONS):
+        name = values.get(f"annotation.{index}.name")
+        if name is None:
+            break
+        found.append(
+            Evaluation(
+                name=name,
+                score=values.get(f"annotation.{index}.score"),
+                label=values.get(f"annotation.{index}.label"),
+                explanation=values.get(f"annotation.{index}.explanation"),
+                response_id=response_id,
+            )
+        )
+    return found or None
 
 
 def _name_after(name: str, prefix: str) -> str | None:

@@ -1,4 +1,5 @@
-"""OTLP receiver: TraceService over gRPC and POST /v1/traces over HTTP (protobuf or JSON, gzip).
+"""OTLP receiver: TraceService and LogsService over gRPC, POST /v1/traces and /v1/logs over HTTP
+(protobuf or JSON, gzip). Log records carry evaluation results (gen_ai.evaluation.result).
 
 Duties from the OTLP specification: a request-size limit applied after decompression (413),
 415 for an unsupported content type, 400 with a google.rpc.Status body for undecodable data,
@@ -9,6 +10,7 @@ partial success when some spans are invalid (the rest are kept), and 503 + Retry
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import logging
@@ -23,6 +25,10 @@ from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -36,12 +42,44 @@ from .netaddr import Endpoint, parse_endpoint
 
 log = logging.getLogger("agentopz_otel.receiver")
 
-TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What differs between receiving spans and receiving log records."""
+
+    name: str
+    grpc_service: str
+    http_path: str
+    request_type: type[Message]
+    response_type: type[Message]
+    json_path: tuple[tuple[str, ...], ...]  # JSON keys from the request down to the items
+    rejected_field: str
+
+
+TRACES = Signal(
+    "traces",
+    "opentelemetry.proto.collector.trace.v1.TraceService",
+    "/v1/traces",
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+    (("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans"), ("spans",)),
+    "rejected_spans",
+)
+LOGS = Signal(
+    "logs",
+    "opentelemetry.proto.collector.logs.v1.LogsService",
+    "/v1/logs",
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+    (("resourceLogs", "resource_logs"), ("scopeLogs", "scope_logs"), ("logRecords", "log_records")),
+    "rejected_log_records",
+)
 
 
 class GrpcProtocol(BaseModel):
@@ -113,7 +151,7 @@ class Backpressure(Exception):
 
 @dataclass(frozen=True)
 class Accepted:
-    rejected_spans: int
+    rejected: int
     error_message: str
 
 
@@ -134,6 +172,24 @@ def _is_valid_span(span) -> bool:
         and span.span_id != _ZERO_SPAN_ID
         and len(span.parent_span_id) in (0, 8)
     )
+
+
+def _is_valid_log_record(record) -> bool:
+    return len(record.trace_id) in (0, 16) and len(record.span_id) in (0, 8)
+
+
+def remove_invalid_log_records(request: ExportLogsServiceRequest) -> tuple[int, int]:
+    """Drop log records with malformed ids in place; returns (records seen, records removed)."""
+    total = removed = 0
+    for resource_logs in request.resource_logs:
+        for scope_logs in resource_logs.scope_logs:
+            records = scope_logs.log_records
+            total += len(records)
+            bad = [index for index, record in enumerate(records) if not _is_valid_log_record(record)]
+            for index in reversed(bad):
+                del records[index]
+            removed += len(bad)
+    return total, removed
 
 
 def remove_invalid_spans(request: ExportTraceServiceRequest) -> tuple[int, int]:
@@ -161,17 +217,16 @@ def _hex_ids_to_base64(node: dict) -> None:
             node[key] = base64.b64encode(raw).decode()
 
 
-def _children(node: object, *keys: str) -> list:
-    if not isinstance(node, dict):
-        return []
-    for key in keys:
-        value = node.get(key)
-        if isinstance(value, list):
-            return value
-    return []
+def _children(nodes: list, keys: tuple[str, ...]) -> list:
+    found = []
+    for node in nodes:
+        if isinstance(node, dict):
+            value = next((node[key] for key in keys if isinstance(node.get(key), list)), [])
+            found.extend(item for item in value if isinstance(item, dict))
+    return found
 
 
-def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
+def parse_json_request(body: bytes, signal: Signal = TRACES) -> Message:
     """OTLP/JSON: ids are hex (protobuf's JSON mapping would expect base64), unknown fields ignored."""
     try:
         document = json.loads(body)
@@ -179,29 +234,27 @@ def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
         raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, f"invalid JSON: {error}") from None
     if not isinstance(document, dict):
         raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, "the JSON body must be an object")
-    for resource_spans in _children(document, "resourceSpans", "resource_spans"):
-        for scope_spans in _children(resource_spans, "scopeSpans", "scope_spans"):
-            for span in _children(scope_spans, "spans"):
-                if isinstance(span, dict):
-                    _hex_ids_to_base64(span)
-                    for link in _children(span, "links"):
-                        if isinstance(link, dict):
-                            _hex_ids_to_base64(link)
-    request = ExportTraceServiceRequest()
+    items = [document]
+    for keys in signal.json_path:
+        items = _children(items, keys)
+    for item in (*items, *_children(items, ("links",))):
+        _hex_ids_to_base64(item)
+    request = signal.request_type()
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except (json_format.ParseError, RecursionError, TypeError, ValueError) as error:
-        raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, f"not an OTLP trace request: {error}") from None
+        raise RequestError(
+            400, grpc.StatusCode.INVALID_ARGUMENT, f"not an OTLP {signal.name} request: {error}"
+        ) from None
     return request
 
 
-def parse_protobuf_request(body: bytes) -> ExportTraceServiceRequest:
+def parse_protobuf_request(body: bytes, signal: Signal = TRACES) -> Message:
     try:
-        return ExportTraceServiceRequest.FromString(body)
+        return signal.request_type.FromString(body)
     except (DecodeError, RecursionError) as error:
-        raise RequestError(
-            400, grpc.StatusCode.INVALID_ARGUMENT, f"not a valid ExportTraceServiceRequest: {error}"
-        ) from None
+        name = signal.request_type.DESCRIPTOR.name
+        raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, f"not a valid {name}: {error}") from None
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
@@ -235,6 +288,9 @@ class OtlpReceiver:
             ("reason",),
             bounded=False,
         )
+        self._received_logs: Family[Counter] = metrics.counter(
+            "agentopz_receiver_log_records_total", "Log records received, by transport.", ("transport",), bounded=False
+        )
         self._rejected_requests: Family[Counter] = metrics.counter(
             "agentopz_receiver_rejected_requests_total",
             "Whole requests rejected, by reason (decode, too_large, media_type, unauthenticated, busy).",
@@ -243,6 +299,15 @@ class OtlpReceiver:
         )
 
     # -- shared by both transports -------------------------------------------------------------
+
+    def accept_logs(self, request: ExportLogsServiceRequest, transport: str) -> Accepted:
+        assert self._consumer is not None
+        total, removed = remove_invalid_log_records(request)
+        self._received_logs.series((transport,)).value += total
+        if total - removed:
+            self._consumer.consume_logs(request)
+        message = f"{removed} log record(s) rejected: trace_id must be 16 bytes and span_id 8" if removed else ""
+        return Accepted(removed, message)
 
     def accept(self, request: ExportTraceServiceRequest, transport: str) -> Accepted:
         assert self._consumer is not None
@@ -269,23 +334,23 @@ class OtlpReceiver:
             return False
         return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), self._secret)
 
-    @staticmethod
-    def _response(accepted: Accepted) -> ExportTraceServiceResponse:
-        response = ExportTraceServiceResponse()
-        if accepted.rejected_spans:
-            response.partial_success.rejected_spans = accepted.rejected_spans
+    def _accept(self, signal: Signal, request: Message, transport: str) -> Message:
+        accepted = self.accept(request, transport) if signal is TRACES else self.accept_logs(request, transport)
+        response = signal.response_type()
+        if accepted.rejected:
+            setattr(response.partial_success, signal.rejected_field, accepted.rejected)
             response.partial_success.error_message = accepted.error_message
         return response
 
     # -- gRPC ----------------------------------------------------------------------------------
 
-    async def _grpc_export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _grpc_export(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = dict(context.invocation_metadata() or ())
         if not self._authorized(metadata.get("authorization")):
             self._rejected_requests.series(("grpc", "unauthenticated")).value += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
-            accepted = self.accept(parse_protobuf_request(body), "grpc")
+            response = self._accept(signal, parse_protobuf_request(body, signal), "grpc")
         except RequestError as error:
             self._rejected_requests.series(("grpc", "decode")).value += 1
             await context.abort(error.grpc_code, str(error))
@@ -299,7 +364,7 @@ class OtlpReceiver:
                 str(busy),
                 trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
             )
-        return self._response(accepted).SerializeToString()
+        return response.SerializeToString()
 
     async def _start_grpc(self, protocol: GrpcProtocol) -> None:
         server = grpc.aio.server(
@@ -309,8 +374,15 @@ class OtlpReceiver:
             ],
             maximum_concurrent_rpcs=protocol.max_concurrent_requests,
         )
-        handler = grpc.unary_unary_rpc_method_handler(self._grpc_export)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TRACE_SERVICE, {"Export": handler}),))
+        server.add_generic_rpc_handlers(
+            tuple(
+                grpc.method_handlers_generic_handler(
+                    signal.grpc_service,
+                    {"Export": grpc.unary_unary_rpc_method_handler(functools.partial(self._grpc_export, signal))},
+                )
+                for signal in (TRACES, LOGS)
+            )
+        )
         host, port = parse_endpoint(protocol.endpoint)
         try:
             bound = server.add_insecure_port(f"{host}:{port}")
@@ -345,7 +417,7 @@ class OtlpReceiver:
     def _status_response(self, status: int, code: int, message: str, json_body: bool, headers=None) -> web.Response:
         return _message_response(status_pb2.Status(code=code, message=message), json_body, status, headers)
 
-    async def _http_export(self, request: web.Request) -> web.Response:
+    async def _http_export(self, signal: Signal, request: web.Request) -> web.Response:
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         json_body = content_type == JSON
         if not self._authorized(request.headers.get("Authorization")):
@@ -369,8 +441,8 @@ class OtlpReceiver:
             body = await self._read_body(request)
             if encoding == "gzip":
                 body = gunzip(body, self._config.max_request_bytes)
-            parsed = parse_json_request(body) if json_body else parse_protobuf_request(body)
-            accepted = self.accept(parsed, "http")
+            parsed = parse_json_request(body, signal) if json_body else parse_protobuf_request(body, signal)
+            response = self._accept(signal, parsed, "http")
         except RequestError as error:
             reason = "too_large" if error.http_status == 413 else "decode"
             self._rejected_requests.series(("http", reason)).value += 1
@@ -379,12 +451,13 @@ class OtlpReceiver:
             self._rejected_requests.series(("http", "busy")).value += 1
             headers = {"Retry-After": str(math.ceil(busy.retry_after))}
             return self._status_response(503, code_pb2.UNAVAILABLE, str(busy), json_body, headers)
-        return _message_response(self._response(accepted), json_body)
+        return _message_response(response, json_body)
 
     async def _start_http(self, protocol: HttpProtocol) -> None:
         # aiohttp's own limit is a backstop; _read_body enforces the configured one with a clear error.
         app = web.Application(client_max_size=self._config.max_request_bytes + 1)
-        app.router.add_post("/v1/traces", self._http_export)
+        for signal in (TRACES, LOGS):
+            app.router.add_post(signal.http_path, functools.partial(self._http_export, signal))
         # Decompression is ours (gunzip) so the size limit applies to the decompressed body.
         runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()

@@ -35,7 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .components import Context, Factory
 from .metrics import Registry
 from .model import AGENT, LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView
+from .normalize import EVALUATION_EVENT, evaluation_from_attributes
 from .prompt_version import UNKNOWN_VERSION
+from .quality import FAIL, UNKNOWN, Evaluation, FinishedRun, QualityConfig, QualityEvaluator, evaluation_verdict
 
 log = logging.getLogger("agentopz_otel.runs")
 
@@ -48,14 +50,13 @@ TIMEOUT = "timeout"
 ABANDONED = "abandoned"
 ERROR = "error"
 
-PASS = "pass"
-FAIL = "fail"
-UNKNOWN = "unknown"
-
 RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 MAX_MODELS_PER_RUN = 8
+MAX_TOOLS_PER_RUN = 64
+MAX_EVALUATIONS_PER_RUN = 32
+SCORE_BUCKETS = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 10)
 
 
 class RunLimit(BaseModel):
@@ -96,6 +97,7 @@ class RunsConfig(BaseModel):
     duration_buckets: list[float] = Field(default_factory=lambda: list(RUN_DURATION_BUCKETS))
     cost_buckets: list[float] = Field(default_factory=lambda: list(RUN_COST_BUCKETS))
     limits: list[RunLimit] = Field(default_factory=list)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     run_log: RunLogConfig = Field(default_factory=RunLogConfig)
 
 
@@ -118,7 +120,10 @@ class Group:
         "cache_write_tokens",
         "cost",
         "end_time",
+        "evaluations",
         "failed",
+        "final_call_end",
+        "finish_reason",
         "finished",
         "input_tokens",
         "is_run",
@@ -129,6 +134,8 @@ class Group:
         "llm_errors",
         "merged_into",
         "models",
+        "output",
+        "output_from_agent",
         "output_tokens",
         "parent_id",
         "prompt_version",
@@ -142,6 +149,7 @@ class Group:
         "sub_agents",
         "tool_calls",
         "tool_errors",
+        "tools",
         "top_parent",
         "trace",
         "unpriced_calls",
@@ -180,6 +188,12 @@ class Group:
         self.last_llm_error = 0
         self.last_tool_error = 0
         self.models: list[str] = []
+        self.tools: set[str] = set()
+        self.evaluations: list[Evaluation] = []
+        self.output: tuple[str, str] | None = None
+        self.output_from_agent = False
+        self.finish_reason: str | None = None
+        self.final_call_end = 0
 
     def find(self) -> Group:
         group = self
@@ -217,8 +231,15 @@ class Group:
                 self.models.append(view.model)
             if self.prompt_version is None and view.prompt_version not in (None, UNKNOWN_VERSION):
                 self.prompt_version = view.prompt_version
+            if view.end_time >= self.final_call_end:
+                self.final_call_end = view.end_time
+                self.finish_reason = view.finish_reason
+                if view.output is not None and not self.output_from_agent:
+                    self.output = view.output
         elif view.kind == TOOL:
             self.tool_calls += 1
+            if view.tool and len(self.tools) < MAX_TOOLS_PER_RUN:
+                self.tools.add(view.tool)
             if view.status != STATUS_OK:
                 self.tool_errors += 1
                 self.last_tool_error = max(self.last_tool_error, view.end_time)
@@ -246,6 +267,13 @@ class Group:
         for model in other.models:
             if model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
                 self.models.append(model)
+        self.tools.update(list(other.tools)[: max(0, MAX_TOOLS_PER_RUN - len(self.tools))])
+        self.evaluations.extend(other.evaluations[: max(0, MAX_EVALUATIONS_PER_RUN - len(self.evaluations))])
+        if other.final_call_end > self.final_call_end:
+            self.final_call_end = other.final_call_end
+            self.finish_reason = other.finish_reason
+            if not self.output_from_agent and other.output is not None:
+                self.output = other.output
         if self.agent is None and not self.is_run:
             self.agent = other.agent
         self.prompt_version = self.prompt_version or other.prompt_version
@@ -298,10 +326,6 @@ class RunRecord:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True)
-
-
-# Quality hook: given a finished run (and its held root span, if any), return (verdict, failed checks).
-QualityHook = Callable[[RunRecord, Group], tuple[str, list[str]]]
 
 
 def decide_outcome(group: Group, record: RunRecord, limit: RunLimit | None, quality_verdict: str) -> str:
@@ -386,7 +410,8 @@ class RunsProcessor:
     def __init__(self, component_id: str, config: RunsConfig, registry: Registry) -> None:
         self.id = component_id
         self.config = config
-        self.quality: QualityHook | None = None
+        self._quality = QualityEvaluator(config.quality)
+        self._responses: OrderedDict[str, bytes] = OrderedDict()  # gen_ai.response.id -> trace id
         self._traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
         # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
         self._finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
@@ -432,6 +457,22 @@ class RunsProcessor:
         )
         self._late = registry.counter(
             "agentopz_late_spans_total", "Spans that arrived after their run finished (not in run metrics)."
+        )
+        self._checks = registry.counter(
+            "agentopz_quality_checks_total",
+            "Quality check verdicts on finished runs (pass, fail, unknown, error).",
+            (*labels, "check", "verdict"),
+        )
+        self._evaluations = registry.counter(
+            "agentopz_evaluations_total",
+            "Evaluator verdicts (gen_ai.evaluation.result, annotations), including those after the run finished.",
+            (*labels, "evaluation", "verdict"),
+        )
+        self._scores = registry.histogram(
+            "agentopz_evaluation_score", "Evaluator scores.", (*labels, "evaluation"), SCORE_BUCKETS
+        )
+        self._unmatched = registry.counter(
+            "agentopz_evaluations_unmatched_total", "Evaluations whose run could not be found."
         )
         registry.before_collect.append(self._refresh_in_flight)
 
@@ -484,6 +525,8 @@ class RunsProcessor:
 
     def _take(self, view: SpanView, now: float) -> bool:
         """Account one span; True when it is a run root to hold back until the run finishes."""
+        if view.output is not None and len(view.output[1]) > self.config.quality.max_output_chars:
+            view.output = None  # too large to hold until the run ends: content checks say unknown
         trace_id = view.trace_id
         trace = self._traces.get(trace_id)
         if trace is None:
@@ -520,6 +563,11 @@ class RunsProcessor:
             group.start_time = view.span.start_time_unix_nano
             group.end_time = view.end_time
             group.last_seen = now
+            if view.output is not None:
+                group.output = view.output
+                group.output_from_agent = True
+            if view.evaluations:
+                self._attach(group, view.evaluations)
             trace.nodes[span_id] = group
             return True
         if parent_id:
@@ -530,18 +578,22 @@ class RunsProcessor:
                 trace.nodes[parent_id] = group
             elif own is not None and own is not group:
                 if own.finished or group.finished:
-                    self._late.series(()).value += 1
+                    self._late_span(group if group.finished else own, view)
                     return False
                 group.absorb(own)
         else:
             group = own or self._new_group(trace, b"", now)
             group.top_parent = b""
         if group.finished:
-            self._late.series(()).value += 1
+            self._late_span(group, view)
             return False
         if view.kind != LLM:  # LLM calls have no children: keep the node map small
             trace.nodes[span_id] = group
+        elif view.response_id:
+            self._remember_response(view.response_id, trace_id)
         group.add(view)
+        if view.evaluations:
+            self._attach(group, view.evaluations)
         group.last_seen = now
         if group.is_run and view.agent is None:
             view.agent = group.agent  # call metrics get the run's agent when it is already known
@@ -553,6 +605,69 @@ class RunsProcessor:
             group.root_arrived = now
             return True
         return False
+
+    def _late_span(self, group: Group, view: SpanView) -> None:
+        self._late.series(()).value += 1
+        if view.evaluations:
+            self._attach(group, view.evaluations)
+
+    def _remember_response(self, response_id: str, trace_id: bytes) -> None:
+        self._responses[response_id] = trace_id
+        if len(self._responses) > self.config.max_open_runs:
+            self._responses.popitem(last=False)
+
+    def _attach(self, group: Group, evaluations: list[Evaluation]) -> None:
+        """Evaluations of an open run count with it; a finished run's are counted but change nothing."""
+        group = group.find()
+        if group.finished:
+            self._count_evaluations(group.service, group.agent or group.service, group.prompt_version, evaluations)
+        else:
+            room = MAX_EVALUATIONS_PER_RUN - len(group.evaluations)
+            group.evaluations.extend(evaluations[: max(0, room)])
+
+    def _count_evaluations(
+        self, service: str, agent: str, prompt_version: str | None, evaluations: list[Evaluation]
+    ) -> None:
+        labels = (service, agent, prompt_version or UNKNOWN_VERSION)
+        for evaluation in evaluations:
+            verdict = evaluation_verdict(evaluation, self.config.quality.evaluations)
+            self._evaluations.series((*labels, evaluation.name, verdict)).value += 1
+            if evaluation.score is not None:
+                self._scores.series((*labels, evaluation.name)).observe(evaluation.score)
+
+    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Evaluation results sent as log records, matched to their run by span or response id."""
+        for resource_logs in request.resource_logs:
+            for scope_logs in resource_logs.scope_logs:
+                for log_record in scope_logs.log_records:
+                    if log_record.event_name != EVALUATION_EVENT and not any(
+                        kv.key == "event.name" and kv.value.string_value == EVALUATION_EVENT
+                        for kv in log_record.attributes
+                    ):
+                        continue
+                    evaluation = evaluation_from_attributes(log_record.attributes)
+                    if evaluation is None:
+                        continue
+                    group = self._evaluated_run(log_record.trace_id, log_record.span_id, evaluation.response_id)
+                    if group is None:
+                        self._unmatched.series(()).value += 1
+                    else:
+                        self._attach(group, [evaluation])
+
+    def _evaluated_run(self, trace_id: bytes, span_id: bytes, response_id: str | None) -> Group | None:
+        if not trace_id and response_id:
+            trace_id = self._responses.get(response_id, b"")
+        trace = self._traces.get(trace_id)
+        if trace is None and trace_id in self._finished:
+            trace = self._finished[trace_id][0]
+        if trace is None:
+            return None
+        group = trace.node(span_id) if span_id else None
+        if group is not None:
+            return group
+        # The evaluated span is an LLM call (not kept in the node map): its trace's run.
+        runs = [g for g in trace.groups if g.merged_into is None and (g.is_run or g.llm_calls)]
+        return runs[0] if runs else None
 
     @staticmethod
     def _new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
@@ -690,10 +805,33 @@ class RunsProcessor:
         )
         if abandoned:
             group.root_span_id = b""
-        verdict, failed_checks = self.quality(record, group) if self.quality is not None else (UNKNOWN, [])
-        record.quality_verdict = verdict
-        record.failed_checks = failed_checks
-        record.outcome = decide_outcome(group, record, self._limit(service, agent), verdict)
+        verdict = self._quality.judge(
+            FinishedRun(
+                service=service,
+                agent=agent,
+                prompt_version=record.prompt_version,
+                steps=group.steps,
+                llm_calls=group.llm_calls,
+                tool_calls=group.tool_calls,
+                tool_errors=group.tool_errors,
+                cost_usd=record.cost_usd if record.cost_complete else None,
+                duration_seconds=duration,
+                tools=frozenset(group.tools),
+                finish_reason=group.finish_reason,
+                output_source=group.output,
+            ),
+            group.evaluations,
+        )
+        record.quality_verdict = verdict.verdict
+        record.failed_checks = verdict.failed_checks
+        record.outcome = decide_outcome(group, record, self._limit(service, agent), verdict.verdict)
+        labels = (service, agent, record.prompt_version)
+        for check, check_verdict in verdict.results:
+            self._checks.series((*labels, check, check_verdict)).value += 1
+        self._count_evaluations(service, agent, record.prompt_version, group.evaluations)
+        group.agent = agent
+        group.prompt_version = record.prompt_version
+        group.service = service
         self._record_metrics(record)
         if group.root is not None:
             self._add_totals(group.root.span, record)

@@ -45,6 +45,12 @@ class Pipeline:
         for exporter in self.exporters:
             exporter.export(batch)
 
+    def consume_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Received log records feed processors that read them (evaluation results); none are forwarded."""
+        for processor in self.processors:
+            if hasattr(processor, "process_logs"):
+                processor.process_logs(request)
+
     def export_logs(self, request: ExportLogsServiceRequest, count: int) -> None:
         for exporter in self.exporters:
             if hasattr(exporter, "export_logs"):
@@ -67,6 +73,10 @@ class FanOut:
             request.CopyFrom(batch.request)
             pipeline.consume(Batch(request, batch.span_count))
         self.pipelines[0].consume(batch)
+
+    def consume_logs(self, request: ExportLogsServiceRequest) -> None:
+        for pipeline in self.pipelines:
+            pipeline.consume_logs(request)
 
 
 class Service:
