@@ -30,7 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, Instr
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_NUMBER_WARN
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .components import Context, Factory
 from .metrics import Registry
@@ -99,6 +99,19 @@ class RunsConfig(BaseModel):
     limits: list[RunLimit] = Field(default_factory=list)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     run_log: RunLogConfig = Field(default_factory=RunLogConfig)
+    slo_file: str | None = Field(
+        default=None, description="SLO file whose latency and cost thresholds are added as bucket boundaries"
+    )
+
+    @model_validator(mode="after")
+    def _slo_buckets(self) -> RunsConfig:
+        if self.slo_file:
+            from .slo import cost_thresholds, latency_thresholds, load_spec
+
+            spec = load_spec(self.slo_file)
+            self.duration_buckets = sorted({*self.duration_buckets, *latency_thresholds(spec)})
+            self.cost_buckets = sorted({*self.cost_buckets, *cost_thresholds(spec)})
+        return self
 
 
 @dataclass
@@ -412,6 +425,8 @@ class RunsProcessor:
         self.config = config
         self._quality = QualityEvaluator(config.quality)
         self._responses: OrderedDict[str, bytes] = OrderedDict()  # gen_ai.response.id -> trace id
+        # Evaluations that arrived before any span of their trace: trace id -> (arrival, evaluations).
+        self._pending: OrderedDict[bytes, tuple[float, list[Evaluation]]] = OrderedDict()
         self._traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
         # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
         self._finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
@@ -539,6 +554,9 @@ class RunsProcessor:
                 trace = TraceState(trace_id, now)
             trace.last_seen = now
             self._traces[trace_id] = trace
+            pending = self._pending.pop(trace_id, None)
+            if pending is not None:
+                view.evaluations = [*(view.evaluations or ()), *pending[1]]
         else:
             self._traces.move_to_end(trace_id)
             trace.last_seen = now
@@ -649,10 +667,20 @@ class RunsProcessor:
                     if evaluation is None:
                         continue
                     group = self._evaluated_run(log_record.trace_id, log_record.span_id, evaluation.response_id)
-                    if group is None:
-                        self._unmatched.series(()).value += 1
-                    else:
+                    if group is not None:
                         self._attach(group, [evaluation])
+                    elif len(log_record.trace_id) == 16:
+                        self._hold_evaluation(log_record.trace_id, evaluation)
+                    else:
+                        self._unmatched.series(()).value += 1
+
+    def _hold_evaluation(self, trace_id: bytes, evaluation: Evaluation) -> None:
+        """Keep an evaluation whose trace has not been seen yet (the judge can be faster than the spans)."""
+        _, waiting = self._pending.setdefault(trace_id, (time.monotonic(), []))
+        if len(waiting) < MAX_EVALUATIONS_PER_RUN:
+            waiting.append(evaluation)
+        while len(self._pending) > self.config.max_open_runs:
+            self._unmatched.series(()).value += len(self._pending.popitem(last=False)[1][1])
 
     def _evaluated_run(self, trace_id: bytes, span_id: bytes, response_id: str | None) -> Group | None:
         if not trace_id and response_id:
@@ -749,6 +777,8 @@ class RunsProcessor:
                 self._retire(trace, now)
         if records:
             self._publish(records)
+        while self._pending and now - next(iter(self._pending.values()))[0] > self.config.abandon_after_seconds:
+            self._unmatched.series(()).value += len(self._pending.popitem(last=False)[1][1])
         window = self.config.late_window_seconds
         while self._finished and (
             now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs

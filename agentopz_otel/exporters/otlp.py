@@ -101,7 +101,10 @@ class SendResult:
 def _grpc_retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
+            try:
+                status = status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
             for detail in status.details:
                 info = error_details_pb2.RetryInfo()
                 if detail.Unpack(info):
@@ -221,7 +224,9 @@ class DeliveryQueue:
         self._sender: Sender | None = None
         self._queue: deque[tuple[bytes, int]] = deque()
         self._held = 0  # queued plus in delivery: what the queue bound applies to
+        self._waiting = 0  # queued, not yet taken by a sender
         self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._stopping = False
         self._failing = False
@@ -250,10 +255,10 @@ class DeliveryQueue:
             self._failed.value += count
             return
         self._queue.append((body, count))
+        self._waiting += count
         self._held += count
         self._queued.value = self._held
-        if self._held >= self._config.batch.send_batch_size:
-            self._wake.set()
+        self._wake.set()
 
     def _take(self) -> tuple[bytes, int]:
         bodies = []
@@ -263,27 +268,37 @@ class DeliveryQueue:
             body, items = self._queue.popleft()
             bodies.append(body)
             count += items
+        self._waiting -= count
         return b"".join(bodies), count
 
     async def _worker(self) -> None:
-        timeout = self._config.batch.timeout_seconds
         while True:
             if not self._queue:
                 if self._stopping:
                     return
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await self._wake.wait()
                 continue
-            if self._held < self._config.batch.send_batch_size and not self._stopping:
-                # Give a partial batch a short time to fill.
+            # Give a partial batch up to batch.timeout_seconds to fill.
+            deadline = time.monotonic() + self._config.batch.timeout_seconds
+            while not self._stopping and self._waiting < self._config.batch.send_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    await asyncio.wait_for(self._wake.wait(), remaining)
             body, count = self._take()
             if count:
                 try:
                     await self._deliver(body, count)
+                except asyncio.CancelledError:
+                    self._failed.value += count
+                    log.warning("%s: %d %s in delivery at shutdown, not delivered", self.id, count, self.signal.unit)
+                    raise
+                except Exception:
+                    self._failed.value += count
+                    log.exception("%s: delivery failed unexpectedly; dropped %d %s", self.id, count, self.signal.unit)
                 finally:
                     self._held -= count
                     self._queued.value = self._held
@@ -319,7 +334,10 @@ class DeliveryQueue:
                 self._failed.value += count
                 log.warning("%s: dropped %d %s after %s", self.id, count, self.signal.unit, result.message)
                 return
-            await asyncio.sleep(delay)
+            # A stop request ends the wait early; the next attempt is then the last.
+            self._stop_requested.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     def start(self, sender: Sender) -> None:
         self._sender = sender
@@ -329,6 +347,7 @@ class DeliveryQueue:
         """Flush what is held; whatever cannot be delivered within `timeout` is counted as failed."""
         self._stopping = True
         self._wake.set()
+        self._stop_requested.set()
         if self._workers:
             _, pending = await asyncio.wait(self._workers, timeout=timeout)
             for task in pending:
@@ -339,7 +358,7 @@ class DeliveryQueue:
             self._failed.value += self._held
             log.warning("%s: %d %s not delivered before shutdown", self.id, self._held, self.signal.unit)
             self._queue.clear()
-            self._held = 0
+            self._held = self._waiting = 0
             self._queued.value = 0
 
 
