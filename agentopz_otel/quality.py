@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -400,7 +400,7 @@ class QualityEvaluator:
     def __init__(self, config: QualityConfig) -> None:
         self.config = config
 
-    def judge(self, run: FinishedRun, evaluations: list[Evaluation]) -> Verdict:
+    def judge(self, run: FinishedRun, evaluations: Sequence[Evaluation]) -> Verdict:
         results: list[tuple[str, str]] = []
         failed: list[str] = []
         for check_set in self.config.checks:

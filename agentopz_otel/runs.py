@@ -20,7 +20,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -201,8 +201,9 @@ class Group:
         self.last_llm_error = 0
         self.last_tool_error = 0
         self.models: list[str] = []
-        self.tools: set[str] = set()
-        self.evaluations: list[Evaluation] = []
+        # Tuples: the empty one is shared, so runs without tools or evaluations cost nothing for them.
+        self.tools: tuple[str, ...] = ()
+        self.evaluations: tuple[Evaluation, ...] = ()
         self.output: tuple[str, str] | None = None
         self.output_from_agent = False
         self.finish_reason: str | None = None
@@ -251,8 +252,8 @@ class Group:
                     self.output = view.output
         elif view.kind == TOOL:
             self.tool_calls += 1
-            if view.tool and len(self.tools) < MAX_TOOLS_PER_RUN:
-                self.tools.add(view.tool)
+            if view.tool and view.tool not in self.tools and len(self.tools) < MAX_TOOLS_PER_RUN:
+                self.tools += (view.tool,)
             if view.status != STATUS_OK:
                 self.tool_errors += 1
                 self.last_tool_error = max(self.last_tool_error, view.end_time)
@@ -280,8 +281,9 @@ class Group:
         for model in other.models:
             if model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
                 self.models.append(model)
-        self.tools.update(list(other.tools)[: max(0, MAX_TOOLS_PER_RUN - len(self.tools))])
-        self.evaluations.extend(other.evaluations[: max(0, MAX_EVALUATIONS_PER_RUN - len(self.evaluations))])
+        new_tools = tuple(tool for tool in other.tools if tool not in self.tools)
+        self.tools = (*self.tools, *new_tools)[:MAX_TOOLS_PER_RUN]
+        self.evaluations = (*self.evaluations, *other.evaluations)[:MAX_EVALUATIONS_PER_RUN]
         if other.final_call_end > self.final_call_end:
             self.final_call_end = other.final_call_end
             self.finish_reason = other.finish_reason
@@ -634,17 +636,16 @@ class RunsProcessor:
         if len(self._responses) > self.config.max_open_runs:
             self._responses.popitem(last=False)
 
-    def _attach(self, group: Group, evaluations: list[Evaluation]) -> None:
+    def _attach(self, group: Group, evaluations: Sequence[Evaluation]) -> None:
         """Evaluations of an open run count with it; a finished run's are counted but change nothing."""
         group = group.find()
         if group.finished:
             self._count_evaluations(group.service, group.agent or group.service, group.prompt_version, evaluations)
         else:
-            room = MAX_EVALUATIONS_PER_RUN - len(group.evaluations)
-            group.evaluations.extend(evaluations[: max(0, room)])
+            group.evaluations = (*group.evaluations, *evaluations)[:MAX_EVALUATIONS_PER_RUN]
 
     def _count_evaluations(
-        self, service: str, agent: str, prompt_version: str | None, evaluations: list[Evaluation]
+        self, service: str, agent: str, prompt_version: str | None, evaluations: Sequence[Evaluation]
     ) -> None:
         labels = (service, agent, prompt_version or UNKNOWN_VERSION)
         for evaluation in evaluations:

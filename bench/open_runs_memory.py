@@ -1,0 +1,97 @@
+"""Memory held per open run: runs in flight (children arrived, root not yet) kept by the runs processor.
+
+Prints bytes per open run and the total for the requested number of open runs.
+    .venv/bin/python bench/open_runs_memory.py --runs 100000 --calls 4 --tools 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tracemalloc
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from agentopz_otel.components import Context
+from agentopz_otel.metrics import Registry
+from agentopz_otel.model import Batch
+from agentopz_otel.normalize import FACTORY as NORMALIZE
+from agentopz_otel.runs import FACTORY as RUNS
+
+
+def attributes(values: dict) -> list[KeyValue]:
+    return [
+        KeyValue(key=k, value=AnyValue(int_value=v) if isinstance(v, int) else AnyValue(string_value=v))
+        for k, v in values.items()
+    ]
+
+
+def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRequest:
+    """The children of one run whose agent span has not ended yet."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(attributes({"service.name": f"svc-{index % 5}"}))
+    spans = resource_spans.scope_spans.add().spans
+    trace_id = index.to_bytes(16, "big")
+    root_id = (index * 64 + 1).to_bytes(8, "big")
+    for call in range(calls):
+        span = spans.add(trace_id=trace_id, span_id=(index * 64 + 2 + call).to_bytes(8, "big"), parent_span_id=root_id)
+        span.start_time_unix_nano, span.end_time_unix_nano = 1, 2
+        span.attributes.extend(
+            attributes(
+                {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": "gpt-4o",
+                    "gen_ai.usage.input_tokens": 1200,
+                    "gen_ai.usage.output_tokens": 300,
+                }
+            )
+        )
+    for tool in range(tools):
+        span = spans.add(trace_id=trace_id, span_id=(index * 64 + 40 + tool).to_bytes(8, "big"), parent_span_id=root_id)
+        span.attributes.extend(attributes({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": f"tool{tool}"}))
+    return request
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=4, help="LLM calls per open run")
+    parser.add_argument("--tools", type=int, default=2, help="tool calls per open run")
+    args = parser.parse_args()
+
+    context = Context(metrics=Registry())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), context)
+    runs = RUNS.create("runs", RUNS.config_type(max_open_runs=args.runs), context)
+    requests = [open_run_request(i, args.calls, args.tools) for i in range(args.runs)]
+    batches = []
+    for request in requests:
+        batch = Batch(request, len(request.resource_spans[0].scope_spans[0].spans))
+        normalize.process(batch)
+        batches.append(batch)
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for batch in batches:
+        runs.process(batch)
+    del batches, requests
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    open_runs = sum(1 for trace in runs._traces.values() for g in trace.groups if g.merged_into is None)
+    assert open_runs == args.runs, open_runs
+    print(f"open runs:            {open_runs}")
+    print(f"spans per open run:   {args.calls} LLM + {args.tools} tool (root not yet arrived)")
+    print(f"bytes per open run:   {held / open_runs:,.0f}")
+    print(f"memory for {open_runs:,} open runs: {held / 2**20:,.1f} MiB")
+    resident_pages = int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[1])
+    print(f"process RSS:          {resident_pages * os.sysconf('SC_PAGE_SIZE') / 2**20:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
