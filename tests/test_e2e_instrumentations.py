@@ -19,7 +19,7 @@ import fake_openai
 import pytest
 from fake_openai import FakeOpenAI
 from genai_prices import Usage, calc_price
-from test_forwarding import GrpcSink, attribute_value, config_body
+from sinks import GrpcSink, attribute_value, config_body
 
 pytestmark = pytest.mark.e2e
 

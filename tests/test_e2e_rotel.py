@@ -14,7 +14,7 @@ import pytest
 from agents import emit_chat, emit_tool, tracer
 from conftest import free_port
 from genai_prices import Usage, calc_price
-from test_forwarding import HttpSink, attribute_value, config_body
+from sinks import HttpSink, attribute_value, config_body
 
 pytestmark = pytest.mark.e2e
 

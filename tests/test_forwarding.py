@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
 import re
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
-import yaml
 from agents import chat_attributes, exporter
 from conftest import free_port
 from genai_prices import Usage, calc_price
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -33,170 +27,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
+from sinks import SINKS, GrpcSink, HttpSink, attribute_value, config_body
 from spans import make_request, make_span
 
 pytestmark = pytest.mark.e2e
-
-# -- a real OTLP backend: gRPC TraceService or HTTP /v1/traces, keeping every request --------------
-
-
-class Sink:
-    """Stores every ExportTraceServiceRequest it receives, with the request metadata / headers."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.requests: list[ExportTraceServiceRequest] = []
-        self.metadata: list[dict[str, str]] = []
-        self._lock = threading.Lock()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def record(self, request: ExportTraceServiceRequest, metadata: dict[str, str]) -> None:
-        with self._lock:
-            self.requests.append(request)
-            self.metadata.append(metadata)
-
-    def spans(self) -> list[tuple]:
-        """(resource, scope, span) for every span received, duplicates included."""
-        with self._lock:
-            requests = list(self.requests)
-        return [
-            (resource_spans.resource, scope_spans.scope, span)
-            for request in requests
-            for resource_spans in request.resource_spans
-            for scope_spans in resource_spans.scope_spans
-            for span in scope_spans.spans
-        ]
-
-    def span_ids(self) -> Counter:
-        return Counter(span.span_id for _, _, span in self.spans())
-
-    def wait_for_spans(self, count: int, timeout: float = 15.0) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            received = len(self.spans())
-            if received >= count or time.monotonic() > deadline:
-                return received
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-
-class GrpcSink(Sink):
-    def export(self, request: ExportTraceServiceRequest, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
-        self.record(request, dict(context.invocation_metadata()))
-        return ExportTraceServiceResponse()
-
-    def start(self) -> None:
-        sink = self
-
-        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request, context):
-                return sink.export(request, context)
-
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
-        if self._server.add_insecure_port(f"127.0.0.1:{self.port}") != self.port:
-            raise RuntimeError(f"gRPC sink cannot listen on 127.0.0.1:{self.port}")
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop(grace=None).wait()
-
-
-class HttpSink(Sink):
-    def start(self) -> None:
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {key.lower(): value for key, value in self.headers.items()}
-                if self.path != "/v1/traces" or headers.get("content-type") != "application/x-protobuf":
-                    self._reply(404, b"")
-                    return
-                if headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                sink.record(ExportTraceServiceRequest.FromString(body), headers)
-                self._reply(200, ExportTraceServiceResponse().SerializeToString())
-
-            def _reply(self, status: int, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-SINKS = {"grpc": GrpcSink, "http/protobuf": HttpSink}
-
-
-# -- config -------------------------------------------------------------------------------------
-
-
-def config_body(downstream: dict, shutdown_timeout: float = 10.0) -> str:
-    """A start_service body: the usual pipeline plus an `otlp/downstream` exporter configured by `downstream`."""
-    config = {
-        "receivers": {
-            "otlp": {
-                "protocols": {
-                    "grpc": {"endpoint": "127.0.0.1:@GRPC_PORT@"},
-                    "http": {"endpoint": "127.0.0.1:@HTTP_PORT@"},
-                }
-            }
-        },
-        "processors": {"normalize": None, "cost": None, "prompt_version": None},
-        "exporters": {"prometheus": None, "otlp/downstream": downstream},
-        "service": {
-            "admin": {"endpoint": "127.0.0.1:@ADMIN_PORT@"},
-            "shutdown_timeout_seconds": shutdown_timeout,
-            "pipelines": {
-                "traces": {
-                    "receivers": ["otlp"],
-                    "processors": ["normalize", "cost", "prompt_version"],
-                    "exporters": ["prometheus", "otlp/downstream"],
-                }
-            },
-        },
-    }
-    text = yaml.safe_dump(config, sort_keys=False).replace("{", "{{").replace("}", "}}")
-    for name in ("grpc_port", "http_port", "admin_port"):
-        text = text.replace(f"@{name.upper()}@", "{" + name + "}")
-    return text
 
 
 def price(model: str, input_tokens: int = 1200, output_tokens: int = 300, cache_read: int = 200) -> float:
     usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read)
     return float(calc_price(usage, model_ref=model, provider_id="openai").total_price)
-
-
-def attribute_value(kv):
-    which = kv.value.WhichOneof("value")
-    if which == "array_value":
-        return tuple(getattr(v, v.WhichOneof("value")) for v in kv.value.array_value.values)
-    return getattr(kv.value, which)
 
 
 def sha_version(text: str) -> str:

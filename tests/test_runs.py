@@ -367,3 +367,51 @@ def test_shutdown_finishes_runs_in_their_grace_period(runs_service):
     service.stop()
     [record] = run_records(service)
     assert (record["agent"], record["outcome"]) == ("flushed", "success")
+
+
+FORWARDING = RUNS.replace(
+    "  prometheus: {{}}\n", "  prometheus: {{}}\n  otlp/backend:\n    endpoint: {backend}\n    protocol: {protocol}\n"
+).replace("exporters: [prometheus]", "exporters: [prometheus, otlp/backend]")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_root_span_is_forwarded_with_run_totals_and_the_run_log_as_otlp_logs(start_service, tmp_path, protocol):
+    from sinks import SINKS, attribute_value
+
+    with SINKS[protocol]() as backend:
+        body = (
+            FORWARDING.replace("{max_open}", "1000")
+            .replace("{run_log}", str(tmp_path / "runs.jsonl"))
+            .replace("{backend}", backend.endpoint)
+            .replace("{protocol}", protocol)
+        )
+        service = start_service(body)
+        with tracer("grpc", service.grpc_endpoint, service="support-svc") as t:
+            with agent_run(t, "support", **{"agentopz.prompt.version": "v3"}) as root:
+                emit_chat(t)
+                emit_tool(t, "search")
+                emit_chat(t)
+                root_id = root.get_span_context().span_id.to_bytes(8, "big")
+                trace_id = root.get_span_context().trace_id.to_bytes(16, "big")
+        assert backend.wait_for_spans(4) == 4
+        deadline = time.monotonic() + 10
+        while not backend.log_records() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [forwarded_root] = [span for _, _, span in backend.spans() if span.span_id == root_id]
+        added = {kv.key: attribute_value(kv) for kv in forwarded_root.attributes if kv.key.startswith("agentopz.")}
+        assert math.isclose(added.pop("agentopz.cost.usd"), 2 * GPT4O_CALL, rel_tol=1e-9)
+        assert added == {
+            "agentopz.prompt.version": "v3",
+            "agentopz.run.outcome": "success",
+            "agentopz.run.steps": 2,
+            "agentopz.run.tool_calls": 1,
+            "agentopz.quality.verdict": "unknown",
+            "agentopz.quality.failed_checks": (),
+        }
+        [record] = backend.log_records()
+    assert record.event_name == "agentopz.run"
+    assert (record.trace_id, record.span_id) == (trace_id, root_id)
+    logged = json.loads(record.body.string_value)
+    assert (logged["agent"], logged["outcome"], logged["steps"], logged["tool_calls"]) == ("support", "success", 2, 1)
+    assert service.value("agentopz_exporter_sent_log_records_total") == 1
+    assert service.value("agentopz_exporter_sent_spans_total") == 4
