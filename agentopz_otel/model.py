@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 if TYPE_CHECKING:
@@ -101,17 +100,17 @@ class SpanView:
         self.enriched = False
         self.version_attribute = False
 
-    def set_attribute(self, key: str, value: str | float | int) -> None:
+    def set_attribute(self, key: str, value: str | float | int | bool) -> None:
         """Add an attribute to the forwarded span (callers never overwrite the user's own)."""
+        any_value = self.span.attributes.add(key=key).value  # add() then set: the fastest upb path
         if isinstance(value, str):
-            any_value = AnyValue(string_value=value)
+            any_value.string_value = value
         elif isinstance(value, bool):
-            any_value = AnyValue(bool_value=value)
+            any_value.bool_value = value
         elif isinstance(value, int):
-            any_value = AnyValue(int_value=value)
+            any_value.int_value = value
         else:
-            any_value = AnyValue(double_value=value)
-        self.span.attributes.append(KeyValue(key=key, value=any_value))
+            any_value.double_value = value
 
 
 @dataclass

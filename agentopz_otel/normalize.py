@@ -24,7 +24,6 @@ from .model import (
     OTHER,
     STATUS_CLIENT_ERROR,
     STATUS_ERROR,
-    STATUS_OK,
     STATUS_RATE_LIMITED,
     STATUS_SERVER_ERROR,
     STATUS_TIMEOUT,
@@ -48,9 +47,10 @@ Converter = Callable[[AnyValue], Any]
 
 
 def _text(value: AnyValue) -> Any:
-    if value.WhichOneof("value") != "string_value":
-        return INVALID
-    return value.string_value or SKIP
+    text = value.string_value  # read first: the common case needs no WhichOneof
+    if text:
+        return text
+    return SKIP if value.WhichOneof("value") in ("string_value", None) else INVALID
 
 
 def _number(value: AnyValue) -> float | None:
@@ -68,6 +68,9 @@ def _number(value: AnyValue) -> float | None:
 
 
 def _token_count(value: AnyValue) -> Any:
+    number = value.int_value  # the common case: a positive int
+    if 0 < number <= MAX_TOKENS:
+        return number
     number = _number(value)
     if number is None or not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_TOKENS:
         return INVALID
@@ -288,6 +291,7 @@ def build_attribute_table(rows=DIALECT_TABLE) -> dict[str, tuple[str, int, Conve
 
 
 ATTRIBUTE_TABLE = build_attribute_table()
+MAX_PRIORITY = len(ATTRIBUTE_TABLE)
 
 # Provider names as instrumentations spell them -> the provider id used in labels and pricing.
 PROVIDER_ALIASES = {
@@ -402,14 +406,14 @@ class Normalizer:
 
     def view(self, span: Span, service: str) -> SpanView:
         table = self._table
-        found: dict[str, tuple[int, Any]] = {}
+        values: dict[str, Any] = {}
+        priorities: dict[str, int] = {}
         for attribute in span.attributes:
             entry = table.get(attribute.key)
             if entry is None:
                 continue
             field, priority, convert = entry
-            previous = found.get(field)
-            if previous is not None and previous[0] <= priority:
+            if priorities.get(field, MAX_PRIORITY) <= priority:
                 continue
             value = convert(attribute.value)
             if value is SKIP:
@@ -417,69 +421,69 @@ class Normalizer:
             if value is INVALID:
                 self._invalid.series((attribute.key,)).value += 1
                 continue
-            found[field] = (priority, value)
-        values = {field: value for field, (_, value) in found.items()}
+            values[field] = value
+            priorities[field] = priority
         view = SpanView(span, service)
         self._fill(view, span, values)
         # Priority 0 of prompt_version is our own agentopz.prompt.version: the span has one already.
-        view.version_attribute = found.get("prompt_version", (None,))[0] == 0
+        view.version_attribute = priorities.get("prompt_version") == 0
         return view
 
     @staticmethod
     def _fill(view: SpanView, span: Span, values: dict[str, Any]) -> None:
         get = values.get
-        view.model = get("model", "")
-        provider = get("provider", "")
-        view.provider = PROVIDER_ALIASES.get(provider, provider).lower()
+        model = view.model = get("model", "")
         input_tokens = get("input_tokens")
         output_tokens = get("output_tokens")
-        cache_read = get("cache_read_tokens")
-        cache_write = get("cache_write_tokens")
-        reasoning = get("reasoning_tokens")
         kind = get("kind")
         if kind is None:
-            kind = LLM if view.model and (input_tokens is not None or output_tokens is not None) else OTHER
+            kind = LLM if model and (input_tokens is not None or output_tokens is not None) else OTHER
         view.kind = kind
-        # Some providers report cache and reasoning tokens beside the input/output counts rather than
-        # inside them; the canonical view always includes them.
-        cached = (cache_read or 0) + (cache_write or 0)
-        if cached and (input_tokens is None or input_tokens < cached):
-            input_tokens = (input_tokens or 0) + cached
-        if reasoning and (output_tokens is None or output_tokens < reasoning):
-            output_tokens = (output_tokens or 0) + reasoning
-        view.input_tokens = input_tokens
-        view.output_tokens = output_tokens
-        view.cache_read_tokens = cache_read
-        view.cache_write_tokens = cache_write
-        view.reasoning_tokens = reasoning
-        view.reported_cost = get("reported_cost")
-        view.finish_reason = get("finish_reason")
-        view.prompt_version = get("prompt_version")
-        view.enriched = "enriched" in values
         view.agent = get("agent")
-        view.tool = get("tool")
-        if kind == AGENT and view.agent is None:
-            view.agent = get("entity_name")
-        elif kind == TOOL and view.tool is None:
-            view.tool = get("entity_name") or _name_after(span.name, "execute_tool ") or span.name
-        system_source = get("system_source")
-        if system_source is None and get("first_role") == "system" and "first_content" in values:
-            system_source = ("text", values["first_content"])
-        view.system_source = system_source
-        view.output = get("output")
-        view.response_id = get("response_id")
+        if kind == LLM:
+            provider = get("provider", "")
+            view.provider = PROVIDER_ALIASES.get(provider, provider).lower()
+            cache_read = get("cache_read_tokens")
+            cache_write = get("cache_write_tokens")
+            reasoning = get("reasoning_tokens")
+            # Some providers report cache and reasoning tokens beside the input/output counts rather
+            # than inside them; the canonical view always includes them.
+            if cache_read is not None or cache_write is not None:
+                cached = (cache_read or 0) + (cache_write or 0)
+                if input_tokens is None or input_tokens < cached:
+                    input_tokens = (input_tokens or 0) + cached
+            if reasoning and (output_tokens is None or output_tokens < reasoning):
+                output_tokens = (output_tokens or 0) + reasoning
+            view.input_tokens = input_tokens
+            view.output_tokens = output_tokens
+            view.cache_read_tokens = cache_read
+            view.cache_write_tokens = cache_write
+            view.reasoning_tokens = reasoning
+            view.reported_cost = get("reported_cost")
+            view.finish_reason = get("finish_reason")
+            view.response_id = get("response_id")
+            view.enriched = "enriched" in values
+        elif kind == AGENT:
+            if view.agent is None:
+                view.agent = get("entity_name")
+        elif kind == TOOL:
+            view.tool = get("tool") or get("entity_name") or _name_after(span.name, "execute_tool ") or span.name
+        if kind in (LLM, AGENT):
+            view.prompt_version = get("prompt_version")
+            system_source = get("system_source")
+            if system_source is None and get("first_role") == "system" and "first_content" in values:
+                system_source = ("text", values["first_content"])
+            view.system_source = system_source
+            view.output = get("output")
         if span.events or "annotation.0.name" in values:
             view.evaluations = _evaluations(span, values, view.response_id)
         error_type = get("error_type")
-        failed = (
-            span.status.code == Status.STATUS_CODE_ERROR
-            or error_type is not None
-            or get("tool_status", "").lower() in _FAILED_TOOL_STATUSES
-        )
-        if failed:
+        if (
+            error_type is not None
+            or span.status.code == Status.STATUS_CODE_ERROR
+            or ("tool_status" in values and values["tool_status"].lower() in _FAILED_TOOL_STATUSES)
+        ):
             view.status = classify_failure(span, error_type, get("http_status")) if kind != TOOL else STATUS_ERROR
-        else:
-            view.status = STATUS_OK
 
 
 def evaluation_from_attributes(attributes, response_id: str | None = None) -> Evaluation | None:

@@ -270,8 +270,9 @@ def test_numeric_strings_are_accepted(normalizer):
 
 
 def test_finish_reason_from_array_and_string(normalizer):
-    assert view_of(normalizer, {"gen_ai.response.finish_reasons": ["length"]}).finish_reason == "length"
-    assert view_of(normalizer, {"llm.finish_reason": "stop"}).finish_reason == "stop"
+    chat = {"gen_ai.operation.name": "chat"}
+    assert view_of(normalizer, {**chat, "gen_ai.response.finish_reasons": ["length"]}).finish_reason == "length"
+    assert view_of(normalizer, {**chat, "llm.finish_reason": "stop"}).finish_reason == "stop"
 
 
 def test_service_name_and_ids(normalizer):
