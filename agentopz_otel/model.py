@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -100,17 +101,29 @@ class SpanView:
         self.enriched = False
         self.version_attribute = False
 
-    def set_attribute(self, key: str, value: str | float | int | bool) -> None:
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the forwarded span (callers never overwrite the user's own)."""
-        any_value = self.span.attributes.add(key=key).value  # add() then set: the fastest upb path
-        if isinstance(value, str):
-            any_value.string_value = value
-        elif isinstance(value, bool):
-            any_value.bool_value = value
-        elif isinstance(value, int):
-            any_value.int_value = value
-        else:
-            any_value.double_value = value
+        add_attribute(self.span.attributes, key, value)
+
+
+AttributeValue = str | bool | int | float | Sequence[str]
+
+
+def add_attribute(attributes, key: str, value: AttributeValue) -> None:
+    """Append key=value to a repeated KeyValue field (add() then set: the fastest upb path)."""
+    any_value = attributes.add(key=key).value
+    if isinstance(value, str):
+        any_value.string_value = value
+    elif isinstance(value, bool):
+        any_value.bool_value = value
+    elif isinstance(value, int):
+        any_value.int_value = value
+    elif isinstance(value, float):
+        any_value.double_value = value
+    else:
+        any_value.array_value.SetInParent()
+        for item in value:
+            any_value.array_value.values.add().string_value = item
 
 
 @dataclass

@@ -177,8 +177,9 @@ class JsonSchemaCheck(_Check):
             document = json.loads(output)
         except ValueError:
             return CheckResult(FAIL, "output is not JSON")
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(document))
-        return CheckResult(FAIL, error.message) if error is not None else CheckResult(PASS)
+        if self._validator.is_valid(document):
+            return CheckResult(PASS)
+        return CheckResult(FAIL, jsonschema.exceptions.best_match(self._validator.iter_errors(document)).message)
 
 
 class RegexCheck(_Check):

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_NUMBER_WARN
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .components import Context, Factory
 from .metrics import Registry
-from .model import AGENT, LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView
+from .model import AGENT, LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView, add_attribute
 from .normalize import EVALUATION_EVENT, evaluation_from_attributes
 from .prompt_version import UNKNOWN_VERSION
 from .quality import FAIL, UNKNOWN, Evaluation, FinishedRun, QualityConfig, QualityEvaluator, evaluation_verdict
@@ -370,20 +370,6 @@ def decide_outcome(group: Group, record: RunRecord, limit: RunLimit | None, qual
     return SUCCESS
 
 
-def _kv(key: str, value: Any) -> KeyValue:
-    if isinstance(value, str):
-        return KeyValue(key=key, value=AnyValue(string_value=value))
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(
-        key=key, value=AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=str(v)) for v in value]))
-    )
-
-
 def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
     """The run log as OTLP log records: one per run, linked to its trace, grouped by service."""
     request = ExportLogsServiceRequest()
@@ -392,7 +378,7 @@ def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
         scope_logs = by_service.get(record.service)
         if scope_logs is None:
             resource_logs = request.resource_logs.add()
-            resource_logs.resource.attributes.append(_kv("service.name", record.service))
+            add_attribute(resource_logs.resource.attributes, "service.name", record.service)
             scope_logs = resource_logs.scope_logs.add()
             scope_logs.scope.name = "agentopz_otel.runs"
             by_service[record.service] = scope_logs
@@ -406,18 +392,17 @@ def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
             event_name="agentopz.run",
         )
         log_record.body.string_value = record.to_json()
-        log_record.attributes.extend(
-            [
-                _kv("gen_ai.agent.name", record.agent),
-                _kv("agentopz.prompt.version", record.prompt_version),
-                _kv("agentopz.run.outcome", record.outcome),
-                _kv("agentopz.run.steps", record.steps),
-                _kv("agentopz.run.tool_calls", record.tool_calls),
-                _kv("agentopz.quality.verdict", record.quality_verdict),
-            ]
-        )
+        for key, value in (
+            ("gen_ai.agent.name", record.agent),
+            ("agentopz.prompt.version", record.prompt_version),
+            ("agentopz.run.outcome", record.outcome),
+            ("agentopz.run.steps", record.steps),
+            ("agentopz.run.tool_calls", record.tool_calls),
+            ("agentopz.quality.verdict", record.quality_verdict),
+        ):
+            add_attribute(log_record.attributes, key, value)
         if record.cost_usd is not None and record.cost_complete:
-            log_record.attributes.append(_kv("agentopz.cost.usd", record.cost_usd))
+            add_attribute(log_record.attributes, "agentopz.cost.usd", record.cost_usd)
     return request
 
 
@@ -895,7 +880,7 @@ class RunsProcessor:
             totals.append(("agentopz.cost.usd", record.cost_usd))
         for key, value in totals:
             if key not in present:
-                span.attributes.append(_kv(key, value))
+                add_attribute(span.attributes, key, value)
         if record.outcome != SUCCESS and span.status.code != Status.STATUS_CODE_ERROR and not span.status.message:
             span.status.message = f"agentopz run outcome: {record.outcome}"
 
