@@ -1,4 +1,4 @@
-"""Command line: `agentopz-otel run [--config FILE]` and `agentopz-otel validate FILE`."""
+"""Command line: `agentopz-otel run [--config FILE]`, `agentopz-otel validate FILE` and `agentopz-otel slo ...`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 
 from . import __version__
 from .config import ConfigError, load_config
+from .demo import add_arguments as add_demo_arguments
+from .slo import SLOError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -38,6 +40,35 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slo_generate(args: argparse.Namespace) -> int:
+    from .slo import load_spec, render_rules
+
+    text = render_rules(load_spec(args.slo_file), args.slo_file)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _slo_validate(args: argparse.Namespace) -> int:
+    from .slo import cost_thresholds, latency_thresholds, load_spec
+
+    spec = load_spec(args.slo_file)
+    print(f"{args.slo_file}: valid ({len(spec.slos)} SLOs: {', '.join(slo.name for slo in spec.slos)})")
+    for label, thresholds in (("latency", latency_thresholds(spec)), ("cost", cost_thresholds(spec))):
+        if thresholds:
+            print(f"{label} thresholds (bucket boundaries): {', '.join(f'{t:g}' for t in thresholds)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentopz-otel", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -48,9 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a config file without starting anything")
     validate.add_argument("config", metavar="FILE", nargs="?")
     validate.set_defaults(handler=_validate)
+    demo = commands.add_parser("demo", help="send demo AI agent traffic (GenAI spans over OTLP) until stopped")
+    add_demo_arguments(demo)
+    demo.set_defaults(handler=_demo)
+    slo = commands.add_parser("slo", help="SLO files: generate Prometheus rules, validate")
+    slo_commands = slo.add_subparsers(dest="slo_command", required=True)
+    generate = slo_commands.add_parser("generate", help="print (or write) the recording and alerting rules")
+    generate.add_argument("slo_file", metavar="SLO_FILE")
+    generate.add_argument("-o", "--output", metavar="OUT", help="write the rule file here instead of stdout")
+    generate.set_defaults(handler=_slo_generate)
+    slo_validate = slo_commands.add_parser("validate", help="check an SLO file")
+    slo_validate.add_argument("slo_file", metavar="SLO_FILE")
+    slo_validate.set_defaults(handler=_slo_validate)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except ConfigError as error:
         print(f"agentopz-otel: invalid config:\n{error}", file=sys.stderr)
+        return 2
+    except SLOError as error:
+        print(f"agentopz-otel: invalid SLO file:\n{error}", file=sys.stderr)
         return 2
