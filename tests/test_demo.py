@@ -1,0 +1,345 @@
+"""The demo fleet (`agentopz-otel demo`) against the real service on the stack's own config.
+
+The demo's runs are plans drawn from the seed, so the test knows every run it sent: the service must
+count exactly the planned outcomes, calls, tokens and costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from genai_prices import Usage, calc_price
+
+from agentopz_otel.demo import LIMITS, RESEARCH_SYSTEM, Call, RunPlan, plan_run
+from agentopz_otel.runs import RunsConfig
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_CONFIG = ROOT / "collector-config" / "agentopz.yaml"
+OUTCOMES = {"success", "quality_failure", "llm_error", "tool_error", "budget_exceeded", "timeout", "abandoned", "error"}
+SEED = 1
+RUNS = 600
+
+
+def stack_body(run_log: Path, forward_to: str | None = None, cardinality: dict | None = None, **runs: float) -> str:
+    """collector-config/agentopz.yaml as a start_service body: test ports, no Tempo, faster run timing."""
+    config = yaml.safe_load(STACK_CONFIG.read_text())
+    config["receivers"]["otlp"]["protocols"] = {
+        "grpc": {"endpoint": "127.0.0.1:GRPC_PORT"},
+        "http": {"endpoint": "127.0.0.1:HTTP_PORT"},
+    }
+    config["service"]["admin"]["endpoint"] = "127.0.0.1:ADMIN_PORT"
+    if cardinality is not None:
+        config["service"]["cardinality"] = cardinality
+    exporters = config["exporters"]
+    tempo = next(name for name in exporters if name.startswith("otlp"))
+    if forward_to is None:
+        del exporters[tempo]
+    else:
+        exporters[tempo]["endpoint"] = forward_to
+    pipeline = config["service"]["pipelines"]["traces"]
+    pipeline["exporters"] = [name for name in pipeline["exporters"] if name in exporters]
+    settings = config["processors"]["runs"]
+    settings.update({"grace_seconds": 0.3, "tick_seconds": 0.1, "abandon_after_seconds": 3.0, **runs})
+    settings["run_log"] = {"path": str(run_log), "otlp": False}
+    text = yaml.safe_dump(config, sort_keys=False).replace("{", "{{").replace("}", "}}")
+    for name in ("GRPC_PORT", "HTTP_PORT", "ADMIN_PORT"):
+        text = text.replace(name, "{" + name.lower() + "}")
+    return text
+
+
+def demo_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agentopz_otel", "demo", *args]
+
+
+def run_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_records(path: Path, count: int, timeout: float = 30.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while len(records := run_records(path)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return records
+
+
+def chat_cost(call: Call) -> float:
+    usage = Usage(
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        cache_read_tokens=call.cache_read,
+        cache_write_tokens=call.cache_write,
+    )
+    return float(calc_price(usage, model_ref=call.name, provider_id=call.provider).total_price)
+
+
+def priced(call: Call) -> bool:
+    return call.kind == "chat" and call.status == "ok" and call.provider != "vllm"
+
+
+def plan_cost(plan: RunPlan) -> float:
+    return sum(chat_cost(call) for call in plan.calls if priced(call))
+
+
+def by_labels(service, name: str, *labels: str) -> Counter:
+    totals: Counter = Counter()
+    for (sample, label_set), value in service.metrics().items():
+        if sample == name and value:
+            found = dict(label_set)
+            totals[tuple(found[label] for label in labels)] += value
+    return totals
+
+
+def test_demo_limits_are_the_stack_limits():
+    """The demo sizes its runaway loop and hanging carrier API against the limits the stack config sets."""
+    config = RunsConfig.model_validate(yaml.safe_load(STACK_CONFIG.read_text())["processors"]["runs"])
+    limits = {
+        limit.agent: {key: value for key, value in limit.model_dump().items() if key.startswith("max_") and value}
+        for limit in config.limits
+    }
+    assert limits == LIMITS
+
+
+def test_plans_are_deterministic_and_cover_every_outcome():
+    plans = [plan_run(SEED, index) for index in range(RUNS)]
+    assert plans == [plan_run(SEED, index) for index in range(RUNS)]
+    assert plans != [plan_run(SEED + 1, index) for index in range(RUNS)]
+    assert {plan.intended for plan in plans} == OUTCOMES
+    # The canary: v13 gets about 5% of support-triage runs and fails quality far more often than v12.
+    support = [plan_run(SEED, index) for index in range(6000)]
+    support = [plan for plan in support if plan.agent == "support-triage"]
+    canary = [plan for plan in support if plan.prompt_version == "v13"]
+    stable = [plan for plan in support if plan.prompt_version == "v12"]
+    assert 0.03 < len(canary) / len(support) < 0.07
+    assert len(canary) + len(stable) == len(support)
+
+    def quality_failures(plans: list[RunPlan]) -> float:
+        return sum(plan.intended == "quality_failure" for plan in plans) / len(plans)
+
+    assert quality_failures(canary) > 4 * quality_failures(stable)
+    assert sum(map(plan_cost, canary)) / len(canary) > 5 * sum(map(plan_cost, stable)) / len(stable)
+    # The runaway loop is far over both research-assistant limits, every other run stays under them.
+    for plan in plans:
+        limit = LIMITS.get(plan.agent, {})
+        steps = sum(call.kind == "chat" for call in plan.calls)
+        over = (
+            steps > limit.get("max_steps", math.inf)
+            or plan_cost(plan) > limit.get("max_cost_usd", math.inf)
+            or plan.duration > limit.get("max_duration_seconds", math.inf)
+        )
+        assert over == (plan.intended in ("budget_exceeded", "timeout")), plan.index
+
+
+def test_demo_runs_arrive_with_exactly_the_planned_outcomes_calls_and_costs(start_service, tmp_path):
+    run_log = tmp_path / "runs.jsonl"
+    service = start_service(stack_body(run_log))
+    completed = subprocess.run(
+        demo_command(
+            "--endpoint",
+            service.grpc_endpoint,
+            "--runs",
+            str(RUNS),
+            "--rate",
+            "100",
+            "--speed",
+            "25",
+            "--seed",
+            str(SEED),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"done: {RUNS} runs sent;" in completed.stderr
+    plans = [plan_run(SEED, index) for index in range(RUNS)]
+    records = wait_records(run_log, RUNS)
+    assert len(records) == RUNS, service.log()
+
+    # Every run, one by one (matched on everything the record says about it).
+    def key(agent, prompt_version, outcome, steps, tools, tool_errors, llm_errors):
+        return (agent, prompt_version, outcome, steps, tools, tool_errors, llm_errors)
+
+    research_version = "sha-" + hashlib.sha256(RESEARCH_SYSTEM.encode()).hexdigest()[:8]
+    versions = {"research-assistant": research_version, "code-reviewer": "3.2.0", "order-tracker": "unknown"}
+    expected = []
+    for plan in plans:
+        chats = [call for call in plan.calls if call.kind == "chat"]
+        tools = [call for call in plan.calls if call.kind == "tool"]
+        expected.append(
+            (
+                key(
+                    plan.agent,
+                    plan.prompt_version or versions[plan.agent],
+                    plan.intended,
+                    len(chats),
+                    len(tools),
+                    sum(call.status != "ok" for call in tools),
+                    sum(call.status != "ok" for call in chats),
+                ),
+                None if plan.crashed else plan.duration,
+                None if any(call.provider == "vllm" for call in chats) else plan_cost(plan),
+            )
+        )
+    actual = [
+        (
+            key(
+                r["agent"],
+                r["prompt_version"],
+                r["outcome"],
+                r["steps"],
+                r["tool_calls"],
+                r["tool_errors"],
+                r["llm_errors"],
+            ),
+            r["duration_seconds"],
+            r["cost_usd"] if r["cost_complete"] else None,
+        )
+        for r in records
+    ]
+    assert Counter(k for k, _, _ in actual) == Counter(k for k, _, _ in expected)
+    expected.sort(key=lambda item: (item[0], item[1] or 0.0))
+    actual.sort(key=lambda item: (item[0], item[1] or 0.0))
+    for (key_e, duration_e, cost_e), (key_a, duration_a, cost_a) in zip(expected, actual, strict=True):
+        assert key_a == key_e
+        if duration_e is None:
+            assert duration_a is None
+        else:
+            assert math.isclose(duration_a, duration_e, abs_tol=1e-6), (key_e, duration_a, duration_e)
+        if cost_e is None:
+            assert cost_a is None
+        else:
+            assert math.isclose(cost_a, cost_e, rel_tol=1e-9, abs_tol=1e-12), (key_e, cost_a, cost_e)
+    runaways = [r for r in records if r["outcome"] == "budget_exceeded"]
+    assert len(runaways) == sum(plan.scenario == "runaway" for plan in plans) == 2
+    assert all(r["limit_exceeded"] == "max_cost_usd" and r["cost_usd"] > 3 for r in runaways)
+    assert {r["limit_exceeded"] for r in records if r["outcome"] == "timeout"} == {"max_duration_seconds"}
+    failed_checks = {
+        "support-triage": ("refusal", "evaluation:helpfulness"),
+        "order-tracker": ("order_status_schema", "evaluation:format"),
+        "research-assistant": ("finish_reason", "evaluation:faithfulness"),
+        "code-reviewer": ("not_empty", "evaluation:review_usefulness"),
+    }
+    assert Counter((r["agent"], tuple(r["failed_checks"])) for r in records if r["outcome"] == "quality_failure") == (
+        Counter((plan.agent, failed_checks[plan.agent]) for plan in plans if plan.intended == "quality_failure")
+    )
+
+    # The metrics: runs by outcome, calls by status, tokens by type, cost by model, unpriced calls.
+    runs = by_labels(service, "agentopz_runs_total", "agent", "prompt_version", "outcome")
+    assert runs == Counter((k[0], k[1], k[2]) for k, _, _ in expected)
+    llm_calls = Counter(
+        (plan.agent, call.provider, call.name, call.status)
+        for plan in plans
+        for call in plan.calls
+        if call.kind == "chat"
+    )
+    assert by_labels(service, "agentopz_llm_calls_total", "agent", "provider", "model", "status") == llm_calls
+    assert {status for *_, status in llm_calls} == {"ok", "rate_limited", "server_error"}
+    tool_calls = Counter(
+        (plan.agent, call.name, call.status) for plan in plans for call in plan.calls if call.kind == "tool"
+    )
+    assert by_labels(service, "agentopz_tool_calls_total", "agent", "tool", "status") == tool_calls
+    assert {status for *_, status in tool_calls} == {"ok", "error"}
+    tokens: Counter = Counter()
+    for plan in plans:
+        for call in plan.calls:
+            if call.kind == "chat" and call.status == "ok":
+                tokens[(call.name, "input")] += call.input_tokens
+                tokens[(call.name, "output")] += call.output_tokens
+                tokens[(call.name, "cache_read")] += call.cache_read
+                tokens[(call.name, "cache_write")] += call.cache_write
+    assert by_labels(service, "agentopz_llm_tokens_total", "model", "token_type") == +tokens
+    cost: Counter = Counter()
+    for plan in plans:
+        for call in plan.calls:
+            if priced(call):
+                cost[call.name] += chat_cost(call)
+    actual_cost = by_labels(service, "agentopz_llm_cost_usd_total", "model")
+    assert set(actual_cost) == {(model,) for model in cost}
+    for model, value in cost.items():
+        assert math.isclose(actual_cost[(model,)], value, rel_tol=1e-9), model
+    unpriced = sum(1 for plan in plans for call in plan.calls if call.kind == "chat" and call.provider == "vllm")
+    assert unpriced > 0
+    assert by_labels(service, "agentopz_llm_unpriced_calls_total", "provider", "model") == {
+        ("vllm", "acme-address-parser-7b"): unpriced
+    }
+    assert service.value("agentopz_late_spans_total") == 0
+    assert service.value("agentopz_evicted_runs_total") == 0
+
+
+def test_demo_over_http_stops_on_sigint_after_its_open_runs_finish(start_service, tmp_path):
+    run_log = tmp_path / "runs.jsonl"
+    service = start_service(stack_body(run_log))
+    process = subprocess.Popen(
+        # 10 runs/s for a few seconds: the runaway loop (run 40) does not start, so the drain is short.
+        demo_command("--protocol", "http", "--endpoint", service.http_url, "--rate", "10", "--speed", "25"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert service.wait_for("agentopz_runs_total", 5, timeout=30) >= 5
+    assert process.poll() is None
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "until stopped" in stderr
+    # The open runs were let finish: none was cut short.
+    sent = int(re.search(r"done: (\d+) runs sent; planned outcomes", stderr).group(1))
+    assert sent >= 5
+    records = wait_records(run_log, sent)
+    assert len(records) == sent
+    expected = Counter(plan_run(1, index).intended for index in range(sent))
+    assert Counter(r["outcome"] for r in records) == expected
+    time.sleep(1)
+    assert len(run_records(run_log)) == sent
+
+
+def test_demo_second_sigint_cuts_open_runs_short(start_service, tmp_path):
+    run_log = tmp_path / "runs.jsonl"
+    service = start_service(stack_body(run_log))
+    # At real speed every run is still open after a second.
+    process = subprocess.Popen(
+        demo_command("--endpoint", service.grpc_endpoint, "--rate", "20"),
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert service.wait_for("agentopz_receiver_spans_total", 10, timeout=30) >= 10
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    match = re.search(r"done: (\d+) runs sent; (\d+) cut short", stderr)
+    assert match, stderr
+    sent, cut = int(match.group(1)), int(match.group(2))
+    assert 0 < cut <= sent
+    records = wait_records(run_log, sent)
+    assert len(records) == sent
+    # A run cut short ends with an error on its agent span: error, or llm_error after a failed call.
+    cut_outcomes = Counter(r["outcome"] for r in records) - Counter(
+        plan_run(1, index).intended for index in range(sent)
+    )
+    assert sum(cut_outcomes.values()) <= cut
+    assert set(cut_outcomes) <= {"error", "llm_error", "tool_error"}
+
+
+@pytest.mark.parametrize("argument", ["--rate=0", "--speed=-1"])
+def test_demo_rejects_bad_arguments(argument):
+    completed = subprocess.run(demo_command(argument), capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 2
+    assert "must be greater than 0" in completed.stderr
