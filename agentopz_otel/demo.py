@@ -39,14 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-SUCCESS = "success"
-QUALITY_FAILURE = "quality_failure"
-LLM_ERROR = "llm_error"
-TOOL_ERROR = "tool_error"
-BUDGET_EXCEEDED = "budget_exceeded"
-TIMEOUT = "timeout"
-ABANDONED = "abandoned"
-ERROR = "error"
+from .runs import ABANDONED, BUDGET_EXCEEDED, ERROR, LLM_ERROR, QUALITY_FAILURE, SUCCESS, TIMEOUT, TOOL_ERROR
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"

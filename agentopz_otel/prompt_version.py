@@ -8,12 +8,11 @@ instructions get the same version in every dialect. Config can give hashes human
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .components import Context, Factory
+from .content import system_text
 from .model import AGENT, LLM, Batch, SpanView
 
 UNKNOWN_VERSION = "unknown"
@@ -30,51 +29,6 @@ class PromptVersionConfig(BaseModel):
         default_factory=dict, description="hash version -> human name, e.g. sha-1a2b3c4d: support-v3"
     )
     max_cached_prompts: int = Field(default=10_000, ge=1)
-
-
-def _parts_text(parts: Any) -> str | None:
-    """Text of a GenAI message `parts` list (or a plain string)."""
-    if isinstance(parts, str):
-        return parts
-    if isinstance(parts, list):
-        texts = [
-            part.get("content") or part.get("text") or ""
-            for part in parts
-            if isinstance(part, dict) and part.get("type", "text") == "text"
-        ]
-        return "\n".join(texts) if any(texts) else None
-    return None
-
-
-def _system_from_messages(messages: Any) -> str | None:
-    if not isinstance(messages, list):
-        return None
-    texts = [
-        _parts_text(message.get("parts", message.get("content")))
-        for message in messages
-        if isinstance(message, dict) and message.get("role") == "system"
-    ]
-    texts = [text for text in texts if text]
-    return "\n".join(texts) if texts else None
-
-
-def system_text(source: tuple[str, str]) -> str | None:
-    """The plain system instructions from a (format, raw attribute value) pair found by normalize."""
-    kind, raw = source
-    if kind == "text":
-        return raw
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        # gen_ai.system_instructions may be a plain string rather than JSON parts.
-        return raw if kind == "parts" else None
-    if kind == "parts":
-        return _parts_text(document)
-    if kind == "messages":
-        return _system_from_messages(document)
-    if isinstance(document, dict):  # Vercel ai.prompt: {"system": ..., "messages": [...]}
-        return document.get("system") if isinstance(document.get("system"), str) else None
-    return None
 
 
 def content_hash(text: str) -> str:

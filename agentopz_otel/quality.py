@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .content import output_text
+
 log = logging.getLogger("agentopz_otel.quality")
 
 PASS = "pass"
@@ -90,46 +92,6 @@ class FinishedRun:
         if self._output is None and self.output_source is not None:
             self._output = output_text(self.output_source)
         return self._output
-
-
-# -- final output, per dialect -------------------------------------------------------------------
-
-
-def _message_text(messages: Any) -> str | None:
-    """Text of the last message of GenAI semconv `gen_ai.output.messages` (parts of type text)."""
-    if not isinstance(messages, list) or not messages:
-        return None
-    message = messages[-1]
-    if not isinstance(message, dict):
-        return None
-    parts = message.get("parts", message.get("content"))
-    if isinstance(parts, str):
-        return parts
-    if isinstance(parts, list):
-        texts = [p.get("content", "") for p in parts if isinstance(p, dict) and p.get("type") == "text"]
-        return "\n".join(t for t in texts if isinstance(t, str)) if texts else None
-    return None
-
-
-def output_text(source: tuple[str, str]) -> str | None:
-    """The final output as text from a (format, raw attribute value) pair found by normalize."""
-    kind, raw = source
-    if kind == "text":
-        return raw
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        return raw if kind in ("json_or_text", "response") else None
-    if kind == "messages":
-        return _message_text(document)
-    if kind == "response" and isinstance(document, dict) and isinstance(document.get("choices"), list):
-        # OpenInference output.value on an LLM span: the raw chat.completion response.
-        choices = document["choices"]
-        message = choices[0].get("message", {}) if choices and isinstance(choices[0], dict) else {}
-        content = message.get("content") if isinstance(message, dict) else None
-        return content if isinstance(content, str) else None
-    # A JSON-encoded string is that string; structured output stays JSON for schema checks.
-    return document if isinstance(document, str) else raw
 
 
 # -- checks --------------------------------------------------------------------------------------

@@ -178,32 +178,29 @@ def _is_valid_log_record(record) -> bool:
     return len(record.trace_id) in (0, 16) and len(record.span_id) in (0, 8)
 
 
-def remove_invalid_log_records(request: ExportLogsServiceRequest) -> tuple[int, int]:
-    """Drop log records with malformed ids in place; returns (records seen, records removed)."""
+def remove_invalid(groups, items: str, is_valid) -> tuple[int, int]:
+    """Drop the items failing `is_valid` from every `groups[...].<scope>.<items>` list in place.
+
+    Returns (items seen, items removed); `groups` are ResourceSpans or ResourceLogs.
+    """
     total = removed = 0
-    for resource_logs in request.resource_logs:
-        for scope_logs in resource_logs.scope_logs:
-            records = scope_logs.log_records
-            total += len(records)
-            bad = [index for index, record in enumerate(records) if not _is_valid_log_record(record)]
+    for group in groups:
+        for scope in getattr(group, "scope_spans" if items == "spans" else "scope_logs"):
+            entries = getattr(scope, items)
+            total += len(entries)
+            bad = [index for index, entry in enumerate(entries) if not is_valid(entry)]
             for index in reversed(bad):
-                del records[index]
+                del entries[index]
             removed += len(bad)
     return total, removed
 
 
 def remove_invalid_spans(request: ExportTraceServiceRequest) -> tuple[int, int]:
-    """Drop spans with malformed ids in place; returns (spans seen, spans removed)."""
-    total = removed = 0
-    for resource_spans in request.resource_spans:
-        for scope_spans in resource_spans.scope_spans:
-            spans = scope_spans.spans
-            total += len(spans)
-            bad = [index for index, span in enumerate(spans) if not _is_valid_span(span)]
-            for index in reversed(bad):
-                del spans[index]
-            removed += len(bad)
-    return total, removed
+    return remove_invalid(request.resource_spans, "spans", _is_valid_span)
+
+
+def remove_invalid_log_records(request: ExportLogsServiceRequest) -> tuple[int, int]:
+    return remove_invalid(request.resource_logs, "log_records", _is_valid_log_record)
 
 
 def _hex_ids_to_base64(node: dict) -> None:
