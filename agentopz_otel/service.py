@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -150,6 +151,11 @@ class Service:
             await component.start()
         for rid, receiver in self.receivers.items():
             await receiver.start(self.fanouts[rid])
+        # Open runs are many long-lived small objects: with the default thresholds the cyclic GC
+        # rescans them constantly (a third of the throughput with 100k open runs). Data flowing
+        # through is freed by reference counting, so collect rarely and never rescan start-up state.
+        gc.set_threshold(50_000, 50, 100)
+        gc.freeze()
         self._ready = True
         log.info(
             "agentopz-otel ready: admin on %s, pipelines %s",
