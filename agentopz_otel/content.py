@@ -48,7 +48,7 @@ def system_text(source: tuple[str, str]) -> str | None:
         return raw
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
         # gen_ai.system_instructions may be a plain string rather than JSON parts.
         return raw if kind == "parts" else None
     if kind == "parts":
@@ -74,7 +74,7 @@ def output_text(source: tuple[str, str]) -> str | None:
         return raw
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
         return raw if kind in ("json_or_text", "response") else None
     if kind == "messages":
         return _last_message_text(document)

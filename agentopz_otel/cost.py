@@ -117,6 +117,7 @@ class TieredRates:
 Pricer = Rates | TieredRates
 
 _MILLION = 1_000_000
+MAX_CACHED_NAME_CHARS = 512
 
 
 def _override_rates(override: PriceOverride) -> Rates:
@@ -178,9 +179,10 @@ class CostProcessor:
                 provider,
                 model,
             )
-        if len(self._pricers) >= self._config.max_cached_models:
-            self._pricers.pop(next(iter(self._pricers)))
-        self._pricers[key] = pricer
+        if len(model) + len(provider) <= MAX_CACHED_NAME_CHARS:  # a hostile name is resolved, not kept
+            if len(self._pricers) >= self._config.max_cached_models:
+                self._pricers.pop(next(iter(self._pricers)))
+            self._pricers[key] = pricer
         return pricer
 
     def process(self, batch: Batch) -> None:

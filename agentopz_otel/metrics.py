@@ -30,6 +30,9 @@ class CardinalityConfig(BaseModel):
         default_factory=lambda: {"service": 100, "agent": 500, "model": 200, "provider": 50, "tool": 500}
     )
     max_value_length: int = Field(default=128, ge=8)
+    max_series_per_metric: int = Field(
+        default=10_000, ge=1, description="past it, new label combinations all go to one series of 'other'"
+    )
 
 
 class Counter:
@@ -102,6 +105,8 @@ class Family(Generic[S]):
         kind: type[S],
         limiters: Sequence[LabelLimiter | None],
         buckets: tuple[float, ...] = (),
+        max_series: int | None = None,
+        overflow: Family[Counter] | None = None,
     ) -> None:
         self.name = name
         self.documentation = documentation
@@ -109,6 +114,8 @@ class Family(Generic[S]):
         self.kind = kind
         self.buckets = buckets
         self._limiters = tuple(limiters)
+        self._max_series = max_series
+        self._overflow = overflow
         self._by_labels: dict[tuple[str, ...], S] = {}
         # Raw label tuples that passed the caps unchanged; overflowing tuples are not cached so a
         # hostile sender cannot grow this map past the caps.
@@ -123,6 +130,12 @@ class Family(Generic[S]):
             for value, limiter in zip(labels, self._limiters, strict=True)
         )
         series = self._by_labels.get(admitted)
+        if series is None and self._max_series is not None and len(self._by_labels) >= self._max_series:
+            # The product of the per-label caps can still be large: cap the family as a whole.
+            assert self._overflow is not None
+            self._overflow.series(("__series__",)).value += 1
+            admitted = (OVERFLOW_VALUE,) * len(admitted)
+            series = self._by_labels.get(admitted)
         if series is None:
             series = Histogram(self.buckets) if self.kind is Histogram else self.kind()
             self._by_labels[admitted] = series
@@ -148,12 +161,14 @@ class Registry:
         # Called before each exposition, for gauges computed from state (runs in flight).
         self.before_collect: list[Callable[[], None]] = []
         self._limiters: dict[str, LabelLimiter] = {}
-        self.label_overflow = self.counter(
+        self.label_overflow: Family[Counter] = Family(
             "agentopz_label_overflow_total",
-            "Label values replaced by 'other' because the label reached its cardinality cap.",
+            "Label values replaced by 'other' because a label (or, as __series__, a metric) reached its cap.",
             ("label",),
-            bounded=False,
+            Counter,
+            (None,),
         )
+        self.families.append(self.label_overflow)
 
     def _limiter(self, label: str) -> LabelLimiter:
         limiter = self._limiters.get(label)
@@ -170,7 +185,8 @@ class Registry:
         if existing is not None:  # components of several pipelines share one family
             return existing
         limiters = [self._limiter(label) if bounded else None for label in labels]
-        family = Family(name, doc, labels, kind, limiters, buckets)
+        max_series = self.cardinality.max_series_per_metric if bounded and labels else None
+        family = Family(name, doc, labels, kind, limiters, buckets, max_series, self.label_overflow)
         self.families.append(family)
         self._by_name[name] = family
         return family

@@ -38,6 +38,7 @@ from .quality import Evaluation
 MAX_TOKENS = 10**10
 MAX_REPORTED_COST_USD = 1e6
 MAX_ANNOTATIONS = 8  # OpenInference annotations.{i}.annotation.* read per span
+MAX_EXPLANATION_CHARS = 1024  # evaluations may wait for their run: keep them small
 EVALUATION_EVENT = "gen_ai.evaluation.result"
 
 INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
@@ -504,7 +505,7 @@ def evaluation_from_attributes(attributes, response_id: str | None = None) -> Ev
         name=values["name"],
         score=None if score is INVALID else score,
         label=values.get("label"),
-        explanation=values.get("explanation"),
+        explanation=(values.get("explanation") or "")[:MAX_EXPLANATION_CHARS] or None,
         response_id=values.get("response_id", response_id),
     )
 
@@ -533,7 +534,7 @@ def _evaluations(span: Span, values: dict[str, Any], response_id: str | None) ->
                 name=name,
                 score=values.get(f"annotation.{index}.score"),
                 label=values.get(f"annotation.{index}.label"),
-                explanation=values.get(f"annotation.{index}.explanation"),
+                explanation=(values.get(f"annotation.{index}.explanation") or "")[:MAX_EXPLANATION_CHARS] or None,
                 response_id=response_id,
             )
         )

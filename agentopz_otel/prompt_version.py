@@ -16,6 +16,7 @@ from .content import system_text
 from .model import AGENT, LLM, Batch, SpanView
 
 UNKNOWN_VERSION = "unknown"
+MAX_CACHED_SOURCE_CHARS = 16_384
 
 
 class PromptVersionConfig(BaseModel):
@@ -63,9 +64,10 @@ class PromptVersionProcessor:
             text = system_text(source)
             version = content_hash(text) if text else UNKNOWN_VERSION
             version = self._config.names.get(version, version)
-            if len(self._by_source) >= self._config.max_cached_prompts:
-                self._by_source.pop(next(iter(self._by_source)))
-            self._by_source[source] = version
+            if len(source[1]) <= MAX_CACHED_SOURCE_CHARS:  # the cache keeps its keys: only modest ones
+                if len(self._by_source) >= self._config.max_cached_prompts:
+                    self._by_source.pop(next(iter(self._by_source)))
+                self._by_source[source] = version
         return version
 
     def assign(self, view: SpanView) -> None:

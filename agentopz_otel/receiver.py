@@ -263,6 +263,8 @@ def gunzip(body: bytes, limit: int) -> bytes:
         raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, f"invalid gzip body: {error}") from None
     if len(data) > limit:
         raise RequestError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"body exceeds {limit} bytes after gzip")
+    if not decompressor.eof:
+        raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, "invalid gzip body: truncated")
     return data
 
 

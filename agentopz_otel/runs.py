@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .components import Context, Factory
 from .metrics import Registry
-from .model import AGENT, LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView, add_attribute
+from .model import AGENT, LLM, OTHER, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView, add_attribute
 from .normalize import EVALUATION_EVENT, evaluation_from_attributes
 from .prompt_version import UNKNOWN_VERSION
 from .quality import FAIL, UNKNOWN, Evaluation, FinishedRun, QualityConfig, QualityEvaluator, evaluation_verdict
@@ -54,6 +54,8 @@ RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 MAX_MODELS_PER_RUN = 8
+# OTLP Span.flags: bit 8 says whether bit 9 is known, bit 9 that the parent span is remote.
+REMOTE_PARENT_FLAGS = 0x300
 MAX_TOOLS_PER_RUN = 64
 MAX_EVALUATIONS_PER_RUN = 32
 SCORE_BUCKETS = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 10)
@@ -93,6 +95,9 @@ class RunsConfig(BaseModel):
     )
     late_window_seconds: float = Field(default=300.0, ge=0, description="how long finished runs are remembered")
     max_open_runs: int = Field(default=100_000, ge=1)
+    max_spans_per_trace: int = Field(
+        default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
+    )
     tick_seconds: float = Field(default=0.5, gt=0)
     duration_buckets: list[float] = Field(default_factory=lambda: list(RUN_DURATION_BUCKETS))
     cost_buckets: list[float] = Field(default_factory=lambda: list(RUN_COST_BUCKETS))
@@ -383,7 +388,7 @@ def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
             scope_logs.scope.name = "agentopz_otel.runs"
             by_service[record.service] = scope_logs
         log_record = scope_logs.log_records.add(
-            time_unix_nano=int(record.finished_at * 1e9),
+            time_unix_nano=min(int(record.finished_at * 1e9), 2**64 - 1),
             observed_time_unix_nano=time.time_ns(),
             severity_number=SEVERITY_NUMBER_INFO if record.outcome == SUCCESS else SEVERITY_NUMBER_WARN,
             severity_text="INFO" if record.outcome == SUCCESS else "WARN",
@@ -457,6 +462,10 @@ class RunsProcessor:
             ("reason",),
             bounded=False,
         )
+        self._unassembled = registry.counter(
+            "agentopz_unassembled_spans_total",
+            "Spans left out of run assembly because their trace reached runs.max_spans_per_trace.",
+        )
         self._late = registry.counter(
             "agentopz_late_spans_total", "Spans that arrived after their run finished (not in run metrics)."
         )
@@ -517,15 +526,17 @@ class RunsProcessor:
     def process(self, batch: Batch) -> None:
         now = time.monotonic()
         held: list[SpanView] = []
+        # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
+        genai = {view.trace_id for view in batch.views if view.kind != OTHER}
         for view in batch.views:
-            if self._take(view, now):
+            if self._take(view, now, genai):
                 held.append(view)
         if held:
             self._hold_roots(batch, held)
         if len(self._traces) > self.config.max_open_runs:
             self._evict()
 
-    def _take(self, view: SpanView, now: float) -> bool:
+    def _take(self, view: SpanView, now: float, genai: set[bytes]) -> bool:
         """Account one span; True when it is a run root to hold back until the run finishes."""
         if view.output is not None and len(view.output[1]) > self.config.quality.max_output_chars:
             view.output = None  # too large to hold until the run ends: content checks say unknown
@@ -535,7 +546,7 @@ class RunsProcessor:
             lingering = self._finished.pop(trace_id, None)
             if lingering is not None:
                 trace = lingering[0]
-            elif view.kind not in (LLM, TOOL, AGENT):
+            elif trace_id not in genai:
                 return False  # a span of a trace with no GenAI work (yet): nothing to assemble
             else:
                 trace = TraceState(trace_id, now)
@@ -549,13 +560,22 @@ class RunsProcessor:
             trace.last_seen = now
         span_id = view.span_id
         parent_id = view.parent_span_id
+        if len(trace.nodes) >= self.config.max_spans_per_trace:
+            self._unassembled.series(()).value += 1
+            return False
         own = trace.node(span_id)  # children that arrived first created a group under this id
+        if own is not None and own.finished:
+            self._late_span(own, view)  # includes an agent span delivered again after its run finished
+            return False
         if view.kind == AGENT:
             group = own if own is not None and not own.is_run else None
             if group is None:
                 group = self._new_group(trace, b"", now)
                 if own is not None:  # a run already sits under this id: cannot happen for valid traces
-                    group.absorb(own)
+                    self._merge(group, own)
+            if group.root is not None:  # a local root held below this agent goes on as it came
+                self._emit_root(group.root)
+                group.root = None
             group.is_run = True
             group.root_span_id = span_id
             group.parent_id = parent_id
@@ -582,10 +602,11 @@ class RunsProcessor:
                 group.top_parent = parent_id
                 trace.nodes[parent_id] = group
             elif own is not None and own is not group:
-                if own.finished or group.finished:
-                    self._late_span(group if group.finished else own, view)
+                if group.finished:
+                    self._late_span(group, view)
+                    self._close(own)  # children that came in time belong to the finished run
                     return False
-                group.absorb(own)
+                self._merge(group, own)
         else:
             group = own or self._new_group(trace, b"", now)
             group.top_parent = b""
@@ -602,7 +623,10 @@ class RunsProcessor:
         group.last_seen = now
         if group.is_run and view.agent is None:
             view.agent = group.agent  # call metrics get the run's agent when it is already known
-        if not parent_id:  # the trace root: the root of a run if the trace has no agent span
+        remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
+        if not parent_id or (remote_parent and group.top_parent == parent_id):
+            # The trace root, or the top of this process's part of it (its parent is remote): the
+            # root of a run if the trace has no agent span.
             group.root_span_id = span_id
             group.failed = view.status != STATUS_OK
             group.start_time = view.span.start_time_unix_nano
@@ -683,6 +707,12 @@ class RunsProcessor:
         runs = [g for g in trace.groups if g.merged_into is None and (g.is_run or g.llm_calls)]
         return runs[0] if runs else None
 
+    def _merge(self, into: Group, other: Group) -> None:
+        """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
+        if other.root is not None:
+            self._emit_root(other.root)
+        into.absorb(other)
+
     @staticmethod
     def _new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
         group = Group(trace, top_parent, now)
@@ -730,7 +760,11 @@ class RunsProcessor:
         """Fold runs whose ancestor is another run into it, as sub-agent steps."""
         for group in self._unfinished(trace):
             if group.is_run and isinstance(outer := self._outer_run(group, now), Group):
-                outer.absorb(group)
+                if outer.finished:
+                    self._late.series(()).value += 1
+                    self._close(group)
+                    continue
+                self._merge(outer, group)
                 outer.steps += 1
                 outer.sub_agents += 1
 
@@ -750,9 +784,18 @@ class RunsProcessor:
                 if group.is_run:
                     if self._outer_run(group, now) is None:
                         finished.append((group, False))
+                elif group.top_parent and group.root_span_id:  # a local root; its parent is remote
+                    if now - group.root_arrived >= self.config.root_wait_seconds:
+                        if group.llm_calls and not has_run:
+                            finished.append((group, False))
+                        else:
+                            self._close(group)
                 elif group.top_parent:  # its root has not come
                     if now - group.last_seen >= self.config.abandon_after_seconds:
-                        finished.append((group, True))
+                        if group.has_work:
+                            finished.append((group, True))
+                        else:
+                            self._close(group)  # e.g. spans under a parent in a service not sending here
                 elif group.llm_calls and not has_run:  # LLM calls and no agent span: a run of the root
                     finished.append((group, False))
                 else:
@@ -782,6 +825,9 @@ class RunsProcessor:
         if group.root is not None:
             self._emit_root(group.root)
             group.root = None
+        # Finished groups are remembered for late spans only: drop what is no longer needed.
+        group.output = None
+        group.evaluations = ()
 
     def _limit(self, service: str, agent: str) -> RunLimit | None:
         return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
@@ -947,10 +993,13 @@ class RunsProcessor:
         for family in (self._in_flight, self._in_flight_cost, self._in_flight_steps):
             for _, series in family.items():
                 series.value = 0
+        # Keys past the cardinality caps share the `other` series: add up and take maxima there.
         for key, (count, cost, steps) in counts.items():
-            self._in_flight.series(key).value = count
-            self._in_flight_cost.series(key).value = cost
-            self._in_flight_steps.series(key).value = steps
+            self._in_flight.series(key).value += count
+            cost_series = self._in_flight_cost.series(key)
+            cost_series.value = max(cost_series.value, cost)
+            steps_series = self._in_flight_steps.series(key)
+            steps_series.value = max(steps_series.value, steps)
         self._open_runs.series(()).value = open_groups
 
 

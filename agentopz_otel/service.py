@@ -107,12 +107,14 @@ class Service:
         return component.factory.create(component.id, component.config, self.context)
 
     def _stateful(self) -> list[Any]:
-        """Processors and exporters that have a start/shutdown lifecycle, in pipeline order."""
+        """Processors, then exporters, that have a start/shutdown lifecycle: processors flush into
+        exporters at shutdown, so every processor stops before any exporter."""
         seen: list[Any] = []
-        for pipeline in self.pipelines:
-            for component in (*pipeline.processors, *pipeline.exporters):
-                if hasattr(component, "start") and all(component is not s for s in seen):
-                    seen.append(component)
+        for kind in ("processors", "exporters"):
+            for pipeline in self.pipelines:
+                for component in getattr(pipeline, kind):
+                    if hasattr(component, "start") and all(component is not s for s in seen):
+                        seen.append(component)
         return seen
 
     async def _healthz(self, request: web.Request) -> web.Response:

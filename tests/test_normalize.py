@@ -279,3 +279,20 @@ def test_service_name_and_ids(normalizer):
     view = view_of(normalizer, {}, service="billing")
     assert view.service == "billing"
     assert view.duration == pytest.approx(0.25)
+
+
+def test_a_metric_is_capped_as_a_whole_past_its_series_limit():
+    from agentopz_otel.metrics import CardinalityConfig
+
+    registry = Registry(CardinalityConfig(max_series_per_metric=3))
+    family = registry.counter("x_total", "x", ("a", "b"))
+    for a, b in [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2"), ("3", "3")]:
+        family.series((a, b)).value += 1
+    assert {labels: s.value for labels, s in family.items()} == {
+        ("1", "1"): 1,
+        ("1", "2"): 1,
+        ("2", "1"): 1,
+        ("other", "other"): 2,
+    }
+    overflow = {labels: s.value for labels, s in registry.label_overflow.items()}
+    assert overflow == {("__series__",): 2}

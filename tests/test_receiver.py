@@ -296,3 +296,18 @@ def test_health_and_readiness(service):
         assert response.status == 200
     with urllib.request.urlopen(f"{service.admin_url}/readyz", timeout=5) as response:
         assert response.read() == b"ready\n"
+
+
+def test_truncated_gzip_is_400(limited):
+    body = gzip.compress(good_request().SerializeToString())
+    status, _, answer = post(limited, body[:-12], headers={"Content-Encoding": "gzip"})
+    assert status == 400
+    assert "truncated" in status_pb2.Status.FromString(answer).message
+    assert_still_serving(limited, 0)
+
+
+def test_absurdly_deep_json_content_does_not_fail_the_request(limited):
+    deep = make_span("chat gpt-4o", chat_attributes(**{"gen_ai.input.messages": "[" * 100_000}))
+    status, _, _ = post(limited, make_request([deep, make_span("chat gpt-4o", chat_attributes())]).SerializeToString())
+    assert status == 200
+    assert limited.value("agentopz_llm_calls_total") == 2

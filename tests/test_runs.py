@@ -415,3 +415,92 @@ def test_root_span_is_forwarded_with_run_totals_and_the_run_log_as_otlp_logs(sta
     assert (logged["agent"], logged["outcome"], logged["steps"], logged["tool_calls"]) == ("support", "success", 2, 1)
     assert service.value("agentopz_exporter_sent_log_records_total") == 1
     assert service.value("agentopz_exporter_sent_spans_total") == 4
+
+
+def test_spans_under_an_llm_call_do_not_become_abandoned_runs(runs_service):
+    service = runs_service()
+    root, chat, _ = raw_run(b"\x30" * 16, agent="with-http")
+    http_client = make_span(
+        "POST /v1/chat/completions", {"http.request.method": "POST"}, trace_id=b"\x30" * 16, parent=chat.span_id
+    )
+    send(service, [chat, root])
+    send(service, [http_client])  # listed after its LLM parent: waits for a parent that is never a node
+    wait_runs(service, 1)
+    time.sleep(2.0)  # past abandon_after_seconds
+    assert [r["outcome"] for r in run_records(service)] == ["success"]
+    assert service.value("agentopz_runs_total") == 1
+
+
+def test_a_local_root_with_a_remote_parent_is_a_run_not_abandoned(runs_service):
+    service = runs_service()
+    trace_id = b"\x31" * 16
+    server = make_span("GET /answer", {"http.route": "/answer"}, trace_id=trace_id, parent=b"\x77" * 8)
+    server.flags = 0x300  # the parent span is in a process that does not send here
+    calls = [make_span("chat", chat_attributes(), trace_id=trace_id, parent=server.span_id) for _ in range(2)]
+    send(service, [*calls, server], service_name="rag-api")
+    [record] = wait_runs(service, 1, timeout=6)
+    assert (record["agent"], record["outcome"], record["llm_calls"]) == ("rag-api", "success", 2)
+
+
+def test_non_genai_root_listed_before_its_calls_in_one_request(runs_service):
+    service = runs_service()
+    trace_id = b"\x32" * 16
+    server = make_span("GET /answer", {}, trace_id=trace_id)
+    call = make_span("chat", chat_attributes(), trace_id=trace_id, parent=server.span_id)
+    send(service, [server, call], service_name="rag-api")
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["outcome"], record["llm_calls"]) == ("rag-api", "success", 1)
+    time.sleep(2.0)
+    assert service.value("agentopz_runs_total") == 1
+
+
+def test_an_agent_span_delivered_again_after_its_run_is_late_not_a_second_run(runs_service):
+    service = runs_service()
+    root, chat, _ = raw_run(b"\x33" * 16)
+    send(service, [chat, root])
+    wait_runs(service, 1)
+    send(service, [root])
+    assert service.wait_for("agentopz_late_spans_total", 1) == 1
+    time.sleep(0.6)
+    assert service.value("agentopz_runs_total") == 1
+    assert math.isclose(service.value("agentopz_run_cost_usd_sum"), GPT4O_CALL, rel_tol=1e-9)
+
+
+def test_a_trace_over_the_span_cap_is_not_assembled_further(start_service, tmp_path):
+    body = RUNS.replace("{max_open}", "1000").replace("{run_log}", str(tmp_path / "r.jsonl"))
+    service = start_service(
+        body.replace("    max_open_runs: 1000\n", "    max_open_runs: 1000\n    max_spans_per_trace: 3\n")
+    )
+    trace_id = b"\x34" * 16
+    tools = [
+        make_span(
+            "execute_tool t",
+            {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "t"},
+            trace_id=trace_id,
+            parent=bytes([i + 1]) * 8,
+        )
+        for i in range(5)
+    ]
+    send(service, tools)
+    # Each tool span adds two ids (itself and its awaited parent): the third span on is left out.
+    assert service.wait_for("agentopz_unassembled_spans_total", 3) == 3
+    assert service.value("agentopz_tool_calls_total") == 5  # still counted as calls
+
+
+def test_sub_agent_spans_are_forwarded_too(start_service, tmp_path):
+    from sinks import GrpcSink
+
+    with GrpcSink() as backend:
+        body = (
+            FORWARDING.replace("{max_open}", "1000")
+            .replace("{run_log}", str(tmp_path / "runs.jsonl"))
+            .replace("{backend}", backend.endpoint)
+            .replace("{protocol}", "grpc")
+        )
+        service = start_service(body)
+        with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "outer"):
+            with agent_run(t, "inner"):
+                emit_chat(t)
+        assert backend.wait_for_spans(3) == 3
+        names = sorted(span.name for _, _, span in backend.spans())
+    assert names == ["chat gpt-4o", "invoke_agent inner", "invoke_agent outer"]

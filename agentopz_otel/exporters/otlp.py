@@ -70,6 +70,9 @@ class BatchConfig(BaseModel):
 
     send_batch_size: int = Field(default=8192, ge=1)
     send_batch_max_size: int = Field(default=16384, ge=1)
+    send_batch_max_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="gRPC backends refuse messages over 4 MiB by default"
+    )
     timeout_seconds: float = Field(default=0.2, gt=0)
 
 
@@ -246,7 +249,9 @@ class DeliveryQueue:
         ).series(label)
 
     def retry_after(self, count: int) -> float | None:
-        if self._config.queue.when_full == "drop" or self._held + count <= self._config.queue.max_spans:
+        # A request larger than the whole queue would never fit: put() counts it as failed instead.
+        max_spans = self._config.queue.max_spans
+        if self._config.queue.when_full == "drop" or count > max_spans or self._held + count <= max_spans:
             return None
         return self._config.retry.initial_interval_seconds
 
@@ -264,10 +269,15 @@ class DeliveryQueue:
         bodies = []
         count = 0
         limit = self._config.batch.send_batch_max_size
-        while self._queue and (not bodies or count + self._queue[0][1] <= limit):
+        byte_limit = self._config.batch.send_batch_max_bytes
+        size = 0
+        while self._queue and (
+            not bodies or (count + self._queue[0][1] <= limit and size + len(self._queue[0][0]) <= byte_limit)
+        ):
             body, items = self._queue.popleft()
             bodies.append(body)
             count += items
+            size += len(body)
         self._waiting -= count
         return b"".join(bodies), count
 
