@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -102,26 +103,46 @@ def write_config(path: Path, body: str, grpc_port: int, http_port: int, admin_po
     path.write_text(textwrap.dedent(body).format(grpc_port=grpc_port, http_port=http_port, admin_port=admin_port))
 
 
-DEFAULT_BODY = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
-      http: {{endpoint: "127.0.0.1:{http_port}"}}
-processors:
-  normalize: {{}}
-  cost: {{}}
-  prompt_version: {{}}
-exporters:
-  prometheus: {{}}
-service:
-  admin: {{endpoint: "127.0.0.1:{admin_port}"}}
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [normalize, cost, prompt_version]
-      exporters: [prometheus]
-"""
+def service_body(
+    *,
+    runs: dict | None = None,
+    exporters: dict | None = None,
+    receiver: dict | None = None,
+    service: dict | None = None,
+) -> str:
+    """A start_service config body: OTLP in on both transports, normalize, cost and prompt_version,
+    `runs` when given, the prometheus exporter plus `exporters`. Ports are filled in by start_service."""
+    processors: dict = {"normalize": None, "cost": None, "prompt_version": None}
+    if runs is not None:
+        processors["runs"] = runs
+    all_exporters = {"prometheus": None, **(exporters or {})}
+    config = {
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": {"endpoint": "127.0.0.1:@GRPC_PORT@"},
+                    "http": {"endpoint": "127.0.0.1:@HTTP_PORT@"},
+                },
+                **(receiver or {}),
+            }
+        },
+        "processors": processors,
+        "exporters": all_exporters,
+        "service": {
+            "admin": {"endpoint": "127.0.0.1:@ADMIN_PORT@"},
+            **(service or {}),
+            "pipelines": {
+                "traces": {"receivers": ["otlp"], "processors": list(processors), "exporters": list(all_exporters)}
+            },
+        },
+    }
+    text = yaml.safe_dump(config, sort_keys=False).replace("{", "{{").replace("}", "}}")
+    for name in ("grpc_port", "http_port", "admin_port"):
+        text = text.replace(f"@{name.upper()}@", "{" + name + "}")
+    return text
+
+
+DEFAULT_BODY = service_body()
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-import yaml
-from conftest import free_port
+from conftest import free_port, service_body
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
@@ -172,33 +171,9 @@ SINKS = {"grpc": GrpcSink, "http/protobuf": HttpSink}
 
 def config_body(downstream: dict, shutdown_timeout: float = 10.0) -> str:
     """A start_service body: the usual pipeline plus an `otlp/downstream` exporter configured by `downstream`."""
-    config = {
-        "receivers": {
-            "otlp": {
-                "protocols": {
-                    "grpc": {"endpoint": "127.0.0.1:@GRPC_PORT@"},
-                    "http": {"endpoint": "127.0.0.1:@HTTP_PORT@"},
-                }
-            }
-        },
-        "processors": {"normalize": None, "cost": None, "prompt_version": None},
-        "exporters": {"prometheus": None, "otlp/downstream": downstream},
-        "service": {
-            "admin": {"endpoint": "127.0.0.1:@ADMIN_PORT@"},
-            "shutdown_timeout_seconds": shutdown_timeout,
-            "pipelines": {
-                "traces": {
-                    "receivers": ["otlp"],
-                    "processors": ["normalize", "cost", "prompt_version"],
-                    "exporters": ["prometheus", "otlp/downstream"],
-                }
-            },
-        },
-    }
-    text = yaml.safe_dump(config, sort_keys=False).replace("{", "{{").replace("}", "}}")
-    for name in ("grpc_port", "http_port", "admin_port"):
-        text = text.replace(f"@{name.upper()}@", "{" + name + "}")
-    return text
+    return service_body(
+        exporters={"otlp/downstream": downstream}, service={"shutdown_timeout_seconds": shutdown_timeout}
+    )
 
 
 def attribute_value(kv):

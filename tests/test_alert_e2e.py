@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from agents import emit_chat, tracer
-from conftest import free_port, require_binary
+from conftest import free_port, require_binary, service_body
 from opentelemetry import trace
 from prom import start_prometheus
 
@@ -32,32 +32,6 @@ slos:
     objective: 99
     sli: {kind: latency, threshold_seconds: 7.5}
     min_runs: 1
-"""
-
-SERVICE_CONFIG = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
-      http: {{endpoint: "127.0.0.1:{http_port}"}}
-processors:
-  normalize: {{}}
-  cost: {{}}
-  prompt_version: {{}}
-  runs:
-    grace_seconds: 0.4
-    tick_seconds: 0.1
-    root_wait_seconds: 1.0
-    slo_file: "SLO_FILE"
-exporters:
-  prometheus: {{}}
-service:
-  admin: {{endpoint: "127.0.0.1:{admin_port}"}}
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [normalize, cost, prompt_version, runs]
-      exporters: [prometheus]
 """
 
 
@@ -202,7 +176,8 @@ def test_slow_runs_page_through_prometheus_and_alertmanager(tmp_path, start_serv
     spec_path.write_text(SLO_SPEC)
     rules = tmp_path / "slo-rules.yaml"
     rules.write_text(render_rules(load_spec(spec_path), spec_path.name))
-    service = start_service(SERVICE_CONFIG.replace("SLO_FILE", str(spec_path)))
+    runs = {"grace_seconds": 0.4, "tick_seconds": 0.1, "root_wait_seconds": 1.0, "slo_file": str(spec_path)}
+    service = start_service(service_body(runs=runs))
     prometheus = start_prometheus(
         tmp_path, [f"127.0.0.1:{service.admin_port}"], [rules], alertmanager=alertmanager.removeprefix("http://")
     )

@@ -7,8 +7,9 @@ import time
 
 import pytest
 from agents import emit_chat, emit_tool, tracer
+from conftest import service_body
 from prom import start_prometheus
-from test_runs import RUNS, agent_run, wait_runs
+from test_runs import agent_run, runs_config, wait_runs
 
 GPT4O_CALL = 0.00575
 
@@ -16,7 +17,7 @@ GPT4O_CALL = 0.00575
 @pytest.fixture
 def scraped(start_service, tmp_path):
     log_path = tmp_path / "runs.jsonl"
-    service = start_service(RUNS.replace("{max_open}", "1000").replace("{run_log}", str(log_path)))
+    service = start_service(service_body(runs=runs_config(log_path)))
     service.run_log = log_path
     prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{service.admin_port}"])
     yield service, prometheus

@@ -3,80 +3,68 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 
 import pytest
 from agents import chat_attributes, emit_chat, emit_tool, tracer
+from conftest import service_body
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
-from test_runs import run_records, wait_runs
+from test_runs import run_records, runs_config, wait_runs
 
-QUALITY = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
-      http: {{endpoint: "127.0.0.1:{http_port}"}}
-processors:
-  normalize: {{}}
-  cost: {{}}
-  prompt_version: {{}}
-  runs:
-    grace_seconds: 0.4
-    tick_seconds: 0.1
-    root_wait_seconds: 1.0
-    run_log: {{path: "{run_log}"}}
-    quality:
-      evaluations:
-        relevance: {{min_score: 0.7}}
-        tone: {{pass_labels: [polite]}}
-      checks:
-        - agent: "json-*"
-          checks:
-            - type: json_schema
-              schema: {{type: object, required: [answer], properties: {{answer: {{type: string}}}}}}
-        - agent: regex-agent
-          checks:
-            - {{type: regex, name: ticket_id, pattern: "^TICKET-[0-9]+"}}
-            - {{type: regex, name: no_secrets, pattern: "(?i)password", must_match: false}}
-        - agent: length-agent
-          checks:
-            - {{type: not_empty}}
-            - {{type: min_length, value: 5}}
-            - {{type: max_length, value: 20}}
-        - agent: refusal-agent
-          checks: [{{type: refusal}}]
-        - agent: finish-agent
-          checks: [{{type: finish_reason}}]
-        - agent: threshold-agent
-          checks:
-            - {{type: max_steps, value: 2}}
-            - {{type: max_tool_calls, value: 1}}
-            - {{type: max_tool_errors, value: 0}}
-            - {{type: max_cost_usd, value: 0.01}}
-            - {{type: max_duration_seconds, value: 30}}
-        - agent: tools-agent
-          checks:
-            - {{type: required_tools, tools: [search]}}
-            - {{type: forbidden_tools, tools: [delete_account]}}
-exporters:
-  prometheus: {{}}
-service:
-  admin: {{endpoint: "127.0.0.1:{admin_port}"}}
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [normalize, cost, prompt_version, runs]
-      exporters: [prometheus]
-"""
+CHECK_SETS = [
+    {
+        "agent": "json-*",
+        "checks": [
+            {
+                "type": "json_schema",
+                "schema": {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}},
+            }
+        ],
+    },
+    {
+        "agent": "regex-agent",
+        "checks": [
+            {"type": "regex", "name": "ticket_id", "pattern": "^TICKET-[0-9]+"},
+            {"type": "regex", "name": "no_secrets", "pattern": "(?i)password", "must_match": False},
+        ],
+    },
+    {
+        "agent": "length-agent",
+        "checks": [{"type": "not_empty"}, {"type": "min_length", "value": 5}, {"type": "max_length", "value": 20}],
+    },
+    {"agent": "refusal-agent", "checks": [{"type": "refusal"}]},
+    {"agent": "finish-agent", "checks": [{"type": "finish_reason"}]},
+    {
+        "agent": "threshold-agent",
+        "checks": [
+            {"type": "max_steps", "value": 2},
+            {"type": "max_tool_calls", "value": 1},
+            {"type": "max_tool_errors", "value": 0},
+            {"type": "max_cost_usd", "value": 0.01},
+            {"type": "max_duration_seconds", "value": 30},
+        ],
+    },
+    {
+        "agent": "tools-agent",
+        "checks": [
+            {"type": "required_tools", "tools": ["search"]},
+            {"type": "forbidden_tools", "tools": ["delete_account"]},
+        ],
+    },
+]
+EVALUATION_RULES = {"relevance": {"min_score": 0.7}, "tone": {"pass_labels": ["polite"]}}
+
+
+def quality_runs(run_log, check_sets: list[dict] = CHECK_SETS) -> dict:
+    return runs_config(run_log, quality={"evaluations": EVALUATION_RULES, "checks": check_sets})
 
 
 @pytest.fixture
 def quality_service(start_service, tmp_path):
-    def start(body: str = QUALITY, env: dict | None = None):
+    def start(check_sets: list[dict] = CHECK_SETS, env: dict | None = None):
         log_path = tmp_path / f"runs{time.monotonic_ns()}.jsonl"
-        service = start_service(body.replace("{run_log}", str(log_path)), env=env)
+        service = start_service(service_body(runs=quality_runs(log_path, check_sets)), env=env)
         service.run_log = log_path
         return service
 
@@ -469,20 +457,14 @@ def install_plugin(path) -> str:
 def test_plugin_check_installed_through_its_entry_point(quality_service, tmp_path):
     plugins = tmp_path / "site"
     plugins.mkdir()
-    body = QUALITY.replace(
-        "        - agent: regex-agent\n",
-        textwrap.indent(
-            textwrap.dedent("""\
-            - agent: plugin-agent
-              checks:
-                - {{type: plugin, plugin: polite, options: {{banned: [stupid]}}}}
-                - {{type: plugin, plugin: broken, name: flaky}}
-            - agent: regex-agent
-        """),
-            "        ",
-        ),
-    )
-    service = quality_service(body, env={"PYTHONPATH": install_plugin(plugins)})
+    plugin_checks = {
+        "agent": "plugin-agent",
+        "checks": [
+            {"type": "plugin", "plugin": "polite", "options": {"banned": ["stupid"]}},
+            {"type": "plugin", "plugin": "broken", "name": "flaky"},
+        ],
+    }
+    service = quality_service([*CHECK_SETS, plugin_checks], env={"PYTHONPATH": install_plugin(plugins)})
     with tracer("grpc", service.grpc_endpoint) as t:
         run(t, "plugin-agent", "Thanks for asking!")
         run(t, "plugin-agent", "What a stupid question.")
@@ -496,10 +478,10 @@ def test_plugin_check_installed_through_its_entry_point(quality_service, tmp_pat
 def test_unknown_plugin_is_a_config_error(tmp_path):
     from agentopz_otel.config import ConfigError, parse_config
 
-    body = QUALITY.replace("{run_log}", str(tmp_path / "x")).replace("{{", "{").replace("}}", "}")
-    body = body.replace("checks: [{type: refusal}]", "checks: [{type: plugin, plugin: nope}]")
-    with pytest.raises(ConfigError, match=r"no entry point .nope. in group agentopz_otel\.checks"):
-        parse_config(body.replace("{grpc_port}", "1").replace("{http_port}", "2").replace("{admin_port}", "3"))
+    runs = quality_runs(tmp_path / "x", [{"agent": "*", "checks": [{"type": "plugin", "plugin": "nope"}]}])
+    body = service_body(runs=runs).format(grpc_port=1, http_port=2, admin_port=3)
+    with pytest.raises(ConfigError, match=r"no entry point 'nope' in group agentopz_otel\.checks"):
+        parse_config(body)
 
 
 def test_failed_run_keeps_its_error_outcome_even_with_failing_checks(quality_service):

@@ -10,6 +10,7 @@ import urllib.request
 import grpc
 import pytest
 from agents import chat_attributes
+from conftest import service_body
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from spans import make_request, make_span
@@ -17,28 +18,8 @@ from spans import make_request, make_span
 PROTOBUF = "application/x-protobuf"
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
-LIMITED = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
-      http: {{endpoint: "127.0.0.1:{http_port}"}}
-    max_request_bytes: 1048576
-    max_inflight_bytes: 4194304
-processors:
-  normalize: {{}}
-  cost: {{}}
-  prompt_version: {{}}
-exporters:
-  prometheus: {{}}
-service:
-  admin: {{endpoint: "127.0.0.1:{admin_port}"}}
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [normalize, cost, prompt_version]
-      exporters: [prometheus]
-"""
+LIMITS = {"max_request_bytes": 1048576, "max_inflight_bytes": 4194304}
+LIMITED = service_body(receiver=LIMITS)
 
 
 def post(service, body: bytes, content_type: str = PROTOBUF, headers: dict | None = None):
@@ -232,7 +213,7 @@ def test_grpc_oversized_message_is_resource_exhausted(limited):
     assert_still_serving(limited, 0)
 
 
-AUTH = LIMITED.replace("    max_request_bytes: 1048576", "    max_request_bytes: 1048576\n    auth: {{token: s3cret}}")
+AUTH = service_body(receiver={**LIMITS, "auth": {"token": "s3cret"}})
 
 
 def test_bearer_token_on_both_transports(start_service):
@@ -250,28 +231,16 @@ def test_bearer_token_on_both_transports(start_service):
     assert service.value("agentopz_llm_calls_total") == 2
 
 
-BUSY = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
-      http: {{endpoint: "127.0.0.1:{http_port}"}}
-    retry_after_seconds: 7
-processors:
-  normalize: {{}}
-exporters:
-  otlp/nowhere:
-    endpoint: "127.0.0.1:9"
-    queue: {{max_spans: 5}}
-    retry: {{initial_interval_seconds: 1}}
-service:
-  admin: {{endpoint: "127.0.0.1:{admin_port}"}}
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [normalize]
-      exporters: [otlp/nowhere]
-"""
+BUSY = service_body(
+    receiver={"retry_after_seconds": 7},
+    exporters={
+        "otlp/nowhere": {
+            "endpoint": "127.0.0.1:9",
+            "queue": {"max_spans": 5},
+            "retry": {"initial_interval_seconds": 1},
+        }
+    },
+)
 
 
 def test_full_queue_answers_503_retry_after_and_unavailable_retry_info(start_service):

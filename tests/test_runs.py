@@ -12,51 +12,37 @@ import time
 import grpc
 import pytest
 from agents import chat_attributes, emit_chat, emit_tool, tracer
+from conftest import service_body
 from opentelemetry.trace import Status, StatusCode
 from spans import make_request, make_span
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 GPT4O_CALL = 0.00575  # 1200 in (200 cached) + 300 out on gpt-4o, per genai-prices
 
-RUNS = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
-      http: {{endpoint: "127.0.0.1:{http_port}"}}
-processors:
-  normalize: {{}}
-  cost: {{}}
-  prompt_version: {{}}
-  runs:
-    grace_seconds: 0.4
-    tick_seconds: 0.1
-    root_wait_seconds: 1.0
-    abandon_after_seconds: 1.5
-    max_open_runs: {max_open}
-    run_log: {{path: "{run_log}"}}
-    limits:
-      - {{agent: "spender", max_cost_usd: 0.01}}
-      - {{agent: "looper", max_steps: 3}}
-      - {{agent: "slow", max_duration_seconds: 0.05}}
-exporters:
-  prometheus: {{}}
-service:
-  admin: {{endpoint: "127.0.0.1:{admin_port}"}}
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [normalize, cost, prompt_version, runs]
-      exporters: [prometheus]
-"""
+
+def runs_config(run_log, max_open: int = 1000, **extra) -> dict:
+    """The runs processor with short timings, a run log and a few agents' limits."""
+    return {
+        "grace_seconds": 0.4,
+        "tick_seconds": 0.1,
+        "root_wait_seconds": 1.0,
+        "abandon_after_seconds": 1.5,
+        "max_open_runs": max_open,
+        "run_log": {"path": str(run_log)},
+        "limits": [
+            {"agent": "spender", "max_cost_usd": 0.01},
+            {"agent": "looper", "max_steps": 3},
+            {"agent": "slow", "max_duration_seconds": 0.05},
+        ],
+        **extra,
+    }
 
 
 @pytest.fixture
 def runs_service(start_service, tmp_path):
     def start(max_open: int = 1000):
         log_path = tmp_path / f"runs-{max_open}.jsonl"
-        body = RUNS.replace("{max_open}", str(max_open)).replace("{run_log}", str(log_path))
-        service = start_service(body)
+        service = start_service(service_body(runs=runs_config(log_path, max_open)))
         service.run_log = log_path
         return service
 
@@ -369,23 +355,13 @@ def test_shutdown_finishes_runs_in_their_grace_period(runs_service):
     assert (record["agent"], record["outcome"]) == ("flushed", "success")
 
 
-FORWARDING = RUNS.replace(
-    "  prometheus: {{}}\n", "  prometheus: {{}}\n  otlp/backend:\n    endpoint: {backend}\n    protocol: {protocol}\n"
-).replace("exporters: [prometheus]", "exporters: [prometheus, otlp/backend]")
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_root_span_is_forwarded_with_run_totals_and_the_run_log_as_otlp_logs(start_service, tmp_path, protocol):
     from sinks import SINKS, attribute_value
 
     with SINKS[protocol]() as backend:
-        body = (
-            FORWARDING.replace("{max_open}", "1000")
-            .replace("{run_log}", str(tmp_path / "runs.jsonl"))
-            .replace("{backend}", backend.endpoint)
-            .replace("{protocol}", protocol)
-        )
-        service = start_service(body)
+        exporters = {"otlp/backend": {"endpoint": backend.endpoint, "protocol": protocol}}
+        service = start_service(service_body(runs=runs_config(tmp_path / "runs.jsonl"), exporters=exporters))
         with tracer("grpc", service.grpc_endpoint, service="support-svc") as t:
             with agent_run(t, "support", **{"agentopz.prompt.version": "v3"}) as root:
                 emit_chat(t)
@@ -467,10 +443,7 @@ def test_an_agent_span_delivered_again_after_its_run_is_late_not_a_second_run(ru
 
 
 def test_a_trace_over_the_span_cap_is_not_assembled_further(start_service, tmp_path):
-    body = RUNS.replace("{max_open}", "1000").replace("{run_log}", str(tmp_path / "r.jsonl"))
-    service = start_service(
-        body.replace("    max_open_runs: 1000\n", "    max_open_runs: 1000\n    max_spans_per_trace: 3\n")
-    )
+    service = start_service(service_body(runs=runs_config(tmp_path / "r.jsonl", max_spans_per_trace=3)))
     trace_id = b"\x34" * 16
     tools = [
         make_span(
@@ -491,13 +464,8 @@ def test_sub_agent_spans_are_forwarded_too(start_service, tmp_path):
     from sinks import GrpcSink
 
     with GrpcSink() as backend:
-        body = (
-            FORWARDING.replace("{max_open}", "1000")
-            .replace("{run_log}", str(tmp_path / "runs.jsonl"))
-            .replace("{backend}", backend.endpoint)
-            .replace("{protocol}", "grpc")
-        )
-        service = start_service(body)
+        exporters = {"otlp/backend": {"endpoint": backend.endpoint, "protocol": "grpc"}}
+        service = start_service(service_body(runs=runs_config(tmp_path / "runs.jsonl"), exporters=exporters))
         with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "outer"):
             with agent_run(t, "inner"):
                 emit_chat(t)
