@@ -9,6 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+NOT_JSON: Any = object()
+
+
+def _json(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
+        return NOT_JSON
+
 
 def parts_text(parts: Any) -> str | None:
     """Text of a GenAI message's `parts` list (parts of type text), or of a plain string."""
@@ -44,13 +53,10 @@ def _system_from_messages(messages: Any) -> str | None:
 def system_text(source: tuple[str, str]) -> str | None:
     """The plain system instructions from a (format, raw attribute value) pair found by normalize."""
     kind, raw = source
-    if kind == "text":
-        return raw
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
-        # gen_ai.system_instructions may be a plain string rather than JSON parts.
-        return raw if kind == "parts" else None
+    document = _json(raw) if kind != "text" else NOT_JSON
+    if document is NOT_JSON:
+        # Plain text; gen_ai.system_instructions may be a plain string rather than JSON parts.
+        return raw if kind in ("text", "parts") else None
     if kind == "parts":
         return parts_text(document)
     if kind == "messages":
@@ -70,12 +76,9 @@ def _last_message_text(messages: Any) -> str | None:
 def output_text(source: tuple[str, str]) -> str | None:
     """The final output as text from a (format, raw attribute value) pair found by normalize."""
     kind, raw = source
-    if kind == "text":
-        return raw
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
-        return raw if kind in ("json_or_text", "response") else None
+    document = _json(raw) if kind != "text" else NOT_JSON
+    if document is NOT_JSON:
+        return raw if kind in ("text", "json_or_text", "response") else None
     if kind == "messages":
         return _last_message_text(document)
     if kind == "response" and isinstance(document, dict) and isinstance(document.get("choices"), list):
