@@ -723,7 +723,9 @@ class RunsProcessor:
         """Move root spans out of the request; they are forwarded when their run finishes."""
         by_id = {(view.trace_id, view.span_id): view for view in roots}
         for resource_spans in batch.request.resource_spans:
+            resource: Resource | None = None
             for scope_spans in resource_spans.scope_spans:
+                scope: InstrumentationScope | None = None
                 spans = scope_spans.spans
                 for index in range(len(spans) - 1, -1, -1):
                     span = spans[index]
@@ -733,9 +735,17 @@ class RunsProcessor:
                     group = self._traces[view.trace_id].node(view.span_id)
                     if group is None or group.finished:
                         continue
+                    # Copies, once per resource and scope: a reference into the request would keep the
+                    # whole request's memory alive for as long as the run is open.
+                    if resource is None:
+                        resource = Resource()
+                        resource.CopyFrom(resource_spans.resource)
+                    if scope is None:
+                        scope = InstrumentationScope()
+                        scope.CopyFrom(scope_spans.scope)
                     copy = Span()
                     copy.CopyFrom(span)
-                    group.root = HeldRoot(resource_spans.resource, scope_spans.scope, resource_spans.schema_url, copy)
+                    group.root = HeldRoot(resource, scope, resource_spans.schema_url, copy)
                     del spans[index]
                     batch.span_count -= 1
 

@@ -1,0 +1,1111 @@
+#!/usr/bin/env python
+"""Throughput benchmark: agentopz-otel with full enrichment versus rotel as a pass-through reference.
+
+    .venv/bin/python bench/bench.py            # 20 s measured per target, after a warm-up
+    .venv/bin/python bench/bench.py --quick    # 5 s measured per target
+    .venv/bin/python bench/bench.py --forward  # the service also forwards enriched spans to the sink
+
+Layout on a 2-core machine: the system under test (agentopz-otel, then rotel) runs alone on core 1;
+the load generator and the discard sink run on core 0. The load is a fixed set of pre-serialized
+ExportTraceServiceRequest payloads (512 spans each) replayed over gRPC with a few requests in flight.
+Every request gets fresh trace ids: each trace id is an 8-byte marker shared by the whole payload plus
+an 8-byte trace index, and the marker is replaced by a per-request prefix with one bytes.replace call.
+Span ids, timestamps and attribute values are reused as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+SINK_STATS_METHOD = "/bench.Sink/Stats"
+LOOPBACK = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_MESSAGE = 256 * 1024 * 1024
+GRPC_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+LOAD_CORE = "0"
+TARGET_CORE = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- trace generation -------------------------------------------------------------------------------
+
+NS = 1_000_000_000
+
+# (provider, request model, response model, server.address)
+MODELS = (
+    ("openai", "gpt-4o-2024-08-06", "gpt-4o-2024-08-06", "api.openai.com"),
+    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "api.openai.com"),
+    ("openai", "gpt-4.1-mini", "gpt-4.1-mini-2025-04-14", "api.openai.com"),
+    ("anthropic", "claude-sonnet-4-20250514", "claude-sonnet-4-20250514", "api.anthropic.com"),
+    ("anthropic", "claude-3-5-haiku-20241022", "claude-3-5-haiku-20241022", "api.anthropic.com"),
+)
+
+# agent name -> (service.name, tools, system prompts)
+AGENTS = {
+    "support-triage": (
+        "support-bot",
+        ("lookup_customer", "search_kb", "create_ticket", "escalate"),
+        (
+            "You are a customer support triage agent for Acme Cloud. Classify the request, look up the "
+            "customer, search the knowledge base and either answer or open a ticket. Never promise refunds.",
+            "You are a customer support triage agent for Acme Cloud (v2). Be concise. Always cite the KB "
+            "article id you used. Escalate anything about billing disputes or data loss to a human.",
+        ),
+    ),
+    "research-assistant": (
+        "research-svc",
+        ("web_search", "fetch_url", "summarize_pdf", "python_exec"),
+        (
+            "You are a research assistant. Break the question into sub-questions, search the web, read the "
+            "most relevant sources and write a short report with numbered citations.",
+        ),
+    ),
+    "code-reviewer": (
+        "devtools-agent",
+        ("read_file", "list_dir", "run_tests", "git_diff", "post_comment"),
+        (
+            "You review pull requests. Read the diff, run the tests, and leave specific, actionable comments. "
+            "Flag security issues first, then correctness, then style.",
+            "You review pull requests for the payments team. Pay special attention to money arithmetic, "
+            "idempotency keys and retries. Leave at most five comments.",
+        ),
+    ),
+    "sql-analyst": (
+        "analytics-copilot",
+        ("list_tables", "describe_table", "run_query", "plot_chart"),
+        (
+            "You translate business questions into read-only SQL over the warehouse. Inspect the schema "
+            "before querying, limit result sets to 1000 rows and explain the query in one sentence.",
+        ),
+    ),
+    "travel-planner": (
+        "travel-agent",
+        ("search_flights", "search_hotels", "get_weather", "book_trip"),
+        (
+            "You plan trips. Ask for missing dates, propose at most three itineraries with prices, and only "
+            "book after explicit confirmation from the user.",
+        ),
+    ),
+}
+
+# Traces from these agents use OpenInference attributes instead of the GenAI semantic conventions.
+OPENINFERENCE_AGENTS = frozenset({"research-assistant"})
+
+TOOL_ERRORS = ("TimeoutError", "HTTPError", "ValueError", "PermissionError")
+FINISH_REASONS = (("stop",) * 8) + ("tool_calls", "tool_calls", "length")
+USER_QUESTIONS = (
+    "My deployment in eu-west-1 keeps failing with a 502 since this morning, can you check?",
+    "What were the top 10 products by revenue last quarter, broken down by region?",
+    "Find recent papers on speculative decoding and summarize the main speedup techniques.",
+    "Please review PR #4821, it touches the retry logic in the payment client.",
+    "Plan a 4-day trip to Lisbon in October for two people, mid-range budget.",
+)
+
+
+def _any_value(value):
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, (list, tuple)):
+        return AnyValue(array_value=ArrayValue(values=[_any_value(item) for item in value]))
+    return AnyValue(string_value=str(value))
+
+
+def _set_attributes(target, attributes: dict) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    target.extend(KeyValue(key=key, value=_any_value(value)) for key, value in attributes.items())
+
+
+@dataclass
+class SpanSpec:
+    name: str
+    kind: int
+    attributes: dict
+    parent: int | None
+    duration_ms: float
+    error: str | None = None
+    events: list = field(default_factory=list)
+
+
+class TraceFactory:
+    """Builds one realistic agent trace at a time as a list of SpanSpecs."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def _hex(self, digits: int) -> str:
+        return f"{self.rng.getrandbits(digits * 4):0{digits}x}"
+
+    def _usage(self, provider: str) -> tuple[int, int, int]:
+        rng = self.rng
+        input_tokens = int(rng.lognormvariate(7.3, 0.8)) + 50
+        output_tokens = int(rng.lognormvariate(5.0, 0.9)) + 1
+        cached = 0
+        if input_tokens >= 1024 and rng.random() < 0.6:
+            # prompt caching works on a prefix of at least 1024 tokens, in 128-token steps
+            cached = rng.randrange(1024, input_tokens + 1, 128)
+        return input_tokens, output_tokens, cached
+
+    def _system_instructions(self, agent: str) -> str | None:
+        prompts = AGENTS[agent][2]
+        if self.rng.random() < 0.4:
+            text = self.rng.choice(prompts)
+            return json.dumps([{"type": "text", "content": text}])
+        return None
+
+    def semconv_chat(self, agent: str, model, parent: int, conversation: str) -> SpanSpec:
+        rng = self.rng
+        provider, request_model, response_model, server = model
+        input_tokens, output_tokens, cached = self._usage(provider)
+        finish = rng.choice(FINISH_REASONS)
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": request_model,
+            "gen_ai.request.temperature": rng.choice((0.0, 0.2, 0.7, 1.0)),
+            "gen_ai.request.max_tokens": rng.choice((1024, 2048, 4096)),
+            "gen_ai.response.model": response_model,
+            "gen_ai.response.id": ("chatcmpl-" if provider == "openai" else "msg_") + self._hex(24),
+            "gen_ai.response.finish_reasons": [finish],
+            "gen_ai.usage.input_tokens": input_tokens,
+            "gen_ai.usage.output_tokens": output_tokens,
+            "gen_ai.conversation.id": conversation,
+            "gen_ai.output.type": "text",
+            "server.address": server,
+            "server.port": 443,
+        }
+        if cached:
+            attributes["gen_ai.usage.cache_read.input_tokens"] = cached
+        if rng.random() < 0.5:
+            attributes["gen_ai.agent.name"] = agent
+        if provider == "openai":
+            attributes["openai.response.service_tier"] = "default"
+        system = self._system_instructions(agent)
+        if system is not None:
+            attributes["gen_ai.system_instructions"] = system
+        error = None
+        events = []
+        roll = rng.random()
+        if roll < 0.02:
+            error = "RateLimitError"
+            attributes["error.type"] = "RateLimitError"
+            attributes["http.response.status_code"] = 429
+            events.append(
+                ("exception", {"exception.type": "openai.RateLimitError", "exception.message": "Error code: 429"})
+            )
+            for key in ("gen_ai.response.id", "gen_ai.response.finish_reasons", "gen_ai.usage.output_tokens"):
+                attributes.pop(key)
+        elif roll < 0.03:
+            error = "InternalServerError"
+            attributes["error.type"] = "InternalServerError"
+            attributes["http.response.status_code"] = 529 if provider == "anthropic" else 500
+            events.append(
+                (
+                    "exception",
+                    {"exception.type": f"{provider}.InternalServerError", "exception.message": "Overloaded"},
+                )
+            )
+        else:
+            attributes["http.response.status_code"] = 200
+        duration = 300 + output_tokens * rng.uniform(8, 25)
+        return SpanSpec(f"chat {request_model}", 3, attributes, parent, duration, error, events)
+
+    def semconv_tool(self, agent: str, parent: int) -> SpanSpec:
+        rng = self.rng
+        tool = rng.choice(AGENTS[agent][1])
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": tool,
+            "gen_ai.tool.type": "function",
+            "gen_ai.tool.call.id": "call_" + self._hex(24),
+        }
+        if rng.random() < 0.3:
+            attributes["gen_ai.agent.name"] = agent
+        error = None
+        events = []
+        if rng.random() < 0.06:
+            error = rng.choice(TOOL_ERRORS)
+            attributes["error.type"] = error
+            events.append(("exception", {"exception.type": error, "exception.message": f"{tool} failed"}))
+        return SpanSpec(f"execute_tool {tool}", 1, attributes, parent, rng.uniform(5, 2500), error, events)
+
+    def semconv_agent(self, agent: str, model, conversation: str) -> SpanSpec:
+        provider, request_model, _, server = model
+        attributes = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": agent,
+            "gen_ai.agent.id": f"asst_{zlib.crc32(agent.encode()):010d}",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": request_model,
+            "gen_ai.conversation.id": conversation,
+            "server.address": server,
+        }
+        system = self._system_instructions(agent)
+        if system is not None:
+            attributes["gen_ai.system_instructions"] = system
+        return SpanSpec(f"invoke_agent {agent}", 1, attributes, None, 0.0)
+
+    def openinference_llm(self, agent: str, model, parent: int) -> SpanSpec:
+        rng = self.rng
+        provider, request_model, response_model, _ = model
+        input_tokens, output_tokens, cached = self._usage(provider)
+        question = rng.choice(USER_QUESTIONS)
+        answer = "Here is what I found: " + " ".join(rng.choice(USER_QUESTIONS).split()[:12])
+        system = rng.choice(AGENTS[agent][2])
+        attributes = {
+            "openinference.span.kind": "LLM",
+            "llm.system": provider,
+            "llm.provider": provider,
+            "llm.model_name": response_model,
+            "llm.invocation_parameters": json.dumps({"model": request_model, "temperature": 0.2, "max_tokens": 2048}),
+            "llm.input_messages.0.message.role": "system",
+            "llm.input_messages.0.message.content": system,
+            "llm.input_messages.1.message.role": "user",
+            "llm.input_messages.1.message.content": question,
+            "llm.output_messages.0.message.role": "assistant",
+            "llm.output_messages.0.message.content": answer,
+            "llm.token_count.prompt": input_tokens,
+            "llm.token_count.completion": output_tokens,
+            "llm.token_count.total": input_tokens + output_tokens,
+            "input.mime_type": "application/json",
+            "output.mime_type": "application/json",
+            "input.value": json.dumps({"messages": [{"role": "user", "content": question}], "model": request_model}),
+            "output.value": json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}),
+        }
+        if cached:
+            attributes["llm.token_count.prompt_details.cache_read"] = cached
+        return SpanSpec("ChatCompletion", 1, attributes, parent, 300 + output_tokens * rng.uniform(8, 25))
+
+    def openinference_tool(self, agent: str, parent: int) -> SpanSpec:
+        rng = self.rng
+        tool = rng.choice(AGENTS[agent][1])
+        attributes = {
+            "openinference.span.kind": "TOOL",
+            "tool.name": tool,
+            "tool.parameters": json.dumps({"query": rng.choice(USER_QUESTIONS)[:40]}),
+            "input.value": json.dumps({"query": rng.choice(USER_QUESTIONS)[:40]}),
+            "output.value": "ok",
+        }
+        error = None
+        if rng.random() < 0.06:
+            error = rng.choice(TOOL_ERRORS)
+            attributes["output.value"] = f"{error}: {tool} failed"
+        return SpanSpec(tool, 1, attributes, parent, rng.uniform(5, 2500), error)
+
+    def openinference_agent(self, agent: str) -> SpanSpec:
+        attributes = {
+            "openinference.span.kind": "AGENT",
+            "agent.name": agent,
+            "input.value": self.rng.choice(USER_QUESTIONS),
+            "input.mime_type": "text/plain",
+        }
+        return SpanSpec(agent, 1, attributes, None, 0.0)
+
+    def trace(self, agent: str) -> list[SpanSpec]:
+        rng = self.rng
+        conversation = "conv_" + self._hex(16)
+        model = rng.choice(MODELS)
+        openinference = agent in OPENINFERENCE_AGENTS
+        root = self.openinference_agent(agent) if openinference else self.semconv_agent(agent, model, conversation)
+        spans = [root]
+        for _ in range(rng.randint(2, 6)):
+            call_model = model if rng.random() < 0.8 else rng.choice(MODELS)
+            if openinference:
+                spans.append(self.openinference_llm(agent, call_model, 0))
+            else:
+                spans.append(self.semconv_chat(agent, call_model, 0, conversation))
+            for _ in range(rng.choice((0, 1, 1, 2))):
+                spans.append(self.openinference_tool(agent, 0) if openinference else self.semconv_tool(agent, 0))
+        if rng.random() < 0.5:
+            # a final answer after the last tool results
+            if openinference:
+                spans.append(self.openinference_llm(agent, model, 0))
+            else:
+                spans.append(self.semconv_chat(agent, model, 0, conversation))
+        spans[0].duration_ms = sum(span.duration_ms for span in spans[1:]) + rng.uniform(5, 50)
+        return spans
+
+
+def _resource_attributes(service: str, instance: int, openinference: bool) -> dict:
+    attributes = {
+        "service.name": service,
+        "service.version": f"1.{instance % 7}.{instance % 3}",
+        "service.instance.id": str(uuid.UUID(int=zlib.crc32(f"{service}/{instance}".encode()) << 64 | instance)),
+        "deployment.environment.name": "production",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.version": "1.38.0",
+        "host.name": f"{service}-{instance:02d}-7f9c4d8b6-x2k4p",
+        "host.arch": "amd64",
+        "os.type": "linux",
+        "process.pid": 1 + instance,
+        "process.runtime.name": "cpython",
+        "process.runtime.version": "3.12.7",
+        "k8s.namespace.name": "agents",
+        "k8s.pod.name": f"{service}-{instance:02d}-7f9c4d8b6-x2k4p",
+        "cloud.provider": "aws",
+        "cloud.region": "eu-west-1",
+    }
+    if openinference:
+        attributes["openinference.project.name"] = service
+    return attributes
+
+
+SCOPES = {
+    False: ("opentelemetry.instrumentation.openai_v2", "2.1b0"),
+    True: ("openinference.instrumentation.openai", "0.1.30"),
+}
+
+
+def build_payloads(count: int, spans_per_request: int, seed: int, marker: bytes) -> list[tuple[bytes, int]]:
+    """`count` serialized ExportTraceServiceRequests of exactly `spans_per_request` spans each."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+    rng = random.Random(seed)
+    factory = TraceFactory(rng)
+    agents = list(AGENTS)
+    base_time = 1_760_000_000 * NS
+    payloads = []
+    for _ in range(count):
+        request = ExportTraceServiceRequest()
+        resources = {}
+        produced = 0
+        trace_index = 0
+        while produced < spans_per_request:
+            agent = rng.choice(agents)
+            service = AGENTS[agent][0]
+            openinference = agent in OPENINFERENCE_AGENTS
+            instance = rng.randrange(3)
+            key = (service, instance)
+            if key not in resources:
+                resource_spans = request.resource_spans.add()
+                _set_attributes(
+                    resource_spans.resource.attributes, _resource_attributes(service, instance, openinference)
+                )
+                resource_spans.schema_url = "https://opentelemetry.io/schemas/1.37.0"
+                scope_spans = resource_spans.scope_spans.add()
+                scope_spans.scope.name, scope_spans.scope.version = SCOPES[openinference]
+                resources[key] = scope_spans
+            scope_spans = resources[key]
+            specs = factory.trace(agent)[: spans_per_request - produced]
+            trace_id = marker + struct.pack(">Q", trace_index + 1)
+            trace_index += 1
+            span_ids = [(rng.getrandbits(64) | 1).to_bytes(8, "big") for _ in specs]
+            start = base_time + rng.randrange(3600 * NS)
+            cursor = start + int(rng.uniform(1, 20) * 1e6)
+            for index, spec in enumerate(specs):
+                span = scope_spans.spans.add()
+                span.trace_id = trace_id
+                span.span_id = span_ids[index]
+                if spec.parent is not None:
+                    span.parent_span_id = span_ids[spec.parent]
+                span.name = spec.name
+                span.kind = spec.kind
+                if index == 0:
+                    span.start_time_unix_nano = start
+                else:
+                    span.start_time_unix_nano = cursor
+                    cursor += int(spec.duration_ms * 1e6)
+                span.end_time_unix_nano = span.start_time_unix_nano + int(spec.duration_ms * 1e6)
+                _set_attributes(span.attributes, spec.attributes)
+                for event_name, event_attributes in spec.events:
+                    event = span.events.add()
+                    event.name = event_name
+                    event.time_unix_nano = span.end_time_unix_nano
+                    _set_attributes(event.attributes, event_attributes)
+                if spec.error is not None:
+                    span.status.code = Status.STATUS_CODE_ERROR
+                    span.status.message = spec.error
+            produced += len(specs)
+        body = request.SerializeToString()
+        if body.count(marker) != produced:
+            raise RuntimeError("the trace-id marker occurs outside trace ids; pick another seed")
+        payloads.append((body, produced))
+    return payloads
+
+
+def write_payloads(path: Path, marker: bytes, payloads: list[tuple[bytes, int]]) -> None:
+    with path.open("wb") as out:
+        out.write(marker)
+        for body, spans in payloads:
+            out.write(struct.pack("<II", len(body), spans))
+            out.write(body)
+
+
+def read_payloads(path: Path) -> tuple[bytes, list[tuple[bytes, int]]]:
+    data = path.read_bytes()
+    marker = data[:8]
+    offset = 8
+    payloads = []
+    while offset < len(data):
+        size, spans = struct.unpack_from("<II", data, offset)
+        offset += 8
+        payloads.append((data[offset : offset + size], spans))
+        offset += size
+    return marker, payloads
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kib(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def scrape(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Sum of every sample of each metric in `names` on a Prometheus text page."""
+    totals = dict.fromkeys(names, 0.0)
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((LOOPBACK, port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not listening on port {port} after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def pinned(core: str, command: list[str]) -> list[str]:
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", core, *command] if taskset else command
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+# -- sink process: accepts OTLP/gRPC and discards -------------------------------------------------
+
+
+def run_sink(port: int, http_port: int) -> None:
+    import grpc
+    from aiohttp import web
+
+    stats = {"requests": 0, "bytes": 0}
+
+    async def export(body: bytes, context) -> bytes:
+        stats["requests"] += 1
+        stats["bytes"] += len(body)
+        return b""
+
+    async def http_export(request: web.Request) -> web.Response:
+        body = await request.read()
+        stats["requests"] += 1
+        stats["bytes"] += len(body)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def report(body: bytes, context) -> bytes:
+        return json.dumps(stats).encode()
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    TRACE_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}
+                ),
+                grpc.method_handlers_generic_handler(
+                    "bench.Sink", {"Stats": grpc.unary_unary_rpc_method_handler(report)}
+                ),
+            )
+        )
+        server.add_insecure_port(f"{LOOPBACK}:{port}")
+        await server.start()
+        app = web.Application(client_max_size=MAX_MESSAGE)
+        app.router.add_post("/v1/traces", http_export)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, LOOPBACK, http_port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await server.stop(grace=None)
+        await runner.cleanup()
+
+    asyncio.run(serve())
+
+
+# -- load process ----------------------------------------------------------------------------------
+
+
+async def drive_load(args: argparse.Namespace) -> dict:
+    import grpc
+
+    marker, payloads = read_payloads(Path(args.payload_file))
+    loop = asyncio.get_running_loop()
+    channel = grpc.aio.insecure_channel(args.target, options=GRPC_OPTIONS)
+    export = channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
+    await asyncio.wait_for(channel.channel_ready(), 20)
+    sink_stats = None
+    if args.sink:
+        sink_channel = grpc.aio.insecure_channel(args.sink)
+        sink_call = sink_channel.unary_unary(SINK_STATS_METHOD, request_serializer=None, response_deserializer=None)
+
+        async def sink_stats() -> dict:
+            return json.loads(await sink_call(b"", timeout=10))
+
+    metric_names = ("agentopz_receiver_spans_total", "agentopz_exporter_sent_spans_total", "agentopz_runs_total")
+
+    async def snapshot() -> dict:
+        taken = {
+            "time": time.perf_counter(),
+            "cpu": cpu_seconds(args.pid) if args.pid else None,
+            "own_cpu": cpu_seconds(os.getpid()),
+        }
+        if args.metrics_url:
+            taken["metrics"] = await loop.run_in_executor(None, scrape, args.metrics_url, metric_names)
+        if sink_stats is not None:
+            taken["sink"] = await sink_stats()
+        taken["time"] = (taken["time"] + time.perf_counter()) / 2
+        return taken
+
+    measuring = False
+    stopping = False
+    counter = 0
+    acked = rejected = sent_requests = 0
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    prefix_rng = random.Random(args.seed)
+
+    async def worker() -> None:
+        nonlocal counter, acked, rejected, sent_requests
+        while not stopping:
+            index = counter
+            counter += 1
+            body, spans = payloads[index % len(payloads)]
+            prefix = prefix_rng.getrandbits(64).to_bytes(8, "big")
+            if prefix == bytes(8):
+                prefix = b"\x01" * 8
+            body = body.replace(marker, prefix)
+            began = time.perf_counter()
+            try:
+                response = await export(body, timeout=60)
+            except grpc.aio.AioRpcError as error:
+                if measuring:
+                    errors[error.code().name] = errors.get(error.code().name, 0) + 1
+                await asyncio.sleep(0.05)
+                continue
+            elapsed = time.perf_counter() - began
+            if measuring:
+                partial = 0
+                if response:
+                    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+                    partial = ExportTraceServiceResponse.FromString(response).partial_success.rejected_spans
+                acked += spans - partial
+                rejected += partial
+                sent_requests += 1
+                latencies.append(elapsed)
+
+    workers = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
+    await asyncio.sleep(args.warmup)
+    start = await snapshot()
+    measuring = True
+    await asyncio.sleep(args.duration)
+    measuring = False
+    end = await snapshot()
+    stopping = True
+    await asyncio.gather(*workers, return_exceptions=True)
+    await channel.close()
+    window = end["time"] - start["time"]
+    result = {
+        "window_seconds": window,
+        "requests": sent_requests,
+        "acked_spans": acked,
+        "rejected_spans": rejected,
+        "acked_spans_per_second": acked / window,
+        "latency_p50_ms": (percentile(latencies, 0.50) or 0) * 1000,
+        "latency_p99_ms": (percentile(latencies, 0.99) or 0) * 1000,
+        "latency_max_ms": (max(latencies) if latencies else 0) * 1000,
+        "errors": errors,
+        "payload_bytes": sum(len(body) for body, _ in payloads) / len(payloads),
+    }
+    if start["cpu"] is not None and end["cpu"] is not None:
+        result["cpu_utilization"] = (end["cpu"] - start["cpu"]) / window
+        if end["cpu"] > start["cpu"]:
+            result["spans_per_cpu_second"] = acked / (end["cpu"] - start["cpu"])
+    result["load_cpu_utilization"] = (end["own_cpu"] - start["own_cpu"]) / window
+    if "metrics" in start:
+        for name in metric_names:
+            result[name + "_per_second"] = (end["metrics"][name] - start["metrics"][name]) / window
+    if "sink" in start:
+        result["sink_bytes_per_second"] = (end["sink"]["bytes"] - start["sink"]["bytes"]) / window
+        result["sink_requests"] = end["sink"]["requests"] - start["sink"]["requests"]
+    return result
+
+
+# -- orchestration ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    name: str
+    load: dict
+    peak_rss_kib: int | None = None
+    rss_kib: int | None = None
+    threads: int | None = None
+
+
+def service_config(grpc_port: int, http_port: int, admin_port: int, forward: dict | None, runs: bool) -> str:
+    exporters: dict = {"prometheus": {}}
+    if forward is not None:
+        exporters["otlp/sink"] = forward
+    config = {
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": {"endpoint": f"{LOOPBACK}:{grpc_port}"},
+                    "http": {"endpoint": f"{LOOPBACK}:{http_port}"},
+                }
+            }
+        },
+        "processors": {"normalize": {}, "cost": {}, "prompt_version": {}, **({"runs": {}} if runs else {})},
+        "exporters": exporters,
+        "service": {
+            "admin": {"endpoint": f"{LOOPBACK}:{admin_port}"},
+            "log_level": "WARNING",
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["normalize", "cost", "prompt_version", *(["runs"] if runs else [])],
+                    "exporters": list(exporters),
+                }
+            },
+        },
+    }
+    return json.dumps(config, indent=2)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[subprocess.Popen] = []
+        self.payload_file = workdir / "payloads.bin"
+        self.sink_port = free_port()
+        self.sink_http_port = free_port()
+
+    def spawn(self, command: list[str], log_name: str, **kwargs) -> subprocess.Popen:
+        log = (self.workdir / log_name).open("w")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def log_tail(self, log_name: str, lines: int = 30) -> str:
+        path = self.workdir / log_name
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def cleanup(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process, timeout=10)
+
+    def run_load(self, target_port: int, pid: int, metrics_url: str | None) -> dict:
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--role",
+            "load",
+            "--target",
+            f"{LOOPBACK}:{target_port}",
+            "--payload-file",
+            str(self.payload_file),
+            "--duration",
+            str(self.args.duration),
+            "--warmup",
+            str(self.args.warmup),
+            "--concurrency",
+            str(self.args.concurrency),
+            "--pid",
+            str(pid),
+            "--sink",
+            f"{LOOPBACK}:{self.sink_port}",
+            "--seed",
+            str(self.args.seed),
+        ]
+        if metrics_url:
+            command += ["--metrics-url", metrics_url]
+        limit = self.args.warmup + self.args.duration + 120
+        completed = subprocess.run(pinned(LOAD_CORE, command), capture_output=True, text=True, timeout=limit)
+        if completed.returncode != 0:
+            raise RuntimeError(f"load generator failed:\n{completed.stderr[-3000:]}")
+        return json.loads(completed.stdout.strip().splitlines()[-1])
+
+    def start_sink(self) -> None:
+        command = [sys.executable, str(Path(__file__).resolve()), "--role", "sink", "--port", str(self.sink_port)]
+        command += ["--http-port", str(self.sink_http_port)]
+        process = self.spawn(pinned(LOAD_CORE, command), "sink.log")
+        wait_for_port(self.sink_port, process, 20, "sink")
+
+    def run_service(self) -> Outcome:
+        grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+        config = self.workdir / "agentopz.yaml"
+        forward = None
+        if self.args.forward == "grpc":
+            forward = {"endpoint": f"http://{LOOPBACK}:{self.sink_port}", "protocol": "grpc"}
+        elif self.args.forward == "http":
+            forward = {"endpoint": f"http://{LOOPBACK}:{self.sink_http_port}/v1/traces", "protocol": "http/protobuf"}
+        config.write_text(service_config(grpc_port, http_port, admin_port, forward, self.args.runs))
+        source = str(Path(self.args.source).resolve())
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (source, os.environ.get("PYTHONPATH"))))}
+        command = [self.args.python, "-m", "agentopz_otel", "run", "--config", str(config)]
+        process = self.spawn(pinned(TARGET_CORE, command), "agentopz.log", cwd=self.workdir, env=env)
+        admin = f"http://{LOOPBACK}:{admin_port}"
+        try:
+            wait_ready(admin + "/readyz", process, 60, "agentopz-otel")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n{self.log_tail('agentopz.log')}") from None
+        profiler = self.start_profiler(process.pid)
+        try:
+            load = self.run_load(grpc_port, process.pid, admin + "/metrics")
+        except Exception:
+            print(self.log_tail("agentopz.log"), file=sys.stderr)
+            raise
+        finally:
+            if profiler is not None:
+                self.finish_profiler(profiler)
+        outcome = Outcome(
+            "agentopz-otel"
+            + (" +runs" if self.args.runs else "")
+            + (f" +forward/{self.args.forward}" if self.args.forward else ""),
+            load,
+            proc_status_kib(process.pid, "VmHWM"),
+            proc_status_kib(process.pid, "VmRSS"),
+            proc_status_kib(process.pid, "Threads"),
+        )
+        stop_process(process)
+        if self.args.forward and not load.get("agentopz_exporter_sent_spans_total_per_second"):
+            problems = [line for line in self.log_tail("agentopz.log", 400).splitlines() if "Error" in line]
+            print(
+                "  warning: the service forwarded nothing to the sink; last errors in its log:\n    "
+                + "\n    ".join(problems[-3:] or ["(none)"])
+            )
+        return outcome
+
+    def start_profiler(self, pid: int) -> subprocess.Popen | None:
+        if not self.args.profile:
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        output = Path(self.args.profile).resolve()
+        fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
+        command = [py_spy, "record", "--pid", str(pid), "--output", str(output), "--format", fmt, "--rate", "200"]
+        command += ["--duration", str(int(self.args.warmup + self.args.duration)), "--nonblocking"]
+        return subprocess.Popen(pinned(LOAD_CORE, command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def finish_profiler(self, profiler: subprocess.Popen) -> None:
+        try:
+            _, stderr = profiler.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            _, stderr = profiler.communicate()
+        if profiler.returncode != 0:
+            print(f"py-spy failed: {stderr.decode(errors='replace')[-2000:]}", file=sys.stderr)
+        else:
+            print(f"profile written to {self.args.profile}")
+
+    def run_rotel(self) -> Outcome | None:
+        try:
+            import rotel
+        except ImportError:
+            print("rotel is not installed: skipping the reference run", file=sys.stderr)
+            return None
+        binary = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
+        grpc_port, http_port = free_port(), free_port()
+        command = [
+            binary,
+            "start",
+            "--otlp-grpc-endpoint",
+            f"{LOOPBACK}:{grpc_port}",
+            "--otlp-http-endpoint",
+            f"{LOOPBACK}:{http_port}",
+            "--otlp-grpc-max-recv-msg-size-mib",
+            "64",
+            "--exporter",
+            "otlp",
+            "--otlp-exporter-endpoint",
+            f"http://{LOOPBACK}:{self.sink_port}",
+            "--otlp-exporter-protocol",
+            "grpc",
+            "--otlp-exporter-compression",
+            "none",
+            "--pid-file",
+            str(self.workdir / "rotel.pid"),
+            "--log-file",
+            str(self.workdir / "rotel-agent.log"),
+        ]
+        process = self.spawn(pinned(TARGET_CORE, command), "rotel.log", cwd=self.workdir)
+        try:
+            wait_for_port(grpc_port, process, 30, "rotel")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n{self.log_tail('rotel.log')}") from None
+        load = self.run_load(grpc_port, process.pid, None)
+        outcome = Outcome(
+            "rotel (pass-through)",
+            load,
+            proc_status_kib(process.pid, "VmHWM"),
+            proc_status_kib(process.pid, "VmRSS"),
+            proc_status_kib(process.pid, "Threads"),
+        )
+        stop_process(process)
+        return outcome
+
+    def run(self) -> list[Outcome]:
+        args = self.args
+        marker = random.Random(args.seed).getrandbits(64).to_bytes(8, "big")
+        began = time.perf_counter()
+        payloads = build_payloads(args.payloads, args.spans_per_request, args.seed, marker)
+        write_payloads(self.payload_file, marker, payloads)
+        mean_size = sum(len(body) for body, _ in payloads) / len(payloads)
+        print(
+            f"built {len(payloads)} requests x {args.spans_per_request} spans "
+            f"(mean {mean_size / 1024:.0f} KiB, {mean_size / args.spans_per_request:.0f} B/span) "
+            f"in {time.perf_counter() - began:.1f}s; fresh trace ids per request"
+        )
+        print(
+            f"load: {args.concurrency} in flight, {args.warmup:g}s warm-up + {args.duration:g}s measured; "
+            f"target on core {TARGET_CORE}, load generator and sink on core {LOAD_CORE}"
+        )
+        self.start_sink()
+        outcomes = []
+        if not args.skip_service:
+            print(
+                "\n== agentopz-otel (normalize, cost, prompt_version"
+                + (", runs" if args.runs else "")
+                + ", prometheus"
+                + (f", otlp/{args.forward}" if args.forward else "")
+                + ")"
+            )
+            outcome = self.run_service()
+            print_outcome(outcome)
+            outcomes.append(outcome)
+        if not args.skip_rotel:
+            print("\n== rotel (otlp receiver -> otlp exporter, no processing)")
+            outcome = self.run_rotel()
+            if outcome is not None:
+                print_outcome(outcome)
+                outcomes.append(outcome)
+        return outcomes
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None:
+        width = spec.lstrip("<>^").split(",")[0].split(".")[0]
+        return "-".rjust(int(width) if width.isdigit() else 1)
+    return format(value, spec)
+
+
+def print_outcome(outcome: Outcome) -> None:
+    load = outcome.load
+    print(f"  sustained (acked)      {load['acked_spans_per_second']:>12,.0f} spans/s  ({load['requests']} requests)")
+    if "agentopz_receiver_spans_total_per_second" in load:
+        print(f"  sustained (/metrics)   {load['agentopz_receiver_spans_total_per_second']:>12,.0f} spans/s")
+    if load.get("agentopz_exporter_sent_spans_total_per_second"):
+        print(f"  forwarded (/metrics)   {load['agentopz_exporter_sent_spans_total_per_second']:>12,.0f} spans/s")
+    if load.get("agentopz_runs_total_per_second"):
+        print(f"  runs finished          {load['agentopz_runs_total_per_second']:>12,.0f} runs/s")
+    if load.get("sink_bytes_per_second"):
+        print(f"  sink received          {load['sink_bytes_per_second'] / 2**20:>12,.1f} MiB/s")
+    print(f"  latency p50 / p99      {load['latency_p50_ms']:>9.1f} / {load['latency_p99_ms']:.1f} ms")
+    print(f"  cpu of target core     {_fmt(load.get('cpu_utilization'), '>12.0%')}")
+    print(f"  spans per CPU-second   {_fmt(load.get('spans_per_cpu_second'), '>12,.0f')}  (target, all threads)")
+    print(f"  cpu of load generator  {_fmt(load.get('load_cpu_utilization'), '>12.0%')}")
+    peak = None if outcome.peak_rss_kib is None else outcome.peak_rss_kib / 1024
+    print(f"  peak RSS (VmHWM)       {_fmt(peak, '>12.1f')} MiB  (threads: {outcome.threads})")
+    if load["errors"] or load["rejected_spans"]:
+        print(f"  errors                 {load['errors']}  rejected spans: {load['rejected_spans']}")
+
+
+def print_summary(outcomes: list[Outcome], args: argparse.Namespace) -> None:
+    header = (
+        f"{'target':<24} {'spans/s acked':>14} {'spans/s metric':>15} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'cpu':>5} {'peak RSS MiB':>13} {'errors':>7}"
+    )
+    print("\n" + header)
+    print("-" * len(header))
+    for outcome in outcomes:
+        load = outcome.load
+        peak = None if outcome.peak_rss_kib is None else outcome.peak_rss_kib / 1024
+        errors = sum(load["errors"].values()) + load["rejected_spans"]
+        print(
+            f"{outcome.name:<24} {load['acked_spans_per_second']:>14,.0f} "
+            f"{_fmt(load.get('agentopz_receiver_spans_total_per_second'), '>15,.0f')} "
+            f"{load['latency_p50_ms']:>8.1f} {load['latency_p99_ms']:>8.1f} "
+            f"{_fmt(load.get('cpu_utilization'), '>5.0%')} {_fmt(peak, '>13.1f')} {errors:>7}"
+        )
+    service = next((o for o in outcomes if o.name.startswith("agentopz")), None)
+    reference = next((o for o in outcomes if o.name.startswith("rotel")), None)
+    if service and reference:
+        ratio = service.load["acked_spans_per_second"] / reference.load["acked_spans_per_second"]
+        print(f"\nservice / rotel throughput ratio: {ratio:.3f}")
+        if (reference.load.get("cpu_utilization") or 0) < 0.9:
+            print(
+                "note: rotel's core was not saturated, so its figure is bounded by the load generator "
+                "(a lower bound on rotel's capacity)"
+            )
+    print(
+        f"({args.duration:g}s measured per target, {args.concurrency} requests in flight, "
+        f"{args.spans_per_request} spans per request)"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per target (default 20)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per target (default 5, quick 2)")
+    parser.add_argument("--quick", action="store_true", help="5 s measured, 2 s warm-up")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    parser.add_argument(
+        "--forward",
+        nargs="?",
+        const="grpc",
+        choices=("grpc", "http"),
+        help="the service also forwards the enriched spans to the discard sink over OTLP (default grpc)",
+    )
+    parser.add_argument(
+        "--runs", action="store_true", help="also assemble runs (runs processor: outcomes, run metrics, in flight)"
+    )
+    parser.add_argument("--payloads", type=int, default=32, help="distinct pre-built requests (default 32)")
+    parser.add_argument("--spans-per-request", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--source", default=str(REPO_ROOT), help="checkout whose agentopz_otel package is run")
+    parser.add_argument("--python", default=sys.executable, help="interpreter that runs the service")
+    parser.add_argument("--skip-rotel", action="store_true", help="benchmark only the service")
+    parser.add_argument("--skip-service", action="store_true", help="benchmark only rotel")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy record the service (.svg, .json or raw text)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--keep-logs", metavar="DIR", help="write configs and process logs to DIR and keep them")
+    parser.add_argument("--role", choices=("main", "load", "sink"), default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--payload-file", help=argparse.SUPPRESS)
+    parser.add_argument("--pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--sink", help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-url", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 5.0
+    if args.warmup is None:
+        args.warmup = 2.0 if args.quick else 5.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role == "sink":
+        run_sink(args.port, args.http_port)
+        return 0
+    if args.role == "load":
+        print(json.dumps(asyncio.run(drive_load(args))))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="agentopz-bench-") as workdir:
+        bench = Bench(args, Path(args.keep_logs or workdir))
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            outcomes = bench.run()
+        finally:
+            bench.cleanup()
+            signal.signal(signal.SIGTERM, previous)
+    print_summary(outcomes, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps([outcome.__dict__ for outcome in outcomes], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
