@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 LLM = "llm"
 TOOL = "tool"
 AGENT = "agent"
+EVALUATOR = "evaluator"  # an evaluator's span (OpenInference EVALUATOR): carries a verdict on another span
 OTHER = "other"
 
 # Call status values for agentopz_llm_calls_total / agentopz_tool_calls_total{status}.
@@ -43,6 +44,7 @@ class SpanView:
         "duration",
         "end_time",
         "enriched",
+        "evaluation_target",
         "evaluations",
         "finish_reason",
         "input_tokens",
@@ -95,6 +97,8 @@ class SpanView:
         self.output: tuple[str, str] | None = None
         self.response_id: str | None = None
         self.evaluations: list[Evaluation] | None = None
+        # (trace id, span id) an evaluator span's verdicts are about, when it links to another trace.
+        self.evaluation_target: tuple[bytes, bytes] | None = None
         self.cost: float | None = None
         self.cost_source: str | None = None
         # The span already carries agentopz.cost.source / agentopz.prompt.version (never overwritten).

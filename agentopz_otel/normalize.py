@@ -20,6 +20,7 @@ from .components import Context, Factory
 from .metrics import Counter, Family
 from .model import (
     AGENT,
+    EVALUATOR,
     LLM,
     OTHER,
     STATUS_CLIENT_ERROR,
@@ -137,7 +138,7 @@ _SEMCONV_OPERATIONS = {
     "invoke_agent": AGENT,
     "invoke_workflow": AGENT,
 }
-_OPENINFERENCE_KINDS = {"LLM": LLM, "EMBEDDING": LLM, "TOOL": TOOL, "AGENT": AGENT}
+_OPENINFERENCE_KINDS = {"LLM": LLM, "EMBEDDING": LLM, "TOOL": TOOL, "AGENT": AGENT, "EVALUATOR": EVALUATOR}
 _TRACELOOP_KINDS = {"workflow": AGENT, "agent": AGENT, "tool": TOOL}
 _TRACELOOP_REQUEST_TYPES = {"chat": LLM, "completion": LLM, "embedding": LLM}
 _VERCEL_OPERATIONS = {
@@ -265,6 +266,9 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
     ("output", _tagged("response"), ("output.value",)),
     ("output", _tagged("json_or_text"), ("traceloop.entity.output",)),
     ("response_id", _text, ("gen_ai.response.id",)),
+    ("evaluator_name", _text, ("metadata.evaluator_name",)),
+    ("evaluator_score", _score, ("metadata.score",)),
+    ("evaluator_label", _text, ("metadata.label",)),
     *(
         (f"annotation.{index}.{part}", converter, (f"annotations.{index}.annotation.{part}",))
         for index in range(MAX_ANNOTATIONS)
@@ -476,7 +480,9 @@ class Normalizer:
                 system_source = ("text", values["first_content"])
             view.system_source = system_source
             view.output = get("output")
-        if span.events or "annotation.0.name" in values:
+        if kind == EVALUATOR:
+            _evaluator_span(view, span, values)
+        elif span.events or "annotation.0.name" in values:
             view.evaluations = _evaluations(span, values, view.response_id)
         error_type = get("error_type")
         if (
@@ -539,6 +545,22 @@ def _evaluations(span: Span, values: dict[str, Any], response_id: str | None) ->
             )
         )
     return found or None
+
+
+def _evaluator_span(view: SpanView, span: Span, values: dict[str, Any]) -> None:
+    """An EVALUATOR span: its verdict (and any annotations) are about the span it links to, or, with no
+    link, about the run it sits in."""
+    evaluations = _evaluations(span, values, None) or []
+    if "evaluator_score" in values or "evaluator_label" in values:
+        name = values.get("evaluator_name") or span.name
+        evaluations.append(
+            Evaluation(name=name, score=values.get("evaluator_score"), label=values.get("evaluator_label"))
+        )
+    view.evaluations = evaluations or None
+    for link in span.links:
+        if len(link.trace_id) == 16:
+            view.evaluation_target = (link.trace_id, link.span_id)
+            break
 
 
 def _name_after(name: str, prefix: str) -> str | None:

@@ -540,6 +540,9 @@ class RunsProcessor:
         """Account one span; True when it is a run root to hold back until the run finishes."""
         if view.output is not None and len(view.output[1]) > self.config.quality.max_output_chars:
             view.output = None  # too large to hold until the run ends: content checks say unknown
+        if view.evaluation_target is not None:
+            self._evaluate_target(view)
+            return False
         trace_id = view.trace_id
         trace = self._traces.get(trace_id)
         if trace is None:
@@ -676,13 +679,23 @@ class RunsProcessor:
                     evaluation = evaluation_from_attributes(log_record.attributes)
                     if evaluation is None:
                         continue
-                    group = self._evaluated_run(log_record.trace_id, log_record.span_id, evaluation.response_id)
-                    if group is not None:
-                        self._attach(group, [evaluation])
-                    elif len(log_record.trace_id) == 16:
-                        self._hold_evaluation(log_record.trace_id, evaluation)
-                    else:
-                        self._unmatched.series(()).value += 1
+                    self._route([evaluation], log_record.trace_id, log_record.span_id, evaluation.response_id)
+
+    def _evaluate_target(self, view: SpanView) -> None:
+        """An evaluator span linked to the span it judged, possibly in another trace."""
+        if view.evaluations:
+            trace_id, span_id = view.evaluation_target  # type: ignore[misc]
+            self._route(view.evaluations, trace_id, span_id, None)
+
+    def _route(self, evaluations: list[Evaluation], trace_id: bytes, span_id: bytes, response_id: str | None) -> None:
+        group = self._evaluated_run(trace_id, span_id, response_id)
+        if group is not None:
+            self._attach(group, evaluations)
+        elif len(trace_id) == 16:
+            for evaluation in evaluations:
+                self._hold_evaluation(trace_id, evaluation)
+        else:
+            self._unmatched.series(()).value += len(evaluations)
 
     def _hold_evaluation(self, trace_id: bytes, evaluation: Evaluation) -> None:
         """Keep an evaluation whose trace has not been seen yet (the judge can be faster than the spans)."""

@@ -495,3 +495,46 @@ def test_failed_run_keeps_its_error_outcome_even_with_failing_checks(quality_ser
             root.set_status(Status(StatusCode.ERROR))
     [record] = wait_runs(service, 1)
     assert (record["outcome"], record["quality_verdict"]) == ("error", "fail")
+
+
+def test_openinference_evaluator_spans_inside_the_run_and_linked_from_another_trace(quality_service):
+    from opentelemetry.trace import Link
+
+    service = quality_service()
+    with tracer("grpc", service.grpc_endpoint) as t:
+        with t.start_as_current_span(
+            "invoke_agent evaluated",
+            attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "evaluated"},
+        ) as root:
+            emit_chat(t)
+            # An evaluator run inside the agent's trace: its verdict counts for this run.
+            with t.start_as_current_span(
+                "hallucination check",
+                attributes={
+                    "openinference.span.kind": "EVALUATOR",
+                    "metadata.evaluator_name": "hallucination",
+                    "metadata.label": "hallucinated",
+                },
+            ):
+                pass
+            target = root.get_span_context()
+    [record] = wait_runs(service, 1)
+    assert (record["outcome"], record["failed_checks"]) == ("quality_failure", ["evaluation:hallucination"])
+    # Later, an evaluator in its own trace, linked to the run's root span.
+    with tracer("grpc", service.grpc_endpoint, service="evals") as t:
+        span = t.start_span(
+            "relevance eval",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            links=[Link(target)],
+            attributes={
+                "openinference.span.kind": "EVALUATOR",
+                "metadata.evaluator_name": "relevance",
+                "metadata.score": 0.95,
+            },
+        )
+        span.end()
+    deadline = time.monotonic() + 5
+    while ("relevance", "pass") not in evaluations(service, "evaluated") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert evaluations(service, "evaluated") == {("hallucination", "fail"): 1, ("relevance", "pass"): 1}
+    assert service.value("agentopz_runs_total", agent="evaluated") == 1
