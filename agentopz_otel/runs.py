@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import itertools
 import json
 import logging
 import sys
@@ -54,6 +55,7 @@ RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 MAX_MODELS_PER_RUN = 8
+FINISH_SLICE = 200  # quiet traces handled between two yields to the event loop
 # OTLP Span.flags: bit 8 says whether bit 9 is known, bit 9 that the parent span is remote.
 REMOTE_PARENT_FLAGS = 0x300
 MAX_TOOLS_PER_RUN = 64
@@ -517,7 +519,13 @@ class RunsProcessor:
         while True:
             await asyncio.sleep(self.config.tick_seconds)
             try:
-                self.tick(time.monotonic())
+                # Finish runs in slices so a burst of finished runs does not stall the receivers.
+                now = time.monotonic()
+                quiet = self._quiet_traces(now)
+                for start in range(0, len(quiet), FINISH_SLICE):
+                    self._finish_quiet(quiet[start : start + FINISH_SLICE], now)
+                    await asyncio.sleep(0)
+                self._expire(now)
             except Exception:
                 log.exception("finishing runs failed; continuing")
 
@@ -792,12 +800,22 @@ class RunsProcessor:
                 outer.sub_agents += 1
 
     def tick(self, now: float) -> None:
+        """Finish every run that is done."""
+        self._finish_quiet(self._quiet_traces(now), now)
+        self._expire(now)
+
+    def _quiet_traces(self, now: float) -> list[TraceState]:
+        """Traces with no new span for the grace period (the dict is ordered by activity)."""
+        grace = self.config.grace_seconds
+        return list(itertools.takewhile(lambda trace: now - trace.last_seen >= grace, self._traces.values()))
+
+    def _finish_quiet(self, traces: list[TraceState], now: float) -> None:
         grace = self.config.grace_seconds
         finished: list[tuple[Group, bool]] = []
         quiet: list[TraceState] = []
-        for trace in list(self._traces.values()):
-            if now - trace.last_seen < grace:
-                break  # ordered by activity: the rest are newer
+        for trace in traces:
+            if self._traces.get(trace.trace_id) is not trace or now - trace.last_seen < grace:
+                continue  # retired, evicted or active again since the slice was taken
             quiet.append(trace)
             self._nest_sub_agents(trace, now)
             has_run = any(g.is_run for g in trace.groups)
@@ -829,6 +847,9 @@ class RunsProcessor:
                 self._retire(trace, now)
         if records:
             self._publish(records)
+
+    def _expire(self, now: float) -> None:
+        """Forget evaluations that never found their run, and finished traces past the late window."""
         while self._pending and now - next(iter(self._pending.values()))[0] > self.config.abandon_after_seconds:
             self._unmatched.series(()).value += len(self._pending.popitem(last=False)[1][1])
         window = self.config.late_window_seconds
