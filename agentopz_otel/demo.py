@@ -43,6 +43,21 @@ from .runs import ABANDONED, BUDGET_EXCEEDED, ERROR, LLM_ERROR, QUALITY_FAILURE,
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
+# How each provider's upstream fails in the demo: (status, error.type, message, HTTP status).
+UPSTREAM_FAILURES = {
+    OPENAI: (
+        "rate_limited",
+        "RateLimitError",
+        "Error code: 429 - Rate limit reached for {model} on requests per min (RPM)",
+        429,
+    ),
+    ANTHROPIC: (
+        "server_error",
+        "OverloadedError",
+        "Error code: 529 - {{'type': 'overloaded_error', 'message': 'Overloaded'}}",
+        529,
+    ),
+}
 SELF_HOSTED = "vllm"
 
 GPT_4O = "gpt-4o-2024-08-06"
@@ -205,32 +220,19 @@ class _Builder:
         for attempt in range(attempts):
             if self.rng.random() < self._failure_probability(provider):
                 end = self.t + self.rng.uniform(0.08, 0.4)
-                if provider == OPENAI:
-                    call = Call(
-                        "chat",
-                        self.t,
-                        end,
-                        model,
-                        provider,
-                        status="rate_limited",
-                        error_type="RateLimitError",
-                        error_message=f"Error code: 429 - Rate limit reached for {model} on requests per min (RPM)",
-                        http_status=429,
-                        system=system,
-                    )
-                else:
-                    call = Call(
-                        "chat",
-                        self.t,
-                        end,
-                        model,
-                        provider,
-                        status="server_error",
-                        error_type="OverloadedError",
-                        error_message="Error code: 529 - {'type': 'overloaded_error', 'message': 'Overloaded'}",
-                        http_status=529,
-                        system=system,
-                    )
+                status, error_type, error_message, http_status = UPSTREAM_FAILURES[provider]
+                call = Call(
+                    "chat",
+                    self.t,
+                    end,
+                    model,
+                    provider,
+                    status=status,
+                    error_type=error_type,
+                    error_message=error_message.format(model=model),
+                    http_status=http_status,
+                    system=system,
+                )
                 self.plan.calls.append(call)
                 self.t = end
                 if attempt < attempts - 1:

@@ -143,10 +143,6 @@ class Family(Generic[S]):
             self._by_raw[labels] = series
         return series
 
-    def remove(self, labels: tuple[str, ...]) -> None:
-        self._by_labels.pop(labels, None)
-        self._by_raw.pop(labels, None)
-
     def items(self) -> Iterable[tuple[tuple[str, ...], S]]:
         return self._by_labels.items()
 

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -246,9 +246,6 @@ class ToolsCheck(_Check):
             return CheckResult(FAIL, f"not called: {', '.join(missing)}") if missing else CheckResult(PASS)
         called = [tool for tool in self.tools if tool in run.tools]
         return CheckResult(FAIL, f"called: {', '.join(called)}") if called else CheckResult(PASS)
-
-
-PluginFunction = Callable[[FinishedRun, dict[str, Any]], CheckResult]
 
 
 class PluginCheck(_Check):

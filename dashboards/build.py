@@ -806,29 +806,16 @@ def cost() -> dict:
             f"sum(increase({sel('agentopz_llm_tokens_total', AGENT, CACHE_READ)}[{RANGE}])) / "
             f"sum(increase({sel('agentopz_llm_tokens_total', AGENT, INPUT)}[{RANGE}]))",
         ),
-        timeseries(
-            "Spend per hour by agent",
-            "LLM spend in USD per hour at the current rate, per agent.",
-            "currencyUSD",
-            targets((f"sum by (agent) (rate({spend}[{RI}])) * 3600", "{{agent}}")),
-            stack=True,
-            w=8,
-        ),
-        timeseries(
-            "Spend per hour by model",
-            "LLM spend in USD per hour, per model.",
-            "currencyUSD",
-            targets((f"sum by (model) (rate({spend}[{RI}])) * 3600", "{{model}}")),
-            stack=True,
-            w=8,
-        ),
-        timeseries(
-            "Spend per hour by provider",
-            "LLM spend in USD per hour, per provider.",
-            "currencyUSD",
-            targets((f"sum by (provider) (rate({spend}[{RI}])) * 3600", "{{provider}}")),
-            stack=True,
-            w=8,
+        *(
+            timeseries(
+                f"Spend per hour by {label}",
+                f"LLM spend in USD per hour at the current rate, per {label}.",
+                "currencyUSD",
+                targets((f"sum by ({label}) (rate({spend}[{RI}])) * 3600", "{{" + label + "}}")),
+                stack=True,
+                w=8,
+            )
+            for label in ("agent", "model", "provider")
         ),
         timeseries(
             "Mean cost per run: now vs a week ago",

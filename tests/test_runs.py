@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -107,7 +108,7 @@ def test_prompt_version_of_the_run_comes_from_its_calls(runs_service):
     with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "support"):
         emit_chat(t, **{"gen_ai.system_instructions": "Be helpful."})
     [record] = wait_runs(service, 1)
-    assert record["prompt_version"].startswith("sha-")
+    assert record["prompt_version"] == "sha-" + hashlib.sha256(b"Be helpful.").hexdigest()[:8]
     assert service.value("agentopz_runs_total", prompt_version=record["prompt_version"]) == 1
 
 
