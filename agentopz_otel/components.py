@@ -1,13 +1,17 @@
 """The component model: typed config plus a factory per component type, as in the OTel Collector.
 
 A component id in the YAML is `type` or `type/name` (`otlp`, `otlp/tempo`). Built-in factories are
-listed here; third parties add their own through the entry point groups below.
+listed in `registry`; third parties add their own through the entry point groups below.
+
+Receivers, processors and exporters form the span pipelines. Extensions are the control plane
+(storage, rollouts, the console): they are started before the pipelines and stopped after them, and
+reach pipeline data only through the narrow interfaces on `Context` (the finished-runs feed).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -21,11 +25,12 @@ from .model import Batch
 if TYPE_CHECKING:
     from aiohttp import web
 
-ComponentKind = Literal["receiver", "processor", "exporter"]
+ComponentKind = Literal["receiver", "processor", "exporter", "extension"]
 ENTRY_POINT_GROUPS: dict[ComponentKind, str] = {
     "receiver": "agentopz_otel.receivers",
     "processor": "agentopz_otel.processors",
     "exporter": "agentopz_otel.exporters",
+    "extension": "agentopz_otel.extensions",
 }
 
 
@@ -51,6 +56,30 @@ class Exporter(Protocol):
     def export(self, batch: Batch) -> None: ...
 
 
+class Extension(Protocol):
+    async def start(self) -> None: ...
+
+    async def shutdown(self, timeout: float) -> None: ...
+
+
+class RunFeed:
+    """Finished runs, published by runs processors to whoever subscribed (extensions such as the
+    console or canary analysis). Subscribers are called on the event loop and must be quick."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[Sequence[Any]], None]] = []
+
+    def subscribe(self, callback: Callable[[Sequence[Any]], None]) -> None:
+        self._subscribers.append(callback)
+
+    def publish(self, records: Sequence[Any]) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(records)
+            except Exception:
+                logging.getLogger("agentopz_otel").exception("a finished-runs subscriber failed; continuing")
+
+
 @dataclass
 class Context:
     """Shared services a component may use."""
@@ -58,6 +87,22 @@ class Context:
     metrics: Registry
     admin_routes: list[tuple[str, str, Callable[[web.Request], Any]]] = field(default_factory=list)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("agentopz_otel"))
+    # Extensions by id, created before any pipeline component, so a component can look one up
+    # (an exporter's persistent queue asks for its storage extension).
+    extensions: dict[str, Any] = field(default_factory=dict)
+    finished_runs: RunFeed = field(default_factory=RunFeed)
+
+    def extension(self, extension_id: str, kind: type[Any], asked_by: str) -> Any:
+        """The extension `extension_id`, checked to be a `kind`; a clear error otherwise."""
+        found = self.extensions.get(extension_id)
+        if found is None:
+            known = ", ".join(sorted(self.extensions)) or "none"
+            raise ValueError(
+                f"{asked_by}: extension {extension_id!r} is not configured in service.extensions (configured: {known})"
+            )
+        if not isinstance(found, kind):
+            raise ValueError(f"{asked_by}: extension {extension_id!r} is not a {kind.__name__}")
+        return found
 
 
 @dataclass(frozen=True)
@@ -70,21 +115,11 @@ class Factory:
     requires: tuple[str, ...] = ()
 
 
-def _builtin_factories() -> list[Factory]:
-    from .cost import FACTORY as cost
-    from .exporters.otlp import FACTORY as otlp_exporter
-    from .exporters.prometheus import FACTORY as prometheus
-    from .normalize import FACTORY as normalize
-    from .prompt_version import FACTORY as prompt_version
-    from .receiver import FACTORY as otlp_receiver
-    from .runs import FACTORY as runs
-
-    return [otlp_receiver, normalize, cost, prompt_version, runs, prometheus, otlp_exporter]
-
-
 def factories() -> dict[tuple[ComponentKind, str], Factory]:
     """Every known factory, built-ins first; an entry point cannot replace a built-in type."""
-    found = {(f.kind, f.type): f for f in _builtin_factories()}
+    from .registry import builtin_factories
+
+    found = {(f.kind, f.type): f for f in builtin_factories()}
     for kind, group in ENTRY_POINT_GROUPS.items():
         for entry in entry_points(group=group):
             factory = entry.load()

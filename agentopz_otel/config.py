@@ -1,4 +1,4 @@
-"""The service's YAML config: receivers, processors, exporters and service.pipelines.
+"""The service's YAML config: receivers, processors, exporters, extensions and service.pipelines.
 
 Loading validates every component's section against its factory's typed config, so a bad file fails
 before anything starts, with the path of the bad key and the reason.
@@ -49,6 +49,8 @@ class ServiceConfig(BaseModel):
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     cardinality: CardinalityConfig = Field(default_factory=CardinalityConfig)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Extensions to start, by id; each must be defined under `extensions:`.
+    extensions: list[str] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig] = Field(min_length=1)
 
 
@@ -58,6 +60,7 @@ class RawConfig(BaseModel):
     receivers: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     processors: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     exporters: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    extensions: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     service: ServiceConfig
 
 
@@ -74,6 +77,7 @@ class Config:
     receivers: dict[str, ComponentConfig]
     processors: dict[str, ComponentConfig]
     exporters: dict[str, ComponentConfig]
+    extensions: dict[str, ComponentConfig]
 
 
 def _format_error(prefix: str, error: ValidationError) -> str:
@@ -120,6 +124,15 @@ def _build_components(
     return built
 
 
+def _check_extensions(config: Config) -> None:
+    listed = config.service.extensions
+    for extension_id in listed:
+        if extension_id not in config.extensions:
+            raise ConfigError(f"service.extensions: {extension_id!r} is not defined under extensions:")
+    if len(set(listed)) != len(listed):
+        raise ConfigError("service.extensions: an extension is listed twice")
+
+
 def _check_pipelines(config: Config) -> None:
     for name, pipeline in config.service.pipelines.items():
         where = f"service.pipelines.{name}"
@@ -159,7 +172,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         receivers=_build_components("receiver", "receivers", raw.receivers),
         processors=_build_components("processor", "processors", raw.processors),
         exporters=_build_components("exporter", "exporters", raw.exporters),
+        extensions=_build_components("extension", "extensions", raw.extensions),
     )
+    _check_extensions(config)
     _check_pipelines(config)
     return config
 

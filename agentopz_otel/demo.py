@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .runs import ABANDONED, BUDGET_EXCEEDED, ERROR, LLM_ERROR, QUALITY_FAILURE, SUCCESS, TIMEOUT, TOOL_ERROR
+from .processors.runs import ABANDONED, BUDGET_EXCEEDED, ERROR, LLM_ERROR, QUALITY_FAILURE, SUCCESS, TIMEOUT, TOOL_ERROR
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"

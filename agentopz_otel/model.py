@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 if TYPE_CHECKING:
-    from .quality import Evaluation
+    from .processors.quality import Evaluation
 
 LLM = "llm"
 TOOL = "tool"

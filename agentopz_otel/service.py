@@ -85,6 +85,9 @@ class Service:
         self.config = config
         self.metrics = Registry(config.service.cardinality)
         self.context = Context(metrics=self.metrics)
+        # Extensions first: pipeline components may look them up while they are created.
+        for extension_id in config.service.extensions:
+            self.context.extensions[extension_id] = self._create(config.extensions[extension_id])
         self.receivers = {cid: self._create(c) for cid, c in config.receivers.items()}
         self.exporters = {cid: self._create(c) for cid, c in config.exporters.items()}
         self.fanouts = {cid: FanOut() for cid in self.receivers}
@@ -148,6 +151,8 @@ class Service:
         self._admin = runner
 
     async def start(self) -> None:
+        for extension in self.context.extensions.values():
+            await extension.start()
         await self._start_admin()
         for component in self._stateful():
             await component.start()
@@ -175,6 +180,8 @@ class Service:
             await component.shutdown(timeout)
         if self._admin is not None:
             await self._admin.cleanup()
+        for extension in reversed(self.context.extensions.values()):
+            await extension.shutdown(timeout)
         self._stopped.set()
 
     async def run(self) -> None:

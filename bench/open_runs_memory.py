@@ -18,8 +18,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import Batch
-from agentopz_otel.normalize import FACTORY as NORMALIZE
-from agentopz_otel.runs import FACTORY as RUNS
+from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
+from agentopz_otel.processors.runs import FACTORY as RUNS
 
 
 def attributes(values: dict) -> list[KeyValue]:

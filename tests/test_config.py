@@ -34,7 +34,18 @@ service:
 def test_built_in_default_config_is_valid():
     config = load_config(None)
     assert list(config.service.pipelines) == ["traces"]
-    assert config.service.pipelines["traces"].processors == ["normalize", "cost", "prompt_version"]
+    assert config.service.pipelines["traces"].processors == ["normalize", "cost", "prompt_version", "runs"]
+    assert config.service.extensions == ["storage"]
+
+
+def test_an_extension_listed_but_not_defined_is_an_error():
+    with pytest.raises(ConfigError, match=r"service.extensions: 'storage' is not defined under extensions:"):
+        parse_config(BASE.replace("service:\n", "service:\n  extensions: [storage]\n", 1))
+
+
+def test_an_unknown_extension_type_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"extensions.stroage: unknown extension type \(did you mean 'storage'\?\)"):
+        parse_config("extensions:\n  stroage: {}\n" + BASE)
 
 
 def test_a_full_config_parses():

@@ -10,10 +10,10 @@ from spans import make_request, make_span, span_attributes
 
 from agentopz_otel.components import Context
 from agentopz_otel.config import ConfigError, parse_config
-from agentopz_otel.cost import FACTORY as COST
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import Batch
-from agentopz_otel.normalize import FACTORY as NORMALIZE
+from agentopz_otel.processors.cost import FACTORY as COST
+from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 
 
 def run_cost(attrs: dict, config: dict | None = None, registry: Registry | None = None):
@@ -115,7 +115,7 @@ def test_unknown_model_is_counted_not_priced_at_zero():
 
 
 def test_unknown_model_is_logged_once(caplog):
-    from agentopz_otel.cost import CostConfig, CostProcessor
+    from agentopz_otel.processors.cost import CostConfig, CostProcessor
 
     processor = CostProcessor(CostConfig(), Registry().counter("x", "x", ("provider", "model")))
     for _ in range(3):

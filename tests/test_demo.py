@@ -23,7 +23,7 @@ import yaml
 from genai_prices import Usage, calc_price
 
 from agentopz_otel.demo import LIMITS, RESEARCH_SYSTEM, Call, RunPlan, plan_run
-from agentopz_otel.runs import RunsConfig
+from agentopz_otel.processors.runs import RunsConfig
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ from spans import make_request, make_span
 
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL
-from agentopz_otel.normalize import FACTORY, Normalizer
+from agentopz_otel.processors.normalize import FACTORY, Normalizer
 
 
 @pytest.fixture

@@ -427,7 +427,7 @@ def test_a_late_evaluation_counts_but_does_not_rewrite_the_outcome(quality_servi
 
 
 PLUGIN = """
-from agentopz_otel.quality import CheckResult, FAIL, PASS, UNKNOWN
+from agentopz_otel.processors.quality import CheckResult, FAIL, PASS, UNKNOWN
 
 
 def polite(run, options):

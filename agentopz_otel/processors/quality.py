@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .content import output_text
+from ..content import output_text
 
 log = logging.getLogger("agentopz_otel.quality")
 

@@ -35,10 +35,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from .components import Consumer, Context, Factory
-from .metrics import Counter, Family
-from .model import Batch
-from .netaddr import Endpoint, parse_endpoint
+from ..components import Consumer, Context, Factory
+from ..metrics import Counter, Family
+from ..model import Batch
+from ..netaddr import Endpoint, parse_endpoint
 
 log = logging.getLogger("agentopz_otel.receiver")
 

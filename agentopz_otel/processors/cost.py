@@ -19,9 +19,9 @@ from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .components import Context, Factory
-from .metrics import Counter, Family
-from .model import LLM, Batch, SpanView
+from ..components import Context, Factory
+from ..metrics import Counter, Family
+from ..model import LLM, Batch, SpanView
 
 SOURCE_CATALOG = "catalog"
 SOURCE_OVERRIDE = "override"

@@ -33,9 +33,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .components import Context, Factory
-from .metrics import Registry
-from .model import AGENT, LLM, OTHER, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView, add_attribute
+from ..components import Context, Factory, RunFeed
+from ..metrics import Registry
+from ..model import AGENT, LLM, OTHER, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView, add_attribute
 from .normalize import EVALUATION_EVENT, evaluation_from_attributes
 from .prompt_version import UNKNOWN_VERSION
 from .quality import FAIL, UNKNOWN, Evaluation, FinishedRun, QualityConfig, QualityEvaluator, evaluation_verdict
@@ -113,7 +113,7 @@ class RunsConfig(BaseModel):
     @model_validator(mode="after")
     def _slo_buckets(self) -> RunsConfig:
         if self.slo_file:
-            from .slo import cost_thresholds, latency_thresholds, load_spec
+            from ..slo import cost_thresholds, latency_thresholds, load_spec
 
             spec = load_spec(self.slo_file)
             self.duration_buckets = sorted({*self.duration_buckets, *latency_thresholds(spec)})
@@ -414,9 +414,10 @@ def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
 
 
 class RunsProcessor:
-    def __init__(self, component_id: str, config: RunsConfig, registry: Registry) -> None:
+    def __init__(self, component_id: str, config: RunsConfig, registry: Registry, feed: RunFeed | None = None) -> None:
         self.id = component_id
         self.config = config
+        self._feed = feed
         self._quality = QualityEvaluator(config.quality)
         self._responses: OrderedDict[str, bytes] = OrderedDict()  # gen_ai.response.id -> trace id
         # Evaluations that arrived before any span of their trace: trace id -> (arrival, evaluations).
@@ -990,6 +991,8 @@ class RunsProcessor:
             self._run_log.write("".join(record.to_json() + "\n" for record in records))
         if self._emit_logs is not None and self.config.run_log.otlp:
             self._emit_logs(run_log_request(records), len(records))
+        if self._feed is not None:
+            self._feed.publish(records)
 
     def _evict(self) -> None:
         while len(self._traces) > self.config.max_open_runs:
@@ -1048,7 +1051,7 @@ class RunsProcessor:
 
 
 def _create(component_id: str, config: RunsConfig, context: Context) -> RunsProcessor:
-    return RunsProcessor(component_id, config, context.metrics)
+    return RunsProcessor(component_id, config, context.metrics, context.finished_runs)
 
 
 FACTORY = Factory(type="runs", kind="processor", config_type=RunsConfig, create=_create, requires=("normalize",))

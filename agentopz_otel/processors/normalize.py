@@ -16,9 +16,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict
 
-from .components import Context, Factory
-from .metrics import Counter, Family
-from .model import (
+from ..components import Context, Factory
+from ..metrics import Counter, Family
+from ..model import (
     AGENT,
     EVALUATOR,
     LLM,

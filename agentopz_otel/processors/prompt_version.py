@@ -11,9 +11,9 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .components import Context, Factory
-from .content import system_text
-from .model import AGENT, LLM, Batch, SpanView
+from ..components import Context, Factory
+from ..content import system_text
+from ..model import AGENT, LLM, Batch, SpanView
 
 UNKNOWN_VERSION = "unknown"
 MAX_CACHED_SOURCE_CHARS = 16_384
