@@ -81,6 +81,16 @@ class RunFeed:
 
 
 @dataclass
+class InFlightRuns:
+    """Runs in progress of one (service, agent): how many, and the most expensive one so far."""
+
+    runs: int = 0
+    max_cost_usd: float = 0.0
+    max_cost_trace_id: str = ""
+    max_steps: int = 0
+
+
+@dataclass
 class Context:
     """Shared services a component may use."""
 
@@ -91,6 +101,12 @@ class Context:
     # (an exporter's persistent queue asks for its storage extension).
     extensions: dict[str, Any] = field(default_factory=dict)
     finished_runs: RunFeed = field(default_factory=RunFeed)
+    # Read-only views of the runs in progress, one per runs processor, keyed (service, agent);
+    # call on the event loop.
+    in_flight: list[Callable[[], dict[tuple[str, str], InFlightRuns]]] = field(default_factory=list)
+    # Characters of each run's input kept in RunRecord.input_start: 0 keeps none. Raised by an
+    # extension that displays content (the console with show_content), before pipelines are built.
+    run_input_chars: int = 0
 
     def extension(self, extension_id: str, kind: type[Any], asked_by: str) -> Any:
         """The extension `extension_id`, checked to be a `kind`; a clear error otherwise."""

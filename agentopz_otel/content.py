@@ -66,6 +66,29 @@ def system_text(source: tuple[str, str]) -> str | None:
     return None
 
 
+def _first_user_text(messages: Any) -> str | None:
+    if not isinstance(messages, list):
+        return None
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            return parts_text(_message_parts(message))
+    return None
+
+
+def input_text(source: tuple[str, str]) -> str | None:
+    """The run's input (the first user message, or the agent's input value) from a (format, raw) pair."""
+    kind, raw = source
+    document = _json(raw) if kind != "text" else NOT_JSON
+    if document is NOT_JSON:
+        return raw if kind in ("text", "json_or_text") else None
+    if kind == "messages":
+        return _first_user_text(document)
+    if kind == "vercel_prompt" and isinstance(document, dict):  # {"system", "prompt"} or {"messages"}
+        prompt = document.get("prompt")
+        return prompt if isinstance(prompt, str) else _first_user_text(document.get("messages"))
+    return document if isinstance(document, str) else raw
+
+
 def _last_message_text(messages: Any) -> str | None:
     """Text of the last message of `gen_ai.output.messages`."""
     if not isinstance(messages, list) or not messages:

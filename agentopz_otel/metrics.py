@@ -82,10 +82,16 @@ class LabelLimiter:
         self._overflow = overflow
 
     def admit(self, value: str) -> str:
+        admitted = self.peek(value)
+        if admitted != value:
+            self._overflow.series((self.label,)).value += 1
+        return admitted
+
+    def peek(self, value: str) -> str:
+        """As `admit`, without counting an overflow: for views that repeat what series already reported."""
         if value in self._seen:
             return value
         if len(self._seen) >= self._limit or len(value) > self._max_length:
-            self._overflow.series((self.label,)).value += 1
             return OVERFLOW_VALUE
         self._seen.add(value)
         return value
@@ -173,6 +179,11 @@ class Registry:
             limiter = LabelLimiter(label, limit, self.cardinality.max_value_length, self.label_overflow)
             self._limiters[label] = limiter
         return limiter
+
+    def label_value(self, label: str, value: str) -> str:
+        """`value` as the metrics report it under `label` (itself, or `other` past the cap), for views
+        that must agree with the metrics; a value no series has used yet is admitted while there is room."""
+        return self._limiter(label).peek(value)
 
     def _family(
         self, name: str, doc: str, labels: Sequence[str], kind: type[S], bounded: bool, buckets=()

@@ -47,6 +47,7 @@ class SpanView:
         "evaluation_target",
         "evaluations",
         "finish_reason",
+        "input",
         "input_tokens",
         "kind",
         "model",
@@ -95,6 +96,8 @@ class SpanView:
         self.system_source: tuple[str, str] | None = None
         # (format, raw) of the output content when captured; see quality.output_text.
         self.output: tuple[str, str] | None = None
+        # (format, raw) of the input content (the user's request) when captured; see content.input_text.
+        self.input: tuple[str, str] | None = None
         self.response_id: str | None = None
         self.evaluations: list[Evaluation] | None = None
         # (trace id, span id) an evaluator span's verdicts are about, when it links to another trace.

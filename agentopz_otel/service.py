@@ -133,11 +133,11 @@ class Service:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", metrics_handler(self.metrics))
-        paths = set()
+        routes = set()
         for method, path, handler in self.context.admin_routes:
-            if path in paths:
-                raise ValueError(f"two components serve {path} on the admin port; configure only one")
-            paths.add(path)
+            if (method, path) in routes:
+                raise ValueError(f"two components serve {method} {path} on the admin port; configure only one")
+            routes.add((method, path))
             app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

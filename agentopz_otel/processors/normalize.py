@@ -265,6 +265,7 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
     ),
     ("output", _tagged("response"), ("output.value",)),
     ("output", _tagged("json_or_text"), ("traceloop.entity.output",)),
+    ("input", _tagged("json_or_text"), ("input.value", "traceloop.entity.input")),
     ("response_id", _text, ("gen_ai.response.id",)),
     ("evaluator_name", _text, ("metadata.evaluator_name",)),
     ("evaluator_score", _score, ("metadata.score",)),
@@ -480,6 +481,12 @@ class Normalizer:
                 system_source = ("text", values["first_content"])
             view.system_source = system_source
             view.output = get("output")
+            view.input = get("input")
+            if view.input is None:
+                if system_source is not None and system_source[0] in ("messages", "vercel_prompt"):
+                    view.input = system_source  # the same messages carry the user's request
+                elif get("first_role") == "user" and "first_content" in values:
+                    view.input = ("text", values["first_content"])
         if kind == EVALUATOR:
             _evaluator_span(view, span, values)
         elif span.events or "annotation.0.name" in values:

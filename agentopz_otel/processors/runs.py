@@ -33,7 +33,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..components import Context, Factory, RunFeed
+from ..components import Context, Factory, InFlightRuns, RunFeed
+from ..content import input_text
 from ..metrics import Registry
 from ..model import AGENT, LLM, OTHER, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Batch, SpanView, add_attribute
 from .normalize import EVALUATION_EVENT, evaluation_from_attributes
@@ -145,6 +146,7 @@ class Group:
         "final_call_end",
         "finish_reason",
         "finished",
+        "input",
         "input_tokens",
         "is_run",
         "last_llm_error",
@@ -207,12 +209,15 @@ class Group:
         self.tool_errors = 0
         self.last_llm_error = 0
         self.last_tool_error = 0
-        self.models: list[str] = []
-        # Tuples: the empty one is shared, so runs without tools or evaluations cost nothing for them.
-        self.tools: tuple[str, ...] = ()
+        # Calls and failed calls by model and by tool; None until the first tool call, so runs
+        # without tools cost nothing for them (the empty evaluations tuple is shared likewise).
+        self.models: dict[str, list[int]] = {}
+        self.tools: dict[str, list[int]] | None = None
         self.evaluations: tuple[Evaluation, ...] = ()
         self.output: tuple[str, str] | None = None
         self.output_from_agent = False
+        # (rank, start of the run's input): the agent span's input (rank 0) beats the earliest LLM call's.
+        self.input: tuple[int, str] | None = None
         self.finish_reason: str | None = None
         self.final_call_end = 0
 
@@ -248,8 +253,8 @@ class Group:
                 self.last_llm_error = max(self.last_llm_error, view.end_time)
             elif view.status != STATUS_OK:
                 self.llm_errors += 1
-            if view.model and view.model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
-                self.models.append(view.model)
+            if view.model:
+                _count_call(self.models, view.model, view.status != STATUS_OK, MAX_MODELS_PER_RUN)
             if self.prompt_version is None and view.prompt_version not in (None, UNKNOWN_VERSION):
                 self.prompt_version = view.prompt_version
             if view.end_time >= self.final_call_end:
@@ -259,8 +264,10 @@ class Group:
                     self.output = view.output
         elif view.kind == TOOL:
             self.tool_calls += 1
-            if view.tool and view.tool not in self.tools and len(self.tools) < MAX_TOOLS_PER_RUN:
-                self.tools += (view.tool,)
+            if view.tool:
+                if self.tools is None:
+                    self.tools = {}
+                _count_call(self.tools, view.tool, view.status != STATUS_OK, MAX_TOOLS_PER_RUN)
             if view.status != STATUS_OK:
                 self.tool_errors += 1
                 self.last_tool_error = max(self.last_tool_error, view.end_time)
@@ -285,11 +292,11 @@ class Group:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.last_llm_error = max(self.last_llm_error, other.last_llm_error)
         self.last_tool_error = max(self.last_tool_error, other.last_tool_error)
-        for model in other.models:
-            if model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
-                self.models.append(model)
-        new_tools = tuple(tool for tool in other.tools if tool not in self.tools)
-        self.tools = (*self.tools, *new_tools)[:MAX_TOOLS_PER_RUN]
+        _merge_calls(self.models, other.models, MAX_MODELS_PER_RUN)
+        if other.tools:
+            if self.tools is None:
+                self.tools = {}
+            _merge_calls(self.tools, other.tools, MAX_TOOLS_PER_RUN)
         self.evaluations = (*self.evaluations, *other.evaluations)[:MAX_EVALUATIONS_PER_RUN]
         if other.final_call_end > self.final_call_end:
             self.final_call_end = other.final_call_end
@@ -299,10 +306,33 @@ class Group:
         if self.agent is None and not self.is_run:
             self.agent = other.agent
         self.prompt_version = self.prompt_version or other.prompt_version
+        if other.input is not None and (self.input is None or other.input[0] < self.input[0]):
+            self.input = other.input
         self.service = self.service or other.service
         self.last_seen = max(self.last_seen, other.last_seen)
         other.merged_into = self
         other.root = None
+
+
+def _count_call(calls: dict[str, list[int]], name: str, failed: bool, limit: int) -> None:
+    counts = calls.get(name)
+    if counts is None:
+        if len(calls) >= limit:
+            return
+        counts = calls[name] = [0, 0]
+    counts[0] += 1
+    counts[1] += failed
+
+
+def _merge_calls(calls: dict[str, list[int]], other: dict[str, list[int]], limit: int) -> None:
+    for name, (count, failed) in other.items():
+        counts = calls.get(name)
+        if counts is None:
+            if len(calls) >= limit:
+                continue
+            counts = calls[name] = [0, 0]
+        counts[0] += count
+        counts[1] += failed
 
 
 class TraceState:
@@ -342,9 +372,14 @@ class RunRecord:
     tool_errors: int
     sub_agents: int
     models: list[str]
+    # Per model and per tool: [calls, failed calls] (at most MAX_MODELS_PER_RUN and MAX_TOOLS_PER_RUN names).
+    calls_by_model: dict[str, list[int]] = field(default_factory=dict)
+    calls_by_tool: dict[str, list[int]] = field(default_factory=dict)
     quality_verdict: str = UNKNOWN
     failed_checks: list[str] = field(default_factory=list)
     limit_exceeded: str | None = None
+    # The start of the run's input, only when an extension displays content (Context.run_input_chars).
+    input_start: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True)
@@ -414,10 +449,18 @@ def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
 
 
 class RunsProcessor:
-    def __init__(self, component_id: str, config: RunsConfig, registry: Registry, feed: RunFeed | None = None) -> None:
+    def __init__(
+        self,
+        component_id: str,
+        config: RunsConfig,
+        registry: Registry,
+        feed: RunFeed | None = None,
+        input_chars: int = 0,
+    ) -> None:
         self.id = component_id
         self.config = config
         self._feed = feed
+        self._input_chars = input_chars
         self._quality = QualityEvaluator(config.quality)
         self._responses: OrderedDict[str, bytes] = OrderedDict()  # gen_ai.response.id -> trace id
         # Evaluations that arrived before any span of their trace: trace id -> (arrival, evaluations).
@@ -603,6 +646,8 @@ class RunsProcessor:
             if view.output is not None:
                 group.output = view.output
                 group.output_from_agent = True
+            if self._input_chars and view.input is not None:
+                self._keep_input(group, view.input, 0)
             if view.evaluations:
                 self._attach(group, view.evaluations)
             trace.nodes[span_id] = group
@@ -630,6 +675,8 @@ class RunsProcessor:
         elif view.response_id:
             self._remember_response(view.response_id, trace_id)
         group.add(view)
+        if self._input_chars and view.input is not None and view.kind == LLM:
+            self._keep_input(group, view.input, 1 + view.span.start_time_unix_nano)
         if view.evaluations:
             self._attach(group, view.evaluations)
         group.last_seen = now
@@ -872,10 +919,18 @@ class RunsProcessor:
             group.root = None
         # Finished groups are remembered for late spans only: drop what is no longer needed.
         group.output = None
+        group.input = None
         group.evaluations = ()
 
     def _limit(self, service: str, agent: str) -> RunLimit | None:
         return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
+
+    def _keep_input(self, group: Group, source: tuple[str, str], rank: int) -> None:
+        if group.input is not None and group.input[0] <= rank and rank:
+            return
+        text = input_text(source)
+        if text:
+            group.input = (rank, text[: self._input_chars])
 
     def _finish(self, group: Group, abandoned: bool, wall_now: float) -> RunRecord:
         service = group.service or "unknown_service"
@@ -909,6 +964,9 @@ class RunsProcessor:
             tool_errors=group.tool_errors,
             sub_agents=group.sub_agents,
             models=list(group.models),
+            calls_by_model={model: list(counts) for model, counts in group.models.items()},
+            calls_by_tool={tool: list(counts) for tool, counts in (group.tools or {}).items()},
+            input_start=group.input[1] if group.input is not None else None,
         )
         if abandoned:
             group.root_span_id = b""
@@ -923,7 +981,7 @@ class RunsProcessor:
                 tool_errors=group.tool_errors,
                 cost_usd=record.cost_usd if record.cost_complete else None,
                 duration_seconds=duration,
-                tools=frozenset(group.tools),
+                tools=frozenset(group.tools or ()),
                 finish_reason=group.finish_reason,
                 output_source=group.output,
             ),
@@ -1024,34 +1082,44 @@ class RunsProcessor:
 
     # -- gauges --------------------------------------------------------------------------------
 
-    def _refresh_in_flight(self) -> None:
-        counts: dict[tuple[str, str], list[float]] = {}
-        open_groups = 0
+    def in_flight(self) -> dict[tuple[str, str], InFlightRuns]:
+        """Runs in progress by (service, agent): count, most expensive, most steps."""
+        found: dict[tuple[str, str], InFlightRuns] = {}
         for trace in self._traces.values():
             for group in self._unfinished(trace):
                 if not group.has_work:
                     continue
-                open_groups += 1
-                key = (group.service or "unknown_service", group.agent or group.service or "unknown_service")
-                entry = counts.setdefault(key, [0, 0.0, 0])
-                entry[0] += 1
-                entry[1] = max(entry[1], group.cost)
-                entry[2] = max(entry[2], group.steps)
+                service = group.service or "unknown_service"
+                key = (service, group.agent or service)
+                entry = found.get(key)
+                if entry is None:
+                    entry = found[key] = InFlightRuns()
+                entry.runs += 1
+                if group.cost > entry.max_cost_usd or not entry.max_cost_trace_id:
+                    entry.max_cost_usd = group.cost
+                    entry.max_cost_trace_id = trace.trace_id.hex()
+                entry.max_steps = max(entry.max_steps, group.steps)
+        return found
+
+    def _refresh_in_flight(self) -> None:
+        in_flight = self.in_flight()
         for family in (self._in_flight, self._in_flight_cost, self._in_flight_steps):
             for _, series in family.items():
                 series.value = 0
         # Keys past the cardinality caps share the `other` series: add up and take maxima there.
-        for key, (count, cost, steps) in counts.items():
-            self._in_flight.series(key).value += count
+        for key, entry in in_flight.items():
+            self._in_flight.series(key).value += entry.runs
             cost_series = self._in_flight_cost.series(key)
-            cost_series.value = max(cost_series.value, cost)
+            cost_series.value = max(cost_series.value, entry.max_cost_usd)
             steps_series = self._in_flight_steps.series(key)
-            steps_series.value = max(steps_series.value, steps)
-        self._open_runs.series(()).value = open_groups
+            steps_series.value = max(steps_series.value, entry.max_steps)
+        self._open_runs.series(()).value = sum(entry.runs for entry in in_flight.values())
 
 
 def _create(component_id: str, config: RunsConfig, context: Context) -> RunsProcessor:
-    return RunsProcessor(component_id, config, context.metrics, context.finished_runs)
+    processor = RunsProcessor(component_id, config, context.metrics, context.finished_runs, context.run_input_chars)
+    context.in_flight.append(processor.in_flight)
+    return processor
 
 
 FACTORY = Factory(type="runs", kind="processor", config_type=RunsConfig, create=_create, requires=("normalize",))

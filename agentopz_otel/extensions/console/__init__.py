@@ -1,0 +1,280 @@
+"""The `console` extension: a web page on the admin port for the fleet, one agent, rollouts and runbooks.
+
+It keeps a small history of finished runs (the runs processors' feed) and reads the runs in flight
+through `Context.in_flight`, so it shows something the moment the first run finishes, with no
+Prometheus. The history belongs to one worker thread, which also renders the pages: a page view
+never holds the event loop for longer than it takes to read the in-flight runs and rollout state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from markdown_it import MarkdownIt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ...components import Context, Factory, InFlightRuns
+from ...processors.runs import RunRecord
+from ...slo import SLO, load_spec
+from . import pages
+from .actions import ConsoleActions
+from .figures import agent_figures, agent_status, window_tally
+from .history import WINDOWS, RunHistory
+from .pages import html_response
+
+STATIC = resources.files(__package__) / "static"
+DEFAULT_WINDOW = "1h"
+MAX_PENDING_BATCHES = 10_000  # finished-run batches waiting for the worker (drained every second)
+
+
+class ConsoleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    show_content: bool = Field(
+        default=False, description="show the start of each run's input; off: no prompt or output text is shown"
+    )
+    input_chars: int = Field(default=200, ge=1, le=4000, description="characters of a run's input kept and shown")
+    trace_url_template: str | None = Field(
+        default=None, description="link to a trace in your trace backend, e.g. http://tempo/explore?traceId={trace_id}"
+    )
+    slo_file: str | None = Field(default=None, description="SLO file (see `agentopz-otel slo`) for budgets and marks")
+    recent_runs_per_agent: int = Field(
+        default=1000, ge=10, le=100_000, description="runs kept per agent for percentiles and run lists"
+    )
+    rollouts: str = Field(default="rollouts", description="id of the rollouts extension the rollouts view acts on")
+    runbooks_dir: str | None = Field(default=None, description="directory of <AlertName>.md; default: the shipped ones")
+    session_hours: float = Field(default=12, gt=0, le=24 * 30, description="how long a sign-in lasts")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names (besides IP addresses and localhost) the console accepts actions on",
+    )
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "{trace_id}" not in value:
+            raise ValueError("must contain {trace_id}, e.g. http://tempo/explore?traceId={trace_id}")
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+def _load_slos(path: str | None) -> list[SLO]:
+    return list(load_spec(path).slos) if path else []
+
+
+class ConsoleExtension:
+    def __init__(self, component_id: str, config: ConsoleConfig, context: Context) -> None:
+        self.id = component_id
+        self.config = config
+        self._context = context
+        self.slos = _load_slos(config.slo_file)
+        self.history = RunHistory(context.metrics, self.slos, config.recent_runs_per_agent, time.time())
+        self._pending: deque[Sequence[RunRecord]] = deque()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console")
+        self._drain_task: asyncio.Task | None = None
+        self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+        self._runbooks_dir = Path(config.runbooks_dir) if config.runbooks_dir else None
+        self.actions = ConsoleActions(self, config.session_hours, config.allowed_hosts)
+        context.finished_runs.subscribe(self._received)
+        for method, path, handler in (
+            ("GET", "/", self._fleet),
+            ("GET", "/agents/{agent}", self._agent),
+            ("GET", "/runbooks", self._runbook_index),
+            ("GET", "/runbooks/{name}", self._runbook),
+            ("GET", "/console/{file}", self._static),
+            *self.actions.routes(),
+        ):
+            context.admin_routes.append((method, path, handler))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._drain_task = asyncio.create_task(self._drain_every_second())
+
+    async def shutdown(self, timeout: float) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
+    def _received(self, records: Sequence[RunRecord]) -> None:
+        """On the event loop: hand the batch to the worker thread, which owns the history."""
+        if len(self._pending) >= MAX_PENDING_BATCHES:
+            self._pending.popleft()
+        self._pending.append(records)
+
+    def _drain(self) -> None:
+        now = time.time()
+        while self._pending:
+            self.history.add(self._pending.popleft(), now)
+
+    async def _drain_every_second(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1)
+            await loop.run_in_executor(self._worker, self._drain)
+
+    async def render(self, build: Callable[[], str | web.StreamResponse]) -> web.StreamResponse:
+        """Run `build` on the worker thread after taking in the runs that finished meanwhile."""
+
+        def job() -> str | web.StreamResponse:
+            self._drain()
+            return build()
+
+        result = await asyncio.get_running_loop().run_in_executor(self._worker, job)
+        return result if isinstance(result, web.StreamResponse) else html_response(result)
+
+    # -- shared page data ----------------------------------------------------------------------
+
+    def in_flight_by_agent(self) -> dict[str, InFlightRuns]:
+        """On the event loop: every runs processor's in-flight view, merged per agent."""
+        label = self._context.metrics.label_value
+        merged: dict[str, InFlightRuns] = {}
+        for view in self._context.in_flight:
+            for (_, agent), runs in view().items():
+                entry = merged.setdefault(label("agent", agent), InFlightRuns())
+                entry.runs += runs.runs
+                if runs.max_cost_usd > entry.max_cost_usd or not entry.max_cost_trace_id:
+                    entry.max_cost_usd = runs.max_cost_usd
+                    entry.max_cost_trace_id = runs.max_cost_trace_id
+                entry.max_steps = max(entry.max_steps, runs.max_steps)
+        return merged
+
+    def page(self, request: web.Request, title: str, active: str, **extra: Any) -> pages.PageContext:
+        session = self.actions.session(request)
+        return pages.PageContext(
+            title=title,
+            active=active,
+            since=self.history.since,
+            now=time.time(),
+            signed_in_as=session.name if session else None,
+            csrf=session.csrf if session else None,
+            trace_url_template=self.config.trace_url_template,
+            show_content=self.config.show_content,
+            **extra,
+        )
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    async def _fleet(self, request: web.Request) -> web.StreamResponse:
+        window = _window(request)
+        in_flight = self.in_flight_by_agent()
+        page = self.page(request, "Fleet", "fleet")
+
+        def build() -> str:
+            history = self.history
+            statuses = [
+                agent_status(agent, self.slos, window, page.now, history.since, in_flight.get(name))
+                for name, agent in history.agents.items()
+            ]
+            # Failing agents first, then the busiest.
+            statuses.sort(key=lambda status: (not status.failing, -status.figures.runs, status.history.name))
+            return pages.fleet_page(page, statuses, window)
+
+        return await self.render(build)
+
+    async def _agent(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["agent"]
+        window = _window(request)
+        in_flight = self.in_flight_by_agent()
+        roles, rollout_line = self.actions.version_roles(name)
+        page = self.page(request, name, "fleet")
+
+        def build() -> str | web.StreamResponse:
+            agent = self.history.agents.get(name)
+            if agent is None:
+                text = f"No finished run of an agent named {name!r} since the service started."
+                return html_response(pages.not_found_page(page, text), status=404)
+            now, since = page.now, self.history.since
+            status = agent_status(agent, self.slos, window, now, since, in_flight.get(name))
+            # The baseline first, then the candidate, then the rest by traffic.
+            versions = sorted(
+                agent.versions,
+                key=lambda version: (
+                    {"baseline": 0, "candidate": 1}.get(roles.get(version, ""), 2),
+                    -agent.versions[version].window(WINDOWS[window], now).runs,
+                    version,
+                ),
+            )
+            columns = [
+                (version, roles.get(version, ""), agent_figures(agent, window, now, since, version))
+                for version in versions
+            ]
+            latest = list(agent.recent)[-20:][::-1]
+            return pages.agent_page(
+                page,
+                status,
+                columns,
+                window_tally(agent, window, now),
+                latest,
+                window_tally(agent, "1h", now).most_expensive(),
+                window_tally(agent, "24h", now).most_expensive(),
+                window,
+                rollout_line,
+            )
+
+        return await self.render(build)
+
+    # -- runbooks ------------------------------------------------------------------------------
+
+    def _runbook_files(self) -> dict[str, Any]:
+        folder: Any = self._runbooks_dir or resources.files("agentopz_otel") / "runbooks"
+        found = {}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for item in folder.iterdir():
+                if item.name.endswith(".md") and item.name != "README.md":
+                    found[item.name[:-3]] = item
+        return dict(sorted(found.items()))
+
+    async def _runbook_index(self, request: web.Request) -> web.StreamResponse:
+        page = self.page(request, "Runbooks", "runbooks")
+        return html_response(pages.runbook_index(page, list(self._runbook_files())))
+
+    async def _runbook(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"].removesuffix(".md")
+        page = self.page(request, name, "runbooks")
+        item = self._runbook_files().get(name)
+        if item is None:
+            return html_response(pages.not_found_page(page, f"No runbook for the alert {name!r}."), status=404)
+        return html_response(pages.runbook_page(page, self._markdown.render(item.read_text(encoding="utf-8"))))
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["file"]
+        types = {"console.css": "text/css", "console.js": "text/javascript"}
+        if name not in types:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=(STATIC / name).read_bytes(),
+            content_type=types[name],
+            headers={"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
+
+
+def _window(request: web.Request) -> str:
+    window = request.query.get("window", DEFAULT_WINDOW)
+    if window not in WINDOWS:
+        raise web.HTTPBadRequest(text=f"window must be one of {', '.join(WINDOWS)}\n")
+    return window
+
+
+def _create(component_id: str, config: ConsoleConfig, context: Context) -> ConsoleExtension:
+    if config.show_content:
+        context.run_input_chars = max(context.run_input_chars, config.input_chars)
+    return ConsoleExtension(component_id, config, context)
+
+
+FACTORY = Factory(type="console", kind="extension", config_type=ConsoleConfig, create=_create)

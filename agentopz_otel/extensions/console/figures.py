@@ -1,0 +1,127 @@
+"""The figures the console shows, computed from the run history: per agent, per version, per SLO."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...components import InFlightRuns
+from ...slo import SLO
+from .history import WINDOWS, AgentHistory, Buckets, RunEntry, Tally, percentile
+
+P95 = 0.95
+
+
+@dataclass
+class Figures:
+    """One agent's (or one version's) figures over one window."""
+
+    runs: int
+    runs_per_minute: float
+    success_share: float | None
+    outcomes: dict[str, int]
+    mean_cost: float | None
+    p95_cost: float | None
+    p95_duration: float | None
+    per_minute: list[int]
+    # The percentiles cover the latest runs kept per agent: how many of the window's runs that is.
+    sampled_runs: int
+
+
+@dataclass
+class SLOStatus:
+    slo: SLO
+    runs: int
+    budget_left: float | None  # share of the error budget left at the last day's error rate
+    failing: str | None  # why the agent is failing this target, in words; None when it is not
+
+
+@dataclass
+class AgentStatus:
+    history: AgentHistory
+    figures: Figures
+    in_flight: InFlightRuns
+    slos: list[SLOStatus] = field(default_factory=list)
+
+    @property
+    def failing(self) -> list[str]:
+        return [status.failing for status in self.slos if status.failing]
+
+
+def figures(buckets: Buckets, entries: list[RunEntry], window: str, now: float, covered: float) -> Figures:
+    """Figures over `window` from the buckets (counts) and the kept runs in the window (percentiles);
+    `covered` is how many seconds of the window the history has seen (less after a restart)."""
+    tally = buckets.window(WINDOWS[window], now)
+    minutes = max(min(WINDOWS[window], covered), 60) / 60
+    return Figures(
+        runs=tally.runs,
+        runs_per_minute=tally.runs / minutes,
+        success_share=tally.success_share,
+        outcomes=dict(sorted(tally.outcomes.items(), key=lambda item: -item[1])),
+        mean_cost=tally.mean_cost,
+        p95_cost=percentile([e.cost_usd for e in entries if e.cost_usd is not None], P95),
+        p95_duration=percentile([e.duration_seconds for e in entries if e.duration_seconds is not None], P95),
+        per_minute=buckets.per_minute(now),
+        sampled_runs=len(entries),
+    )
+
+
+def agent_figures(agent: AgentHistory, window: str, now: float, since: float, version: str | None = None) -> Figures:
+    buckets = agent.total if version is None else agent.versions[version]
+    entries = agent.recent_in(WINDOWS[window], now, version)
+    return figures(buckets, entries, window, now, now - since)
+
+
+def _share(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def slo_status(slo: SLO, agent: AgentHistory, now: float) -> SLOStatus | None:
+    """The SLO's state for this agent from the console's history, as the shipped alerts judge it:
+    failing when the error budget burns at the fast-burn page rate over both the last hour and the
+    last 5 minutes, or when the last day spent more than the whole budget allows."""
+    day = agent.total.window(WINDOWS["24h"], now).slo.get(slo.name)
+    if day is None:
+        return None
+    budget = float(slo.error_budget)
+    bad, runs = day
+    budget_left = 1 - (bad / runs) / budget if runs else None
+    failing = None
+    hour_bad, hour_runs = agent.total.window(WINDOWS["1h"], now).slo.get(slo.name, [0, 0])
+    short_bad, short_runs = agent.total.window(WINDOWS["5m"], now).slo.get(slo.name, [0, 0])
+    fast_burn = float(slo.burn_factor(2, "1h"))
+    enough = max(slo.min_runs, 1)
+    kind = slo.sli.kind
+    if (
+        hour_runs >= enough
+        and short_runs
+        and (hour_bad / hour_runs) / budget >= fast_burn
+        and (short_bad / short_runs) / budget >= fast_burn
+    ):
+        failing = (
+            f"{slo.name}: {hour_bad} of {hour_runs} runs bad ({kind}) in the last hour, "
+            f"{_share(hour_bad / hour_runs)} where {_share(budget)} is allowed: the error budget burns "
+            f"{(hour_bad / hour_runs) / budget:.1f}x too fast"
+        )
+    elif runs >= enough and budget_left is not None and budget_left < 0:
+        failing = (
+            f"{slo.name}: {bad} of {runs} runs bad ({kind}) in the last day, {_share(bad / runs)} "
+            f"where {_share(budget)} is allowed"
+        )
+    return SLOStatus(slo, runs, budget_left, failing)
+
+
+def agent_status(
+    agent: AgentHistory, slos: list[SLO], window: str, now: float, since: float, in_flight: InFlightRuns | None
+) -> AgentStatus:
+    statuses = [status for slo in slos if (status := slo_status(slo, agent, now)) is not None]
+    return AgentStatus(agent, agent_figures(agent, window, now, since), in_flight or InFlightRuns(), statuses)
+
+
+def calls_table(calls: dict[str, list[int]]) -> list[tuple[str, int, int, float]]:
+    """(name, calls, failed, error share), most failed first."""
+    rows = [(name, count, failed, failed / count if count else 0.0) for name, (count, failed) in calls.items()]
+    return sorted(rows, key=lambda row: (-row[2], -row[1], row[0]))
+
+
+def window_tally(agent: AgentHistory, window: str, now: float) -> Tally:
+    return agent.total.window(WINDOWS[window], now)
