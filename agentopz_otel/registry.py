@@ -9,6 +9,7 @@ def builtin_factories() -> list[Factory]:
     from .exporters.otlp import FACTORY as otlp_exporter
     from .exporters.prometheus import FACTORY as prometheus
     from .extensions.console import FACTORY as console
+    from .extensions.rollouts import FACTORY as rollouts
     from .extensions.storage import FACTORY as storage
     from .processors.cost import FACTORY as cost
     from .processors.normalize import FACTORY as normalize
@@ -25,5 +26,6 @@ def builtin_factories() -> list[Factory]:
         prometheus,
         otlp_exporter,
         storage,
+        rollouts,
         console,
     ]

@@ -21,6 +21,8 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from ...admin_auth import ADMIN_AUTH, is_loopback, token_matches
+from ..rollouts import ACTIVE_STATES, RolloutError, RolloutsExtension
 from . import pages
 from .pages import html_response as _html
 
@@ -78,15 +80,11 @@ class ConsoleActions:
         return session
 
     async def _login_form(self, request: web.Request) -> web.StreamResponse:
-        from ...admin_auth import ADMIN_AUTH
-
         page = self._console.page(request, "Sign in", "rollouts")
         token_configured = request.app[ADMIN_AUTH].token is not None
         return _html(pages.login_page(page, None, token_configured, _next_path(request.query.get("next"))))
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
-        from ...admin_auth import ADMIN_AUTH, is_loopback, token_matches
-
         _check_origin(request, self._allowed_hosts)
         form = await request.post()
         name = str(form.get("name", "")).strip()[:64]
@@ -128,12 +126,8 @@ class ConsoleActions:
 
     # -- rollouts ------------------------------------------------------------------------------
 
-    def rollouts(self) -> Any | None:
+    def rollouts(self) -> RolloutsExtension | None:
         """The rollouts extension, or None when it is not switched on."""
-        try:
-            from ..rollouts import RolloutsExtension
-        except ImportError:
-            return None
         found = self._console._context.extensions.get(self._console.config.rollouts)
         return found if isinstance(found, RolloutsExtension) else None
 
@@ -149,7 +143,7 @@ class ConsoleActions:
         rollout = rollouts.rollout(agent)
         line = ""
         if rollout is not None:
-            if rollout.state in ("progressing", "paused"):
+            if rollout.state in ACTIVE_STATES:
                 roles[rollout.baseline] = "baseline"
                 roles[rollout.candidate] = "candidate"
             line = (
@@ -172,8 +166,6 @@ class ConsoleActions:
         return _html(pages.rollouts_page(page, flags, current, history))
 
     async def _act(self, request: web.Request) -> web.StreamResponse:
-        from ..rollouts import RolloutError
-
         _check_origin(request, self._allowed_hosts)
         agent = request.match_info["agent"]
         action = request.match_info["action"]
@@ -203,8 +195,7 @@ class ConsoleActions:
             else:
                 rollouts.enable(agent, actor=session.name, actor_kind="user", reason=reason)
         except RolloutError as error:
-            status = getattr(error, "status", 409)
-            return _html(pages.message_page(page, f"Cannot {action} {agent}", str(error)), status=status)
+            return _html(pages.message_page(page, f"Cannot {action} {agent}", error.message), status=error.status)
         raise web.HTTPSeeOther(f"/rollouts?done={quote(action)}:{quote(agent, safe='')}")
 
 

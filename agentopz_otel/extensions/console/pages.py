@@ -211,6 +211,7 @@ def _coverage(page: PageContext, window: str) -> str:
 
 def _figure_cells(fig: Figures) -> str:
     return (
+        f'<td class="num">{fig.runs}</td>'
         f'<td class="num">{fig.runs_per_minute:.2f}{sparkline(fig.per_minute, "runs per minute, last hour")}</td>'
         f'<td class="num">{share(fig.success_share)}</td>'
         f"<td>{outcome_bar(fig.outcomes)}</td>"
@@ -265,9 +266,9 @@ def fleet_page(page: PageContext, statuses: Sequence[AgentStatus], window: str) 
             f'<span class="{"bad" if failing_count else "ok"}">{failing_count} failing their targets</span></p>'
         )
         table = summary + (
-            f'<table class="fleet"><thead><tr><th>Agent</th><th>Runs/min</th><th>Success</th><th>Outcomes</th>'
-            f"<th>Cost/run</th><th>p95 cost</th><th>p95 duration</th><th>In flight</th><th>Last run</th>"
-            f"<th>SLO budget left (24 h)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            '<table class="fleet"><thead><tr><th>Agent</th><th>Runs</th><th>Runs/min</th><th>Success</th>'
+            "<th>Outcomes</th><th>Cost/run</th><th>p95 cost</th><th>p95 duration</th><th>In flight</th>"
+            f"<th>Last run</th><th>SLO budget left (24 h)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         )
     return layout(page, f"<h1>Fleet</h1>{window_picker(window, '/')}{_coverage(page, window)}{table}")
 
