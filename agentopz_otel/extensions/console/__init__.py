@@ -28,7 +28,7 @@ from ...processors.runs import RunRecord
 from ...slo import SLO, load_spec
 from . import pages
 from .actions import ConsoleActions
-from .figures import agent_figures, agent_status, window_tally
+from .figures import agent_figures, agent_status, window_detail
 from .history import WINDOWS, RunHistory
 from .pages import html_response
 
@@ -219,10 +219,10 @@ class ConsoleExtension:
                 page,
                 status,
                 columns,
-                window_tally(agent, window, now),
+                window_detail(agent, window, now),
                 latest,
-                window_tally(agent, "1h", now).most_expensive(),
-                window_tally(agent, "24h", now).most_expensive(),
+                window_detail(agent, "1h", now).most_expensive(),
+                window_detail(agent, "24h", now).most_expensive(),
                 window,
                 rollout_line,
             )

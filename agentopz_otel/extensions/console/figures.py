@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ...components import InFlightRuns
 from ...slo import SLO
-from .history import WINDOWS, AgentHistory, Buckets, RunEntry, Tally, percentile
+from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, percentile
 
 P95 = 0.95
 
@@ -79,15 +79,15 @@ def slo_status(slo: SLO, agent: AgentHistory, now: float) -> SLOStatus | None:
     """The SLO's state for this agent from the console's history, as the shipped alerts judge it:
     failing when the error budget burns at the fast-burn page rate over both the last hour and the
     last 5 minutes, or when the last day spent more than the whole budget allows."""
-    day = agent.total.window(WINDOWS["24h"], now).slo.get(slo.name)
+    day = agent.total.window(WINDOWS["24h"], now).slo_events(slo.name)
     if day is None:
         return None
     budget = float(slo.error_budget)
     bad, runs = day
     budget_left = 1 - (bad / runs) / budget if runs else None
     failing = None
-    hour_bad, hour_runs = agent.total.window(WINDOWS["1h"], now).slo.get(slo.name, [0, 0])
-    short_bad, short_runs = agent.total.window(WINDOWS["5m"], now).slo.get(slo.name, [0, 0])
+    hour_bad, hour_runs = agent.total.window(WINDOWS["1h"], now).slo_events(slo.name) or (0, 0)
+    short_bad, short_runs = agent.total.window(WINDOWS["5m"], now).slo_events(slo.name) or (0, 0)
     fast_burn = float(slo.burn_factor(2, "1h"))
     enough = max(slo.min_runs, 1)
     kind = slo.sli.kind
@@ -123,5 +123,8 @@ def calls_table(calls: dict[str, list[int]]) -> list[tuple[str, int, int, float]
     return sorted(rows, key=lambda row: (-row[2], -row[1], row[0]))
 
 
-def window_tally(agent: AgentHistory, window: str, now: float) -> Tally:
-    return agent.total.window(WINDOWS[window], now)
+def window_detail(agent: AgentHistory, window: str, now: float) -> Detail:
+    """Failed checks, tools, models and the most expensive runs of the agent over `window`."""
+    detail = agent.total.window(WINDOWS[window], now, detail=True).detail
+    assert detail is not None
+    return detail

@@ -45,36 +45,19 @@ class RunEntry:
     input_start: str | None
 
 
-class Tally:
-    """Counts over one time bucket (or a merge of several). The agent-wide tallies also keep the
-    detail (failed checks, tools, models, SLO events and the most expensive runs)."""
+class Detail:
+    """What only the agent-wide tallies keep: failed checks, tools, models, the most expensive runs."""
 
-    __slots__ = ("checks", "cost_runs", "cost_sum", "expensive", "models", "outcomes", "runs", "slo", "tools")
+    __slots__ = ("checks", "expensive", "models", "tools")
 
     def __init__(self) -> None:
-        self.runs = 0
-        self.outcomes: dict[str, int] = {}
-        self.cost_sum = 0.0
-        self.cost_runs = 0
         self.checks: dict[str, int] = {}
         self.tools: dict[str, list[int]] = {}
         self.models: dict[str, list[int]] = {}
-        self.slo: dict[str, list[int]] = {}  # SLO name -> [bad runs, runs]
         self.expensive: list[tuple[float, int, RunEntry]] = []  # a min-heap of the costliest
 
-    def add(self, entry: RunEntry) -> None:
-        self.runs += 1
-        self.outcomes[entry.outcome] = self.outcomes.get(entry.outcome, 0) + 1
-        if entry.cost_usd is not None:
-            self.cost_sum += entry.cost_usd
-            self.cost_runs += 1
-
-    def add_detail(
-        self,
-        entry: RunEntry,
-        tools: Iterable[tuple[str, int, int]],
-        models: Iterable[tuple[str, int, int]],
-        slo_events: Iterable[tuple[str, bool]],
+    def add(
+        self, entry: RunEntry, tools: Iterable[tuple[str, int, int]], models: Iterable[tuple[str, int, int]]
     ) -> None:
         for check in entry.failed_checks:
             self.checks[check] = self.checks.get(check, 0) + 1
@@ -83,10 +66,6 @@ class Tally:
                 counts = calls.setdefault(name, [0, 0])
                 counts[0] += count
                 counts[1] += failed
-        for name, bad in slo_events:
-            events = self.slo.setdefault(name, [0, 0])
-            events[0] += bad
-            events[1] += 1
         if entry.cost_usd is not None:
             item = (entry.cost_usd, id(entry), entry)
             if len(self.expensive) < TOP_EXPENSIVE:
@@ -94,21 +73,69 @@ class Tally:
             elif item[0] > self.expensive[0][0]:
                 heapq.heapreplace(self.expensive, item)
 
+    def merge(self, other: Detail) -> None:
+        for key, count in other.checks.items():
+            self.checks[key] = self.checks.get(key, 0) + count
+        for mine, theirs in ((self.tools, other.tools), (self.models, other.models)):
+            for key, (count, failed) in theirs.items():
+                counts = mine.setdefault(key, [0, 0])
+                counts[0] += count
+                counts[1] += failed
+        self.expensive.extend(other.expensive)  # cut to the top by most_expensive()
+
+    def most_expensive(self) -> list[RunEntry]:
+        return [entry for _, _, entry in heapq.nlargest(TOP_EXPENSIVE, self.expensive, key=lambda item: item[0])]
+
+
+class Tally:
+    """Counts over one time bucket (or a merge of several). The agent-wide tallies also count SLO
+    events and keep a `Detail`."""
+
+    __slots__ = ("cost_runs", "cost_sum", "detail", "outcomes", "runs", "slo")
+
+    def __init__(self, detail: bool = False) -> None:
+        self.runs = 0
+        self.outcomes: dict[str, int] = {}
+        self.cost_sum = 0.0
+        self.cost_runs = 0
+        self.slo: dict[str, list[int]] | None = None  # SLO name -> [bad runs, runs]
+        self.detail = Detail() if detail else None
+
+    def add(self, entry: RunEntry) -> None:
+        self.runs += 1
+        self.outcomes[entry.outcome] = self.outcomes.get(entry.outcome, 0) + 1
+        if entry.cost_usd is not None:
+            self.cost_sum += entry.cost_usd
+            self.cost_runs += 1
+
+    def add_slo_events(self, slo_events: Iterable[tuple[str, bool]]) -> None:
+        for name, bad in slo_events:
+            if self.slo is None:
+                self.slo = {}
+            events = self.slo.setdefault(name, [0, 0])
+            events[0] += bad
+            events[1] += 1
+
     def merge(self, other: Tally) -> None:
         self.runs += other.runs
         self.cost_sum += other.cost_sum
         self.cost_runs += other.cost_runs
-        for mine, theirs in ((self.outcomes, other.outcomes), (self.checks, other.checks)):
-            for key, count in theirs.items():
-                mine[key] = mine.get(key, 0) + count
-        for mine_lists, theirs_lists in ((self.tools, other.tools), (self.models, other.models), (self.slo, other.slo)):
-            for key, (first, second) in theirs_lists.items():
-                counts = mine_lists.setdefault(key, [0, 0])
-                counts[0] += first
-                counts[1] += second
-        if other.expensive:
-            self.expensive = heapq.nlargest(TOP_EXPENSIVE, [*self.expensive, *other.expensive])
-            heapq.heapify(self.expensive)
+        for key, count in other.outcomes.items():
+            self.outcomes[key] = self.outcomes.get(key, 0) + count
+        if other.slo:
+            if self.slo is None:
+                self.slo = {}
+            for key, (bad, runs) in other.slo.items():
+                events = self.slo.setdefault(key, [0, 0])
+                events[0] += bad
+                events[1] += runs
+        if self.detail is not None and other.detail is not None:
+            self.detail.merge(other.detail)
+
+    def slo_events(self, name: str) -> tuple[int, int] | None:
+        """(bad runs, runs) of the SLO, None when it saw none."""
+        events = self.slo.get(name) if self.slo else None
+        return (events[0], events[1]) if events else None
 
     @property
     def success_share(self) -> float | None:
@@ -118,16 +145,14 @@ class Tally:
     def mean_cost(self) -> float | None:
         return self.cost_sum / self.cost_runs if self.cost_runs else None
 
-    def most_expensive(self) -> list[RunEntry]:
-        return [entry for _, _, entry in sorted(self.expensive, key=lambda item: item[0], reverse=True)]
-
 
 class Buckets:
     """Tallies by minute (the last hour) and by hour (the last day)."""
 
-    __slots__ = ("hours", "minutes")
+    __slots__ = ("detail", "hours", "minutes")
 
-    def __init__(self) -> None:
+    def __init__(self, detail: bool = False) -> None:
+        self.detail = detail
         self.minutes: deque[tuple[int, Tally]] = deque()
         self.hours: deque[tuple[int, Tally]] = deque()
 
@@ -137,19 +162,19 @@ class Buckets:
             self.hours, int(now // 3600), HOUR_BUCKETS
         )
 
-    @staticmethod
-    def _bucket(buckets: deque[tuple[int, Tally]], index: int, keep: int) -> Tally:
+    def _bucket(self, buckets: deque[tuple[int, Tally]], index: int, keep: int) -> Tally:
         if buckets and buckets[-1][0] == index:
             return buckets[-1][1]
         while buckets and buckets[0][0] <= index - keep:
             buckets.popleft()
-        tally = Tally()
+        tally = Tally(self.detail)
         buckets.append((index, tally))
         return tally
 
-    def window(self, seconds: int, now: float) -> Tally:
-        """Runs recorded in the last `seconds`, to the bucket: the last hour and less by minute, else by hour."""
-        total = Tally()
+    def window(self, seconds: int, now: float, detail: bool = False) -> Tally:
+        """Runs recorded in the last `seconds`, to the bucket: the last hour and less by minute, else by
+        hour; with the agent-wide detail when asked (it costs more to merge)."""
+        total = Tally(detail and self.detail)
         if seconds <= 3600:
             first = int(now // 60) - seconds // 60 + 1
             buckets: Iterable[tuple[int, Tally]] = self.minutes
@@ -174,7 +199,7 @@ class AgentHistory:
     first_recorded: float
     service: str = ""
     last_finished_at: float = 0.0
-    total: Buckets = field(default_factory=Buckets)
+    total: Buckets = field(default_factory=lambda: Buckets(detail=True))
     versions: dict[str, Buckets] = field(default_factory=dict)
     recent: deque[RunEntry] = field(default_factory=deque)
 
@@ -267,7 +292,9 @@ class RunHistory:
             ]
             for tally in (minute, hour):
                 tally.add(entry)
-                tally.add_detail(entry, tools, models, slo_events)
+                tally.add_slo_events(slo_events)
+                assert tally.detail is not None
+                tally.detail.add(entry, tools, models)
             buckets = agent.versions.get(version)
             if buckets is None:
                 buckets = agent.versions[version] = Buckets()

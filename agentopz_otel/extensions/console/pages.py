@@ -17,7 +17,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from .figures import AgentStatus, Figures, calls_table
-from .history import WINDOWS, RunEntry
+from .history import WINDOWS, Detail, RunEntry
 
 NAV = (("fleet", "/", "Fleet"), ("rollouts", "/rollouts", "Rollouts"), ("runbooks", "/runbooks", "Runbooks"))
 SECURITY_HEADERS = {
@@ -121,9 +121,12 @@ def sparkline(values: Sequence[int], label: str) -> str:
     """Values as an inline SVG polyline (oldest left), scaled to the largest."""
     if not values:
         return ""
-    top = max(values) or 1
+    top = max(values)
     width = len(values) - 1 or 1
-    points = " ".join(f"{index},{16 - 15 * value / top:.1f}" for index, value in enumerate(values))
+    if top:
+        points = " ".join([f"{index},{16 - 15 * value // top}" for index, value in enumerate(values)])
+    else:
+        points = f"0,16 {width},16"
     return (
         f'<svg class="spark" viewBox="0 0 {width} 17" preserveAspectRatio="none" role="img" '
         f'aria-label="{escape(label)}"><title>{escape(label)}</title><polyline points="{points}"/></svg>'
@@ -315,7 +318,7 @@ def agent_page(
     page: PageContext,
     status: AgentStatus,
     versions: list[tuple[str, str, Figures]],
-    detail: Any,
+    detail: Detail,
     latest: list[RunEntry],
     expensive_hour: list[RunEntry],
     expensive_day: list[RunEntry],
