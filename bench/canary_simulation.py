@@ -1,0 +1,162 @@
+"""Simulated rollouts through the real canary-analysis decision code: what detection can promise.
+
+Each rollout walks the steps (first step = the canary share) with the analysis looking every
+`--interval` seconds, as the extension does. Runs arrive as a Poisson process; each run fails with
+its version's probability; cost and duration are log-normal. Printed per traffic level and canary
+share:
+
+- a worse candidate (3x failures, or 3x cost per run): time to rollback, candidate runs by then,
+  and the exposure, the extra failed runs users saw (candidate runs that failed and would have
+  succeeded on the baseline: one uniform draw per run decides both);
+- a healthy candidate: false rollbacks while it walks the steps to promotion, and over a day held
+  at its first step (the worst case: a paused or slow rollout under analysis all day).
+
+    .venv/bin/python bench/canary_simulation.py               # < 1 minute
+    .venv/bin/python bench/canary_simulation.py --rollouts 2000 --grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig
+from agentopz_otel.extensions.canary_analysis.engine import GUARDS, RolloutAnalysis, VersionSample
+
+DAY = 86_400.0
+COST_SIGMA = 0.6
+DURATION_SIGMA = 0.6
+
+
+@dataclass(frozen=True)
+class Scenario:
+    runs_per_second: float
+    first_step: int
+    baseline_failure: float = 0.02
+    failure_factor: float = 1.0
+    cost_factor: float = 1.0
+    hold_first_step: bool = False
+
+
+@dataclass
+class Outcome:
+    decision: str  # rollback, promote, none
+    seconds: float
+    candidate_runs: int
+    extra_failures: int
+    failed_guards: tuple[str, ...] = ()
+
+
+def simulate(scenario: Scenario, config: AnalysisConfig, interval: float, max_samples: int, rng) -> Outcome:
+    steps = [scenario.first_step, *[w for w in (25, 50, 100) if w > scenario.first_step]]
+    analysis = RolloutAnalysis(config)
+    candidate_failure = min(1.0, scenario.baseline_failure * scenario.failure_factor)
+    outcomes = {"baseline": {"success": 0, "error": 0}, "candidate": {"success": 0, "error": 0}}
+    costs = {version: deque(maxlen=max_samples) for version in outcomes}
+    durations = {version: deque(maxlen=max_samples) for version in outcomes}
+    extra = 0
+    step_index, step_started, now = 0, 0.0, 0.0
+    while now < DAY:
+        now += interval
+        weight = steps[step_index] / 100
+        total = rng.poisson(scenario.runs_per_second * interval)
+        candidate = rng.binomial(total, weight)
+        for version, runs, failure, cost_factor in (
+            ("baseline", total - candidate, scenario.baseline_failure, 1.0),
+            ("candidate", candidate, candidate_failure, scenario.cost_factor),
+        ):
+            if not runs:
+                continue
+            draws = rng.random(runs)
+            failed = int((draws < failure).sum())
+            if version == "candidate":
+                extra += int(((draws >= scenario.baseline_failure) & (draws < failure)).sum())
+            outcomes[version]["error"] += failed
+            outcomes[version]["success"] += runs - failed
+            costs[version].extend((0.01 * cost_factor * rng.lognormal(0, COST_SIGMA, runs)).tolist())
+            durations[version].extend(rng.lognormal(math.log(5), DURATION_SIGMA, runs).tolist())
+        samples = {
+            version: VersionSample(dict(outcomes[version]), costs[version], durations[version]) for version in outcomes
+        }
+        analysis.observe(samples["baseline"], samples["candidate"], step_index)
+        step_age = -1.0 if scenario.hold_first_step else now - step_started
+        decision = analysis.decide(step_age, step_index == len(steps) - 1)
+        if decision is None:
+            continue
+        runs = samples["candidate"].runs
+        if decision.action == "rollback":
+            failed = tuple(name for name, result in analysis.results.items() if result.verdict == "fail")
+            return Outcome("rollback", now, runs, extra, failed)
+        if step_index == len(steps) - 1:
+            return Outcome("promote", now, runs, extra)
+        step_index, step_started = step_index + 1, now
+    return Outcome("none", now, samples["candidate"].runs, extra)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, float]:
+    rolled = [o for o in outcomes if o.decision == "rollback"]
+    return {
+        "rolled_back": len(rolled) / len(outcomes),
+        "promoted": sum(o.decision == "promote" for o in outcomes) / len(outcomes),
+        "minutes_p50": percentile([o.seconds / 60 for o in rolled], 50),
+        "minutes_p90": percentile([o.seconds / 60 for o in rolled], 90),
+        "runs_p50": percentile([o.candidate_runs for o in rolled], 50),
+        "runs_p90": percentile([o.candidate_runs for o in rolled], 90),
+        "extra_p50": percentile([o.extra_failures for o in outcomes], 50),
+        "extra_p90": percentile([o.extra_failures for o in outcomes], 90),
+        "by_guard": {g: sum(g in o.failed_guards for o in rolled) / len(outcomes) for g in GUARDS},
+        "promote_minutes_p50": percentile([o.seconds / 60 for o in outcomes if o.decision == "promote"], 50),
+    }
+
+
+def run(scenario: Scenario, config: AnalysisConfig, count: int, interval: float, max_samples: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return summarize([simulate(scenario, config, interval, max_samples, rng) for _ in range(count)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rollouts", type=int, default=300, help="simulated rollouts per row (default 300)")
+    parser.add_argument("--grid", action="store_true", help="also 0.2 and 5 runs/s and 25%% canaries")
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between looks (default 30)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    config = AnalysisConfig()
+    max_samples = 2000
+    traffic = [(1.0, 5)] + ([(0.2, 5), (5.0, 5), (1.0, 25), (5.0, 25)] if args.grid else [])
+    started = time.perf_counter()
+    print(f"defaults: {config.model_dump()}")
+    print(f"{args.rollouts} rollouts per row, a look every {args.interval:.0f} s, baseline 2% failures, steps to 100%")
+    header = "runs/s canary  case              rolled_back  min p50/p90   cand.runs p50/p90  extra failed p50/p90"
+    print(header)
+    for rate, share in traffic:
+        cases = [
+            ("3x failures", Scenario(rate, share, failure_factor=3.0)),
+            ("3x cost/run", Scenario(rate, share, cost_factor=3.0)),
+            ("healthy, walk", Scenario(rate, share)),
+            ("healthy, day at 1st", Scenario(rate, share, hold_first_step=True)),
+        ]
+        for name, scenario in cases:
+            count = args.rollouts if not scenario.hold_first_step else max(50, args.rollouts // 3)
+            s = run(scenario, config, count, args.interval, max_samples, args.seed)
+            promoted = f"  (promoted {s['promoted']:.1%}, p50 {s['promote_minutes_p50']:.0f} min)" if s["promoted"] else ""
+            print(
+                f"{rate:6.1f} {share:5d}%  {name:18s} {s['rolled_back']:10.1%}  "
+                f"{s['minutes_p50']:5.1f}/{s['minutes_p90']:5.1f}   {s['runs_p50']:7.0f}/{s['runs_p90']:<7.0f}    "
+                f"{s['extra_p50']:5.0f}/{s['extra_p90']:<5.0f}{promoted}  "
+                + " ".join(f"{g}={v:.1%}" for g, v in s["by_guard"].items() if v)
+            )
+    print(f"took {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
