@@ -148,7 +148,9 @@ def main() -> None:
         for name, scenario in cases:
             count = args.rollouts if not scenario.hold_first_step else max(50, args.rollouts // 3)
             s = run(scenario, config, count, args.interval, max_samples, args.seed)
-            promoted = f"  (promoted {s['promoted']:.1%}, p50 {s['promote_minutes_p50']:.0f} min)" if s["promoted"] else ""
+            promoted = (
+                f"  (promoted {s['promoted']:.1%}, p50 {s['promote_minutes_p50']:.0f} min)" if s["promoted"] else ""
+            )
             print(
                 f"{rate:6.1f} {share:5d}%  {name:18s} {s['rolled_back']:10.1%}  "
                 f"{s['minutes_p50']:5.1f}/{s['minutes_p90']:5.1f}   {s['runs_p50']:7.0f}/{s['runs_p90']:<7.0f}    "

@@ -37,7 +37,8 @@ def test_interval_likelihood_ratio_is_the_noncentral_hypergeometric_ratio() -> N
 def test_interval_likelihood_ratio_has_mean_one_under_h0() -> None:
     """The product over intervals is a martingale under H0: the basis of Ville's bound."""
     mean = sum(
-        nchypergeom_fisher.pmf(k, 300, 15, 9, 1.0) * math.exp(interval_log_likelihood_ratio(15, k, 285, 9 - k, 1.0, 3.0))
+        nchypergeom_fisher.pmf(k, 300, 15, 9, 1.0)
+        * math.exp(interval_log_likelihood_ratio(15, k, 285, 9 - k, 1.0, 3.0))
         for k in range(0, 10)
     )
     assert mean == pytest.approx(1.0, abs=1e-12)
@@ -146,7 +147,9 @@ def test_failures_counted_by_the_quality_guards_choice() -> None:
 
 
 def test_engine_advances_only_after_step_minimums_with_every_guard_passing() -> None:
-    config = AnalysisConfig.model_validate({"step_min_runs": 20, "step_min_seconds": 60, "duration": {"enabled": False}})
+    config = AnalysisConfig.model_validate(
+        {"step_min_runs": 20, "step_min_seconds": 60, "duration": {"enabled": False}}
+    )
     analysis = RolloutAnalysis(config)
     # 19 candidate runs: the quality guard has no decision yet.
     analysis.observe(_sample(1900, 0), _sample(19, 0), step_index=0)

@@ -57,7 +57,7 @@ class CanaryAnalysisExtension:
         )
         self._statistics = registry.gauge(
             "agentopz_rollout_analysis_statistic",
-            "A guard's evidence against the candidate in nats (log-likelihood ratio, or -ln p); fails at the threshold.",
+            "A guard's evidence against the candidate in nats (log-likelihood ratio or -ln p); fails at the threshold.",
             ("agent", "guard"),
         )
         self._thresholds = registry.gauge(
@@ -218,7 +218,9 @@ class CanaryAnalysisExtension:
         status = self._status.get(rollout.agent)
         if status is not None:
             status.update(decision=decision, decision_reason=reason, decided_at=time.time(), state=after.state)
-        log.info("canary analysis: %s %s (%s -> %s): %s", decision, rollout.agent, rollout.candidate, after.state, reason)
+        log.info(
+            "canary analysis: %s %s (%s -> %s): %s", decision, rollout.agent, rollout.candidate, after.state, reason
+        )
         return after
 
     def _publish(

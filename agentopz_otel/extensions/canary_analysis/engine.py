@@ -75,8 +75,9 @@ class RolloutAnalysis:
                 baseline.failures(quality.count),
             )
             # A source may briefly report less than before (a replica's counter reset): count no negatives.
-            gained = [max(0, now - before) for now, before in zip(counted, self._counted)]
-            self._counted = tuple(max(now, before) for now, before in zip(counted, self._counted))  # type: ignore[assignment]
+            pairs = list(zip(counted, self._counted, strict=True))
+            gained = [max(0, now - before) for now, before in pairs]
+            self._counted = (max(pairs[0]), max(pairs[1]), max(pairs[2]), max(pairs[3]))
             self.rate = self.rate.add(*gained, quality.tolerance, quality.detect_ratio)
             results["quality"] = rate_verdict("quality", self.rate, quality.alpha, quality.beta, quality.min_runs)
         for name, values in (("cost", "costs"), ("duration", "durations")):

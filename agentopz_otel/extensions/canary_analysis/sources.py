@@ -59,9 +59,7 @@ class LocalRuns:
         self._tracked[agent] = _Tracked(
             rollout_id,
             {
-                version: _Served(
-                    costs=deque(maxlen=self._max_samples), durations=deque(maxlen=self._max_samples)
-                )
+                version: _Served(costs=deque(maxlen=self._max_samples), durations=deque(maxlen=self._max_samples))
                 for version in versions
             },
         )
@@ -147,7 +145,10 @@ class PrometheusRuns:
             if labels.get("prompt_version") in outcomes:
                 outcomes[labels["prompt_version"]][labels.get("outcome", "")] += round(gained)
         values: dict[str, dict[str, list[float]]] = {}
-        for name, metric in (("costs", "agentopz_run_cost_usd_bucket"), ("durations", "agentopz_run_duration_seconds_bucket")):
+        for name, metric in (
+            ("costs", "agentopz_run_cost_usd_bucket"),
+            ("durations", "agentopz_run_duration_seconds_bucket"),
+        ):
             buckets: dict[str, Counter[float]] = {version: Counter() for version in versions}
             for labels, gained in await self._increase(metric, matchers, since, now):
                 if labels.get("prompt_version") in buckets:
@@ -190,7 +191,7 @@ def _bucket_values(cumulative: Counter[float], max_samples: int) -> list[float]:
     values: list[float] = []
     lower = 0.0
     finite = [bound for bound in bounds if math.isfinite(bound)]
-    for bound, count in zip(bounds, counts):
+    for bound, count in zip(bounds, counts, strict=True):
         if math.isfinite(bound):
             middle = math.sqrt(lower * bound) if lower > 0 else bound / 2
             lower = bound

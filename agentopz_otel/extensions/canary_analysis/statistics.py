@@ -78,10 +78,11 @@ def interval_log_likelihood_ratio(
         return 0.0
     lowest = max(0, failures - baseline_runs)
     highest = min(failures, candidate_runs)
-    terms = [_log_binomial(candidate_runs, j) + _log_binomial(baseline_runs, failures - j) for j in range(lowest, highest + 1)]
+    possible = range(lowest, highest + 1)
+    terms = [(j, _log_binomial(candidate_runs, j) + _log_binomial(baseline_runs, failures - j)) for j in possible]
     log_h0, log_h1 = math.log(odds_ratio_h0), math.log(odds_ratio_h1)
-    normalizer_h0 = _log_sum_exp([term + j * log_h0 for j, term in zip(range(lowest, highest + 1), terms)])
-    normalizer_h1 = _log_sum_exp([term + j * log_h1 for j, term in zip(range(lowest, highest + 1), terms)])
+    normalizer_h0 = _log_sum_exp([term + j * log_h0 for j, term in terms])
+    normalizer_h1 = _log_sum_exp([term + j * log_h1 for j, term in terms])
     return candidate_failures * (log_h1 - log_h0) + normalizer_h0 - normalizer_h1
 
 
