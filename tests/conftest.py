@@ -112,8 +112,8 @@ def service_body(
     extensions: dict | None = None,
 ) -> str:
     """A start_service config body: OTLP in on both transports, normalize, cost and prompt_version,
-    `runs` when given, the prometheus exporter plus `exporters`, and `extensions` switched on in their
-    order. Ports are filled in by start_service."""
+    `runs` when given, the prometheus exporter plus `exporters`, and `extensions` (all switched on, in
+    order). Ports are filled in by start_service."""
     processors: dict = {"normalize": None, "cost": None, "prompt_version": None}
     if runs is not None:
         processors["runs"] = runs
