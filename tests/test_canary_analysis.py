@@ -5,9 +5,9 @@ real Prometheus, and pauses when Prometheus cannot be reached."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -20,6 +20,7 @@ from openfeature.evaluation_context import EvaluationContext
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prom import start_prometheus
+from rollouts import Admin
 
 AGENT = "support"
 VERSIONS = {"v1": {"prompt": "support/v1"}, "v2": {"prompt": "support/v2"}}
@@ -27,12 +28,8 @@ RUN_SECONDS = 2.0
 FAST_RUNS = {"grace_seconds": 0.2, "tick_seconds": 0.05, "root_wait_seconds": 0.3, "abandon_after_seconds": 5}
 
 
-def admin(service, method: str, path: str, body: dict | None = None) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{service.admin_url}{path}", data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+def admin(service) -> Admin:
+    return Admin(service.admin_url)
 
 
 def analysis_service(start_service, tmp_path, name: str, prometheus_url: str | None = None):
@@ -44,11 +41,9 @@ def analysis_service(start_service, tmp_path, name: str, prometheus_url: str | N
 
 
 def start_rollout(service, analysis: dict | None = None) -> dict:
-    admin(service, "PUT", f"/api/v1/agents/{AGENT}", {"versions": VERSIONS, "baseline": "v1"})
-    body = {"agent": AGENT, "candidate": "v2", "steps": [5, 25, 50, 100], "reason": "new prompt"}
-    if analysis is not None:
-        body["analysis"] = analysis
-    return admin(service, "POST", "/api/v1/rollouts", body)
+    admin(service).define(AGENT, VERSIONS, "v1")
+    extra = {} if analysis is None else {"analysis": analysis}
+    return admin(service).start(AGENT, "v2", [5, 25, 50, 100], reason="new prompt", **extra)
 
 
 class Agent:
@@ -105,7 +100,7 @@ def run_until(agent: Agent, pick_tracer, done: Callable[[], bool], max_runs: int
 
 
 def rollout_state(service) -> dict:
-    return admin(service, "GET", f"/api/v1/rollouts/{AGENT}")
+    return admin(service).ok("GET", f"/api/v1/rollouts/{AGENT}")
 
 
 def wait_state(service, state: str, timeout: float = 20.0) -> dict:
@@ -116,7 +111,7 @@ def wait_state(service, state: str, timeout: float = 20.0) -> dict:
 
 
 def analysis_entry(service, action: str) -> dict:
-    entries = admin(service, "GET", f"/api/v1/history?agent={AGENT}")["entries"]
+    entries = admin(service).ok("GET", f"/api/v1/history?agent={AGENT}")["entries"]
     found = [entry for entry in entries if entry["action"] == action and entry["actor_kind"] == "analysis"]
     assert found, entries
     return found[0]
@@ -155,6 +150,15 @@ def test_a_worse_candidate_at_5_percent_is_rolled_back_and_traffic_returns_to_th
             "local",
             "fail",
         )
+        status_command = subprocess.run(
+            [sys.executable, "-m", "agentopz_otel", "rollout", "status", AGENT, "--url", service.admin_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "  analysis (local): quality fail (" in status_command.stdout, status_command.stdout
+        assert "; rollback at " in status_command.stdout
+        assert ": canary analysis: quality failed" in status_command.stdout
         # The very next evaluations and runs are the baseline's.
         assert {agent.version(f"after-{i}") for i in range(200)} == {"v1"}
         before = dict(agent.runs)
@@ -189,13 +193,13 @@ def test_a_healthy_candidate_walks_the_steps_and_is_promoted(start_service, tmp_
     assert weights == [5, 25, 50, 100]
     advances = [
         entry
-        for entry in admin(service, "GET", f"/api/v1/history?agent={AGENT}")["entries"]
+        for entry in admin(service).ok("GET", f"/api/v1/history?agent={AGENT}")["entries"]
         if entry["actor_kind"] == "analysis"
     ]
     assert [entry["action"] for entry in reversed(advances)] == ["advance", "advance", "advance", "promote"]
     assert all(entry["evidence"]["guards"]["quality"]["verdict"] == "pass" for entry in advances)
     assert {agent.version(f"after-{i}") for i in range(100)} == {"v2"}
-    assert [flag["baseline"] for flag in admin(service, "GET", "/api/v1/agents")["agents"]] == ["v2"]
+    assert [flag["baseline"] for flag in admin(service).ok("GET", "/api/v1/agents")["agents"]] == ["v2"]
     assert service.value("agentopz_rollout_analysis_decisions_total", agent=AGENT, decision="promote") == 1
 
 
@@ -259,7 +263,7 @@ def test_unreachable_prometheus_is_inconclusive_and_pauses_the_rollout_at_its_we
     assert service.value("agentopz_rollout_analysis_source_errors_total", source="prometheus") >= 1
     time.sleep(1.5)  # several more looks: still paused, never advanced or promoted
     assert rollout_state(service)["state"] == "paused"
-    assert [e["action"] for e in admin(service, "GET", f"/api/v1/history?agent={AGENT}")["entries"]] == [
+    assert [e["action"] for e in admin(service).ok("GET", f"/api/v1/history?agent={AGENT}")["entries"]] == [
         "pause",
         "start",
         "define",
@@ -268,3 +272,21 @@ def test_unreachable_prometheus_is_inconclusive_and_pauses_the_rollout_at_its_we
     agent = Agent(service.admin_url, {"v1": 0, "v2": 0})
     versions = Counter(agent.version(f"user-{i}") for i in range(2000))
     assert 50 < versions["v2"] < 150
+
+
+def test_invalid_analysis_config_is_refused_with_the_reason(start_service, tmp_path):
+    service = analysis_service(start_service, tmp_path, "invalid")
+    admin(service).define(AGENT, VERSIONS, "v1")
+    body = {"agent": AGENT, "candidate": "v2", "steps": [5, 100], "analysis": {"quality": {"alpha": 2}}}
+    reply = admin(service).call("POST", "/api/v1/rollouts", body)
+    assert reply.status == 400
+    assert reply.body == {"error": "analysis: invalid analysis: quality.alpha: Input should be less than 0.5"}
+    accepted = admin(service).start(AGENT, "v2", [5, 100], analysis={"cost": {"tolerance": 2}})
+    assert accepted["analysis"]["cost"] == {
+        "enabled": True,
+        "tolerance": 2.0,
+        "alpha": 0.05,
+        "min_runs": 5,
+        "growth": 1.5,
+    }
+    assert accepted["analysis"]["quality"]["detect_ratio"] == 3.0

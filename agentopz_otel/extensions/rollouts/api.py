@@ -97,7 +97,7 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         return {
             **rollouts.agent(agent).to_dict(),
             "state": rollouts.state(agent),
-            "rollout": None if rollout is None else rollout.to_dict(),
+            "rollout": None if rollout is None else rollouts.view(rollout),
         }
 
     async def list_agents(request: web.Request) -> web.Response:
