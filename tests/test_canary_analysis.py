@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prom import start_prometheus
 from rollouts import Admin
+from test_dashboards import all_panels, dashboards, substitute
 
 AGENT = "support"
 VERSIONS = {"v1": {"prompt": "support/v1"}, "v2": {"prompt": "support/v2"}}
@@ -240,6 +241,16 @@ def test_prometheus_source_analyses_what_every_replica_saw(start_service, tmp_pa
             "agentopz_runs_total", agent=AGENT, prompt_version="v1", outcome="success"
         ) + deciding.value("agentopz_runs_total", agent=AGENT, prompt_version="v2", outcome="success")
         assert deciding.value("agentopz_rollout_analysis_source_up", source="prometheus") == 1
+        time.sleep(2)  # scraped after the rollback
+        variables = {"agent": AGENT, "prompt_version": ".*", "__rate_interval": "1m", "__range": "5m"}
+        checked = 0
+        for panel in all_panels(dashboards()["agentopz-prompts.json"]):
+            if panel["title"].startswith("Canary analysis"):
+                for target in panel["targets"]:
+                    expr = substitute(target["expr"], variables)
+                    assert prometheus.query(expr), f"{panel['title']}: no data for {expr}"
+                    checked += 1
+        assert checked == 7
     finally:
         prometheus.stop()
 
