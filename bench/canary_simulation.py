@@ -52,34 +52,57 @@ class Outcome:
     failed_guards: tuple[str, ...] = ()
 
 
+class Draws:
+    """Log-normal values drawn in blocks (one numpy call per few thousand runs, not per look)."""
+
+    def __init__(self, rng, median: float, sigma: float, block: int = 20_000) -> None:
+        self._rng, self._median, self._sigma, self._block = rng, median, sigma, block
+        self._values: list[float] = []
+        self._next = 0
+
+    def take(self, count: int) -> list[float]:
+        if self._next + count > len(self._values):
+            size = max(self._block, count)
+            self._values = (self._median * self._rng.lognormal(0, self._sigma, size)).tolist()
+            self._next = 0
+        taken = self._values[self._next : self._next + count]
+        self._next += count
+        return taken
+
+
 def simulate(scenario: Scenario, config: AnalysisConfig, interval: float, max_samples: int, rng) -> Outcome:
     steps = [scenario.first_step, *[w for w in (25, 50, 100) if w > scenario.first_step]]
     analysis = RolloutAnalysis(config)
-    candidate_failure = min(1.0, scenario.baseline_failure * scenario.failure_factor)
+    failure = {
+        "baseline": scenario.baseline_failure,
+        "candidate": min(1.0, scenario.baseline_failure * scenario.failure_factor),
+    }
+    # Of the candidate's failed runs, the share that would have succeeded on the baseline (coupled draws).
+    extra_share = max(0.0, 1 - failure["baseline"] / failure["candidate"]) if failure["candidate"] else 0.0
     outcomes = {"baseline": {"success": 0, "error": 0}, "candidate": {"success": 0, "error": 0}}
     costs = {version: deque(maxlen=max_samples) for version in outcomes}
     durations = {version: deque(maxlen=max_samples) for version in outcomes}
+    cost_draws = {
+        "baseline": Draws(rng, 0.01, COST_SIGMA),
+        "candidate": Draws(rng, 0.01 * scenario.cost_factor, COST_SIGMA),
+    }
+    duration_draws = {version: Draws(rng, 5.0, DURATION_SIGMA) for version in outcomes}
     extra = 0
     step_index, step_started, now = 0, 0.0, 0.0
     while now < DAY:
         now += interval
-        weight = steps[step_index] / 100
-        total = rng.poisson(scenario.runs_per_second * interval)
-        candidate = rng.binomial(total, weight)
-        for version, runs, failure, cost_factor in (
-            ("baseline", total - candidate, scenario.baseline_failure, 1.0),
-            ("candidate", candidate, candidate_failure, scenario.cost_factor),
-        ):
+        total = int(rng.poisson(scenario.runs_per_second * interval))
+        candidate = int(rng.binomial(total, steps[step_index] / 100))
+        for version, runs in (("baseline", total - candidate), ("candidate", candidate)):
             if not runs:
                 continue
-            draws = rng.random(runs)
-            failed = int((draws < failure).sum())
-            if version == "candidate":
-                extra += int(((draws >= scenario.baseline_failure) & (draws < failure)).sum())
+            failed = int(rng.binomial(runs, failure[version]))
+            if version == "candidate" and failed and extra_share:
+                extra += int(rng.binomial(failed, extra_share))
             outcomes[version]["error"] += failed
             outcomes[version]["success"] += runs - failed
-            costs[version].extend((0.01 * cost_factor * rng.lognormal(0, COST_SIGMA, runs)).tolist())
-            durations[version].extend(rng.lognormal(math.log(5), DURATION_SIGMA, runs).tolist())
+            costs[version].extend(cost_draws[version].take(runs))
+            durations[version].extend(duration_draws[version].take(runs))
         samples = {
             version: VersionSample(dict(outcomes[version]), costs[version], durations[version]) for version in outcomes
         }
@@ -90,8 +113,8 @@ def simulate(scenario: Scenario, config: AnalysisConfig, interval: float, max_sa
             continue
         runs = samples["candidate"].runs
         if decision.action == "rollback":
-            failed = tuple(name for name, result in analysis.results.items() if result.verdict == "fail")
-            return Outcome("rollback", now, runs, extra, failed)
+            failed_guards = tuple(name for name, result in analysis.results.items() if result.verdict == "fail")
+            return Outcome("rollback", now, runs, extra, failed_guards)
         if step_index == len(steps) - 1:
             return Outcome("promote", now, runs, extra)
         step_index, step_started = step_index + 1, now
