@@ -148,7 +148,9 @@ def run(scenario: Scenario, config: AnalysisConfig, count: int, interval: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rollouts", type=int, default=300, help="simulated rollouts per row (default 300)")
+    parser.add_argument(
+        "--rollouts", type=int, default=200, help="simulated rollouts per row (default 200; a quarter for a day held)"
+    )
     parser.add_argument("--grid", action="store_true", help="also 0.2 and 5 runs/s and 25%% canaries")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between looks (default 30)")
     parser.add_argument("--seed", type=int, default=1)
@@ -158,28 +160,43 @@ def main() -> None:
     traffic = [(1.0, 5)] + ([(0.2, 5), (5.0, 5), (1.0, 25), (5.0, 25)] if args.grid else [])
     started = time.perf_counter()
     print(f"defaults: {config.model_dump()}")
-    print(f"{args.rollouts} rollouts per row, a look every {args.interval:.0f} s, baseline 2% failures, steps to 100%")
-    header = "runs/s canary  case              rolled_back  min p50/p90   cand.runs p50/p90  extra failed p50/p90"
-    print(header)
+    print(
+        f"a look every {args.interval:.0f} s, baseline 2% failures, steps {{canary}},25,50,100 (held: never advanced)"
+    )
+    print(
+        "runs/s canary  case                    n  rolled back  minutes p50/p90  cand. runs p50/p90"
+        "  extra failed p50/p90  rolled back by"
+    )
+    figures: dict[tuple[float, int, str], dict] = {}
     for rate, share in traffic:
         cases = [
             ("3x failures", Scenario(rate, share, failure_factor=3.0)),
             ("3x cost/run", Scenario(rate, share, cost_factor=3.0)),
             ("healthy, walk", Scenario(rate, share)),
-            ("healthy, day at 1st", Scenario(rate, share, hold_first_step=True)),
+            ("healthy, a day held", Scenario(rate, share, hold_first_step=True)),
         ]
         for name, scenario in cases:
-            count = args.rollouts if not scenario.hold_first_step else max(50, args.rollouts // 3)
-            s = run(scenario, config, count, args.interval, max_samples, args.seed)
+            count = args.rollouts if not scenario.hold_first_step else max(25, args.rollouts // 4)
+            s = figures[(rate, share, name)] = run(scenario, config, count, args.interval, max_samples, args.seed)
             promoted = (
-                f"  (promoted {s['promoted']:.1%}, p50 {s['promote_minutes_p50']:.0f} min)" if s["promoted"] else ""
+                f"; promoted {s['promoted']:.1%}, p50 {s['promote_minutes_p50']:.0f} min" if s["promoted"] else ""
             )
             print(
-                f"{rate:6.1f} {share:5d}%  {name:18s} {s['rolled_back']:10.1%}  "
-                f"{s['minutes_p50']:5.1f}/{s['minutes_p90']:5.1f}   {s['runs_p50']:7.0f}/{s['runs_p90']:<7.0f}    "
-                f"{s['extra_p50']:5.0f}/{s['extra_p90']:<5.0f}{promoted}  "
-                + " ".join(f"{g}={v:.1%}" for g, v in s["by_guard"].items() if v)
+                f"{rate:6.1f} {share:5d}%  {name:20s} {count:4d} {s['rolled_back']:11.1%}  "
+                f"{s['minutes_p50']:7.1f}/{s['minutes_p90']:<7.1f}  {s['runs_p50']:8.0f}/{s['runs_p90']:<8.0f}"
+                f"  {s['extra_p50']:9.1f}/{s['extra_p90']:<9.1f}  "
+                + " ".join(f"{g} {v:.1%}" for g, v in s["by_guard"].items() if v)
+                + promoted
             )
+    worse, costly = figures[(1.0, 5, "3x failures")], figures[(1.0, 5, "3x cost/run")]
+    walk, held = figures[(1.0, 5, "healthy, walk")], figures[(1.0, 5, "healthy, a day held")]
+    print("targets at 1 run/s, 5% canary:")
+    print(f"  3x failures rolled back, median extra failed runs <= 3: {worse['extra_p50']:.1f}")
+    print(
+        f"  healthy candidate falsely rolled back within a day <= 5%: {held['rolled_back']:.1%} held at 5% all day, "
+        f"{walk['rolled_back']:.1%} walking to promotion"
+    )
+    print(f"  3x cost per run rolled back within 10 candidate runs (median): {costly['runs_p50']:.0f}")
     print(f"took {time.perf_counter() - started:.0f} s")
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 from scipy.stats import mannwhitneyu, nchypergeom_fisher
 
 from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, merged
 from agentopz_otel.extensions.canary_analysis.engine import RolloutAnalysis, VersionSample
+from agentopz_otel.extensions.canary_analysis.sources import _bucket_values, _quote, _regex_escape
 from agentopz_otel.extensions.canary_analysis.statistics import (
     RankLooks,
     RateEvidence,
@@ -198,3 +200,19 @@ def test_analysis_config_merges_over_defaults_guard_by_guard() -> None:
         merged(AnalysisConfig(), {"quality": {"tolerance": 2.0, "detect_ratio": 1.5}})
     with pytest.raises(ValueError, match="invalid analysis: speed: Extra inputs are not permitted"):
         merged(AnalysisConfig(), {"speed": 1})
+
+
+def test_histogram_buckets_become_values_at_their_midpoints() -> None:
+    cumulative = Counter({0.01: 2.0, 0.1: 5.0, 1.0: 5.0, math.inf: 6.0})
+    assert _bucket_values(cumulative, max_samples=100) == pytest.approx([0.005, 0.005, *[math.sqrt(0.001)] * 3, 2.0])
+    # Over the bound: the same proportions, fewer values.
+    many = Counter({0.01: 1000.0, 0.1: 3000.0, math.inf: 4000.0})
+    values = _bucket_values(many, max_samples=40)
+    assert (values.count(0.005), values.count(math.sqrt(0.001)), values.count(0.2)) == (10, 20, 10)
+    assert _bucket_values(Counter(), max_samples=10) == []
+
+
+def test_promql_label_values_are_escaped() -> None:
+    assert _quote('a"b\\c') == '"a\\"b\\\\c"'
+    # A regex metacharacter is escaped for the regex, then the backslash for the string literal.
+    assert _quote(_regex_escape("v1.2|x")) == '"v1\\\\.2\\\\|x"'

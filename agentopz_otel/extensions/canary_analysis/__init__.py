@@ -31,7 +31,6 @@ log = logging.getLogger("agentopz_otel.canary_analysis")
 VERDICTS = ("pass", "fail", "inconclusive")
 ACTOR = "canary_analysis"
 ACTOR_KIND = "analysis"
-ACTIVE = ("progressing", "paused")
 
 
 class CanaryAnalysisExtension:
@@ -127,7 +126,7 @@ class CanaryAnalysisExtension:
 
     def _on_rollout(self, rollout: Rollout) -> None:
         """Start counting a rollout's runs the moment it starts, not at the next look."""
-        if isinstance(self.source, LocalRuns) and rollout.state in ACTIVE:
+        if isinstance(self.source, LocalRuns) and rollout.active:
             self.source.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate))
 
     async def _loop(self) -> None:
@@ -141,7 +140,7 @@ class CanaryAnalysisExtension:
     async def look(self) -> None:
         """One look at every active rollout (the loop calls this every interval)."""
         assert self._rollouts is not None
-        active = [rollout for rollout in self._rollouts.active() if rollout.state in ACTIVE]
+        active = self._rollouts.active()
         if isinstance(self.source, LocalRuns):
             self.source.untrack_except({rollout.agent for rollout in active})
         live = {rollout.id for rollout in active}
@@ -217,7 +216,7 @@ class CanaryAnalysisExtension:
         self._last_decision.series((rollout.agent,)).value = time.time()
         status = self._status.get(rollout.agent)
         if status is not None:
-            status.update(decision=decision, decision_reason=reason, decided_at=time.time(), state=after.state)
+            status.update(decision=decision, decision_reason=reason, decided_at=time.time())
         log.info(
             "canary analysis: %s %s (%s -> %s): %s", decision, rollout.agent, rollout.candidate, after.state, reason
         )

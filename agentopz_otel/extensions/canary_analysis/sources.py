@@ -7,6 +7,7 @@ analysed as one; its cost and duration values come from the histograms at bucket
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -118,7 +119,7 @@ class PrometheusRuns:
         try:
             async with self._session.get(url, params={"query": query, "time": f"{at:.3f}"}) as response:
                 body = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
             raise SourceError(f"prometheus {self._config.url}: {type(error).__name__}: {error}") from None
         if response.status != 200 or not isinstance(body, dict) or body.get("status") != "success":
             detail = body.get("error") if isinstance(body, dict) else None
