@@ -49,16 +49,16 @@ slos:
 """
 
 
-def console_body(tmp_path: Path, **console) -> str:
+def console_body(tmp_path: Path, analysis: bool = False, **console) -> str:
     slo_file = tmp_path / "slos.yaml"
     slo_file.write_text(SLOS)
+    extensions = {"storage": {"path": str(tmp_path / "state.sqlite")}, "rollouts": {}}
+    if analysis:
+        extensions["canary_analysis"] = {"interval_seconds": 0.5}
+    extensions["console"] = {"trace_url_template": TRACE_URL, "slo_file": str(slo_file), **console}
     return service_body(
         runs={"grace_seconds": 0.3, "tick_seconds": 0.1, "root_wait_seconds": 0.5, "abandon_after_seconds": 30},
-        extensions={
-            "storage": {"path": str(tmp_path / "state.sqlite")},
-            "rollouts": {},
-            "console": {"trace_url_template": TRACE_URL, "slo_file": str(slo_file), **console},
-        },
+        extensions=extensions,
         service={"admin": {"endpoint": "127.0.0.1:@ADMIN_PORT@", "auth": {"token": TOKEN}}},
     )
 
@@ -125,7 +125,7 @@ def metric_mean_cost(service: RunningService, **labels: str) -> float:
 
 
 def test_pages_show_the_metrics_figures_and_a_rollback_needs_the_token(start_service, tmp_path, chromium):
-    service = start_service(console_body(tmp_path, show_content=True))
+    service = start_service(console_body(tmp_path, analysis=True, show_content=True))
     admin = Admin(service.admin_url, token=TOKEN, actor="ci")
     admin.define("support-bot", VERSIONS, "v1")
     admin.start("support-bot", "v2", [5, 25, 50, 100], reason="new tone")
@@ -177,8 +177,20 @@ def test_pages_show_the_metrics_figures_and_a_rollback_needs_the_token(start_ser
     assert re.fullmatch(r"http://tempo\.example/explore\?traceId=[0-9a-f]{32}", link.get_attribute("href"))
 
     # Read-only by default: the roll-back button is refused without the token.
+    time.sleep(1)  # the canary analysis looks every half second
     page.goto(base + "/rollouts")
     shot(page, "rollouts")
+    analysis = page.locator("#agent-support-bot")
+    assert "Runs seen: v1 6, v2 2" in analysis.inner_text()
+    guards = analysis.locator("table.guards tbody tr td:first-child").all_inner_texts()
+    verdicts = analysis.locator("table.guards tbody tr td:nth-child(2)").all_inner_texts()
+    # Two candidate runs decide nothing yet; no candidate run broke a hard limit.
+    assert dict(zip(guards, verdicts, strict=True)) == {
+        "quality": "inconclusive",
+        "cost": "inconclusive",
+        "duration": "inconclusive",
+        "hard_limits": "pass",
+    }
     page.on("dialog", lambda dialog: dialog.accept())
     page.click("#agent-support-bot button[data-action=rollback]")
     assert "Not signed in" in page.locator("h1").inner_text()
@@ -207,7 +219,7 @@ def test_pages_show_the_metrics_figures_and_a_rollback_needs_the_token(start_ser
     page.wait_for_url(re.compile(r".*/rollouts\?done=rollback:support-bot"))
     shot(page, "rolled-back")
     assert "Done: roll back support-bot." in page.locator(".notice").inner_text()
-    assert "rolled_back" in page.locator("#agent-support-bot .badge").inner_text()
+    assert page.locator("#agent-support-bot .badge.s-rolled_back").inner_text() == "rolled_back"
     newest = page.locator("table.audit tbody tr").first.inner_text()
     assert "rollback" in newest and "Dana (user)" in newest
     for key in ("conversation-1", "conversation-2", "conversation-3"):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 from rollouts import Admin, rollouts_body
 
 from agentopz_otel.admin_auth import ADMIN_AUTH, AdminAuth, require_admin
+from agentopz_otel.cli import main
 from agentopz_otel.extensions.rollouts.split import split_variant
 
 VERSIONS = {"v1": {"prompt": "support-v1"}, "v2": {"prompt": "support-v2"}, "v3": {"prompt": "support-v3"}}
@@ -344,24 +343,18 @@ def test_concurrent_commands_are_serialized_and_a_repeated_rollback_is_one(start
     assert [e["action"] for e in entries] == ["rollback", "start", "define"]
 
 
-def _cli(service, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agentopz_otel", *args, "--url", service.admin_url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
-
-
-def test_cli_rolls_out_rolls_back_and_exports(start_service, storage, tmp_path, monkeypatch):
+def test_cli_rolls_out_rolls_back_and_exports(start_service, storage, tmp_path, monkeypatch, capsys):
     service = start_service(rollouts_body(storage, admin_token="cli-secret"))
     token_file = tmp_path / "token"
     token_file.write_text("cli-secret\n")
     auth = ["--token-file", str(token_file), "--actor", "carol"]
 
-    define = _cli(
-        service,
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main([*args, "--url", service.admin_url])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = cli(
         "agent",
         "define",
         "support-bot",
@@ -373,50 +366,48 @@ def test_cli_rolls_out_rolls_back_and_exports(start_service, storage, tmp_path, 
         "v1",
         *auth,
     )
-    assert define.returncode == 0, define.stderr
-    assert "support-bot: none, serving 'v1' to all" in define.stdout
-    denied = _cli(service, "rollout", "start", "support-bot", "--candidate", "v2")
-    assert denied.returncode == 1
-    assert "admin token" in denied.stderr and "--token-file" in denied.stderr
-    started = _cli(service, "rollout", "start", "support-bot", "--candidate", "v2", "--steps", "5,50,100", *auth)
-    assert started.returncode == 0, started.stderr
-    assert "support-bot: progressing, v1 95% / v2 5% (step 1 of 5,50,100" in started.stdout
-    bad = _cli(service, "rollout", "start", "support-bot", "--candidate", "v2", "--steps", "5,50", *auth)
-    assert bad.returncode == 1
-    assert "already has a rollout in progress" in bad.stderr
-    unknown = _cli(service, "rollout", "rollback", "nobody", *auth)
-    assert (unknown.returncode, unknown.stderr.strip()) == (
+    assert (code, out) == (0, "support-bot: none, serving 'v1' to all; versions: v1, v2\n")
+    code, _, err = cli("rollout", "start", "support-bot", "--candidate", "v2")
+    assert code == 1
+    assert "admin token" in err and "--token-file" in err
+    code, out, _ = cli("rollout", "start", "support-bot", "--candidate", "v2", "--steps", "5,50,100", *auth)
+    assert code == 0
+    assert out.startswith("support-bot: progressing, v1 95% / v2 5% (step 1 of 5,50,100, since ")
+    code, _, err = cli("rollout", "start", "support-bot", "--candidate", "v2", "--steps", "5,50", *auth)
+    assert code == 1
+    assert "already has a rollout in progress" in err
+    assert cli("rollout", "rollback", "nobody", *auth)[1:] == (
+        "",
+        "agentopz-otel: unknown agent 'nobody': define it first (agentopz-otel agent define)\n",
+    )
+    code, _, err = cli("agent", "define", "x", "--version", "v1={oops", "--baseline", "v1", *auth)
+    assert (code, err) == (
         1,
-        "agentopz-otel: unknown agent 'nobody': define it first (agentopz-otel agent define)",
+        "agentopz-otel: --version v1: the value after '=' is not JSON (Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1)); quote strings\n",
     )
 
     exported = tmp_path / "flags.json"
-    assert _cli(service, "flags", "export", "-o", str(exported)).returncode == 0
+    assert cli("flags", "export", "-o", str(exported))[0] == 0
     assert json.loads(exported.read_text())["flags"]["support-bot"]["targeting"] == {
         "fractional": [["v2", 5], ["v1", 95]]
     }
 
     monkeypatch.setenv("AGENTOPZ_ADMIN_TOKEN", "cli-secret")
-    import os
-
-    rolled_back = _cli(
-        service, "rollout", "rollback", "support-bot", "--reason", "quality", "--actor", "carol", env=dict(os.environ)
+    monkeypatch.setenv("USER", "dave")
+    code, out, _ = cli("rollout", "rollback", "support-bot", "--reason", "quality")
+    assert (code, out) == (
+        0,
+        "support-bot: rolled_back, serving 'v1' to all; last rollout v1 -> v2 rolled_back; versions: v1, v2\n",
     )
-    assert rolled_back.returncode == 0, rolled_back.stderr
-    assert "support-bot: rolled_back, serving 'v1' to all; last rollout v1 -> v2 rolled_back" in rolled_back.stdout
-    disabled = _cli(service, "agent", "disable", "support-bot", "--reason", "incident", env=dict(os.environ))
-    assert "support-bot: disabled, clients use their code default" in disabled.stdout
-    history = _cli(service, "rollout", "history", "support-bot")
-    lines = history.stdout.splitlines()
+    code, out, _ = cli("agent", "disable", "support-bot", "--reason", "incident")
+    assert out.startswith("support-bot: disabled, clients use their code default")
+    lines = cli("rollout", "history", "support-bot")[1].splitlines()
     assert len(lines) == 4
-    assert 'support-bot  rollback  by carol (user)  progressing 5% -> rolled_back 0% "quality"' in lines[1]
-    assert "support-bot  define  by carol (user)  - -> baseline v1" in lines[3]
-    status = _cli(service, "rollout", "status")
-    assert status.stdout.startswith("support-bot: disabled")
-    down = subprocess.run(
-        [sys.executable, "-m", "agentopz_otel", "rollout", "status", "--url", "http://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert down.returncode == 1 and "cannot reach the service at http://127.0.0.1:9" in down.stderr
+    assert lines[0].endswith('  support-bot  disable  by dave (user)  baseline v1 -> baseline v1 disabled "incident"')
+    assert lines[1].endswith('  support-bot  rollback  by dave (user)  progressing 5% -> rolled_back 0% "quality"')
+    assert lines[3].endswith("  support-bot  define  by carol (user)  - -> baseline v1")
+    assert cli("rollout", "status")[1].startswith("support-bot: disabled")
+    code = main(["rollout", "status", "--url", "http://127.0.0.1:9"])
+    assert code == 1
+    assert "cannot reach the service at http://127.0.0.1:9" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ...admin_auth import ADMIN_AUTH, is_loopback, token_matches
+from ..canary_analysis import CanaryAnalysisExtension
 from ..rollouts import ACTIVE_STATES, RolloutError, RolloutsExtension
 from . import pages
 from .pages import html_response as _html
@@ -163,7 +164,17 @@ class ConsoleActions:
         flags = rollouts.agents()
         current = {flag.agent: rollouts.rollout(flag.agent) for flag in flags}
         history = rollouts.history(limit=100)
-        return _html(pages.rollouts_page(page, flags, current, history))
+        analyses = [
+            ext for ext in self._console._context.extensions.values() if isinstance(ext, CanaryAnalysisExtension)
+        ]
+        verdicts = {
+            agent: status
+            for agent, rollout in current.items()
+            if rollout is not None
+            for analysis in analyses
+            if (status := analysis.status(rollout)) is not None
+        }
+        return _html(pages.rollouts_page(page, flags, current, history, verdicts))
 
     async def _act(self, request: web.Request) -> web.StreamResponse:
         _check_origin(request, self._allowed_hosts)

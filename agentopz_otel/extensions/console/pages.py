@@ -473,6 +473,8 @@ def _compact(value: Any, depth: int = 0) -> str:
         return escape(", ".join(str(item) for item in value[:40]))
     if isinstance(value, float):
         return escape(f"{value:.4g}")
+    if value is None:
+        return "-"
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return escape(text if len(text) <= 400 else text[:400] + "…")
 
@@ -496,7 +498,40 @@ def _weights(rollout: Any) -> str:
     )
 
 
-def rollouts_page(page: PageContext, flags: Sequence[Any], current: dict[str, Any], history: Sequence[Any]) -> str:
+def _analysis(status: dict[str, Any], page: PageContext) -> str:
+    """The canary analysis's last look at a rollout: runs per version, each guard's verdict and evidence."""
+    runs = ", ".join(f"{escape(str(version))} {count}" for version, count in status.get("runs", {}).items())
+    source = escape(str(status.get("source", "")))
+    if status.get("source_error"):
+        source += f' <span class="bad">unreachable: {escape(str(status["source_error"]))}</span>'
+    rows = "".join(
+        f'<tr><td>{escape(guard)}</td><td><span class="badge v-{escape(str(result.get("verdict")))}">'
+        f'{escape(str(result.get("verdict")))}</span></td><td class="num">{_compact(result.get("statistic"))}</td>'
+        f'<td class="num">{_compact(result.get("threshold"))}</td>'
+        f"<td>{_compact(result.get('evidence') or {})}</td></tr>"
+        for guard, result in status.get("guards", {}).items()
+    )
+    decision = ""
+    if status.get("decision"):
+        decision = (
+            f"<p>Decision: <b>{escape(str(status['decision']))}</b> {escape(str(status.get('decision_reason') or ''))}"
+            f" ({escape(ago(status.get('decided_at') or 0, page.now))})</p>"
+        )
+    looked = escape(ago(status.get("looked_at") or 0, page.now))
+    return (
+        f"<p>Runs seen: {runs or 'none yet'} · source {source} · last look {looked}</p>{decision}"
+        "<table class=guards><thead><tr><th>Guard</th><th>Verdict</th><th>Statistic</th><th>Threshold</th>"
+        f"<th>Evidence</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def rollouts_page(
+    page: PageContext,
+    flags: Sequence[Any],
+    current: dict[str, Any],
+    history: Sequence[Any],
+    verdicts: dict[str, dict[str, Any]],
+) -> str:
     sections = []
     latest_evidence: dict[str, Any] = {}
     for entry in history:  # newest first
@@ -516,7 +551,12 @@ def rollouts_page(page: PageContext, flags: Sequence[Any], current: dict[str, An
         )
         state = '<span class="badge bad">disabled</span>' if flag.disabled else ""
         if rollout is not None:
-            analysis = f"<tr><th>Analysis</th><td>{_compact(rollout.analysis)}</td></tr>" if rollout.analysis else ""
+            if flag.agent in verdicts:
+                analysis = f"<tr><th>Analysis</th><td>{_analysis(verdicts[flag.agent], page)}</td></tr>"
+            elif rollout.analysis:
+                analysis = f"<tr><th>Guards</th><td>{_compact(rollout.analysis)}</td></tr>"
+            else:
+                analysis = ""
             evidence_entry = latest_evidence.get(flag.agent)
             evidence = (
                 f"<tr><th>Latest verdict</th><td>{escape(evidence_entry.action)} by {escape(evidence_entry.actor)} "
