@@ -634,3 +634,14 @@ def test_remembered_span_ids_are_bounded_oldest_finished_trace_first(start_servi
     # The first trace's call was forgotten, so it counts again (with its own, abandoned, run).
     assert service.wait_for("agentopz_llm_calls_total", 3) == 3
     assert service.value("agentopz_llm_calls_total", agent="second") == 1
+
+
+def test_the_built_in_default_config_assembles_runs(start_service):
+    service = start_service(None)  # no --config: agentopz_otel/default_config.yaml
+    with tracer("grpc", service.grpc_endpoint, service="default-svc") as t:
+        failing_run(t, "support", lambda: emit_chat(t, error_type="429"))
+    labels = {"service": "default-svc", "agent": "support", "prompt_version": "unknown"}
+    # The default grace period is 5 s after the root arrived.
+    assert service.wait_for("agentopz_runs_total", 1, outcome="llm_error", **labels) == 1
+    assert service.value("agentopz_runs_total") == 1
+    assert service.value("agentopz_llm_calls_total", service="default-svc", agent="support", status="rate_limited") == 1
