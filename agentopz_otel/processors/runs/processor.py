@@ -15,6 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from sys import intern
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
@@ -70,7 +71,7 @@ class RunsConfig(BaseModel):
         default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
     )
     max_remembered_span_ids: int = Field(
-        default=1_000_000,
+        default=500_000,
         ge=0,
         description="span ids kept so a span received again (an exporter's retry) is not counted twice, over "
         "open traces and finished ones in their late window; past it the oldest finished traces are forgotten",
@@ -234,7 +235,8 @@ class RunsProcessor:
         else:
             self._traces.move_to_end(trace_id)
             trace.last_seen = now
-        self._remember(trace, span_id)
+        if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
+            self._remember(trace, span_id)
         parent_id = view.parent_span_id
         if len(trace.nodes) >= self.config.max_spans_per_trace:
             self._unassembled.series(()).value += 1
@@ -343,7 +345,11 @@ class RunsProcessor:
         view.skip_call_metrics = True
         if group.calls is None:
             group.calls = []
-        group.calls.append(call_of(view))
+        call = call_of(view)
+        # Each span brings its own copies of these strings: held calls share one.
+        group.calls.append(
+            call._replace(service=intern(call.service), provider=intern(call.provider), name=intern(call.name))
+        )
 
     def _settle(self, group: Group) -> None:
         """A run whose agent can no longer change (named by its agent span, not inside another run)

@@ -194,7 +194,7 @@ class RunMetrics:
         )
         self._steps = registry.histogram(
             "agentopz_run_steps",
-            "Steps per run: the LLM calls made in it, sub-agents' included (agent spans and graph nodes are not steps).",
+            "Steps per run: the LLM calls made in it, sub-agents' included (agent spans and graph nodes are not).",
             labels,
             RUN_COUNT_BUCKETS,
         )
