@@ -145,9 +145,10 @@ def test_pages_show_the_metrics_figures_and_a_rollback_needs_the_token(start_ser
     assert support["Cost/run"] == money(metric_mean_cost(service, agent="support-bot"))
     assert support["In flight"] == "0" == str(int(service.value("agentopz_runs_in_flight", agent="support-bot")))
     # 1 of 8 runs failed against a 90% objective (10% allowed): 12.5% > 10% spends more than the budget.
-    assert (
-        "support-success: 1 of 8 runs bad (success) in the last day, 12.5% where 10.0% is allowed" in (support["Agent"])
+    assert page.locator('tr[data-reason-for="support-bot"]').inner_text() == (
+        "support-success: 1 of 8 runs bad (success) in the last day, 12.5% where 10.0% is allowed"
     )
+    assert page.locator('tr[data-reason-for="triage-bot"]').count() == 0
     assert page.locator('tr[data-agent="support-bot"] .mark.bad').count() == 1
     assert page.locator('tr[data-agent="triage-bot"] .mark.bad').count() == 0
     assert cells(page, "triage-bot")["Runs"] == "1"

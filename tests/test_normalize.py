@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from spans import make_request, make_span
 
+from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL
 from agentopz_otel.processors.normalize import FACTORY, Normalizer
@@ -296,3 +297,33 @@ def test_a_metric_is_capped_as_a_whole_past_its_series_limit():
     }
     overflow = {labels: s.value for labels, s in registry.label_overflow.items()}
     assert overflow == {("__series__",): 2}
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        ({"gen_ai.operation.name": "invoke_agent", "input.value": "Where is order 7?"}, "Where is order 7?"),
+        ({"traceloop.span.kind": "agent", "traceloop.entity.input": '"Refund me"'}, "Refund me"),
+        (
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.input.messages": '[{"role": "system", "parts": [{"type": "text", "content": "Be brief"}]},'
+                ' {"role": "user", "parts": [{"type": "text", "content": "Cancel my plan"}]}]',
+            },
+            "Cancel my plan",
+        ),
+        (
+            {
+                "openinference.span.kind": "LLM",
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": "Hi there",
+            },
+            "Hi there",
+        ),
+        ({"gen_ai.operation.name": "chat", "ai.prompt": '{"system": "S", "prompt": "Summarise"}'}, "Summarise"),
+        ({"gen_ai.operation.name": "execute_tool", "input.value": "{}"}, None),  # tools carry no run input
+    ],
+)
+def test_the_start_of_a_run_input_comes_from_each_dialect(normalizer, attrs, expected):
+    view = view_of(normalizer, attrs)
+    assert (input_text(view.input) if view.input is not None else None) == expected

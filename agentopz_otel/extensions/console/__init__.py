@@ -32,7 +32,8 @@ from .figures import agent_figures, agent_status, window_detail
 from .history import WINDOWS, RunHistory
 from .pages import html_response
 
-STATIC = resources.files(__package__) / "static"
+PACKAGE = resources.files(__package__)
+STATIC = PACKAGE / "static"
 DEFAULT_WINDOW = "1h"
 MAX_PENDING_BATCHES = 10_000  # finished-run batches waiting for the worker (drained every second)
 
@@ -232,7 +233,8 @@ class ConsoleExtension:
     # -- runbooks ------------------------------------------------------------------------------
 
     def _runbook_files(self) -> dict[str, Any]:
-        folder: Any = self._runbooks_dir or resources.files("agentopz_otel") / "runbooks"
+        # The shipped runbooks: docs/runbooks/, linked into the package so a wheel carries them.
+        folder: Any = self._runbooks_dir or PACKAGE / "runbooks"
         found = {}
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for item in folder.iterdir():

@@ -20,6 +20,19 @@ from .figures import AgentStatus, Figures, calls_table
 from .history import WINDOWS, Detail, RunEntry
 
 NAV = (("fleet", "/", "Fleet"), ("rollouts", "/rollouts", "Rollouts"), ("runbooks", "/runbooks", "Runbooks"))
+FLEET_COLUMNS = (
+    "Agent",
+    "Runs",
+    "Runs/min",
+    "Success",
+    "Outcomes",
+    "Cost/run",
+    "p95 cost",
+    "p95 duration",
+    "In flight",
+    "Last run",
+    "SLO budget left (24 h)",
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
@@ -247,15 +260,20 @@ def fleet_page(page: PageContext, statuses: Sequence[AgentStatus], window: str) 
             for s in status.slos
             if s.budget_left is not None
         )
-        reason = "".join(f'<div class="reason">{escape(text)}</div>' for text in failing)
         rows.append(
             f'<tr class="{"failing" if failing else ""}" data-agent="{escape(agent.name)}">'
-            f'<td>{mark} <a href="{escape(agent_href(agent.name))}">{escape(agent.name)}</a>{reason}</td>'
+            f'<td>{mark} <a href="{escape(agent_href(agent.name))}">{escape(agent.name)}</a></td>'
             f"{_figure_cells(status.figures)}"
             f'<td class="num">{flight}</td>'
             f'<td class="num">{escape(ago(agent.last_finished_at, page.now))}</td>'
             f'<td class="num">{budgets or "-"}</td></tr>'
         )
+        if failing:
+            reasons = "".join(f"<div>{escape(text)}</div>" for text in failing)
+            rows.append(
+                f'<tr class="failing reason" data-reason-for="{escape(agent.name)}">'
+                f'<td colspan="{len(FLEET_COLUMNS)}">{reasons}</td></tr>'
+            )
     if not rows:
         table = (
             '<p class="empty">No agent has finished a run yet. Point an OTLP exporter at this service '
@@ -269,9 +287,8 @@ def fleet_page(page: PageContext, statuses: Sequence[AgentStatus], window: str) 
             f'<span class="{"bad" if failing_count else "ok"}">{failing_count} failing their targets</span></p>'
         )
         table = summary + (
-            '<table class="fleet"><thead><tr><th>Agent</th><th>Runs</th><th>Runs/min</th><th>Success</th>'
-            "<th>Outcomes</th><th>Cost/run</th><th>p95 cost</th><th>p95 duration</th><th>In flight</th>"
-            f"<th>Last run</th><th>SLO budget left (24 h)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f'<table class="fleet"><thead><tr>{"".join(f"<th>{name}</th>" for name in FLEET_COLUMNS)}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"
         )
     return layout(page, f"<h1>Fleet</h1>{window_picker(window, '/')}{_coverage(page, window)}{table}")
 
