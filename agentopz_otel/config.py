@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .components import ComponentKind, Factory, component_type, factories
+from .httpserver import HttpServerConfig
 from .metrics import CardinalityConfig
 from .netaddr import Endpoint
 
@@ -28,9 +29,7 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key and the reason."""
 
 
-class AdminConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AdminConfig(HttpServerConfig):
     endpoint: Endpoint = "127.0.0.1:9464"
 
 

@@ -17,9 +17,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from .components import Context
 from .config import ComponentConfig, Config
 from .exporters.prometheus import metrics_handler
+from .httpserver import ConnectionGuard, serve
 from .metrics import Registry
 from .model import Batch
-from .netaddr import parse_endpoint
 
 log = logging.getLogger("agentopz_otel")
 
@@ -139,16 +139,8 @@ class Service:
                 raise ValueError(f"two components serve {path} on the admin port; configure only one")
             paths.add(path)
             app.router.add_route(method, path, handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        endpoint = self.config.service.admin.endpoint
-        host, port = parse_endpoint(endpoint)
-        try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-        except OSError as error:
-            await runner.cleanup()
-            raise OSError(f"admin server: cannot listen on {endpoint}: {error.strerror}") from None
-        self._admin = runner
+        guard = ConnectionGuard("admin", self.config.service.admin, self.metrics, retry_after_seconds=5)
+        self._admin, _ = await serve(app, guard, "admin server: cannot listen")
 
     async def start(self) -> None:
         for extension in self.context.extensions.values():
