@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,15 +110,13 @@ class Service:
     def _create(self, component: ComponentConfig) -> Any:
         return component.factory.create(component.id, component.config, self.context)
 
-    def _stateful(self) -> list[Any]:
-        """Processors, then exporters, that have a start/shutdown lifecycle: processors flush into
-        exporters at shutdown, so every processor stops before any exporter."""
+    def _stateful(self, kind: str) -> list[Any]:
+        """The processors or exporters that have a start/shutdown lifecycle, each once."""
         seen: list[Any] = []
-        for kind in ("processors", "exporters"):
-            for pipeline in self.pipelines:
-                for component in getattr(pipeline, kind):
-                    if hasattr(component, "start") and all(component is not s for s in seen):
-                        seen.append(component)
+        for pipeline in self.pipelines:
+            for component in getattr(pipeline, kind):
+                if hasattr(component, "start") and all(component is not s for s in seen):
+                    seen.append(component)
         return seen
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -146,7 +145,7 @@ class Service:
         for extension in self.context.extensions.values():
             await extension.start()
         await self._start_admin()
-        for component in self._stateful():
+        for component in (*self._stateful("processors"), *self._stateful("exporters")):
             await component.start()
         for rid, receiver in self.receivers.items():
             await receiver.start(self.fanouts[rid])
@@ -165,11 +164,16 @@ class Service:
     async def shutdown(self) -> None:
         """Stop taking data, then let every stateful component flush within the shutdown timeout."""
         self._ready = False
+        deadline = time.monotonic() + self.config.service.shutdown_timeout_seconds
         for receiver in self.receivers.values():
             await receiver.shutdown()
+        # Processors flush into exporters, so they stop first; exporters then share what is left of
+        # the budget, delivering at the same time.
+        for processor in self._stateful("processors"):
+            await processor.shutdown(max(0.0, deadline - time.monotonic()))
+        remaining = max(0.0, deadline - time.monotonic())
+        await asyncio.gather(*(exporter.shutdown(remaining) for exporter in self._stateful("exporters")))
         timeout = self.config.service.shutdown_timeout_seconds
-        for component in self._stateful():
-            await component.shutdown(timeout)
         if self._admin is not None:
             await self._admin.cleanup()
         for extension in reversed(self.context.extensions.values()):

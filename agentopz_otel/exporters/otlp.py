@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -44,6 +45,9 @@ _RETRYABLE_GRPC = frozenset(
     }
 )
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+_MAX_RECONNECT_BACKOFF_MS = 2000
+_SHUTDOWN_RETRY_SECONDS = 0.5
+_SHUTDOWN_MARGIN_SECONDS = 0.5
 
 
 class QueueConfig(BaseModel):
@@ -158,7 +162,13 @@ class GrpcSender:
     def __init__(self, config: OtlpExporterConfig) -> None:
         parts = urlsplit(config.endpoint if "://" in config.endpoint else f"http://{config.endpoint}")
         target = parts.netloc
-        options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+        options = [
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            # gRPC's own reconnect backoff grows to 2 minutes; capped so a backend that is back is
+            # found within seconds, and within the shutdown budget.
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+        ]
         compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
         if parts.scheme == "https":
             self._channel = grpc.aio.secure_channel(
@@ -168,11 +178,13 @@ class GrpcSender:
             self._channel = grpc.aio.insecure_channel(target, options=options, compression=compression)
         self._methods = {signal.name: self._channel.unary_unary(signal.grpc_method) for signal in (TRACES, LOGS)}
         self._metadata = tuple((key.lower(), value) for key, value in config.headers.items())
-        self._timeout = config.timeout_seconds
 
-    async def send(self, signal: Signal, body: bytes) -> SendResult:
+    async def send(self, signal: Signal, body: bytes, timeout: float) -> SendResult:
         try:
-            response = await self._methods[signal.name](body, timeout=self._timeout, metadata=self._metadata)
+            # wait_for_ready: a channel that is reconnecting is waited for (up to the timeout), not failed at once.
+            response = await self._methods[signal.name](
+                body, timeout=timeout, metadata=self._metadata, wait_for_ready=True
+            )
         except grpc.aio.AioRpcError as error:
             delay = _grpc_retry_delay(error)
             code = error.code()
@@ -191,15 +203,19 @@ class HttpSender:
         self._gzip = config.compression == "gzip"
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
-    async def send(self, signal: Signal, body: bytes) -> SendResult:
+    async def send(self, signal: Signal, body: bytes, timeout: float) -> SendResult:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession()
         payload = gzip.compress(body, compresslevel=5) if self._gzip else body
         try:
-            async with self._session.post(self._base + signal.http_path, data=payload, headers=self._headers) as reply:
+            async with self._session.post(
+                self._base + signal.http_path,
+                data=payload,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as reply:
                 content = await reply.read()
                 if reply.status == 200:
                     return _partial(signal, content)
@@ -232,6 +248,8 @@ class DeliveryQueue:
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._stopping = False
+        self._deadline = math.inf  # set at shutdown: deliveries retry until then
+        self._undelivered = 0  # given up on at the shutdown deadline, reported once
         self._failing = False
         label = (exporter_id,)
         unit = signal.unit
@@ -303,8 +321,7 @@ class DeliveryQueue:
                 try:
                     await self._deliver(body, count)
                 except asyncio.CancelledError:
-                    self._failed.value += count
-                    log.warning("%s: %d %s in delivery at shutdown, not delivered", self.id, count, self.signal.unit)
+                    self._undelivered += count
                     raise
                 except Exception:
                     self._failed.value += count
@@ -314,12 +331,17 @@ class DeliveryQueue:
                     self._queued.value = self._held
 
     async def _deliver(self, body: bytes, count: int) -> None:
+        """Send one batch, retrying what OTLP calls retryable; at shutdown, retry until the deadline."""
         retry = self._config.retry
         started = time.monotonic()
         backoff = retry.initial_interval_seconds
         while True:
+            timeout = min(self._config.timeout_seconds, self._deadline - time.monotonic())
+            if timeout <= 0:
+                self._undelivered += count
+                return
             assert self._sender is not None
-            result = await self._sender.send(self.signal, body)
+            result = await self._sender.send(self.signal, body, timeout)
             if result.ok:
                 self._sent.value += count - result.rejected
                 self._failed.value += result.rejected
@@ -331,20 +353,32 @@ class DeliveryQueue:
                     log.info("%s: backend reachable again", self.id)
                     self._failing = False
                 return
+            retrying = result.retryable and retry.enabled
             if not self._failing:
-                retrying = result.retryable and retry.enabled
                 log.warning(
-                    "%s: export failed (%s); %s", self.id, result.message, "retrying" if retrying else "dropping"
+                    "%s: export failed (%s); %s",
+                    self.id,
+                    result.message,
+                    "retrying" if retrying else "not retryable, dropping (later failures are counted, not logged)",
                 )
                 self._failing = True
+            if not retrying:
+                self._failed.value += count
+                return
             delay = result.retry_after if result.retry_after is not None else backoff * random.uniform(0.8, 1.2)
             backoff = min(backoff * 1.5, retry.max_interval_seconds)
-            out_of_time = retry.max_elapsed_seconds and time.monotonic() - started + delay > retry.max_elapsed_seconds
-            if not (result.retryable and retry.enabled) or out_of_time or self._stopping:
+            if retry.max_elapsed_seconds and time.monotonic() - started + delay > retry.max_elapsed_seconds:
                 self._failed.value += count
-                log.warning("%s: dropped %d %s after %s", self.id, count, self.signal.unit, result.message)
+                log.warning("%s: dropped %d %s after retrying: %s", self.id, count, self.signal.unit, result.message)
                 return
-            # A stop request ends the wait early; the next attempt is then the last.
+            if self._stopping:
+                # Inside the shutdown budget our own backoff shrinks to fit; a backend's retry advice must fit.
+                if result.retry_after is None:
+                    delay = min(delay, _SHUTDOWN_RETRY_SECONDS)
+                if delay >= self._deadline - time.monotonic():
+                    self._undelivered += count
+                    return
+            # A stop request ends the wait early, so held data is retried at once when shutdown starts.
             self._stop_requested.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
@@ -354,22 +388,31 @@ class DeliveryQueue:
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._config.senders)]
 
     async def shutdown(self, timeout: float) -> None:
-        """Flush what is held; whatever cannot be delivered within `timeout` is counted as failed."""
+        """Deliver what is held, retrying within `timeout`; what is left at the deadline is counted and logged once."""
+        self._deadline = time.monotonic() + timeout
         self._stopping = True
         self._wake.set()
         self._stop_requested.set()
         if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            # Workers give up by themselves at the deadline; the margin covers a send that overruns it.
+            _, pending = await asyncio.wait(self._workers, timeout=timeout + _SHUTDOWN_MARGIN_SECONDS)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         # Cancelled deliveries released their items from _held; what is left is still queued.
-        if self._held:
-            self._failed.value += self._held
-            log.warning("%s: %d %s not delivered before shutdown", self.id, self._held, self.signal.unit)
-            self._queue.clear()
-            self._held = self._waiting = 0
-            self._queued.value = 0
+        undelivered = self._undelivered + self._held
+        if undelivered:
+            self._failed.value += undelivered
+            log.warning(
+                "%s: %d %s not delivered within the shutdown timeout (%.1f s left of it)",
+                self.id,
+                undelivered,
+                self.signal.unit,
+                timeout,
+            )
+        self._queue.clear()
+        self._held = self._waiting = self._undelivered = 0
+        self._queued.value = 0
 
 
 class OtlpExporter:
