@@ -11,10 +11,11 @@ reach pipeline data only through the narrow interfaces on `Context` (the finishe
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from pydantic import BaseModel
@@ -60,6 +61,13 @@ class Extension(Protocol):
     async def start(self) -> None: ...
 
     async def shutdown(self, timeout: float) -> None: ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What a storage extension offers pipeline components, which never import extensions."""
+
+    def connect(self, client: str) -> sqlite3.Connection: ...
 
 
 class RunFeed:

@@ -192,10 +192,11 @@ SINKS = {"grpc": GrpcSink, "http/protobuf": HttpSink}
 # -- config -------------------------------------------------------------------------------------
 
 
-def config_body(downstream: dict, shutdown_timeout: float = 10.0) -> str:
-    """A start_service body: the usual pipeline plus an `otlp/downstream` exporter configured by `downstream`."""
+def config_body(downstream: dict, shutdown_timeout: float = 10.0, **more) -> str:
+    """A start_service body: the usual pipeline plus an `otlp/downstream` exporter configured by
+    `downstream`; `more` goes to service_body (runs, extensions)."""
     return service_body(
-        exporters={"otlp/downstream": downstream}, service={"shutdown_timeout_seconds": shutdown_timeout}
+        exporters={"otlp/downstream": downstream}, service={"shutdown_timeout_seconds": shutdown_timeout}, **more
     )
 
 

@@ -26,11 +26,12 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from ..components import Context, Factory
+from ..components import Context, Factory, Storage
 from ..metrics import Registry
 from ..model import Batch
+from .stored_queue import StoredQueue
 
 log = logging.getLogger("agentopz_otel.exporter.otlp")
 
@@ -57,6 +58,10 @@ class QueueConfig(BaseModel):
     when_full: Literal["reject", "drop"] = Field(
         default="reject",
         description="reject: refuse new data with 503/UNAVAILABLE so senders retry; drop: accept, count, drop",
+    )
+    storage: str | None = Field(
+        default=None,
+        description="id of a storage extension: the queue survives restarts and crashes; unset: in memory",
     )
 
 
@@ -92,7 +97,10 @@ class OtlpExporterConfig(BaseModel):
     timeout_seconds: float = Field(default=10.0, gt=0)
     senders: int = Field(default=2, ge=1, le=32)
     batch: BatchConfig = Field(default_factory=BatchConfig)
-    queue: QueueConfig = Field(default_factory=QueueConfig)
+    # `queue` is the key's earlier name, still accepted.
+    sending_queue: QueueConfig = Field(
+        default_factory=QueueConfig, validation_alias=AliasChoices("sending_queue", "queue")
+    )
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
 
@@ -241,7 +249,8 @@ class DeliveryQueue:
         self.signal = signal
         self._config = config
         self._sender: Sender | None = None
-        self._queue: deque[tuple[bytes, int]] = deque()
+        self._store: StoredQueue | None = None
+        self._queue: deque[tuple[bytes, int, int]] = deque()  # body, items, row in the store (0: none)
         self._held = 0  # queued plus in delivery: what the queue bound applies to
         self._waiting = 0  # queued, not yet taken by a sender
         self._wake = asyncio.Event()
@@ -249,7 +258,7 @@ class DeliveryQueue:
         self._workers: list[asyncio.Task] = []
         self._stopping = False
         self._deadline = math.inf  # set at shutdown: deliveries retry until then
-        self._undelivered = 0  # given up on at the shutdown deadline, reported once
+        self._undelivered = 0  # left at the shutdown deadline, reported once
         self._failing = False
         label = (exporter_id,)
         unit = signal.unit
@@ -268,23 +277,29 @@ class DeliveryQueue:
 
     def retry_after(self, count: int) -> float | None:
         # A request larger than the whole queue would never fit: put() counts it as failed instead.
-        max_spans = self._config.queue.max_spans
-        if self._config.queue.when_full == "drop" or count > max_spans or self._held + count <= max_spans:
+        max_spans = self._config.sending_queue.max_spans
+        if self._config.sending_queue.when_full == "drop" or count > max_spans or self._held + count <= max_spans:
             return None
         return self._config.retry.initial_interval_seconds
 
     def put(self, body: bytes, count: int) -> None:
-        if self._stopping or self._held + count > self._config.queue.max_spans:
+        if self._stopping or self._held + count > self._config.sending_queue.max_spans:
             self._failed.value += count
             return
-        self._queue.append((body, count))
+        # Stored before the receiver answers, so what it acknowledged survives a crash.
+        row = self._store.append(body, count) if self._store is not None else 0
+        self._enqueue(body, count, row)
+
+    def _enqueue(self, body: bytes, count: int, row: int) -> None:
+        self._queue.append((body, count, row))
         self._waiting += count
         self._held += count
         self._queued.value = self._held
         self._wake.set()
 
-    def _take(self) -> tuple[bytes, int]:
+    def _take(self) -> tuple[bytes, int, list[int]]:
         bodies = []
+        rows = []
         count = 0
         limit = self._config.batch.send_batch_max_size
         byte_limit = self._config.batch.send_batch_max_bytes
@@ -292,12 +307,14 @@ class DeliveryQueue:
         while self._queue and (
             not bodies or (count + self._queue[0][1] <= limit and size + len(self._queue[0][0]) <= byte_limit)
         ):
-            body, items = self._queue.popleft()
+            body, items, row = self._queue.popleft()
             bodies.append(body)
+            if row:
+                rows.append(row)
             count += items
             size += len(body)
         self._waiting -= count
-        return b"".join(bodies), count
+        return b"".join(bodies), count, rows
 
     async def _worker(self) -> None:
         while True:
@@ -316,30 +333,36 @@ class DeliveryQueue:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), remaining)
-            body, count = self._take()
+            body, count, rows = self._take()
             if count:
+                finished = False
                 try:
-                    await self._deliver(body, count)
-                except asyncio.CancelledError:
-                    self._undelivered += count
-                    raise
+                    finished = await self._deliver(body, count)
                 except Exception:
+                    finished = True
                     self._failed.value += count
                     log.exception("%s: delivery failed unexpectedly; dropped %d %s", self.id, count, self.signal.unit)
                 finally:
+                    if finished and rows:
+                        assert self._store is not None
+                        self._store.remove(rows)
+                    elif not finished:
+                        self._undelivered += count
                     self._held -= count
                     self._queued.value = self._held
 
-    async def _deliver(self, body: bytes, count: int) -> None:
-        """Send one batch, retrying what OTLP calls retryable; at shutdown, retry until the deadline."""
+    async def _deliver(self, body: bytes, count: int) -> bool:
+        """Send one batch, retrying what OTLP calls retryable; at shutdown, retry until the deadline.
+
+        True when the batch is done with (delivered or given up on and counted); False when the
+        shutdown deadline came first."""
         retry = self._config.retry
         started = time.monotonic()
         backoff = retry.initial_interval_seconds
         while True:
             timeout = min(self._config.timeout_seconds, self._deadline - time.monotonic())
             if timeout <= 0:
-                self._undelivered += count
-                return
+                return False
             assert self._sender is not None
             result = await self._sender.send(self.signal, body, timeout)
             if result.ok:
@@ -352,7 +375,7 @@ class DeliveryQueue:
                 if self._failing:
                     log.info("%s: backend reachable again", self.id)
                     self._failing = False
-                return
+                return True
             retrying = result.retryable and retry.enabled
             if not self._failing:
                 log.warning(
@@ -364,27 +387,33 @@ class DeliveryQueue:
                 self._failing = True
             if not retrying:
                 self._failed.value += count
-                return
+                return True
             delay = result.retry_after if result.retry_after is not None else backoff * random.uniform(0.8, 1.2)
             backoff = min(backoff * 1.5, retry.max_interval_seconds)
             if retry.max_elapsed_seconds and time.monotonic() - started + delay > retry.max_elapsed_seconds:
                 self._failed.value += count
                 log.warning("%s: dropped %d %s after retrying: %s", self.id, count, self.signal.unit, result.message)
-                return
+                return True
             if self._stopping:
                 # Inside the shutdown budget our own backoff shrinks to fit; a backend's retry advice must fit.
                 if result.retry_after is None:
                     delay = min(delay, _SHUTDOWN_RETRY_SECONDS)
                 if delay >= self._deadline - time.monotonic():
-                    self._undelivered += count
-                    return
+                    return False
             # A stop request ends the wait early, so held data is retried at once when shutdown starts.
             self._stop_requested.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
 
-    def start(self, sender: Sender) -> None:
+    def start(self, sender: Sender, storage: Storage | None) -> None:
         self._sender = sender
+        if storage is not None:
+            self._store = StoredQueue(storage.connect(self.id), self.id, self.signal.name)
+            stored = self._store.load()
+            for body, count, row in stored:
+                self._enqueue(body, count, row)
+            if stored:
+                log.info("%s: %d %s from the persistent queue to deliver", self.id, self._held, self.signal.unit)
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._config.senders)]
 
     async def shutdown(self, timeout: float) -> None:
@@ -401,7 +430,11 @@ class DeliveryQueue:
             await asyncio.gather(*pending, return_exceptions=True)
         # Cancelled deliveries released their items from _held; what is left is still queued.
         undelivered = self._undelivered + self._held
-        if undelivered:
+        if undelivered and self._store is not None:
+            log.info(
+                "%s: %d %s kept in the persistent queue for the next start", self.id, undelivered, self.signal.unit
+            )
+        elif undelivered:
             self._failed.value += undelivered
             log.warning(
                 "%s: %d %s not delivered within the shutdown timeout (%.1f s left of it)",
@@ -422,6 +455,12 @@ class OtlpExporter:
         self._sender: Sender | None = None
         self._spans = DeliveryQueue(component_id, TRACES, config, context.metrics)
         self._logs = DeliveryQueue(component_id, LOGS, config, context.metrics)
+        storage_id = config.sending_queue.storage
+        self._storage: Storage | None = (
+            context.extension(storage_id, Storage, f"exporter {component_id}: sending_queue.storage")
+            if storage_id is not None
+            else None
+        )
 
     def retry_after(self, span_count: int) -> float | None:
         return self._spans.retry_after(span_count)
@@ -436,8 +475,8 @@ class OtlpExporter:
     async def start(self) -> None:
         # Created here, inside the running event loop, which grpc.aio channels bind to.
         self._sender = GrpcSender(self._config) if self._config.protocol == "grpc" else HttpSender(self._config)
-        self._spans.start(self._sender)
-        self._logs.start(self._sender)
+        self._spans.start(self._sender, self._storage)
+        self._logs.start(self._sender, self._storage)
 
     async def shutdown(self, timeout: float) -> None:
         await asyncio.gather(self._spans.shutdown(timeout), self._logs.shutdown(timeout))
