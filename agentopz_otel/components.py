@@ -44,6 +44,11 @@ class Consumer(Protocol):
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None: ...
 
+    async def flushed(self) -> bool:
+        """Wait until what was consumed is stored where it must survive a crash (persistent queues);
+        False if storing failed. The receiver acknowledges a request only after this."""
+        ...
+
 
 class Processor(Protocol):
     def process(self, batch: Batch) -> None: ...

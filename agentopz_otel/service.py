@@ -32,6 +32,7 @@ class Pipeline:
     exporters: list[Any]
 
     def __post_init__(self) -> None:
+        self._flushing = [e for e in self.exporters if hasattr(e, "flushed")]
         # Processors that emit data later (finished runs) send it on through the rest of the pipeline.
         for index, processor in enumerate(self.processors):
             if hasattr(processor, "connect"):
@@ -46,6 +47,12 @@ class Pipeline:
             processor.process(batch)
         for exporter in self.exporters:
             exporter.export(batch)
+
+    async def flushed(self) -> bool:
+        for exporter in self._flushing:
+            if not await exporter.flushed():
+                return False
+        return True
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         """Received log records feed processors that read them (evaluation results); none are forwarded."""
@@ -79,6 +86,12 @@ class FanOut:
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         for pipeline in self.pipelines:
             pipeline.consume_logs(request)
+
+    async def flushed(self) -> bool:
+        for pipeline in self.pipelines:
+            if not await pipeline.flushed():
+                return False
+        return True
 
 
 class Service:

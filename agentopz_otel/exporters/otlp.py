@@ -290,6 +290,10 @@ class DeliveryQueue:
         row = self._store.append(body, count) if self._store is not None else 0
         self._enqueue(body, count, row)
 
+    async def flushed(self) -> bool:
+        """True once what `put` took is stored (at once without a persistent queue); False if storing failed."""
+        return self._store is None or await self._store.flushed()
+
     def _enqueue(self, body: bytes, count: int, row: int) -> None:
         self._queue.append((body, count, row))
         self._waiting += count
@@ -446,6 +450,8 @@ class DeliveryQueue:
         self._queue.clear()
         self._held = self._waiting = self._undelivered = 0
         self._queued.value = 0
+        if self._store is not None:
+            await self._store.close()
 
 
 class OtlpExporter:
@@ -471,6 +477,9 @@ class OtlpExporter:
 
     def export_logs(self, request: ExportLogsServiceRequest, count: int) -> None:
         self._logs.put(request.SerializeToString(), count)
+
+    async def flushed(self) -> bool:
+        return self._storage is None or (await self._spans.flushed() and await self._logs.flushed())
 
     async def start(self) -> None:
         # Created here, inside the running event loop, which grpc.aio channels bind to.

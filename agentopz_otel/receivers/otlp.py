@@ -349,6 +349,12 @@ class OtlpReceiver:
             response.partial_success.error_message = accepted.error_message
         return response
 
+    async def _stored(self) -> None:
+        """Acknowledge only what persistent queues have stored; if storing failed, the sender retries."""
+        assert self._consumer is not None
+        if not await self._consumer.flushed():
+            raise Backpressure(self._config.retry_after_seconds)
+
     # -- gRPC ----------------------------------------------------------------------------------
 
     async def _grpc_export(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -362,6 +368,7 @@ class OtlpReceiver:
             if self._inflight_bytes > self._config.max_inflight_bytes:
                 raise Backpressure(self._config.retry_after_seconds)
             response = self._accept(signal, parse_protobuf_request(body, signal), "grpc")
+            await self._stored()
         except RequestError as error:
             self._rejected_requests.series(("grpc", "decode")).value += 1
             await context.abort(error.grpc_code, str(error))
@@ -461,6 +468,7 @@ class OtlpReceiver:
                 body = gunzip(body, self._config.max_request_bytes)
             parsed = parse_json_request(body, signal) if json_body else parse_protobuf_request(body, signal)
             response = self._accept(signal, parsed, "http")
+            await self._stored()
         except RequestError as error:
             reason = "too_large" if error.http_status == 413 else "decode"
             self._rejected_requests.series(("http", reason)).value += 1
