@@ -34,6 +34,8 @@ def runs_config(run_log, max_open: int = 1000, **extra) -> dict:
             {"agent": "spender", "max_cost_usd": 0.01},
             {"agent": "looper", "max_steps": 3},
             {"agent": "slow", "max_duration_seconds": 0.05},
+            {"agent": "steps-edge", "max_steps": 2},
+            {"agent": "cost-edge", "max_cost_usd": 0.5},
         ],
         **extra,
     }
@@ -253,6 +255,30 @@ def test_limits_give_budget_exceeded_and_timeout(runs_service):
     assert records["looper"]["limit_exceeded"] == "max_steps"
     assert records["slow"]["outcome"] == "timeout"
     assert records["within"]["outcome"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("agent", "calls", "outcome", "limit_exceeded"),
+    [
+        ("steps-edge", 2, "success", None),  # exactly max_steps: 2
+        ("steps-edge", 3, "budget_exceeded", "max_steps"),
+        ("cost-edge", 2, "success", None),  # exactly max_cost_usd: 2 x $0.25 = $0.5
+        ("cost-edge", 3, "budget_exceeded", "max_cost_usd"),
+    ],
+)
+def test_a_run_exactly_at_its_limit_is_within_it(runs_service, agent, calls, outcome, limit_exceeded):
+    service = runs_service()
+    trace_id = bytes([0x50 + calls]) * 16
+    agent_attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}
+    root = make_span(f"invoke_agent {agent}", agent_attributes, trace_id=trace_id)
+    # A model the catalogue does not know with the cost the span reports: exact binary fractions.
+    reported = chat_attributes(model="house-model", provider="acme", **{"gen_ai.usage.cost": 0.25})
+    chats = [make_span("chat house-model", reported, trace_id=trace_id, parent=root.span_id) for _ in range(calls)]
+    send(service, [*chats, root])
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["steps"], record["outcome"]) == (agent, calls, outcome)
+    assert record["cost_usd"] == 0.25 * calls
+    assert record.get("limit_exceeded") == limit_exceeded
 
 
 def test_sub_agents_are_steps_of_the_outer_run(runs_service):
