@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .admin_auth import TokenConfig
 from .components import ComponentKind, Factory, component_type, factories
 from .httpserver import HttpServerConfig
 from .metrics import CardinalityConfig
@@ -31,6 +32,8 @@ class ConfigError(ValueError):
 
 class AdminConfig(HttpServerConfig):
     endpoint: Endpoint = "127.0.0.1:9464"
+    # The admin bearer token for mutations; without one, mutations are accepted from loopback only.
+    auth: TokenConfig | None = None
 
 
 class PipelineConfig(BaseModel):

@@ -15,12 +15,13 @@ from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from .admin_auth import ADMIN_AUTH, AdminAuth
 from .components import Context
 from .config import ComponentConfig, Config
 from .exporters.prometheus import metrics_handler
 from .httpserver import ConnectionGuard, serve
 from .metrics import Registry
-from .model import Batch
+from .model import Batch, Call
 
 log = logging.getLogger("agentopz_otel")
 
@@ -33,10 +34,11 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self._flushing = [e for e in self.exporters if hasattr(e, "flushed")]
-        # Processors that emit data later (finished runs) send it on through the rest of the pipeline.
+        # Processors that emit data later (finished runs, calls whose agent was not known) send it on
+        # through the rest of the pipeline.
         for index, processor in enumerate(self.processors):
             if hasattr(processor, "connect"):
-                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs)
+                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs, self.export_calls)
 
     def retry_after(self, span_count: int) -> float | None:
         delays = [d for e in self.exporters if (d := e.retry_after(span_count)) is not None]
@@ -64,6 +66,11 @@ class Pipeline:
         for exporter in self.exporters:
             if hasattr(exporter, "export_logs"):
                 exporter.export_logs(request, count)
+
+    def export_calls(self, calls: list[tuple[Call, str]]) -> None:
+        for exporter in self.exporters:
+            if hasattr(exporter, "export_calls"):
+                exporter.export_calls(calls)
 
 
 @dataclass
@@ -99,6 +106,7 @@ class Service:
         self.config = config
         self.metrics = Registry(config.service.cardinality)
         self.context = Context(metrics=self.metrics)
+        self.admin_auth = AdminAuth.from_config(config.service.admin.auth)
         # Extensions first: pipeline components may look them up while they are created.
         for extension_id in config.service.extensions:
             self.context.extensions[extension_id] = self._create(config.extensions[extension_id])
@@ -142,14 +150,15 @@ class Service:
 
     async def _start_admin(self) -> None:
         app = web.Application()
+        app[ADMIN_AUTH] = self.admin_auth
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", metrics_handler(self.metrics))
         paths = set()
         for method, path, handler in self.context.admin_routes:
-            if path in paths:
-                raise ValueError(f"two components serve {path} on the admin port; configure only one")
-            paths.add(path)
+            if (method, path) in paths:
+                raise ValueError(f"two components serve {method} {path} on the admin port; configure only one")
+            paths.add((method, path))
             app.router.add_route(method, path, handler)
         guard = ConnectionGuard("admin", self.config.service.admin, self.metrics, retry_after_seconds=5)
         self._admin, _ = await serve(app, guard, "admin server: cannot listen")
