@@ -10,12 +10,17 @@ Exposition copies the values on the event loop (`Registry.snapshot`) and formats
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .bounded_log import BoundedLog
+
+log = logging.getLogger("agentopz_otel.metrics")
 
 OVERFLOW_VALUE = "other"
 # agentopz_label_overflow_total{label=...} values for the caps that are not one label's.
@@ -83,10 +88,23 @@ class Histogram:
         self.exemplars[index] = (trace_id, value)
 
 
+class Overflow:
+    """Where values and series sent to `other` are reported: counted in agentopz_label_overflow_total
+    by `label`, and warned about once per label and reason."""
+
+    def __init__(self, counter: Family[Counter]) -> None:
+        self.counter = counter
+        self._warnings = BoundedLog(log)
+
+    def __call__(self, label: str, message: str, *args: object) -> None:
+        self.counter.series((label,)).value += 1
+        self._warnings.warning((label, message), message, *args)
+
+
 class LabelLimiter:
     """Admits up to `limit` distinct values of one label, then maps new ones to `other`."""
 
-    def __init__(self, label: str, limit: int, max_length: int, overflow: Family[Counter]) -> None:
+    def __init__(self, label: str, limit: int, max_length: int, overflow: Overflow) -> None:
         self.label = label
         self._limit = limit
         self._max_length = max_length
@@ -96,8 +114,25 @@ class LabelLimiter:
     def admit(self, value: str) -> str:
         if value in self._seen:
             return value
-        if len(self._seen) >= self._limit or len(value) > self._max_length:
-            self._overflow.series((self.label,)).value += 1
+        if len(value) > self._max_length:
+            self._overflow(
+                self.label,
+                "label %s: values longer than service.cardinality.max_value_length (%d) are reported as 'other', "
+                "as %r was",
+                self.label,
+                self._max_length,
+                value,
+            )
+            return OVERFLOW_VALUE
+        if len(self._seen) >= self._limit:
+            self._overflow(
+                self.label,
+                "label %s reached its cap of %d distinct values (service.cardinality.limits): new values are "
+                "reported as 'other', as %r was",
+                self.label,
+                self._limit,
+                value,
+            )
             return OVERFLOW_VALUE
         self._seen.add(value)
         return value
@@ -106,10 +141,10 @@ class LabelLimiter:
 class SeriesBudget:
     """Prometheus series left for the whole registry; spent only when a series is created."""
 
-    __slots__ = ("remaining",)
+    __slots__ = ("limit", "remaining")
 
     def __init__(self, series: int) -> None:
-        self.remaining = series
+        self.limit = self.remaining = series
 
 
 def series_cost(buckets: tuple[float, ...], kind: type) -> int:
@@ -145,7 +180,7 @@ class Family(Generic[S]):
         limiters: Sequence[LabelLimiter | None],
         buckets: tuple[float, ...] = (),
         max_series: int | None = None,
-        overflow: Family[Counter] | None = None,
+        overflow: Overflow | None = None,
         budget: SeriesBudget | None = None,
     ) -> None:
         self.name = name
@@ -176,13 +211,17 @@ class Family(Generic[S]):
             # The product of the per-label caps can still be large: cap the family, then the registry.
             if len(self._by_labels) >= self._max_series:
                 cap = METRIC_CAP_LABEL
+                message = "metric %s reached service.cardinality.max_series_per_metric (%d): new series go to 'other'"
+                limit = self._max_series
             elif self._budget is not None and self._budget.remaining < self._cost:
                 cap = BUDGET_LABEL
+                message = "metric %s: all metrics reached service.cardinality.max_series (%d): new series go to 'other'"
+                limit = self._budget.limit
             else:
                 cap = None
             if cap is not None:
                 assert self._overflow is not None
-                self._overflow.series((cap,)).value += 1
+                self._overflow(cap, message, self.name, limit)
                 admitted = (OVERFLOW_VALUE,) * len(admitted)
                 series = self._by_labels.get(admitted)
         if series is None:
@@ -232,12 +271,13 @@ class Registry:
             budget=self.budget,
         )
         self.families.append(self.label_overflow)
+        self._overflow = Overflow(self.label_overflow)
 
     def _limiter(self, label: str) -> LabelLimiter:
         limiter = self._limiters.get(label)
         if limiter is None:
             limit = self.cardinality.limits.get(label, self.cardinality.default_limit)
-            limiter = LabelLimiter(label, limit, self.cardinality.max_value_length, self.label_overflow)
+            limiter = LabelLimiter(label, limit, self.cardinality.max_value_length, self._overflow)
             self._limiters[label] = limiter
         return limiter
 
@@ -249,7 +289,7 @@ class Registry:
             return existing
         limiters = [self._limiter(label) if bounded else None for label in labels]
         max_series = self.cardinality.max_series_per_metric if bounded and labels else None
-        family = Family(name, doc, labels, kind, limiters, buckets, max_series, self.label_overflow, self.budget)
+        family = Family(name, doc, labels, kind, limiters, buckets, max_series, self._overflow, self.budget)
         self.families.append(family)
         self._by_name[name] = family
         return family

@@ -9,6 +9,7 @@ from agentopz_otel.metrics import (
     Counter,
     Family,
     LabelLimiter,
+    Overflow,
     Registry,
 )
 
@@ -19,7 +20,7 @@ def overflow_counts(registry: Registry) -> dict[str, float]:
 
 def test_a_label_admits_exactly_its_cap_of_distinct_values():
     overflow: Family[Counter] = Family("overflow_total", "", ("label",), Counter, (None,))
-    limiter = LabelLimiter("agent", limit=3, max_length=10, overflow=overflow)
+    limiter = LabelLimiter("agent", limit=3, max_length=10, overflow=Overflow(overflow))
     assert [limiter.admit(value) for value in ("a", "b", "c")] == ["a", "b", "c"]
     assert not list(overflow.items())
     assert limiter.admit("d") == OVERFLOW_VALUE
@@ -31,7 +32,7 @@ def test_a_label_admits_exactly_its_cap_of_distinct_values():
 
 def test_a_label_value_of_exactly_the_maximum_length_is_kept():
     overflow: Family[Counter] = Family("overflow_total", "", ("label",), Counter, (None,))
-    limiter = LabelLimiter("model", limit=10, max_length=8, overflow=overflow)
+    limiter = LabelLimiter("model", limit=10, max_length=8, overflow=Overflow(overflow))
     assert limiter.admit("x" * 8) == "x" * 8
     assert limiter.admit("y" * 9) == OVERFLOW_VALUE
     assert {labels: s.value for labels, s in overflow.items()} == {("model",): 1}
