@@ -187,6 +187,48 @@ def model_name_requests(count: int, length: int, per_request: int = 500, first: 
         yield _request("hostile", spans).SerializeToString()
 
 
+def open_run_requests(count: int, calls: int = 4, per_request: int = 100, first: int = 0) -> Iterator[bytes]:
+    """`count` runs whose agent span never arrives, each with `calls` LLM calls and long prompts."""
+    prompt = "You are a helpful assistant. " * 40
+    for start in range(first, first + count, per_request):
+        spans = []
+        for index in range(start, min(start + per_request, first + count)):
+            trace_id = (2**110 + index).to_bytes(16, "big")
+            root = (index * 64 + 1).to_bytes(8, "big")
+            for call in range(calls):
+                attributes = llm_attributes("openai", "gpt-4o-mini", f"agent-{index % 50}")
+                attributes["gen_ai.system_instructions"] = json.dumps([{"type": "text", "content": prompt}])
+                spans.append(
+                    {
+                        "trace_id": trace_id,
+                        "span_id": (index * 64 + 2 + call).to_bytes(8, "big"),
+                        "parent": root,
+                        "name": "chat",
+                        "attributes": attributes,
+                    }
+                )
+        yield _request(f"svc-{start % 7}", spans).SerializeToString()
+
+
+def system_prompt_requests(count: int, chars: int, per_request: int = 20, first: int = 0) -> Iterator[bytes]:
+    """`count` LLM calls, each with its own system prompt of `chars` characters (one prompt version each)."""
+    for start in range(first, first + count, per_request):
+        spans = []
+        for index in range(start, min(start + per_request, first + count)):
+            attributes = llm_attributes("openai", "gpt-4o-mini", "prompted")
+            instructions = [{"type": "text", "content": padded("p", index, chars)}]
+            attributes["gen_ai.system_instructions"] = json.dumps(instructions)
+            spans.append(
+                {
+                    "trace_id": (2**120 + index).to_bytes(16, "big"),
+                    "span_id": (index + 1).to_bytes(8, "big"),
+                    "name": "chat",
+                    "attributes": attributes,
+                }
+            )
+        yield _request("prompted", spans).SerializeToString()
+
+
 @dataclass
 class LoadStats:
     acked: int = 0

@@ -135,6 +135,18 @@ def test_unknown_names_do_not_push_known_ones_out_of_the_cache():
     assert processor.pricer("openai", "gpt-4o") is known  # the same object: no second lookup
 
 
+def test_past_the_lookup_rate_a_new_name_is_priced_when_it_comes_again():
+    from agentopz_otel.processors.cost import CostConfig, CostProcessor
+
+    processor = CostProcessor(CostConfig(max_lookups_per_second=1), Registry().counter("x", "x", ("provider", "model")))
+    assert processor.pricer("acme", "mystery") is None  # the one lookup of this second
+    assert processor.pricer("openai", "gpt-4o") is None  # deferred
+    assert processor.pricer("openai", "gpt-4o-mini") is None  # deferred
+    assert processor.pricer("openai", "gpt-4o") is not None
+    assert processor.pricer("openai", "gpt-4o-mini") is not None
+    assert processor.pricer("acme", "mystery") is None  # cached
+
+
 def test_a_name_too_long_to_cache_is_warned_about_once_and_clipped(caplog):
     from agentopz_otel.processors.cost import CostConfig, CostProcessor
 

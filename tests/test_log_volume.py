@@ -48,7 +48,8 @@ def send(service, requests) -> None:
 
 def test_ten_thousand_hostile_model_names_write_a_bounded_log(service):
     offset = len(service.log())
-    names = [f"hostile-model-{index}-" + "x" * 1000 for index in range(10_000)]
+    # Long enough to be clipped and past the label's max_value_length, short enough to be looked up.
+    names = [f"hostile-model-{index}-" + "x" * 280 for index in range(10_000)]
     send(
         service,
         (
@@ -58,13 +59,15 @@ def test_ten_thousand_hostile_model_names_write_a_bounded_log(service):
     )
     assert service.wait_for("agentopz_llm_unpriced_calls_total", 10_000) == 10_000
     lines = log_lines_after(service, offset)
-    # One burst of unknown-model warnings (the rest are left out), one for the model label's value length.
+    # One burst of unknown-model warnings (the rest are left out), one for the model label's value
+    # length, one for the catalogue lookups past cost.max_lookups_per_second.
     assert len([line for line in lines if "no price for" in line]) == WARNING_BURST
     assert len([line for line in lines if "label model" in line]) == 1
-    assert len(lines) == WARNING_BURST + 1
+    assert len([line for line in lines if "max_lookups_per_second" in line]) == 1
+    assert len(lines) == WARNING_BURST + 2
     log_bytes = len("\n".join(lines).encode())
-    assert log_bytes <= (WARNING_BURST + 1) * MAX_LINE_BYTES, log_bytes
-    assert all("...[1" in line and "chars]" in line for line in lines)
+    assert log_bytes <= (WARNING_BURST + 2) * MAX_LINE_BYTES, log_bytes
+    assert all("chars]" in line for line in lines if "max_lookups" not in line)
 
 
 def test_the_same_megabyte_model_name_ten_times_is_one_short_warning(service):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -73,6 +74,11 @@ class CostConfig(BaseModel):
     overrides: list[PriceOverride] = Field(default_factory=list)
     max_cached_models: int = Field(
         default=10_000, ge=1, description="priced names kept, and as many unpriced ones; the oldest go first"
+    )
+    max_lookups_per_second: int = Field(
+        default=200,
+        ge=1,
+        description="catalogue lookups of new names; past it a new name is looked up when it comes again",
     )
 
 
@@ -168,8 +174,14 @@ class CostProcessor:
         # known ones out; either answer is one dict lookup.
         self._pricers: dict[tuple[str, str], Pricer] = {}
         self._unknown: dict[tuple[str, str], None] = {}
+        # A lookup costs ~0.3 ms: a stream of distinct names would take the CPU. Past the rate a new
+        # name waits until it comes again (hostile names rarely do; real ones always do).
+        self._deferred: dict[int, None] = {}
+        self._lookups_left = config.max_lookups_per_second
+        self._lookup_window_end = 0.0
         self._unpriced = unpriced
         self._warnings = BoundedLog(log)
+        self._rate_warning = BoundedLog(log)
 
     def pricer(self, provider: str, model: str) -> Pricer | None:
         key = (provider, model)
@@ -180,6 +192,8 @@ class CostProcessor:
         cacheable = len(model) + len(provider) <= MAX_CACHED_NAME_CHARS
         pricer = next((rates for override, rates in self._overrides if override.matches(provider, model)), None)
         if pricer is None and self._config.catalog and model and cacheable:
+            if not self._may_look_up(key):
+                return None
             pricer = catalog_pricer(provider, model)
         if pricer is None:
             self._warnings.warning(
@@ -195,6 +209,29 @@ class CostProcessor:
                 cache.pop(next(iter(cache)))
             cache[key] = pricer
         return pricer
+
+    def _may_look_up(self, key: tuple[str, str]) -> bool:
+        now = time.monotonic()
+        if now >= self._lookup_window_end:
+            self._lookup_window_end = now + 1.0
+            self._lookups_left = self._config.max_lookups_per_second
+        if self._lookups_left > 0:
+            self._lookups_left -= 1
+            return True
+        digest = hash(key)
+        if digest in self._deferred:
+            del self._deferred[digest]
+            return True  # it came again: looked up whatever the rate
+        if len(self._deferred) >= self._config.max_cached_models:
+            self._deferred.pop(next(iter(self._deferred)))
+        self._deferred[digest] = None
+        self._rate_warning.warning(
+            "max_lookups_per_second",
+            "more than cost.max_lookups_per_second (%d) new model names a second: a new name's first call is "
+            "left unpriced and it is looked up when it comes again",
+            self._config.max_lookups_per_second,
+        )
+        return False
 
     def process(self, batch: Batch) -> None:
         for view in batch.views:
