@@ -35,6 +35,7 @@ from .pages import html_response
 PACKAGE = resources.files(__package__)
 STATIC = PACKAGE / "static"
 DEFAULT_WINDOW = "1h"
+IN_FLIGHT_MAX_AGE = 1.0  # seconds a merged in-flight view is reused
 MAX_PENDING_BATCHES = 10_000  # finished-run batches waiting for the worker (drained every second)
 
 
@@ -86,6 +87,7 @@ class ConsoleExtension:
         self._pending: deque[Sequence[RunRecord]] = deque()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console")
         self._drain_task: asyncio.Task | None = None
+        self._in_flight: tuple[float, dict[str, InFlightRuns]] = (-IN_FLIGHT_MAX_AGE, {})
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
         self._runbooks_dir = Path(config.runbooks_dir) if config.runbooks_dir else None
         self.actions = ConsoleActions(self, config.session_hours, config.allowed_hosts)
@@ -142,7 +144,16 @@ class ConsoleExtension:
     # -- shared page data ----------------------------------------------------------------------
 
     def in_flight_by_agent(self) -> dict[str, InFlightRuns]:
-        """On the event loop: every runs processor's in-flight view, merged per agent."""
+        """On the event loop: every runs processor's in-flight view, merged per agent. It walks the open
+        runs as a /metrics scrape does, so it is taken at most once a second however many pages are viewed."""
+        taken_at, merged = self._in_flight
+        if time.monotonic() - taken_at < IN_FLIGHT_MAX_AGE:
+            return merged
+        merged = self._merge_in_flight()
+        self._in_flight = (time.monotonic(), merged)
+        return merged
+
+    def _merge_in_flight(self) -> dict[str, InFlightRuns]:
         label = self._context.metrics.label_value
         merged: dict[str, InFlightRuns] = {}
         for view in self._context.in_flight:

@@ -31,7 +31,7 @@ FLEET_COLUMNS = (
     "p95 duration",
     "In flight",
     "Last run",
-    "SLO budget left (24 h)",
+    "SLO budget (24 h)",
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -252,8 +252,8 @@ def fleet_page(page: PageContext, statuses: Sequence[AgentStatus], window: str) 
         flight = f"{in_flight.runs}"
         if in_flight.runs:
             flight += (
-                f' <span class="muted">max {money(in_flight.max_cost_usd)}</span> '
-                f"{trace_link(in_flight.max_cost_trace_id, page.trace_url_template, 'trace')}"
+                f'<div class="muted">max {money(in_flight.max_cost_usd)} '
+                f"{trace_link(in_flight.max_cost_trace_id, page.trace_url_template, 'trace')}</div>"
             )
         budgets = "".join(
             f"<div>{escape(s.slo.name)}: {budget_left(s.budget_left)}</div>"
