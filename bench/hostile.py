@@ -239,6 +239,40 @@ def system_prompt_requests(count: int, chars: int, per_request: int = 20, first:
         yield _request("prompted", spans).SerializeToString()
 
 
+def invalid_attribute_requests(count: int, per_request: int = 100, first: int = 0) -> Iterator[bytes]:
+    """`count` LLM calls whose token counts are unusable (text, negative, absurdly large)."""
+    bad_values = ("many", -5, 10**15, "x" * 10_000)
+    for start in range(first, first + count, per_request):
+        spans = []
+        for index in range(start, min(start + per_request, first + count)):
+            attributes = llm_attributes("openai", "gpt-4o-mini", "sloppy")
+            attributes["gen_ai.usage.input_tokens"] = bad_values[index % len(bad_values)]
+            spans.append(
+                {
+                    "trace_id": (2**124 + index).to_bytes(16, "big"),
+                    "span_id": (index + 1).to_bytes(8, "big"),
+                    "name": "chat",
+                    "attributes": attributes,
+                }
+            )
+        yield _request("sloppy", spans).SerializeToString()
+
+
+def huge_name_requests(count: int, chars: int = 2**20) -> Iterator[bytes]:
+    """`count` requests of one LLM call naming the same model of `chars` characters."""
+    model = "m" * chars
+    for index in range(count):
+        spans = [
+            {
+                "trace_id": (2**125 + index).to_bytes(16, "big"),
+                "span_id": (index + 1).to_bytes(8, "big"),
+                "name": "chat",
+                "attributes": llm_attributes("openai", model, "huge"),
+            }
+        ]
+        yield _request("huge", spans).SerializeToString()
+
+
 @dataclass
 class LoadStats:
     acked: int = 0
