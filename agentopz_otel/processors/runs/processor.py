@@ -1,0 +1,657 @@
+"""The runs processor: span intake into run assembly, and finishing runs when they are done.
+
+A run is the outermost agent span of a trace with everything beneath it; a trace with LLM calls and
+no agent span is one run of its root. How spans are grouped is in `assembly`, how an outcome is
+decided in `outcome`, where finished runs go in `publishing`, how evaluations find their run in
+`evaluations`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from sys import intern
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ...components import Context, Factory, RunFeed, Storage
+from ...metrics import Registry
+from ...model import AGENT, LLM, OTHER, STATUS_OK, TOOL, Batch, Call, SpanView, call_of
+from ..prompt_version import UNKNOWN_VERSION
+from ..quality import FinishedRun, QualityConfig, QualityEvaluator
+from .assembly import (
+    REMOTE_PARENT_FLAGS,
+    Group,
+    HeldRoot,
+    TraceState,
+    known_top_level,
+    new_group,
+    outer_run,
+    unfinished,
+)
+from .checkpoint import CheckpointConfig, RunCheckpoint, RunState
+from .evaluations import EvaluationRouter
+from .outcome import SUCCESS, RunLimit, decide_outcome
+from .publishing import (
+    RUN_COST_BUCKETS,
+    RUN_DURATION_BUCKETS,
+    RunLogConfig,
+    RunMetrics,
+    RunPublisher,
+    RunRecord,
+    add_totals,
+)
+
+log = logging.getLogger("agentopz_otel.runs")
+
+FINISH_SLICE = 200  # quiet traces handled between two yields to the event loop
+
+
+class RunsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: float = Field(default=5.0, gt=0, description="quiet time after the root arrived")
+    root_wait_seconds: float = Field(
+        default=30.0, gt=0, description="how long a finished agent span waits for a parent that may be an agent"
+    )
+    abandon_after_seconds: float = Field(
+        default=300.0, gt=0, description="quiet time after which a run whose root never came is abandoned"
+    )
+    late_window_seconds: float = Field(default=300.0, ge=0, description="how long finished runs are remembered")
+    max_open_runs: int = Field(default=100_000, ge=1)
+    max_spans_per_trace: int = Field(
+        default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
+    )
+    max_remembered_span_ids: int = Field(
+        default=500_000,
+        ge=0,
+        description="span ids kept so a span received again (an exporter's retry) is not counted twice, over "
+        "open traces and finished ones in their late window; past it the oldest finished traces are forgotten",
+    )
+    tick_seconds: float = Field(default=0.5, gt=0)
+    duration_buckets: list[float] = Field(default_factory=lambda: list(RUN_DURATION_BUCKETS))
+    cost_buckets: list[float] = Field(default_factory=lambda: list(RUN_COST_BUCKETS))
+    limits: list[RunLimit] = Field(default_factory=list)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    run_log: RunLogConfig = Field(default_factory=RunLogConfig)
+    slo_file: str | None = Field(
+        default=None, description="SLO file whose latency and cost thresholds are added as bucket boundaries"
+    )
+    checkpoint: CheckpointConfig | None = Field(
+        default=None, description="keep open runs across restarts in a storage extension; unset: a restart loses them"
+    )
+
+    @model_validator(mode="after")
+    def _slo_buckets(self) -> RunsConfig:
+        if self.slo_file:
+            from ...slo import cost_thresholds, latency_thresholds, load_spec
+
+            spec = load_spec(self.slo_file)
+            self.duration_buckets = sorted({*self.duration_buckets, *latency_thresholds(spec)})
+            self.cost_buckets = sorted({*self.cost_buckets, *cost_thresholds(spec)})
+        return self
+
+
+class RunsProcessor:
+    def __init__(
+        self,
+        component_id: str,
+        config: RunsConfig,
+        registry: Registry,
+        feed: RunFeed | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        self.id = component_id
+        self.config = config
+        self._storage = storage
+        self._checkpoint: RunCheckpoint | None = None
+        self._checkpoint_task: asyncio.Task | None = None
+        self._quality = QualityEvaluator(config.quality)
+        self._traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
+        # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
+        self._finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
+        self._tick_task: asyncio.Task | None = None
+        self._publisher = RunPublisher(config.run_log, feed)
+        self._metrics = RunMetrics(registry, config.duration_buckets, config.cost_buckets, self._open_groups)
+        self._evaluations = EvaluationRouter(
+            registry,
+            config.quality.evaluations,
+            config.max_open_runs,
+            config.abandon_after_seconds,
+            self._find_trace,
+        )
+        self._evicted = registry.counter(
+            "agentopz_evicted_runs_total",
+            "Runs dropped before finishing: the open-run cap was reached (capacity) or the service stopped (shutdown).",
+            ("reason",),
+            bounded=False,
+        )
+        self._unassembled = registry.counter(
+            "agentopz_unassembled_spans_total",
+            "Spans left out of run assembly because their trace reached runs.max_spans_per_trace.",
+        )
+        self._late = registry.counter(
+            "agentopz_late_spans_total", "Spans that arrived after their run finished (not in run metrics)."
+        )
+        self._duplicates = registry.counter(
+            "agentopz_duplicate_spans_total",
+            "Spans received again (same trace and span id) while remembered: not counted again in any metric.",
+        )
+        self._remembered = 0  # span ids in the `seen` sets of open and finished traces
+        self._emit_calls: Callable[[list[tuple[Call, str]]], None] | None = None
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def connect(
+        self,
+        emit_spans: Callable[[Batch], None],
+        emit_logs: Callable[[ExportLogsServiceRequest, int], None],
+        emit_calls: Callable[[list[tuple[Call, str]]], None] | None = None,
+    ) -> None:
+        """Where finished runs go: their root spans to the rest of the pipeline, their records to log
+        exporters; calls held until their run's agent was known go to the exporters' call metrics."""
+        self._publisher.connect(emit_spans, emit_logs)
+        self._emit_calls = emit_calls
+
+    async def start(self) -> None:
+        self._publisher.open()
+        if self._storage is not None:
+            self._checkpoint = RunCheckpoint(self._storage.connect(self.id), self.id)
+            state = self._checkpoint.load()
+            if state is not None:
+                self._traces, self._finished = state.traces, state.finished
+                traces = [*self._traces.values(), *(trace for trace, _ in self._finished.values())]
+                self._remembered = sum(len(trace.seen) for trace in traces)
+                open_runs = sum(1 for _ in self._open_groups())
+                log.info("%s: %d open runs restored from the checkpoint", self.id, open_runs)
+            self._checkpoint_task = asyncio.create_task(self._checkpointer())
+        self._tick_task = asyncio.create_task(self._ticker())
+
+    async def shutdown(self, timeout: float) -> None:
+        for task in (self._tick_task, self._checkpoint_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._checkpoint is not None:
+            # Open runs stay open: the next start picks them up where they are.
+            await self._checkpoint.save(self._state())
+            log.info("%s: %d open runs saved for the next start", self.id, sum(1 for _ in self._open_groups()))
+        else:
+            self.flush()
+        self._publisher.close()
+
+    def _state(self) -> RunState:
+        return RunState(self._traces, self._finished)
+
+    async def _checkpointer(self) -> None:
+        assert self._checkpoint is not None and self.config.checkpoint is not None
+        while True:
+            await asyncio.sleep(self.config.checkpoint.interval_seconds)
+            await self._checkpoint.save(self._state())
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_seconds)
+            try:
+                # Finish runs in slices so a burst of finished runs does not stall the receivers.
+                now = time.monotonic()
+                quiet = self._quiet_traces(now)
+                for start in range(0, len(quiet), FINISH_SLICE):
+                    self._finish_quiet(quiet[start : start + FINISH_SLICE], now)
+                    await asyncio.sleep(0)
+                self._expire(now)
+            except Exception:
+                log.exception("finishing runs failed; continuing")
+
+    def _find_trace(self, trace_id: bytes) -> TraceState | None:
+        """An open trace, or a finished one still in the late window."""
+        trace = self._traces.get(trace_id)
+        if trace is None and trace_id in self._finished:
+            trace = self._finished[trace_id][0]
+        return trace
+
+    def _open_groups(self) -> Iterator[Group]:
+        for trace in self._traces.values():
+            yield from unfinished(trace)
+
+    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Evaluation results sent as log records, matched to their run by span or response id."""
+        self._evaluations.process_logs(request)
+
+    # -- span intake ---------------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> None:
+        now = time.monotonic()
+        held: list[SpanView] = []
+        # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
+        genai = {view.trace_id for view in batch.views if view.kind != OTHER}
+        for view in batch.views:
+            if self._take(view, now, genai):
+                held.append(view)
+        if held:
+            self._hold_roots(batch, held)
+        if len(self._traces) > self.config.max_open_runs:
+            self._evict()
+
+    def _take(self, view: SpanView, now: float, genai: set[bytes]) -> bool:
+        """Account one span; True when it is a run root to hold back until the run finishes."""
+        if view.output is not None and len(view.output[1]) > self.config.quality.max_output_chars:
+            view.output = None  # too large to hold until the run ends: content checks say unknown
+        if view.evaluation_target is not None:
+            self._evaluations.evaluate_target(view)
+            return False
+        trace_id = view.trace_id
+        span_id = view.span_id
+        trace = self._traces.get(trace_id)
+        known = trace or self._finished.get(trace_id, (None,))[0]
+        if known is not None and span_id in known.seen:
+            self._duplicates.series(()).value += 1
+            view.skip_call_metrics = True
+            return False
+        if trace is None:
+            lingering = self._finished.pop(trace_id, None)
+            if lingering is not None:
+                trace = lingering[0]
+            elif trace_id not in genai:
+                return False  # a span of a trace with no GenAI work (yet): nothing to assemble
+            else:
+                trace = TraceState(trace_id, now)
+            trace.last_seen = now
+            self._traces[trace_id] = trace
+            pending = self._evaluations.take_pending(trace_id)
+            if pending:
+                view.evaluations = [*(view.evaluations or ()), *pending]
+        else:
+            self._traces.move_to_end(trace_id)
+            trace.last_seen = now
+        if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
+            self._remember(trace, span_id)
+        parent_id = view.parent_span_id
+        if len(trace.nodes) >= self.config.max_spans_per_trace:
+            self._unassembled.series(()).value += 1
+            return False
+        own = trace.node(span_id)  # children that arrived first created a group under this id
+        if own is not None and own.finished:
+            self._late_span(own, view)  # includes an agent span delivered again after its run finished
+            return False
+        if view.kind == AGENT:
+            group = own if own is not None and not own.is_run else None
+            if group is None:
+                group = new_group(trace, b"", now)
+                if own is not None:  # a run already sits under this id: cannot happen for valid traces
+                    self._merge(group, own)
+            if group.root is not None:  # a local root held below this agent goes on as it came
+                self._publisher.emit_root(group.root)
+                group.root = None
+            group.is_run = True
+            group.root_span_id = span_id
+            group.parent_id = parent_id
+            group.root_arrived = now
+            group.agent = view.agent or group.agent
+            group.named = view.agent is not None and not view.agent_is_span_name
+            group.service = view.service
+            if view.prompt_version not in (None, UNKNOWN_VERSION):  # the agent's own version beats its calls'
+                group.prompt_version = view.prompt_version
+            group.failed = view.status != STATUS_OK
+            group.start_time = view.span.start_time_unix_nano
+            group.end_time = view.end_time
+            group.last_seen = now
+            if view.output is not None:
+                group.output = view.output
+                group.output_from_agent = True
+            if view.evaluations:
+                self._evaluations.attach(group, view.evaluations)
+            trace.nodes[span_id] = group
+            self._settle(group)
+            return True
+        if parent_id:
+            group = trace.node(parent_id)
+            if group is None:
+                group = own or new_group(trace, parent_id, now)
+                group.top_parent = parent_id
+                trace.nodes[parent_id] = group
+            elif own is not None and own is not group:
+                if group.finished:
+                    self._late_span(group, view)
+                    self._close(own, group.agent)  # children that came in time belong to the finished run
+                    return False
+                self._merge(group, own)
+        else:
+            group = own or new_group(trace, b"", now)
+            group.top_parent = b""
+        if group.finished:
+            self._late_span(group, view)
+            return False
+        if view.kind != LLM:  # LLM calls have no children: keep the node map small
+            trace.nodes[span_id] = group
+        elif view.response_id:
+            self._evaluations.remember_response(view.response_id, trace_id)
+        group.add(view)
+        if view.evaluations:
+            self._evaluations.attach(group, view.evaluations)
+        group.last_seen = now
+        if view.kind == LLM or view.kind == TOOL:
+            self._hold_call(group, view)
+        remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
+        if not parent_id or (remote_parent and group.top_parent == parent_id):
+            # The trace root, or the top of this process's part of it (its parent is remote): the
+            # root of a run if the trace has no agent span.
+            group.root_span_id = span_id
+            group.failed = view.status != STATUS_OK
+            group.start_time = view.span.start_time_unix_nano
+            group.end_time = view.end_time
+            group.root_arrived = now
+            return True
+        return False
+
+    def _late_span(self, group: Group, view: SpanView) -> None:
+        self._late.series(()).value += 1
+        if group.agent_known:
+            view.agent = group.agent  # a call after its run finished counts with the finished run's agent
+        if view.evaluations:
+            self._evaluations.attach(group, view.evaluations)
+
+    def _remember(self, trace: TraceState, span_id: bytes) -> None:
+        """Keep the span's id, within the budget: the oldest finished traces make room first."""
+        if self._remembered >= self.config.max_remembered_span_ids:
+            if not self._finished:
+                return  # open traces hold the whole budget: a copy of this span would count again
+            self._forget(self._finished.popitem(last=False)[1][0])
+        trace.seen.add(span_id)
+        self._remembered += 1
+
+    def _forget(self, trace: TraceState) -> None:
+        self._remembered -= len(trace.seen)
+        trace.seen = set()
+
+    def _hold_call(self, group: Group, view: SpanView) -> None:
+        """The call metrics carry the agent of the call's run: at once when it is known, else later."""
+        if not group.agent_known:
+            self._settle(group)
+        if group.agent_known:
+            view.agent = group.agent
+            return
+        view.skip_call_metrics = True
+        if group.calls is None:
+            group.calls = []
+        call = call_of(view)
+        # Each span brings its own copies of these strings: held calls share one.
+        group.calls.append(
+            call._replace(service=intern(call.service), provider=intern(call.provider), name=intern(call.name))
+        )
+
+    def _settle(self, group: Group) -> None:
+        """A run whose agent can no longer change (named by its agent span, not inside another run)
+        releases its held calls now, and its later calls count as they come."""
+        if group.is_run and group.named and known_top_level(group):
+            group.agent_known = True
+            self._release(group, group.agent)
+
+    def _release(self, group: Group, agent: str | None) -> None:
+        """Held calls to the call metrics, with the agent of their run (None: each call's own, as
+        outside any run)."""
+        calls, group.calls = group.calls, None
+        if calls and self._emit_calls is not None:
+            self._emit_calls([(call, agent or call.agent or call.service) for call in calls])
+
+    def _merge(self, into: Group, other: Group) -> None:
+        """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
+        if other.root is not None:
+            self._publisher.emit_root(other.root)
+        into.absorb(other)
+
+    def _hold_roots(self, batch: Batch, roots: list[SpanView]) -> None:
+        """Move root spans out of the request; they are forwarded when their run finishes."""
+        by_id = {(view.trace_id, view.span_id): view for view in roots}
+        for resource_spans in batch.request.resource_spans:
+            resource: Resource | None = None
+            for scope_spans in resource_spans.scope_spans:
+                scope: InstrumentationScope | None = None
+                spans = scope_spans.spans
+                for index in range(len(spans) - 1, -1, -1):
+                    span = spans[index]
+                    view = by_id.get((span.trace_id, span.span_id))
+                    if view is None:
+                        continue
+                    group = self._traces[view.trace_id].node(view.span_id)
+                    if group is None or group.finished:
+                        continue
+                    # Copies, once per resource and scope: a reference into the request would keep the
+                    # whole request's memory alive for as long as the run is open.
+                    if resource is None:
+                        resource = Resource()
+                        resource.CopyFrom(resource_spans.resource)
+                    if scope is None:
+                        scope = InstrumentationScope()
+                        scope.CopyFrom(scope_spans.scope)
+                    copy = Span()
+                    copy.CopyFrom(span)
+                    group.root = HeldRoot(resource, scope, resource_spans.schema_url, copy)
+                    del spans[index]
+                    batch.span_count -= 1
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def _nest_sub_agents(self, trace: TraceState, now: float) -> None:
+        """Fold runs whose ancestor is another run into it, as sub-agent steps."""
+        for group in unfinished(trace):
+            if group.is_run and isinstance(outer := outer_run(group, now, self.config.root_wait_seconds), Group):
+                if outer.finished:
+                    self._late.series(()).value += 1
+                    self._close(group, outer.agent)
+                    continue
+                self._merge(outer, group)
+                if not outer.named and (group.named or outer.agent is None) and group.agent:
+                    # A wrapper without a name of its own (a workflow span): the run is the named agent's.
+                    outer.agent, outer.named = group.agent, group.named
+                else:
+                    outer.sub_agents += 1
+
+    def tick(self, now: float) -> None:
+        """Finish every run that is done."""
+        self._finish_quiet(self._quiet_traces(now), now)
+        self._expire(now)
+
+    def _quiet_traces(self, now: float) -> list[TraceState]:
+        """Traces with no new span for the grace period (the dict is ordered by activity)."""
+        grace = self.config.grace_seconds
+        return list(itertools.takewhile(lambda trace: now - trace.last_seen >= grace, self._traces.values()))
+
+    def _finish_quiet(self, traces: list[TraceState], now: float) -> None:
+        grace = self.config.grace_seconds
+        finished: list[tuple[Group, bool]] = []
+        quiet: list[TraceState] = []
+        for trace in traces:
+            if self._traces.get(trace.trace_id) is not trace or now - trace.last_seen < grace:
+                continue  # retired, evicted or active again since the slice was taken
+            quiet.append(trace)
+            self._nest_sub_agents(trace, now)
+            has_run = any(g.is_run for g in trace.groups)
+            for group in unfinished(trace):
+                if now - group.last_seen < grace:
+                    continue
+                if group.is_run:
+                    if outer_run(group, now, self.config.root_wait_seconds) is None:
+                        finished.append((group, False))
+                elif group.top_parent and group.root_span_id:  # a local root; its parent is remote
+                    if now - group.root_arrived >= self.config.root_wait_seconds:
+                        if group.llm_calls and not has_run:
+                            finished.append((group, False))
+                        else:
+                            self._close(group)
+                elif group.top_parent:  # its root has not come
+                    if now - group.last_seen >= self.config.abandon_after_seconds:
+                        if group.has_work:
+                            finished.append((group, True))
+                        else:
+                            self._close(group)  # e.g. spans under a parent in a service not sending here
+                elif group.llm_calls and not has_run:  # LLM calls and no agent span: a run of the root
+                    finished.append((group, False))
+                else:
+                    self._close(group)  # the trace root's own subtree, outside any run
+        records = [self._finish(group, abandoned, time.time()) for group, abandoned in finished]
+        for trace in quiet:
+            if not unfinished(trace):
+                self._retire(trace, now)
+        if records:
+            self._publisher.publish(records)
+
+    def _expire(self, now: float) -> None:
+        """Forget evaluations that never found their run, and finished traces past the late window."""
+        self._evaluations.expire(now)
+        window = self.config.late_window_seconds
+        while self._finished and (
+            now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs
+        ):
+            self._forget(self._finished.popitem(last=False)[1][0])
+
+    def _retire(self, trace: TraceState, now: float) -> None:
+        del self._traces[trace.trace_id]
+        if self.config.late_window_seconds:
+            self._finished[trace.trace_id] = (trace, now)
+        else:
+            self._forget(trace)
+
+    def _close(self, group: Group, agent: str | None = None) -> None:
+        """Finish a group that is not a run; its held root (a plain trace root) is forwarded unchanged,
+        its held calls count with `agent` (the finished run they turned out to be part of) or their own."""
+        group.finished = True
+        self._release(group, agent)
+        if group.root is not None:
+            self._publisher.emit_root(group.root)
+            group.root = None
+        # Finished groups are remembered for late spans only: drop what is no longer needed.
+        group.output = None
+        group.evaluations = ()
+
+    def _limit(self, service: str, agent: str) -> RunLimit | None:
+        return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
+
+    def _finish(self, group: Group, abandoned: bool, wall_now: float) -> RunRecord:
+        service = group.service or "unknown_service"
+        agent = group.agent or service
+        duration = (group.end_time - group.start_time) / 1e9 if group.root_span_id and not abandoned else None
+        if duration is not None and duration < 0:
+            duration = None
+        record = RunRecord(
+            trace_id=group.trace.trace_id.hex(),
+            root_span_id=group.root_span_id.hex(),
+            service=service,
+            agent=agent,
+            prompt_version=group.prompt_version or UNKNOWN_VERSION,
+            outcome=SUCCESS,
+            started_at=group.start_time / 1e9 if group.start_time else 0.0,
+            finished_at=group.end_time / 1e9 if group.end_time else wall_now,
+            duration_seconds=duration,
+            cost_usd=group.cost if group.llm_calls else 0.0,
+            cost_complete=group.unpriced_calls == 0,
+            tokens={
+                "input": group.input_tokens,
+                "output": group.output_tokens,
+                "cache_read": group.cache_read_tokens,
+                "cache_write": group.cache_write_tokens,
+                "reasoning": group.reasoning_tokens,
+            },
+            steps=group.steps,
+            llm_calls=group.llm_calls,
+            llm_errors=group.llm_errors,
+            tool_calls=group.tool_calls,
+            tool_errors=group.tool_errors,
+            sub_agents=group.sub_agents,
+            models=list(group.models),
+        )
+        if abandoned:
+            group.root_span_id = b""
+        verdict = self._quality.judge(
+            FinishedRun(
+                service=service,
+                agent=agent,
+                prompt_version=record.prompt_version,
+                steps=group.steps,
+                llm_calls=group.llm_calls,
+                tool_calls=group.tool_calls,
+                tool_errors=group.tool_errors,
+                cost_usd=record.cost_usd if record.cost_complete else None,
+                duration_seconds=duration,
+                tools=frozenset(group.tools),
+                finish_reason=group.finish_reason,
+                output_source=group.output,
+            ),
+            group.evaluations,
+        )
+        record.quality_verdict = verdict.verdict
+        record.failed_checks = verdict.failed_checks
+        record.outcome = decide_outcome(group, record, self._limit(service, agent), verdict.verdict)
+        labels = (service, agent, record.prompt_version)
+        for check, check_verdict in verdict.results:
+            self._metrics.checks.series((*labels, check, check_verdict)).value += 1
+        self._evaluations.count(service, agent, record.prompt_version, group.evaluations)
+        group.agent = agent
+        group.agent_known = True
+        group.prompt_version = record.prompt_version
+        group.service = service
+        self._metrics.record(record)
+        if group.root is not None:
+            add_totals(group.root.span, record)
+        self._close(group, agent)
+        return record
+
+    def _evict(self) -> None:
+        while len(self._traces) > self.config.max_open_runs:
+            _, trace = self._traces.popitem(last=False)
+            self._forget(trace)
+            for group in unfinished(trace):
+                if group.has_work:
+                    self._evicted.series(("capacity",)).value += 1
+                if group.root is not None:
+                    self._publisher.emit_root(group.root)
+                self._release(group, group.agent if group.is_run else None)
+
+    def flush(self) -> None:
+        """At shutdown: finish every run whose root arrived; count the rest as evicted."""
+        far_future = time.monotonic() + 10 * (self.config.grace_seconds + self.config.root_wait_seconds)
+        records = []
+        lost = 0
+        for trace in self._traces.values():
+            self._nest_sub_agents(trace, far_future)
+            has_run = any(g.is_run for g in trace.groups)
+            for group in unfinished(trace):
+                if group.is_run or (group.root_span_id and group.llm_calls and not has_run):
+                    records.append(self._finish(group, False, time.time()))
+                    continue
+                if group.has_work:
+                    lost += 1
+                self._close(group)
+            self._forget(trace)
+        self._traces.clear()
+        if lost:
+            self._evicted.series(("shutdown",)).value += lost
+            log.warning(
+                "%s: %d runs waiting for their root at shutdown are lost (runs.checkpoint would keep them)",
+                self.id,
+                lost,
+            )
+        if records:
+            self._publisher.publish(records)
+
+
+def _create(component_id: str, config: RunsConfig, context: Context) -> RunsProcessor:
+    storage = (
+        context.extension(config.checkpoint.storage, Storage, f"processor {component_id}: checkpoint.storage")
+        if config.checkpoint is not None
+        else None
+    )
+    return RunsProcessor(component_id, config, context.metrics, context.finished_runs, storage)
+
+
+FACTORY = Factory(type="runs", kind="processor", config_type=RunsConfig, create=_create, requires=("normalize",))
