@@ -373,6 +373,10 @@ class RunsProcessor:
     def _forget(self, trace: TraceState) -> None:
         self._remembered -= len(trace.seen)
         trace.seen = set()
+        # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
+        # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
+        trace.nodes = {}
+        trace.groups = []
 
     def _hold_call(self, group: Group, view: SpanView) -> None:
         """The call metrics carry the agent of the call's run: at once when it is known, else later."""
@@ -609,13 +613,13 @@ class RunsProcessor:
     def _evict(self) -> None:
         while len(self._traces) > self.config.max_open_runs:
             _, trace = self._traces.popitem(last=False)
-            self._forget(trace)
             for group in unfinished(trace):
                 if group.has_work:
                     self._evicted.series(("capacity",)).value += 1
                 if group.root is not None:
                     self._publisher.emit_root(group.root)
                 self._release(group, group.agent if group.is_run else None)
+            self._forget(trace)
 
     def flush(self) -> None:
         """At shutdown: finish every run whose root arrived; count the rest as evicted."""
