@@ -221,7 +221,8 @@ class RunsProcessor:
         return trace
 
     def _open_groups(self) -> Iterator[Group]:
-        for trace in self._traces.values():
+        # Over a copy: the in-flight gauges read it in slices, with intake running in between.
+        for trace in list(self._traces.values()):
             yield from unfinished(trace)
 
     def process_logs(self, request: ExportLogsServiceRequest) -> None:
