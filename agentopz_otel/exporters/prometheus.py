@@ -1,72 +1,61 @@
 """Prometheus exporter: per-call LLM and tool metrics; /metrics exposition of every metric family.
 
-Exposition is text or OpenMetrics by content negotiation (OpenMetrics carries the exemplars).
+Exposition is text or OpenMetrics by content negotiation (OpenMetrics carries the exemplars), built
+off the event loop from a snapshot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 from prometheus_client.samples import Exemplar
 from pydantic import BaseModel, ConfigDict
 
 from ..components import Context, Factory
-from ..metrics import CALL_DURATION_BUCKETS, Counter, Gauge, Histogram, Registry
-from ..model import LLM, TOOL, Batch
+from ..metrics import CALL_DURATION_BUCKETS, Counter, FamilySnapshot, Histogram, Registry
+from ..model import LLM, TOOL, Batch, Call, call_of
 
 UNKNOWN_LABEL = "unknown"
 
-# (token_type label, SpanView attribute)
-TOKEN_TYPES = (
-    ("input", "input_tokens"),
-    ("output", "output_tokens"),
-    ("cache_read", "cache_read_tokens"),
-    ("cache_write", "cache_write_tokens"),
-    ("reasoning", "reasoning_tokens"),
-)
+# The token_type label of each of Call.tokens, in order.
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
 class PrometheusConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RegistryCollector:
-    """Adapts our lock-free families to prometheus_client's exposition."""
+class SnapshotCollector:
+    """Adapts a snapshot of our lock-free families to prometheus_client's exposition."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(self, snapshot: list[FamilySnapshot]) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        for refresh in self._registry.before_collect:
-            refresh()
-        for family in self._registry.families:
-            if family.kind is Counter:
-                metric = CounterMetricFamily(family.name, family.documentation, labels=family.labelnames)
-                for labels, series in family.items():
-                    metric.add_metric(labels, series.value)
-            elif family.kind is Gauge:
-                metric = GaugeMetricFamily(family.name, family.documentation, labels=family.labelnames)
-                for labels, series in family.items():
-                    metric.add_metric(labels, series.value)
-            else:
+        for family in self._snapshot:
+            if family.kind is Histogram:
                 metric = HistogramMetricFamily(family.name, family.documentation, labels=family.labelnames)
-                for labels, series in family.items():
-                    metric.add_metric(labels, _buckets(series), series.sum)
+                for labels, (counts, total, exemplars) in family.series:
+                    metric.add_metric(labels, _buckets(family.buckets, counts, exemplars), total)
+            else:
+                kind = CounterMetricFamily if family.kind is Counter else GaugeMetricFamily
+                metric = kind(family.name, family.documentation, labels=family.labelnames)
+                for labels, value in family.series:
+                    metric.add_metric(labels, value)
             yield metric
 
 
-def _buckets(histogram: Histogram) -> list:
+def _buckets(bounds: tuple[float, ...], counts: tuple[int, ...], exemplars: tuple | None) -> list:
     buckets = []
     cumulative = 0
-    bounds = (*histogram.bounds, float("inf"))
-    for index, bound in enumerate(bounds):
-        cumulative += histogram.counts[index]
+    for index, bound in enumerate((*bounds, float("inf"))):
+        cumulative += counts[index]
         le = "+Inf" if bound == float("inf") else repr(float(bound))
-        exemplar = histogram.exemplars[index] if histogram.exemplars else None
+        exemplar = exemplars[index] if exemplars else None
         if exemplar is None:
             buckets.append((le, cumulative))
         else:
@@ -105,37 +94,54 @@ class PrometheusExporter:
 
     def export(self, batch: Batch) -> None:
         for view in batch.views:
-            if view.kind == LLM:
-                labels = (
-                    view.service,
-                    view.agent or view.service,
-                    view.provider or UNKNOWN_LABEL,
-                    view.model or UNKNOWN_LABEL,
-                )
-                self._llm_calls.series((*labels, view.status)).value += 1
-                for token_type, attribute in TOKEN_TYPES:
-                    count = getattr(view, attribute)
-                    if count is not None:
-                        self._llm_tokens.series((*labels, token_type)).value += count
-                if view.cost is not None:
-                    self._llm_cost.series(labels).value += view.cost
-                if view.duration is not None:
-                    self._llm_duration.series(labels).observe(view.duration)
-            elif view.kind == TOOL:
-                labels = (view.service, view.agent or view.service, view.tool or UNKNOWN_LABEL)
-                self._tool_calls.series((*labels, view.status)).value += 1
-                if view.duration is not None:
-                    self._tool_duration.series(labels).observe(view.duration)
+            if (view.kind == LLM or view.kind == TOOL) and not view.skip_call_metrics:
+                self._record(call_of(view), view.agent or view.service)
+
+    def export_calls(self, calls: Iterable[tuple[Call, str]]) -> None:
+        """Calls whose metrics waited for the agent of their run, each with that agent."""
+        for call, agent in calls:
+            self._record(call, agent)
+
+    def _record(self, call: Call, agent: str) -> None:
+        if call.kind == LLM:
+            labels = (call.service, agent, call.provider or UNKNOWN_LABEL, call.name or UNKNOWN_LABEL)
+            self._llm_calls.series((*labels, call.status)).value += 1
+            for token_type, count in zip(TOKEN_TYPES, call.tokens, strict=True):
+                if count is not None:
+                    self._llm_tokens.series((*labels, token_type)).value += count
+            if call.cost is not None:
+                self._llm_cost.series(labels).value += call.cost
+            if call.duration is not None:
+                self._llm_duration.series(labels).observe(call.duration)
+        else:
+            labels = (call.service, agent, call.name or UNKNOWN_LABEL)
+            self._tool_calls.series((*labels, call.status)).value += 1
+            if call.duration is not None:
+                self._tool_duration.series(labels).observe(call.duration)
 
 
 def metrics_handler(registry: Registry) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The admin port's /metrics: every family of `registry`, text or OpenMetrics as the scraper asks."""
-    exposition = CollectorRegistry(auto_describe=False)
-    exposition.register(RegistryCollector(registry))
+    """The admin port's /metrics: every family of `registry`, text or OpenMetrics as the scraper asks.
+
+    The values are copied on the event loop, which is quick, and formatted in a worker thread, which
+    is not: intake keeps running while a large exposition is built. Scrapes that arrive while one is
+    being built share its result, so scraping in a loop costs at most one build at a time per format.
+    """
+    building: dict[str, asyncio.Future[bytes]] = {}
+
+    async def build(encoder: Callable[[SnapshotCollector], bytes]) -> bytes:
+        collector = SnapshotCollector(registry.snapshot())
+        return await asyncio.get_running_loop().run_in_executor(None, encoder, collector)
 
     async def handle(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(exposition), headers={"Content-Type": content_type})
+        pending = building.get(content_type)
+        if pending is None:
+            pending = building[content_type] = asyncio.ensure_future(build(encoder))
+            pending.add_done_callback(lambda _: building.pop(content_type, None))
+        # Shielded: a scraper that hangs up does not cancel the build the others wait for.
+        body = await asyncio.shield(pending)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     return handle
 

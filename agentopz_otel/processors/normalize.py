@@ -7,6 +7,7 @@ highest-priority attribute present wins, so duplicate and deprecated names are n
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict
 
+from ..bounded_log import BoundedLog
 from ..components import Context, Factory
 from ..metrics import Counter, Family
 from ..model import (
@@ -41,6 +43,8 @@ MAX_REPORTED_COST_USD = 1e6
 MAX_ANNOTATIONS = 8  # OpenInference annotations.{i}.annotation.* read per span
 MAX_EXPLANATION_CHARS = 1024  # evaluations may wait for their run: keep them small
 EVALUATION_EVENT = "gen_ai.evaluation.result"
+
+log = logging.getLogger("agentopz_otel.normalize")
 
 INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
 SKIP: Any = object()  # the attribute is there but says nothing about this field
@@ -113,6 +117,13 @@ def _present(value: AnyValue) -> Any:
     return True
 
 
+def _contains(needle: str) -> Converter:
+    def convert(value: AnyValue) -> Any:
+        return True if needle in value.string_value else SKIP
+
+    return convert
+
+
 def _one_of(mapping: Mapping[str, str]) -> Converter:
     def convert(value: AnyValue) -> Any:
         return mapping.get(value.string_value, SKIP)
@@ -138,7 +149,15 @@ _SEMCONV_OPERATIONS = {
     "invoke_agent": AGENT,
     "invoke_workflow": AGENT,
 }
-_OPENINFERENCE_KINDS = {"LLM": LLM, "EMBEDDING": LLM, "TOOL": TOOL, "AGENT": AGENT, "EVALUATOR": EVALUATOR}
+# An agent span whose own name is the agent's when no attribute names it (OpenInference).
+_AGENT_NAMED_BY_SPAN = "agent named by its span"
+_OPENINFERENCE_KINDS = {
+    "LLM": LLM,
+    "EMBEDDING": LLM,
+    "TOOL": TOOL,
+    "AGENT": _AGENT_NAMED_BY_SPAN,
+    "EVALUATOR": EVALUATOR,
+}
 _TRACELOOP_KINDS = {"workflow": AGENT, "agent": AGENT, "tool": TOOL}
 _TRACELOOP_REQUEST_TYPES = {"chat": LLM, "completion": LLM, "embedding": LLM}
 _VERCEL_OPERATIONS = {
@@ -235,6 +254,8 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
     ("agent", _text, ("gen_ai.agent.name", "agent.name", "ai.telemetry.functionId", "agent_name")),
     ("tool", _text, ("gen_ai.tool.name", "tool.name", "ai.toolCall.name")),
     ("entity_name", _text, ("traceloop.entity.name", "traceloop.workflow.name")),
+    # openinference-instrumentation-langchain: LangGraph node spans carry the node in their metadata JSON.
+    ("graph_node", _contains('"langgraph_node"'), ("metadata",)),
     (
         "finish_reason",
         _first_text,
@@ -396,6 +417,7 @@ class Normalizer:
     def __init__(self, invalid_attributes: Family[Counter]) -> None:
         self._table = ATTRIBUTE_TABLE
         self._invalid = invalid_attributes
+        self._warnings = BoundedLog(log)
 
     def process(self, batch: Batch) -> None:
         batch.views = self.views(batch.request)
@@ -425,6 +447,14 @@ class Normalizer:
                 continue
             if value is INVALID:
                 self._invalid.series((attribute.key,)).value += 1
+                which = attribute.value.WhichOneof("value")
+                self._warnings.warning(
+                    attribute.key,
+                    "span attribute %s ignored: unusable %s %r (counted in agentopz_invalid_attributes_total)",
+                    attribute.key,
+                    which,
+                    getattr(attribute.value, which) if which else None,
+                )
                 continue
             values[field] = value
             priorities[field] = priority
@@ -443,8 +473,16 @@ class Normalizer:
         kind = get("kind")
         if kind is None:
             kind = LLM if model and (input_tokens is not None or output_tokens is not None) else OTHER
-        view.kind = kind
         view.agent = get("agent")
+        if kind == _AGENT_NAMED_BY_SPAN:
+            if "graph_node" in values:
+                kind = OTHER  # a node of a framework's graph (LangGraph), not an agent of its own
+            else:
+                kind = AGENT
+                if view.agent is None and span.name:
+                    view.agent = span.name
+                    view.agent_is_span_name = True
+        view.kind = kind
         if kind == LLM:
             provider = get("provider", "")
             view.provider = PROVIDER_ALIASES.get(provider, provider).lower()
@@ -470,7 +508,7 @@ class Normalizer:
             view.enriched = "enriched" in values
         elif kind == AGENT:
             if view.agent is None:
-                view.agent = get("entity_name")
+                view.agent = get("entity_name") or _name_after(span.name, "invoke_agent ")
         elif kind == TOOL:
             view.tool = get("tool") or get("entity_name") or _name_after(span.name, "execute_tool ") or span.name
         if kind in (LLM, AGENT):
