@@ -76,6 +76,8 @@ class RolloutsExtension:
         self.id = component_id
         self.config = config
         self._context = context
+        # Extensions are created in service.extensions order: storage must be listed before rollouts.
+        self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
         self._lock = threading.RLock()
         self._agents: dict[str, AgentFlag] = {}
         self._rollouts: dict[str, Rollout] = {}
@@ -110,9 +112,8 @@ class RolloutsExtension:
     # Lifecycle
 
     async def start(self) -> None:
-        storage = self._context.extension(self.config.storage, StorageExtension, asked_by=self.id)
         store = RolloutStore(
-            storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
+            self._storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
         )
         store.create_schema()
         if self.config.evaluation_auth is not None:
