@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
 from ...components import Context, Factory
 from ..storage import StorageExtension
+from .api import admin_routes
 from .flagd import flagd_document
 from .model import (
     ACTIONS,
@@ -71,8 +72,6 @@ def _agent_summary(flag: AgentFlag | None) -> dict[str, Any] | None:
 
 class RolloutsExtension:
     def __init__(self, component_id: str, config: RolloutsConfig, context: Context) -> None:
-        from .api import admin_routes
-
         self.id = component_id
         self.config = config
         self._context = context
@@ -155,11 +154,6 @@ class RolloutsExtension:
         """Audit entries, newest first."""
         with self._lock:
             return self._require_store().history(agent, max(1, min(limit, self.config.max_audit_entries)))
-
-    def rollouts(self, agent: str, limit: int = 20) -> list[Rollout]:
-        """The agent's rollouts, newest first."""
-        with self._lock:
-            return self._require_store().rollouts(agent, max(1, min(limit, self.config.max_rollouts_per_agent)))
 
     # Hooks for other extensions
 
