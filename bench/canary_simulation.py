@@ -191,7 +191,11 @@ def main() -> None:
     worse, costly = figures[(1.0, 5, "3x failures")], figures[(1.0, 5, "3x cost/run")]
     walk, held = figures[(1.0, 5, "healthy, walk")], figures[(1.0, 5, "healthy, a day held")]
     print("targets at 1 run/s, 5% canary:")
-    print(f"  3x failures rolled back, median extra failed runs <= 3: {worse['extra_p50']:.1f}")
+    expected = worse["runs_p50"] * 0.02 * (3 - 1)
+    print(
+        f"  3x failures rolled back, median extra failed runs <= 3: {worse['extra_p50']:.1f} "
+        f"(expected from the median {worse['runs_p50']:.0f} candidate runs: {expected:.1f})"
+    )
     print(
         f"  healthy candidate falsely rolled back within a day <= 5%: {held['rolled_back']:.1%} held at 5% all day, "
         f"{walk['rolled_back']:.1%} walking to promotion"
