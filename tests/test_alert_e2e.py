@@ -213,14 +213,13 @@ def test_slow_runs_page_through_prometheus_and_alertmanager(tmp_path, start_serv
             "service": "e2e-svc",
             "agent": "e2e-agent",
         }
-        assert alert["annotations"]["runbook_url"] == "docs/runbooks/AgentLatencySLOBurn.md"
-        assert (ROOT / alert["annotations"]["runbook_url"]).is_file()
+        assert alert["annotations"]["runbook_url"] == "http://localhost:9464/runbooks/AgentLatencySLOBurn"
         assert alert["annotations"]["summary"] == summary
 
         _, event = recorder.wait_for("/pagerduty", lambda body: True, timeout=15)
         assert (event["routing_key"], event["event_action"]) == ("e2e-routing-key", "trigger")
         assert event["payload"]["summary"] == summary
-        assert event["links"] == [{"href": "docs/runbooks/AgentLatencySLOBurn.md", "text": "Runbook"}]
+        assert event["links"] == [{"href": "http://localhost:9464/runbooks/AgentLatencySLOBurn", "text": "Runbook"}]
 
         # The slow burn fires too (1d and 2h), as a ticket; the page inhibits it, so Slack gets nothing.
         states = {}
