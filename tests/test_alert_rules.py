@@ -266,7 +266,7 @@ def test_amtool_check_config():
     amtool = require_binary("amtool")
     result = subprocess.run([amtool, "check-config", str(ALERTMANAGER)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert " - 2 inhibit rules\n - 3 receivers\n" in result.stdout
+    assert " - 2 inhibit rules\n - 4 receivers\n" in result.stdout
 
 
 def test_secrets_are_read_from_files():
@@ -280,6 +280,11 @@ def test_secrets_are_read_from_files():
     assert (
         webhook["http_config"]["authorization"]["credentials_file"] == "/etc/alertmanager/secrets/oncall-webhook-token"
     )
+    [agentopz] = receivers["agentopz-rollouts"]["webhook_configs"]
+    assert agentopz["http_config"]["authorization"]["credentials_file"] == (
+        "/etc/alertmanager/secrets/agentopz-webhook-token"
+    )
+    assert agentopz["url"] == "http://127.0.0.1:9464/api/v1/alertmanager"
     assert not {"routing_key", "service_key"} & set(pagerduty)
     assert "api_url" not in slack
     assert config["route"]["group_by"] == ["alertname", "service", "agent"]
@@ -293,6 +298,19 @@ def test_secrets_are_read_from_files():
         (["severity=ticket", "alertname=AgentSuccessSLOBurn", "agent=support"], "slack-tickets"),
         (["severity=ticket", "alertname=LLMRateLimited"], "slack-tickets"),
         (["alertname=SomethingElse"], "slack-tickets"),
+        (
+            ["alertname=PromptVersionQualityRegression", "severity=ticket", "agent=support", "prompt_version=v2"],
+            "agentopz-rollouts,slack-tickets",
+        ),
+        (["alertname=PromptVersionCostRegression", "severity=ticket"], "agentopz-rollouts,slack-tickets"),
+        (["alertname=PromptVersionLatencyRegression", "severity=ticket"], "agentopz-rollouts,slack-tickets"),
+        (
+            ["alertname=CanaryErrorsUp", "agentopz_action=pause", "severity=page"],
+            "agentopz-rollouts,pagerduty,oncall-webhook",
+        ),
+        (["alertname=CanaryErrorsUp", "agentopz_action=disable"], "agentopz-rollouts"),
+        (["alertname=CanaryErrorsUp", "agentopz_action=promote", "severity=ticket"], "slack-tickets"),
+        (["alertname=PromptRolloutRolledBack", "severity=page", "agent=support"], "pagerduty,oncall-webhook"),
     ],
 )
 def test_amtool_routes(labels, receivers):
