@@ -1,4 +1,5 @@
-"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `slo ...`, `rules ...` and `demo`."""
+"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `slo ...`, `rules ...`, `demo`, and the
+rollout commands `agent ...`, `rollout ...`, `flags export` (which talk to a running service's admin API)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 
 from . import __version__
+from .cli_rollouts import add_commands as add_rollout_commands
 from .config import ConfigError, load_config
 from .demo import add_arguments as add_demo_arguments
 from .slo import SLOError
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rules.add_argument("-o", "--output-dir", required=True, metavar="DIR")
     rules.set_defaults(handler=_rules)
+    add_rollout_commands(commands)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -19,7 +19,7 @@ from .components import Context
 from .config import ComponentConfig, Config
 from .exporters.prometheus import metrics_handler
 from .metrics import Registry
-from .model import Batch
+from .model import Batch, Call
 from .netaddr import parse_endpoint
 
 log = logging.getLogger("agentopz_otel")
@@ -32,10 +32,11 @@ class Pipeline:
     exporters: list[Any]
 
     def __post_init__(self) -> None:
-        # Processors that emit data later (finished runs) send it on through the rest of the pipeline.
+        # Processors that emit data later (finished runs, calls whose agent was not known) send it on
+        # through the rest of the pipeline.
         for index, processor in enumerate(self.processors):
             if hasattr(processor, "connect"):
-                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs)
+                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs, self.export_calls)
 
     def retry_after(self, span_count: int) -> float | None:
         delays = [d for e in self.exporters if (d := e.retry_after(span_count)) is not None]
@@ -57,6 +58,11 @@ class Pipeline:
         for exporter in self.exporters:
             if hasattr(exporter, "export_logs"):
                 exporter.export_logs(request, count)
+
+    def export_calls(self, calls: list[tuple[Call, str]]) -> None:
+        for exporter in self.exporters:
+            if hasattr(exporter, "export_calls"):
+                exporter.export_calls(calls)
 
 
 @dataclass

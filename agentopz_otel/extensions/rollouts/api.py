@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...admin_auth import require_admin
 from .model import ACTIONS, MAX_STEPS, RolloutError
-from .ofrep import bulk_response, dumps, single_response
+from .ofrep import bulk_response, dumps, etag_matches, single_response
 
 if TYPE_CHECKING:
     from .extension import RolloutsExtension
@@ -163,7 +163,7 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         if refused is not None:
             return web.Response(status=refused)
         headers = {"ETag": rollouts.flagd_etag, "Cache-Control": "no-cache"}
-        if request.headers.get("If-None-Match") == rollouts.flagd_etag:
+        if etag_matches(request.headers.get("If-None-Match"), rollouts.flagd_etag):
             return web.Response(status=304, headers=headers)
         return web.Response(body=rollouts.flagd_body, content_type="application/json", headers=headers)
 

@@ -175,7 +175,7 @@ def single_response(snapshot: Snapshot, key: str, body: bytes) -> web.Response:
     return web.Response(body=resolution.body, content_type=JSON)
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
+def etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
     candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
@@ -202,7 +202,7 @@ def bulk_response(snapshot: Snapshot, body: bytes, if_none_match: str | None) ->
     # The answer depends on the context too, so the tag is the answer's own digest. A 304 is not counted
     # as evaluations: the client evaluated nothing new.
     etag = '"' + hashlib.blake2b(payload, digest_size=12).hexdigest() + '"'
-    if _etag_matches(if_none_match, etag):
+    if etag_matches(if_none_match, etag):
         return web.Response(status=304, headers={"ETag": etag})
     for resolution in resolutions:
         resolution.evaluations.value += 1
