@@ -82,6 +82,7 @@ class RolloutsExtension:
         self._store: RolloutStore | None = None
         self._subscribers: list[Callable[[Rollout], None]] = []
         self._analysis_validator: Callable[[dict], dict] | None = None
+        self._analysis_status: Callable[[Rollout], dict | None] | None = None
         self._evaluation_token: str | None = None
         metrics = context.metrics
         self._evaluations = metrics.counter(
@@ -174,6 +175,15 @@ class RolloutsExtension:
     def register_analysis_validator(self, validator: Callable[[dict], dict]) -> None:
         """`validator` checks and normalizes a new rollout's `analysis` config; its ValueError is a 400."""
         self._analysis_validator = validator
+
+    def register_analysis_status(self, status: Callable[[Rollout], dict | None]) -> None:
+        """`status(rollout)` is the analysis state shown with a rollout: `analysis_status` in the API."""
+        self._analysis_status = status
+
+    def view(self, rollout: Rollout) -> dict[str, Any]:
+        """A rollout as the API shows it: its fields and its analysis status (None without an analysis)."""
+        status = self._analysis_status(rollout) if self._analysis_status is not None else None
+        return {**rollout.to_dict(), "analysis_status": status}
 
     # Commands
 
