@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import pytest
 from conftest import service_body
+from rollouts import Admin
 
 TOKEN = "webhook-secret"
 ALERT_START = "2099-01-01T00:00:00.123456789Z"  # after any rollout a test starts
-
-
-def request(url: str, method: str = "GET", body: object = None, token: str | None = None, raw: bytes | None = None):
-    """(status, JSON body or None) of one admin-port request."""
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=10) as response:
-            text = response.read()
-            return response.status, json.loads(text) if text else None
-    except urllib.error.HTTPError as error:
-        text = error.read()
-        return error.code, json.loads(text) if text else None
 
 
 def alert(alertname: str, agent: str, version: str, *, status: str = "firing", fingerprint: str = "", **labels):
@@ -70,29 +52,26 @@ def admin(start_service, tmp_path):
             "alertmanager_webhook": {"auth": {"token_file": str(token_file)}, **webhook},
         }
         service = start_service(service_body(extensions=extensions))
-        url = service.admin_url
+        admin = Admin(service.admin_url)
         for agent in ("support", "triage"):
-            status, _ = request(
-                f"{url}/api/v1/agents/{agent}",
-                "PUT",
-                {"versions": {"v1": None, "v2": None, "v3": None}, "baseline": "v1"},
-            )
-            assert status == 200
-        status, _ = request(
-            f"{url}/api/v1/rollouts", "POST", {"agent": "support", "candidate": "v2", "steps": [5, 100]}
-        )
-        assert status == 201
+            admin.define(agent, {"v1": None, "v2": None, "v3": None}, "v1")
+        admin.start("support", "v2", [5, 100])
         return service
 
     return start
 
 
 def hook(service, *alerts: dict, token: str | None = TOKEN, status: str = "firing"):
-    return request(f"{service.admin_url}/api/v1/alertmanager", "POST", notification(*alerts, status=status), token)
+    reply = Admin(service.admin_url, token).call("POST", "/api/v1/alertmanager", notification(*alerts, status=status))
+    return reply.status, reply.body
+
+
+def history(service) -> list[dict]:
+    return Admin(service.admin_url).ok("GET", "/api/v1/history?agent=support")["entries"]
 
 
 def rollout_state(service, agent: str = "support") -> str:
-    return request(f"{service.admin_url}/api/v1/rollouts/{agent}")[1]["state"]
+    return Admin(service.admin_url).ok("GET", f"/api/v1/rollouts/{agent}")["state"]
 
 
 def outcomes(body: dict) -> list[tuple[str, str]]:
@@ -112,8 +91,7 @@ def test_a_regression_alert_on_the_candidate_rolls_it_back_once(admin):
     # Alertmanager repeats the group every repeat_interval: the same firing is not acted on again.
     status, body = hook(service, firing)
     assert outcomes(body) == [("repeated", "acted on this firing before")]
-    _, history = request(f"{service.admin_url}/api/v1/history?agent=support")
-    [entry] = [entry for entry in history["entries"] if entry["action"] == "rollback"]
+    [entry] = [entry for entry in history(service) if entry["action"] == "rollback"]
     assert (entry["actor"], entry["actor_kind"]) == ("PromptVersionQualityRegression", "alert")
     assert entry["evidence"]["alert"]["labels"] == firing["labels"]
     assert entry["evidence"]["alert"]["annotations"]["runbook_url"] == (
@@ -174,14 +152,11 @@ def test_agentopz_action_labels_pause_and_disable(admin):
     # Only one firing is remembered: `a` was forgotten when `b` came; now `a` is the one remembered.
     assert outcomes(hook(service, pause)[1])[0][0] == "acted"
     assert outcomes(hook(service, pause)[1])[0][0] == "repeated"
-    _, history = request(f"{service.admin_url}/api/v1/history?agent=support")
-    assert [entry["action"] for entry in history["entries"]].count("pause") == 1
+    assert [entry["action"] for entry in history(service)].count("pause") == 1
     _, body = hook(service, alert("CanaryCostUp", "support", "v2", agentopz_action="disable"))
     assert outcomes(body)[0][0] == "acted"
-    status, evaluation = request(
-        f"{service.admin_url}/ofrep/v1/evaluate/flags/support", "POST", {"context": {"targetingKey": "user-1"}}
-    )
-    assert (status, evaluation["reason"]) == (200, "DISABLED")
+    evaluation = Admin(service.admin_url).evaluate("support", "user-1")
+    assert (evaluation.status, evaluation.body["reason"]) == (200, "DISABLED")
 
 
 def test_the_webhook_needs_its_token(admin):
@@ -196,7 +171,7 @@ def test_the_webhook_needs_its_token(admin):
 
 def test_bad_notifications_are_clear_400s_and_change_nothing(admin):
     service = admin(max_body_bytes=4096)
-    url = f"{service.admin_url}/api/v1/alertmanager"
+    webhook = Admin(service.admin_url, TOKEN)
     cases = [
         (b"{not json", 400, "the notification is not JSON (Alertmanager webhook version 4 expected)"),
         (b"[]", 400, "the notification has no list of alerts (Alertmanager webhook version 4 expected)"),
@@ -204,7 +179,8 @@ def test_bad_notifications_are_clear_400s_and_change_nothing(admin):
         (b"[" * 100_000, 413, "the notification is larger than 4096 bytes"),
     ]
     for raw, status, error in cases:
-        assert request(url, "POST", raw=raw, token=TOKEN) == (status, {"error": error})
+        reply = webhook.call("POST", "/api/v1/alertmanager", raw)
+        assert (reply.status, reply.body) == (status, {"error": error})
     assert rollout_state(service) == "progressing"
     # Still serving: a good notification acts.
     assert outcomes(hook(service, alert("PromptVersionQualityRegression", "support", "v2"))[1])[0][0] == "acted"
