@@ -25,7 +25,11 @@ def _run(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         # Built inside the event loop: asyncio and grpc.aio objects bind to the running loop.
-        await Service(config).run()
+        try:
+            service = Service(config)
+        except ValueError as error:  # a component refused its configuration (e.g. a missing extension)
+            raise ConfigError(str(error)) from None
+        await service.run()
 
     try:
         asyncio.run(serve())

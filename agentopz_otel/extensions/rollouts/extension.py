@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
 from ...components import Context, Factory
 from ..storage import StorageExtension
+from .api import admin_routes
 from .flagd import flagd_document
 from .model import (
     ACTIONS,
@@ -71,11 +72,11 @@ def _agent_summary(flag: AgentFlag | None) -> dict[str, Any] | None:
 
 class RolloutsExtension:
     def __init__(self, component_id: str, config: RolloutsConfig, context: Context) -> None:
-        from .api import admin_routes
-
         self.id = component_id
         self.config = config
         self._context = context
+        # Extensions are created in service.extensions order: storage must be listed before rollouts.
+        self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
         self._lock = threading.RLock()
         self._agents: dict[str, AgentFlag] = {}
         self._rollouts: dict[str, Rollout] = {}
@@ -117,9 +118,8 @@ class RolloutsExtension:
     # Lifecycle
 
     async def start(self) -> None:
-        storage = self._context.extension(self.config.storage, StorageExtension, asked_by=self.id)
         store = RolloutStore(
-            storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
+            self._storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
         )
         store.create_schema()
         if self.config.evaluation_auth is not None:
@@ -161,11 +161,6 @@ class RolloutsExtension:
         """Audit entries, newest first."""
         with self._lock:
             return self._require_store().history(agent, max(1, min(limit, self.config.max_audit_entries)))
-
-    def rollouts(self, agent: str, limit: int = 20) -> list[Rollout]:
-        """The agent's rollouts, newest first."""
-        with self._lock:
-            return self._require_store().rollouts(agent, max(1, min(limit, self.config.max_rollouts_per_agent)))
 
     # Hooks for other extensions
 
