@@ -18,7 +18,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
+from ...admin_auth import ADMIN_AUTH
+from ...bearer import TokenConfig, bearer_credentials, token_matches
 from ...components import Context, Factory
 from ..storage import StorageExtension
 from .api import admin_routes
@@ -116,7 +117,7 @@ class RolloutsExtension:
         )
         store.create_schema()
         if self.config.evaluation_auth is not None:
-            self._evaluation_token = self.config.evaluation_auth.load(f"extensions.{self.id}.evaluation_auth")
+            self._evaluation_token = self.config.evaluation_auth.secret(f"extensions.{self.id}.evaluation_auth")
         with self._lock:
             self._store = store
             self._agents, self._rollouts = store.load()
@@ -392,7 +393,7 @@ class RolloutsExtension:
         """None when `request` may evaluate flags, else the HTTP status to refuse it with (401 or 403)."""
         if self._evaluation_token is None:
             return None
-        presented = request.headers.get("X-API-Key") or bearer_token(request)
+        presented = request.headers.get("X-API-Key") or bearer_credentials(request.headers.get("Authorization"))
         if presented is None:
             return 401
         admin_token = request.app[ADMIN_AUTH].token
