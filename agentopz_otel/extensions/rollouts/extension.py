@@ -84,6 +84,7 @@ class RolloutsExtension:
         self._store: RolloutStore | None = None
         self._subscribers: list[Callable[[Rollout], None]] = []
         self._analysis_validator: Callable[[dict], dict] | None = None
+        self._analysis_status: Callable[[Rollout], dict | None] | None = None
         self._evaluation_token: str | None = None
         metrics = context.metrics
         self._evaluations = metrics.counter(
@@ -98,6 +99,12 @@ class RolloutsExtension:
         )
         self._state = metrics.gauge(
             "agentopz_rollout_state", "1 for an agent's current rollout state.", ("agent", "state")
+        )
+        self._role = metrics.gauge(
+            "agentopz_rollout_role",
+            "1 when a prompt version has the role: baseline (the agent's baseline) or candidate (of its current or "
+            "last rollout); per-version alerts compare a candidate with its baseline, never the reverse.",
+            ("agent", "prompt_version", "role"),
         )
         self._actions = metrics.counter(
             "agentopz_rollout_actions_total",
@@ -165,6 +172,15 @@ class RolloutsExtension:
     def register_analysis_validator(self, validator: Callable[[dict], dict]) -> None:
         """`validator` checks and normalizes a new rollout's `analysis` config; its ValueError is a 400."""
         self._analysis_validator = validator
+
+    def register_analysis_status(self, status: Callable[[Rollout], dict | None]) -> None:
+        """`status(rollout)` is the analysis state shown with a rollout: `analysis_status` in the API."""
+        self._analysis_status = status
+
+    def view(self, rollout: Rollout) -> dict[str, Any]:
+        """A rollout as the API shows it: its fields and its analysis status (None without an analysis)."""
+        status = self._analysis_status(rollout) if self._analysis_status is not None else None
+        return {**rollout.to_dict(), "analysis_status": status}
 
     # Commands
 
@@ -454,8 +470,17 @@ class RolloutsExtension:
         self.flagd_etag = '"' + hashlib.blake2b(self.flagd_body, digest_size=12).hexdigest() + '"'
         for flag in self._agents.values():
             served = self._served_weights(flag)
+            rollout = self._rollouts.get(flag.agent)
+            candidate = None if rollout is None else rollout.candidate
             for version in flag.versions:
                 self._weight.series((flag.agent, version)).value = served.get(version, 0)
+                self._role.series((flag.agent, version, "baseline")).value = 1 if version == flag.baseline else 0
+                self._role.series((flag.agent, version, "candidate")).value = 1 if version == candidate else 0
+            if rollout is not None:
+                # Born at 0, so that increase() in an alert sees an agent's first rollback.
+                for action in ACTIONS:
+                    for actor_kind in ACTOR_KINDS:
+                        self._actions.series((flag.agent, action, actor_kind))
             current = self.state(flag.agent)
             for state in GAUGE_STATES:
                 self._state.series((flag.agent, state)).value = 1 if state == current else 0
