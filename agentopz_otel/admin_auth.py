@@ -14,6 +14,13 @@ from aiohttp import web
 
 from .bearer import TokenConfig, bearer_credentials, token_matches
 
+__all__ = ["ADMIN_AUTH", "AdminAuth", "TokenConfig", "bearer_token", "is_loopback", "require_admin", "token_matches"]
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The request's `Authorization: Bearer ...` credentials, else None."""
+    return bearer_credentials(request.headers.get("Authorization"))
+
 
 def is_loopback(request: web.Request) -> bool:
     try:
@@ -36,7 +43,7 @@ class AdminAuth:
         """Whether `request` presents the admin token; without a configured token, whether it is local."""
         if self.token is None:
             return is_loopback(request)
-        return token_matches(bearer_credentials(request.headers.get("Authorization")), self.token)
+        return token_matches(bearer_token(request), self.token)
 
     def check(self, request: web.Request) -> None:
         if self.allows(request):

@@ -18,8 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...admin_auth import ADMIN_AUTH
-from ...bearer import TokenConfig, bearer_credentials, token_matches
+from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
 from ...components import Context, Factory
 from ..storage import StorageExtension
 from .api import admin_routes
@@ -409,7 +408,7 @@ class RolloutsExtension:
         """None when `request` may evaluate flags, else the HTTP status to refuse it with (401 or 403)."""
         if self._evaluation_token is None:
             return None
-        presented = request.headers.get("X-API-Key") or bearer_credentials(request.headers.get("Authorization"))
+        presented = request.headers.get("X-API-Key") or bearer_token(request)
         if presented is None:
             return 401
         admin_token = request.app[ADMIN_AUTH].token
