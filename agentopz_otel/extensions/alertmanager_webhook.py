@@ -57,7 +57,7 @@ class AlertmanagerWebhookConfig(BaseModel):
         ]
     )
     max_remembered_alerts: int = Field(default=10_000, ge=1)
-    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 20)
 
 
 class AlertmanagerWebhookExtension:
