@@ -1,0 +1,247 @@
+"""Run assembly: spans grouped by trace into runs with a small union-find keyed by span id.
+
+Spans arrive in any order, so a span joins the group of its parent (or of its children, when they
+came first). An agent span's group is a run and does not join its parent's group on arrival; when
+the run is about to finish, an agent ancestor makes it a sub-agent step of that outer run instead.
+
+Per run only accumulators are kept (counts, tokens, cost, a few model names), plus the root span
+itself for the grace period, so it can be forwarded carrying the run totals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from ...model import LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, SpanView
+from ..prompt_version import UNKNOWN_VERSION
+from ..quality import Evaluation
+
+MAX_MODELS_PER_RUN = 8
+MAX_TOOLS_PER_RUN = 64
+MAX_EVALUATIONS_PER_RUN = 32
+# OTLP Span.flags: bit 8 says whether bit 9 is known, bit 9 that the parent span is remote.
+REMOTE_PARENT_FLAGS = 0x300
+
+
+@dataclass
+class HeldRoot:
+    """The run's root span, held until the run finishes so it can carry the totals."""
+
+    resource: Resource
+    scope: InstrumentationScope
+    schema_url: str
+    span: Span
+
+
+class Group:
+    """Accumulators for one run (or for spans whose run is not known yet)."""
+
+    __slots__ = (
+        "agent",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost",
+        "end_time",
+        "evaluations",
+        "failed",
+        "final_call_end",
+        "finish_reason",
+        "finished",
+        "input_tokens",
+        "is_run",
+        "last_llm_error",
+        "last_seen",
+        "last_tool_error",
+        "llm_calls",
+        "llm_errors",
+        "merged_into",
+        "models",
+        "output",
+        "output_from_agent",
+        "output_tokens",
+        "parent_id",
+        "prompt_version",
+        "reasoning_tokens",
+        "root",
+        "root_arrived",
+        "root_span_id",
+        "service",
+        "start_time",
+        "steps",
+        "sub_agents",
+        "tool_calls",
+        "tool_errors",
+        "tools",
+        "top_parent",
+        "trace",
+        "unpriced_calls",
+    )
+
+    def __init__(self, trace: TraceState, top_parent: bytes, now: float) -> None:
+        self.trace = trace
+        self.top_parent = top_parent  # loose group: parent id of its topmost span (b"" = trace root)
+        self.merged_into: Group | None = None
+        self.is_run = False
+        self.finished = False
+        self.root: HeldRoot | None = None
+        self.root_arrived = 0.0
+        self.root_span_id = b""
+        self.parent_id = b""  # run group: the agent span's parent
+        self.service = ""
+        self.agent: str | None = None
+        self.prompt_version: str | None = None
+        self.failed = False
+        self.start_time = 0
+        self.end_time = 0
+        self.last_seen = now
+        self.cost = 0.0
+        self.unpriced_calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
+        self.llm_calls = 0
+        self.llm_errors = 0
+        self.steps = 0
+        self.sub_agents = 0
+        self.tool_calls = 0
+        self.tool_errors = 0
+        self.last_llm_error = 0
+        self.last_tool_error = 0
+        self.models: list[str] = []
+        # Tuples: the empty one is shared, so runs without tools or evaluations cost nothing for them.
+        self.tools: tuple[str, ...] = ()
+        self.evaluations: tuple[Evaluation, ...] = ()
+        self.output: tuple[str, str] | None = None
+        self.output_from_agent = False
+        self.finish_reason: str | None = None
+        self.final_call_end = 0
+
+    def find(self) -> Group:
+        group = self
+        while group.merged_into is not None:
+            group = group.merged_into
+        return group
+
+    @property
+    def has_work(self) -> bool:
+        return self.llm_calls > 0 or self.tool_calls > 0 or self.is_run
+
+    def add(self, view: SpanView) -> None:
+        if view.agent and self.agent is None:
+            self.agent = view.agent
+        if not self.service:
+            self.service = view.service
+        if view.kind == LLM:
+            self.llm_calls += 1
+            self.steps += 1
+            if view.cost is not None:
+                self.cost += view.cost
+            elif view.cost_source is not None:
+                self.unpriced_calls += 1
+            self.input_tokens += view.input_tokens or 0
+            self.output_tokens += view.output_tokens or 0
+            self.cache_read_tokens += view.cache_read_tokens or 0
+            self.cache_write_tokens += view.cache_write_tokens or 0
+            self.reasoning_tokens += view.reasoning_tokens or 0
+            if view.status in UPSTREAM_ERROR_STATUSES:
+                self.llm_errors += 1
+                self.last_llm_error = max(self.last_llm_error, view.end_time)
+            elif view.status != STATUS_OK:
+                self.llm_errors += 1
+            if view.model and view.model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
+                self.models.append(view.model)
+            if self.prompt_version is None and view.prompt_version not in (None, UNKNOWN_VERSION):
+                self.prompt_version = view.prompt_version
+            if view.end_time >= self.final_call_end:
+                self.final_call_end = view.end_time
+                self.finish_reason = view.finish_reason
+                if view.output is not None and not self.output_from_agent:
+                    self.output = view.output
+        elif view.kind == TOOL:
+            self.tool_calls += 1
+            if view.tool and view.tool not in self.tools and len(self.tools) < MAX_TOOLS_PER_RUN:
+                self.tools += (view.tool,)
+            if view.status != STATUS_OK:
+                self.tool_errors += 1
+                self.last_tool_error = max(self.last_tool_error, view.end_time)
+
+    def absorb(self, other: Group) -> None:
+        """Take over `other`'s accumulators (other is a subtree of this group)."""
+        for name in (
+            "cost",
+            "unpriced_calls",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "llm_calls",
+            "llm_errors",
+            "steps",
+            "sub_agents",
+            "tool_calls",
+            "tool_errors",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_llm_error = max(self.last_llm_error, other.last_llm_error)
+        self.last_tool_error = max(self.last_tool_error, other.last_tool_error)
+        for model in other.models:
+            if model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
+                self.models.append(model)
+        new_tools = tuple(tool for tool in other.tools if tool not in self.tools)
+        self.tools = (*self.tools, *new_tools)[:MAX_TOOLS_PER_RUN]
+        self.evaluations = (*self.evaluations, *other.evaluations)[:MAX_EVALUATIONS_PER_RUN]
+        if other.final_call_end > self.final_call_end:
+            self.final_call_end = other.final_call_end
+            self.finish_reason = other.finish_reason
+            if not self.output_from_agent and other.output is not None:
+                self.output = other.output
+        if self.agent is None and not self.is_run:
+            self.agent = other.agent
+        self.prompt_version = self.prompt_version or other.prompt_version
+        self.service = self.service or other.service
+        self.last_seen = max(self.last_seen, other.last_seen)
+        other.merged_into = self
+        other.root = None
+
+
+class TraceState:
+    __slots__ = ("groups", "last_seen", "nodes", "trace_id")
+
+    def __init__(self, trace_id: bytes, now: float) -> None:
+        self.trace_id = trace_id
+        self.nodes: dict[bytes, Group] = {}  # span id (arrived, or awaited as a parent) -> group
+        self.groups: list[Group] = []
+        self.last_seen = now
+
+    def node(self, span_id: bytes) -> Group | None:
+        group = self.nodes.get(span_id)
+        return group.find() if group is not None else None
+
+
+def unfinished(trace: TraceState) -> list[Group]:
+    return [g for g in trace.groups if g.merged_into is None and not g.finished]
+
+
+def new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
+    group = Group(trace, top_parent, now)
+    trace.groups.append(group)
+    return group
+
+
+def outer_run(group: Group, now: float, root_wait_seconds: float) -> Group | bool | None:
+    """For a run group: the enclosing run (nested agent), None if top-level, True to keep waiting."""
+    parent_id = group.parent_id
+    if not parent_id:
+        return None
+    parent = group.trace.node(parent_id)
+    if parent is None or (not parent.is_run and parent.top_parent):
+        # The parent (or the top of its subtree) has not arrived: it might be an outer agent.
+        return True if now - group.root_arrived < root_wait_seconds else None
+    return parent if parent.is_run else None

@@ -1,0 +1,134 @@
+"""Evaluation routing: external verdicts (span attributes and events, EVALUATOR spans, OTLP log
+records) matched to the run they judge by trace and span id, or by the judged call's response id."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from ...metrics import Registry
+from ...model import SpanView
+from ..normalize import EVALUATION_EVENT, evaluation_from_attributes
+from ..prompt_version import UNKNOWN_VERSION
+from ..quality import Evaluation, EvaluationRule, evaluation_verdict
+from .assembly import MAX_EVALUATIONS_PER_RUN, Group, TraceState
+
+SCORE_BUCKETS = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 10)
+
+
+class EvaluationRouter:
+    """Attaches evaluations to open runs, counts them, and holds those whose trace has not come yet."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        rules: dict[str, EvaluationRule],
+        max_held: int,
+        hold_seconds: float,
+        find_trace: Callable[[bytes], TraceState | None],
+    ) -> None:
+        self._rules = rules
+        self._max_held = max_held
+        self._hold_seconds = hold_seconds
+        self._find_trace = find_trace
+        self._responses: OrderedDict[str, bytes] = OrderedDict()  # gen_ai.response.id -> trace id
+        # Evaluations that arrived before any span of their trace: trace id -> (arrival, evaluations).
+        self._pending: OrderedDict[bytes, tuple[float, list[Evaluation]]] = OrderedDict()
+        labels = ("service", "agent", "prompt_version")
+        self._evaluations = registry.counter(
+            "agentopz_evaluations_total",
+            "Evaluator verdicts (gen_ai.evaluation.result, annotations), including those after the run finished.",
+            (*labels, "evaluation", "verdict"),
+        )
+        self._scores = registry.histogram(
+            "agentopz_evaluation_score", "Evaluator scores.", (*labels, "evaluation"), SCORE_BUCKETS
+        )
+        self._unmatched = registry.counter(
+            "agentopz_evaluations_unmatched_total", "Evaluations whose run could not be found."
+        )
+
+    def remember_response(self, response_id: str, trace_id: bytes) -> None:
+        self._responses[response_id] = trace_id
+        if len(self._responses) > self._max_held:
+            self._responses.popitem(last=False)
+
+    def take_pending(self, trace_id: bytes) -> list[Evaluation]:
+        """Evaluations held for a trace whose first span has just come."""
+        pending = self._pending.pop(trace_id, None)
+        return pending[1] if pending is not None else []
+
+    def attach(self, group: Group, evaluations: Sequence[Evaluation]) -> None:
+        """Evaluations of an open run count with it; a finished run's are counted but change nothing."""
+        group = group.find()
+        if group.finished:
+            self.count(group.service, group.agent or group.service, group.prompt_version, evaluations)
+        else:
+            group.evaluations = (*group.evaluations, *evaluations)[:MAX_EVALUATIONS_PER_RUN]
+
+    def count(self, service: str, agent: str, prompt_version: str | None, evaluations: Sequence[Evaluation]) -> None:
+        labels = (service, agent, prompt_version or UNKNOWN_VERSION)
+        for evaluation in evaluations:
+            verdict = evaluation_verdict(evaluation, self._rules)
+            self._evaluations.series((*labels, evaluation.name, verdict)).value += 1
+            if evaluation.score is not None:
+                self._scores.series((*labels, evaluation.name)).observe(evaluation.score)
+
+    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Evaluation results sent as log records, matched to their run by span or response id."""
+        for resource_logs in request.resource_logs:
+            for scope_logs in resource_logs.scope_logs:
+                for log_record in scope_logs.log_records:
+                    if log_record.event_name != EVALUATION_EVENT and not any(
+                        kv.key == "event.name" and kv.value.string_value == EVALUATION_EVENT
+                        for kv in log_record.attributes
+                    ):
+                        continue
+                    evaluation = evaluation_from_attributes(log_record.attributes)
+                    if evaluation is None:
+                        continue
+                    self._route([evaluation], log_record.trace_id, log_record.span_id, evaluation.response_id)
+
+    def evaluate_target(self, view: SpanView) -> None:
+        """An evaluator span linked to the span it judged, possibly in another trace."""
+        if view.evaluations:
+            trace_id, span_id = view.evaluation_target  # type: ignore[misc]
+            self._route(view.evaluations, trace_id, span_id, None)
+
+    def expire(self, now: float) -> None:
+        """Forget evaluations that never found their run."""
+        while self._pending and now - next(iter(self._pending.values()))[0] > self._hold_seconds:
+            self._unmatched.series(()).value += len(self._pending.popitem(last=False)[1][1])
+
+    def _route(self, evaluations: list[Evaluation], trace_id: bytes, span_id: bytes, response_id: str | None) -> None:
+        group = self._evaluated_run(trace_id, span_id, response_id)
+        if group is not None:
+            self.attach(group, evaluations)
+        elif len(trace_id) == 16:
+            for evaluation in evaluations:
+                self._hold_evaluation(trace_id, evaluation)
+        else:
+            self._unmatched.series(()).value += len(evaluations)
+
+    def _hold_evaluation(self, trace_id: bytes, evaluation: Evaluation) -> None:
+        """Keep an evaluation whose trace has not been seen yet (the judge can be faster than the spans)."""
+        _, waiting = self._pending.setdefault(trace_id, (time.monotonic(), []))
+        if len(waiting) < MAX_EVALUATIONS_PER_RUN:
+            waiting.append(evaluation)
+        while len(self._pending) > self._max_held:
+            self._unmatched.series(()).value += len(self._pending.popitem(last=False)[1][1])
+
+    def _evaluated_run(self, trace_id: bytes, span_id: bytes, response_id: str | None) -> Group | None:
+        if not trace_id and response_id:
+            trace_id = self._responses.get(response_id, b"")
+        trace = self._find_trace(trace_id)
+        if trace is None:
+            return None
+        group = trace.node(span_id) if span_id else None
+        if group is not None:
+            return group
+        # The evaluated span is an LLM call (not kept in the node map): its trace's run.
+        runs = [g for g in trace.groups if g.merged_into is None and (g.is_run or g.llm_calls)]
+        return runs[0] if runs else None

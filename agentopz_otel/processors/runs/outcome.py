@@ -1,0 +1,65 @@
+"""Run outcomes: exactly one per run, most specific cause first, with the limits that decide budget and timeout."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..quality import FAIL
+
+if TYPE_CHECKING:
+    from .assembly import Group
+    from .publishing import RunRecord
+
+SUCCESS = "success"
+QUALITY_FAILURE = "quality_failure"
+LLM_ERROR = "llm_error"
+TOOL_ERROR = "tool_error"
+BUDGET_EXCEEDED = "budget_exceeded"
+TIMEOUT = "timeout"
+ABANDONED = "abandoned"
+ERROR = "error"
+
+
+class RunLimit(BaseModel):
+    """Limits for runs of matching agents (glob patterns); the first matching entry applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = "*"
+    service: str = "*"
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_duration_seconds: float | None = Field(default=None, gt=0)
+
+    def matches(self, service: str, agent: str) -> bool:
+        return fnmatch.fnmatchcase(agent, self.agent) and fnmatch.fnmatchcase(service, self.service)
+
+
+def decide_outcome(group: Group, record: RunRecord, limit: RunLimit | None, quality_verdict: str) -> str:
+    """Exactly one outcome per run, most specific cause first."""
+    if group.root is None and not group.root_span_id:
+        return ABANDONED
+    if limit is not None:
+        if limit.max_cost_usd is not None and group.cost > limit.max_cost_usd:
+            record.limit_exceeded = "max_cost_usd"
+            return BUDGET_EXCEEDED
+        if limit.max_steps is not None and group.steps > limit.max_steps:
+            record.limit_exceeded = "max_steps"
+            return BUDGET_EXCEEDED
+        duration = record.duration_seconds
+        if limit.max_duration_seconds is not None and duration is not None and duration > limit.max_duration_seconds:
+            record.limit_exceeded = "max_duration_seconds"
+            return TIMEOUT
+    if group.failed:
+        # The failure closest to the end explains it: a recovered earlier error does not.
+        if group.last_llm_error and group.last_llm_error >= group.last_tool_error:
+            return LLM_ERROR
+        if group.last_tool_error:
+            return TOOL_ERROR
+        return ERROR
+    if quality_verdict == FAIL:
+        return QUALITY_FAILURE
+    return SUCCESS

@@ -1,0 +1,514 @@
+"""The runs processor: span intake into run assembly, and finishing runs when they are done.
+
+A run is the outermost agent span of a trace with everything beneath it; a trace with LLM calls and
+no agent span is one run of its root. How spans are grouped is in `assembly`, how an outcome is
+decided in `outcome`, where finished runs go in `publishing`, how evaluations find their run in
+`evaluations`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ...components import Context, Factory, RunFeed
+from ...metrics import Registry
+from ...model import AGENT, LLM, OTHER, STATUS_OK, Batch, SpanView
+from ..prompt_version import UNKNOWN_VERSION
+from ..quality import FinishedRun, QualityConfig, QualityEvaluator
+from .assembly import REMOTE_PARENT_FLAGS, Group, HeldRoot, TraceState, new_group, outer_run, unfinished
+from .evaluations import EvaluationRouter
+from .outcome import SUCCESS, RunLimit, decide_outcome
+from .publishing import (
+    RUN_COST_BUCKETS,
+    RUN_DURATION_BUCKETS,
+    RunLogConfig,
+    RunMetrics,
+    RunPublisher,
+    RunRecord,
+    add_totals,
+)
+
+log = logging.getLogger("agentopz_otel.runs")
+
+FINISH_SLICE = 200  # quiet traces handled between two yields to the event loop
+
+
+class RunsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: float = Field(default=5.0, gt=0, description="quiet time after the root arrived")
+    root_wait_seconds: float = Field(
+        default=30.0, gt=0, description="how long a finished agent span waits for a parent that may be an agent"
+    )
+    abandon_after_seconds: float = Field(
+        default=300.0, gt=0, description="quiet time after which a run whose root never came is abandoned"
+    )
+    late_window_seconds: float = Field(default=300.0, ge=0, description="how long finished runs are remembered")
+    max_open_runs: int = Field(default=100_000, ge=1)
+    max_spans_per_trace: int = Field(
+        default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
+    )
+    tick_seconds: float = Field(default=0.5, gt=0)
+    duration_buckets: list[float] = Field(default_factory=lambda: list(RUN_DURATION_BUCKETS))
+    cost_buckets: list[float] = Field(default_factory=lambda: list(RUN_COST_BUCKETS))
+    limits: list[RunLimit] = Field(default_factory=list)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    run_log: RunLogConfig = Field(default_factory=RunLogConfig)
+    slo_file: str | None = Field(
+        default=None, description="SLO file whose latency and cost thresholds are added as bucket boundaries"
+    )
+
+    @model_validator(mode="after")
+    def _slo_buckets(self) -> RunsConfig:
+        if self.slo_file:
+            from ...slo import cost_thresholds, latency_thresholds, load_spec
+
+            spec = load_spec(self.slo_file)
+            self.duration_buckets = sorted({*self.duration_buckets, *latency_thresholds(spec)})
+            self.cost_buckets = sorted({*self.cost_buckets, *cost_thresholds(spec)})
+        return self
+
+
+class RunsProcessor:
+    def __init__(self, component_id: str, config: RunsConfig, registry: Registry, feed: RunFeed | None = None) -> None:
+        self.id = component_id
+        self.config = config
+        self._quality = QualityEvaluator(config.quality)
+        self._traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
+        # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
+        self._finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
+        self._tick_task: asyncio.Task | None = None
+        self._publisher = RunPublisher(config.run_log, feed)
+        self._metrics = RunMetrics(registry, config.duration_buckets, config.cost_buckets, self._open_groups)
+        self._evaluations = EvaluationRouter(
+            registry,
+            config.quality.evaluations,
+            config.max_open_runs,
+            config.abandon_after_seconds,
+            self._find_trace,
+        )
+        self._evicted = registry.counter(
+            "agentopz_evicted_runs_total",
+            "Runs dropped before finishing: the open-run cap was reached (capacity) or the service stopped (shutdown).",
+            ("reason",),
+            bounded=False,
+        )
+        self._unassembled = registry.counter(
+            "agentopz_unassembled_spans_total",
+            "Spans left out of run assembly because their trace reached runs.max_spans_per_trace.",
+        )
+        self._late = registry.counter(
+            "agentopz_late_spans_total", "Spans that arrived after their run finished (not in run metrics)."
+        )
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def connect(
+        self, emit_spans: Callable[[Batch], None], emit_logs: Callable[[ExportLogsServiceRequest, int], None]
+    ) -> None:
+        """Where finished runs go: their root spans to the rest of the pipeline, their records to log exporters."""
+        self._publisher.connect(emit_spans, emit_logs)
+
+    async def start(self) -> None:
+        self._publisher.open()
+        self._tick_task = asyncio.create_task(self._ticker())
+
+    async def shutdown(self, timeout: float) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        self.flush()
+        self._publisher.close()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_seconds)
+            try:
+                # Finish runs in slices so a burst of finished runs does not stall the receivers.
+                now = time.monotonic()
+                quiet = self._quiet_traces(now)
+                for start in range(0, len(quiet), FINISH_SLICE):
+                    self._finish_quiet(quiet[start : start + FINISH_SLICE], now)
+                    await asyncio.sleep(0)
+                self._expire(now)
+            except Exception:
+                log.exception("finishing runs failed; continuing")
+
+    def _find_trace(self, trace_id: bytes) -> TraceState | None:
+        """An open trace, or a finished one still in the late window."""
+        trace = self._traces.get(trace_id)
+        if trace is None and trace_id in self._finished:
+            trace = self._finished[trace_id][0]
+        return trace
+
+    def _open_groups(self) -> Iterator[Group]:
+        for trace in self._traces.values():
+            yield from unfinished(trace)
+
+    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Evaluation results sent as log records, matched to their run by span or response id."""
+        self._evaluations.process_logs(request)
+
+    # -- span intake ---------------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> None:
+        now = time.monotonic()
+        held: list[SpanView] = []
+        # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
+        genai = {view.trace_id for view in batch.views if view.kind != OTHER}
+        for view in batch.views:
+            if self._take(view, now, genai):
+                held.append(view)
+        if held:
+            self._hold_roots(batch, held)
+        if len(self._traces) > self.config.max_open_runs:
+            self._evict()
+
+    def _take(self, view: SpanView, now: float, genai: set[bytes]) -> bool:
+        """Account one span; True when it is a run root to hold back until the run finishes."""
+        if view.output is not None and len(view.output[1]) > self.config.quality.max_output_chars:
+            view.output = None  # too large to hold until the run ends: content checks say unknown
+        if view.evaluation_target is not None:
+            self._evaluations.evaluate_target(view)
+            return False
+        trace_id = view.trace_id
+        trace = self._traces.get(trace_id)
+        if trace is None:
+            lingering = self._finished.pop(trace_id, None)
+            if lingering is not None:
+                trace = lingering[0]
+            elif trace_id not in genai:
+                return False  # a span of a trace with no GenAI work (yet): nothing to assemble
+            else:
+                trace = TraceState(trace_id, now)
+            trace.last_seen = now
+            self._traces[trace_id] = trace
+            pending = self._evaluations.take_pending(trace_id)
+            if pending:
+                view.evaluations = [*(view.evaluations or ()), *pending]
+        else:
+            self._traces.move_to_end(trace_id)
+            trace.last_seen = now
+        span_id = view.span_id
+        parent_id = view.parent_span_id
+        if len(trace.nodes) >= self.config.max_spans_per_trace:
+            self._unassembled.series(()).value += 1
+            return False
+        own = trace.node(span_id)  # children that arrived first created a group under this id
+        if own is not None and own.finished:
+            self._late_span(own, view)  # includes an agent span delivered again after its run finished
+            return False
+        if view.kind == AGENT:
+            group = own if own is not None and not own.is_run else None
+            if group is None:
+                group = new_group(trace, b"", now)
+                if own is not None:  # a run already sits under this id: cannot happen for valid traces
+                    self._merge(group, own)
+            if group.root is not None:  # a local root held below this agent goes on as it came
+                self._publisher.emit_root(group.root)
+                group.root = None
+            group.is_run = True
+            group.root_span_id = span_id
+            group.parent_id = parent_id
+            group.root_arrived = now
+            group.agent = view.agent or group.agent
+            group.service = view.service
+            if view.prompt_version not in (None, UNKNOWN_VERSION):  # the agent's own version beats its calls'
+                group.prompt_version = view.prompt_version
+            group.failed = view.status != STATUS_OK
+            group.start_time = view.span.start_time_unix_nano
+            group.end_time = view.end_time
+            group.last_seen = now
+            if view.output is not None:
+                group.output = view.output
+                group.output_from_agent = True
+            if view.evaluations:
+                self._evaluations.attach(group, view.evaluations)
+            trace.nodes[span_id] = group
+            return True
+        if parent_id:
+            group = trace.node(parent_id)
+            if group is None:
+                group = own or new_group(trace, parent_id, now)
+                group.top_parent = parent_id
+                trace.nodes[parent_id] = group
+            elif own is not None and own is not group:
+                if group.finished:
+                    self._late_span(group, view)
+                    self._close(own)  # children that came in time belong to the finished run
+                    return False
+                self._merge(group, own)
+        else:
+            group = own or new_group(trace, b"", now)
+            group.top_parent = b""
+        if group.finished:
+            self._late_span(group, view)
+            return False
+        if view.kind != LLM:  # LLM calls have no children: keep the node map small
+            trace.nodes[span_id] = group
+        elif view.response_id:
+            self._evaluations.remember_response(view.response_id, trace_id)
+        group.add(view)
+        if view.evaluations:
+            self._evaluations.attach(group, view.evaluations)
+        group.last_seen = now
+        if group.is_run and view.agent is None:
+            view.agent = group.agent  # call metrics get the run's agent when it is already known
+        remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
+        if not parent_id or (remote_parent and group.top_parent == parent_id):
+            # The trace root, or the top of this process's part of it (its parent is remote): the
+            # root of a run if the trace has no agent span.
+            group.root_span_id = span_id
+            group.failed = view.status != STATUS_OK
+            group.start_time = view.span.start_time_unix_nano
+            group.end_time = view.end_time
+            group.root_arrived = now
+            return True
+        return False
+
+    def _late_span(self, group: Group, view: SpanView) -> None:
+        self._late.series(()).value += 1
+        if view.evaluations:
+            self._evaluations.attach(group, view.evaluations)
+
+    def _merge(self, into: Group, other: Group) -> None:
+        """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
+        if other.root is not None:
+            self._publisher.emit_root(other.root)
+        into.absorb(other)
+
+    def _hold_roots(self, batch: Batch, roots: list[SpanView]) -> None:
+        """Move root spans out of the request; they are forwarded when their run finishes."""
+        by_id = {(view.trace_id, view.span_id): view for view in roots}
+        for resource_spans in batch.request.resource_spans:
+            resource: Resource | None = None
+            for scope_spans in resource_spans.scope_spans:
+                scope: InstrumentationScope | None = None
+                spans = scope_spans.spans
+                for index in range(len(spans) - 1, -1, -1):
+                    span = spans[index]
+                    view = by_id.get((span.trace_id, span.span_id))
+                    if view is None:
+                        continue
+                    group = self._traces[view.trace_id].node(view.span_id)
+                    if group is None or group.finished:
+                        continue
+                    # Copies, once per resource and scope: a reference into the request would keep the
+                    # whole request's memory alive for as long as the run is open.
+                    if resource is None:
+                        resource = Resource()
+                        resource.CopyFrom(resource_spans.resource)
+                    if scope is None:
+                        scope = InstrumentationScope()
+                        scope.CopyFrom(scope_spans.scope)
+                    copy = Span()
+                    copy.CopyFrom(span)
+                    group.root = HeldRoot(resource, scope, resource_spans.schema_url, copy)
+                    del spans[index]
+                    batch.span_count -= 1
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def _nest_sub_agents(self, trace: TraceState, now: float) -> None:
+        """Fold runs whose ancestor is another run into it, as sub-agent steps."""
+        for group in unfinished(trace):
+            if group.is_run and isinstance(outer := outer_run(group, now, self.config.root_wait_seconds), Group):
+                if outer.finished:
+                    self._late.series(()).value += 1
+                    self._close(group)
+                    continue
+                self._merge(outer, group)
+                outer.steps += 1
+                outer.sub_agents += 1
+
+    def tick(self, now: float) -> None:
+        """Finish every run that is done."""
+        self._finish_quiet(self._quiet_traces(now), now)
+        self._expire(now)
+
+    def _quiet_traces(self, now: float) -> list[TraceState]:
+        """Traces with no new span for the grace period (the dict is ordered by activity)."""
+        grace = self.config.grace_seconds
+        return list(itertools.takewhile(lambda trace: now - trace.last_seen >= grace, self._traces.values()))
+
+    def _finish_quiet(self, traces: list[TraceState], now: float) -> None:
+        grace = self.config.grace_seconds
+        finished: list[tuple[Group, bool]] = []
+        quiet: list[TraceState] = []
+        for trace in traces:
+            if self._traces.get(trace.trace_id) is not trace or now - trace.last_seen < grace:
+                continue  # retired, evicted or active again since the slice was taken
+            quiet.append(trace)
+            self._nest_sub_agents(trace, now)
+            has_run = any(g.is_run for g in trace.groups)
+            for group in unfinished(trace):
+                if now - group.last_seen < grace:
+                    continue
+                if group.is_run:
+                    if outer_run(group, now, self.config.root_wait_seconds) is None:
+                        finished.append((group, False))
+                elif group.top_parent and group.root_span_id:  # a local root; its parent is remote
+                    if now - group.root_arrived >= self.config.root_wait_seconds:
+                        if group.llm_calls and not has_run:
+                            finished.append((group, False))
+                        else:
+                            self._close(group)
+                elif group.top_parent:  # its root has not come
+                    if now - group.last_seen >= self.config.abandon_after_seconds:
+                        if group.has_work:
+                            finished.append((group, True))
+                        else:
+                            self._close(group)  # e.g. spans under a parent in a service not sending here
+                elif group.llm_calls and not has_run:  # LLM calls and no agent span: a run of the root
+                    finished.append((group, False))
+                else:
+                    self._close(group)  # the trace root's own subtree, outside any run
+        records = [self._finish(group, abandoned, time.time()) for group, abandoned in finished]
+        for trace in quiet:
+            if not unfinished(trace):
+                self._retire(trace, now)
+        if records:
+            self._publisher.publish(records)
+
+    def _expire(self, now: float) -> None:
+        """Forget evaluations that never found their run, and finished traces past the late window."""
+        self._evaluations.expire(now)
+        window = self.config.late_window_seconds
+        while self._finished and (
+            now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs
+        ):
+            self._finished.popitem(last=False)
+
+    def _retire(self, trace: TraceState, now: float) -> None:
+        del self._traces[trace.trace_id]
+        if self.config.late_window_seconds:
+            self._finished[trace.trace_id] = (trace, now)
+
+    def _close(self, group: Group) -> None:
+        """Finish a group that is not a run; its held root (a plain trace root) is forwarded unchanged."""
+        group.finished = True
+        if group.root is not None:
+            self._publisher.emit_root(group.root)
+            group.root = None
+        # Finished groups are remembered for late spans only: drop what is no longer needed.
+        group.output = None
+        group.evaluations = ()
+
+    def _limit(self, service: str, agent: str) -> RunLimit | None:
+        return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
+
+    def _finish(self, group: Group, abandoned: bool, wall_now: float) -> RunRecord:
+        service = group.service or "unknown_service"
+        agent = group.agent or service
+        duration = (group.end_time - group.start_time) / 1e9 if group.root_span_id and not abandoned else None
+        if duration is not None and duration < 0:
+            duration = None
+        record = RunRecord(
+            trace_id=group.trace.trace_id.hex(),
+            root_span_id=group.root_span_id.hex(),
+            service=service,
+            agent=agent,
+            prompt_version=group.prompt_version or UNKNOWN_VERSION,
+            outcome=SUCCESS,
+            started_at=group.start_time / 1e9 if group.start_time else 0.0,
+            finished_at=group.end_time / 1e9 if group.end_time else wall_now,
+            duration_seconds=duration,
+            cost_usd=group.cost if group.llm_calls else 0.0,
+            cost_complete=group.unpriced_calls == 0,
+            tokens={
+                "input": group.input_tokens,
+                "output": group.output_tokens,
+                "cache_read": group.cache_read_tokens,
+                "cache_write": group.cache_write_tokens,
+                "reasoning": group.reasoning_tokens,
+            },
+            steps=group.steps,
+            llm_calls=group.llm_calls,
+            llm_errors=group.llm_errors,
+            tool_calls=group.tool_calls,
+            tool_errors=group.tool_errors,
+            sub_agents=group.sub_agents,
+            models=list(group.models),
+        )
+        if abandoned:
+            group.root_span_id = b""
+        verdict = self._quality.judge(
+            FinishedRun(
+                service=service,
+                agent=agent,
+                prompt_version=record.prompt_version,
+                steps=group.steps,
+                llm_calls=group.llm_calls,
+                tool_calls=group.tool_calls,
+                tool_errors=group.tool_errors,
+                cost_usd=record.cost_usd if record.cost_complete else None,
+                duration_seconds=duration,
+                tools=frozenset(group.tools),
+                finish_reason=group.finish_reason,
+                output_source=group.output,
+            ),
+            group.evaluations,
+        )
+        record.quality_verdict = verdict.verdict
+        record.failed_checks = verdict.failed_checks
+        record.outcome = decide_outcome(group, record, self._limit(service, agent), verdict.verdict)
+        labels = (service, agent, record.prompt_version)
+        for check, check_verdict in verdict.results:
+            self._metrics.checks.series((*labels, check, check_verdict)).value += 1
+        self._evaluations.count(service, agent, record.prompt_version, group.evaluations)
+        group.agent = agent
+        group.prompt_version = record.prompt_version
+        group.service = service
+        self._metrics.record(record)
+        if group.root is not None:
+            add_totals(group.root.span, record)
+        self._close(group)
+        return record
+
+    def _evict(self) -> None:
+        while len(self._traces) > self.config.max_open_runs:
+            _, trace = self._traces.popitem(last=False)
+            for group in unfinished(trace):
+                if group.has_work:
+                    self._evicted.series(("capacity",)).value += 1
+                if group.root is not None:
+                    self._publisher.emit_root(group.root)
+
+    def flush(self) -> None:
+        """At shutdown: finish every run whose root arrived; count the rest as evicted."""
+        far_future = time.monotonic() + 10 * (self.config.grace_seconds + self.config.root_wait_seconds)
+        records = []
+        for trace in self._traces.values():
+            self._nest_sub_agents(trace, far_future)
+            has_run = any(g.is_run for g in trace.groups)
+            for group in unfinished(trace):
+                if group.is_run or (group.root_span_id and group.llm_calls and not has_run):
+                    records.append(self._finish(group, False, time.time()))
+                    continue
+                if group.has_work:
+                    self._evicted.series(("shutdown",)).value += 1
+                    log.warning("run of trace %s still in flight at shutdown", trace.trace_id.hex())
+                self._close(group)
+        self._traces.clear()
+        if records:
+            self._publisher.publish(records)
+
+
+def _create(component_id: str, config: RunsConfig, context: Context) -> RunsProcessor:
+    return RunsProcessor(component_id, config, context.metrics, context.finished_runs)
+
+
+FACTORY = Factory(type="runs", kind="processor", config_type=RunsConfig, create=_create, requires=("normalize",))

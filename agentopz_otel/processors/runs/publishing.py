@@ -1,0 +1,254 @@
+"""Publishing finished runs: the run record, the run log (file and OTLP log records), the held root
+forwarded with the run totals, and the run and in-flight metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_NUMBER_WARN
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...components import RunFeed
+from ...metrics import Registry
+from ...model import Batch, add_attribute
+from ..quality import UNKNOWN
+from .assembly import Group, HeldRoot
+from .outcome import SUCCESS
+
+RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
+RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+
+
+class RunLogConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(default=None, description="JSON lines file; '-' for stdout; unset: no file")
+    otlp: bool = Field(default=True, description="also send each record as an OTLP log record to OTLP exporters")
+
+
+@dataclass
+class RunRecord:
+    """A finished run: what the run log writes and the quality checks receive."""
+
+    trace_id: str
+    root_span_id: str
+    service: str
+    agent: str
+    prompt_version: str
+    outcome: str
+    started_at: float
+    finished_at: float
+    duration_seconds: float | None
+    cost_usd: float | None
+    cost_complete: bool
+    tokens: dict[str, int]
+    steps: int
+    llm_calls: int
+    llm_errors: int
+    tool_calls: int
+    tool_errors: int
+    sub_agents: int
+    models: list[str]
+    quality_verdict: str = UNKNOWN
+    failed_checks: list[str] = field(default_factory=list)
+    limit_exceeded: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True)
+
+
+def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
+    """The run log as OTLP log records: one per run, linked to its trace, grouped by service."""
+    request = ExportLogsServiceRequest()
+    by_service: dict[str, Any] = {}
+    for record in records:
+        scope_logs = by_service.get(record.service)
+        if scope_logs is None:
+            resource_logs = request.resource_logs.add()
+            add_attribute(resource_logs.resource.attributes, "service.name", record.service)
+            scope_logs = resource_logs.scope_logs.add()
+            scope_logs.scope.name = "agentopz_otel.runs"
+            by_service[record.service] = scope_logs
+        log_record = scope_logs.log_records.add(
+            time_unix_nano=min(int(record.finished_at * 1e9), 2**64 - 1),
+            observed_time_unix_nano=time.time_ns(),
+            severity_number=SEVERITY_NUMBER_INFO if record.outcome == SUCCESS else SEVERITY_NUMBER_WARN,
+            severity_text="INFO" if record.outcome == SUCCESS else "WARN",
+            trace_id=bytes.fromhex(record.trace_id),
+            span_id=bytes.fromhex(record.root_span_id) if record.root_span_id else b"",
+            event_name="agentopz.run",
+        )
+        log_record.body.string_value = record.to_json()
+        for key, value in (
+            ("gen_ai.agent.name", record.agent),
+            ("agentopz.prompt.version", record.prompt_version),
+            ("agentopz.run.outcome", record.outcome),
+            ("agentopz.run.steps", record.steps),
+            ("agentopz.run.tool_calls", record.tool_calls),
+            ("agentopz.quality.verdict", record.quality_verdict),
+        ):
+            add_attribute(log_record.attributes, key, value)
+        if record.cost_usd is not None and record.cost_complete:
+            add_attribute(log_record.attributes, "agentopz.cost.usd", record.cost_usd)
+    return request
+
+
+def add_totals(span: Span, record: RunRecord) -> None:
+    """Put the run totals on its root span, never overwriting the user's attributes."""
+    present = {kv.key for kv in span.attributes}
+    totals: list[tuple[str, Any]] = [
+        ("agentopz.run.outcome", record.outcome),
+        ("agentopz.run.steps", record.steps),
+        ("agentopz.run.tool_calls", record.tool_calls),
+        ("agentopz.quality.verdict", record.quality_verdict),
+        ("agentopz.quality.failed_checks", record.failed_checks),
+        ("agentopz.prompt.version", record.prompt_version),
+    ]
+    if record.cost_complete:
+        totals.append(("agentopz.cost.usd", record.cost_usd))
+    for key, value in totals:
+        if key not in present:
+            add_attribute(span.attributes, key, value)
+    if record.outcome != SUCCESS and span.status.code != Status.STATUS_CODE_ERROR and not span.status.message:
+        span.status.message = f"agentopz run outcome: {record.outcome}"
+
+
+class RunPublisher:
+    """Where finished runs go: held roots to the rest of the pipeline, records to the run log,
+    the OTLP log exporters and the finished-runs feed."""
+
+    def __init__(self, config: RunLogConfig, feed: RunFeed | None) -> None:
+        self.config = config
+        self._feed = feed
+        self._emit_spans: Callable[[Batch], None] | None = None
+        self._emit_logs: Callable[[ExportLogsServiceRequest, int], None] | None = None
+        self._run_log: IO[str] | None = None
+
+    def connect(
+        self, emit_spans: Callable[[Batch], None], emit_logs: Callable[[ExportLogsServiceRequest, int], None]
+    ) -> None:
+        self._emit_spans = emit_spans
+        self._emit_logs = emit_logs
+
+    def open(self) -> None:
+        path = self.config.path
+        if path == "-":
+            self._run_log = sys.stdout
+        elif path:
+            self._run_log = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (kept open)
+
+    def close(self) -> None:
+        if self._run_log is not None and self._run_log is not sys.stdout:
+            self._run_log.close()
+
+    def emit_root(self, root: HeldRoot) -> None:
+        if self._emit_spans is None:
+            return
+        request = ExportTraceServiceRequest()
+        resource_spans = request.resource_spans.add(schema_url=root.schema_url)
+        resource_spans.resource.CopyFrom(root.resource)
+        scope_spans = resource_spans.scope_spans.add()
+        scope_spans.scope.CopyFrom(root.scope)
+        scope_spans.spans.append(root.span)
+        self._emit_spans(Batch(request, 1))
+
+    def publish(self, records: list[RunRecord]) -> None:
+        if self._run_log is not None:
+            self._run_log.write("".join(record.to_json() + "\n" for record in records))
+        if self._emit_logs is not None and self.config.otlp:
+            self._emit_logs(run_log_request(records), len(records))
+        if self._feed is not None:
+            self._feed.publish(records)
+
+
+class RunMetrics:
+    """Per-run metrics (recorded as runs finish) and the in-flight gauges (refreshed before each scrape)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        duration_buckets: Sequence[float],
+        cost_buckets: Sequence[float],
+        open_groups: Callable[[], Iterable[Group]],
+    ) -> None:
+        self._open_groups = open_groups
+        labels = ("service", "agent", "prompt_version")
+        self._runs = registry.counter("agentopz_runs_total", "Finished agent runs by outcome.", (*labels, "outcome"))
+        self._duration = registry.histogram(
+            "agentopz_run_duration_seconds", "Run duration (root span).", labels, duration_buckets
+        )
+        self._cost = registry.histogram(
+            "agentopz_run_cost_usd",
+            "Cost of runs whose every LLM call was priced; exemplars carry trace ids.",
+            labels,
+            cost_buckets,
+        )
+        self._steps = registry.histogram("agentopz_run_steps", "LLM steps per run.", labels, RUN_COUNT_BUCKETS)
+        self._tool_calls = registry.histogram(
+            "agentopz_run_tool_calls", "Tool calls per run.", labels, RUN_COUNT_BUCKETS
+        )
+        self._last_finished = registry.gauge(
+            "agentopz_run_last_finished_timestamp_seconds",
+            "When a run of the agent last finished.",
+            ("service", "agent"),
+        )
+        self._in_flight = registry.gauge("agentopz_runs_in_flight", "Runs in progress.", ("service", "agent"))
+        self._in_flight_cost = registry.gauge(
+            "agentopz_in_flight_run_max_cost_usd", "Largest running cost of a run in progress.", ("service", "agent")
+        )
+        self._in_flight_steps = registry.gauge(
+            "agentopz_in_flight_run_max_steps", "Most LLM steps of a run in progress.", ("service", "agent")
+        )
+        self._open_runs = registry.gauge(
+            "agentopz_open_runs", "Runs held in memory (in flight or in their grace period)."
+        )
+        self.checks = registry.counter(
+            "agentopz_quality_checks_total",
+            "Quality check verdicts on finished runs (pass, fail, unknown, error).",
+            (*labels, "check", "verdict"),
+        )
+        registry.before_collect.append(self._refresh_in_flight)
+
+    def record(self, record: RunRecord) -> None:
+        labels = (record.service, record.agent, record.prompt_version)
+        self._runs.series((*labels, record.outcome)).value += 1
+        if record.duration_seconds is not None:
+            self._duration.series(labels).observe(record.duration_seconds)
+        if record.cost_complete and record.cost_usd is not None:
+            self._cost.series(labels).observe_with_exemplar(record.cost_usd, record.trace_id)
+        self._steps.series(labels).observe(record.steps)
+        self._tool_calls.series(labels).observe(record.tool_calls)
+        self._last_finished.series((record.service, record.agent)).value = record.finished_at
+
+    def _refresh_in_flight(self) -> None:
+        counts: dict[tuple[str, str], list[float]] = {}
+        open_groups = 0
+        for group in self._open_groups():
+            if not group.has_work:
+                continue
+            open_groups += 1
+            key = (group.service or "unknown_service", group.agent or group.service or "unknown_service")
+            entry = counts.setdefault(key, [0, 0.0, 0])
+            entry[0] += 1
+            entry[1] = max(entry[1], group.cost)
+            entry[2] = max(entry[2], group.steps)
+        for family in (self._in_flight, self._in_flight_cost, self._in_flight_steps):
+            for _, series in family.items():
+                series.value = 0
+        # Keys past the cardinality caps share the `other` series: add up and take maxima there.
+        for key, (count, cost, steps) in counts.items():
+            self._in_flight.series(key).value += count
+            cost_series = self._in_flight_cost.series(key)
+            cost_series.value = max(cost_series.value, cost)
+            steps_series = self._in_flight_steps.series(key)
+            steps_series.value = max(steps_series.value, steps)
+        self._open_runs.series(()).value = open_groups
