@@ -354,9 +354,7 @@ PROVIDER_ALIASES = {
 }
 # Vercel AI SDK and others append the API they used (`openai.chat`, `openai.responses`): the provider is
 # what comes before.
-API_FLAVOURS = frozenset(
-    {"chat", "responses", "completion", "completions", "messages", "embedding", "embeddings"}
-)
+API_FLAVOURS = frozenset({"chat", "responses", "completion", "completions", "messages", "embedding", "embeddings"})
 # Values that name the framework, not the model provider (Strands reports `gen_ai.system=strands-agents`):
 # the provider is unknown, and the model is priced by model alone.
 FRAMEWORK_PROVIDER_VALUES = frozenset(
@@ -630,6 +628,13 @@ def event_content(name: str, attributes, body: AnyValue | None) -> list[tuple[st
         if raw is not None:
             found[wanted[0][0]] = ("event", raw)
     return list(found.items())
+
+
+def log_event_name(log_record) -> str:
+    """A log record's event name: the field, or the `event.name` attribute older SDKs send."""
+    if log_record.event_name:
+        return log_record.event_name
+    return next((kv.value.string_value for kv in log_record.attributes if kv.key == "event.name"), "")
 
 
 _CONTENT_EVENT_KEYS = frozenset(key for fields in CONTENT_EVENTS.values() for _, key, _ in fields)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..components import Context, Factory
 from ..content import system_text
-from ..model import AGENT, LLM, Batch, SpanView
+from ..model import AGENT, LLM, Batch, SpanView, add_attribute
+from .normalize import CONTENT_EVENTS, event_content, log_event_name
 
 UNKNOWN_VERSION = "unknown"
+VERSION_ATTRIBUTE = "agentopz.prompt.version"
 # Where a span's version came from, most authoritative first: a run takes the best its spans offer.
 FROM_ATTRIBUTE = 0
 FROM_FLAG = 1
@@ -66,6 +69,19 @@ class PromptVersionProcessor:
             ):
                 self.assign(view)
 
+    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Content events sent as log records: the instructions' hash goes on the record for the runs
+        processor, which versions the record's run by it."""
+        for resource_logs in request.resource_logs:
+            for scope_logs in resource_logs.scope_logs:
+                for log_record in scope_logs.log_records:
+                    name = log_event_name(log_record)
+                    if name not in CONTENT_EVENTS:
+                        continue
+                    for field, source in event_content(name, log_record.attributes, log_record.body):
+                        if field == "system_source" and (version := self._hashed(source)) != UNKNOWN_VERSION:
+                            add_attribute(log_record.attributes, VERSION_ATTRIBUTE, version)
+
     def _explicit(self, view: SpanView) -> str | None:
         if self._extra_attributes:
             for attribute in view.span.attributes:
@@ -96,7 +112,7 @@ class PromptVersionProcessor:
             view.prompt_version_from = FROM_HASH if version != UNKNOWN_VERSION else FROM_NOTHING
         view.prompt_version = self._config.names.get(version, version)
         if not view.version_attribute:
-            view.set_attribute("agentopz.prompt.version", view.prompt_version)
+            view.set_attribute(VERSION_ATTRIBUTE, view.prompt_version)
 
 
 def _create(component_id: str, config: PromptVersionConfig, context: Context) -> PromptVersionProcessor:

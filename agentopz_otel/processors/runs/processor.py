@@ -28,6 +28,7 @@ from ...model import AGENT, LLM, OTHER, STATUS_OK, Batch, SpanView
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityConfig, QualityEvaluator
 from .assembly import REMOTE_PARENT_FLAGS, Group, HeldRoot, TraceState, new_group, outer_run, unfinished
+from .content import LoggedContent
 from .evaluations import EvaluationRouter
 from .outcome import SUCCESS, RunLimit, decide_outcome
 from .publishing import (
@@ -99,6 +100,7 @@ class RunsProcessor:
             config.abandon_after_seconds,
             self._find_trace,
         )
+        self._logged_content = LoggedContent(config.abandon_after_seconds, config.quality.max_output_chars)
         self._evicted = registry.counter(
             "agentopz_evicted_runs_total",
             "Runs dropped before finishing: the open-run cap was reached (capacity) or the service stopped (shutdown).",
@@ -159,8 +161,10 @@ class RunsProcessor:
             yield from unfinished(trace)
 
     def process_logs(self, request: ExportLogsServiceRequest) -> None:
-        """Evaluation results sent as log records, matched to their run by span or response id."""
+        """Evaluation results sent as log records, matched to their run by span or response id; content
+        events sent as log records, kept for their trace's run."""
         self._evaluations.process_logs(request)
+        self._logged_content.process_logs(request)
 
     # -- span intake ---------------------------------------------------------------------------
 
@@ -226,8 +230,8 @@ class RunsProcessor:
             group.root_arrived = now
             group.agent = view.agent or group.agent
             group.service = view.service
-            if view.prompt_version not in (None, UNKNOWN_VERSION):  # the agent's own version beats its calls'
-                group.prompt_version = view.prompt_version
+            # The agent's own version beats its calls' of the same rank.
+            group.offer_version(view.prompt_version, view.prompt_version_from, replace_equal=True)
             group.failed = view.status != STATUS_OK
             group.start_time = view.span.start_time_unix_nano
             group.end_time = view.end_time
@@ -386,6 +390,7 @@ class RunsProcessor:
     def _expire(self, now: float) -> None:
         """Forget evaluations that never found their run, and finished traces past the late window."""
         self._evaluations.expire(now)
+        self._logged_content.expire(now)
         window = self.config.late_window_seconds
         while self._finished and (
             now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs
@@ -411,6 +416,7 @@ class RunsProcessor:
         return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
 
     def _finish(self, group: Group, abandoned: bool, wall_now: float) -> RunRecord:
+        self._logged_content.apply(group)
         service = group.service or "unknown_service"
         agent = group.agent or service
         duration = (group.end_time - group.start_time) / 1e9 if group.root_span_id and not abandoned else None
