@@ -259,7 +259,7 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
         ),
     ),
     ("system_source", _tagged("parts"), ("gen_ai.system_instructions",)),
-    ("system_source", _tagged("messages"), ("gen_ai.input.messages",)),
+    ("system_source", _tagged("messages"), ("gen_ai.input.messages", "ai.prompt.messages")),
     ("system_source", _tagged("vercel_prompt"), ("ai.prompt",)),
     ("first_role", _text, ("llm.input_messages.0.message.role", "gen_ai.prompt.0.role")),
     ("first_content", _text, ("llm.input_messages.0.message.content", "gen_ai.prompt.0.content")),

@@ -172,7 +172,8 @@ class RunsProcessor:
         now = time.monotonic()
         held: list[SpanView] = []
         # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
-        genai = {view.trace_id for view in batch.views if view.kind != OTHER}
+        # A flag evaluation (the prompt version a run was served) counts too: it often ends first.
+        genai = {view.trace_id for view in batch.views if view.kind != OTHER or view.flag_version is not None}
         for view in batch.views:
             if self._take(view, now, genai):
                 held.append(view)

@@ -5,21 +5,32 @@ agent and tool spans are the application's own, named as the GenAI semantic conv
 import json
 import os
 
-from telemetry import QUESTION, SYSTEM_PROMPT, get_weather, tracer_provider
+from telemetry import QUESTION, SYSTEM_PROMPT, get_weather, logger_provider, tracer_provider
+
+try:
+    import httpx2
+except ImportError:
+    pass
+else:
+    # openai>=3 moved to the httpx2 fork; instrumentations that still import httpx share its classes.
+    httpx2.alias_httpx()
 
 instrumentation = os.environ["AGENT_INSTRUMENTATION"]
+providers = []
 if instrumentation == "openlit":
     import openlit
 
     openlit.init(application_name=os.environ["OTEL_SERVICE_NAME"])
-    provider = None
+elif instrumentation == "openai-v2":
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    providers = [tracer_provider(), logger_provider()]
+    OpenAIInstrumentor().instrument(tracer_provider=providers[0], logger_provider=providers[1])
 else:
-    provider = tracer_provider()
-    if instrumentation == "openai-v2":
-        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
-    else:
-        from openinference.instrumentation.openai import OpenAIInstrumentor
-    OpenAIInstrumentor().instrument(tracer_provider=provider)
+    from openinference.instrumentation.openai import OpenAIInstrumentor
+
+    providers = [tracer_provider()]
+    OpenAIInstrumentor().instrument(tracer_provider=providers[0])
 
 import openai  # noqa: E402
 from opentelemetry import trace  # noqa: E402
@@ -49,5 +60,6 @@ with tracer.start_as_current_span("invoke_agent weather_agent", attributes=agent
             with tracer.start_as_current_span(f"execute_tool {call.function.name}", attributes=tool_attributes):
                 result = get_weather(**json.loads(call.function.arguments))
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
-(provider or trace.get_tracer_provider()).shutdown()
+for provider in providers or [trace.get_tracer_provider()]:
+    provider.shutdown()
 print(json.dumps({"answer": message.content}))
