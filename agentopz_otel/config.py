@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .admin_auth import TokenConfig
 from .components import ComponentKind, Factory, component_type, factories
 from .metrics import CardinalityConfig
 from .netaddr import Endpoint
@@ -32,6 +33,8 @@ class AdminConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     endpoint: Endpoint = "127.0.0.1:9464"
+    # The admin bearer token for mutations; without one, mutations are accepted from loopback only.
+    auth: TokenConfig | None = None
 
 
 class PipelineConfig(BaseModel):

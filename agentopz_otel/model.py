@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -37,6 +37,7 @@ class SpanView:
 
     __slots__ = (
         "agent",
+        "agent_is_span_name",
         "cache_read_tokens",
         "cache_write_tokens",
         "cost",
@@ -62,6 +63,7 @@ class SpanView:
         "reported_cost",
         "response_id",
         "service",
+        "skip_call_metrics",
         "span",
         "span_id",
         "status",
@@ -85,6 +87,8 @@ class SpanView:
         self.provider = ""
         self.model = ""
         self.agent: str | None = None
+        # The agent name is the span's own name (no attribute named the agent): a wrapper's title, maybe.
+        self.agent_is_span_name = False
         self.tool: str | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
@@ -112,10 +116,47 @@ class SpanView:
         # The span already carries agentopz.cost.source / agentopz.prompt.version (never overwritten).
         self.enriched = False
         self.version_attribute = False
+        # Exporters do not count this call now: the runs processor passes it on once its run's agent
+        # is known (see `Call`), or it is a span received twice.
+        self.skip_call_metrics = False
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         """Add an attribute to the forwarded span (callers never overwrite the user's own)."""
         add_attribute(self.span.attributes, key, value)
+
+
+class Call(NamedTuple):
+    """One LLM or tool call as the per-call metrics count it, kept (without the span) while the agent
+    of its run is not known yet."""
+
+    kind: str
+    service: str
+    agent: str | None  # the call's own agent attribute, if any
+    provider: str
+    name: str  # the model of an LLM call, the tool of a tool call
+    status: str
+    tokens: tuple[int | None, ...]  # input, output, cache_read, cache_write, reasoning
+    cost: float | None
+    duration: float | None
+
+
+NO_TOKENS = (None, None, None, None, None)
+
+
+def call_of(view: SpanView) -> Call:
+    """The call metrics' share of an LLM or tool span's view."""
+    if view.kind == LLM:
+        tokens = (
+            view.input_tokens,
+            view.output_tokens,
+            view.cache_read_tokens,
+            view.cache_write_tokens,
+            view.reasoning_tokens,
+        )
+        return Call(
+            LLM, view.service, view.agent, view.provider, view.model, view.status, tokens, view.cost, view.duration
+        )
+    return Call(TOOL, view.service, view.agent, "", view.tool or "", view.status, NO_TOKENS, None, view.duration)
 
 
 AttributeValue = str | bool | int | float | Sequence[str]

@@ -14,11 +14,12 @@ from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from .admin_auth import ADMIN_AUTH, AdminAuth
 from .components import Context
 from .config import ComponentConfig, Config
 from .exporters.prometheus import metrics_handler
 from .metrics import Registry
-from .model import Batch
+from .model import Batch, Call
 from .netaddr import parse_endpoint
 
 log = logging.getLogger("agentopz_otel")
@@ -31,10 +32,11 @@ class Pipeline:
     exporters: list[Any]
 
     def __post_init__(self) -> None:
-        # Processors that emit data later (finished runs) send it on through the rest of the pipeline.
+        # Processors that emit data later (finished runs, calls whose agent was not known) send it on
+        # through the rest of the pipeline.
         for index, processor in enumerate(self.processors):
             if hasattr(processor, "connect"):
-                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs)
+                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs, self.export_calls)
 
     def retry_after(self, span_count: int) -> float | None:
         delays = [d for e in self.exporters if (d := e.retry_after(span_count)) is not None]
@@ -56,6 +58,11 @@ class Pipeline:
         for exporter in self.exporters:
             if hasattr(exporter, "export_logs"):
                 exporter.export_logs(request, count)
+
+    def export_calls(self, calls: list[tuple[Call, str]]) -> None:
+        for exporter in self.exporters:
+            if hasattr(exporter, "export_calls"):
+                exporter.export_calls(calls)
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Service:
         self.config = config
         self.metrics = Registry(config.service.cardinality)
         self.context = Context(metrics=self.metrics)
+        self.admin_auth = AdminAuth.from_config(config.service.admin.auth)
         # Extensions first: pipeline components may look them up while they are created.
         for extension_id in config.service.extensions:
             self.context.extensions[extension_id] = self._create(config.extensions[extension_id])
@@ -130,14 +138,15 @@ class Service:
 
     async def _start_admin(self) -> None:
         app = web.Application()
+        app[ADMIN_AUTH] = self.admin_auth
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", metrics_handler(self.metrics))
         paths = set()
         for method, path, handler in self.context.admin_routes:
-            if path in paths:
-                raise ValueError(f"two components serve {path} on the admin port; configure only one")
-            paths.add(path)
+            if (method, path) in paths:
+                raise ValueError(f"two components serve {method} {path} on the admin port; configure only one")
+            paths.add((method, path))
             app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

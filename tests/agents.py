@@ -27,11 +27,18 @@ def exporter(transport: Transport, endpoint: str, **kwargs):
 
 @contextmanager
 def tracer(
-    transport: Transport, endpoint: str, service: str = "test-service", batch: bool = False, **kwargs
+    transport: Transport,
+    endpoint: str,
+    service: str = "test-service",
+    batch: bool = False,
+    copies: int = 1,
+    **kwargs,
 ) -> Iterator[Tracer]:
+    """A tracer whose spans go to `endpoint`; `copies` exporters send each span that many times."""
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    span_exporter = exporter(transport, endpoint, **kwargs)
-    provider.add_span_processor(BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter))
+    for _ in range(copies):
+        span_exporter = exporter(transport, endpoint, **kwargs)
+        provider.add_span_processor(BatchSpanProcessor(span_exporter) if batch else SimpleSpanProcessor(span_exporter))
     try:
         yield provider.get_tracer("agentopz-tests")
     finally:

@@ -109,9 +109,11 @@ def service_body(
     exporters: dict | None = None,
     receiver: dict | None = None,
     service: dict | None = None,
+    extensions: dict | None = None,
 ) -> str:
     """A start_service config body: OTLP in on both transports, normalize, cost and prompt_version,
-    `runs` when given, the prometheus exporter plus `exporters`. Ports are filled in by start_service."""
+    `runs` when given, the prometheus exporter plus `exporters`, and `extensions` (all switched on, in
+    order). Ports are filled in by start_service."""
     processors: dict = {"normalize": None, "cost": None, "prompt_version": None}
     if runs is not None:
         processors["runs"] = runs
@@ -128,8 +130,10 @@ def service_body(
         },
         "processors": processors,
         "exporters": all_exporters,
+        "extensions": extensions or {},
         "service": {
             "admin": {"endpoint": "127.0.0.1:@ADMIN_PORT@"},
+            "extensions": list(extensions or {}),
             **(service or {}),
             "pipelines": {
                 "traces": {"receivers": ["otlp"], "processors": list(processors), "exporters": list(all_exporters)}
@@ -150,17 +154,26 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
     """Start `python -m agentopz_otel run` with a config body; `{grpc_port}` etc. are filled in."""
     started: list[RunningService] = []
 
-    def start(body: str = DEFAULT_BODY, env: dict[str, str] | None = None) -> RunningService:
+    def start(body: str | None = DEFAULT_BODY, env: dict[str, str] | None = None) -> RunningService:
+        """`body` None: the built-in default config, its ports and storage moved by its variables."""
         grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
         index = len(started)
-        config = tmp_path / f"config{index}.yaml"
-        write_config(config, body, grpc_port, http_port, admin_port)
+        command = [sys.executable, "-m", "agentopz_otel", "run"]
+        if body is None:
+            env = {
+                "AGENTOPZ_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
+                "AGENTOPZ_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
+                "AGENTOPZ_ADMIN_ENDPOINT": f"127.0.0.1:{admin_port}",
+                "AGENTOPZ_STORAGE_PATH": str(tmp_path / f"storage{index}.sqlite"),
+                **(env or {}),
+            }
+        else:
+            config = tmp_path / f"config{index}.yaml"
+            write_config(config, body, grpc_port, http_port, admin_port)
+            command += ["--config", str(config)]
         log_path = tmp_path / f"service{index}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "agentopz_otel", "run", "--config", str(config)],
-            stdout=log_path.open("w"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
         service = RunningService(process, grpc_port, http_port, admin_port, log_path)
         started.append(service)

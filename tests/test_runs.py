@@ -99,8 +99,10 @@ def test_a_run_with_calls_and_tools_has_exact_totals(runs_service, transport):
     assert service.value("agentopz_run_tool_calls_sum", **labels) == 2
     assert service.value("agentopz_run_duration_seconds_count", **labels) == 1
     assert service.value("agentopz_run_last_finished_timestamp_seconds", agent="support") > 1.7e9
-    # Calls that arrive after their agent's span is known get its name; the SDK exports the root last.
-    assert service.value("agentopz_tool_calls_total", tool="search", status="ok") == 1
+    # The SDK exports the agent span after its calls: they wait for it and carry its name.
+    assert service.value("agentopz_tool_calls_total", agent="support", tool="search", status="ok") == 1
+    assert service.value("agentopz_llm_calls_total", agent="support", status="ok") == 2
+    assert service.value("agentopz_llm_calls_total", agent="support-svc") == 0
 
 
 def test_prompt_version_of_the_run_comes_from_its_calls(runs_service):
@@ -255,7 +257,7 @@ def test_limits_give_budget_exceeded_and_timeout(runs_service):
     assert records["within"]["outcome"] == "success"
 
 
-def test_sub_agents_are_steps_of_the_outer_run(runs_service):
+def test_sub_agents_calls_are_steps_of_the_outer_run_and_carry_its_agent(runs_service):
     service = runs_service()
     with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "outer"):
         emit_chat(t)
@@ -265,7 +267,10 @@ def test_sub_agents_are_steps_of_the_outer_run(runs_service):
                 emit_chat(t)
     [record] = wait_runs(service, 1)
     assert record["agent"] == "outer"
-    assert (record["llm_calls"], record["sub_agents"], record["steps"], record["tool_calls"]) == (3, 1, 4, 1)
+    # Steps are the LLM calls, the sub-agent's included; the nested agent span is not a step.
+    assert (record["llm_calls"], record["sub_agents"], record["steps"], record["tool_calls"]) == (3, 1, 3, 1)
+    assert service.value("agentopz_llm_calls_total", agent="outer") == 3
+    assert service.value("agentopz_llm_calls_total", agent="inner") == 0
     assert service.value("agentopz_runs_total", agent="inner") == 0
 
 
@@ -417,6 +422,8 @@ def test_a_local_root_with_a_remote_parent_is_a_run_not_abandoned(runs_service):
     send(service, [*calls, server], service_name="rag-api")
     [record] = wait_runs(service, 1, timeout=6)
     assert (record["agent"], record["outcome"], record["llm_calls"]) == ("rag-api", "success", 2)
+    # No agent known from the trace: the calls keep the service name.
+    assert service.value("agentopz_llm_calls_total", service="rag-api", agent="rag-api") == 2
 
 
 def test_non_genai_root_listed_before_its_calls_in_one_request(runs_service):
@@ -431,15 +438,18 @@ def test_non_genai_root_listed_before_its_calls_in_one_request(runs_service):
     assert service.value("agentopz_runs_total") == 1
 
 
-def test_an_agent_span_delivered_again_after_its_run_is_late_not_a_second_run(runs_service):
+def test_spans_delivered_again_after_their_run_finished_are_duplicates_not_a_second_run(runs_service):
     service = runs_service()
     root, chat, _ = raw_run(b"\x33" * 16)
     send(service, [chat, root])
     wait_runs(service, 1)
-    send(service, [root])
-    assert service.wait_for("agentopz_late_spans_total", 1) == 1
+    send(service, [chat, root])
+    assert service.wait_for("agentopz_duplicate_spans_total", 2) == 2
     time.sleep(0.6)
+    assert service.value("agentopz_late_spans_total") == 0
     assert service.value("agentopz_runs_total") == 1
+    assert service.value("agentopz_llm_calls_total", agent="raw") == 1
+    assert math.isclose(service.value("agentopz_llm_cost_usd_total"), GPT4O_CALL, rel_tol=1e-9)
     assert math.isclose(service.value("agentopz_run_cost_usd_sum"), GPT4O_CALL, rel_tol=1e-9)
 
 
@@ -458,7 +468,8 @@ def test_a_trace_over_the_span_cap_is_not_assembled_further(start_service, tmp_p
     send(service, tools)
     # Each tool span adds two ids (itself and its awaited parent): the third span on is left out.
     assert service.wait_for("agentopz_unassembled_spans_total", 3) == 3
-    assert service.value("agentopz_tool_calls_total") == 5  # still counted as calls
+    # Still counted as calls: the three left out at once, the two assembled when their run is abandoned.
+    assert service.wait_for("agentopz_tool_calls_total", 5) == 5
 
 
 def test_sub_agent_spans_are_forwarded_too(start_service, tmp_path):
@@ -473,3 +484,164 @@ def test_sub_agent_spans_are_forwarded_too(start_service, tmp_path):
         assert backend.wait_for_spans(3) == 3
         names = sorted(span.name for _, _, span in backend.spans())
     assert names == ["chat gpt-4o", "invoke_agent inner", "invoke_agent outer"]
+
+
+def openinference(kind: str, **attributes) -> dict:
+    return {"openinference.span.kind": kind, **attributes}
+
+
+OPENINFERENCE_CHAT = openinference(
+    "LLM",
+    **{
+        "llm.model_name": "gpt-4o-2024-08-06",
+        "llm.provider": "openai",
+        "llm.token_count.prompt": 1200,
+        "llm.token_count.completion": 300,
+        "llm.token_count.prompt_details.cache_read": 200,
+    },
+)
+
+
+def langgraph_react_agent(trace_id: bytes) -> list:
+    """The spans of LangGraph create_react_agent(name="weather_agent") with one tool, as
+    openinference-instrumentation-langchain exports them (end order): the graph's root AGENT span
+    carries the name only as its span name; its nodes are AGENT spans named `agent` whose metadata
+    names the LangGraph node."""
+    root = make_span("weather_agent", openinference("AGENT", metadata='{"ls_integration": "langgraph"}'), trace_id)
+
+    def node(name: str, kind: str, step: int):
+        metadata = f'{{"ls_integration": "langgraph", "langgraph_step": {step}, "langgraph_node": "{name}"}}'
+        return make_span(name, openinference(kind, metadata=metadata), trace_id, parent=root.span_id)
+
+    first, tools, second = node("agent", "AGENT", 1), node("tools", "CHAIN", 2), node("agent", "AGENT", 3)
+    spans = []
+    for agent_node in (first, second):
+        sequence = make_span("RunnableSequence", openinference("CHAIN"), trace_id, parent=agent_node.span_id)
+        chat = make_span("ChatOpenAI", OPENINFERENCE_CHAT, trace_id, parent=sequence.span_id)
+        spans += [chat, sequence, agent_node]
+        if agent_node is first:
+            tool = make_span("get_weather", openinference("TOOL", **{"tool.name": "get_weather"}), trace_id)
+            tool.parent_span_id = tools.span_id
+            spans += [tool, tools]
+    return [*spans, root]
+
+
+def openai_agents_run(trace_id: bytes) -> list:
+    """One Agent(name="weather_agent") run of the OpenAI Agents SDK with one tool, as
+    openinference-instrumentation-openai-agents exports it (end order): the root AGENT span is the
+    workflow (`Agent workflow`, no name of its own), the named agent span is below it."""
+    workflow = make_span("Agent workflow", openinference("AGENT"), trace_id)
+    chain = make_span("Agent workflow", openinference("CHAIN"), trace_id, parent=workflow.span_id)
+    agent = make_span(
+        "weather_agent",
+        openinference("AGENT", **{"agent.name": "weather_agent", "graph.node.id": "weather_agent"}),
+        trace_id,
+        parent=chain.span_id,
+    )
+    spans = []
+    for turn_index in range(2):
+        turn = make_span("turn", openinference("CHAIN"), trace_id, parent=agent.span_id)
+        spans.append(make_span("generation", OPENINFERENCE_CHAT, trace_id, parent=turn.span_id))
+        if turn_index == 0:
+            tool = openinference("TOOL", **{"tool.name": "get_weather"})
+            spans.append(make_span("get_weather", tool, trace_id, parent=turn.span_id))
+        spans.append(turn)
+    return [*spans, agent, chain, workflow]
+
+
+@pytest.mark.parametrize("arrival", ["one request", "span by span"])
+@pytest.mark.parametrize("shape", [langgraph_react_agent, openai_agents_run])
+def test_framework_agents_are_named_and_their_steps_are_llm_calls(runs_service, shape, arrival):
+    service = runs_service()
+    spans = shape(b"\x41" * 16)
+    for part in [spans] if arrival == "one request" else [[span] for span in spans]:
+        send(service, part, service_name="weather-svc")
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["outcome"]) == ("weather_agent", "success")
+    assert (record["steps"], record["llm_calls"], record["tool_calls"], record["sub_agents"]) == (2, 2, 1, 0)
+    assert math.isclose(record["cost_usd"], 2 * GPT4O_CALL, rel_tol=1e-9)
+    labels = {"service": "weather-svc", "agent": "weather_agent"}
+    assert service.value("agentopz_runs_total", outcome="success", **labels) == 1
+    assert service.value("agentopz_run_steps_sum", **labels) == 2
+    assert service.value("agentopz_llm_calls_total", **labels) == 2
+    assert service.value("agentopz_tool_calls_total", tool="get_weather", **labels) == 1
+    assert service.value("agentopz_llm_calls_total") == 2
+
+
+def test_agent_name_from_attributes_first_then_from_the_span_name(runs_service):
+    service = runs_service()
+    named_by_attribute = make_span("planner span", openinference("AGENT", **{"agent.name": "planner"}), b"\x42" * 16)
+    named_by_convention = make_span("invoke_agent booker", {"gen_ai.operation.name": "invoke_agent"}, b"\x43" * 16)
+    named_by_span = make_span("researcher", openinference("AGENT"), b"\x44" * 16)
+    spans = []
+    for root in (named_by_attribute, named_by_convention, named_by_span):
+        spans += [make_span("chat", chat_attributes(), trace_id=root.trace_id, parent=root.span_id), root]
+    send(service, spans)
+    records = wait_runs(service, 3)
+    assert sorted(r["agent"] for r in records) == ["booker", "planner", "researcher"]
+    for agent in ("booker", "planner", "researcher"):
+        assert service.value("agentopz_llm_calls_total", agent=agent) == 1
+
+
+def test_a_named_outer_agent_keeps_its_name_over_a_named_inner_one(runs_service):
+    service = runs_service()
+    trace_id = b"\x45" * 16
+    outer = make_span("triage", openinference("AGENT", **{"agent.name": "triage"}), trace_id)
+    inner = make_span("billing", openinference("AGENT", **{"agent.name": "billing"}), trace_id, parent=outer.span_id)
+    chat = make_span("chat", chat_attributes(), trace_id=trace_id, parent=inner.span_id)
+    send(service, [chat, inner, outer])
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["steps"], record["sub_agents"]) == ("triage", 1, 1)
+    assert service.value("agentopz_llm_calls_total", agent="triage") == 1
+
+
+def test_spans_sent_twice_by_the_sdk_count_once(runs_service):
+    service = runs_service()
+    # Two exporters on one provider: every span reaches the service twice, as after a retried export.
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", copies=2) as t:
+        with agent_run(t, "support"):
+            emit_chat(t)
+            emit_tool(t, "search")
+            emit_chat(t)
+    [record] = wait_runs(service, 1)
+    time.sleep(0.6)  # a second run would have finished by now
+    assert service.value("agentopz_duplicate_spans_total") == 4
+    assert (record["steps"], record["tool_calls"]) == (2, 1)
+    labels = {"service": "support-svc", "agent": "support"}
+    assert service.value("agentopz_runs_total", **labels) == 1
+    assert service.value("agentopz_run_steps_sum", **labels) == 2
+    assert math.isclose(service.value("agentopz_run_cost_usd_sum", **labels), 2 * GPT4O_CALL, rel_tol=1e-9)
+    assert service.value("agentopz_llm_calls_total", **labels) == 2
+    assert service.value("agentopz_llm_tokens_total", token_type="input", **labels) == 2400
+    assert service.value("agentopz_llm_tokens_total", token_type="cache_read", **labels) == 400
+    assert math.isclose(service.value("agentopz_llm_cost_usd_total", **labels), 2 * GPT4O_CALL, rel_tol=1e-9)
+    assert service.value("agentopz_llm_call_duration_seconds_count", **labels) == 2
+    assert service.value("agentopz_tool_calls_total", **labels) == 1
+    assert service.value("agentopz_tool_call_duration_seconds_count", **labels) == 1
+
+
+def test_remembered_span_ids_are_bounded_oldest_finished_trace_first(start_service, tmp_path):
+    config = runs_config(tmp_path / "runs.jsonl", max_remembered_span_ids=2)
+    service = start_service(service_body(runs=config))
+    service.run_log = tmp_path / "runs.jsonl"
+    first, second = raw_run(b"\x46" * 16, agent="first"), raw_run(b"\x47" * 16, agent="second")
+    send(service, [first[1], first[0]])
+    wait_runs(service, 1)
+    send(service, [second[1], second[0]])  # exactly the budget: the finished first trace is forgotten
+    wait_runs(service, 2)
+    send(service, [second[1], first[1]])
+    assert service.wait_for("agentopz_duplicate_spans_total", 1) == 1
+    # The first trace's call was forgotten, so it counts again (with its own, abandoned, run).
+    assert service.wait_for("agentopz_llm_calls_total", 3) == 3
+    assert service.value("agentopz_llm_calls_total", agent="second") == 1
+
+
+def test_the_built_in_default_config_assembles_runs(start_service):
+    service = start_service(None)  # no --config: agentopz_otel/default_config.yaml
+    with tracer("grpc", service.grpc_endpoint, service="default-svc") as t:
+        failing_run(t, "support", lambda: emit_chat(t, error_type="429"))
+    labels = {"service": "default-svc", "agent": "support", "prompt_version": "unknown"}
+    # The default grace period is 5 s after the root arrived.
+    assert service.wait_for("agentopz_runs_total", 1, outcome="llm_error", **labels) == 1
+    assert service.value("agentopz_runs_total") == 1
+    assert service.value("agentopz_llm_calls_total", service="default-svc", agent="support", status="rate_limited") == 1

@@ -5,7 +5,7 @@ Exposition is text or OpenMetrics by content negotiation (OpenMetrics carries th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -16,18 +16,12 @@ from pydantic import BaseModel, ConfigDict
 
 from ..components import Context, Factory
 from ..metrics import CALL_DURATION_BUCKETS, Counter, Gauge, Histogram, Registry
-from ..model import LLM, TOOL, Batch
+from ..model import LLM, TOOL, Batch, Call, call_of
 
 UNKNOWN_LABEL = "unknown"
 
-# (token_type label, SpanView attribute)
-TOKEN_TYPES = (
-    ("input", "input_tokens"),
-    ("output", "output_tokens"),
-    ("cache_read", "cache_read_tokens"),
-    ("cache_write", "cache_write_tokens"),
-    ("reasoning", "reasoning_tokens"),
-)
+# The token_type label of each of Call.tokens, in order.
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
 class PrometheusConfig(BaseModel):
@@ -105,27 +99,30 @@ class PrometheusExporter:
 
     def export(self, batch: Batch) -> None:
         for view in batch.views:
-            if view.kind == LLM:
-                labels = (
-                    view.service,
-                    view.agent or view.service,
-                    view.provider or UNKNOWN_LABEL,
-                    view.model or UNKNOWN_LABEL,
-                )
-                self._llm_calls.series((*labels, view.status)).value += 1
-                for token_type, attribute in TOKEN_TYPES:
-                    count = getattr(view, attribute)
-                    if count is not None:
-                        self._llm_tokens.series((*labels, token_type)).value += count
-                if view.cost is not None:
-                    self._llm_cost.series(labels).value += view.cost
-                if view.duration is not None:
-                    self._llm_duration.series(labels).observe(view.duration)
-            elif view.kind == TOOL:
-                labels = (view.service, view.agent or view.service, view.tool or UNKNOWN_LABEL)
-                self._tool_calls.series((*labels, view.status)).value += 1
-                if view.duration is not None:
-                    self._tool_duration.series(labels).observe(view.duration)
+            if (view.kind == LLM or view.kind == TOOL) and not view.skip_call_metrics:
+                self._record(call_of(view), view.agent or view.service)
+
+    def export_calls(self, calls: Iterable[tuple[Call, str]]) -> None:
+        """Calls whose metrics waited for the agent of their run, each with that agent."""
+        for call, agent in calls:
+            self._record(call, agent)
+
+    def _record(self, call: Call, agent: str) -> None:
+        if call.kind == LLM:
+            labels = (call.service, agent, call.provider or UNKNOWN_LABEL, call.name or UNKNOWN_LABEL)
+            self._llm_calls.series((*labels, call.status)).value += 1
+            for token_type, count in zip(TOKEN_TYPES, call.tokens, strict=True):
+                if count is not None:
+                    self._llm_tokens.series((*labels, token_type)).value += count
+            if call.cost is not None:
+                self._llm_cost.series(labels).value += call.cost
+            if call.duration is not None:
+                self._llm_duration.series(labels).observe(call.duration)
+        else:
+            labels = (call.service, agent, call.name or UNKNOWN_LABEL)
+            self._tool_calls.series((*labels, call.status)).value += 1
+            if call.duration is not None:
+                self._tool_duration.series(labels).observe(call.duration)
 
 
 def metrics_handler(registry: Registry) -> Callable[[web.Request], Awaitable[web.Response]]:

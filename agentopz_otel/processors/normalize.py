@@ -119,6 +119,13 @@ def _present(value: AnyValue) -> Any:
     return True
 
 
+def _contains(needle: str) -> Converter:
+    def convert(value: AnyValue) -> Any:
+        return True if needle in value.string_value else SKIP
+
+    return convert
+
+
 def _one_of(mapping: Mapping[str, str]) -> Converter:
     def convert(value: AnyValue) -> Any:
         return mapping.get(value.string_value, SKIP)
@@ -144,7 +151,15 @@ _SEMCONV_OPERATIONS = {
     "invoke_agent": AGENT,
     "invoke_workflow": AGENT,
 }
-_OPENINFERENCE_KINDS = {"LLM": LLM, "EMBEDDING": LLM, "TOOL": TOOL, "AGENT": AGENT, "EVALUATOR": EVALUATOR}
+# An agent span whose own name is the agent's when no attribute names it (OpenInference).
+_AGENT_NAMED_BY_SPAN = "agent named by its span"
+_OPENINFERENCE_KINDS = {
+    "LLM": LLM,
+    "EMBEDDING": LLM,
+    "TOOL": TOOL,
+    "AGENT": _AGENT_NAMED_BY_SPAN,
+    "EVALUATOR": EVALUATOR,
+}
 _TRACELOOP_KINDS = {"workflow": AGENT, "agent": AGENT, "tool": TOOL}
 _TRACELOOP_REQUEST_TYPES = {"chat": LLM, "completion": LLM, "embedding": LLM}
 _VERCEL_OPERATIONS = {
@@ -241,6 +256,8 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
     ("agent", _text, ("gen_ai.agent.name", "agent.name", "ai.telemetry.functionId", "agent_name")),
     ("tool", _text, ("gen_ai.tool.name", "tool.name", "ai.toolCall.name")),
     ("entity_name", _text, ("traceloop.entity.name", "traceloop.workflow.name")),
+    # openinference-instrumentation-langchain: LangGraph node spans carry the node in their metadata JSON.
+    ("graph_node", _contains('"langgraph_node"'), ("metadata",)),
     (
         "finish_reason",
         _first_text,
@@ -528,8 +545,16 @@ class Normalizer:
         kind = get("kind")
         if kind is None:
             kind = LLM if model and (input_tokens is not None or output_tokens is not None) else OTHER
-        view.kind = kind
         view.agent = get("agent")
+        if kind == _AGENT_NAMED_BY_SPAN:
+            if "graph_node" in values:
+                kind = OTHER  # a node of a framework's graph (LangGraph), not an agent of its own
+            else:
+                kind = AGENT
+                if view.agent is None and span.name:
+                    view.agent = span.name
+                    view.agent_is_span_name = True
+        view.kind = kind
         if kind == LLM:
             provider = canonical_provider(get("provider", ""))
             if "/" in model:
@@ -558,7 +583,7 @@ class Normalizer:
             view.enriched = "enriched" in values
         elif kind == AGENT:
             if view.agent is None:
-                view.agent = get("entity_name")
+                view.agent = get("entity_name") or _name_after(span.name, "invoke_agent ")
         elif kind == TOOL:
             view.tool = get("tool") or get("entity_name") or _name_after(span.name, "execute_tool ") or span.name
         if kind in (LLM, AGENT):

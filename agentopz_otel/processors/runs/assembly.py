@@ -16,7 +16,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from ...model import LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, SpanView
+from ...model import LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
 from ..prompt_version import FROM_FLAG, FROM_NOTHING, UNKNOWN_VERSION
 from ..quality import Evaluation
 
@@ -42,8 +42,10 @@ class Group:
 
     __slots__ = (
         "agent",
+        "agent_known",
         "cache_read_tokens",
         "cache_write_tokens",
+        "calls",
         "cost",
         "end_time",
         "evaluations",
@@ -60,6 +62,7 @@ class Group:
         "llm_errors",
         "merged_into",
         "models",
+        "named",
         "output",
         "output_from_agent",
         "output_tokens",
@@ -94,6 +97,11 @@ class Group:
         self.parent_id = b""  # run group: the agent span's parent
         self.service = ""
         self.agent: str | None = None
+        self.named = False  # run group: its agent span named the agent (not only by the span's own name)
+        # The run's agent can no longer change: its calls count in the call metrics as they come.
+        self.agent_known = False
+        # Calls held back from the call metrics until the agent of their run is known.
+        self.calls: list[Call] | None = None
         self.prompt_version: str | None = None
         self.version_rank = FROM_NOTHING  # where prompt_version came from (prompt_version.FROM_*)
         self.failed = False
@@ -216,6 +224,12 @@ class Group:
                 self.output = other.output
         if self.agent is None and not self.is_run:
             self.agent = other.agent
+        if other.calls:
+            if self.calls:
+                self.calls.extend(other.calls)
+            else:
+                self.calls = other.calls
+            other.calls = None
         self.offer_version(other.prompt_version, other.version_rank)
         self.service = self.service or other.service
         self.last_seen = max(self.last_seen, other.last_seen)
@@ -224,11 +238,12 @@ class Group:
 
 
 class TraceState:
-    __slots__ = ("groups", "last_seen", "nodes", "trace_id")
+    __slots__ = ("groups", "last_seen", "nodes", "seen", "trace_id")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
         self.nodes: dict[bytes, Group] = {}  # span id (arrived, or awaited as a parent) -> group
+        self.seen: set[bytes] = set()  # ids of the spans received, so a span sent again counts once
         self.groups: list[Group] = []
         self.last_seen = now
 
@@ -245,6 +260,15 @@ def new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
     group = Group(trace, top_parent, now)
     trace.groups.append(group)
     return group
+
+
+def known_top_level(group: Group) -> bool:
+    """A run that can no longer turn out to be nested in another: its agent span is the trace root,
+    or every span above it has arrived and none of them is an agent."""
+    if not group.parent_id:
+        return True
+    parent = group.trace.node(group.parent_id)
+    return parent is not None and not parent.is_run and not parent.top_parent
 
 
 def outer_run(group: Group, now: float, root_wait_seconds: float) -> Group | bool | None:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from sys import intern
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
@@ -24,10 +25,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...components import Context, Factory, RunFeed
 from ...metrics import Registry
-from ...model import AGENT, LLM, OTHER, STATUS_OK, Batch, SpanView
+from ...model import AGENT, LLM, OTHER, STATUS_OK, TOOL, Batch, Call, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityConfig, QualityEvaluator
-from .assembly import REMOTE_PARENT_FLAGS, Group, HeldRoot, TraceState, new_group, outer_run, unfinished
+from .assembly import (
+    REMOTE_PARENT_FLAGS,
+    Group,
+    HeldRoot,
+    TraceState,
+    known_top_level,
+    new_group,
+    outer_run,
+    unfinished,
+)
 from .content import LoggedContent
 from .evaluations import EvaluationRouter
 from .outcome import SUCCESS, RunLimit, decide_outcome
@@ -60,6 +70,12 @@ class RunsConfig(BaseModel):
     max_open_runs: int = Field(default=100_000, ge=1)
     max_spans_per_trace: int = Field(
         default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
+    )
+    max_remembered_span_ids: int = Field(
+        default=500_000,
+        ge=0,
+        description="span ids kept so a span received again (an exporter's retry) is not counted twice, over "
+        "open traces and finished ones in their late window; past it the oldest finished traces are forgotten",
     )
     tick_seconds: float = Field(default=0.5, gt=0)
     duration_buckets: list[float] = Field(default_factory=lambda: list(RUN_DURATION_BUCKETS))
@@ -114,14 +130,25 @@ class RunsProcessor:
         self._late = registry.counter(
             "agentopz_late_spans_total", "Spans that arrived after their run finished (not in run metrics)."
         )
+        self._duplicates = registry.counter(
+            "agentopz_duplicate_spans_total",
+            "Spans received again (same trace and span id) while remembered: not counted again in any metric.",
+        )
+        self._remembered = 0  # span ids in the `seen` sets of open and finished traces
+        self._emit_calls: Callable[[list[tuple[Call, str]]], None] | None = None
 
     # -- wiring --------------------------------------------------------------------------------
 
     def connect(
-        self, emit_spans: Callable[[Batch], None], emit_logs: Callable[[ExportLogsServiceRequest, int], None]
+        self,
+        emit_spans: Callable[[Batch], None],
+        emit_logs: Callable[[ExportLogsServiceRequest, int], None],
+        emit_calls: Callable[[list[tuple[Call, str]]], None] | None = None,
     ) -> None:
-        """Where finished runs go: their root spans to the rest of the pipeline, their records to log exporters."""
+        """Where finished runs go: their root spans to the rest of the pipeline, their records to log
+        exporters; calls held until their run's agent was known go to the exporters' call metrics."""
         self._publisher.connect(emit_spans, emit_logs)
+        self._emit_calls = emit_calls
 
     async def start(self) -> None:
         self._publisher.open()
@@ -190,7 +217,13 @@ class RunsProcessor:
             self._evaluations.evaluate_target(view)
             return False
         trace_id = view.trace_id
+        span_id = view.span_id
         trace = self._traces.get(trace_id)
+        known = trace or self._finished.get(trace_id, (None,))[0]
+        if known is not None and span_id in known.seen:
+            self._duplicates.series(()).value += 1
+            view.skip_call_metrics = True
+            return False
         if trace is None:
             lingering = self._finished.pop(trace_id, None)
             if lingering is not None:
@@ -207,7 +240,8 @@ class RunsProcessor:
         else:
             self._traces.move_to_end(trace_id)
             trace.last_seen = now
-        span_id = view.span_id
+        if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
+            self._remember(trace, span_id)
         parent_id = view.parent_span_id
         if len(trace.nodes) >= self.config.max_spans_per_trace:
             self._unassembled.series(()).value += 1
@@ -230,6 +264,7 @@ class RunsProcessor:
             group.parent_id = parent_id
             group.root_arrived = now
             group.agent = view.agent or group.agent
+            group.named = view.agent is not None and not view.agent_is_span_name
             group.service = view.service
             # The agent's own version beats its calls' of the same rank.
             group.offer_version(view.prompt_version, view.prompt_version_from, replace_equal=True)
@@ -243,6 +278,7 @@ class RunsProcessor:
             if view.evaluations:
                 self._evaluations.attach(group, view.evaluations)
             trace.nodes[span_id] = group
+            self._settle(group)
             return True
         if parent_id:
             group = trace.node(parent_id)
@@ -253,7 +289,7 @@ class RunsProcessor:
             elif own is not None and own is not group:
                 if group.finished:
                     self._late_span(group, view)
-                    self._close(own)  # children that came in time belong to the finished run
+                    self._close(own, group.agent)  # children that came in time belong to the finished run
                     return False
                 self._merge(group, own)
         else:
@@ -270,8 +306,8 @@ class RunsProcessor:
         if view.evaluations:
             self._evaluations.attach(group, view.evaluations)
         group.last_seen = now
-        if group.is_run and view.agent is None:
-            view.agent = group.agent  # call metrics get the run's agent when it is already known
+        if view.kind == LLM or view.kind == TOOL:
+            self._hold_call(group, view)
         remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
         if not parent_id or (remote_parent and group.top_parent == parent_id):
             # The trace root, or the top of this process's part of it (its parent is remote): the
@@ -286,8 +322,53 @@ class RunsProcessor:
 
     def _late_span(self, group: Group, view: SpanView) -> None:
         self._late.series(()).value += 1
+        if group.agent_known:
+            view.agent = group.agent  # a call after its run finished counts with the finished run's agent
         if view.evaluations:
             self._evaluations.attach(group, view.evaluations)
+
+    def _remember(self, trace: TraceState, span_id: bytes) -> None:
+        """Keep the span's id, within the budget: the oldest finished traces make room first."""
+        if self._remembered >= self.config.max_remembered_span_ids:
+            if not self._finished:
+                return  # open traces hold the whole budget: a copy of this span would count again
+            self._forget(self._finished.popitem(last=False)[1][0])
+        trace.seen.add(span_id)
+        self._remembered += 1
+
+    def _forget(self, trace: TraceState) -> None:
+        self._remembered -= len(trace.seen)
+        trace.seen = set()
+
+    def _hold_call(self, group: Group, view: SpanView) -> None:
+        """The call metrics carry the agent of the call's run: at once when it is known, else later."""
+        if not group.agent_known:
+            self._settle(group)
+        if group.agent_known:
+            view.agent = group.agent
+            return
+        view.skip_call_metrics = True
+        if group.calls is None:
+            group.calls = []
+        call = call_of(view)
+        # Each span brings its own copies of these strings: held calls share one.
+        group.calls.append(
+            call._replace(service=intern(call.service), provider=intern(call.provider), name=intern(call.name))
+        )
+
+    def _settle(self, group: Group) -> None:
+        """A run whose agent can no longer change (named by its agent span, not inside another run)
+        releases its held calls now, and its later calls count as they come."""
+        if group.is_run and group.named and known_top_level(group):
+            group.agent_known = True
+            self._release(group, group.agent)
+
+    def _release(self, group: Group, agent: str | None) -> None:
+        """Held calls to the call metrics, with the agent of their run (None: each call's own, as
+        outside any run)."""
+        calls, group.calls = group.calls, None
+        if calls and self._emit_calls is not None:
+            self._emit_calls([(call, agent or call.agent or call.service) for call in calls])
 
     def _merge(self, into: Group, other: Group) -> None:
         """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
@@ -333,11 +414,14 @@ class RunsProcessor:
             if group.is_run and isinstance(outer := outer_run(group, now, self.config.root_wait_seconds), Group):
                 if outer.finished:
                     self._late.series(()).value += 1
-                    self._close(group)
+                    self._close(group, outer.agent)
                     continue
                 self._merge(outer, group)
-                outer.steps += 1
-                outer.sub_agents += 1
+                if not outer.named and (group.named or outer.agent is None) and group.agent:
+                    # A wrapper without a name of its own (a workflow span): the run is the named agent's.
+                    outer.agent, outer.named = group.agent, group.named
+                else:
+                    outer.sub_agents += 1
 
     def tick(self, now: float) -> None:
         """Finish every run that is done."""
@@ -396,16 +480,20 @@ class RunsProcessor:
         while self._finished and (
             now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs
         ):
-            self._finished.popitem(last=False)
+            self._forget(self._finished.popitem(last=False)[1][0])
 
     def _retire(self, trace: TraceState, now: float) -> None:
         del self._traces[trace.trace_id]
         if self.config.late_window_seconds:
             self._finished[trace.trace_id] = (trace, now)
+        else:
+            self._forget(trace)
 
-    def _close(self, group: Group) -> None:
-        """Finish a group that is not a run; its held root (a plain trace root) is forwarded unchanged."""
+    def _close(self, group: Group, agent: str | None = None) -> None:
+        """Finish a group that is not a run; its held root (a plain trace root) is forwarded unchanged,
+        its held calls count with `agent` (the finished run they turned out to be part of) or their own."""
         group.finished = True
+        self._release(group, agent)
         if group.root is not None:
             self._publisher.emit_root(group.root)
             group.root = None
@@ -477,22 +565,25 @@ class RunsProcessor:
             self._metrics.checks.series((*labels, check, check_verdict)).value += 1
         self._evaluations.count(service, agent, record.prompt_version, group.evaluations)
         group.agent = agent
+        group.agent_known = True
         group.prompt_version = record.prompt_version
         group.service = service
         self._metrics.record(record)
         if group.root is not None:
             add_totals(group.root.span, record)
-        self._close(group)
+        self._close(group, agent)
         return record
 
     def _evict(self) -> None:
         while len(self._traces) > self.config.max_open_runs:
             _, trace = self._traces.popitem(last=False)
+            self._forget(trace)
             for group in unfinished(trace):
                 if group.has_work:
                     self._evicted.series(("capacity",)).value += 1
                 if group.root is not None:
                     self._publisher.emit_root(group.root)
+                self._release(group, group.agent if group.is_run else None)
 
     def flush(self) -> None:
         """At shutdown: finish every run whose root arrived; count the rest as evicted."""
@@ -509,6 +600,7 @@ class RunsProcessor:
                     self._evicted.series(("shutdown",)).value += 1
                     log.warning("run of trace %s still in flight at shutdown", trace.trace_id.hex())
                 self._close(group)
+            self._forget(trace)
         self._traces.clear()
         if records:
             self._publisher.publish(records)

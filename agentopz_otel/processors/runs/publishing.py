@@ -192,7 +192,12 @@ class RunMetrics:
             labels,
             cost_buckets,
         )
-        self._steps = registry.histogram("agentopz_run_steps", "LLM steps per run.", labels, RUN_COUNT_BUCKETS)
+        self._steps = registry.histogram(
+            "agentopz_run_steps",
+            "Steps per run: the LLM calls made in it, sub-agents' included (agent spans and graph nodes are not).",
+            labels,
+            RUN_COUNT_BUCKETS,
+        )
         self._tool_calls = registry.histogram(
             "agentopz_run_tool_calls", "Tool calls per run.", labels, RUN_COUNT_BUCKETS
         )
@@ -206,7 +211,7 @@ class RunMetrics:
             "agentopz_in_flight_run_max_cost_usd", "Largest running cost of a run in progress.", ("service", "agent")
         )
         self._in_flight_steps = registry.gauge(
-            "agentopz_in_flight_run_max_steps", "Most LLM steps of a run in progress.", ("service", "agent")
+            "agentopz_in_flight_run_max_steps", "Most steps (LLM calls) of a run in progress.", ("service", "agent")
         )
         self._open_runs = registry.gauge(
             "agentopz_open_runs", "Runs held in memory (in flight or in their grace period)."
