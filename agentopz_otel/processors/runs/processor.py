@@ -420,7 +420,9 @@ class RunsProcessor:
                 if not outer.named and (group.named or outer.agent is None) and group.agent:
                     # A wrapper without a name of its own (a workflow span): the run is the named agent's.
                     outer.agent, outer.named = group.agent, group.named
-                else:
+                elif not (group.agent == outer.agent and group.parent_id == outer.root_span_id):
+                    # (An agent span directly inside one of the same agent, as OpenLLMetry's LangGraph
+                    # workflow span inside invoke_agent, is that agent, not a sub-agent.)
                     outer.sub_agents += 1
 
     def tick(self, now: float) -> None:
