@@ -648,10 +648,12 @@ def event_content(name: str, attributes, body: AnyValue | None) -> list[tuple[st
         value = by_key.get(key)
         if field not in found and value is not None and (raw := any_value_text(value)) is not None:
             found[field] = (content_format, raw)
-    if not found and body is not None and body.WhichOneof("value") is not None:
+    field, _, content_format = wanted[0]
+    if not found and content_format == "event" and body is not None:
+        # The older events as log records carry their message as the body.
         raw = any_value_text(body)
         if raw is not None:
-            found[wanted[0][0]] = ("event", raw)
+            found[field] = (content_format, raw)
     return list(found.items())
 
 

@@ -34,15 +34,11 @@ SYSTEM_PROMPT = "You are a weather assistant. Call get_weather, then answer in o
 PROMPT_HASH = "sha-" + hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:8]
 AGENT = "weather_agent"
 CALLS = 2
-RUN_ASSEMBLY = (
-    "needs run assembly of issue 9: agent from a wrapper agent span or the span name, graph nodes are not steps"
-)
-CALL_AGENT = "needs run assembly of issue 9: call metrics get the run's agent when the agent span comes last"
 
 
 @dataclass(frozen=True)
 class Framework:
-    command: tuple[str, ...]  # the agent program; "{venv}" / "{node}" resolve to its environment
+    program: str  # in tests/frameworks/agents, or in the node directory
     environment: str  # .venv-frameworks/<environment>, node/<environment>, or "" for the test venv
     model: str = fake_openai.MODEL  # the model the spans report
     cost_source: str = "catalog"
@@ -50,18 +46,17 @@ class Framework:
     prompt_version: str = PROMPT_HASH
     content: bool = True  # the output reaches the quality checks
     env: dict[str, str] = field(default_factory=dict)
-    agent_xfail: str | None = None  # why agent naming or steps are still wrong for it
 
     def argv(self) -> list[str]:
         if self.environment.startswith("node/"):
-            program = NODE / self.environment.removeprefix("node/") / self.command[0]
+            program = NODE / self.environment.removeprefix("node/") / self.program
             require_installed(program.parent / "node_modules")
             return [require_binary("node"), str(program)]
         python = Path(sys.executable)
         if self.environment:
             python = ROOT / ".venv-frameworks" / self.environment / "bin/python"
             require_installed(python)
-        return [str(python), str(AGENTS / self.command[0])]
+        return [str(python), str(AGENTS / self.program)]
 
 
 def require_installed(path: Path) -> None:
@@ -74,37 +69,31 @@ def require_installed(path: Path) -> None:
 
 
 FRAMEWORKS = {
-    "pydantic-ai": Framework(("pydantic_ai_agent.py",), "pydantic_ai"),
+    "pydantic-ai": Framework("pydantic_ai_agent.py", "pydantic_ai"),
     "pydantic-ai-no-content": Framework(
-        ("pydantic_ai_agent.py",),
+        "pydantic_ai_agent.py",
         "pydantic_ai",
         prompt_version="unknown",
         content=False,
         env={"AGENT_INCLUDE_CONTENT": "0"},
     ),
-    "openai-agents": Framework(("openai_agents_agent.py",), "openai_agents"),
+    "openai-agents": Framework("openai_agents_agent.py", "openai_agents"),
     "langgraph-openinference": Framework(
-        ("langgraph_agent.py",), "langchain", env={"AGENT_INSTRUMENTATION": "openinference"}
+        "langgraph_agent.py", "langchain", env={"AGENT_INSTRUMENTATION": "openinference"}
     ),
-    "langgraph-openllmetry": Framework(
-        ("langgraph_agent.py",), "langchain", env={"AGENT_INSTRUMENTATION": "openllmetry"}
-    ),
-    "strands": Framework(
-        ("strands_agent.py",), "strands", model="gpt-4o", cost_source="catalog_model_only"
-    ),
+    "langgraph-openllmetry": Framework("langgraph_agent.py", "langchain", env={"AGENT_INSTRUMENTATION": "openllmetry"}),
+    "strands": Framework("strands_agent.py", "strands", model="gpt-4o", cost_source="catalog_model_only"),
     "strands-latest-semconv": Framework(
-        ("strands_agent.py",),
+        "strands_agent.py",
         "strands",
         model="gpt-4o",
         cost_source="catalog_model_only",
         env={"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental"},
     ),
-    "openlit": Framework(
-        ("openai_client_agent.py",), "openlit", env={"AGENT_INSTRUMENTATION": "openlit"}
-    ),
+    "openlit": Framework("openai_client_agent.py", "openlit", env={"AGENT_INSTRUMENTATION": "openlit"}),
     # The contrib instrumentation reports no cached tokens.
     "openai-v2": Framework(
-        ("openai_client_agent.py",),
+        "openai_client_agent.py",
         "",
         cache_read=0,
         env={
@@ -115,7 +104,7 @@ FRAMEWORKS = {
     ),
     # Content only in log records (the inference-details event), none on the spans.
     "openai-v2-log-events": Framework(
-        ("openai_client_agent.py",),
+        "openai_client_agent.py",
         "",
         cache_read=0,
         env={
@@ -124,12 +113,10 @@ FRAMEWORKS = {
             "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "EVENT_ONLY",
         },
     ),
-    "openinference-openai": Framework(
-        ("openai_client_agent.py",), "", env={"AGENT_INSTRUMENTATION": "openinference"}
-    ),
+    "openinference-openai": Framework("openai_client_agent.py", "", env={"AGENT_INSTRUMENTATION": "openinference"}),
     # AI SDK 5's chat model reports no cached tokens.
-    "vercel-ai-5": Framework(("agent.mjs",), "node/ai-v5", cache_read=0),
-    "vercel-ai-7": Framework(("agent.mjs",), "node/ai-v7"),
+    "vercel-ai-5": Framework("agent.mjs", "node/ai-v5", cache_read=0),
+    "vercel-ai-7": Framework("agent.mjs", "node/ai-v7"),
 }
 
 
@@ -259,13 +246,7 @@ def test_framework_tokens_cost_prompt_version_and_output(start_service, tmp_path
     assert sources == [case.cost_source] * CALLS, run.summary
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=case.agent_xfail)) if case.agent_xfail else name
-        for name, case in FRAMEWORKS.items()
-    ],
-)
+@pytest.mark.parametrize("name", list(FRAMEWORKS))
 def test_framework_agent_and_steps(start_service, tmp_path, name):
     run = observe(name, start_service, tmp_path)
     [record] = run.records
