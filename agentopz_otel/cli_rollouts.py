@@ -171,8 +171,32 @@ def _rollout_history(args: argparse.Namespace) -> None:
     _print_history(_call(args, "GET", "/api/v1/history?" + urllib.parse.urlencode(query))["entries"])
 
 
+def _stored_flag_set(path: str) -> dict[str, Any]:
+    """The flag set read straight from the service's database (read-only), for when the service is down."""
+    import sqlite3
+
+    from .extensions.rollouts.flagd import flagd_document
+    from .extensions.rollouts.store import RolloutStore
+
+    if not os.path.isfile(path):
+        raise CommandError(f"--from-storage {path}: no such file")
+    try:
+        connection = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        try:
+            agents, rollouts = RolloutStore(connection, 1, 1).load()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise CommandError(f"--from-storage {path}: cannot read rollout state: {error}") from None
+    return flagd_document(agents.values(), rollouts)
+
+
 def _flags_export(args: argparse.Namespace) -> None:
-    text = json.dumps(_call(args, "GET", "/api/v1/flagd/flags.json"), indent=2) + "\n"
+    if args.from_storage:
+        document = _stored_flag_set(args.from_storage)
+    else:
+        document = _call(args, "GET", "/api/v1/flagd/flags.json")
+    text = json.dumps(document, indent=2) + "\n"
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)
@@ -265,5 +289,8 @@ def add_commands(commands: Any) -> None:
     flags_commands = flags.add_subparsers(dest="flags_command", required=True)
     export = flags_commands.add_parser("export", help="write the flag set as flagd JSON, to serve it from flagd")
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.add_argument(
+        "--from-storage", metavar="SQLITE_FILE", help="read the service's database instead (when it is down)"
+    )
     export.set_defaults(handler=_run(_flags_export))
     _connection_arguments(export, mutation=False)

@@ -306,6 +306,10 @@ def test_state_and_audit_log_survive_a_restart(start_service, storage):
     history_before = admin.ok("GET", "/api/v1/history")
     flagd_before = admin.call("GET", "/api/v1/flagd/flags.json")
     assert first.stop() == 0
+    # With the service down, the flag set for flagd comes straight from its database.
+    offline = storage.parent / "offline.json"
+    assert main(["flags", "export", "--from-storage", str(storage), "-o", str(offline)]) == 0
+    assert offline.read_text() == json.dumps(flagd_before.body, indent=2) + "\n"
 
     second = start_service(rollouts_body(storage))
     admin = Admin(second.admin_url, actor="bob")

@@ -8,6 +8,7 @@ highest-priority attribute present wins, so duplicate and deprecated names are n
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict
 
+from ..bounded_log import BoundedLog
 from ..components import Context, Factory
 from ..content import MAX_CONTENT_DEPTH
 from ..metrics import Counter, Family
@@ -47,6 +49,8 @@ MAX_CONTENT_PARTS = 8  # OpenInference message_content parts read per message
 EVALUATION_EVENT = "gen_ai.evaluation.result"
 FLAG_EVALUATION_EVENT = "feature_flag.evaluation"  # OpenFeature's OpenTelemetry hook
 FLAG_VARIANT_ATTRIBUTES = ("feature_flag.result.variant", "feature_flag.variant")  # newest first
+
+log = logging.getLogger("agentopz_otel.normalize")
 
 INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
 SKIP: Any = object()  # the attribute is there but says nothing about this field
@@ -496,6 +500,7 @@ class Normalizer:
     def __init__(self, invalid_attributes: Family[Counter]) -> None:
         self._table = ATTRIBUTE_TABLE
         self._invalid = invalid_attributes
+        self._warnings = BoundedLog(log)
 
     def process(self, batch: Batch) -> None:
         batch.views = self.views(batch.request)
@@ -525,6 +530,14 @@ class Normalizer:
                 continue
             if value is INVALID:
                 self._invalid.series((attribute.key,)).value += 1
+                which = attribute.value.WhichOneof("value")
+                self._warnings.warning(
+                    attribute.key,
+                    "span attribute %s ignored: unusable %s %r (counted in agentopz_invalid_attributes_total)",
+                    attribute.key,
+                    which,
+                    getattr(attribute.value, which) if which else None,
+                )
                 continue
             values[field] = value
             priorities[field] = priority

@@ -114,6 +114,7 @@ class RolloutsExtension:
         store = RolloutStore(
             storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
         )
+        store.create_schema()
         if self.config.evaluation_auth is not None:
             self._evaluation_token = self.config.evaluation_auth.load(f"extensions.{self.id}.evaluation_auth")
         with self._lock:

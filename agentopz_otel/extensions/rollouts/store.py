@@ -39,6 +39,8 @@ class RolloutStore:
         self._db = connection
         self._max_audit_entries = max_audit_entries
         self._max_rollouts_per_agent = max_rollouts_per_agent
+
+    def create_schema(self) -> None:
         self._db.executescript(_SCHEMA)
 
     def load(self) -> tuple[dict[str, AgentFlag], dict[str, Rollout]]:
