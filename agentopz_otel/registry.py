@@ -8,6 +8,7 @@ from .components import Factory
 def builtin_factories() -> list[Factory]:
     from .exporters.otlp import FACTORY as otlp_exporter
     from .exporters.prometheus import FACTORY as prometheus
+    from .extensions.alertmanager_webhook import FACTORY as alertmanager_webhook
     from .extensions.canary_analysis import FACTORY as canary_analysis
     from .extensions.console import FACTORY as console
     from .extensions.rollouts import FACTORY as rollouts
@@ -29,5 +30,6 @@ def builtin_factories() -> list[Factory]:
         storage,
         rollouts,
         canary_analysis,
+        alertmanager_webhook,
         console,
     ]

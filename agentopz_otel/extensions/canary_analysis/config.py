@@ -25,7 +25,8 @@ class QualityGuard(BaseModel):
     tolerance: float = Field(default=1.0, ge=1.0)
     # H1: they are `detect_ratio` times the baseline's (the effect the test is tuned to catch fastest).
     detect_ratio: float = Field(default=3.0, gt=1.0)
-    alpha: float = Field(default=0.1, gt=0, lt=0.5)
+    # Ville's inequality bounds a healthy candidate's false rollback by alpha over any number of looks.
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
     beta: float = Field(default=0.2, gt=0, lt=0.5)
     min_runs: int = Field(default=20, ge=1)
 

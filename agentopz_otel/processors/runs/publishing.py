@@ -3,6 +3,7 @@ forwarded with the run totals, and the run and in-flight metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -21,11 +22,12 @@ from ...metrics import Registry
 from ...model import Batch, add_attribute
 from ..quality import UNKNOWN
 from .assembly import Group, HeldRoot
-from .outcome import SUCCESS
+from .outcome import OUTCOMES, SUCCESS
 
 RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+IN_FLIGHT_SLICE = 2_000  # open runs read between two yields to the event loop
 
 
 class RunLogConfig(BaseModel):
@@ -230,7 +232,13 @@ class RunMetrics:
 
     def record(self, record: RunRecord) -> None:
         labels = (record.service, record.agent, record.prompt_version)
-        self._runs.series((*labels, record.outcome)).value += 1
+        runs = self._runs.series((*labels, record.outcome))
+        if runs.value == 0:
+            # The first run of a (service, agent, prompt version): every outcome's series starts at 0,
+            # so that increase() over them sees the version's next failure, not only its later ones.
+            for outcome in OUTCOMES:
+                self._runs.series((*labels, outcome))
+        runs.value += 1
         if record.duration_seconds is not None:
             self._duration.series(labels).observe(record.duration_seconds)
         if record.cost_complete and record.cost_usd is not None:
@@ -239,8 +247,13 @@ class RunMetrics:
         self._tool_calls.series(labels).observe(record.tool_calls)
         self._last_finished.series((record.service, record.agent)).value = record.finished_at
 
-    def _refresh_in_flight(self) -> None:
-        in_flight = in_flight_runs(self._open_groups())
+    async def _refresh_in_flight(self) -> None:
+        # In slices: with 100,000 open runs a whole pass would hold the event loop for a second.
+        in_flight: dict[tuple[str, str], InFlightRuns] = {}
+        for index, group in enumerate(self._open_groups()):
+            if index % IN_FLIGHT_SLICE == IN_FLIGHT_SLICE - 1:
+                await asyncio.sleep(0)
+            count_in_flight(in_flight, group)
         for family in (self._in_flight, self._in_flight_cost, self._in_flight_steps):
             for _, series in family.items():
                 series.value = 0
@@ -258,16 +271,20 @@ def in_flight_runs(groups: Iterable[Group]) -> dict[tuple[str, str], InFlightRun
     """Runs in progress by (service, agent): count, most expensive (with its trace), most steps."""
     found: dict[tuple[str, str], InFlightRuns] = {}
     for group in groups:
-        if not group.has_work:
-            continue
-        service = group.service or "unknown_service"
-        key = (service, group.agent or service)
-        entry = found.get(key)
-        if entry is None:
-            entry = found[key] = InFlightRuns()
-        entry.runs += 1
-        if group.cost > entry.max_cost_usd or not entry.max_cost_trace_id:
-            entry.max_cost_usd = group.cost
-            entry.max_cost_trace_id = group.trace.trace_id.hex()
-        entry.max_steps = max(entry.max_steps, group.steps)
+        count_in_flight(found, group)
     return found
+
+
+def count_in_flight(found: dict[tuple[str, str], InFlightRuns], group: Group) -> None:
+    if not group.has_work:
+        return
+    service = group.service or "unknown_service"
+    key = (service, group.agent or service)
+    entry = found.get(key)
+    if entry is None:
+        entry = found[key] = InFlightRuns()
+    entry.runs += 1
+    if group.cost > entry.max_cost_usd or not entry.max_cost_trace_id:
+        entry.max_cost_usd = group.cost
+        entry.max_cost_trace_id = group.trace.trace_id.hex()
+    entry.max_steps = max(entry.max_steps, group.steps)
