@@ -1,4 +1,5 @@
-"""Command line: `agentopz-otel run [--config FILE]`, `agentopz-otel validate FILE` and `agentopz-otel slo ...`."""
+"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `slo ...`, `demo`, and the rollout
+commands `agent ...`, `rollout ...`, `flags export` (which talk to a running service's admin API)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 
 from . import __version__
+from .cli_rollouts import add_commands as add_rollout_commands
 from .config import ConfigError, load_config
 from .demo import add_arguments as add_demo_arguments
 from .slo import SLOError
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     slo_validate = slo_commands.add_parser("validate", help="check an SLO file")
     slo_validate.add_argument("slo_file", metavar="SLO_FILE")
     slo_validate.set_defaults(handler=_slo_validate)
+    add_rollout_commands(commands)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -11,10 +11,11 @@ reach pipeline data only through the narrow interfaces on `Context` (the finishe
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from pydantic import BaseModel
@@ -43,6 +44,11 @@ class Consumer(Protocol):
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None: ...
 
+    async def flushed(self) -> bool:
+        """Wait until what was consumed is stored where it must survive a crash (persistent queues);
+        False if storing failed. The receiver acknowledges a request only after this."""
+        ...
+
 
 class Processor(Protocol):
     def process(self, batch: Batch) -> None: ...
@@ -60,6 +66,13 @@ class Extension(Protocol):
     async def start(self) -> None: ...
 
     async def shutdown(self, timeout: float) -> None: ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What a storage extension offers pipeline components, which never import extensions."""
+
+    def connect(self, client: str) -> sqlite3.Connection: ...
 
 
 class RunFeed:

@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .admin_auth import TokenConfig
 from .components import ComponentKind, Factory, component_type, factories
+from .httpserver import HttpServerConfig
 from .metrics import CardinalityConfig
 from .netaddr import Endpoint
 
@@ -28,10 +30,10 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key and the reason."""
 
 
-class AdminConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AdminConfig(HttpServerConfig):
     endpoint: Endpoint = "127.0.0.1:9464"
+    # The admin bearer token for mutations; without one, mutations are accepted from loopback only.
+    auth: TokenConfig | None = None
 
 
 class PipelineConfig(BaseModel):

@@ -8,6 +8,7 @@ from .components import Factory
 def builtin_factories() -> list[Factory]:
     from .exporters.otlp import FACTORY as otlp_exporter
     from .exporters.prometheus import FACTORY as prometheus
+    from .extensions.rollouts import FACTORY as rollouts
     from .extensions.storage import FACTORY as storage
     from .processors.cost import FACTORY as cost
     from .processors.normalize import FACTORY as normalize
@@ -24,4 +25,5 @@ def builtin_factories() -> list[Factory]:
         prometheus,
         otlp_exporter,
         storage,
+        rollouts,
     ]

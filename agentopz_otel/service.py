@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +15,13 @@ from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from .admin_auth import ADMIN_AUTH, AdminAuth
 from .components import Context
 from .config import ComponentConfig, Config
 from .exporters.prometheus import metrics_handler
+from .httpserver import ConnectionGuard, serve
 from .metrics import Registry
 from .model import Batch, Call
-from .netaddr import parse_endpoint
 
 log = logging.getLogger("agentopz_otel")
 
@@ -31,6 +33,7 @@ class Pipeline:
     exporters: list[Any]
 
     def __post_init__(self) -> None:
+        self._flushing = [e for e in self.exporters if hasattr(e, "flushed")]
         # Processors that emit data later (finished runs, calls whose agent was not known) send it on
         # through the rest of the pipeline.
         for index, processor in enumerate(self.processors):
@@ -46,6 +49,12 @@ class Pipeline:
             processor.process(batch)
         for exporter in self.exporters:
             exporter.export(batch)
+
+    async def flushed(self) -> bool:
+        for exporter in self._flushing:
+            if not await exporter.flushed():
+                return False
+        return True
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         """Received log records feed processors that read them (evaluation results); none are forwarded."""
@@ -85,12 +94,19 @@ class FanOut:
         for pipeline in self.pipelines:
             pipeline.consume_logs(request)
 
+    async def flushed(self) -> bool:
+        for pipeline in self.pipelines:
+            if not await pipeline.flushed():
+                return False
+        return True
+
 
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Registry(config.service.cardinality)
         self.context = Context(metrics=self.metrics)
+        self.admin_auth = AdminAuth.from_config(config.service.admin.auth)
         # Extensions first: pipeline components may look them up while they are created.
         for extension_id in config.service.extensions:
             self.context.extensions[extension_id] = self._create(config.extensions[extension_id])
@@ -115,15 +131,13 @@ class Service:
     def _create(self, component: ComponentConfig) -> Any:
         return component.factory.create(component.id, component.config, self.context)
 
-    def _stateful(self) -> list[Any]:
-        """Processors, then exporters, that have a start/shutdown lifecycle: processors flush into
-        exporters at shutdown, so every processor stops before any exporter."""
+    def _stateful(self, kind: str) -> list[Any]:
+        """The processors or exporters that have a start/shutdown lifecycle, each once."""
         seen: list[Any] = []
-        for kind in ("processors", "exporters"):
-            for pipeline in self.pipelines:
-                for component in getattr(pipeline, kind):
-                    if hasattr(component, "start") and all(component is not s for s in seen):
-                        seen.append(component)
+        for pipeline in self.pipelines:
+            for component in getattr(pipeline, kind):
+                if hasattr(component, "start") and all(component is not s for s in seen):
+                    seen.append(component)
         return seen
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -136,31 +150,24 @@ class Service:
 
     async def _start_admin(self) -> None:
         app = web.Application()
+        app[ADMIN_AUTH] = self.admin_auth
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", metrics_handler(self.metrics))
         paths = set()
         for method, path, handler in self.context.admin_routes:
-            if path in paths:
-                raise ValueError(f"two components serve {path} on the admin port; configure only one")
-            paths.add(path)
+            if (method, path) in paths:
+                raise ValueError(f"two components serve {method} {path} on the admin port; configure only one")
+            paths.add((method, path))
             app.router.add_route(method, path, handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        endpoint = self.config.service.admin.endpoint
-        host, port = parse_endpoint(endpoint)
-        try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-        except OSError as error:
-            await runner.cleanup()
-            raise OSError(f"admin server: cannot listen on {endpoint}: {error.strerror}") from None
-        self._admin = runner
+        guard = ConnectionGuard("admin", self.config.service.admin, self.metrics, retry_after_seconds=5)
+        self._admin, _ = await serve(app, guard, "admin server: cannot listen")
 
     async def start(self) -> None:
         for extension in self.context.extensions.values():
             await extension.start()
         await self._start_admin()
-        for component in self._stateful():
+        for component in (*self._stateful("processors"), *self._stateful("exporters")):
             await component.start()
         for rid, receiver in self.receivers.items():
             await receiver.start(self.fanouts[rid])
@@ -179,11 +186,16 @@ class Service:
     async def shutdown(self) -> None:
         """Stop taking data, then let every stateful component flush within the shutdown timeout."""
         self._ready = False
+        deadline = time.monotonic() + self.config.service.shutdown_timeout_seconds
         for receiver in self.receivers.values():
             await receiver.shutdown()
+        # Processors flush into exporters, so they stop first; exporters then share what is left of
+        # the budget, delivering at the same time.
+        for processor in self._stateful("processors"):
+            await processor.shutdown(max(0.0, deadline - time.monotonic()))
+        remaining = max(0.0, deadline - time.monotonic())
+        await asyncio.gather(*(exporter.shutdown(remaining) for exporter in self._stateful("exporters")))
         timeout = self.config.service.shutdown_timeout_seconds
-        for component in self._stateful():
-            await component.shutdown(timeout)
         if self._admin is not None:
             await self._admin.cleanup()
         for extension in reversed(self.context.extensions.values()):

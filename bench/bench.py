@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench.py            # 20 s measured per target, after a warm-up
     .venv/bin/python bench/bench.py --quick    # 5 s measured per target
     .venv/bin/python bench/bench.py --forward  # the service also forwards enriched spans to the sink
+    .venv/bin/python bench/bench.py --forward --persistent-queue  # ... through a queue kept in SQLite
 
 Layout on a 2-core machine: the system under test (agentopz-otel, then rotel) runs alone on core 1;
 the load generator and the discard sink run on core 0. The load is a fixed set of pre-serialized
@@ -740,10 +741,13 @@ class Outcome:
     threads: int | None = None
 
 
-def service_config(grpc_port: int, http_port: int, admin_port: int, forward: dict | None, runs: bool) -> str:
+def service_config(
+    grpc_port: int, http_port: int, admin_port: int, forward: dict | None, runs: bool, storage: Path | None = None
+) -> str:
+    """With `storage`, the forwarding exporter's sending queue is kept in a storage extension there."""
     exporters: dict = {"prometheus": {}}
     if forward is not None:
-        exporters["otlp/sink"] = forward
+        exporters["otlp/sink"] = {**forward, **({"sending_queue": {"storage": "storage"}} if storage else {})}
     config = {
         "receivers": {
             "otlp": {
@@ -755,9 +759,11 @@ def service_config(grpc_port: int, http_port: int, admin_port: int, forward: dic
         },
         "processors": {"normalize": {}, "cost": {}, "prompt_version": {}, **({"runs": {}} if runs else {})},
         "exporters": exporters,
+        "extensions": {"storage": {"path": str(storage)}} if storage else {},
         "service": {
             "admin": {"endpoint": f"{LOOPBACK}:{admin_port}"},
             "log_level": "WARNING",
+            "extensions": ["storage"] if storage else [],
             "pipelines": {
                 "traces": {
                     "receivers": ["otlp"],
@@ -839,7 +845,8 @@ class Bench:
             forward = {"endpoint": f"http://{LOOPBACK}:{self.sink_port}", "protocol": "grpc"}
         elif self.args.forward == "http":
             forward = {"endpoint": f"http://{LOOPBACK}:{self.sink_http_port}/v1/traces", "protocol": "http/protobuf"}
-        config.write_text(service_config(grpc_port, http_port, admin_port, forward, self.args.runs))
+        storage = self.workdir / "agentopz.sqlite" if self.args.persistent_queue else None
+        config.write_text(service_config(grpc_port, http_port, admin_port, forward, self.args.runs, storage))
         source = str(Path(self.args.source).resolve())
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (source, os.environ.get("PYTHONPATH"))))}
         command = [self.args.python, "-m", "agentopz_otel", "run", "--config", str(config)]
@@ -861,7 +868,8 @@ class Bench:
         outcome = Outcome(
             "agentopz-otel"
             + (" +runs" if self.args.runs else "")
-            + (f" +forward/{self.args.forward}" if self.args.forward else ""),
+            + (f" +forward/{self.args.forward}" if self.args.forward else "")
+            + (" +persistent queue" if self.args.persistent_queue else ""),
             load,
             proc_status_kib(process.pid, "VmHWM"),
             proc_status_kib(process.pid, "VmRSS"),
@@ -1054,6 +1062,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         const="grpc",
         choices=("grpc", "http"),
         help="the service also forwards the enriched spans to the discard sink over OTLP (default grpc)",
+    )
+    parser.add_argument(
+        "--persistent-queue",
+        action="store_true",
+        help="with --forward: the exporter's sending queue is kept in a storage extension (SQLite)",
     )
     parser.add_argument(
         "--runs", action="store_true", help="also assemble runs (runs processor: outcomes, run metrics, in flight)"

@@ -109,9 +109,11 @@ def service_body(
     exporters: dict | None = None,
     receiver: dict | None = None,
     service: dict | None = None,
+    extensions: dict | None = None,
 ) -> str:
     """A start_service config body: OTLP in on both transports, normalize, cost and prompt_version,
-    `runs` when given, the prometheus exporter plus `exporters`. Ports are filled in by start_service."""
+    `runs` when given, the prometheus exporter plus `exporters`, and `extensions` (all switched on, in
+    order). Ports are filled in by start_service."""
     processors: dict = {"normalize": None, "cost": None, "prompt_version": None}
     if runs is not None:
         processors["runs"] = runs
@@ -128,8 +130,10 @@ def service_body(
         },
         "processors": processors,
         "exporters": all_exporters,
+        "extensions": extensions or {},
         "service": {
             "admin": {"endpoint": "127.0.0.1:@ADMIN_PORT@"},
+            "extensions": list(extensions or {}),
             **(service or {}),
             "pipelines": {
                 "traces": {"receivers": ["otlp"], "processors": list(processors), "exporters": list(all_exporters)}

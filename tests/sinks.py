@@ -25,14 +25,29 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 
 class Sink:
-    """Stores every ExportTraceServiceRequest it receives, with the request metadata / headers."""
+    """Stores every ExportTraceServiceRequest it receives, with the request metadata / headers.
 
-    def __init__(self, port: int | None = None) -> None:
+    `refuse` maps a span name to the answer (a gRPC status code or an HTTP status) given instead of
+    accepting any request holding such a span; `refused` counts those answers by span name."""
+
+    def __init__(self, port: int | None = None, refuse: dict[str, grpc.StatusCode | int] | None = None) -> None:
         self.port = port or free_port()
         self.requests: list[ExportTraceServiceRequest] = []
         self.log_requests: list[ExportLogsServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
+        self.refuse = refuse or {}
+        self.refused: Counter[str] = Counter()
         self._lock = threading.Lock()
+
+    def refusal(self, request: ExportTraceServiceRequest) -> grpc.StatusCode | int | None:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    if span.name in self.refuse:
+                        with self._lock:
+                            self.refused[span.name] += 1
+                        return self.refuse[span.name]
+        return None
 
     @property
     def endpoint(self) -> str:
@@ -91,6 +106,9 @@ class Sink:
 
 class GrpcSink(Sink):
     def export(self, request: ExportTraceServiceRequest, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+        code = self.refusal(request)
+        if code is not None:
+            context.abort(code, "refused by the test backend")
         self.record(request, dict(context.invocation_metadata()))
         return ExportTraceServiceResponse()
 
@@ -139,7 +157,12 @@ class HttpSink(Sink):
                     sink.record_logs(ExportLogsServiceRequest.FromString(body))
                     self._reply(200, ExportLogsServiceResponse().SerializeToString())
                     return
-                sink.record(ExportTraceServiceRequest.FromString(body), headers)
+                request = ExportTraceServiceRequest.FromString(body)
+                status = sink.refusal(request)
+                if status is not None:
+                    self._reply(status, b"")
+                    return
+                sink.record(request, headers)
                 self._reply(200, ExportTraceServiceResponse().SerializeToString())
 
             def _reply(self, status: int, payload: bytes) -> None:
@@ -169,10 +192,11 @@ SINKS = {"grpc": GrpcSink, "http/protobuf": HttpSink}
 # -- config -------------------------------------------------------------------------------------
 
 
-def config_body(downstream: dict, shutdown_timeout: float = 10.0) -> str:
-    """A start_service body: the usual pipeline plus an `otlp/downstream` exporter configured by `downstream`."""
+def config_body(downstream: dict, shutdown_timeout: float = 10.0, **more) -> str:
+    """A start_service body: the usual pipeline plus an `otlp/downstream` exporter configured by
+    `downstream`; `more` goes to service_body (runs, extensions)."""
     return service_body(
-        exporters={"otlp/downstream": downstream}, service={"shutdown_timeout_seconds": shutdown_timeout}
+        exporters={"otlp/downstream": downstream}, service={"shutdown_timeout_seconds": shutdown_timeout}, **more
     )
 
 

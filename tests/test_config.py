@@ -35,7 +35,7 @@ def test_built_in_default_config_is_valid():
     config = load_config(None)
     assert list(config.service.pipelines) == ["traces"]
     assert config.service.pipelines["traces"].processors == ["normalize", "cost", "prompt_version", "runs"]
-    assert config.service.extensions == ["storage"]
+    assert config.service.extensions == ["storage", "rollouts"]
 
 
 def test_an_extension_listed_but_not_defined_is_an_error():

@@ -124,6 +124,41 @@ def test_unknown_model_is_logged_once(caplog):
     assert "mystery-model" in caplog.records[0].message
 
 
+def test_unknown_names_do_not_push_known_ones_out_of_the_cache():
+    from agentopz_otel.processors.cost import CostConfig, CostProcessor
+
+    processor = CostProcessor(CostConfig(max_cached_models=2), Registry().counter("x", "x", ("provider", "model")))
+    known = processor.pricer("openai", "gpt-4o")
+    assert known is not None
+    for index in range(5):
+        assert processor.pricer("acme", f"mystery-{index}") is None
+    assert processor.pricer("openai", "gpt-4o") is known  # the same object: no second lookup
+
+
+def test_past_the_lookup_rate_a_new_name_is_priced_when_it_comes_again():
+    from agentopz_otel.processors.cost import CostConfig, CostProcessor
+
+    processor = CostProcessor(CostConfig(max_lookups_per_second=1), Registry().counter("x", "x", ("provider", "model")))
+    assert processor.pricer("acme", "mystery") is None  # the one lookup of this second
+    assert processor.pricer("openai", "gpt-4o") is None  # deferred
+    assert processor.pricer("openai", "gpt-4o-mini") is None  # deferred
+    assert processor.pricer("openai", "gpt-4o") is not None
+    assert processor.pricer("openai", "gpt-4o-mini") is not None
+    assert processor.pricer("acme", "mystery") is None  # cached
+
+
+def test_a_name_too_long_to_cache_is_warned_about_once_and_clipped(caplog):
+    from agentopz_otel.processors.cost import CostConfig, CostProcessor
+
+    processor = CostProcessor(CostConfig(), Registry().counter("x", "x", ("provider", "model")))
+    huge = "m" * 2**20
+    for _ in range(10):
+        assert processor.pricer("openai", huge) is None
+    assert len(caplog.records) == 1
+    assert f"...[{2**20} chars]" in caplog.records[0].message
+    assert len(caplog.records[0].message) < 1024
+
+
 def test_reported_cost_is_used_when_no_price_is_known():
     view, attrs, registry = run_cost(chat(model="my-finetune-7b", provider="acme", **{"operation.cost": 0.0042}))
     assert view.cost == 0.0042

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEFAULT_BODY
+from conftest import DEFAULT_BODY, require_binary
 from prom import start_prometheus
 from spans import make_request, make_span
 from test_demo import demo_command, stack_body
@@ -170,19 +170,16 @@ def test_provisioning_files():
 # -- the stack files ------------------------------------------------------------------------------
 
 
-def compose_command() -> list[str] | None:
+def compose_command() -> list[str]:
+    """`docker compose` when it works, else docker-compose: skips, or fails under CI, without either."""
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
         return [docker, "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
+    return [require_binary("docker-compose")]
 
 
 def test_docker_compose_file_is_valid():
     command = compose_command()
-    if command is None:
-        pytest.skip("neither `docker compose` nor docker-compose is installed (apt-get install docker-compose)")
     result = subprocess.run(
         [*command, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60, cwd=COMPOSE.parent
     )

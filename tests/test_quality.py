@@ -53,7 +53,11 @@ CHECK_SETS = [
         ],
     },
 ]
-EVALUATION_RULES = {"relevance": {"min_score": 0.7}, "tone": {"pass_labels": ["polite"]}}
+EVALUATION_RULES = {
+    "relevance": {"min_score": 0.7},
+    "toxicity": {"max_score": 0.3},
+    "tone": {"pass_labels": ["polite"]},
+}
 
 
 def quality_runs(run_log, check_sets: list[dict] = CHECK_SETS) -> dict:
@@ -322,6 +326,32 @@ def test_evaluation_results_as_span_events(quality_service):
     assert sorted(r["failed_checks"] for r in records) == [[], ["evaluation:relevance"]]
     assert evaluations(service, "judged") == {("relevance", "pass"): 1, ("relevance", "fail"): 1}
     assert service.value("agentopz_evaluation_score_sum", agent="judged") == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "score", "verdict"),
+    [
+        ("relevance", 0.7, "pass"),  # exactly min_score
+        ("relevance", 0.69, "fail"),
+        ("toxicity", 0.3, "pass"),  # exactly max_score
+        ("toxicity", 0.31, "fail"),
+    ],
+)
+def test_evaluation_thresholds_are_inclusive(quality_service, evaluation, score, verdict):
+    service = quality_service()
+    with tracer("grpc", service.grpc_endpoint) as t:
+        with t.start_as_current_span(
+            "invoke_agent judged", attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "judged"}
+        ):
+            with t.start_as_current_span("chat gpt-4o", attributes=chat_attributes()) as chat:
+                chat.add_event(
+                    "gen_ai.evaluation.result",
+                    {"gen_ai.evaluation.name": evaluation, "gen_ai.evaluation.score.value": score},
+                )
+    [record] = wait_runs(service, 1)
+    assert record["quality_verdict"] == verdict
+    assert record["outcome"] == ("success" if verdict == "pass" else "quality_failure")
+    assert evaluations(service, "judged") == {(evaluation, verdict): 1}
 
 
 def test_openinference_annotations(quality_service):

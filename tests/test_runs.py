@@ -34,6 +34,8 @@ def runs_config(run_log, max_open: int = 1000, **extra) -> dict:
             {"agent": "spender", "max_cost_usd": 0.01},
             {"agent": "looper", "max_steps": 3},
             {"agent": "slow", "max_duration_seconds": 0.05},
+            {"agent": "steps-edge", "max_steps": 2},
+            {"agent": "cost-edge", "max_cost_usd": 0.5},
         ],
         **extra,
     }
@@ -255,6 +257,30 @@ def test_limits_give_budget_exceeded_and_timeout(runs_service):
     assert records["looper"]["limit_exceeded"] == "max_steps"
     assert records["slow"]["outcome"] == "timeout"
     assert records["within"]["outcome"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("agent", "calls", "outcome", "limit_exceeded"),
+    [
+        ("steps-edge", 2, "success", None),  # exactly max_steps: 2
+        ("steps-edge", 3, "budget_exceeded", "max_steps"),
+        ("cost-edge", 2, "success", None),  # exactly max_cost_usd: 2 x $0.25 = $0.5
+        ("cost-edge", 3, "budget_exceeded", "max_cost_usd"),
+    ],
+)
+def test_a_run_exactly_at_its_limit_is_within_it(runs_service, agent, calls, outcome, limit_exceeded):
+    service = runs_service()
+    trace_id = bytes([0x50 + calls]) * 16
+    agent_attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent}
+    root = make_span(f"invoke_agent {agent}", agent_attributes, trace_id=trace_id)
+    # A model the catalogue does not know with the cost the span reports: exact binary fractions.
+    reported = chat_attributes(model="house-model", provider="acme", **{"gen_ai.usage.cost": 0.25})
+    chats = [make_span("chat house-model", reported, trace_id=trace_id, parent=root.span_id) for _ in range(calls)]
+    send(service, [*chats, root])
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["steps"], record["outcome"]) == (agent, calls, outcome)
+    assert record["cost_usd"] == 0.25 * calls
+    assert record.get("limit_exceeded") == limit_exceeded
 
 
 def test_sub_agents_calls_are_steps_of_the_outer_run_and_carry_its_agent(runs_service):
@@ -657,3 +683,64 @@ def test_held_calls_count_when_a_named_top_level_agent_arrives_not_only_at_the_e
     assert service.wait_for("agentopz_llm_calls_total", 1, agent="support") == 1
     assert service.value("agentopz_tool_calls_total", agent="support", tool="search") == 1
     assert service.value("agentopz_runs_total") == 0  # the run is still in its grace period
+
+
+# -- open runs across a restart ------------------------------------------------------------------
+
+
+def checkpointed_body(tmp_path, **checkpoint) -> str:
+    runs = runs_config(tmp_path / "runs.jsonl", grace_seconds=2.0, abandon_after_seconds=4.0)
+    runs["checkpoint"] = {"storage": "storage", "interval_seconds": 0.3, **checkpoint}
+    return service_body(runs=runs, extensions={"storage": {"path": str(tmp_path / "state.sqlite")}})
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_open_runs_stay_whole_across_a_restart(start_service, tmp_path, stop):
+    """Half of each run before the restart, the rest after: one run each, exact totals, no abandoned."""
+    body = checkpointed_body(tmp_path)
+    first = start_service(body)
+    split_root, split_chat, split_tool = raw_run(b"\x31" * 16, agent="split")
+    second_chat = make_span("chat gpt-4o", chat_attributes(), trace_id=split_root.trace_id, parent=split_root.span_id)
+    waiting_root, waiting_chat, _ = raw_run(b"\x32" * 16, agent="in-grace")
+    send(first, [split_chat, split_tool])  # the root comes after the restart
+    send(first, [waiting_chat, waiting_root])  # the root is in, the run in its grace period
+    if stop == "sigterm":
+        assert first.stop() == 0
+        assert "2 open runs saved for the next start" in first.log()
+    else:
+        time.sleep(0.8)  # past a periodic save
+        first.process.kill()
+        first.process.wait()
+    first.run_log = tmp_path / "runs.jsonl"
+    assert run_records(first) == []
+
+    second = start_service(body)
+    second.run_log = first.run_log
+    assert "2 open runs restored from the checkpoint" in second.log()
+    send(second, [second_chat, split_root])
+    records = {record["agent"]: record for record in wait_runs(second, 2)}
+    time.sleep(0.5)
+    assert len(run_records(second)) == 2
+    split = records["split"]
+    assert (split["outcome"], split["steps"], split["llm_calls"], split["tool_calls"]) == ("success", 2, 2, 1)
+    assert math.isclose(split["cost_usd"], 2 * GPT4O_CALL, rel_tol=1e-9)
+    assert split["tokens"]["input"] == 2400
+    waiting = records["in-grace"]
+    assert (waiting["outcome"], waiting["steps"], waiting["tool_calls"]) == ("success", 1, 0)
+    assert math.isclose(waiting["cost_usd"], GPT4O_CALL, rel_tol=1e-9)
+    assert second.value("agentopz_runs_total", outcome="abandoned") == 0
+    assert second.value("agentopz_runs_total", outcome="success") == 2
+    assert second.value("agentopz_evicted_runs_total") == 0
+
+
+def test_without_a_checkpoint_a_restart_counts_the_runs_it_loses(runs_service):
+    service = runs_service()
+    for index in range(3):
+        root, chat, _ = raw_run(bytes([0x40 + index]) * 16, agent="unfinished")
+        send(service, [chat])  # roots never come before the stop
+    root, chat, _ = raw_run(b"\x4f" * 16, agent="complete")
+    send(service, [chat, root])
+    assert service.stop() == 0
+    assert "3 runs waiting for their root at shutdown are lost" in service.log()
+    [record] = run_records(service)
+    assert (record["agent"], record["outcome"]) == ("complete", "success")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -25,11 +26,12 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from ..components import Context, Factory
+from ..components import Context, Factory, Storage
 from ..metrics import Registry
 from ..model import Batch
+from .stored_queue import StoredQueue
 
 log = logging.getLogger("agentopz_otel.exporter.otlp")
 
@@ -44,6 +46,9 @@ _RETRYABLE_GRPC = frozenset(
     }
 )
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+_MAX_RECONNECT_BACKOFF_MS = 2000
+_SHUTDOWN_RETRY_SECONDS = 0.5
+_SHUTDOWN_MARGIN_SECONDS = 0.5
 
 
 class QueueConfig(BaseModel):
@@ -53,6 +58,10 @@ class QueueConfig(BaseModel):
     when_full: Literal["reject", "drop"] = Field(
         default="reject",
         description="reject: refuse new data with 503/UNAVAILABLE so senders retry; drop: accept, count, drop",
+    )
+    storage: str | None = Field(
+        default=None,
+        description="id of a storage extension: the queue survives restarts and crashes; unset: in memory",
     )
 
 
@@ -88,7 +97,10 @@ class OtlpExporterConfig(BaseModel):
     timeout_seconds: float = Field(default=10.0, gt=0)
     senders: int = Field(default=2, ge=1, le=32)
     batch: BatchConfig = Field(default_factory=BatchConfig)
-    queue: QueueConfig = Field(default_factory=QueueConfig)
+    # `queue` is the key's earlier name, still accepted.
+    sending_queue: QueueConfig = Field(
+        default_factory=QueueConfig, validation_alias=AliasChoices("sending_queue", "queue")
+    )
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
 
@@ -158,7 +170,13 @@ class GrpcSender:
     def __init__(self, config: OtlpExporterConfig) -> None:
         parts = urlsplit(config.endpoint if "://" in config.endpoint else f"http://{config.endpoint}")
         target = parts.netloc
-        options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+        options = [
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            # gRPC's own reconnect backoff grows to 2 minutes; capped so a backend that is back is
+            # found within seconds, and within the shutdown budget.
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+        ]
         compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
         if parts.scheme == "https":
             self._channel = grpc.aio.secure_channel(
@@ -168,11 +186,13 @@ class GrpcSender:
             self._channel = grpc.aio.insecure_channel(target, options=options, compression=compression)
         self._methods = {signal.name: self._channel.unary_unary(signal.grpc_method) for signal in (TRACES, LOGS)}
         self._metadata = tuple((key.lower(), value) for key, value in config.headers.items())
-        self._timeout = config.timeout_seconds
 
-    async def send(self, signal: Signal, body: bytes) -> SendResult:
+    async def send(self, signal: Signal, body: bytes, timeout: float) -> SendResult:
         try:
-            response = await self._methods[signal.name](body, timeout=self._timeout, metadata=self._metadata)
+            # wait_for_ready: a channel that is reconnecting is waited for (up to the timeout), not failed at once.
+            response = await self._methods[signal.name](
+                body, timeout=timeout, metadata=self._metadata, wait_for_ready=True
+            )
         except grpc.aio.AioRpcError as error:
             delay = _grpc_retry_delay(error)
             code = error.code()
@@ -191,15 +211,19 @@ class HttpSender:
         self._gzip = config.compression == "gzip"
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
-    async def send(self, signal: Signal, body: bytes) -> SendResult:
+    async def send(self, signal: Signal, body: bytes, timeout: float) -> SendResult:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession()
         payload = gzip.compress(body, compresslevel=5) if self._gzip else body
         try:
-            async with self._session.post(self._base + signal.http_path, data=payload, headers=self._headers) as reply:
+            async with self._session.post(
+                self._base + signal.http_path,
+                data=payload,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as reply:
                 content = await reply.read()
                 if reply.status == 200:
                     return _partial(signal, content)
@@ -225,13 +249,16 @@ class DeliveryQueue:
         self.signal = signal
         self._config = config
         self._sender: Sender | None = None
-        self._queue: deque[tuple[bytes, int]] = deque()
+        self._store: StoredQueue | None = None
+        self._queue: deque[tuple[bytes, int, int]] = deque()  # body, items, row in the store (0: none)
         self._held = 0  # queued plus in delivery: what the queue bound applies to
         self._waiting = 0  # queued, not yet taken by a sender
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._stopping = False
+        self._deadline = math.inf  # set at shutdown: deliveries retry until then
+        self._undelivered = 0  # left at the shutdown deadline, reported once
         self._failing = False
         label = (exporter_id,)
         unit = signal.unit
@@ -250,23 +277,33 @@ class DeliveryQueue:
 
     def retry_after(self, count: int) -> float | None:
         # A request larger than the whole queue would never fit: put() counts it as failed instead.
-        max_spans = self._config.queue.max_spans
-        if self._config.queue.when_full == "drop" or count > max_spans or self._held + count <= max_spans:
+        max_spans = self._config.sending_queue.max_spans
+        if self._config.sending_queue.when_full == "drop" or count > max_spans or self._held + count <= max_spans:
             return None
         return self._config.retry.initial_interval_seconds
 
     def put(self, body: bytes, count: int) -> None:
-        if self._stopping or self._held + count > self._config.queue.max_spans:
+        if self._stopping or self._held + count > self._config.sending_queue.max_spans:
             self._failed.value += count
             return
-        self._queue.append((body, count))
+        # Stored before the receiver answers, so what it acknowledged survives a crash.
+        row = self._store.append(body, count) if self._store is not None else 0
+        self._enqueue(body, count, row)
+
+    async def flushed(self) -> bool:
+        """True once what `put` took is stored (at once without a persistent queue); False if storing failed."""
+        return self._store is None or await self._store.flushed()
+
+    def _enqueue(self, body: bytes, count: int, row: int) -> None:
+        self._queue.append((body, count, row))
         self._waiting += count
         self._held += count
         self._queued.value = self._held
         self._wake.set()
 
-    def _take(self) -> tuple[bytes, int]:
+    def _take(self) -> tuple[bytes, int, list[int]]:
         bodies = []
+        rows = []
         count = 0
         limit = self._config.batch.send_batch_max_size
         byte_limit = self._config.batch.send_batch_max_bytes
@@ -274,12 +311,14 @@ class DeliveryQueue:
         while self._queue and (
             not bodies or (count + self._queue[0][1] <= limit and size + len(self._queue[0][0]) <= byte_limit)
         ):
-            body, items = self._queue.popleft()
+            body, items, row = self._queue.popleft()
             bodies.append(body)
+            if row:
+                rows.append(row)
             count += items
             size += len(body)
         self._waiting -= count
-        return b"".join(bodies), count
+        return b"".join(bodies), count, rows
 
     async def _worker(self) -> None:
         while True:
@@ -298,28 +337,38 @@ class DeliveryQueue:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), remaining)
-            body, count = self._take()
+            body, count, rows = self._take()
             if count:
+                finished = False
                 try:
-                    await self._deliver(body, count)
-                except asyncio.CancelledError:
-                    self._failed.value += count
-                    log.warning("%s: %d %s in delivery at shutdown, not delivered", self.id, count, self.signal.unit)
-                    raise
+                    finished = await self._deliver(body, count)
                 except Exception:
+                    finished = True
                     self._failed.value += count
                     log.exception("%s: delivery failed unexpectedly; dropped %d %s", self.id, count, self.signal.unit)
                 finally:
+                    if finished and rows:
+                        assert self._store is not None
+                        self._store.remove(rows)
+                    elif not finished:
+                        self._undelivered += count
                     self._held -= count
                     self._queued.value = self._held
 
-    async def _deliver(self, body: bytes, count: int) -> None:
+    async def _deliver(self, body: bytes, count: int) -> bool:
+        """Send one batch, retrying what OTLP calls retryable; at shutdown, retry until the deadline.
+
+        True when the batch is done with (delivered or given up on and counted); False when the
+        shutdown deadline came first."""
         retry = self._config.retry
         started = time.monotonic()
         backoff = retry.initial_interval_seconds
         while True:
+            timeout = min(self._config.timeout_seconds, self._deadline - time.monotonic())
+            if timeout <= 0:
+                return False
             assert self._sender is not None
-            result = await self._sender.send(self.signal, body)
+            result = await self._sender.send(self.signal, body, timeout)
             if result.ok:
                 self._sent.value += count - result.rejected
                 self._failed.value += result.rejected
@@ -330,46 +379,79 @@ class DeliveryQueue:
                 if self._failing:
                     log.info("%s: backend reachable again", self.id)
                     self._failing = False
-                return
+                return True
+            retrying = result.retryable and retry.enabled
             if not self._failing:
-                retrying = result.retryable and retry.enabled
                 log.warning(
-                    "%s: export failed (%s); %s", self.id, result.message, "retrying" if retrying else "dropping"
+                    "%s: export failed (%s); %s",
+                    self.id,
+                    result.message,
+                    "retrying" if retrying else "not retryable, dropping (later failures are counted, not logged)",
                 )
                 self._failing = True
+            if not retrying:
+                self._failed.value += count
+                return True
             delay = result.retry_after if result.retry_after is not None else backoff * random.uniform(0.8, 1.2)
             backoff = min(backoff * 1.5, retry.max_interval_seconds)
-            out_of_time = retry.max_elapsed_seconds and time.monotonic() - started + delay > retry.max_elapsed_seconds
-            if not (result.retryable and retry.enabled) or out_of_time or self._stopping:
+            if retry.max_elapsed_seconds and time.monotonic() - started + delay > retry.max_elapsed_seconds:
                 self._failed.value += count
-                log.warning("%s: dropped %d %s after %s", self.id, count, self.signal.unit, result.message)
-                return
-            # A stop request ends the wait early; the next attempt is then the last.
+                log.warning("%s: dropped %d %s after retrying: %s", self.id, count, self.signal.unit, result.message)
+                return True
+            if self._stopping:
+                # Inside the shutdown budget our own backoff shrinks to fit; a backend's retry advice must fit.
+                if result.retry_after is None:
+                    delay = min(delay, _SHUTDOWN_RETRY_SECONDS)
+                if delay >= self._deadline - time.monotonic():
+                    return False
+            # A stop request ends the wait early, so held data is retried at once when shutdown starts.
             self._stop_requested.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
 
-    def start(self, sender: Sender) -> None:
+    def start(self, sender: Sender, storage: Storage | None) -> None:
         self._sender = sender
+        if storage is not None:
+            self._store = StoredQueue(storage.connect(self.id), self.id, self.signal.name)
+            stored = self._store.load()
+            for body, count, row in stored:
+                self._enqueue(body, count, row)
+            if stored:
+                log.info("%s: %d %s from the persistent queue to deliver", self.id, self._held, self.signal.unit)
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._config.senders)]
 
     async def shutdown(self, timeout: float) -> None:
-        """Flush what is held; whatever cannot be delivered within `timeout` is counted as failed."""
+        """Deliver what is held, retrying within `timeout`; what is left at the deadline is counted and logged once."""
+        self._deadline = time.monotonic() + timeout
         self._stopping = True
         self._wake.set()
         self._stop_requested.set()
         if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            # Workers give up by themselves at the deadline; the margin covers a send that overruns it.
+            _, pending = await asyncio.wait(self._workers, timeout=timeout + _SHUTDOWN_MARGIN_SECONDS)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         # Cancelled deliveries released their items from _held; what is left is still queued.
-        if self._held:
-            self._failed.value += self._held
-            log.warning("%s: %d %s not delivered before shutdown", self.id, self._held, self.signal.unit)
-            self._queue.clear()
-            self._held = self._waiting = 0
-            self._queued.value = 0
+        undelivered = self._undelivered + self._held
+        if undelivered and self._store is not None:
+            log.info(
+                "%s: %d %s kept in the persistent queue for the next start", self.id, undelivered, self.signal.unit
+            )
+        elif undelivered:
+            self._failed.value += undelivered
+            log.warning(
+                "%s: %d %s not delivered within the shutdown timeout (%.1f s left of it)",
+                self.id,
+                undelivered,
+                self.signal.unit,
+                timeout,
+            )
+        self._queue.clear()
+        self._held = self._waiting = self._undelivered = 0
+        self._queued.value = 0
+        if self._store is not None:
+            await self._store.close()
 
 
 class OtlpExporter:
@@ -379,6 +461,12 @@ class OtlpExporter:
         self._sender: Sender | None = None
         self._spans = DeliveryQueue(component_id, TRACES, config, context.metrics)
         self._logs = DeliveryQueue(component_id, LOGS, config, context.metrics)
+        storage_id = config.sending_queue.storage
+        self._storage: Storage | None = (
+            context.extension(storage_id, Storage, f"exporter {component_id}: sending_queue.storage")
+            if storage_id is not None
+            else None
+        )
 
     def retry_after(self, span_count: int) -> float | None:
         return self._spans.retry_after(span_count)
@@ -390,11 +478,14 @@ class OtlpExporter:
     def export_logs(self, request: ExportLogsServiceRequest, count: int) -> None:
         self._logs.put(request.SerializeToString(), count)
 
+    async def flushed(self) -> bool:
+        return self._storage is None or (await self._spans.flushed() and await self._logs.flushed())
+
     async def start(self) -> None:
         # Created here, inside the running event loop, which grpc.aio channels bind to.
         self._sender = GrpcSender(self._config) if self._config.protocol == "grpc" else HttpSender(self._config)
-        self._spans.start(self._sender)
-        self._logs.start(self._sender)
+        self._spans.start(self._sender, self._storage)
+        self._logs.start(self._sender, self._storage)
 
     async def shutdown(self, timeout: float) -> None:
         await asyncio.gather(self._spans.shutdown(timeout), self._logs.shutdown(timeout))

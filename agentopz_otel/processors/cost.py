@@ -3,7 +3,8 @@
 Prices come from config overrides first, then the `genai-prices` catalogue, then a cost the span
 reports itself. A (provider, model) pair is resolved once and cached as per-token rates, because a
 catalogue lookup costs far more than the arithmetic. A call nobody can price is `unknown`: counted
-in agentopz_llm_unpriced_calls_total, logged once per model, and never summed as $0.
+in agentopz_llm_unpriced_calls_total, logged once per model (rate limited, names clipped), and never
+summed as $0.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -19,6 +21,7 @@ from genai_prices import Usage, data_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..bounded_log import BoundedLog
 from ..components import Context, Factory
 from ..metrics import Counter, Family
 from ..model import LLM, Batch, SpanView
@@ -69,7 +72,14 @@ class CostConfig(BaseModel):
 
     catalog: bool = Field(default=True, description="price from the bundled genai-prices catalogue")
     overrides: list[PriceOverride] = Field(default_factory=list)
-    max_cached_models: int = Field(default=10_000, ge=1)
+    max_cached_models: int = Field(
+        default=10_000, ge=1, description="priced names kept, and as many unpriced ones; the oldest go first"
+    )
+    max_lookups_per_second: int = Field(
+        default=200,
+        ge=1,
+        description="catalogue lookups of new names; past it a new name is looked up when it comes again",
+    )
 
 
 @dataclass(frozen=True)
@@ -160,30 +170,68 @@ class CostProcessor:
     def __init__(self, config: CostConfig, unpriced: Family[Counter]) -> None:
         self._config = config
         self._overrides = [(override, _override_rates(override)) for override in config.overrides]
-        self._pricers: dict[tuple[str, str], Pricer | None] = {}
+        # Priced and unpriced names are cached apart, so a stream of unknown names cannot push the
+        # known ones out; either answer is one dict lookup.
+        self._pricers: dict[tuple[str, str], Pricer] = {}
+        self._unknown: dict[tuple[str, str], None] = {}
+        # A lookup costs ~0.3 ms: a stream of distinct names would take the CPU. Past the rate a new
+        # name waits until it comes again (hostile names rarely do; real ones always do).
+        self._deferred: dict[int, None] = {}
+        self._lookups_left = config.max_lookups_per_second
+        self._lookup_window_end = 0.0
         self._unpriced = unpriced
+        self._warnings = BoundedLog(log)
+        self._rate_warning = BoundedLog(log)
 
     def pricer(self, provider: str, model: str) -> Pricer | None:
         key = (provider, model)
-        try:
-            return self._pricers[key]
-        except KeyError:
-            pass
+        pricer = self._pricers.get(key)
+        if pricer is not None or key in self._unknown:
+            return pricer
+        # A name too long to cache is no model the catalogue knows: only the overrides are tried.
+        cacheable = len(model) + len(provider) <= MAX_CACHED_NAME_CHARS
         pricer = next((rates for override, rates in self._overrides if override.matches(provider, model)), None)
-        if pricer is None and self._config.catalog and model:
+        if pricer is None and self._config.catalog and model and cacheable:
+            if not self._may_look_up(key):
+                return None
             pricer = catalog_pricer(provider, model)
         if pricer is None:
-            log.warning(
+            self._warnings.warning(
+                key,
                 "no price for provider=%r model=%r: its calls are counted in agentopz_llm_unpriced_calls_total; "
                 "add a cost.overrides entry to price it",
                 provider,
                 model,
             )
-        if len(model) + len(provider) <= MAX_CACHED_NAME_CHARS:  # a hostile name is resolved, not kept
-            if len(self._pricers) >= self._config.max_cached_models:
-                self._pricers.pop(next(iter(self._pricers)))
-            self._pricers[key] = pricer
+        if cacheable:
+            cache = self._unknown if pricer is None else self._pricers
+            if len(cache) >= self._config.max_cached_models:
+                cache.pop(next(iter(cache)))
+            cache[key] = pricer
         return pricer
+
+    def _may_look_up(self, key: tuple[str, str]) -> bool:
+        now = time.monotonic()
+        if now >= self._lookup_window_end:
+            self._lookup_window_end = now + 1.0
+            self._lookups_left = self._config.max_lookups_per_second
+        if self._lookups_left > 0:
+            self._lookups_left -= 1
+            return True
+        digest = hash(key)
+        if digest in self._deferred:
+            del self._deferred[digest]
+            return True  # it came again: looked up whatever the rate
+        if len(self._deferred) >= self._config.max_cached_models:
+            self._deferred.pop(next(iter(self._deferred)))
+        self._deferred[digest] = None
+        self._rate_warning.warning(
+            "max_lookups_per_second",
+            "more than cost.max_lookups_per_second (%d) new model names a second: a new name's first call is "
+            "left unpriced and it is looked up when it comes again",
+            self._config.max_lookups_per_second,
+        )
+        return False
 
     def process(self, batch: Batch) -> None:
         for view in batch.views:

@@ -7,6 +7,7 @@ highest-priority attribute present wins, so duplicate and deprecated names are n
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict
 
+from ..bounded_log import BoundedLog
 from ..components import Context, Factory
 from ..metrics import Counter, Family
 from ..model import (
@@ -41,6 +43,8 @@ MAX_REPORTED_COST_USD = 1e6
 MAX_ANNOTATIONS = 8  # OpenInference annotations.{i}.annotation.* read per span
 MAX_EXPLANATION_CHARS = 1024  # evaluations may wait for their run: keep them small
 EVALUATION_EVENT = "gen_ai.evaluation.result"
+
+log = logging.getLogger("agentopz_otel.normalize")
 
 INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
 SKIP: Any = object()  # the attribute is there but says nothing about this field
@@ -413,6 +417,7 @@ class Normalizer:
     def __init__(self, invalid_attributes: Family[Counter]) -> None:
         self._table = ATTRIBUTE_TABLE
         self._invalid = invalid_attributes
+        self._warnings = BoundedLog(log)
 
     def process(self, batch: Batch) -> None:
         batch.views = self.views(batch.request)
@@ -442,6 +447,14 @@ class Normalizer:
                 continue
             if value is INVALID:
                 self._invalid.series((attribute.key,)).value += 1
+                which = attribute.value.WhichOneof("value")
+                self._warnings.warning(
+                    attribute.key,
+                    "span attribute %s ignored: unusable %s %r (counted in agentopz_invalid_attributes_total)",
+                    attribute.key,
+                    which,
+                    getattr(attribute.value, which) if which else None,
+                )
                 continue
             values[field] = value
             priorities[field] = priority

@@ -36,6 +36,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from ..components import Consumer, Context, Factory
+from ..httpserver import ConnectionGuard, HttpServerConfig, serve
 from ..metrics import Counter, Family
 from ..model import Batch
 from ..netaddr import Endpoint, parse_endpoint
@@ -87,11 +88,16 @@ class GrpcProtocol(BaseModel):
 
     endpoint: Endpoint = "127.0.0.1:4317"
     max_concurrent_requests: int = Field(default=64, ge=1)
+    max_connections: int = Field(default=1000, ge=1, description="past it, new connections are refused")
+    handshake_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a connection that has not completed the HTTP/2 handshake by then is closed"
+    )
+    idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="a connection with no call for this long is sent GOAWAY and closed"
+    )
 
 
-class HttpProtocol(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class HttpProtocol(HttpServerConfig):
     endpoint: Endpoint = "127.0.0.1:4318"
 
 
@@ -129,7 +135,7 @@ class OtlpReceiverConfig(BaseModel):
     protocols: Protocols = Field(default_factory=lambda: Protocols(grpc=GrpcProtocol(), http=HttpProtocol()))
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="after decompression")
     max_inflight_bytes: int = Field(
-        default=256 * 1024 * 1024, ge=1024, description="HTTP bodies being read at once, in total"
+        default=256 * 1024 * 1024, ge=1024, description="request bytes being read or handled at once, both transports"
     )
     retry_after_seconds: float = Field(default=5.0, gt=0)
     auth: BearerAuth | None = None
@@ -277,7 +283,8 @@ class OtlpReceiver:
         self._inflight_bytes = 0
         self._grpc_server: grpc.aio.Server | None = None
         self._http_runner: web.AppRunner | None = None
-        metrics = context.metrics
+        self._http_guard: ConnectionGuard | None = None
+        self._metrics = metrics = context.metrics
         self._received: Family[Counter] = metrics.counter(
             "agentopz_receiver_spans_total", "Spans received, by transport.", ("transport",), bounded=False
         )
@@ -329,9 +336,10 @@ class OtlpReceiver:
     def _authorized(self, header: str | None) -> bool:
         if self._secret is None:
             return True
-        if not header or not header.startswith("Bearer "):
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer":  # RFC 7235: the scheme is case-insensitive
             return False
-        return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), self._secret)
+        return hmac.compare_digest(token.strip().encode(), self._secret)
 
     def _accept(self, signal: Signal, request: Message, transport: str) -> Message:
         accepted = self.accept(request, transport) if signal is TRACES else self.accept_logs(request, transport)
@@ -341,6 +349,12 @@ class OtlpReceiver:
             response.partial_success.error_message = accepted.error_message
         return response
 
+    async def _stored(self) -> None:
+        """Acknowledge only what persistent queues have stored; if storing failed, the sender retries."""
+        assert self._consumer is not None
+        if not await self._consumer.flushed():
+            raise Backpressure(self._config.retry_after_seconds)
+
     # -- gRPC ----------------------------------------------------------------------------------
 
     async def _grpc_export(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -348,8 +362,13 @@ class OtlpReceiver:
         if not self._authorized(metadata.get("authorization")):
             self._rejected_requests.series(("grpc", "unauthenticated")).value += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        # The message is in memory from here on: it counts against the budget HTTP bodies share.
+        self._inflight_bytes += len(body)
         try:
+            if self._inflight_bytes > self._config.max_inflight_bytes:
+                raise Backpressure(self._config.retry_after_seconds)
             response = self._accept(signal, parse_protobuf_request(body, signal), "grpc")
+            await self._stored()
         except RequestError as error:
             self._rejected_requests.series(("grpc", "decode")).value += 1
             await context.abort(error.grpc_code, str(error))
@@ -363,6 +382,8 @@ class OtlpReceiver:
                 str(busy),
                 trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
             )
+        finally:
+            self._inflight_bytes -= len(body)
         return response.SerializeToString()
 
     async def _start_grpc(self, protocol: GrpcProtocol) -> None:
@@ -370,6 +391,9 @@ class OtlpReceiver:
             options=[
                 ("grpc.max_receive_message_length", self._config.max_request_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_allowed_incoming_connections", protocol.max_connections),
+                ("grpc.server_handshake_timeout_ms", int(protocol.handshake_timeout_seconds * 1000)),
+                ("grpc.max_connection_idle_ms", int(protocol.idle_timeout_seconds * 1000)),
             ],
             maximum_concurrent_rpcs=protocol.max_concurrent_requests,
         )
@@ -409,6 +433,8 @@ class OtlpReceiver:
                     raise RequestError(413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"body exceeds {limit} bytes")
                 if self._inflight_bytes > self._config.max_inflight_bytes:
                     raise Backpressure(self._config.retry_after_seconds)
+            assert self._http_guard is not None
+            self._http_guard.body_read(request)
             return b"".join(chunks)
         finally:
             self._inflight_bytes -= size
@@ -442,6 +468,7 @@ class OtlpReceiver:
                 body = gunzip(body, self._config.max_request_bytes)
             parsed = parse_json_request(body, signal) if json_body else parse_protobuf_request(body, signal)
             response = self._accept(signal, parsed, "http")
+            await self._stored()
         except RequestError as error:
             reason = "too_large" if error.http_status == 413 else "decode"
             self._rejected_requests.series(("http", reason)).value += 1
@@ -457,19 +484,13 @@ class OtlpReceiver:
         app = web.Application(client_max_size=self._config.max_request_bytes + 1)
         for signal in (TRACES, LOGS):
             app.router.add_post(signal.http_path, functools.partial(self._http_export, signal))
+        self._http_guard = ConnectionGuard(
+            self.id, protocol, self._metrics, self._config.retry_after_seconds, reads_body=False
+        )
         # Decompression is ours (gunzip) so the size limit applies to the decompressed body.
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
-        await runner.setup()
-        host, port = parse_endpoint(protocol.endpoint)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise OSError(
-                f"receiver {self.id}: cannot listen for OTLP/HTTP on {protocol.endpoint}: {error.strerror}"
-            ) from None
-        self._http_runner = runner
+        self._http_runner, _ = await serve(
+            app, self._http_guard, f"receiver {self.id}: cannot listen for OTLP/HTTP", auto_decompress=False
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 

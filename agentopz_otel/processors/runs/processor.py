@@ -27,7 +27,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...components import Context, Factory, RunFeed
+from ...components import Context, Factory, RunFeed, Storage
 from ...metrics import Registry
 from ...model import AGENT, LLM, OTHER, STATUS_OK, TOOL, Batch, Call, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
@@ -42,6 +42,7 @@ from .assembly import (
     outer_run,
     unfinished,
 )
+from .checkpoint import CheckpointConfig, RunCheckpoint, RunState
 from .evaluations import EvaluationRouter
 from .outcome import SUCCESS, RunLimit, decide_outcome
 from .publishing import (
@@ -89,6 +90,9 @@ class RunsConfig(BaseModel):
     slo_file: str | None = Field(
         default=None, description="SLO file whose latency and cost thresholds are added as bucket boundaries"
     )
+    checkpoint: CheckpointConfig | None = Field(
+        default=None, description="keep open runs across restarts in a storage extension; unset: a restart loses them"
+    )
 
     @model_validator(mode="after")
     def _slo_buckets(self) -> RunsConfig:
@@ -102,9 +106,19 @@ class RunsConfig(BaseModel):
 
 
 class RunsProcessor:
-    def __init__(self, component_id: str, config: RunsConfig, registry: Registry, feed: RunFeed | None = None) -> None:
+    def __init__(
+        self,
+        component_id: str,
+        config: RunsConfig,
+        registry: Registry,
+        feed: RunFeed | None = None,
+        storage: Storage | None = None,
+    ) -> None:
         self.id = component_id
         self.config = config
+        self._storage = storage
+        self._checkpoint: RunCheckpoint | None = None
+        self._checkpoint_task: asyncio.Task | None = None
         self._quality = QualityEvaluator(config.quality)
         self._traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
         # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
@@ -154,15 +168,40 @@ class RunsProcessor:
 
     async def start(self) -> None:
         self._publisher.open()
+        if self._storage is not None:
+            self._checkpoint = RunCheckpoint(self._storage.connect(self.id), self.id)
+            state = self._checkpoint.load()
+            if state is not None:
+                self._traces, self._finished = state.traces, state.finished
+                traces = [*self._traces.values(), *(trace for trace, _ in self._finished.values())]
+                self._remembered = sum(len(trace.seen) for trace in traces)
+                open_runs = sum(1 for _ in self._open_groups())
+                log.info("%s: %d open runs restored from the checkpoint", self.id, open_runs)
+            self._checkpoint_task = asyncio.create_task(self._checkpointer())
         self._tick_task = asyncio.create_task(self._ticker())
 
     async def shutdown(self, timeout: float) -> None:
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
-        self.flush()
+        for task in (self._tick_task, self._checkpoint_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._checkpoint is not None:
+            # Open runs stay open: the next start picks them up where they are.
+            await self._checkpoint.save(self._state())
+            log.info("%s: %d open runs saved for the next start", self.id, sum(1 for _ in self._open_groups()))
+        else:
+            self.flush()
         self._publisher.close()
+
+    def _state(self) -> RunState:
+        return RunState(self._traces, self._finished)
+
+    async def _checkpointer(self) -> None:
+        assert self._checkpoint is not None and self.config.checkpoint is not None
+        while True:
+            await asyncio.sleep(self.config.checkpoint.interval_seconds)
+            await self._checkpoint.save(self._state())
 
     async def _ticker(self) -> None:
         while True:
@@ -582,6 +621,7 @@ class RunsProcessor:
         """At shutdown: finish every run whose root arrived; count the rest as evicted."""
         far_future = time.monotonic() + 10 * (self.config.grace_seconds + self.config.root_wait_seconds)
         records = []
+        lost = 0
         for trace in self._traces.values():
             self._nest_sub_agents(trace, far_future)
             has_run = any(g.is_run for g in trace.groups)
@@ -590,17 +630,28 @@ class RunsProcessor:
                     records.append(self._finish(group, False, time.time()))
                     continue
                 if group.has_work:
-                    self._evicted.series(("shutdown",)).value += 1
-                    log.warning("run of trace %s still in flight at shutdown", trace.trace_id.hex())
+                    lost += 1
                 self._close(group)
             self._forget(trace)
         self._traces.clear()
+        if lost:
+            self._evicted.series(("shutdown",)).value += lost
+            log.warning(
+                "%s: %d runs waiting for their root at shutdown are lost (runs.checkpoint would keep them)",
+                self.id,
+                lost,
+            )
         if records:
             self._publisher.publish(records)
 
 
 def _create(component_id: str, config: RunsConfig, context: Context) -> RunsProcessor:
-    return RunsProcessor(component_id, config, context.metrics, context.finished_runs)
+    storage = (
+        context.extension(config.checkpoint.storage, Storage, f"processor {component_id}: checkpoint.storage")
+        if config.checkpoint is not None
+        else None
+    )
+    return RunsProcessor(component_id, config, context.metrics, context.finished_runs, storage)
 
 
 FACTORY = Factory(type="runs", kind="processor", config_type=RunsConfig, create=_create, requires=("normalize",))

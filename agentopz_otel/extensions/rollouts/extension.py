@@ -1,0 +1,480 @@
+"""The `rollouts` extension: prompt versions served over OFREP, rollouts by steps, the kill switch.
+
+State lives in the `storage` extension's database and in memory; every change is written with its
+audit entry first, then the in-memory evaluation snapshot is rebuilt. Commands are serialized by one
+lock, and a command whose effect is already in place (a second rollback) changes and records nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
+from ...components import Context, Factory
+from ..storage import StorageExtension
+from .flagd import flagd_document
+from .model import (
+    ACTIONS,
+    ACTOR_KINDS,
+    AgentFlag,
+    AuditEntry,
+    Rollout,
+    RolloutError,
+    check_steps,
+    check_versions,
+)
+from .ofrep import Snapshot
+from .store import RolloutStore
+
+GAUGE_STATES = ("none", "progressing", "paused", "rolled_back", "promoted", "disabled")
+MAX_ACTOR_LENGTH = 128
+MAX_REASON_LENGTH = 2000
+
+
+class RolloutsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The storage extension that holds the state and the audit log.
+    storage: str = "storage"
+    # A token OFREP clients and flagd sync must present (Bearer or X-API-Key); none: evaluation is open.
+    evaluation_auth: TokenConfig | None = None
+    max_agents: int = Field(default=1000, ge=1)
+    max_versions_per_agent: int = Field(default=100, ge=2)
+    # Audit entries kept (oldest dropped first) and finished rollouts kept per agent.
+    max_audit_entries: int = Field(default=100_000, ge=100)
+    max_rollouts_per_agent: int = Field(default=100, ge=1)
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def _agent_summary(flag: AgentFlag | None) -> dict[str, Any] | None:
+    if flag is None:
+        return None
+    return {
+        "versions": sorted(flag.versions),
+        "baseline": flag.baseline,
+        "disabled": flag.disabled,
+        "fallback": flag.fallback,
+    }
+
+
+class RolloutsExtension:
+    def __init__(self, component_id: str, config: RolloutsConfig, context: Context) -> None:
+        from .api import admin_routes
+
+        self.id = component_id
+        self.config = config
+        self._context = context
+        self._lock = threading.RLock()
+        self._agents: dict[str, AgentFlag] = {}
+        self._rollouts: dict[str, Rollout] = {}
+        self._store: RolloutStore | None = None
+        self._subscribers: list[Callable[[Rollout], None]] = []
+        self._analysis_validator: Callable[[dict], dict] | None = None
+        self._evaluation_token: str | None = None
+        metrics = context.metrics
+        self._evaluations = metrics.counter(
+            "agentopz_flag_evaluations_total",
+            "Flag evaluations answered over OFREP, by agent (flag), prompt version (variant) and OpenFeature reason.",
+            ("agent", "prompt_version", "reason"),
+        )
+        self._weight = metrics.gauge(
+            "agentopz_rollout_weight",
+            "Share of an agent's traffic (0 to 100) each prompt version is served.",
+            ("agent", "prompt_version"),
+        )
+        self._state = metrics.gauge(
+            "agentopz_rollout_state", "1 for an agent's current rollout state.", ("agent", "state")
+        )
+        self._actions = metrics.counter(
+            "agentopz_rollout_actions_total",
+            "Rollout changes (define, start, advance, promote, rollback, pause, resume, disable, enable), by actor.",
+            ("agent", "action", "actor"),
+        )
+        self.snapshot = Snapshot((), {}, self._evaluations)
+        self.flagd_body = b""
+        self.flagd_etag = ""
+        context.admin_routes.extend(admin_routes(self))
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        storage = self._context.extension(self.config.storage, StorageExtension, asked_by=self.id)
+        store = RolloutStore(
+            storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
+        )
+        store.create_schema()
+        if self.config.evaluation_auth is not None:
+            self._evaluation_token = self.config.evaluation_auth.load(f"extensions.{self.id}.evaluation_auth")
+        with self._lock:
+            self._store = store
+            self._agents, self._rollouts = store.load()
+            self._rebuild()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Nothing to flush: every change is committed before it takes effect."""
+
+    # Reading
+
+    def agents(self) -> list[AgentFlag]:
+        return sorted(self._agents.values(), key=lambda flag: flag.agent)
+
+    def agent(self, agent: str) -> AgentFlag:
+        flag = self._agents.get(agent)
+        if flag is None:
+            raise RolloutError(f"unknown agent {agent!r}: define it first (agentopz-otel agent define)", 404)
+        return flag
+
+    def rollout(self, agent: str) -> Rollout | None:
+        """The agent's current rollout, else its last finished one, else None."""
+        return self._rollouts.get(agent)
+
+    def active(self) -> list[Rollout]:
+        return sorted((r for r in self._rollouts.values() if r.active), key=lambda r: r.agent)
+
+    def state(self, agent: str) -> str:
+        """What `agentopz_rollout_state` reports for the agent."""
+        if self.agent(agent).disabled:
+            return "disabled"
+        rollout = self._rollouts.get(agent)
+        return "none" if rollout is None else rollout.state
+
+    def history(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries, newest first."""
+        with self._lock:
+            return self._require_store().history(agent, max(1, min(limit, self.config.max_audit_entries)))
+
+    def rollouts(self, agent: str, limit: int = 20) -> list[Rollout]:
+        """The agent's rollouts, newest first."""
+        with self._lock:
+            return self._require_store().rollouts(agent, max(1, min(limit, self.config.max_rollouts_per_agent)))
+
+    # Hooks for other extensions
+
+    def subscribe(self, callback: Callable[[Rollout], None]) -> None:
+        """Call `callback` with the agent's rollout after every change to an agent that has one."""
+        self._subscribers.append(callback)
+
+    def register_analysis_validator(self, validator: Callable[[dict], dict]) -> None:
+        """`validator` checks and normalizes a new rollout's `analysis` config; its ValueError is a 400."""
+        self._analysis_validator = validator
+
+    # Commands
+
+    def define_agent(
+        self,
+        agent: str,
+        versions: dict[str, Any],
+        baseline: str,
+        *,
+        actor: str,
+        actor_kind: str = "user",
+        reason: str = "",
+    ) -> AgentFlag:
+        with self._lock:
+            versions = check_versions(agent, versions, baseline, self.config.max_versions_per_agent)
+            existing = self._agents.get(agent)
+            if existing is None and len(self._agents) >= self.config.max_agents:
+                raise RolloutError(f"at most {self.config.max_agents} agents can be defined (max_agents)", 409)
+            rollout = self._rollouts.get(agent)
+            if rollout is not None and rollout.active:
+                if baseline != rollout.baseline:
+                    raise RolloutError(
+                        f"agent {agent!r} has a rollout in progress from {rollout.baseline!r}: its baseline changes "
+                        "when the rollout is promoted, not by redefining it",
+                        409,
+                    )
+                if rollout.candidate not in versions:
+                    raise RolloutError(
+                        f"agent {agent!r}: version {rollout.candidate!r} is the candidate of the rollout in progress",
+                        409,
+                    )
+            fallback = existing.fallback if existing is not None else None
+            if fallback is not None and fallback not in versions:
+                raise RolloutError(f"agent {agent!r}: version {fallback!r} is its fallback while it is disabled", 409)
+            disabled = existing.disabled if existing is not None else False
+            flag = AgentFlag(agent, versions, baseline, disabled, fallback, _now())
+            if existing is not None and replace(existing, updated_at=flag.updated_at) == flag:
+                return existing
+            before, after = _agent_summary(existing), _agent_summary(flag)
+            self._commit(agent, "define", actor, actor_kind, reason, None, before, after, flag=flag)
+            return flag
+
+    def start_rollout(
+        self,
+        agent: str,
+        candidate: str,
+        steps: list[int],
+        *,
+        actor: str,
+        actor_kind: str = "user",
+        reason: str = "",
+        analysis: dict[str, Any] | None = None,
+    ) -> Rollout:
+        with self._lock:
+            flag = self.agent(agent)
+            previous = self._rollouts.get(agent)
+            if previous is not None and previous.active:
+                raise RolloutError(
+                    f"agent {agent!r} already has a rollout in progress ({previous.baseline} -> {previous.candidate} "
+                    f"at {previous.weight}%, {previous.state}): promote or roll it back first",
+                    409,
+                )
+            if candidate not in flag.versions:
+                raise RolloutError(
+                    f"agent {agent!r} has no version {candidate!r} (versions: {', '.join(flag.versions)})", 400
+                )
+            if candidate == flag.baseline:
+                raise RolloutError(f"version {candidate!r} is already the baseline of agent {agent!r}", 400)
+            checked_steps = check_steps(steps)
+            if analysis is not None and not isinstance(analysis, dict):
+                raise RolloutError("analysis must be a JSON object")
+            analysis = dict(analysis or {})
+            if self._analysis_validator is not None:
+                try:
+                    analysis = self._analysis_validator(analysis)
+                except ValueError as error:
+                    raise RolloutError(f"analysis: {error}") from None
+            now = _now()
+            rollout = Rollout(
+                id=self._require_store().next_rollout_id(),
+                agent=agent,
+                baseline=flag.baseline,
+                candidate=candidate,
+                steps=checked_steps,
+                step_index=0,
+                weight=checked_steps[0],
+                state="progressing",
+                started_at=now,
+                step_started_at=now,
+                updated_at=now,
+                analysis=analysis,
+                reason=reason,
+            )
+            before = previous.summary() if previous is not None else None
+            after = {**rollout.summary(), "baseline": flag.baseline, "candidate": candidate}
+            self._commit(agent, "start", actor, actor_kind, reason, None, before, after, rollout=rollout)
+            return rollout
+
+    def act(
+        self,
+        agent: str,
+        action: str,
+        *,
+        actor: str,
+        actor_kind: str,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+    ) -> Rollout:
+        """Move the agent's rollout; an action already in effect returns the rollout unchanged, unrecorded."""
+        if action not in ACTIONS:
+            raise RolloutError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+        with self._lock:
+            self.agent(agent)
+            rollout = self._rollouts.get(agent)
+            if rollout is None:
+                raise RolloutError(f"agent {agent!r} has no rollout: start one first", 404)
+            now = _now()
+            changed = self._transition(rollout, action, now)
+            if changed is None:
+                return rollout
+            if changed.state == "promoted" and rollout.state != "promoted":
+                action = "promote"
+            flag = None
+            if changed.state == "promoted":
+                flag = replace(self._agents[agent], baseline=changed.candidate, updated_at=now)
+            self._commit(
+                agent,
+                action,
+                actor,
+                actor_kind,
+                reason,
+                evidence,
+                rollout.summary(),
+                changed.summary(),
+                flag=flag,
+                rollout=changed,
+            )
+            return changed
+
+    @staticmethod
+    def _transition(rollout: Rollout, action: str, now: float) -> Rollout | None:
+        """The rollout after `action`, None when the action is already in effect; RolloutError if invalid."""
+        state = rollout.state
+        finished = {"rolled_back": "rolled back", "promoted": "promoted"}
+        if action == "rollback":
+            if state == "rolled_back":
+                return None
+            if state == "promoted":
+                raise RolloutError(
+                    f"the rollout of {rollout.candidate!r} was promoted: start a rollout of {rollout.baseline!r} "
+                    "to go back",
+                    409,
+                )
+            return replace(rollout, state="rolled_back", weight=0, updated_at=now)
+        if action == "promote":
+            if state == "promoted":
+                return None
+            if state == "rolled_back":
+                raise RolloutError(f"the rollout of {rollout.candidate!r} was rolled back: start a new one", 409)
+            last = len(rollout.steps) - 1
+            return replace(rollout, state="promoted", step_index=last, weight=100, step_started_at=now, updated_at=now)
+        if not rollout.active:
+            raise RolloutError(f"the rollout of {rollout.candidate!r} is {finished[state]}: nothing to {action}", 409)
+        if action == "pause":
+            return None if state == "paused" else replace(rollout, state="paused", updated_at=now)
+        if action == "resume":
+            if state == "progressing":
+                return None
+            return replace(rollout, state="progressing", step_started_at=now, updated_at=now)
+        if state == "paused":
+            raise RolloutError(f"the rollout of {rollout.candidate!r} is paused: resume it before advancing", 409)
+        next_index = rollout.step_index + 1
+        if next_index == len(rollout.steps):
+            return replace(rollout, state="promoted", step_started_at=now, updated_at=now)
+        return replace(
+            rollout, step_index=next_index, weight=rollout.steps[next_index], step_started_at=now, updated_at=now
+        )
+
+    def disable(
+        self, agent: str, *, actor: str, actor_kind: str = "user", reason: str, fallback: str | None = None
+    ) -> AgentFlag:
+        """Kill switch: clients get reason DISABLED and no value (their code default), or the fallback version."""
+        with self._lock:
+            flag = self.agent(agent)
+            if fallback is not None and fallback not in flag.versions:
+                known = ", ".join(flag.versions)
+                raise RolloutError(f"agent {agent!r} has no version {fallback!r} to fall back to (versions: {known})")
+            if flag.disabled and flag.fallback == fallback:
+                return flag
+            changed = replace(flag, disabled=True, fallback=fallback, updated_at=_now())
+            self._commit(
+                agent,
+                "disable",
+                actor,
+                actor_kind,
+                reason,
+                None,
+                _agent_summary(flag),
+                _agent_summary(changed),
+                flag=changed,
+            )
+            return changed
+
+    def enable(self, agent: str, *, actor: str, actor_kind: str = "user", reason: str = "") -> AgentFlag:
+        with self._lock:
+            flag = self.agent(agent)
+            if not flag.disabled:
+                return flag
+            changed = replace(flag, disabled=False, fallback=None, updated_at=_now())
+            self._commit(
+                agent,
+                "enable",
+                actor,
+                actor_kind,
+                reason,
+                None,
+                _agent_summary(flag),
+                _agent_summary(changed),
+                flag=changed,
+            )
+            return changed
+
+    # Evaluation access
+
+    def evaluation_allowed(self, request: web.Request) -> int | None:
+        """None when `request` may evaluate flags, else the HTTP status to refuse it with (401 or 403)."""
+        if self._evaluation_token is None:
+            return None
+        presented = request.headers.get("X-API-Key") or bearer_token(request)
+        if presented is None:
+            return 401
+        admin_token = request.app[ADMIN_AUTH].token
+        if token_matches(presented, self._evaluation_token) or (
+            admin_token is not None and token_matches(presented, admin_token)
+        ):
+            return None
+        return 403
+
+    # Internals
+
+    def _require_store(self) -> RolloutStore:
+        if self._store is None:
+            raise RuntimeError(f"{self.id}: not started")
+        return self._store
+
+    def _commit(
+        self,
+        agent: str,
+        action: str,
+        actor: str,
+        actor_kind: str,
+        reason: str,
+        evidence: dict[str, Any] | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        *,
+        flag: AgentFlag | None = None,
+        rollout: Rollout | None = None,
+    ) -> None:
+        if actor_kind not in ACTOR_KINDS:
+            raise RolloutError(f"actor_kind {actor_kind!r} is not one of {', '.join(ACTOR_KINDS)}")
+        if not isinstance(actor, str) or not actor.strip() or len(actor) > MAX_ACTOR_LENGTH:
+            raise RolloutError(f"actor must be a name of 1 to {MAX_ACTOR_LENGTH} characters")
+        if not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH:
+            raise RolloutError(f"reason must be text of at most {MAX_REASON_LENGTH} characters")
+        if evidence is not None:
+            json.dumps(evidence)  # fails now, before anything is written, if it cannot be stored
+        entry = AuditEntry(0, _now(), agent, action, actor.strip(), actor_kind, reason, evidence, before, after)
+        self._require_store().commit(entry, agent=flag, rollout=rollout)
+        if flag is not None:
+            self._agents[agent] = flag
+        if rollout is not None:
+            self._rollouts[agent] = rollout
+        self._actions.series((agent, action, actor_kind)).value += 1
+        self._rebuild()
+        current = self._rollouts.get(agent)
+        if current is not None:
+            for callback in self._subscribers:
+                try:
+                    callback(current)
+                except Exception:
+                    self._context.logger.exception("%s: a rollout subscriber failed; continuing", self.id)
+
+    def _rebuild(self) -> None:
+        self.snapshot = Snapshot(self._agents.values(), self._rollouts, self._evaluations)
+        self.flagd_body = json.dumps(flagd_document(self._agents.values(), self._rollouts), indent=2).encode() + b"\n"
+        self.flagd_etag = '"' + hashlib.blake2b(self.flagd_body, digest_size=12).hexdigest() + '"'
+        for flag in self._agents.values():
+            served = self._served_weights(flag)
+            for version in flag.versions:
+                self._weight.series((flag.agent, version)).value = served.get(version, 0)
+            current = self.state(flag.agent)
+            for state in GAUGE_STATES:
+                self._state.series((flag.agent, state)).value = 1 if state == current else 0
+
+    def _served_weights(self, flag: AgentFlag) -> dict[str, int]:
+        if flag.disabled:
+            return {} if flag.fallback is None else {flag.fallback: 100}
+        rollout = self._rollouts.get(flag.agent)
+        if rollout is None or not rollout.active:
+            return {flag.baseline: 100}
+        return {rollout.candidate: rollout.weight, rollout.baseline: 100 - rollout.weight}
+
+
+def _create(component_id: str, config: RolloutsConfig, context: Context) -> RolloutsExtension:
+    return RolloutsExtension(component_id, config, context)
+
+
+FACTORY = Factory(type="rollouts", kind="extension", config_type=RolloutsConfig, create=_create)

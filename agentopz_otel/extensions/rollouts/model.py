@@ -1,0 +1,161 @@
+"""Agents (flags), their prompt versions (variants), rollouts and audit entries, with their validation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ACTIONS = ("promote", "rollback", "pause", "resume", "advance")
+ACTOR_KINDS = ("user", "analysis", "alert")
+ACTIVE_STATES = ("progressing", "paused")
+STATES = ("progressing", "paused", "rolled_back", "promoted")
+# A name is a flag key and a URL path segment: printable, no slash, no surrounding whitespace.
+_NAME = re.compile(r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]{0,126}[^\s/\x00-\x1f\x7f])?$")
+MAX_STEPS = 20
+MAX_VALUE_BYTES = 65_536
+
+
+class RolloutError(ValueError):
+    """An invalid definition or command; `status` is the HTTP status the admin API answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class AgentFlag:
+    agent: str
+    # Prompt version name -> the JSON value the agent uses (None: the name itself is served).
+    versions: dict[str, Any]
+    baseline: str
+    disabled: bool = False
+    fallback: str | None = None
+    updated_at: float = 0.0
+
+    def value(self, version: str) -> Any:
+        value = self.versions[version]
+        return version if value is None else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: int
+    agent: str
+    baseline: str
+    candidate: str
+    steps: tuple[int, ...]
+    step_index: int
+    weight: int  # the candidate's share of traffic, 0 to 100
+    state: str
+    started_at: float
+    step_started_at: float
+    updated_at: float
+    analysis: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["steps"] = list(self.steps)
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Rollout:
+        return cls(**{**body, "steps": tuple(body["steps"])})
+
+    def summary(self) -> dict[str, Any]:
+        """What an audit entry records before and after a change."""
+        return {"state": self.state, "weight": self.weight, "step_index": self.step_index}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    agent: str
+    action: str
+    actor: str
+    actor_kind: str
+    reason: str
+    evidence: dict[str, Any] | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_name(what: str, name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RolloutError(
+            f"{what} {name!r} is not a valid name: 1 to 128 printable characters, no '/', no surrounding spaces"
+        )
+    return name
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    kind = type(value).__name__
+    raise RolloutError(f"a version's value must be a JSON object, string, number or boolean, not {kind}")
+
+
+def check_versions(agent: str, versions: Any, baseline: Any, max_versions: int) -> dict[str, Any]:
+    """Versions of one agent: named, at most `max_versions`, values of one JSON type, baseline among them."""
+    check_name("agent", agent)
+    if not isinstance(versions, dict) or not versions:
+        raise RolloutError(f"agent {agent!r}: give at least one version")
+    if len(versions) > max_versions:
+        raise RolloutError(f"agent {agent!r}: {len(versions)} versions, at most {max_versions} are allowed")
+    types = {}
+    for name, value in versions.items():
+        check_name("version", name)
+        if len(json.dumps(value)) > MAX_VALUE_BYTES:
+            raise RolloutError(f"version {name!r}: its value is larger than {MAX_VALUE_BYTES} bytes of JSON")
+        types[name] = _json_type(name if value is None else value)
+    if len(set(types.values())) > 1:
+        described = ", ".join(f"{name}: {kind}" for name, kind in types.items())
+        raise RolloutError(
+            f"agent {agent!r}: every version's value must be of one JSON type, since clients ask for one type "
+            f"(a version without a value serves its name, a string); got {described}"
+        )
+    if baseline not in versions:
+        raise RolloutError(f"agent {agent!r}: baseline {baseline!r} is not one of its versions ({', '.join(versions)})")
+    return dict(versions)
+
+
+def check_steps(steps: Any) -> tuple[int, ...]:
+    """Candidate weights: integers from 1 to 100, strictly increasing, ending at 100."""
+    if not isinstance(steps, (list, tuple)) or not steps:
+        raise RolloutError("steps: give the candidate's weights, e.g. [5, 25, 50, 100]")
+    if len(steps) > MAX_STEPS:
+        raise RolloutError(f"steps: at most {MAX_STEPS} steps")
+    for step in steps:
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= 100:
+            raise RolloutError(f"steps: {step!r} is not a whole percentage from 1 to 100")
+    for earlier, later in itertools.pairwise(steps):
+        if later <= earlier:
+            raise RolloutError(f"steps must increase: {later} follows {earlier} in {list(steps)}")
+    if steps[-1] != 100:
+        raise RolloutError(
+            f"steps must end at 100 (the candidate and the baseline add up to 100%, and the last step gives the "
+            f"candidate all of it): {list(steps)}"
+        )
+    return tuple(steps)

@@ -1,0 +1,155 @@
+"""Real OpenFeature clients against the service: Python and Node SDKs with their OFREP providers, and
+flagd's own evaluator (the Python flagd provider, in-process, offline) on the exported flag set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import require_binary
+from openfeature import api
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.contrib.provider.ofrep import OFREPProvider
+from openfeature.evaluation_context import EvaluationContext
+from rollouts import Admin, rollouts_body
+
+from agentopz_otel.extensions.rollouts.split import split_variant
+
+NODE_CLIENT = Path(__file__).parent / "openfeature_node"
+VERSIONS = {"support-v3": {"prompt": "support/v3"}, "support-v4": {"prompt": "support/v4"}}
+CODE_DEFAULT = {"prompt": "support/built-in"}
+KEYS = [f"conversation-{i}" for i in range(400)]
+
+
+def python_client(base_url: str):
+    api.set_provider(OFREPProvider(base_url=base_url), domain="agentopz-ofrep-test")
+    return api.get_client("agentopz-ofrep-test")
+
+
+def python_answers(client, keys: list[str]) -> list[tuple]:
+    answers = []
+    for key in keys:
+        details = client.get_object_details("support-bot", CODE_DEFAULT, EvaluationContext(targeting_key=key))
+        answers.append((details.value, details.variant, str(details.reason), details.error_code))
+    return answers
+
+
+def node_answers(base_url: str, keys: list[str]) -> list[tuple]:
+    if not (NODE_CLIENT / "node_modules" / "@openfeature" / "ofrep-provider").is_dir():
+        pytest.skip("the Node OpenFeature client is not installed: run scripts/install --test (npm ci)")
+    node = require_binary("node")
+    request = {"baseUrl": base_url, "flag": "support-bot", "defaultValue": CODE_DEFAULT, "targetingKeys": keys}
+    done = subprocess.run(
+        [node, str(NODE_CLIENT / "evaluate.mjs"), json.dumps(request)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["targetingKey"] for line in lines] == keys
+    return [(line["value"], line["variant"], line["reason"], line["errorCode"]) for line in lines]
+
+
+@pytest.mark.e2e
+def test_python_and_node_agents_get_their_versions_through_a_rollout(start_service, tmp_path):
+    service = start_service(rollouts_body(tmp_path / "agentopz.sqlite"))
+    admin = Admin(service.admin_url, actor="alice")
+    client = python_client(service.admin_url)
+    admin.define("support-bot", VERSIONS, "support-v3")
+
+    # Before any rollout: the baseline for everyone.
+    baseline = [(VERSIONS["support-v3"], "support-v3", "STATIC", None)] * len(KEYS)
+    assert python_answers(client, KEYS) == baseline
+
+    # A 5% canary: each conversation keeps the version flagd's hashing gives it.
+    admin.start("support-bot", "support-v4", [5, 25, 50, 100])
+    split = [("support-v4", 5), ("support-v3", 95)]
+    expected = []
+    for key in KEYS:
+        variant = split_variant("support-bot", key, split)
+        expected.append((VERSIONS[variant], variant, "SPLIT", None))
+    assert 8 <= sum(variant == "support-v4" for _, variant, _, _ in expected) <= 35
+    assert python_answers(client, KEYS) == expected
+    assert node_answers(service.admin_url, KEYS) == expected
+
+    # Promote: the candidate for everyone, at once.
+    admin.act("support-bot", "promote")
+    promoted = [(VERSIONS["support-v4"], "support-v4", "STATIC", None)] * len(KEYS)
+    assert python_answers(client, KEYS) == promoted
+    assert node_answers(service.admin_url, KEYS) == promoted
+
+    # A new candidate, rolled back: the very next evaluation is the (new) baseline again.
+    admin.define("support-bot", {**VERSIONS, "support-v5": {"prompt": "support/v5"}}, "support-v4")
+    admin.start("support-bot", "support-v5", [50, 100])
+    assert {variant for _, variant, _, _ in python_answers(client, KEYS)} == {"support-v4", "support-v5"}
+    admin.act("support-bot", "rollback", reason="quality failures")
+    assert python_answers(client, KEYS) == promoted
+    assert node_answers(service.admin_url, KEYS) == promoted
+
+    # Disabled: every client falls back to the default written in its code.
+    admin.ok("POST", "/api/v1/agents/support-bot/disable", {"reason": "incident"})
+    assert python_answers(client, KEYS[:50]) == [(CODE_DEFAULT, "", "DISABLED", None)] * 50
+    # @openfeature/ofrep-provider 0.1 type-checks the absent value and reports an error instead of DISABLED;
+    # the value the agent gets is still its code default.
+    assert node_answers(service.admin_url, KEYS[:50]) == [(CODE_DEFAULT, None, "ERROR", "GENERAL")] * 50
+    admin.ok("POST", "/api/v1/agents/support-bot/disable", {"reason": "incident", "fallback": "support-v3"})
+    fallback = [(VERSIONS["support-v3"], "support-v3", "DISABLED", None)] * 50
+    assert python_answers(client, KEYS[:50]) == fallback
+    assert node_answers(service.admin_url, KEYS[:50]) == fallback
+
+    evaluations = service.value("agentopz_flag_evaluations_total", agent="support-bot", prompt_version="support-v4")
+    assert evaluations >= 3 * len(KEYS)
+
+
+@pytest.mark.e2e
+def test_exported_flag_set_gives_every_key_the_same_variant_in_flagd(start_service, tmp_path):
+    service = start_service(rollouts_body(tmp_path / "agentopz.sqlite"))
+    admin = Admin(service.admin_url)
+    admin.define("support-bot", VERSIONS, "support-v3")
+    admin.start("support-bot", "support-v4", [5, 25, 50, 100])
+    admin.define("router", {"small": None, "large": None}, "small")
+    admin.start("router", "large", [50, 100])
+    admin.define("summarizer", {"a": 1, "b": 2}, "a")
+    admin.start("summarizer", "b", [10, 100])
+    admin.act("summarizer", "advance")  # the last step: every key on the candidate, not yet promoted
+    admin.define("killed", {"on": True, "off": False}, "on")
+    admin.ok("POST", "/api/v1/agents/killed/disable", {"reason": "incident"})
+    admin.define("rerouted", {"x": "x", "y": "y"}, "x")
+    admin.ok("POST", "/api/v1/agents/rerouted/disable", {"reason": "incident", "fallback": "y"})
+    exported = tmp_path / "flags.json"
+    exported.write_text(requests.get(f"{service.admin_url}/api/v1/flagd/flags.json", timeout=10).text)
+
+    provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(exported))
+    api.set_provider(provider, domain="agentopz-flagd-test")
+    flagd = api.get_client("agentopz-flagd-test")
+    defaults = {"support-bot": CODE_DEFAULT, "router": "?", "summarizer": 0, "killed": True, "rerouted": "?"}
+    resolvers = {
+        "support-bot": flagd.get_object_details,
+        "router": flagd.get_string_details,
+        "summarizer": flagd.get_integer_details,
+        "killed": flagd.get_boolean_details,
+        "rerouted": flagd.get_string_details,
+    }
+    try:
+        session = requests.Session()
+        on_candidate = 0
+        for index in range(10_000):
+            key = f"user-{index}"
+            bulk = session.post(
+                f"{service.admin_url}/ofrep/v1/evaluate/flags", json={"context": {"targetingKey": key}}, timeout=10
+            ).json()
+            served = {item["key"]: item for item in bulk["flags"]}
+            for flag, resolve in resolvers.items():
+                details = resolve(flag, defaults[flag], EvaluationContext(targeting_key=key))
+                ours = served[flag]
+                assert (details.variant or "", details.value) == (ours["variant"], ours.get("value", defaults[flag])), (
+                    flag,
+                    key,
+                )
+            on_candidate += served["support-bot"]["variant"] == "support-v4"
+        assert 450 <= on_candidate <= 550
+        assert str(flagd.get_boolean_details("killed", True, EvaluationContext(targeting_key="k")).reason) == "DISABLED"
+    finally:
+        api.shutdown()
