@@ -1,5 +1,5 @@
-"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `slo ...`, `demo`, and the rollout
-commands `agent ...`, `rollout ...`, `flags export` (which talk to a running service's admin API)."""
+"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `slo ...`, `rules ...`, `demo`, and the
+rollout commands `agent ...`, `rollout ...`, `flags export` (which talk to a running service's admin API)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ def _run(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         # Built inside the event loop: asyncio and grpc.aio objects bind to the running loop.
-        await Service(config).run()
+        try:
+            service = Service(config)
+        except ValueError as error:  # a component refused its configuration (e.g. a missing extension)
+            raise ConfigError(str(error)) from None
+        await service.run()
 
     try:
         asyncio.run(serve())
@@ -51,6 +55,21 @@ def _slo_generate(args: argparse.Namespace) -> int:
             out.write(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .runbooks import write_rebased
+
+    try:
+        written = write_rebased([Path(name) for name in args.rule_files], args.runbook_base_url, Path(args.output_dir))
+    except (OSError, ValueError) as error:
+        print(f"agentopz-otel rules: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -93,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     slo_validate = slo_commands.add_parser("validate", help="check an SLO file")
     slo_validate.add_argument("slo_file", metavar="SLO_FILE")
     slo_validate.set_defaults(handler=_slo_validate)
+    rules = commands.add_parser(
+        "rules", help="write copies of alert rule files whose runbook_url links live under one base URL"
+    )
+    rules.add_argument("rule_files", metavar="RULE_FILE", nargs="+")
+    rules.add_argument(
+        "--runbook-base-url", required=True, metavar="URL", help="e.g. https://agentopz.example.com/runbooks"
+    )
+    rules.add_argument("-o", "--output-dir", required=True, metavar="DIR")
+    rules.set_defaults(handler=_rules)
     add_rollout_commands(commands)
     args = parser.parse_args(argv)
     try:

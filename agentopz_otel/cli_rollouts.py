@@ -102,6 +102,22 @@ def _describe(agent: dict[str, Any]) -> str:
     return line + f"; versions: {', '.join(agent['versions'])}"
 
 
+def _describe_analysis(status: dict[str, Any]) -> str:
+    """The canary analysis of the agent's rollout: each guard's verdict and statistic/threshold, runs
+    per version, the last decision."""
+    guards = ", ".join(
+        f"{name} {guard['verdict']} ({guard['statistic']:g}/{guard['threshold']:g})"
+        for name, guard in status["guards"].items()
+    )
+    runs = ", ".join(f"{version} {count}" for version, count in status["runs"].items())
+    line = f"  analysis ({status['source']}): {guards}; runs {runs}"
+    if status.get("source_error"):
+        line += f"; data source error: {status['source_error']}"
+    if status.get("decision"):
+        line += f"; {status['decision']} at {_when(status['decided_at'])}: {status['decision_reason']}"
+    return line
+
+
 def _print_history(entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         change = f"{_summary(entry['before'])} -> {_summary(entry['after'])}"
@@ -158,6 +174,9 @@ def _print_status(args: argparse.Namespace, agent: str | None) -> None:
         print("no agents defined (agentopz-otel agent define AGENT --version NAME --baseline NAME)")
     for entry in agents:
         print(_describe(entry))
+        analysis = (entry.get("rollout") or {}).get("analysis_status")
+        if analysis:
+            print(_describe_analysis(analysis))
 
 
 def _rollout_status(args: argparse.Namespace) -> None:

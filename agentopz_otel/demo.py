@@ -4,7 +4,11 @@
 exporters, so every dashboard, SLO and alert has something to show:
 
 - support-triage (service support-api): prompt version v12, with a 5% canary of v13 that answers with
-  a bigger model (more cost) and fails quality checks far more often;
+  a bigger model (more cost) and fails quality checks far more often. The demo starts that canary as a
+  rollout on the service (`--flags-url`, its admin port) and each run picks its version there through
+  OpenFeature (OFREP provider), the evaluation recorded on the run's span by OpenFeature's
+  OpenTelemetry TracingHook (`feature_flag.evaluation`); without rollouts on the service (or with
+  `--no-rollout`) the seed picks the 5%;
 - order-tracker (service order-service): a flaky carrier API that sometimes hangs past the agent's
   duration limit (timeout), a self-hosted model nobody has a price for, crashes that never close
   their run (abandoned), and plain bugs (error);
@@ -30,6 +34,7 @@ import heapq
 import itertools
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -292,10 +297,13 @@ class _Builder:
         return self.plan
 
 
-def _support(b: _Builder, rng: random.Random) -> None:
+def _support(b: _Builder, rng: random.Random, pick_version: VersionPicker | None) -> None:
     plan = b.plan
-    canary = rng.random() < 0.05
-    plan.prompt_version = "v13" if canary else "v12"
+    canary = rng.random() < 0.05  # drawn either way, so the rest of the plan does not depend on the flags
+    picked = pick_version(plan) if pick_version is not None else None
+    if picked in SUPPORT_VERSIONS:
+        canary = picked == SUPPORT_CANARY
+    plan.prompt_version = SUPPORT_CANARY if canary else SUPPORT_BASELINE
     roll = rng.random()
     quality = roll < (0.15 if canary else 0.02)
     tool_failure = not quality and roll > 0.985
@@ -487,8 +495,9 @@ def in_storm(index: int) -> bool:
     return STORM_WINDOW[0] <= index % STORM_PERIOD < STORM_WINDOW[1]
 
 
-def plan_run(seed: int, index: int) -> RunPlan:
-    """The run with this index under this seed: always the same plan."""
+def plan_run(seed: int, index: int, pick_version: VersionPicker | None = None) -> RunPlan:
+    """The run with this index under this seed: always the same plan, but for support-triage's prompt
+    version when `pick_version` (called with the plan's agent and conversation id set) picks it."""
     rng = random.Random(f"agentopz-demo:{seed}:{index}")
     runaway = index % RUNAWAY_PERIOD == RUNAWAY_OFFSET
     if runaway:
@@ -502,8 +511,8 @@ def plan_run(seed: int, index: int) -> RunPlan:
             roll -= weight
     plan = RunPlan(index, service, agent, "normal", SUCCESS, conversation_id=f"conv-{rng.getrandbits(48):012x}")
     builder = _Builder(rng, plan, in_storm(index))
-    if agent == "support-triage":
-        _support(builder, rng)
+    if agent == SUPPORT_AGENT:
+        _support(builder, rng, pick_version)
     elif agent == "order-tracker":
         _order(builder, rng)
     elif agent == "research-assistant":
@@ -577,6 +586,81 @@ def _tool_attributes(plan: RunPlan, call: Call, rng: random.Random) -> dict[str,
     return attributes
 
 
+SUPPORT_AGENT = "support-triage"
+SUPPORT_BASELINE, SUPPORT_CANARY = "v12", "v13"
+# The flag's variants: what each prompt version tells the agent to use.
+SUPPORT_VERSIONS = {
+    SUPPORT_BASELINE: {"prompt": "support-triage/v12", "model": GPT_4O_MINI},
+    SUPPORT_CANARY: {"prompt": "support-triage/v13", "model": GPT_4O},
+}
+CANARY_STEPS = [5, 25, 50, 100]
+VersionPicker = Callable[[RunPlan], "str | None"]
+
+
+class PromptFlags:
+    """support-triage's prompt version per run, from the service over OpenFeature (OFREP provider); the
+    OpenTelemetry TracingHook records each evaluation as a `feature_flag.evaluation` event on the
+    current span (the run's agent span)."""
+
+    def __init__(self, admin_url: str, token: str | None = None) -> None:
+        from openfeature import api
+        from openfeature.contrib.hook.opentelemetry import TracingHook
+        from openfeature.contrib.provider.ofrep import OFREPProvider
+
+        self.admin_url = admin_url.rstrip("/")
+        self.token = token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        api.set_provider(OFREPProvider(base_url=self.admin_url, headers_factory=lambda: headers), domain="demo")
+        self.client = api.get_client(domain="demo")
+        self.client.add_hooks([TracingHook()])
+
+    def version(self, agent: str, targeting_key: str) -> str | None:
+        from openfeature.evaluation_context import EvaluationContext
+
+        return self.client.get_object_details(agent, {}, EvaluationContext(targeting_key=targeting_key)).variant
+
+    def start_canary(self) -> str:
+        """Define support-triage's versions and start the 5% canary of v13 (kept if one is in progress);
+        what was done, in words. OSError or ValueError with the service's answer when it cannot."""
+        self._call(
+            "PUT", f"/api/v1/agents/{SUPPORT_AGENT}", {"versions": SUPPORT_VERSIONS, "baseline": SUPPORT_BASELINE}
+        )
+        body = {
+            "agent": SUPPORT_AGENT,
+            "candidate": SUPPORT_CANARY,
+            "steps": CANARY_STEPS,
+            "reason": "agentopz-otel demo",
+            # Held at 5% for the dashboards: the canary analysis would roll v13 back within minutes.
+            "analysis": {"enabled": False},
+        }
+        status, answer = self._call("POST", "/api/v1/rollouts", body, conflict_ok=True)
+        if status == 409:
+            return f"{SUPPORT_AGENT} already has a rollout: {answer.get('error', '')}"
+        return f"started a {CANARY_STEPS[0]}% canary of {SUPPORT_AGENT} {SUPPORT_CANARY} on {self.admin_url}"
+
+    def _call(self, method: str, path: str, body: dict, conflict_ok: bool = False) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(
+            self.admin_url + path, data=json.dumps(body).encode(), headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            try:
+                answer = json.loads(error.read() or b"{}")
+            except ValueError:
+                answer = {}
+            if conflict_ok and error.code == 409:
+                return error.code, answer
+            raise ValueError(f"{method} {path}: HTTP {error.code} {answer.get('error', error.reason)}") from None
+
+
 class Fleet:
     """One TracerProvider (with a batching OTLP exporter) per service of the demo fleet."""
 
@@ -628,12 +712,18 @@ def _exporter(endpoint: str, protocol: str):
     return HttpSpanExporter(endpoint=url)
 
 
+def start_root(tracer, plan: RunPlan, wall_ns: int):
+    """The run's agent span, started (its attributes are set by RunExecution)."""
+    from opentelemetry.trace import SpanKind
+
+    return tracer.start_span(f"invoke_agent {plan.agent}", kind=SpanKind.INTERNAL, start_time=wall_ns)
+
+
 class RunExecution:
     """Plays one plan: child spans are emitted when they end, the agent span last."""
 
-    def __init__(self, plan: RunPlan, tracer, started: float, wall_ns: int) -> None:
+    def __init__(self, plan: RunPlan, tracer, started: float, wall_ns: int, root=None) -> None:
         from opentelemetry import trace
-        from opentelemetry.trace import SpanKind
 
         self.plan = plan
         self.tracer = tracer
@@ -650,9 +740,8 @@ class RunExecution:
             attributes["agentopz.prompt.version"] = plan.prompt_version
         if plan.agent_version is not None:
             attributes["gen_ai.agent.version"] = plan.agent_version
-        self.root = tracer.start_span(
-            f"invoke_agent {plan.agent}", kind=SpanKind.INTERNAL, attributes=attributes, start_time=wall_ns
-        )
+        self.root = root if root is not None else start_root(tracer, plan, wall_ns)
+        self.root.set_attributes(attributes)
         self.context = trace.set_span_in_context(self.root)
         self.trace_id = format(self.root.get_span_context().trace_id, "032x")
         events: list[tuple[float, Callable[[], None]]] = [
@@ -756,8 +845,10 @@ class Demo:
         runs: int | None = None,
         drain: float = 120.0,
         log: Callable[[str], None] = lambda line: print(f"agentopz-otel demo: {line}", file=sys.stderr, flush=True),
+        flags: PromptFlags | None = None,
     ) -> None:
         self.fleet = fleet
+        self.flags = flags
         self.rate = rate
         self.seed = seed
         self.speed = speed
@@ -769,6 +860,22 @@ class Demo:
         self.stopping = False
         self.abort = False
         self._arrivals = random.Random(f"agentopz-demo-arrivals:{seed}")
+
+    def _picker(self, wall_ns: int, roots: list) -> VersionPicker | None:
+        """Picks the version over OpenFeature inside the run's agent span (started here, kept in `roots`),
+        so that the TracingHook's event lands on it."""
+        flags = self.flags
+        if flags is None:
+            return None
+        from opentelemetry import trace
+
+        def pick(plan: RunPlan) -> str | None:
+            root = start_root(self.fleet.tracers[plan.service], plan, wall_ns)
+            roots.append(root)
+            with trace.use_span(root, end_on_exit=False):
+                return flags.version(plan.agent, plan.conversation_id)
+
+        return pick
 
     def stop(self) -> None:
         """First call: start no new runs and let the open ones finish; second call: cut them short."""
@@ -796,14 +903,12 @@ class Demo:
                 if heap:
                     self.log(f"stopping: {self.stats.line()}; waiting for the open runs (Ctrl-C again: cut short)")
             while not self.stopping and now >= next_arrival:
-                plan = plan_run(self.seed, index)
+                wall_ns = time.time_ns() - int((now - next_arrival) * 1e9)
+                roots: list = []
+                plan = plan_run(self.seed, index, self._picker(wall_ns, roots))
                 index += 1
-                execution = RunExecution(
-                    plan,
-                    self.fleet.tracers[plan.service],
-                    next_arrival,
-                    time.time_ns() - int((now - next_arrival) * 1e9),
-                )
+                tracer = self.fleet.tracers[plan.service]
+                execution = RunExecution(plan, tracer, next_arrival, wall_ns, roots[0] if roots else None)
                 self.stats.started += 1
                 self.stats.intended[(plan.agent, plan.intended)] += 1
                 if execution.done:
@@ -856,6 +961,8 @@ def main(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or ("localhost:4317" if protocol == "grpc" else "localhost:4318")
     fleet = Fleet(endpoint, protocol)
     demo = Demo(fleet, args.rate, args.seed, args.speed, args.duration, args.runs, args.drain)
+    if not args.no_rollout:
+        demo.flags = _prompt_flags(args.flags_url, demo.log)
 
     def on_signal(signum, frame) -> None:
         demo.stop()
@@ -869,12 +976,31 @@ def main(args: argparse.Namespace) -> int:
         stats = demo.run()
     finally:
         fleet.shutdown()
+        if demo.flags is not None:
+            from openfeature import api
+
+            api.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     summary = ", ".join(f"{outcome} {count}" for outcome, count in sorted(_by_outcome(stats).items()))
     cut = f"; {stats.cut_short} cut short" if stats.cut_short else ""
     demo.log(f"done: {stats.started} runs sent{cut}; planned outcomes: {summary}")
     return 0
+
+
+def _prompt_flags(flags_url: str, log: Callable[[str], None]) -> PromptFlags | None:
+    """The OpenFeature client with the canary started on the service, else None (said in the log)."""
+    try:
+        flags = PromptFlags(flags_url, os.environ.get("AGENTOPZ_ADMIN_TOKEN"))
+    except ImportError:
+        log("no rollout: the OpenFeature SDK is missing (pip install 'agentopz-otel[demo]')")
+        return None
+    try:
+        log(flags.start_canary())
+    except (OSError, ValueError) as error:
+        log(f"no rollout on {flags_url} ({error}); the seed picks {SUPPORT_AGENT}'s {CANARY_STEPS[0]}% canary")
+        return None
+    return flags
 
 
 def _by_outcome(stats: DemoStats) -> Counter:
@@ -899,6 +1025,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="FACTOR",
         help="play runs FACTOR times faster than the durations their spans report (default: 1)",
+    )
+    parser.add_argument(
+        "--flags-url",
+        default="http://127.0.0.1:9464",
+        metavar="URL",
+        help="the service's admin port: the demo starts its canary there and picks versions over OpenFeature "
+        "(default: http://127.0.0.1:9464; admin token from AGENTOPZ_ADMIN_TOKEN)",
+    )
+    parser.add_argument(
+        "--no-rollout", action="store_true", help="no rollout or OpenFeature: the seed picks the 5%% canary"
     )
     parser.add_argument(
         "--drain",

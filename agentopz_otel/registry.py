@@ -8,6 +8,8 @@ from .components import Factory
 def builtin_factories() -> list[Factory]:
     from .exporters.otlp import FACTORY as otlp_exporter
     from .exporters.prometheus import FACTORY as prometheus
+    from .extensions.alertmanager_webhook import FACTORY as alertmanager_webhook
+    from .extensions.canary_analysis import FACTORY as canary_analysis
     from .extensions.rollouts import FACTORY as rollouts
     from .extensions.storage import FACTORY as storage
     from .processors.cost import FACTORY as cost
@@ -26,4 +28,6 @@ def builtin_factories() -> list[Factory]:
         otlp_exporter,
         storage,
         rollouts,
+        canary_analysis,
+        alertmanager_webhook,
     ]

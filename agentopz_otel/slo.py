@@ -28,6 +28,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .runbooks import DEFAULT_RUNBOOK_BASE_URL, check_base_url, runbook_url
+
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 PERIOD_HOURS = {"28d": 672, "30d": 720}
 WINDOW_HOURS = {"5m": Decimal(5) / 60, "30m": Decimal("0.5"), "1h": 1, "2h": 2, "6h": 6, "1d": 24, "3d": 72}
@@ -46,8 +48,6 @@ ALERT_NAMES = {
     "latency": "AgentLatencySLOBurn",
     "cost": "AgentCostSLOBurn",
 }
-
-DEFAULT_RUNBOOK_BASE_URL = "docs/runbooks/"
 
 _RESERVED_LABELS = {"alertname", "severity", "slo", "service", "agent"}
 _REGEX_META = set(".^$*+?{}[]\\|()")
@@ -118,7 +118,7 @@ class Alerting(_Strict):
     page: bool = Field(default=True, description="page on fast burn (1h/5m at 14.4x, 6h/30m at 6x for 30d)")
     ticket: bool = Field(default=True, description="ticket on slow burn (1d/2h at 3x, 3d/6h at 1x for 30d)")
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels on both alerts (team, ...)")
-    runbook_url: str | None = Field(default=None, description="default: runbook_base_url + <alert name>.md")
+    runbook_url: str | None = Field(default=None, description="default: runbook_base_url/<alert name>")
 
     @field_validator("labels")
     @classmethod
@@ -168,9 +168,14 @@ class SLO(_Strict):
 class SLOSpec(_Strict):
     runbook_base_url: str = Field(
         default=DEFAULT_RUNBOOK_BASE_URL,
-        description="runbook_url of an alert = this prefix + <alert name>.md (end it with /)",
+        description="runbook_url of an alert = this absolute URL/<alert name>",
     )
     slos: list[SLO] = Field(min_length=1)
+
+    @field_validator("runbook_base_url")
+    @classmethod
+    def _runbook_base_url(cls, base_url: str) -> str:
+        return check_base_url(base_url)
 
     @model_validator(mode="after")
     def _unique_names(self) -> SLOSpec:
@@ -412,7 +417,7 @@ def _alert(slo: SLO, severity: str, runbook_base_url: str) -> dict[str, Any]:
             "summary": f"{_who(slo)} burning the {name} error budget {speed} "
             '({{ printf "%.1f" $value }}x the sustainable rate)',
             "description": description,
-            "runbook_url": slo.alerting.runbook_url or f"{runbook_base_url}{alertname}.md",
+            "runbook_url": slo.alerting.runbook_url or runbook_url(runbook_base_url, alertname),
         },
     }
 

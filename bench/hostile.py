@@ -134,7 +134,11 @@ def _request(service: str, spans: list[dict]) -> ExportTraceServiceRequest:
             start_time_unix_nano=START,
             end_time_unix_nano=START + NS,
         )
-        _set_attributes(span.attributes, spec["attributes"])
+        attributes = spec["attributes"]
+        if isinstance(attributes, dict):
+            _set_attributes(span.attributes, attributes)
+        else:  # KeyValues built once for many spans
+            span.attributes.extend(attributes)
     return request
 
 
@@ -189,15 +193,21 @@ def model_name_requests(count: int, length: int, per_request: int = 500, first: 
 
 def open_run_requests(count: int, calls: int = 4, per_request: int = 100, first: int = 0) -> Iterator[bytes]:
     """`count` runs whose agent span never arrives, each with `calls` LLM calls and long prompts."""
-    prompt = "You are a helpful assistant. " * 40
+    prompt = json.dumps([{"type": "text", "content": "You are a helpful assistant. " * 40}])
+    by_agent = []
+    for agent in range(50):
+        holder = ExportTraceServiceRequest().resource_spans.add().resource.attributes
+        _set_attributes(
+            holder, {**llm_attributes("openai", "gpt-4o-mini", f"agent-{agent}"), "gen_ai.system_instructions": prompt}
+        )
+        by_agent.append(list(holder))
     for start in range(first, first + count, per_request):
         spans = []
         for index in range(start, min(start + per_request, first + count)):
             trace_id = (2**110 + index).to_bytes(16, "big")
             root = (index * 64 + 1).to_bytes(8, "big")
+            attributes = by_agent[index % 50]
             for call in range(calls):
-                attributes = llm_attributes("openai", "gpt-4o-mini", f"agent-{index % 50}")
-                attributes["gen_ai.system_instructions"] = json.dumps([{"type": "text", "content": prompt}])
                 spans.append(
                     {
                         "trace_id": trace_id,
@@ -227,6 +237,40 @@ def system_prompt_requests(count: int, chars: int, per_request: int = 20, first:
                 }
             )
         yield _request("prompted", spans).SerializeToString()
+
+
+def invalid_attribute_requests(count: int, per_request: int = 100, first: int = 0) -> Iterator[bytes]:
+    """`count` LLM calls whose token counts are unusable (text, negative, absurdly large)."""
+    bad_values = ("many", -5, 10**15, "x" * 10_000)
+    for start in range(first, first + count, per_request):
+        spans = []
+        for index in range(start, min(start + per_request, first + count)):
+            attributes = llm_attributes("openai", "gpt-4o-mini", "sloppy")
+            attributes["gen_ai.usage.input_tokens"] = bad_values[index % len(bad_values)]
+            spans.append(
+                {
+                    "trace_id": (2**124 + index).to_bytes(16, "big"),
+                    "span_id": (index + 1).to_bytes(8, "big"),
+                    "name": "chat",
+                    "attributes": attributes,
+                }
+            )
+        yield _request("sloppy", spans).SerializeToString()
+
+
+def huge_name_requests(count: int, chars: int = 2**20) -> Iterator[bytes]:
+    """`count` requests of one LLM call naming the same model of `chars` characters."""
+    model = "m" * chars
+    for index in range(count):
+        spans = [
+            {
+                "trace_id": (2**125 + index).to_bytes(16, "big"),
+                "span_id": (index + 1).to_bytes(8, "big"),
+                "name": "chat",
+                "attributes": llm_attributes("openai", model, "huge"),
+            }
+        ]
+        yield _request("huge", spans).SerializeToString()
 
 
 @dataclass

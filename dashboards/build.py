@@ -902,6 +902,99 @@ def cost() -> dict:
     )
 
 
+def canary_analysis_panels() -> list[dict]:
+    """The canary analysis of each agent's rollout: its guards, the evidence against the candidate, the
+    runs it has seen and what it decided (README: canary analysis)."""
+    verdict = "agentopz_rollout_analysis"
+    by = "agent, guard"
+    statistic = f"max by ({by}) (agentopz_rollout_analysis_statistic{{{AGENT}}})"
+    threshold = f"max by ({by}) (agentopz_rollout_analysis_threshold{{{AGENT}}})"
+    guards = [
+        (
+            "Verdict",
+            f'max by ({by}) (2 * {verdict}{{{AGENT},verdict="fail"}}\n'
+            f'+ ignoring (verdict) {verdict}{{{AGENT},verdict="pass"}})',
+            "short",
+        ),
+        ("Statistic", statistic, "short"),
+        ("Fails at", threshold, "short"),
+    ]
+    verdict_text = {"0": "inconclusive", "1": "pass", "2": "fail"}
+    return [
+        table(
+            "Canary analysis: guards",
+            "Each guard of each agent's rollout: its current verdict (pass, fail, inconclusive: not enough "
+            "runs yet, or the data source is down) and its statistic, the evidence against the candidate in "
+            "nats, which fails the guard (and rolls the rollout back) when it reaches 'Fails at'.",
+            guards,
+            ["agent", "guard"],
+            w=12,
+            column_options={
+                "Verdict": {
+                    "thresholds": thresholds((None, "orange"), (1, "green"), (2, "red")),
+                    "custom.cellOptions": {"type": "color-background"},
+                    "mappings": [
+                        {
+                            "type": "value",
+                            "options": {
+                                value: {"text": text, "index": index}
+                                for index, (value, text) in enumerate(verdict_text.items())
+                            },
+                        }
+                    ],
+                }
+            },
+        ),
+        timeseries(
+            "Canary analysis: evidence against the candidate",
+            "Each guard's statistic as a share of the value at which it fails: at 1 the analysis rolls back.",
+            "percentunit",
+            targets((f"{statistic}\n/ ({threshold} > 0)", "{{agent}} {{guard}}")),
+            defaults={"max": 1},
+        ),
+        timeseries(
+            "Canary analysis: runs seen per version",
+            "Runs of the baseline and the candidate the analysis has counted since the rollout started "
+            "(from the service's own runs, or summed over replicas from Prometheus).",
+            "short",
+            targets(
+                (
+                    f"max by (agent, prompt_version) (agentopz_rollout_analysis_runs{{{RUN}}})",
+                    "{{agent}} {{prompt_version}}",
+                )
+            ),
+        ),
+        bargauge(
+            "Canary analysis: decisions",
+            "What the analysis did over the time range: advance, promote, rollback, or pause and resume while "
+            "its data source was down.",
+            "short",
+            targets(
+                (
+                    "sum by (agent, decision) "
+                    f"(increase(agentopz_rollout_analysis_decisions_total{{{AGENT}}}[{RANGE}]))",
+                    "{{agent}} {{decision}}",
+                )
+            ),
+            w=6,
+        ),
+        stat(
+            "Canary analysis data source",
+            "1 when the last read of the analysis data source (the service's runs, or Prometheus) succeeded. "
+            "At 0 every verdict is inconclusive and active rollouts are paused at their weight.",
+            "short",
+            "min(agentopz_rollout_analysis_source_up)",
+            steps=thresholds((None, "red"), (1, "green")),
+            w=6,
+            defaults={
+                "mappings": [
+                    {"type": "value", "options": {"0": {"text": "down", "index": 0}, "1": {"text": "up", "index": 1}}}
+                ]
+            },
+        ),
+    ]
+
+
 def prompt_versions() -> dict:
     runs = f"agentopz_runs_total{{{RUN}}}"
     by = "agent, prompt_version"
@@ -999,6 +1092,7 @@ def prompt_versions() -> dict:
             targets((f"sum by ({by}, outcome) (increase({runs}[{RANGE}]))", f"{legend} {{{{outcome}}}}")),
         ),
     ]
+    panels += canary_analysis_panels()
     return dashboard(
         "agentopz-prompts",
         "Agent Opz / Prompt versions",

@@ -56,9 +56,10 @@ def start_prometheus(
     rule_files: list[Path] = (),
     alertmanager: str | None = None,
     interval: str = "1s",
+    port: int | None = None,
 ) -> Prometheus:
     binary = require_binary("prometheus")
-    port = free_port()
+    port = port or free_port()
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [{"job_name": "agentopz", "static_configs": [{"targets": targets}]}],

@@ -4,24 +4,18 @@ Alertmanager with the shipped routing -> the on-call webhook and PagerDuty get t
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-import yaml
 from agents import emit_chat, tracer
-from conftest import free_port, require_binary, service_body
+from alerting import alertmanager_config, running_alertmanager, running_recorder
+from conftest import service_body
 from opentelemetry import trace
 from prom import start_prometheus
 
 from agentopz_otel.slo import load_spec, render_rules
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # A latency SLO whose threshold (7.5s) is not a default bucket boundary: the runs processor adds it
 # from slo_file. min_runs 1 so a handful of runs is enough traffic.
@@ -35,120 +29,16 @@ slos:
 """
 
 
-class Recorder(ThreadingHTTPServer):
-    """Receives the notifications: every POST by path, with its headers and JSON body."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.posts: list[tuple[str, dict, dict]] = []
-        self.changed = threading.Condition()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def wait_for(self, path: str, predicate, timeout: float) -> tuple[dict, dict]:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for post_path, headers, body in self.posts:
-                    if post_path == path and predicate(body):
-                        return headers, body
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no matching POST to {path}; got {self.posts}")
-                self.changed.wait(remaining)
-
-    def paths(self) -> list[str]:
-        with self.changed:
-            return [path for path, _, _ in self.posts]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Recorder
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.changed:
-            self.server.posts.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            self.server.changed.notify_all()
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def recorder():
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def alertmanager_config(tmp_path: Path, recorder: Recorder) -> Path:
-    """The shipped alertmanager.yml with its secret files and endpoints pointed at this test."""
-    config = yaml.safe_load((ROOT / "alert-rules" / "alertmanager.yml").read_text())
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    (secrets / "routing-key").write_text("e2e-routing-key")
-    (secrets / "slack-url").write_text(f"{recorder.url}/slack")
-    (secrets / "webhook-token").write_text("e2e-token")
-    config["route"]["group_wait"] = "1s"
-    config["route"]["group_interval"] = "1s"
-    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
-    [pagerduty] = receivers["pagerduty"]["pagerduty_configs"]
-    pagerduty["routing_key_file"] = str(secrets / "routing-key")
-    pagerduty["url"] = f"{recorder.url}/pagerduty"
-    [webhook] = receivers["oncall-webhook"]["webhook_configs"]
-    webhook["url"] = f"{recorder.url}/webhook"
-    webhook["http_config"]["authorization"]["credentials_file"] = str(secrets / "webhook-token")
-    [slack] = receivers["slack-tickets"]["slack_configs"]
-    slack["api_url_file"] = str(secrets / "slack-url")
-    path = tmp_path / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    with running_recorder() as server:
+        yield server
 
 
 @pytest.fixture
 def alertmanager(tmp_path, recorder):
-    binary = require_binary("prometheus-alertmanager")
-    port = free_port()
-    log_path = tmp_path / "alertmanager.log"
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={alertmanager_config(tmp_path, recorder)}",
-            f"--storage.path={tmp_path / 'alertmanager-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"alertmanager did not start:\n{log_path.read_text()}") from None
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with running_alertmanager(tmp_path, alertmanager_config(tmp_path, recorder)) as url:
+        yield url
 
 
 def timed_run(t: trace.Tracer, agent: str, seconds: float) -> None:
@@ -213,14 +103,13 @@ def test_slow_runs_page_through_prometheus_and_alertmanager(tmp_path, start_serv
             "service": "e2e-svc",
             "agent": "e2e-agent",
         }
-        assert alert["annotations"]["runbook_url"] == "docs/runbooks/AgentLatencySLOBurn.md"
-        assert (ROOT / alert["annotations"]["runbook_url"]).is_file()
+        assert alert["annotations"]["runbook_url"] == "http://localhost:9464/runbooks/AgentLatencySLOBurn"
         assert alert["annotations"]["summary"] == summary
 
         _, event = recorder.wait_for("/pagerduty", lambda body: True, timeout=15)
         assert (event["routing_key"], event["event_action"]) == ("e2e-routing-key", "trigger")
         assert event["payload"]["summary"] == summary
-        assert event["links"] == [{"href": "docs/runbooks/AgentLatencySLOBurn.md", "text": "Runbook"}]
+        assert event["links"] == [{"href": "http://localhost:9464/runbooks/AgentLatencySLOBurn", "text": "Runbook"}]
 
         # The slow burn fires too (1d and 2h), as a ticket; the page inhibits it, so Slack gets nothing.
         states = {}

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import require_binary
+
+from agentopz_otel.runbooks import DEFAULT_RUNBOOK_BASE_URL, rebase
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert-rules"
@@ -49,6 +52,9 @@ def test_the_rule_files_hold_the_expected_alerts():
             "PromptVersionQualityRegression",
             "PromptVersionCostRegression",
             "PromptVersionLatencyRegression",
+            "PromptRolloutRolledBack",
+            "PromptRolloutStuck",
+            "AgentopzAnalysisSourceDown",
             "AgentopzDown",
             "AgentopzRejectingSpans",
             "AgentopzRejectingRequests",
@@ -116,7 +122,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(name):
     for alert in firing:
         assert alert["exp_labels"]["severity"] in ("page", "ticket")
         assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
-        assert alert["exp_annotations"]["runbook_url"] == f"docs/runbooks/{name}.md"
+        assert alert["exp_annotations"]["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE_URL}/{name}"
 
 
 @pytest.mark.parametrize("alert", ALL_ALERTS, ids=lambda a: f"{a['alert']}-{a['labels'].get('slo', '')}")
@@ -124,8 +130,51 @@ def test_every_alert_has_severity_annotations_and_an_existing_runbook(alert):
     assert alert["labels"]["severity"] in ("page", "ticket")
     annotations = alert["annotations"]
     assert set(annotations) == {"summary", "description", "runbook_url"}
-    assert annotations["runbook_url"] == f"docs/runbooks/{alert['alert']}.md"
-    assert (ROOT / annotations["runbook_url"]).is_file()
+    assert annotations["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE_URL}/{alert['alert']}"
+    assert (RUNBOOKS / f"{alert['alert']}.md").is_file()
+
+
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: str(p.relative_to(ALERT_RULES)))
+def test_committed_rule_files_link_runbooks_under_the_default_base(path):
+    text = path.read_text()
+    assert rebase(text, DEFAULT_RUNBOOK_BASE_URL) == text
+
+
+RULES_COMMAND = (sys.executable, "-m", "agentopz_otel", "rules", "--runbook-base-url")
+
+
+def test_rules_command_writes_copies_with_another_runbook_base(tmp_path):
+    promtool = require_binary("promtool")
+    shipped = [ALERT_RULES / "agentopz-alerts.yaml", ALERT_RULES / "slo-rules.yaml"]
+    result = subprocess.run(
+        [*RULES_COMMAND, "https://ops.example.com/agentopz/runbooks/", "-o", str(tmp_path / "out"), *map(str, shipped)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    for path in shipped:
+        written = tmp_path / "out" / path.name
+        before, after = path.read_text().splitlines(), written.read_text().splitlines()
+        changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+        assert changed and all(new.strip().startswith("runbook_url: ") for _, new in changed)
+        for alert in alerts(written):
+            assert alert["annotations"]["runbook_url"] == f"https://ops.example.com/agentopz/runbooks/{alert['alert']}"
+        check = subprocess.run([promtool, "check", "rules", str(written)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("base", ["docs/runbooks/", "ftp://ops.example.com/runbooks", "https://ops.example.com/?a=b"])
+def test_rules_command_refuses_a_base_that_is_not_an_absolute_http_url(tmp_path, base):
+    result = subprocess.run(
+        [*RULES_COMMAND, base, "-o", str(tmp_path), str(ALERT_RULES / "agentopz-alerts.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"agentopz-otel rules: runbook base URL {base!r} must be an absolute http(s) URL without query or fragment\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_every_runbook_belongs_to_an_alert():
@@ -220,7 +269,7 @@ def test_amtool_check_config():
     amtool = require_binary("amtool")
     result = subprocess.run([amtool, "check-config", str(ALERTMANAGER)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert " - 2 inhibit rules\n - 3 receivers\n" in result.stdout
+    assert " - 2 inhibit rules\n - 4 receivers\n" in result.stdout
 
 
 def test_secrets_are_read_from_files():
@@ -234,6 +283,11 @@ def test_secrets_are_read_from_files():
     assert (
         webhook["http_config"]["authorization"]["credentials_file"] == "/etc/alertmanager/secrets/oncall-webhook-token"
     )
+    [agentopz] = receivers["agentopz-rollouts"]["webhook_configs"]
+    assert agentopz["http_config"]["authorization"]["credentials_file"] == (
+        "/etc/alertmanager/secrets/agentopz-webhook-token"
+    )
+    assert agentopz["url"] == "http://127.0.0.1:9464/api/v1/alertmanager"
     assert not {"routing_key", "service_key"} & set(pagerduty)
     assert "api_url" not in slack
     assert config["route"]["group_by"] == ["alertname", "service", "agent"]
@@ -247,6 +301,19 @@ def test_secrets_are_read_from_files():
         (["severity=ticket", "alertname=AgentSuccessSLOBurn", "agent=support"], "slack-tickets"),
         (["severity=ticket", "alertname=LLMRateLimited"], "slack-tickets"),
         (["alertname=SomethingElse"], "slack-tickets"),
+        (
+            ["alertname=PromptVersionQualityRegression", "severity=ticket", "agent=support", "prompt_version=v2"],
+            "agentopz-rollouts,slack-tickets",
+        ),
+        (["alertname=PromptVersionCostRegression", "severity=ticket"], "agentopz-rollouts,slack-tickets"),
+        (["alertname=PromptVersionLatencyRegression", "severity=ticket"], "agentopz-rollouts,slack-tickets"),
+        (
+            ["alertname=CanaryErrorsUp", "agentopz_action=pause", "severity=page"],
+            "agentopz-rollouts,pagerduty,oncall-webhook",
+        ),
+        (["alertname=CanaryErrorsUp", "agentopz_action=disable"], "agentopz-rollouts"),
+        (["alertname=CanaryErrorsUp", "agentopz_action=promote", "severity=ticket"], "slack-tickets"),
+        (["alertname=PromptRolloutRolledBack", "severity=page", "agent=support"], "pagerduty,oncall-webhook"),
     ],
 )
 def test_amtool_routes(labels, receivers):

@@ -35,7 +35,7 @@ def test_built_in_default_config_is_valid():
     config = load_config(None)
     assert list(config.service.pipelines) == ["traces"]
     assert config.service.pipelines["traces"].processors == ["normalize", "cost", "prompt_version", "runs"]
-    assert config.service.extensions == ["storage", "rollouts"]
+    assert config.service.extensions == ["storage", "rollouts", "canary_analysis", "alertmanager_webhook"]
 
 
 def test_an_extension_listed_but_not_defined_is_an_error():
@@ -130,3 +130,25 @@ def test_busy_port_is_a_clear_start_up_error(tmp_path):
         result = run_cli("run", "--config", str(config))
     assert result.returncode == 1
     assert f"cannot listen for OTLP/HTTP on 127.0.0.1:{port}" in result.stderr
+
+
+def test_an_extension_missing_what_it_needs_is_a_clear_start_up_error(tmp_path):
+    config = tmp_path / "no-storage.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        receivers:
+          otlp:
+            protocols:
+              http: {{endpoint: "127.0.0.1:{free_port()}"}}
+        exporters: {{prometheus: {{}}}}
+        extensions: {{rollouts: {{}}}}
+        service:
+          admin: {{endpoint: "127.0.0.1:{free_port()}"}}
+          extensions: [rollouts]
+          pipelines: {{traces: {{receivers: [otlp], exporters: [prometheus]}}}}
+        """)
+    )
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "extension rollouts: extension 'storage' is not configured in service.extensions" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -147,6 +147,22 @@ def test_past_the_lookup_rate_a_new_name_is_priced_when_it_comes_again():
     assert processor.pricer("acme", "mystery") is None  # cached
 
 
+def test_the_catalogues_own_memo_stays_bounded():
+    from genai_prices import data_snapshot
+
+    from agentopz_otel.processors.cost import CATALOGUE_MEMO_LIMIT, CostConfig, CostProcessor
+
+    processor = CostProcessor(
+        CostConfig(max_lookups_per_second=10_000), Registry().counter("x", "x", ("provider", "model"))
+    )
+    for index in range(2 * CATALOGUE_MEMO_LIMIT):
+        processor.pricer("openai", f"mystery-{index}")
+    snapshot = data_snapshot.get_snapshot()
+    assert len(snapshot._provider_cache) <= CATALOGUE_MEMO_LIMIT
+    assert len(snapshot._provider_misses) <= CATALOGUE_MEMO_LIMIT
+    assert processor.pricer("openai", "gpt-4o") is not None
+
+
 def test_a_name_too_long_to_cache_is_warned_about_once_and_clipped(caplog):
     from agentopz_otel.processors.cost import CostConfig, CostProcessor
 

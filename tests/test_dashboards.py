@@ -39,6 +39,17 @@ EMPTY = {
 MAYBE_EMPTY = {
     ("agentopz-fleet", "Firing alerts", "A"): "whether an alert fires within seconds depends on timing",
     ("agentopz-slos", "SLO alerts pending or firing", "A"): "whether a burn-rate alert fires depends on timing",
+    **{
+        ("agentopz-prompts", title, ref): "the demo starts no rollout; test_canary_analysis.py queries these"
+        for title, refs in (
+            ("Canary analysis: guards", "ABC"),
+            ("Canary analysis: evidence against the candidate", "A"),
+            ("Canary analysis: runs seen per version", "A"),
+            ("Canary analysis: decisions", "A"),
+            ("Canary analysis data source", "A"),
+        )
+        for ref in refs
+    },
 }
 
 

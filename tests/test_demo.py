@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import service_body
 from genai_prices import Usage, calc_price
+from rollouts import Admin
+from sinks import GrpcSink, attribute_value
 
 from agentopz_otel.demo import LIMITS, RESEARCH_SYSTEM, Call, RunPlan, plan_run
 from agentopz_otel.processors.runs import RunsConfig
@@ -62,7 +65,9 @@ def stack_body(run_log: Path, forward_to: str | None = None, cardinality: dict |
 
 
 def demo_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agentopz_otel", "demo", *args]
+    """The demo without its rollout unless the arguments name a --flags-url."""
+    rollout = () if "--flags-url" in args else ("--no-rollout",)
+    return [sys.executable, "-m", "agentopz_otel", "demo", *rollout, *args]
 
 
 def run_records(path: Path) -> list[dict]:
@@ -343,3 +348,67 @@ def test_demo_rejects_bad_arguments(argument):
     completed = subprocess.run(demo_command(argument), capture_output=True, text=True, timeout=30)
     assert completed.returncode == 2
     assert "must be greater than 0" in completed.stderr
+
+
+def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service, tmp_path):
+    """The demo defines support-triage's versions on the service, starts the 5% canary, and every
+    support-triage run asks the service for its version over OFREP; the run's agent span carries the
+    OpenFeature TracingHook's feature_flag.evaluation event with the version it got."""
+    with GrpcSink() as backend:
+        extensions = {"storage": {"path": str(tmp_path / "state.sqlite")}, "rollouts": {}}
+        downstream = {"endpoint": backend.endpoint, "batch": {"timeout_seconds": 0.05}}
+        body = service_body(
+            runs={"grace_seconds": 0.2, "tick_seconds": 0.05, "root_wait_seconds": 0.5},
+            exporters={"otlp/downstream": downstream},
+            extensions=extensions,
+        )
+        service = start_service(body)
+        runs = 600
+        completed = subprocess.run(
+            demo_command(
+                *("--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url),
+                *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED)),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert f"started a 5% canary of support-triage v13 on {service.admin_url}" in completed.stderr
+        rollout = Admin(service.admin_url).ok("GET", "/api/v1/rollouts/support-triage")
+        assert (rollout["baseline"], rollout["candidate"], rollout["weight"], rollout["state"]) == (
+            "v12",
+            "v13",
+            5,
+            "progressing",
+        )
+        support = sum(plan_run(SEED, index).agent == "support-triage" for index in range(runs))
+        assert service.wait_for("agentopz_runs_total", support, agent="support-triage") == support
+        evaluations = {
+            version: service.value("agentopz_flag_evaluations_total", agent="support-triage", prompt_version=version)
+            for version in ("v12", "v13")
+        }
+        runs_by_version = {
+            version: service.value("agentopz_runs_total", agent="support-triage", prompt_version=version)
+            for version in ("v12", "v13")
+        }
+        # One evaluation per run, and each run counted under the version it was served.
+        assert evaluations == runs_by_version
+        assert sum(evaluations.values()) == support
+        assert 0 < evaluations["v13"] < 0.12 * support
+
+        def roots() -> list:
+            return [span for _, _, span in backend.spans() if span.name == "invoke_agent support-triage"]
+
+        deadline = time.monotonic() + 20
+        while len(roots()) < support and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(roots()) == support
+        for span in roots():
+            [event] = [event for event in span.events if event.name == "feature_flag.evaluation"]
+            attributes = {kv.key: attribute_value(kv) for kv in event.attributes}
+            version = {kv.key: attribute_value(kv) for kv in span.attributes}["agentopz.prompt.version"]
+            assert attributes["feature_flag.key"] == "support-triage"
+            assert attributes["feature_flag.result.variant"] == version
+            assert attributes["feature_flag.result.reason"] == "split"
+            assert attributes["feature_flag.context.id"].startswith("conv-")

@@ -96,3 +96,28 @@ def test_different_instructions_give_different_versions():
     first, _ = version_of({"gen_ai.system_instructions": SYSTEM})
     second, _ = version_of({"gen_ai.system_instructions": SYSTEM + " Be brief."})
     assert first != second
+
+
+def test_the_prompt_cache_keeps_no_prompt_text():
+    import tracemalloc
+
+    context = Context(metrics=Registry())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), context)
+    processor = PROMPT_VERSION.create("prompt_version", PROMPT_VERSION.config_type(), context)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(100):
+            prompt = f"prompt {index} " + "x" * 16_000
+            request = make_request(
+                [make_span("chat", {"gen_ai.operation.name": "chat", "gen_ai.system_instructions": prompt})]
+            )
+            batch = Batch(request, 1)
+            normalize.process(batch)
+            processor.process(batch)
+            assert batch.views[0].prompt_version == "sha-" + hashlib.sha256(prompt.encode()).hexdigest()[:8]
+        del request, batch, prompt
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 100_000  # 100 distinct 16 KB prompts cached by hash: no prompt text is held

@@ -107,6 +107,33 @@ def test_a_run_with_calls_and_tools_has_exact_totals(runs_service, transport):
     assert service.value("agentopz_llm_calls_total", agent="support-svc") == 0
 
 
+def test_a_new_prompt_version_starts_every_outcome_at_zero(runs_service):
+    """increase() ignores what a series held when it appeared: a version's series are born at 0."""
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint, service="svc") as t:
+        with agent_run(t, "support", **{"agentopz.prompt.version": "v2"}):
+            emit_chat(t)
+        wait_runs(service, 1)
+        with agent_run(t, "support", **{"agentopz.prompt.version": "v2"}):
+            emit_chat(t)
+    wait_runs(service, 2)
+    series = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in service.metrics().items()
+        if name == "agentopz_runs_total" and dict(labels).get("prompt_version") == "v2"
+    }
+    assert series == {
+        "success": 2,
+        "quality_failure": 0,
+        "llm_error": 0,
+        "tool_error": 0,
+        "budget_exceeded": 0,
+        "timeout": 0,
+        "abandoned": 0,
+        "error": 0,
+    }
+
+
 def test_prompt_version_of_the_run_comes_from_its_calls(runs_service):
     service = runs_service()
     with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "support"):

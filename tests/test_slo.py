@@ -191,7 +191,7 @@ def test_generated_rules_for_a_latency_slo():
     )
     assert ticket["labels"]["severity"] == "ticket"
     assert "2.8x over 1d and 2h or 0.933333x over 3d and 6h" in ticket["annotations"]["description"]
-    assert page["annotations"]["runbook_url"] == "docs/runbooks/AgentLatencySLOBurn.md"
+    assert page["annotations"]["runbook_url"] == "http://localhost:9464/runbooks/AgentLatencySLOBurn"
     [period] = [r for r in rules["slo:sli_error:ratio_rate28d"]]
     assert period["expr"] == (
         'sum_over_time(slo:sli_error_events:rate5m{slo="support-latency"}[28d])\n'

@@ -128,6 +128,9 @@ Pricer = Rates | TieredRates
 
 _MILLION = 1_000_000
 MAX_CACHED_NAME_CHARS = 512
+# genai-prices memoises every lookup by model name, without a bound. The caches here make that
+# redundant, so it is emptied whenever it passes this size rather than grow with hostile names.
+CATALOGUE_MEMO_LIMIT = 1_000
 
 
 def _override_rates(override: PriceOverride) -> Rates:
@@ -166,6 +169,14 @@ def catalog_pricer(provider: str, model: str) -> Pricer | None:
     )
 
 
+def _bound_catalogue_memo() -> None:
+    snapshot = data_snapshot.get_snapshot()
+    for name in ("_lookup_cache", "_provider_cache", "_provider_misses"):
+        memo = getattr(snapshot, name, None)
+        if memo is not None and len(memo) > CATALOGUE_MEMO_LIMIT:
+            memo.clear()
+
+
 class CostProcessor:
     def __init__(self, config: CostConfig, unpriced: Family[Counter]) -> None:
         self._config = config
@@ -195,6 +206,7 @@ class CostProcessor:
             if not self._may_look_up(key):
                 return None
             pricer = catalog_pricer(provider, model)
+            _bound_catalogue_memo()
         if pricer is None:
             self._warnings.warning(
                 key,

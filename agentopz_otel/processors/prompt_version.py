@@ -16,7 +16,6 @@ from ..content import system_text
 from ..model import AGENT, LLM, Batch, SpanView
 
 UNKNOWN_VERSION = "unknown"
-MAX_CACHED_SOURCE_CHARS = 16_384
 
 
 class PromptVersionConfig(BaseModel):
@@ -40,7 +39,9 @@ class PromptVersionProcessor:
     def __init__(self, config: PromptVersionConfig) -> None:
         self._config = config
         self._extra_attributes = frozenset(config.attributes)
-        self._by_source: dict[tuple[str, str], str] = {}
+        # Keyed by the hash of the instructions, not the instructions: a cache of 10,000 prompts of
+        # 100 KiB would hold a gigabyte. A 64-bit collision between two prompts is not a concern.
+        self._by_source: dict[int, str] = {}
 
     def process(self, batch: Batch) -> None:
         for view in batch.views:
@@ -59,15 +60,15 @@ class PromptVersionProcessor:
         return view.prompt_version
 
     def _hashed(self, source: tuple[str, str]) -> str:
-        version = self._by_source.get(source)
+        key = hash(source)
+        version = self._by_source.get(key)
         if version is None:
             text = system_text(source)
             version = content_hash(text) if text else UNKNOWN_VERSION
             version = self._config.names.get(version, version)
-            if len(source[1]) <= MAX_CACHED_SOURCE_CHARS:  # the cache keeps its keys: only modest ones
-                if len(self._by_source) >= self._config.max_cached_prompts:
-                    self._by_source.pop(next(iter(self._by_source)))
-                self._by_source[source] = version
+            if len(self._by_source) >= self._config.max_cached_prompts:
+                self._by_source.pop(next(iter(self._by_source)))
+            self._by_source[key] = version
         return version
 
     def assign(self, view: SpanView) -> None:

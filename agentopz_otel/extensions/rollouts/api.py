@@ -97,7 +97,7 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         return {
             **rollouts.agent(agent).to_dict(),
             "state": rollouts.state(agent),
-            "rollout": None if rollout is None else rollout.to_dict(),
+            "rollout": None if rollout is None else rollouts.view(rollout),
         }
 
     async def list_agents(request: web.Request) -> web.Response:
@@ -130,7 +130,7 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
 
     async def list_rollouts(request: web.Request) -> web.Response:
         found = [rollout for flag in rollouts.agents() if (rollout := rollouts.rollout(flag.agent)) is not None]
-        return _json({"rollouts": [rollout.to_dict() for rollout in found]})
+        return _json({"rollouts": [rollouts.view(rollout) for rollout in found]})
 
     async def get_rollout(request: web.Request) -> web.Response:
         agent = request.match_info["agent"]
@@ -138,7 +138,7 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         rollout = rollouts.rollout(agent)
         if rollout is None:
             return _error(404, f"agent {agent!r} has no rollout")
-        return _json(rollout.to_dict())
+        return _json(rollouts.view(rollout))
 
     async def act(request: web.Request) -> web.Response:
         body = await _body(request, _Body)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
 from ...components import Context, Factory
 from ..storage import StorageExtension
+from .api import admin_routes
 from .flagd import flagd_document
 from .model import (
     ACTIONS,
@@ -71,17 +72,18 @@ def _agent_summary(flag: AgentFlag | None) -> dict[str, Any] | None:
 
 class RolloutsExtension:
     def __init__(self, component_id: str, config: RolloutsConfig, context: Context) -> None:
-        from .api import admin_routes
-
         self.id = component_id
         self.config = config
         self._context = context
+        # Extensions are created in service.extensions order: storage must be listed before rollouts.
+        self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
         self._lock = threading.RLock()
         self._agents: dict[str, AgentFlag] = {}
         self._rollouts: dict[str, Rollout] = {}
         self._store: RolloutStore | None = None
         self._subscribers: list[Callable[[Rollout], None]] = []
         self._analysis_validator: Callable[[dict], dict] | None = None
+        self._analysis_status: Callable[[Rollout], dict | None] | None = None
         self._evaluation_token: str | None = None
         metrics = context.metrics
         self._evaluations = metrics.counter(
@@ -97,6 +99,12 @@ class RolloutsExtension:
         self._state = metrics.gauge(
             "agentopz_rollout_state", "1 for an agent's current rollout state.", ("agent", "state")
         )
+        self._role = metrics.gauge(
+            "agentopz_rollout_role",
+            "1 when a prompt version has the role: baseline (the agent's baseline) or candidate (of its current or "
+            "last rollout); per-version alerts compare a candidate with its baseline, never the reverse.",
+            ("agent", "prompt_version", "role"),
+        )
         self._actions = metrics.counter(
             "agentopz_rollout_actions_total",
             "Rollout changes (define, start, advance, promote, rollback, pause, resume, disable, enable), by actor.",
@@ -110,9 +118,8 @@ class RolloutsExtension:
     # Lifecycle
 
     async def start(self) -> None:
-        storage = self._context.extension(self.config.storage, StorageExtension, asked_by=self.id)
         store = RolloutStore(
-            storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
+            self._storage.connect(self.id), self.config.max_audit_entries, self.config.max_rollouts_per_agent
         )
         store.create_schema()
         if self.config.evaluation_auth is not None:
@@ -155,11 +162,6 @@ class RolloutsExtension:
         with self._lock:
             return self._require_store().history(agent, max(1, min(limit, self.config.max_audit_entries)))
 
-    def rollouts(self, agent: str, limit: int = 20) -> list[Rollout]:
-        """The agent's rollouts, newest first."""
-        with self._lock:
-            return self._require_store().rollouts(agent, max(1, min(limit, self.config.max_rollouts_per_agent)))
-
     # Hooks for other extensions
 
     def subscribe(self, callback: Callable[[Rollout], None]) -> None:
@@ -169,6 +171,15 @@ class RolloutsExtension:
     def register_analysis_validator(self, validator: Callable[[dict], dict]) -> None:
         """`validator` checks and normalizes a new rollout's `analysis` config; its ValueError is a 400."""
         self._analysis_validator = validator
+
+    def register_analysis_status(self, status: Callable[[Rollout], dict | None]) -> None:
+        """`status(rollout)` is the analysis state shown with a rollout: `analysis_status` in the API."""
+        self._analysis_status = status
+
+    def view(self, rollout: Rollout) -> dict[str, Any]:
+        """A rollout as the API shows it: its fields and its analysis status (None without an analysis)."""
+        status = self._analysis_status(rollout) if self._analysis_status is not None else None
+        return {**rollout.to_dict(), "analysis_status": status}
 
     # Commands
 
@@ -458,8 +469,17 @@ class RolloutsExtension:
         self.flagd_etag = '"' + hashlib.blake2b(self.flagd_body, digest_size=12).hexdigest() + '"'
         for flag in self._agents.values():
             served = self._served_weights(flag)
+            rollout = self._rollouts.get(flag.agent)
+            candidate = None if rollout is None else rollout.candidate
             for version in flag.versions:
                 self._weight.series((flag.agent, version)).value = served.get(version, 0)
+                self._role.series((flag.agent, version, "baseline")).value = 1 if version == flag.baseline else 0
+                self._role.series((flag.agent, version, "candidate")).value = 1 if version == candidate else 0
+            if rollout is not None:
+                # Born at 0, so that increase() in an alert sees an agent's first rollback.
+                for action in ACTIONS:
+                    for actor_kind in ACTOR_KINDS:
+                        self._actions.series((flag.agent, action, actor_kind))
             current = self.state(flag.agent)
             for state in GAUGE_STATES:
                 self._state.series((flag.agent, state)).value = 1 if state == current else 0

@@ -11,7 +11,6 @@ from typing import Any
 ACTIONS = ("promote", "rollback", "pause", "resume", "advance")
 ACTOR_KINDS = ("user", "analysis", "alert")
 ACTIVE_STATES = ("progressing", "paused")
-STATES = ("progressing", "paused", "rolled_back", "promoted")
 # A name is a flag key and a URL path segment: printable, no slash, no surrounding whitespace.
 _NAME = re.compile(r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]{0,126}[^\s/\x00-\x1f\x7f])?$")
 MAX_STEPS = 20

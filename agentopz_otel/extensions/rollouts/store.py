@@ -124,9 +124,3 @@ class RolloutStore:
                 f"SELECT {columns} FROM rollout_audit WHERE agent = ? ORDER BY id DESC LIMIT ?", (agent, limit)
             )
         return [AuditEntry(*row[:7], evidence=_load(row[7]), before=_load(row[8]), after=_load(row[9])) for row in rows]
-
-    def rollouts(self, agent: str, limit: int) -> list[Rollout]:
-        rows = self._db.execute(
-            "SELECT id, body FROM rollout_rollouts WHERE agent = ? ORDER BY id DESC LIMIT ?", (agent, limit)
-        )
-        return [Rollout.from_dict({**json.loads(body), "id": rollout_id}) for rollout_id, body in rows]

@@ -1,32 +1,53 @@
 """Open runs across a restart: the runs processor's state saved in a storage extension's database.
 
-The open traces (with their held root spans) and the recently finished ones are pickled into one row
-per processor, at shutdown and every `interval_seconds`, and read back at start, so a restart does
-not finish in-flight runs early or turn them into `abandoned`. Pickle is the standard library's
-serializer for this object graph (groups point at their trace and at each other); the file is the
-service's own state, as trusted as its config. Times on the monotonic clock are stored as ages and
-rebased on load, so the downtime does not count as quiet time: a run needs its grace period again
-after a restart, which gives senders time to deliver what they retried.
+The open traces (with their held root spans) and the recently finished ones are saved in one row per
+processor, at shutdown and every `interval_seconds`, and read back at start, so a restart does not
+finish in-flight runs early or turn them into `abandoned`.
+
+Each trace is packed into plain values (tuples, lists, bytes, numbers, strings; references between
+groups as indexes, held root spans as their protobuf encoding) on the event loop, a slice of traces
+at a time so intake keeps flowing, and pickled and written on a worker thread. Pickling the objects
+themselves costs ten times more. A trace is packed as it is when its slice comes; one that finished
+in the meantime is left out. Group fields are stored by name, so a checkpoint written before a field
+was added still loads (the new field takes its default). Times on the monotonic clock are rebased on
+load, so the downtime does not count as quiet time: a run needs its grace period again after a
+restart, which gives senders time to deliver what they retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import pickle
 import sqlite3
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field
 
-from .assembly import TraceState
+from ...model import Call
+from ..quality import Evaluation
+from .assembly import Group, HeldRoot, TraceState
 
 log = logging.getLogger("agentopz_otel.runs")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SLICE = 2000  # traces packed between two yields to the event loop
 _SCHEMA = "CREATE TABLE IF NOT EXISTS run_checkpoint (owner TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB)"
+# Group fields that are references, packed apart; every other field is a plain value.
+_REFERENCES = ("trace", "merged_into", "root", "calls", "evaluations")
+_PLAIN = tuple(name for name in Group.__slots__ if name not in _REFERENCES)
+_plain_values = operator.attrgetter(*_PLAIN)
+# Plain fields holding lists: copied when packed, since the pack is pickled on another thread while
+# intake goes on, and lists again when unpacked.
+_LISTS = frozenset(name for name in _PLAIN if isinstance(getattr(Group(TraceState(b"", 0.0), b"", 0.0), name), list))
+_LIST_POSITIONS = tuple(position for position, name in enumerate(_PLAIN) if name in _LISTS)
+_EVALUATION_FIELDS = tuple(field.name for field in fields(Evaluation))
 
 
 class CheckpointConfig(BaseModel):
@@ -38,22 +59,74 @@ class CheckpointConfig(BaseModel):
 
 @dataclass
 class RunState:
-    """What a checkpoint holds: open traces by last activity, and finished ones with when they finished."""
+    """Open traces by last activity, and finished ones with when they finished (monotonic)."""
 
     traces: OrderedDict[bytes, TraceState]
     finished: OrderedDict[bytes, tuple[TraceState, float]]
 
 
-def _rebase(state: RunState, shift: float) -> None:
-    """Move every monotonic time in `state` by `shift` seconds."""
-    traces = [*state.traces.values(), *(trace for trace, _ in state.finished.values())]
-    for trace in traces:
-        trace.last_seen += shift
-        for group in trace.groups:
-            group.last_seen += shift
-            group.root_arrived += shift
-    for trace_id, (trace, finished_at) in state.finished.items():
-        state.finished[trace_id] = (trace, finished_at + shift)
+def _plain(group: Group) -> tuple:
+    values = _plain_values(group)
+    if not _LIST_POSITIONS:
+        return values
+    copied = list(values)
+    for position in _LIST_POSITIONS:
+        copied[position] = tuple(copied[position])
+    return tuple(copied)
+
+
+def pack_trace(trace: TraceState) -> tuple:
+    index = {id(group): number for number, group in enumerate(trace.groups)}
+    groups = []
+    for group in trace.groups:
+        root = group.root
+        groups.append(
+            (
+                _plain(group),
+                index[id(group.merged_into)] if group.merged_into is not None else -1,
+                None
+                if root is None
+                else (
+                    root.resource.SerializeToString(),
+                    root.scope.SerializeToString(),
+                    root.schema_url,
+                    root.span.SerializeToString(),
+                ),
+                None if group.calls is None else tuple(tuple(call) for call in group.calls),
+                tuple(tuple(getattr(e, name) for name in _EVALUATION_FIELDS) for e in group.evaluations),
+            )
+        )
+    nodes = {span_id: index[id(group)] for span_id, group in trace.nodes.items()}
+    return trace.trace_id, trace.last_seen, tuple(groups), nodes, frozenset(trace.seen)
+
+
+def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float) -> TraceState:
+    trace_id, last_seen, packed_groups, nodes, seen = packed
+    trace = TraceState(trace_id, last_seen + shift)
+    trace.seen = set(seen)
+    known = set(_PLAIN)
+    merged = []
+    for values, merged_into, root, calls, evaluations in packed_groups:
+        group = Group(trace, b"", 0.0)  # the defaults, for fields the checkpoint does not have
+        for name, value in zip(names, values, strict=True):
+            if name in known:
+                setattr(group, name, list(value) if name in _LISTS else value)
+        group.last_seen += shift
+        group.root_arrived += shift
+        if root is not None:
+            resource, scope, schema_url, span = root
+            group.root = HeldRoot(
+                Resource.FromString(resource), InstrumentationScope.FromString(scope), schema_url, Span.FromString(span)
+            )
+        group.calls = None if calls is None else [Call(*call) for call in calls]
+        group.evaluations = tuple(Evaluation(**dict(zip(_EVALUATION_FIELDS, e, strict=True))) for e in evaluations)
+        trace.groups.append(group)
+        merged.append(merged_into)
+    for group, merged_into in zip(trace.groups, merged, strict=True):
+        if merged_into >= 0:
+            group.merged_into = trace.groups[merged_into]
+    trace.nodes = {span_id: trace.groups[number] for span_id, number in nodes.items()}
+    return trace
 
 
 class RunCheckpoint:
@@ -68,26 +141,41 @@ class RunCheckpoint:
         if row is None or row[0] is None:
             return None
         try:
-            version, saved_monotonic, state = pickle.loads(row[0])
-        except Exception as error:  # a checkpoint from another version of the code, or damaged
+            version, saved_monotonic, names, traces, finished = pickle.loads(row[0])
+            if version != FORMAT_VERSION:
+                raise ValueError(f"format {version}, not {FORMAT_VERSION}")
+            shift = time.monotonic() - saved_monotonic
+            state = RunState(OrderedDict(), OrderedDict())
+            for packed in traces:
+                trace = unpack_trace(packed, names, shift)
+                state.traces[trace.trace_id] = trace
+            for packed, finished_at in finished:
+                trace = unpack_trace(packed, names, shift)
+                state.finished[trace.trace_id] = (trace, finished_at + shift)
+        except Exception as error:  # written by another version of the code, or damaged
             log.warning("%s: the run checkpoint cannot be read (%s); starting without it", self._owner, error)
             return None
-        if version != FORMAT_VERSION:
-            log.warning(
-                "%s: the run checkpoint has format %s, not %s; starting without it",
-                self._owner,
-                version,
-                FORMAT_VERSION,
-            )
-            return None
-        _rebase(state, time.monotonic() - saved_monotonic)
         return state
 
-    def snapshot(self, state: RunState) -> bytes:
-        """Serialize on the event loop, where the state is consistent."""
-        return pickle.dumps((FORMAT_VERSION, time.monotonic(), state), protocol=pickle.HIGHEST_PROTOCOL)
+    async def snapshot(self, state: RunState) -> bytes:
+        """Pack every trace, a slice at a time, then pickle on a worker thread."""
+        started = time.monotonic()
+        traces = []
+        for start, (trace_id, trace) in enumerate(list(state.traces.items())):
+            if state.traces.get(trace_id) is trace:
+                traces.append(pack_trace(trace))
+            if start % SLICE == SLICE - 1:
+                await asyncio.sleep(0)
+        finished = []
+        for start, (trace_id, entry) in enumerate(list(state.finished.items())):
+            if state.finished.get(trace_id) is entry:
+                finished.append((pack_trace(entry[0]), entry[1]))
+            if start % SLICE == SLICE - 1:
+                await asyncio.sleep(0)
+        document = (FORMAT_VERSION, started, _PLAIN, traces, finished)
+        return await asyncio.to_thread(pickle.dumps, document, pickle.HIGHEST_PROTOCOL)
 
-    def _write(self, blob: bytes) -> None:
+    def write(self, blob: bytes) -> None:
         self._connection.execute(
             "INSERT INTO run_checkpoint (owner, saved_at, state) VALUES (?, ?, ?) "
             "ON CONFLICT (owner) DO UPDATE SET saved_at = excluded.saved_at, state = excluded.state",
@@ -95,9 +183,8 @@ class RunCheckpoint:
         )
 
     async def save(self, state: RunState) -> None:
-        """Snapshot now; write on a worker thread, so the event loop does not wait for the disk."""
         try:
-            blob = self.snapshot(state)
-            await asyncio.to_thread(self._write, blob)
-        except (sqlite3.Error, RecursionError, pickle.PicklingError) as error:
+            blob = await self.snapshot(state)
+            await asyncio.to_thread(self.write, blob)
+        except (sqlite3.Error, pickle.PicklingError) as error:
             log.warning("%s: saving the run checkpoint failed: %s", self._owner, error)

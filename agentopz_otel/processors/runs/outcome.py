@@ -21,6 +21,7 @@ BUDGET_EXCEEDED = "budget_exceeded"
 TIMEOUT = "timeout"
 ABANDONED = "abandoned"
 ERROR = "error"
+OUTCOMES = (SUCCESS, QUALITY_FAILURE, LLM_ERROR, TOOL_ERROR, BUDGET_EXCEEDED, TIMEOUT, ABANDONED, ERROR)
 
 
 class RunLimit(BaseModel):

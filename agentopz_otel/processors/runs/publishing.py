@@ -21,7 +21,7 @@ from ...metrics import Registry
 from ...model import Batch, add_attribute
 from ..quality import UNKNOWN
 from .assembly import Group, HeldRoot
-from .outcome import SUCCESS
+from .outcome import OUTCOMES, SUCCESS
 
 RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
@@ -225,7 +225,13 @@ class RunMetrics:
 
     def record(self, record: RunRecord) -> None:
         labels = (record.service, record.agent, record.prompt_version)
-        self._runs.series((*labels, record.outcome)).value += 1
+        runs = self._runs.series((*labels, record.outcome))
+        if runs.value == 0:
+            # The first run of a (service, agent, prompt version): every outcome's series starts at 0,
+            # so that increase() over them sees the version's next failure, not only its later ones.
+            for outcome in OUTCOMES:
+                self._runs.series((*labels, outcome))
+        runs.value += 1
         if record.duration_seconds is not None:
             self._duration.series(labels).observe(record.duration_seconds)
         if record.cost_complete and record.cost_usd is not None:

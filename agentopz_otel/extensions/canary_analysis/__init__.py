@@ -1,0 +1,254 @@
+"""The `canary_analysis` extension: guards on every active rollout, automatic advance, promote and rollback.
+
+Every `interval_seconds` it reads what the baseline and the candidate served since the rollout began
+(the service's own finished runs, or Prometheus when `prometheus.url` is set), runs each guard, and
+acts through the rollouts extension with actor kind `analysis` and the guards' evidence in the audit
+log: rollback when a guard fails; advance (promote at the last step) once the step has its minimum
+runs and time and every guard passes. A data source it cannot read makes every verdict inconclusive
+and pauses the rollout at its weight (resumed when the source answers again); it never promotes
+on missing data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ...components import Context, Factory
+from .config import AnalysisConfig, CanaryAnalysisConfig, merged
+from .engine import GUARDS, RolloutAnalysis
+from .sources import LocalRuns, PrometheusRuns, SourceError
+from .statistics import INCONCLUSIVE, GuardResult
+
+if TYPE_CHECKING:
+    from ..rollouts import Rollout, RolloutsExtension
+
+log = logging.getLogger("agentopz_otel.canary_analysis")
+
+VERDICTS = ("pass", "fail", "inconclusive")
+ACTOR = "canary_analysis"
+ACTOR_KIND = "analysis"
+
+
+class CanaryAnalysisExtension:
+    def __init__(self, component_id: str, config: CanaryAnalysisConfig, context: Context) -> None:
+        self.id = component_id
+        self.config = config
+        self._context = context
+        self.source: LocalRuns | PrometheusRuns = (
+            PrometheusRuns(config.prometheus) if config.prometheus else LocalRuns(config.max_samples)
+        )
+        if isinstance(self.source, LocalRuns):
+            context.finished_runs.subscribe(self.source.on_runs)
+        self._rollouts: RolloutsExtension | None = None
+        self._analyses: dict[Any, RolloutAnalysis] = {}
+        self._paused_by_analysis: set[Any] = set()
+        self._status: dict[str, dict[str, Any]] = {}  # by agent: the last look at its latest rollout
+        self._task: asyncio.Task | None = None
+        registry = context.metrics
+        self._verdicts = registry.gauge(
+            "agentopz_rollout_analysis",
+            "1 for the current verdict (pass, fail, inconclusive) of each guard of the agent's rollout.",
+            ("agent", "guard", "verdict"),
+        )
+        self._statistics = registry.gauge(
+            "agentopz_rollout_analysis_statistic",
+            "A guard's evidence against the candidate in nats (log-likelihood ratio or -ln p); fails at the threshold.",
+            ("agent", "guard"),
+        )
+        self._thresholds = registry.gauge(
+            "agentopz_rollout_analysis_threshold",
+            "The statistic at which a guard fails.",
+            ("agent", "guard"),
+        )
+        self._runs = registry.gauge(
+            "agentopz_rollout_analysis_runs",
+            "Runs the analysis has seen per version since the agent's rollout started.",
+            ("agent", "prompt_version"),
+        )
+        self._decisions = registry.counter(
+            "agentopz_rollout_analysis_decisions_total",
+            "Actions the analysis took: advance, promote, rollback, pause (data source down), resume.",
+            ("agent", "decision"),
+        )
+        self._last_look = registry.gauge(
+            "agentopz_rollout_analysis_last_look_timestamp_seconds",
+            "When the analysis last looked at the agent's rollout.",
+            ("agent",),
+        )
+        self._last_decision = registry.gauge(
+            "agentopz_rollout_analysis_last_decision_timestamp_seconds",
+            "When the analysis last acted on the agent's rollout.",
+            ("agent",),
+        )
+        self._source_errors = registry.counter(
+            "agentopz_rollout_analysis_source_errors_total",
+            "Looks that could not read the analysis data source.",
+            ("source",),
+        )
+        self._source_up = registry.gauge(
+            "agentopz_rollout_analysis_source_up",
+            "1 if the last read of the analysis data source succeeded, else 0.",
+            ("source",),
+        )
+
+    def validate(self, analysis: dict[str, Any]) -> dict[str, Any]:
+        """A rollout's `analysis` over the defaults, normalized; ValueError with the reason if invalid."""
+        return merged(self.config.defaults, analysis).model_dump()
+
+    def status(self, rollout: Rollout) -> dict[str, Any] | None:
+        found = self._status.get(rollout.agent)
+        return found if found is not None and found["rollout_id"] == rollout.id else None
+
+    async def start(self) -> None:
+        # Imported here so the statistics and the engine stand alone (the simulation imports them).
+        from ..rollouts import RolloutsExtension
+
+        rollouts = self._context.extension(self.config.rollouts, RolloutsExtension, asked_by=self.id)
+        self._rollouts = rollouts
+        rollouts.register_analysis_validator(self.validate)
+        rollouts.register_analysis_status(self.status)
+        rollouts.subscribe(self._on_rollout)
+        for rollout in rollouts.active():
+            self._on_rollout(rollout)
+        self._source_up.series((self.source.name,)).value = 1
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def shutdown(self, timeout: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.source.close()
+
+    def _on_rollout(self, rollout: Rollout) -> None:
+        """Start counting a rollout's runs the moment it starts, not at the next look."""
+        if isinstance(self.source, LocalRuns) and rollout.active:
+            self.source.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate))
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval_seconds)
+            try:
+                await self.look()
+            except Exception:
+                log.exception("canary analysis: a look failed; trying again at the next interval")
+
+    async def look(self) -> None:
+        """One look at every active rollout (the loop calls this every interval)."""
+        assert self._rollouts is not None
+        active = self._rollouts.active()
+        if isinstance(self.source, LocalRuns):
+            self.source.untrack_except({rollout.agent for rollout in active})
+        live = {rollout.id for rollout in active}
+        for rollout_id in [key for key in self._analyses if key not in live]:
+            del self._analyses[rollout_id]
+        self._paused_by_analysis &= live
+        for rollout in active:
+            config = merged(self.config.defaults, rollout.analysis)
+            if config.enabled:
+                await self._look_at(rollout, config)
+
+    async def _look_at(self, rollout: Rollout, config: AnalysisConfig) -> None:
+        assert self._rollouts is not None
+        now = time.time()
+        analysis = self._analyses.get(rollout.id)
+        if analysis is None:
+            analysis = self._analyses[rollout.id] = RolloutAnalysis(config)
+        self._on_rollout(rollout)
+        versions = (rollout.baseline, rollout.candidate)
+        self._last_look.series((rollout.agent,)).value = now
+        try:
+            samples = await self.source.samples(rollout.agent, rollout.id, versions, rollout.started_at, now)
+        except SourceError as error:
+            self._source_errors.series((self.source.name,)).value += 1
+            self._source_up.series((self.source.name,)).value = 0
+            results = {
+                guard: GuardResult(guard, INCONCLUSIVE, 0.0, 0.0, {"error": str(error)})
+                for guard in GUARDS
+                if guard in analysis.results or getattr(config, guard).enabled
+            }
+            self._publish(rollout, results, analysis, str(error))
+            if rollout.state == "progressing":
+                self._paused_by_analysis.add(rollout.id)
+                self._act(rollout, "pause", f"canary analysis: data source unreachable, paused at its weight: {error}")
+            return
+        self._source_up.series((self.source.name,)).value = 1
+        if rollout.state == "paused" and rollout.id in self._paused_by_analysis:
+            self._paused_by_analysis.discard(rollout.id)
+            rollout = self._act(rollout, "resume", "canary analysis: data source answers again")
+        results = analysis.observe(samples[rollout.baseline], samples[rollout.candidate], rollout.step_index)
+        for version, sample in samples.items():
+            self._runs.series((rollout.agent, version)).value = sample.runs
+        self._publish(rollout, results, analysis, None)
+        decision = analysis.decide(now - rollout.step_started_at, rollout.step_index == len(rollout.steps) - 1)
+        if decision is None or (decision.action == "advance" and rollout.state != "progressing"):
+            return
+        evidence = {
+            "baseline": rollout.baseline,
+            "candidate": rollout.candidate,
+            "weight": rollout.weight,
+            "runs": {version: sample.runs for version, sample in samples.items()},
+            "step_runs": analysis.step_runs(),
+            "source": self.source.name,
+            "guards": analysis.evidence(),
+        }
+        if decision.action == "rollback":
+            evidence["failed_guards"] = [name for name, result in results.items() if result.verdict == "fail"]
+        self._act(rollout, decision.action, decision.reason, evidence)
+
+    def _act(self, rollout: Rollout, action: str, reason: str, evidence: dict[str, Any] | None = None) -> Rollout:
+        from ..rollouts import RolloutError
+
+        assert self._rollouts is not None
+        try:
+            after = self._rollouts.act(
+                rollout.agent, action, actor=ACTOR, actor_kind=ACTOR_KIND, reason=reason, evidence=evidence
+            )
+        except RolloutError as error:  # someone acted in between (a user promoted): theirs stands
+            log.info("canary analysis: %s of %s not done: %s", action, rollout.agent, error)
+            return rollout
+        decision = "promote" if after.state == "promoted" else action
+        self._decisions.series((rollout.agent, decision)).value += 1
+        self._last_decision.series((rollout.agent,)).value = time.time()
+        status = self._status.get(rollout.agent)
+        if status is not None:
+            status.update(decision=decision, decision_reason=reason, decided_at=time.time())
+        log.info(
+            "canary analysis: %s %s (%s -> %s): %s", decision, rollout.agent, rollout.candidate, after.state, reason
+        )
+        return after
+
+    def _publish(
+        self, rollout: Rollout, results: dict[str, GuardResult], analysis: RolloutAnalysis, error: str | None
+    ) -> None:
+        for guard, result in results.items():
+            for verdict in VERDICTS:
+                self._verdicts.series((rollout.agent, guard, verdict)).value = 1 if verdict == result.verdict else 0
+            self._statistics.series((rollout.agent, guard)).value = result.statistic
+            self._thresholds.series((rollout.agent, guard)).value = result.threshold
+        previous = self._status.get(rollout.agent)
+        carried = previous if previous is not None and previous["rollout_id"] == rollout.id else {}
+        self._status[rollout.agent] = {
+            "rollout_id": rollout.id,
+            "enabled": True,
+            "source": self.source.name,
+            "source_error": error,
+            "looked_at": time.time(),
+            "runs": {rollout.baseline: analysis.baseline_runs, rollout.candidate: analysis.candidate_runs},
+            "step_runs": analysis.step_runs(),
+            "guards": {guard: result.to_dict() for guard, result in results.items()},
+            "decision": carried.get("decision"),
+            "decision_reason": carried.get("decision_reason"),
+            "decided_at": carried.get("decided_at"),
+        }
+
+
+def _create(component_id: str, config: CanaryAnalysisConfig, context: Context) -> CanaryAnalysisExtension:
+    return CanaryAnalysisExtension(component_id, config, context)
+
+
+FACTORY = Factory(type="canary_analysis", kind="extension", config_type=CanaryAnalysisConfig, create=_create)

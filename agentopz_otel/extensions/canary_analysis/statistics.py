@@ -1,0 +1,230 @@
+"""Sequential tests comparing a candidate prompt version with the baseline it replaces (pure, no I/O).
+
+Both versions serve traffic over the same period, so each test compares the candidate with the runs
+the baseline served meanwhile, never with a stored rate. Every test here keeps its false-alarm bound
+however often it is looked at:
+
+- Failure shares: a one-sided Wald SPRT on the odds ratio, conditional on the failures seen in each
+  interval (Fisher's noncentral hypergeometric law). Under H0 (odds ratio <= tolerance) the product of
+  the per-interval likelihood ratios is a martingale, so by Ville's inequality it ever reaches 1/alpha
+  with probability <= alpha, over unlimited looks. Conditioning on each interval's failures makes the
+  test immune to anything that moves both versions at once (a provider outage, a traffic burst).
+- Cost and duration (skewed, no good parametric model): a one-sided Mann-Whitney U test of the
+  candidate against the baseline scaled by the tolerance (scipy.stats.mannwhitneyu), at looks spaced
+  by candidate run count (each `growth` times the last), look j spending alpha / (j (j + 1)); these
+  sum to alpha, so the family-wise false-alarm rate over unlimited looks is <= alpha.
+
+Every statistic is evidence against H0 in nats, compared with a threshold: a guard fails when the
+statistic reaches it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from scipy.stats import mannwhitneyu
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+PASS: Verdict = "pass"
+FAIL: Verdict = "fail"
+INCONCLUSIVE: Verdict = "inconclusive"
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    guard: str
+    verdict: Verdict
+    statistic: float
+    threshold: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "statistic": round(self.statistic, 4),
+            "threshold": round(self.threshold, 4),
+            "evidence": self.evidence,
+        }
+
+
+def _log_binomial(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _log_sum_exp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(value - top) for value in values))
+
+
+def interval_log_likelihood_ratio(
+    candidate_runs: int,
+    candidate_failures: int,
+    baseline_runs: int,
+    baseline_failures: int,
+    odds_ratio_h0: float,
+    odds_ratio_h1: float,
+) -> float:
+    """ln P(candidate failures | the interval's margins; H1) / P(same; H0).
+
+    Given both versions' runs and the interval's total failures, the candidate's share of them follows
+    Fisher's noncentral hypergeometric law with the odds ratio as its parameter; the baseline's failure
+    rate drops out. An interval without failures, or without runs of one version, carries no evidence.
+    """
+    failures = candidate_failures + baseline_failures
+    if failures == 0 or candidate_runs == 0 or baseline_runs == 0:
+        return 0.0
+    lowest = max(0, failures - baseline_runs)
+    highest = min(failures, candidate_runs)
+    possible = range(lowest, highest + 1)
+    terms = [(j, _log_binomial(candidate_runs, j) + _log_binomial(baseline_runs, failures - j)) for j in possible]
+    log_h0, log_h1 = math.log(odds_ratio_h0), math.log(odds_ratio_h1)
+    normalizer_h0 = _log_sum_exp([term + j * log_h0 for j, term in terms])
+    normalizer_h1 = _log_sum_exp([term + j * log_h1 for j, term in terms])
+    return candidate_failures * (log_h1 - log_h0) + normalizer_h0 - normalizer_h1
+
+
+@dataclass(frozen=True)
+class RateEvidence:
+    """What the failure-share SPRT has accumulated over a rollout."""
+
+    log_likelihood_ratio: float = 0.0
+    candidate_runs: int = 0
+    candidate_failures: int = 0
+    baseline_runs: int = 0
+    baseline_failures: int = 0
+
+    def add(
+        self,
+        candidate_runs: int,
+        candidate_failures: int,
+        baseline_runs: int,
+        baseline_failures: int,
+        tolerance: float,
+        detect_ratio: float,
+    ) -> RateEvidence:
+        """This evidence plus one interval's counts (the runs and failures each version gained)."""
+        return RateEvidence(
+            self.log_likelihood_ratio
+            + interval_log_likelihood_ratio(
+                candidate_runs, candidate_failures, baseline_runs, baseline_failures, tolerance, detect_ratio
+            ),
+            self.candidate_runs + candidate_runs,
+            self.candidate_failures + candidate_failures,
+            self.baseline_runs + baseline_runs,
+            self.baseline_failures + baseline_failures,
+        )
+
+
+def rate_verdict(guard: str, evidence: RateEvidence, alpha: float, beta: float, min_runs: int) -> GuardResult:
+    """Wald's boundaries: fail at ln(1/alpha) (Ville's bound, valid however long the test runs), pass at
+    ln(beta / (1 - alpha)) or when neither version failed at all, inconclusive between them or before
+    `min_runs` candidate runs."""
+    fail_at = math.log(1 / alpha)
+    pass_at = math.log(beta / (1 - alpha))
+    statistic = evidence.log_likelihood_ratio
+    details = {
+        "candidate_runs": evidence.candidate_runs,
+        "candidate_failures": evidence.candidate_failures,
+        "baseline_runs": evidence.baseline_runs,
+        "baseline_failures": evidence.baseline_failures,
+        "candidate_failure_share": _share(evidence.candidate_failures, evidence.candidate_runs),
+        "baseline_failure_share": _share(evidence.baseline_failures, evidence.baseline_runs),
+        "pass_below": round(pass_at, 4),
+        "min_runs": min_runs,
+    }
+    if evidence.candidate_runs < min_runs:
+        verdict = INCONCLUSIVE
+    elif statistic >= fail_at:
+        verdict = FAIL
+    elif statistic <= pass_at or evidence.candidate_failures + evidence.baseline_failures == 0:
+        verdict = PASS
+    else:
+        verdict = INCONCLUSIVE
+    return GuardResult(guard, verdict, statistic, fail_at, details)
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+@dataclass(frozen=True)
+class RankLooks:
+    """The rank test's position in its look schedule."""
+
+    looks: int = 0
+    last: GuardResult | None = None
+
+
+def look_due(looks_done: int, candidate_runs_seen: int, min_runs: int, growth: float) -> bool:
+    """Look j + 1 is due once the candidate has min_runs * growth^j runs."""
+    return candidate_runs_seen >= math.ceil(min_runs * growth**looks_done - 1e-9)
+
+
+def look_alpha(look: int, alpha: float) -> float:
+    """Alpha spent at look `look` (1-based): alpha / (j (j + 1)), which sums to alpha over all looks."""
+    return alpha / (look * (look + 1))
+
+
+def rank_test(
+    guard: str,
+    state: RankLooks,
+    candidate: Sequence[float],
+    baseline: Sequence[float],
+    candidate_runs_seen: int,
+    tolerance: float,
+    alpha: float,
+    min_runs: int,
+    growth: float,
+) -> RankLooks:
+    """One-sided Mann-Whitney U of `candidate` against `baseline` scaled by `tolerance`, when a look is due.
+
+    `candidate` and `baseline` are the (bounded) samples of the rollout's period; `candidate_runs_seen`
+    counts every candidate run, so looks keep coming once the samples reach their bound. A failed look
+    stays failed; between looks the last verdict holds.
+    """
+    if state.last is not None and state.last.verdict == FAIL:
+        return state
+    enough = len(candidate) >= min_runs and len(baseline) >= min_runs
+    if not enough or not look_due(state.looks, candidate_runs_seen, min_runs, growth):
+        if state.last is not None:
+            return state
+        evidence = {"candidate_runs": len(candidate), "baseline_runs": len(baseline), "min_runs": min_runs}
+        return RankLooks(0, GuardResult(guard, INCONCLUSIVE, 0.0, math.log(1 / look_alpha(1, alpha)), evidence))
+    look = state.looks + 1
+    spent = look_alpha(look, alpha)
+    scaled = [value * tolerance for value in baseline]
+    p_value = float(mannwhitneyu(candidate, scaled, alternative="greater").pvalue)
+    statistic = -math.log(max(p_value, 1e-300))
+    threshold = -math.log(spent)
+    candidate_median = _median(candidate)
+    baseline_median = _median(baseline)
+    evidence = {
+        "candidate_runs": len(candidate),
+        "baseline_runs": len(baseline),
+        "candidate_median": candidate_median,
+        "baseline_median": baseline_median,
+        "median_ratio": round(candidate_median / baseline_median, 4) if baseline_median > 0 else None,
+        "p_value": p_value,
+        "look": look,
+        "alpha_spent": spent,
+        "tolerance": tolerance,
+        "min_runs": min_runs,
+    }
+    verdict = FAIL if statistic >= threshold else PASS
+    return RankLooks(look, GuardResult(guard, verdict, statistic, threshold, evidence))
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def hard_limit_verdict(guard: str, counts: dict[str, int], max_runs: int) -> GuardResult:
+    """Fails at once when more than `max_runs` candidate runs ended with one of the counted outcomes."""
+    total = sum(counts.values())
+    verdict = FAIL if total > max_runs else PASS
+    return GuardResult(guard, verdict, float(total), float(max_runs + 1), {"candidate_runs_by_outcome": counts})

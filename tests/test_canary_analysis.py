@@ -1,0 +1,303 @@
+"""Canary analysis end to end, in compressed time: a test agent picks its prompt version per run through
+the real OpenFeature client (OFREP provider) and sends its runs through the OpenTelemetry SDK; the
+analysis rolls a worse candidate back, walks a healthy one to promotion, reads a fleet's runs from a
+real Prometheus, and pauses when Prometheus cannot be reached."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+from agents import emit_chat, tracer
+from conftest import free_port, service_body
+from openfeature import api
+from openfeature.contrib.provider.ofrep import OFREPProvider
+from openfeature.evaluation_context import EvaluationContext
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from prom import start_prometheus
+from rollouts import Admin
+from test_dashboards import all_panels, dashboards, substitute
+
+AGENT = "support"
+VERSIONS = {"v1": {"prompt": "support/v1"}, "v2": {"prompt": "support/v2"}}
+RUN_SECONDS = 2.0
+FAST_RUNS = {"grace_seconds": 0.2, "tick_seconds": 0.05, "root_wait_seconds": 0.3, "abandon_after_seconds": 5}
+
+
+def admin(service) -> Admin:
+    return Admin(service.admin_url)
+
+
+def analysis_service(start_service, tmp_path, name: str, prometheus_url: str | None = None):
+    analysis: dict = {"interval_seconds": 0.3}
+    if prometheus_url:
+        analysis["prometheus"] = {"url": prometheus_url, "timeout_seconds": 1}
+    extensions = {"storage": {"path": str(tmp_path / f"{name}.sqlite")}, "rollouts": {}, "canary_analysis": analysis}
+    return start_service(service_body(runs=FAST_RUNS, extensions=extensions))
+
+
+def start_rollout(service, analysis: dict | None = None) -> dict:
+    admin(service).define(AGENT, VERSIONS, "v1")
+    extra = {} if analysis is None else {"analysis": analysis}
+    return admin(service).start(AGENT, "v2", [5, 25, 50, 100], reason="new prompt", **extra)
+
+
+class Agent:
+    """Picks a version per run over OpenFeature, fails runs at each version's rate, exports the run."""
+
+    def __init__(self, flags_url: str, failures_in_ten: dict[str, int]) -> None:
+        api.set_provider(OFREPProvider(base_url=flags_url), domain="canary")
+        self.flags = api.get_client(domain="canary")
+        self.failures_in_ten = failures_in_ten
+        self.runs: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.index = 0
+
+    def version(self, key: str) -> str:
+        details = self.flags.get_object_details(AGENT, {}, EvaluationContext(targeting_key=key))
+        return details.variant
+
+    def run(self, pick_tracer: Callable[[bool], trace.Tracer]) -> str:
+        """One run; `pick_tracer(failed)` says where its trace goes. Every run costs the same and lasts
+        RUN_SECONDS, so only its outcome tells the versions apart."""
+        self.index += 1
+        version = self.version(f"user-{self.index}")
+        failed = self.runs[version] % 10 < self.failures_in_ten[version]
+        self.runs[version] += 1
+        self.failed[version] += failed
+        run_tracer = pick_tracer(failed)
+        start = time.time_ns()
+        attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": AGENT}
+        root = run_tracer.start_span(
+            f"invoke_agent {AGENT}", attributes={**attributes, "agentopz.prompt.version": version}, start_time=start
+        )
+        with trace.use_span(root, end_on_exit=False):
+            emit_chat(run_tracer, error_type="RateLimitError" if failed else None)
+        if failed:
+            root.set_status(Status(StatusCode.ERROR))
+        root.end(end_time=start + int(RUN_SECONDS * 1e9))
+        return version
+
+
+@pytest.fixture
+def openfeature_domain() -> Iterator[None]:
+    yield
+    api.clear_providers()
+
+
+def run_until(agent: Agent, pick_tracer, done: Callable[[], bool], max_runs: int, pace: float = 0.002) -> int:
+    """Runs until `done()` (checked every 20 runs), at most `max_runs`; returns the runs made."""
+    for count in range(1, max_runs + 1):
+        agent.run(pick_tracer)
+        time.sleep(pace)
+        if count % 20 == 0 and done():
+            return count
+    return max_runs
+
+
+def rollout_state(service) -> dict:
+    return admin(service).ok("GET", f"/api/v1/rollouts/{AGENT}")
+
+
+def wait_state(service, state: str, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (rollout := rollout_state(service))["state"] != state and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return rollout
+
+
+def analysis_entry(service, action: str) -> dict:
+    entries = admin(service).ok("GET", f"/api/v1/history?agent={AGENT}")["entries"]
+    found = [entry for entry in entries if entry["action"] == action and entry["actor_kind"] == "analysis"]
+    assert found, entries
+    return found[0]
+
+
+@pytest.mark.timeout(240)
+def test_a_worse_candidate_at_5_percent_is_rolled_back_and_traffic_returns_to_the_baseline(
+    start_service, tmp_path, openfeature_domain
+):
+    service = analysis_service(start_service, tmp_path, "local")
+    start_rollout(service)
+    agent = Agent(service.admin_url, {"v1": 1, "v2": 3})  # 10% against 30%: 3x the failures
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        run_until(agent, lambda failed: run_tracer, lambda: rollout_state(service)["state"] != "progressing", 4000)
+        rollout = wait_state(service, "rolled_back")
+        assert (rollout["state"], rollout["weight"]) == ("rolled_back", 0)
+        entry = analysis_entry(service, "rollback")
+        evidence = entry["evidence"]
+        assert (entry["actor"], entry["before"]["weight"], entry["after"]["state"]) == (
+            "canary_analysis",
+            5,
+            "rolled_back",
+        )
+        assert evidence["failed_guards"] == ["quality"]
+        assert (evidence["baseline"], evidence["candidate"], evidence["source"]) == ("v1", "v2", "local")
+        quality = evidence["guards"]["quality"]
+        assert quality["verdict"] == "fail"
+        assert quality["statistic"] >= quality["threshold"]
+        assert quality["evidence"]["candidate_runs"] >= 20  # the guard's minimum
+        assert quality["evidence"]["candidate_failure_share"] > 2 * quality["evidence"]["baseline_failure_share"]
+        assert evidence["guards"]["cost"]["verdict"] == "pass"
+        assert evidence["guards"]["hard_limits"]["verdict"] == "pass"
+        status = rollout["analysis_status"]
+        assert (status["decision"], status["source"], status["guards"]["quality"]["verdict"]) == (
+            "rollback",
+            "local",
+            "fail",
+        )
+        status_command = subprocess.run(
+            [sys.executable, "-m", "agentopz_otel", "rollout", "status", AGENT, "--url", service.admin_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "  analysis (local): quality fail (" in status_command.stdout, status_command.stdout
+        assert "; rollback at " in status_command.stdout
+        assert ": canary analysis: quality failed" in status_command.stdout
+        # The very next evaluations and runs are the baseline's.
+        assert {agent.version(f"after-{i}") for i in range(200)} == {"v1"}
+        before = dict(agent.runs)
+        for _ in range(40):
+            agent.run(lambda failed: run_tracer)
+        assert agent.runs["v2"] == before["v2"]
+    assert service.wait_for("agentopz_rollout_analysis", 1, agent=AGENT, guard="quality", verdict="fail") == 1
+    assert service.value("agentopz_rollout_analysis", agent=AGENT, guard="quality", verdict="pass") == 0
+    assert service.value("agentopz_rollout_analysis_decisions_total", agent=AGENT, decision="rollback") == 1
+    assert service.value("agentopz_rollout_actions_total", agent=AGENT, action="rollback", actor="analysis") == 1
+    assert service.value("agentopz_rollout_analysis_runs", agent=AGENT, prompt_version="v2") >= 20
+    assert service.value("agentopz_rollout_analysis_source_up", source="local") == 1
+
+
+@pytest.mark.timeout(240)
+def test_a_healthy_candidate_walks_the_steps_and_is_promoted(start_service, tmp_path, openfeature_domain):
+    service = analysis_service(start_service, tmp_path, "walk")
+    start_rollout(service, {"step_min_runs": 10, "step_min_seconds": 0, "quality": {"min_runs": 10}})
+    agent = Agent(service.admin_url, {"v1": 1, "v2": 0})
+    weights = []
+
+    def promoted() -> bool:
+        rollout = rollout_state(service)
+        if not weights or weights[-1] != rollout["weight"]:
+            weights.append(rollout["weight"])
+        return rollout["state"] == "promoted"
+
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        run_until(agent, lambda failed: run_tracer, promoted, 4000)
+    rollout = wait_state(service, "promoted")
+    assert rollout["state"] == "promoted"
+    assert weights == [5, 25, 50, 100]
+    advances = [
+        entry
+        for entry in admin(service).ok("GET", f"/api/v1/history?agent={AGENT}")["entries"]
+        if entry["actor_kind"] == "analysis"
+    ]
+    assert [entry["action"] for entry in reversed(advances)] == ["advance", "advance", "advance", "promote"]
+    assert all(entry["evidence"]["guards"]["quality"]["verdict"] == "pass" for entry in advances)
+    assert {agent.version(f"after-{i}") for i in range(100)} == {"v2"}
+    assert [flag["baseline"] for flag in admin(service).ok("GET", "/api/v1/agents")["agents"]] == ["v2"]
+    assert service.value("agentopz_rollout_analysis_decisions_total", agent=AGENT, decision="promote") == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_prometheus_source_analyses_what_every_replica_saw(start_service, tmp_path, openfeature_domain):
+    """Two replicas each get part of the traces; every failed run goes to the second. The first replica
+    decides, from Prometheus, on failures it never saw itself."""
+    prometheus_port = free_port()
+    deciding = analysis_service(start_service, tmp_path, "a", f"http://127.0.0.1:{prometheus_port}")
+    other = analysis_service(start_service, tmp_path, "b")
+    targets = [f"127.0.0.1:{deciding.admin_port}", f"127.0.0.1:{other.admin_port}"]
+    prometheus = start_prometheus(tmp_path, targets, port=prometheus_port)
+    try:
+        prometheus.wait_for('up{job="agentopz"} == 1', timeout=30)
+        start_rollout(deciding)
+        agent = Agent(deciding.admin_url, {"v1": 1, "v2": 3})
+        with (
+            tracer("grpc", deciding.grpc_endpoint, service="support-svc", batch=True) as to_deciding,
+            tracer("grpc", other.grpc_endpoint, service="support-svc", batch=True) as to_other,
+        ):
+            alternate = iter(range(10**6))
+
+            def pick(failed: bool) -> trace.Tracer:
+                return to_other if failed or next(alternate) % 2 else to_deciding
+
+            run_until(agent, pick, lambda: rollout_state(deciding)["state"] != "progressing", 4000, pace=0.005)
+        rollout = wait_state(deciding, "rolled_back", timeout=30)
+        assert rollout["state"] == "rolled_back"
+        evidence = analysis_entry(deciding, "rollback")["evidence"]
+        assert (evidence["source"], evidence["failed_guards"]) == ("prometheus", ["quality"])
+        quality = evidence["guards"]["quality"]["evidence"]
+        assert quality["candidate_failures"] > 0
+        # The deciding replica itself saw no failed run: the failures came from the other one's series.
+        assert deciding.value("agentopz_runs_total", agent=AGENT, prompt_version="v2", outcome="llm_error") == 0
+        assert other.value("agentopz_runs_total", agent=AGENT, prompt_version="v2", outcome="llm_error") > 0
+        assert sum(evidence["runs"].values()) > deciding.value(
+            "agentopz_runs_total", agent=AGENT, prompt_version="v1", outcome="success"
+        ) + deciding.value("agentopz_runs_total", agent=AGENT, prompt_version="v2", outcome="success")
+        assert deciding.value("agentopz_rollout_analysis_source_up", source="prometheus") == 1
+        time.sleep(2)  # scraped after the rollback
+        variables = {"agent": AGENT, "prompt_version": ".*", "__rate_interval": "1m", "__range": "5m"}
+        checked = 0
+        for panel in all_panels(dashboards()["agentopz-prompts.json"]):
+            if panel["title"].startswith("Canary analysis"):
+                for target in panel["targets"]:
+                    expr = substitute(target["expr"], variables)
+                    assert prometheus.query(expr), f"{panel['title']}: no data for {expr}"
+                    checked += 1
+        assert checked == 7
+    finally:
+        prometheus.stop()
+
+
+@pytest.mark.timeout(120)
+def test_unreachable_prometheus_is_inconclusive_and_pauses_the_rollout_at_its_weight(
+    start_service, tmp_path, openfeature_domain
+):
+    service = analysis_service(start_service, tmp_path, "down", f"http://127.0.0.1:{free_port()}")
+    start_rollout(service, {"step_min_runs": 0, "step_min_seconds": 0})
+    rollout = wait_state(service, "paused")
+    assert (rollout["state"], rollout["weight"], rollout["step_index"]) == ("paused", 5, 0)
+    entry = analysis_entry(service, "pause")
+    assert "data source unreachable" in entry["reason"]
+    status = rollout["analysis_status"]
+    assert status["source"] == "prometheus"
+    assert "prometheus http://127.0.0.1:" in status["source_error"]
+    assert {guard["verdict"] for guard in status["guards"].values()} == {"inconclusive"}
+    assert service.wait_for("agentopz_rollout_analysis", 1, agent=AGENT, guard="quality", verdict="inconclusive") == 1
+    assert service.value("agentopz_rollout_analysis_source_up", source="prometheus") == 0
+    assert service.value("agentopz_rollout_analysis_source_errors_total", source="prometheus") >= 1
+    time.sleep(1.5)  # several more looks: still paused, never advanced or promoted
+    assert rollout_state(service)["state"] == "paused"
+    assert [e["action"] for e in admin(service).ok("GET", f"/api/v1/history?agent={AGENT}")["entries"]] == [
+        "pause",
+        "start",
+        "define",
+    ]
+    # Paused at its weight: the candidate still serves its 5%.
+    agent = Agent(service.admin_url, {"v1": 0, "v2": 0})
+    versions = Counter(agent.version(f"user-{i}") for i in range(2000))
+    assert 50 < versions["v2"] < 150
+
+
+def test_invalid_analysis_config_is_refused_with_the_reason(start_service, tmp_path):
+    service = analysis_service(start_service, tmp_path, "invalid")
+    admin(service).define(AGENT, VERSIONS, "v1")
+    body = {"agent": AGENT, "candidate": "v2", "steps": [5, 100], "analysis": {"quality": {"alpha": 2}}}
+    reply = admin(service).call("POST", "/api/v1/rollouts", body)
+    assert reply.status == 400
+    assert reply.body == {"error": "analysis: invalid analysis: quality.alpha: Input should be less than 0.5"}
+    accepted = admin(service).start(AGENT, "v2", [5, 100], analysis={"cost": {"tolerance": 2}})
+    assert accepted["analysis"]["cost"] == {
+        "enabled": True,
+        "tolerance": 2.0,
+        "alpha": 0.05,
+        "min_runs": 5,
+        "growth": 1.5,
+    }
+    assert accepted["analysis"]["quality"]["detect_ratio"] == 3.0
