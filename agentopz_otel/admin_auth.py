@@ -7,52 +7,19 @@ accepted from loopback only, so a service bound to a network address is never si
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
-from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .bearer import TokenConfig, bearer_credentials, token_matches
 
-class TokenConfig(BaseModel):
-    """A bearer token given inline or in a file (the file's content, stripped of surrounding whitespace)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    token: str | None = Field(default=None, min_length=1)
-    token_file: str | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> TokenConfig:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give either token or token_file, not both")
-        return self
-
-    def load(self, what: str) -> str | None:
-        """The token, reading `token_file` now; OSError with a clear message if it cannot be used."""
-        if self.token_file is None:
-            return self.token
-        try:
-            token = Path(self.token_file).read_text().strip()
-        except OSError as error:
-            raise OSError(f"{what}: cannot read token_file {self.token_file}: {error.strerror}") from None
-        if not token:
-            raise OSError(f"{what}: token_file {self.token_file} is empty")
-        return token
+__all__ = ["ADMIN_AUTH", "AdminAuth", "TokenConfig", "bearer_token", "is_loopback", "require_admin", "token_matches"]
 
 
 def bearer_token(request: web.Request) -> str | None:
-    """The credentials of an `Authorization: Bearer ...` header (scheme case-insensitive), else None."""
-    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        return None
-    return credentials.strip()
-
-
-def token_matches(presented: str | None, expected: str) -> bool:
-    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+    """The request's `Authorization: Bearer ...` credentials, else None."""
+    return bearer_credentials(request.headers.get("Authorization"))
 
 
 def is_loopback(request: web.Request) -> bool:
@@ -70,7 +37,7 @@ class AdminAuth:
 
     @classmethod
     def from_config(cls, config: TokenConfig | None) -> AdminAuth:
-        return cls(config.load("service.admin.auth") if config is not None else None)
+        return cls(config.secret("service.admin.auth") if config is not None else None)
 
     def allows(self, request: web.Request) -> bool:
         """Whether `request` presents the admin token; without a configured token, whether it is local."""
@@ -79,17 +46,16 @@ class AdminAuth:
         return token_matches(bearer_token(request), self.token)
 
     def check(self, request: web.Request) -> None:
-        if self.token is None:
-            if not is_loopback(request):
-                raise _json_error(
-                    web.HTTPForbidden,
-                    "no admin token is configured (service.admin.auth): mutations are accepted from loopback only",
-                )
+        if self.allows(request):
             return
-        if not token_matches(bearer_token(request), self.token):
-            error = _json_error(web.HTTPUnauthorized, "this needs the admin token as 'Authorization: Bearer <token>'")
-            error.headers["WWW-Authenticate"] = 'Bearer realm="agentopz-admin"'
-            raise error
+        if self.token is None:
+            raise _json_error(
+                web.HTTPForbidden,
+                "no admin token is configured (service.admin.auth): mutations are accepted from loopback only",
+            )
+        error = _json_error(web.HTTPUnauthorized, "this needs the admin token as 'Authorization: Bearer <token>'")
+        error.headers["WWW-Authenticate"] = 'Bearer realm="agentopz-admin"'
+        raise error
 
 
 ADMIN_AUTH = web.AppKey("agentopz_admin_auth", AdminAuth)

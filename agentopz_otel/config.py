@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .admin_auth import TokenConfig
+from .bearer import TokenConfig
 from .components import ComponentKind, Factory, component_type, factories
 from .httpserver import HttpServerConfig
 from .metrics import CardinalityConfig

@@ -10,9 +10,10 @@ Exposition copies the values on the event loop (`Registry.snapshot`) and formats
 
 from __future__ import annotations
 
+import inspect
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -258,7 +259,7 @@ class Registry:
         self.families: list[Family] = []
         self._by_name: dict[str, Family] = {}
         # Called before each exposition, for gauges computed from state (runs in flight).
-        self.before_collect: list[Callable[[], None]] = []
+        self.before_collect: list[Callable[[], Awaitable[None] | None]] = []
         self._limiters: dict[str, LabelLimiter] = {}
         self.budget = SeriesBudget(self.cardinality.max_series)
         self.label_overflow: Family[Counter] = Family(
@@ -294,10 +295,16 @@ class Registry:
         self._by_name[name] = family
         return family
 
+    async def refresh(self) -> None:
+        """Recompute the gauges that come from state; a hook may be a coroutine that yields to the
+        event loop between slices of a long computation."""
+        for hook in self.before_collect:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+
     def snapshot(self) -> list[FamilySnapshot]:
-        """Every family's values at this moment (gauges computed from state refreshed first)."""
-        for refresh in self.before_collect:
-            refresh()
+        """Every family's values at this moment."""
         return [family.snapshot() for family in self.families]
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = (), bounded: bool = True) -> Family[Counter]:

@@ -48,6 +48,8 @@ class SpanView:
         "evaluation_target",
         "evaluations",
         "finish_reason",
+        "flag",
+        "flag_version",
         "input_tokens",
         "kind",
         "model",
@@ -55,6 +57,7 @@ class SpanView:
         "output_tokens",
         "parent_span_id",
         "prompt_version",
+        "prompt_version_from",
         "provider",
         "reasoning_tokens",
         "reported_cost",
@@ -95,6 +98,11 @@ class SpanView:
         self.finish_reason: str | None = None
         self.reported_cost: float | None = None
         self.prompt_version: str | None = None
+        # (flag key, variant) of an OpenFeature flag evaluation recorded on the span.
+        self.flag: tuple[str, str] | None = None
+        # The flag's variant when it is a prompt version (set by prompt_version, read by runs).
+        self.flag_version: str | None = None
+        self.prompt_version_from = 3  # prompt_version.FROM_*: nothing known yet
         # (format, raw) of the system instructions, for the prompt-version hash.
         self.system_source: tuple[str, str] | None = None
         # (format, raw) of the output content when captured; see quality.output_text.

@@ -159,15 +159,18 @@ def padded(prefix: str, index: int, length: int) -> str:
     return stem + "x" * (length - len(stem))
 
 
-def combination_requests(count: int, length: int, per_request: int = 100, first: int = 0) -> Iterator[bytes]:
+def combination_requests(
+    count: int, length: int, per_request: int = 100, first: int = 0, open_runs: bool = True
+) -> Iterator[bytes]:
     """`count` LLM calls, each with its own (agent, model) pair of names `length` characters long, in
-    traces whose root never arrives (open runs)."""
+    traces whose root never arrives (open runs; their call metrics wait for the run's agent), or each
+    call the root of its trace."""
     for start in range(first, first + count, per_request):
         spans = [
             {
                 "trace_id": index.to_bytes(16, "big"),
                 "span_id": (index + 1).to_bytes(8, "big"),
-                "parent": (index + 2**40).to_bytes(8, "big"),
+                "parent": (index + 2**40).to_bytes(8, "big") if open_runs else b"",
                 "name": "chat",
                 "attributes": llm_attributes("openai", padded("model", index, length), padded("agent", index, length)),
             }

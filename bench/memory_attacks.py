@@ -38,10 +38,10 @@ def main() -> None:
         return max(1, int(count * args.scale))
 
     attacks = (
-        ("10,000 agent x model combinations", scaled(10_000), lambda n: combination_requests(n, 64)),
-        ("300,000 distinct model names", scaled(300_000), lambda n: model_name_requests(n, 40)),
-        ("100,000 open runs of 4 calls", scaled(100_000), lambda n: open_run_requests(n)),
-        ("10,000 distinct 16 KiB system prompts", scaled(10_000), lambda n: system_prompt_requests(n, 16_384)),
+        ("{:,} agent x model combinations", scaled(10_000), lambda n: combination_requests(n, 64)),
+        ("{:,} distinct model names", scaled(300_000), lambda n: model_name_requests(n, 40)),
+        ("{:,} open runs of 4 calls", scaled(100_000), lambda n: open_run_requests(n)),
+        ("{:,} distinct 16 KiB system prompts", scaled(10_000), lambda n: system_prompt_requests(n, 16_384)),
     )
     runs = {"abandon_after_seconds": args.abandon_after, "late_window_seconds": args.late_window}
     service = ServiceProcess(service_config(runs=runs))
@@ -52,7 +52,7 @@ def main() -> None:
             refused = send_all(service.grpc_target, requests(count))
             elapsed = time.perf_counter() - began
             print(
-                f"after {name}: {elapsed:.1f} s ({count / elapsed:.0f} items/s, {refused} requests refused), "
+                f"after {name.format(count)}: {elapsed:.1f} s ({count / elapsed:.0f}/s, {refused} requests refused), "
                 f"RSS {service.rss_mib():.0f} MiB, peak {service.peak_rss_mib():.0f} MiB"
             )
         settle = args.abandon_after + args.late_window + 10

@@ -43,7 +43,8 @@ def main() -> None:
         began = time.perf_counter()
         combinations = 0
         while service.value("agentopz_label_overflow_total", label="__budget__") == 0:
-            send_all(service.grpc_target, combination_requests(500, args.value_length, first=combinations))
+            requests = combination_requests(500, args.value_length, first=combinations, open_runs=False)
+            send_all(service.grpc_target, requests)
             combinations += 500
         elapsed = time.perf_counter() - began
         print(f"filled the series budget with {combinations} agent x model combinations in {elapsed:.1f} s")

@@ -51,7 +51,9 @@ class Agent:
     """Picks a version per run over OpenFeature, fails runs at each version's rate, exports the run."""
 
     def __init__(self, flags_url: str, failures_in_ten: dict[str, int]) -> None:
-        api.set_provider(OFREPProvider(base_url=flags_url), domain="canary")
+        # A generous timeout: on a loaded machine an evaluation may take seconds, and a timed-out one
+        # would fall back to the code default instead of a version.
+        api.set_provider(OFREPProvider(base_url=flags_url, timeout=30), domain="canary")
         self.flags = api.get_client(domain="canary")
         self.failures_in_ten = failures_in_ten
         self.runs: Counter[str] = Counter()
@@ -60,6 +62,7 @@ class Agent:
 
     def version(self, key: str) -> str:
         details = self.flags.get_object_details(AGENT, {}, EvaluationContext(targeting_key=key))
+        assert details.variant is not None, f"evaluation failed: {details.error_code} {details.error_message}"
         return details.variant
 
     def run(self, pick_tracer: Callable[[bool], trace.Tracer]) -> str:

@@ -202,3 +202,31 @@ def test_inflight_bytes_are_shared_and_grpc_gets_unavailable_with_retry_info(sta
         export(grpc_request, timeout=5)
     assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="busy") == 1
     assert service.value("agentopz_llm_calls_total") == 1000
+
+
+def test_grpc_connection_cap_answers_unavailable_past_it(start_service):
+    service = start_service(
+        service_body(
+            receiver={
+                "protocols": {
+                    "grpc": {"endpoint": "127.0.0.1:@GRPC_PORT@", "max_connections": 2},
+                    "http": {"endpoint": "127.0.0.1:@HTTP_PORT@"},
+                }
+            }
+        )
+    )
+    # A subchannel pool per channel: each channel is a connection of its own.
+    channels = [
+        grpc.insecure_channel(service.grpc_endpoint, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(3)
+    ]
+    codes = []
+    for channel in channels:
+        try:
+            channel.unary_unary(EXPORT)(good_body(), timeout=5)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+    for channel in channels:
+        channel.close()
+    assert codes == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE]
+    assert service.value("agentopz_llm_calls_total") == 2

@@ -205,3 +205,38 @@ service: {pipelines: {traces: {receivers: [otlp], processors: [normalize, cost],
 """
     with pytest.raises(ConfigError, match=r"processors\.cost\.overrides\.0: Value error, give exactly one of model"):
         parse_config(body)
+
+
+def catalogue_cost(model: str, provider: str) -> float:
+    usage = Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=200)
+    return float(calc_price(usage, model, provider_id=provider).total_price)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "priced_as", "source"),
+    [
+        # A framework's name (Strands reports gen_ai.system=strands-agents): priced by the model alone.
+        ("strands-agents", "gpt-4o", ("gpt-4o", "openai"), "catalog_model_only"),
+        ("", "gpt-4o-mini", ("gpt-4o-mini", "openai"), "catalog_model_only"),
+        ("my-gateway", "gpt-4o", ("gpt-4o", "openai"), "catalog_model_only"),
+        # An API flavour is its provider.
+        ("openai.responses", "gpt-4o", ("gpt-4o", "openai"), "catalog"),
+        ("openai.chat", "gpt-4o-2024-08-06", ("gpt-4o-2024-08-06", "openai"), "catalog"),
+        # A provider-prefixed model name is the model it names, from that provider.
+        ("", "openai/gpt-4o-mini", ("gpt-4o-mini", "openai"), "catalog"),
+        ("litellm", "anthropic/claude-sonnet-4-20250514", ("claude-sonnet-4-20250514", "anthropic"), "catalog"),
+    ],
+)
+def test_framework_and_flavour_providers_are_priced_right(provider, model, priced_as, source):
+    view, attrs, registry = run_cost(chat(model=model, provider=provider))
+    assert attrs["agentopz.cost.source"] == source
+    assert math.isclose(view.cost, catalogue_cost(*priced_as), rel_tol=1e-12)
+    assert unpriced(registry) == {}
+
+
+def test_a_known_provider_is_never_priced_with_another_providers_prices():
+    # gpt-4o is in the catalogue for openai (and others), not for anthropic.
+    view, attrs, registry = run_cost(chat(model="gpt-4o", provider="anthropic"))
+    assert view.cost is None
+    assert attrs["agentopz.cost.source"] == "unknown"
+    assert unpriced(registry) == {("anthropic", "gpt-4o"): 1}

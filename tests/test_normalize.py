@@ -7,7 +7,7 @@ from spans import make_request, make_span
 
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL
-from agentopz_otel.processors.normalize import FACTORY, Normalizer
+from agentopz_otel.processors.normalize import DIALECT_TABLE, FACTORY, Normalizer
 
 
 @pytest.fixture
@@ -239,11 +239,107 @@ def test_ok_and_failed_tool_status(normalizer):
 
 @pytest.mark.parametrize(
     ("provider", "expected"),
-    [("az.ai.openai", "azure"), ("gcp.vertex_ai", "google"), ("aws.bedrock", "aws"), ("Anthropic", "anthropic")],
+    [
+        ("az.ai.openai", "azure"),
+        ("gcp.vertex_ai", "google"),
+        ("aws.bedrock", "aws"),
+        ("Anthropic", "anthropic"),
+        # API flavours (Vercel AI SDK and others) are their provider.
+        ("openai.chat", "openai"),
+        ("openai.responses", "openai"),
+        ("anthropic.messages", "anthropic"),
+        ("google.vertex.chat", "google"),
+        ("azure.chat", "azure"),
+        ("mistral.chat", "mistral"),
+        # A framework's own name says nothing about the provider.
+        ("strands-agents", ""),
+        ("langchain", ""),
+        ("litellm", ""),
+        # Unknown values stay as reported.
+        ("vllm", "vllm"),
+    ],
 )
 def test_provider_aliases(normalizer, provider, expected):
     view = view_of(normalizer, {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider})
     assert view.provider == expected
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "expected"),
+    [
+        (None, "openai/gpt-4o-mini", ("openai", "gpt-4o-mini")),
+        ("openai", "openai/gpt-4o-mini", ("openai", "gpt-4o-mini")),
+        ("litellm", "anthropic/claude-sonnet-4", ("anthropic", "claude-sonnet-4")),
+        ("strands-agents", "bedrock/claude-3-haiku", ("aws", "claude-3-haiku")),
+        # An aggregator's model names carry the upstream provider: they are its own catalogue names.
+        ("openrouter", "openai/gpt-4o-mini", ("openrouter", "openai/gpt-4o-mini")),
+        # A prefix that is no provider is part of the name.
+        (None, "meta-llama/Llama-3-8B", ("", "meta-llama/Llama-3-8B")),
+        ("openai", "ft:gpt-4o/custom", ("openai", "ft:gpt-4o/custom")),
+    ],
+)
+def test_provider_prefix_of_the_model_name(normalizer, provider, model, expected):
+    attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model}
+    if provider:
+        attrs["gen_ai.system"] = provider
+    view = view_of(normalizer, attrs)
+    assert (view.provider, view.model) == expected
+
+
+# Every token alias of /work/shared/reference/genai-dialects.md (and the dialect table) -> the field it fills.
+TOKEN_ALIASES = {
+    "gen_ai.usage.input_tokens": "input_tokens",
+    "gen_ai.usage.prompt_tokens": "input_tokens",
+    "llm.token_count.prompt": "input_tokens",
+    "ai.usage.inputTokens": "input_tokens",
+    "ai.usage.promptTokens": "input_tokens",
+    "gen_ai.usage.output_tokens": "output_tokens",
+    "gen_ai.usage.completion_tokens": "output_tokens",
+    "llm.token_count.completion": "output_tokens",
+    "ai.usage.outputTokens": "output_tokens",
+    "ai.usage.completionTokens": "output_tokens",
+    "gen_ai.usage.cache_read.input_tokens": "cache_read_tokens",
+    "gen_ai.usage.cache_read_input_tokens": "cache_read_tokens",
+    "llm.token_count.prompt_details.cache_read": "cache_read_tokens",
+    "ai.usage.cachedInputTokens": "cache_read_tokens",
+    "gen_ai.usage.cache_write.input_tokens": "cache_write_tokens",
+    "gen_ai.usage.cache_creation.input_tokens": "cache_write_tokens",
+    "gen_ai.usage.cache_creation_input_tokens": "cache_write_tokens",
+    "gen_ai.usage.cache_write_input_tokens": "cache_write_tokens",
+    "llm.token_count.prompt_details.cache_write": "cache_write_tokens",
+    "gen_ai.usage.reasoning.output_tokens": "reasoning_tokens",
+    "gen_ai.usage.reasoning_tokens": "reasoning_tokens",
+    "gen_ai.usage.details.reasoning_tokens": "reasoning_tokens",
+    "llm.token_count.completion_details.reasoning": "reasoning_tokens",
+    "ai.usage.reasoningTokens": "reasoning_tokens",
+}
+TOKEN_FIELDS = frozenset(TOKEN_ALIASES.values())
+
+
+@pytest.mark.parametrize(("alias", "field"), sorted(TOKEN_ALIASES.items()))
+def test_every_token_alias_is_read(normalizer, alias, field):
+    # Big enough to be the whole count (cache and reasoning are folded into input/output when larger).
+    view = view_of(normalizer, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", alias: 4321})
+    assert getattr(view, field) == 4321
+    assert {name: getattr(view, name) for name in TOKEN_FIELDS if name != field} == {
+        name: (4321 if (field, name) in FOLDED else None) for name in TOKEN_FIELDS if name != field
+    }
+
+
+# A cache or reasoning count alone also gives the total it is part of.
+FOLDED = {
+    ("cache_read_tokens", "input_tokens"),
+    ("cache_write_tokens", "input_tokens"),
+    ("reasoning_tokens", "output_tokens"),
+}
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [name for field, _, names in DIALECT_TABLE if field in TOKEN_FIELDS for name in names],
+)
+def test_every_token_alias_of_the_dialect_table_has_a_case(alias):
+    assert alias in TOKEN_ALIASES
 
 
 @pytest.mark.parametrize("bad", [-5, "many", 1.5, 10**12, float("nan")])

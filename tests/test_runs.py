@@ -327,6 +327,17 @@ def test_sub_agents_calls_are_steps_of_the_outer_run_and_carry_its_agent(runs_se
     assert service.value("agentopz_runs_total", agent="inner") == 0
 
 
+def test_an_agent_span_directly_inside_one_of_the_same_agent_is_not_a_sub_agent(runs_service):
+    """OpenLLMetry's LangGraph instrumentation: invoke_agent X > X.workflow (invoke_agent X) > the calls."""
+    service = runs_service()
+    with tracer("grpc", service.grpc_endpoint) as t, agent_run(t, "weather"), agent_run(t, "weather"):
+        emit_chat(t)
+        with agent_run(t, "helper"):
+            emit_chat(t)
+    [record] = wait_runs(service, 1)
+    assert (record["agent"], record["steps"], record["sub_agents"]) == ("weather", 2, 1)
+
+
 def test_two_top_level_agents_in_one_trace_are_two_runs(runs_service):
     service = runs_service()
     with tracer("grpc", service.grpc_endpoint) as t:

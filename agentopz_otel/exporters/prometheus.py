@@ -130,6 +130,7 @@ def metrics_handler(registry: Registry) -> Callable[[web.Request], Awaitable[web
     building: dict[str, asyncio.Future[bytes]] = {}
 
     async def build(encoder: Callable[[SnapshotCollector], bytes]) -> bytes:
+        await registry.refresh()
         collector = SnapshotCollector(registry.snapshot())
         return await asyncio.get_running_loop().run_in_executor(None, encoder, collector)
 

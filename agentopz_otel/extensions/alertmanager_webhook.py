@@ -57,7 +57,7 @@ class AlertmanagerWebhookConfig(BaseModel):
         ]
     )
     max_remembered_alerts: int = Field(default=10_000, ge=1)
-    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 20)
 
 
 class AlertmanagerWebhookExtension:
@@ -82,7 +82,7 @@ class AlertmanagerWebhookExtension:
     async def start(self) -> None:
         self._rollouts = self._context.extension(self.config.rollouts, RolloutsExtension, asked_by=self.id)
         if self.config.auth is not None:
-            self._token = self.config.auth.load(f"extensions.{self.id}.auth")
+            self._token = self.config.auth.secret(f"extensions.{self.id}.auth")
 
     async def shutdown(self, timeout: float) -> None:
         """Nothing to flush: every action is committed by the rollouts extension when it is taken."""
@@ -101,10 +101,8 @@ class AlertmanagerWebhookExtension:
         self._authorize(request)
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:
             return _error(413, f"the notification is larger than {self.config.max_body_bytes} bytes")
-        try:
-            body = await request.content.read(self.config.max_body_bytes + 1)
-        except ValueError as error:
-            return _error(400, f"cannot read the notification: {error}")
+        # The admin server's connection guard has read the body already (under its deadlines): take it whole.
+        body = await request.read()
         if len(body) > self.config.max_body_bytes:
             return _error(413, f"the notification is larger than {self.config.max_body_bytes} bytes")
         try:

@@ -1,9 +1,10 @@
 """Cost: the USD price of each LLM call.
 
-Prices come from config overrides first, then the `genai-prices` catalogue, then a cost the span
-reports itself. A (provider, model) pair is resolved once and cached as per-token rates, because a
-catalogue lookup costs far more than the arithmetic. A call nobody can price is `unknown`: counted
-in agentopz_llm_unpriced_calls_total, logged once per model (rate limited, names clipped), and never
+Prices come from config overrides first, then the `genai-prices` catalogue (by provider and model, or by
+model alone when the span names no provider the catalogue knows), then a cost the span reports itself.
+A (provider, model) pair is resolved once and cached as per-token rates, because a catalogue lookup
+costs far more than the arithmetic. A call nobody can price is `unknown`: counted in
+agentopz_llm_unpriced_calls_total, logged once per model (rate limited, names clipped), and never
 summed as $0.
 """
 
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from genai_prices import Usage, data_snapshot
+from genai_prices.data_snapshot import find_provider_by_id
 from genai_prices.types import ModelPrice, TieredPrices
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +29,8 @@ from ..metrics import Counter, Family
 from ..model import LLM, Batch, SpanView
 
 SOURCE_CATALOG = "catalog"
+# Priced from the catalogue by the model name alone: the span named no provider the catalogue knows.
+SOURCE_CATALOG_MODEL_ONLY = "catalog_model_only"
 SOURCE_OVERRIDE = "override"
 SOURCE_REPORTED = "reported"
 SOURCE_UNKNOWN = "unknown"
@@ -145,14 +149,20 @@ def _override_rates(override: PriceOverride) -> Rates:
 
 
 def catalog_pricer(provider: str, model: str) -> Pricer | None:
-    """Rates from genai-prices for (provider, model), or None when the catalogue does not know it."""
+    """Rates from genai-prices for (provider, model), or None when the catalogue does not know it.
+
+    A provider the catalogue knows is only ever priced with its own prices; any other provider value
+    (none, a self-hosted server, a framework's name) is priced by the model name alone."""
+    snapshot = data_snapshot.get_snapshot()
+    known_provider = bool(provider) and find_provider_by_id(snapshot.providers, provider) is not None
     try:
-        _, model_info = data_snapshot.get_snapshot().find_provider_model(model, None, provider or None, None)
+        _, model_info = snapshot.find_provider_model(model, None, provider if known_provider else None, None)
     except LookupError:
         return None
+    source = SOURCE_CATALOG if known_provider else SOURCE_CATALOG_MODEL_ONLY
     model_price = model_info.get_prices(datetime.now(tz=timezone.utc))
     if any(isinstance(value, TieredPrices) for value in model_price.__dict__.values()):
-        return TieredRates(model_price)
+        return TieredRates(model_price, source)
 
     # The catalogue's prices are linear here, so the price of one million tokens of each kind gives
     # the per-token rate with genai-prices' own rules (e.g. cache reads default to the input price).
@@ -165,7 +175,7 @@ def catalog_pricer(provider: str, model: str) -> Pricer | None:
         cache_read=per_token(input_tokens=_MILLION, cache_read_tokens=_MILLION),
         cache_write=per_token(input_tokens=_MILLION, cache_write_tokens=_MILLION),
         reasoning=per_token(output_tokens=_MILLION, output_reasoning_tokens=_MILLION),
-        source=SOURCE_CATALOG,
+        source=source,
     )
 
 

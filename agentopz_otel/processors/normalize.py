@@ -7,11 +7,13 @@ highest-priority attribute present wins, so duplicate and deprecated names are n
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from genai_prices import data_snapshot
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..bounded_log import BoundedLog
 from ..components import Context, Factory
+from ..content import MAX_CONTENT_DEPTH
 from ..metrics import Counter, Family
 from ..model import (
     AGENT,
@@ -42,7 +45,10 @@ MAX_TOKENS = 10**10
 MAX_REPORTED_COST_USD = 1e6
 MAX_ANNOTATIONS = 8  # OpenInference annotations.{i}.annotation.* read per span
 MAX_EXPLANATION_CHARS = 1024  # evaluations may wait for their run: keep them small
+MAX_CONTENT_PARTS = 8  # OpenInference message_content parts read per message
 EVALUATION_EVENT = "gen_ai.evaluation.result"
+FLAG_EVALUATION_EVENT = "feature_flag.evaluation"  # OpenFeature's OpenTelemetry hook
+FLAG_VARIANT_ATTRIBUTES = ("feature_flag.result.variant", "feature_flag.variant")  # newest first
 
 log = logging.getLogger("agentopz_otel.normalize")
 
@@ -274,7 +280,7 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
         ),
     ),
     ("system_source", _tagged("parts"), ("gen_ai.system_instructions",)),
-    ("system_source", _tagged("messages"), ("gen_ai.input.messages",)),
+    ("system_source", _tagged("messages"), ("gen_ai.input.messages", "ai.prompt.messages")),
     ("system_source", _tagged("vercel_prompt"), ("ai.prompt",)),
     ("first_role", _text, ("llm.input_messages.0.message.role", "gen_ai.prompt.0.role")),
     ("first_content", _text, ("llm.input_messages.0.message.content", "gen_ai.prompt.0.content")),
@@ -283,6 +289,14 @@ DIALECT_TABLE: tuple[tuple[str, Converter, tuple[str, ...]], ...] = (
         "output",
         _tagged("text"),
         ("llm.output_messages.0.message.content", "ai.response.text", "gen_ai.completion.0.content"),
+    ),
+    *(
+        (f"system_part.{index}", _text, (f"llm.input_messages.0.message.contents.{index}.message_content.text",))
+        for index in range(MAX_CONTENT_PARTS)
+    ),
+    *(
+        (f"output_part.{index}", _text, (f"llm.output_messages.0.message.contents.{index}.message_content.text",))
+        for index in range(MAX_CONTENT_PARTS)
     ),
     ("output", _tagged("response"), ("output.value",)),
     ("output", _tagged("json_or_text"), ("traceloop.entity.output",)),
@@ -319,6 +333,23 @@ def build_attribute_table(rows=DIALECT_TABLE) -> dict[str, tuple[str, int, Conve
 ATTRIBUTE_TABLE = build_attribute_table()
 MAX_PRIORITY = len(ATTRIBUTE_TABLE)
 
+# Content sent as events (span events, or log records with the same names): event name -> (field,
+# attribute holding it, content format) in priority order. A log record may carry it as its body instead.
+CONTENT_EVENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    # Older GenAI semconv events; what Strands Agents emits by default.
+    "gen_ai.system.message": (("system_source", "content", "event"),),
+    "gen_ai.choice": (("output", "message", "event"), ("output", "content", "event")),
+    # The first GenAI semconv content events.
+    "gen_ai.content.prompt": (("system_source", "gen_ai.prompt", "messages"),),
+    "gen_ai.content.completion": (("output", "gen_ai.completion", "messages"),),
+    # The newest semconv: the span's content attributes, as one event.
+    "gen_ai.client.inference.operation.details": (
+        ("system_source", "gen_ai.system_instructions", "parts"),
+        ("system_source", "gen_ai.input.messages", "messages"),
+        ("output", "gen_ai.output.messages", "messages"),
+    ),
+}
+
 # Provider names as instrumentations spell them -> the provider id used in labels and pricing.
 PROVIDER_ALIASES = {
     "az.ai.openai": "azure",
@@ -326,6 +357,7 @@ PROVIDER_ALIASES = {
     "az.ai.inference": "azure",
     "azure.ai.inference": "azure",
     "azure_openai": "azure",
+    "azure-openai": "azure",
     "vertex_ai": "google",
     "gcp.vertex_ai": "google",
     "gemini": "google",
@@ -340,11 +372,62 @@ PROVIDER_ALIASES = {
     "mistralai": "mistral",
     "x_ai": "x-ai",
     "xai": "x-ai",
-    "openai.chat": "openai",
-    "openai.responses": "openai",
-    "openai.completion": "openai",
-    "anthropic.messages": "anthropic",
 }
+# Vercel AI SDK and others append the API they used (`openai.chat`, `openai.responses`): the provider is
+# what comes before.
+API_FLAVOURS = frozenset({"chat", "responses", "completion", "completions", "messages", "embedding", "embeddings"})
+# Values that name the framework, not the model provider (Strands reports `gen_ai.system=strands-agents`):
+# the provider is unknown, and the model is priced by model alone.
+FRAMEWORK_PROVIDER_VALUES = frozenset(
+    {
+        "strands-agents",
+        "strands",
+        "langchain",
+        "langgraph",
+        "llamaindex",
+        "llama_index",
+        "pydantic-ai",
+        "pydantic_ai",
+        "openai-agents",
+        "openai_agents",
+        "crewai",
+        "autogen",
+        "semantic_kernel",
+        "haystack",
+        "dspy",
+        "agno",
+        "litellm",
+        "mastra",
+    }
+)
+UNKNOWN_PROVIDER = ""
+# Model-name prefixes that name a provider (`openai/gpt-4o-mini`, as LiteLLM-style clients send them).
+MODEL_PREFIX_PROVIDERS = frozenset(
+    {provider.id for provider in data_snapshot.get_snapshot().providers} | set(PROVIDER_ALIASES)
+)
+
+
+def canonical_provider(value: str) -> str:
+    """The model provider a reported provider value stands for; "" when the value names no provider."""
+    provider = value.lower()
+    if provider in FRAMEWORK_PROVIDER_VALUES:
+        return UNKNOWN_PROVIDER
+    base, dot, flavour = provider.rpartition(".")
+    if dot and flavour in API_FLAVOURS:
+        provider = base
+    return PROVIDER_ALIASES.get(provider, provider)
+
+
+def split_model_prefix(provider: str, model: str) -> tuple[str, str]:
+    """(provider, model) with a provider prefix of the model name taken as the provider, when the reported
+    provider does not say otherwise (an aggregator such as openrouter keeps `openai/gpt-4o` as its model)."""
+    prefix, slash, name = model.partition("/")
+    if slash and name:
+        named = canonical_provider(prefix)
+        if named in MODEL_PREFIX_PROVIDERS and provider in (UNKNOWN_PROVIDER, named):
+            return named, name
+    return provider, model
+
 
 # Failed calls by HTTP status, then by words in error.type / status message / exception type.
 _HTTP_STATUS_CLASSES = {429: STATUS_RATE_LIMITED, 408: STATUS_TIMEOUT, 504: STATUS_TIMEOUT}
@@ -459,6 +542,8 @@ class Normalizer:
             values[field] = value
             priorities[field] = priority
         view = SpanView(span, service)
+        if span.events:
+            _read_events(view, span, values)
         self._fill(view, span, values)
         # Priority 0 of prompt_version is our own agentopz.prompt.version: the span has one already.
         view.version_attribute = priorities.get("prompt_version") == 0
@@ -484,8 +569,11 @@ class Normalizer:
                     view.agent_is_span_name = True
         view.kind = kind
         if kind == LLM:
-            provider = get("provider", "")
-            view.provider = PROVIDER_ALIASES.get(provider, provider).lower()
+            provider = canonical_provider(get("provider", ""))
+            if "/" in model:
+                provider, model = split_model_prefix(provider, model)
+                view.model = model
+            view.provider = provider
             cache_read = get("cache_read_tokens")
             cache_write = get("cache_write_tokens")
             reasoning = get("reasoning_tokens")
@@ -514,10 +602,16 @@ class Normalizer:
         if kind in (LLM, AGENT):
             view.prompt_version = get("prompt_version")
             system_source = get("system_source")
-            if system_source is None and get("first_role") == "system" and "first_content" in values:
-                system_source = ("text", values["first_content"])
+            if system_source is None and get("first_role") == "system":
+                if "first_content" in values:
+                    system_source = ("text", values["first_content"])
+                elif "system_part.0" in values:
+                    system_source = ("text", _joined_parts(values, "system_part"))
             view.system_source = system_source
-            view.output = get("output")
+            output = get("output")
+            if output is None and "output_part.0" in values:
+                output = ("text", _joined_parts(values, "output_part"))
+            view.output = output
         if kind == EVALUATOR:
             _evaluator_span(view, span, values)
         elif span.events or "annotation.0.name" in values:
@@ -529,6 +623,99 @@ class Normalizer:
             or ("tool_status" in values and values["tool_status"].lower() in _FAILED_TOOL_STATUSES)
         ):
             view.status = classify_failure(span, error_type, get("http_status")) if kind != TOOL else STATUS_ERROR
+
+
+def _joined_parts(values: dict[str, Any], field: str) -> str:
+    texts = []
+    for index in range(MAX_CONTENT_PARTS):
+        text = values.get(f"{field}.{index}")
+        if text is not None:
+            texts.append(text)
+    return "\n".join(texts)
+
+
+def _read_events(view: SpanView, span: Span, values: dict[str, Any]) -> None:
+    """Content events fill the content fields the attributes left empty; a feature-flag evaluation
+    gives the variant served."""
+    from_attributes = {field for field in ("system_source", "output") if field in values}
+    for event in span.events:
+        name = event.name
+        if name == FLAG_EVALUATION_EVENT:
+            if view.flag is None:
+                view.flag = flag_evaluation(event.attributes)
+        elif name in CONTENT_EVENTS:
+            for field, source in event_content(name, event.attributes, None):
+                # Attributes win; among events the first system message and the last choice.
+                if field not in from_attributes and (field == "output" or field not in values):
+                    values[field] = source
+
+
+def event_content(name: str, attributes, body: AnyValue | None) -> list[tuple[str, tuple[str, str]]]:
+    """(field, (format, raw)) pairs of content carried by a content event (span event or log record)."""
+    wanted = CONTENT_EVENTS.get(name)
+    if wanted is None:
+        return []
+    by_key = {attribute.key: attribute.value for attribute in attributes if attribute.key in _CONTENT_EVENT_KEYS}
+    found: dict[str, tuple[str, str]] = {}
+    for field, key, content_format in wanted:
+        value = by_key.get(key)
+        if field not in found and value is not None and (raw := any_value_text(value)) is not None:
+            found[field] = (content_format, raw)
+    field, _, content_format = wanted[0]
+    if not found and content_format == "event" and body is not None:
+        # The older events as log records carry their message as the body.
+        raw = any_value_text(body)
+        if raw is not None:
+            found[field] = (content_format, raw)
+    return list(found.items())
+
+
+def log_event_name(log_record) -> str:
+    """A log record's event name: the field, or the `event.name` attribute older SDKs send."""
+    if log_record.event_name:
+        return log_record.event_name
+    return next((kv.value.string_value for kv in log_record.attributes if kv.key == "event.name"), "")
+
+
+_CONTENT_EVENT_KEYS = frozenset(key for fields in CONTENT_EVENTS.values() for _, key, _ in fields)
+
+
+def any_value_text(value: AnyValue) -> str | None:
+    """A string value as it is; a structured one (kvlist, array) as JSON, the form content decoding reads."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which in ("kvlist_value", "array_value"):
+        return json.dumps(_plain(value, 0))
+    return None
+
+
+def _plain(value: AnyValue, depth: int) -> Any:
+    which = value.WhichOneof("value")
+    if which == "kvlist_value":
+        if depth >= MAX_CONTENT_DEPTH:
+            return None
+        return {kv.key: _plain(kv.value, depth + 1) for kv in value.kvlist_value.values}
+    if which == "array_value":
+        if depth >= MAX_CONTENT_DEPTH:
+            return None
+        return [_plain(item, depth + 1) for item in value.array_value.values]
+    if which == "bytes_value":
+        return None
+    return getattr(value, which) if which is not None else None
+
+
+def flag_evaluation(attributes) -> tuple[str, str] | None:
+    """(flag key, variant) of an OpenFeature `feature_flag.evaluation` event, when it names a variant."""
+    key = ""
+    variants: dict[str, str] = {}
+    for attribute in attributes:
+        if attribute.key == "feature_flag.key":
+            key = attribute.value.string_value
+        elif attribute.key in FLAG_VARIANT_ATTRIBUTES and attribute.value.string_value:
+            variants[attribute.key] = attribute.value.string_value
+    variant = next((variants[name] for name in FLAG_VARIANT_ATTRIBUTES if name in variants), None)
+    return (key, variant) if variant is not None else None
 
 
 def evaluation_from_attributes(attributes, response_id: str | None = None) -> Evaluation | None:

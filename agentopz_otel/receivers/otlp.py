@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import base64
 import functools
-import hmac
 import json
 import logging
 import math
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -33,8 +31,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..bearer import TokenConfig, bearer_credentials, token_matches
 from ..components import Consumer, Context, Factory
 from ..httpserver import ConnectionGuard, HttpServerConfig, serve
 from ..metrics import Counter, Family
@@ -108,27 +107,6 @@ class Protocols(BaseModel):
     http: HttpProtocol | None = None
 
 
-class BearerAuth(BaseModel):
-    """Require `Authorization: Bearer <token>` on both transports."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    token: SecretStr | None = None
-    token_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> BearerAuth:
-        if (self.token is None) == (self.token_file is None):
-            raise ValueError("give exactly one of token or token_file")
-        return self
-
-    def secret(self) -> bytes:
-        if self.token is not None:
-            return self.token.get_secret_value().encode()
-        assert self.token_file is not None
-        return self.token_file.read_text().strip().encode()
-
-
 class OtlpReceiverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -138,7 +116,7 @@ class OtlpReceiverConfig(BaseModel):
         default=256 * 1024 * 1024, ge=1024, description="request bytes being read or handled at once, both transports"
     )
     retry_after_seconds: float = Field(default=5.0, gt=0)
-    auth: BearerAuth | None = None
+    auth: TokenConfig | None = None
 
     @model_validator(mode="after")
     def _some_protocol(self) -> OtlpReceiverConfig:
@@ -279,7 +257,7 @@ class OtlpReceiver:
         self.id = component_id
         self._config = config
         self._consumer: Consumer | None = None
-        self._secret = config.auth.secret() if config.auth else None
+        self._secret = config.auth.secret(f"receivers.{component_id}.auth") if config.auth else None
         self._inflight_bytes = 0
         self._grpc_server: grpc.aio.Server | None = None
         self._http_runner: web.AppRunner | None = None
@@ -334,12 +312,7 @@ class OtlpReceiver:
         return Accepted(removed, message)
 
     def _authorized(self, header: str | None) -> bool:
-        if self._secret is None:
-            return True
-        scheme, _, token = (header or "").partition(" ")
-        if scheme.lower() != "bearer":  # RFC 7235: the scheme is case-insensitive
-            return False
-        return hmac.compare_digest(token.strip().encode(), self._secret)
+        return self._secret is None or token_matches(bearer_credentials(header), self._secret)
 
     def _accept(self, signal: Signal, request: Message, transport: str) -> Message:
         accepted = self.accept(request, transport) if signal is TRACES else self.accept_logs(request, transport)

@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from scipy.stats import mannwhitneyu
-
 Verdict = Literal["pass", "fail", "inconclusive"]
 PASS: Verdict = "pass"
 FAIL: Verdict = "fail"
@@ -193,6 +191,9 @@ def rank_test(
             return state
         evidence = {"candidate_runs": len(candidate), "baseline_runs": len(baseline), "min_runs": min_runs}
         return RankLooks(0, GuardResult(guard, INCONCLUSIVE, 0.0, math.log(1 / look_alpha(1, alpha)), evidence))
+    # scipy.stats takes a second of CPU to import: only when a rank test first runs, not at service start.
+    from scipy.stats import mannwhitneyu
+
     look = state.looks + 1
     spent = look_alpha(look, alpha)
     scaled = [value * tolerance for value in baseline]

@@ -123,7 +123,7 @@ class RolloutsExtension:
         )
         store.create_schema()
         if self.config.evaluation_auth is not None:
-            self._evaluation_token = self.config.evaluation_auth.load(f"extensions.{self.id}.evaluation_auth")
+            self._evaluation_token = self.config.evaluation_auth.secret(f"extensions.{self.id}.evaluation_auth")
         with self._lock:
             self._store = store
             self._agents, self._rollouts = store.load()

@@ -17,7 +17,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...model import LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
-from ..prompt_version import UNKNOWN_VERSION
+from ..prompt_version import FROM_FLAG, FROM_NOTHING, UNKNOWN_VERSION
 from ..quality import Evaluation
 
 MAX_MODELS_PER_RUN = 8
@@ -82,6 +82,7 @@ class Group:
         "top_parent",
         "trace",
         "unpriced_calls",
+        "version_rank",
     )
 
     def __init__(self, trace: TraceState, top_parent: bytes, now: float) -> None:
@@ -102,6 +103,7 @@ class Group:
         # Calls held back from the call metrics until the agent of their run is known.
         self.calls: list[Call] | None = None
         self.prompt_version: str | None = None
+        self.version_rank = FROM_NOTHING  # where prompt_version came from (prompt_version.FROM_*)
         self.failed = False
         self.start_time = 0
         self.end_time = 0
@@ -140,7 +142,18 @@ class Group:
     def has_work(self) -> bool:
         return self.llm_calls > 0 or self.tool_calls > 0 or self.is_run
 
+    def offer_version(self, version: str | None, rank: int, replace_equal: bool = False) -> None:
+        """Keep the most authoritative prompt version offered: an explicit attribute, then a flag's variant,
+        then the instructions' hash; among equals the first (or, with replace_equal, the newest)."""
+        if version not in (None, UNKNOWN_VERSION) and (
+            rank < self.version_rank or (replace_equal and rank == self.version_rank)
+        ):
+            self.prompt_version = version
+            self.version_rank = rank
+
     def add(self, view: SpanView) -> None:
+        if view.flag_version is not None:
+            self.offer_version(view.flag_version, FROM_FLAG)
         if view.agent and self.agent is None:
             self.agent = view.agent
         if not self.service:
@@ -164,8 +177,7 @@ class Group:
                 self.llm_errors += 1
             if view.model and view.model not in self.models and len(self.models) < MAX_MODELS_PER_RUN:
                 self.models.append(view.model)
-            if self.prompt_version is None and view.prompt_version not in (None, UNKNOWN_VERSION):
-                self.prompt_version = view.prompt_version
+            self.offer_version(view.prompt_version, view.prompt_version_from)
             if view.end_time >= self.final_call_end:
                 self.final_call_end = view.end_time
                 self.finish_reason = view.finish_reason
@@ -218,7 +230,7 @@ class Group:
             else:
                 self.calls = other.calls
             other.calls = None
-        self.prompt_version = self.prompt_version or other.prompt_version
+        self.offer_version(other.prompt_version, other.version_rank)
         self.service = self.service or other.service
         self.last_seen = max(self.last_seen, other.last_seen)
         other.merged_into = self

@@ -43,6 +43,7 @@ from .assembly import (
     unfinished,
 )
 from .checkpoint import CheckpointConfig, RunCheckpoint, RunState
+from .content import LoggedContent
 from .evaluations import EvaluationRouter
 from .outcome import SUCCESS, RunLimit, decide_outcome
 from .publishing import (
@@ -133,6 +134,7 @@ class RunsProcessor:
             config.abandon_after_seconds,
             self._find_trace,
         )
+        self._logged_content = LoggedContent(config.abandon_after_seconds, config.quality.max_output_chars)
         self._evicted = registry.counter(
             "agentopz_evicted_runs_total",
             "Runs dropped before finishing: the open-run cap was reached (capacity) or the service stopped (shutdown).",
@@ -225,12 +227,15 @@ class RunsProcessor:
         return trace
 
     def _open_groups(self) -> Iterator[Group]:
-        for trace in self._traces.values():
+        # Over a copy: the in-flight gauges read it in slices, with intake running in between.
+        for trace in list(self._traces.values()):
             yield from unfinished(trace)
 
     def process_logs(self, request: ExportLogsServiceRequest) -> None:
-        """Evaluation results sent as log records, matched to their run by span or response id."""
+        """Evaluation results sent as log records, matched to their run by span or response id; content
+        events sent as log records, kept for their trace's run."""
         self._evaluations.process_logs(request)
+        self._logged_content.process_logs(request)
 
     # -- span intake ---------------------------------------------------------------------------
 
@@ -238,7 +243,8 @@ class RunsProcessor:
         now = time.monotonic()
         held: list[SpanView] = []
         # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
-        genai = {view.trace_id for view in batch.views if view.kind != OTHER}
+        # A flag evaluation (the prompt version a run was served) counts too: it often ends first.
+        genai = {view.trace_id for view in batch.views if view.kind != OTHER or view.flag_version is not None}
         for view in batch.views:
             if self._take(view, now, genai):
                 held.append(view)
@@ -304,8 +310,8 @@ class RunsProcessor:
             group.agent = view.agent or group.agent
             group.named = view.agent is not None and not view.agent_is_span_name
             group.service = view.service
-            if view.prompt_version not in (None, UNKNOWN_VERSION):  # the agent's own version beats its calls'
-                group.prompt_version = view.prompt_version
+            # The agent's own version beats its calls' of the same rank.
+            group.offer_version(view.prompt_version, view.prompt_version_from, replace_equal=True)
             group.failed = view.status != STATUS_OK
             group.start_time = view.span.start_time_unix_nano
             group.end_time = view.end_time
@@ -377,6 +383,10 @@ class RunsProcessor:
     def _forget(self, trace: TraceState) -> None:
         self._remembered -= len(trace.seen)
         trace.seen = set()
+        # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
+        # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
+        trace.nodes = {}
+        trace.groups = []
 
     def _hold_call(self, group: Group, view: SpanView) -> None:
         """The call metrics carry the agent of the call's run: at once when it is known, else later."""
@@ -454,7 +464,9 @@ class RunsProcessor:
                 if not outer.named and (group.named or outer.agent is None) and group.agent:
                     # A wrapper without a name of its own (a workflow span): the run is the named agent's.
                     outer.agent, outer.named = group.agent, group.named
-                else:
+                elif not (group.agent == outer.agent and group.parent_id == outer.root_span_id):
+                    # (An agent span directly inside one of the same agent, as OpenLLMetry's LangGraph
+                    # workflow span inside invoke_agent, is that agent, not a sub-agent.)
                     outer.sub_agents += 1
 
     def tick(self, now: float) -> None:
@@ -509,6 +521,7 @@ class RunsProcessor:
     def _expire(self, now: float) -> None:
         """Forget evaluations that never found their run, and finished traces past the late window."""
         self._evaluations.expire(now)
+        self._logged_content.expire(now)
         window = self.config.late_window_seconds
         while self._finished and (
             now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs
@@ -538,6 +551,7 @@ class RunsProcessor:
         return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
 
     def _finish(self, group: Group, abandoned: bool, wall_now: float) -> RunRecord:
+        self._logged_content.apply(group)
         service = group.service or "unknown_service"
         agent = group.agent or service
         duration = (group.end_time - group.start_time) / 1e9 if group.root_span_id and not abandoned else None
@@ -609,13 +623,13 @@ class RunsProcessor:
     def _evict(self) -> None:
         while len(self._traces) > self.config.max_open_runs:
             _, trace = self._traces.popitem(last=False)
-            self._forget(trace)
             for group in unfinished(trace):
                 if group.has_work:
                     self._evicted.series(("capacity",)).value += 1
                 if group.root is not None:
                     self._publisher.emit_root(group.root)
                 self._release(group, group.agent if group.is_run else None)
+            self._forget(trace)
 
     def flush(self) -> None:
         """At shutdown: finish every run whose root arrived; count the rest as evicted."""

@@ -3,6 +3,7 @@ forwarded with the run totals, and the run and in-flight metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -26,6 +27,7 @@ from .outcome import OUTCOMES, SUCCESS
 RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+IN_FLIGHT_SLICE = 2_000  # open runs read between two yields to the event loop
 
 
 class RunLogConfig(BaseModel):
@@ -240,10 +242,13 @@ class RunMetrics:
         self._tool_calls.series(labels).observe(record.tool_calls)
         self._last_finished.series((record.service, record.agent)).value = record.finished_at
 
-    def _refresh_in_flight(self) -> None:
+    async def _refresh_in_flight(self) -> None:
+        # In slices: with 100,000 open runs a whole pass would hold the event loop for a second.
         counts: dict[tuple[str, str], list[float]] = {}
         open_groups = 0
-        for group in self._open_groups():
+        for index, group in enumerate(self._open_groups()):
+            if index % IN_FLIGHT_SLICE == IN_FLIGHT_SLICE - 1:
+                await asyncio.sleep(0)
             if not group.has_work:
                 continue
             open_groups += 1

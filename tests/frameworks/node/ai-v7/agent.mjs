@@ -1,0 +1,35 @@
+// Vercel AI SDK 7: generateText with a tool and the OpenTelemetry integration (@ai-sdk/otel, GenAI
+// semantic conventions), the Responses API model, exported with the OpenTelemetry JS SDK over OTLP/HTTP.
+import { createOpenAI } from "@ai-sdk/openai";
+import { OpenTelemetry } from "@ai-sdk/otel";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
+import { generateText, registerTelemetry, stepCountIs, tool } from "ai";
+import { z } from "zod";
+
+const provider = new NodeTracerProvider({
+  resource: resourceFromAttributes({ "service.name": process.env.OTEL_SERVICE_NAME }),
+  spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter())],
+});
+provider.register();
+registerTelemetry(new OpenTelemetry());
+
+const openai = createOpenAI({ baseURL: process.env.OPENAI_BASE_URL, apiKey: process.env.OPENAI_API_KEY });
+const result = await generateText({
+  model: openai("gpt-4o"),
+  system: process.env.AGENT_SYSTEM_PROMPT,
+  prompt: "What is the weather in Paris?",
+  tools: {
+    get_weather: tool({
+      description: "Current weather for a city.",
+      inputSchema: z.object({ city: z.string() }),
+      execute: async ({ city }) => `Sunny, 21 C in ${city}`,
+    }),
+  },
+  stopWhen: stepCountIs(5),
+  telemetry: { functionId: "weather_agent" },
+});
+await provider.shutdown();
+console.log(JSON.stringify({ answer: result.text }));
