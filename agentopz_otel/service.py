@@ -67,10 +67,10 @@ class Pipeline:
             if hasattr(exporter, "export_logs"):
                 exporter.export_logs(request, count)
 
-    def export_calls(self, calls: list[tuple[Call, str]]) -> None:
+    def export_calls(self, calls: list[Call], agent: str | None) -> None:
         for exporter in self.exporters:
             if hasattr(exporter, "export_calls"):
-                exporter.export_calls(calls)
+                exporter.export_calls(calls, agent)
 
 
 @dataclass

@@ -711,6 +711,18 @@ def test_the_built_in_default_config_assembles_runs(start_service):
     assert service.value("agentopz_llm_calls_total", service="default-svc", agent="support", status="rate_limited") == 1
 
 
+def test_held_calls_count_when_a_named_top_level_agent_arrives_not_only_at_the_end(start_service, tmp_path):
+    service = start_service(service_body(runs=runs_config(tmp_path / "runs.jsonl", grace_seconds=60)))
+    root, chat, tool = raw_run(b"\x48" * 16, agent="support")
+    send(service, [chat, tool])
+    time.sleep(0.5)
+    assert service.value("agentopz_llm_calls_total") == 0  # held: the agent of their run is not known yet
+    send(service, [root])
+    assert service.wait_for("agentopz_llm_calls_total", 1, agent="support") == 1
+    assert service.value("agentopz_tool_calls_total", agent="support", tool="search") == 1
+    assert service.value("agentopz_runs_total") == 0  # the run is still in its grace period
+
+
 # -- open runs across a restart ------------------------------------------------------------------
 
 

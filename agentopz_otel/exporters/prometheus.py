@@ -97,10 +97,10 @@ class PrometheusExporter:
             if (view.kind == LLM or view.kind == TOOL) and not view.skip_call_metrics:
                 self._record(call_of(view), view.agent or view.service)
 
-    def export_calls(self, calls: Iterable[tuple[Call, str]]) -> None:
-        """Calls whose metrics waited for the agent of their run, each with that agent."""
-        for call, agent in calls:
-            self._record(call, agent)
+    def export_calls(self, calls: Iterable[Call], agent: str | None) -> None:
+        """Calls whose metrics waited for the agent of their run (None: outside any run, each call's own)."""
+        for call in calls:
+            self._record(call, agent or call.agent or call.service)
 
     def _record(self, call: Call, agent: str) -> None:
         if call.kind == LLM:

@@ -4,6 +4,11 @@ A run is the outermost agent span of a trace with everything beneath it; a trace
 no agent span is one run of its root. How spans are grouped is in `assembly`, how an outcome is
 decided in `outcome`, where finished runs go in `publishing`, how evaluations find their run in
 `evaluations`.
+
+Two things reach beyond the runs themselves. Per-call metrics carry the agent of the call's run:
+a call whose run's agent is not known yet is marked so the exporters skip it, held as a `Call`, and
+handed to the exporters' call metrics (`emit_calls`) once the agent is known or the run finishes.
+And a span received again (same trace and span id) while its id is remembered is counted nowhere.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from sys import intern
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
@@ -153,7 +157,7 @@ class RunsProcessor:
             "Spans received again (same trace and span id) while remembered: not counted again in any metric.",
         )
         self._remembered = 0  # span ids in the `seen` sets of open and finished traces
-        self._emit_calls: Callable[[list[tuple[Call, str]]], None] | None = None
+        self._emit_calls: Callable[[list[Call], str | None], None] | None = None
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -161,7 +165,7 @@ class RunsProcessor:
         self,
         emit_spans: Callable[[Batch], None],
         emit_logs: Callable[[ExportLogsServiceRequest, int], None],
-        emit_calls: Callable[[list[tuple[Call, str]]], None] | None = None,
+        emit_calls: Callable[[list[Call], str | None], None] | None = None,
     ) -> None:
         """Where finished runs go: their root spans to the rest of the pipeline, their records to log
         exporters; calls held until their run's agent was known go to the exporters' call metrics."""
@@ -378,8 +382,8 @@ class RunsProcessor:
     def _remember(self, trace: TraceState, span_id: bytes) -> None:
         """Keep the span's id, within the budget: the oldest finished traces make room first."""
         if self._remembered >= self.config.max_remembered_span_ids:
-            if not self._finished:
-                return  # open traces hold the whole budget: a copy of this span would count again
+            if not self._finished or not self.config.max_remembered_span_ids:
+                return  # open traces hold the whole budget (or there is none): a copy would count again
             self._forget(self._finished.popitem(last=False)[1][0])
         trace.seen.add(span_id)
         self._remembered += 1
@@ -402,11 +406,7 @@ class RunsProcessor:
         view.skip_call_metrics = True
         if group.calls is None:
             group.calls = []
-        call = call_of(view)
-        # Each span brings its own copies of these strings: held calls share one.
-        group.calls.append(
-            call._replace(service=intern(call.service), provider=intern(call.provider), name=intern(call.name))
-        )
+        group.calls.append(call_of(view))
 
     def _settle(self, group: Group) -> None:
         """A run whose agent can no longer change (named by its agent span, not inside another run)
@@ -420,7 +420,7 @@ class RunsProcessor:
         outside any run)."""
         calls, group.calls = group.calls, None
         if calls and self._emit_calls is not None:
-            self._emit_calls([(call, agent or call.agent or call.service) for call in calls])
+            self._emit_calls(calls, agent)
 
     def _merge(self, into: Group, other: Group) -> None:
         """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
