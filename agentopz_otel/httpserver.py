@@ -75,13 +75,11 @@ class ConnectionGuard:
         config: HttpServerConfig,
         metrics: Registry,
         retry_after_seconds: float,
-        reads_body: bool = True,
     ) -> None:
-        """With `reads_body`, the guard reads each body before the route; otherwise the route reads it
-        (streaming, with its own size limit) and calls `body_read` when done."""
+        """Routes read their own bodies; one that calls `body_read` when done ends the body deadline
+        there, for any other the deadline covers the whole request."""
         self.server = server
         self.config = config
-        self._reads_body = reads_body
         self._retry_after = str(math.ceil(retry_after_seconds))
         self._open: set[GuardedHandler] = set()
         self._timeouts = {
@@ -134,9 +132,6 @@ class ConnectionGuard:
             return response
         self.enter(protocol, Phase.BODY)
         try:
-            if self._reads_body:
-                await request.read()
-                self.body_read(request)
             return await handler(request)
         except ConnectionResetError:
             # The sender went away or was cut off by a deadline: nobody is left to answer, nothing to log.

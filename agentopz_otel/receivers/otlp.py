@@ -457,9 +457,7 @@ class OtlpReceiver:
         app = web.Application(client_max_size=self._config.max_request_bytes + 1)
         for signal in (TRACES, LOGS):
             app.router.add_post(signal.http_path, functools.partial(self._http_export, signal))
-        self._http_guard = ConnectionGuard(
-            self.id, protocol, self._metrics, self._config.retry_after_seconds, reads_body=False
-        )
+        self._http_guard = ConnectionGuard(self.id, protocol, self._metrics, self._config.retry_after_seconds)
         # Decompression is ours (gunzip) so the size limit applies to the decompressed body.
         self._http_runner, _ = await serve(
             app, self._http_guard, f"receiver {self.id}: cannot listen for OTLP/HTTP", auto_decompress=False
