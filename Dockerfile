@@ -16,6 +16,9 @@ RUN pip install ".[demo]" && rm -rf /src
 
 COPY collector-config/agentopz.yaml /etc/agentopz/agentopz.yaml
 RUN useradd --system --uid 10001 --no-create-home agentopz
+# Rollout state, the audit log and any persistent queue live in one SQLite file here.
+RUN mkdir -p /var/lib/agentopz && chown 10001 /var/lib/agentopz
+ENV AGENTOPZ_STORAGE_PATH=/var/lib/agentopz/agentopz.sqlite
 USER 10001
 WORKDIR /
 
