@@ -177,7 +177,7 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
         )
         service = RunningService(process, grpc_port, http_port, admin_port, log_path)
         started.append(service)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"service exited with {process.returncode}:\n{service.log()}")
