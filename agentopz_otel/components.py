@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from .metrics import Registry
 from .model import Batch
+from .records import InFlightRuns, RunFeed
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -73,34 +74,6 @@ class Storage(Protocol):
     """What a storage extension offers pipeline components, which never import extensions."""
 
     def connect(self, client: str) -> sqlite3.Connection: ...
-
-
-class RunFeed:
-    """Finished runs, published by runs processors to whoever subscribed (extensions such as the
-    console or canary analysis). Subscribers are called on the event loop and must be quick."""
-
-    def __init__(self) -> None:
-        self._subscribers: list[Callable[[Sequence[Any]], None]] = []
-
-    def subscribe(self, callback: Callable[[Sequence[Any]], None]) -> None:
-        self._subscribers.append(callback)
-
-    def publish(self, records: Sequence[Any]) -> None:
-        for callback in self._subscribers:
-            try:
-                callback(records)
-            except Exception:
-                logging.getLogger("agentopz_otel").exception("a finished-runs subscriber failed; continuing")
-
-
-@dataclass
-class InFlightRuns:
-    """Runs in progress of one (service, agent): how many, and the most expensive one so far."""
-
-    runs: int = 0
-    max_cost_usd: float = 0.0
-    max_cost_trace_id: str = ""
-    max_steps: int = 0
 
 
 @dataclass

@@ -37,7 +37,7 @@ from ..model import (
     Batch,
     SpanView,
 )
-from .quality import Evaluation
+from ..records import Evaluation
 
 # A token count above this is treated as invalid input, not priced (a hostile or broken sender
 # must not be able to put 2**63 tokens into a counter).

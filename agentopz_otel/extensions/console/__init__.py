@@ -23,8 +23,8 @@ from aiohttp import web
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...components import Context, Factory, InFlightRuns
-from ...processors.runs import RunRecord
+from ...components import Context, Factory
+from ...records import InFlightRuns, RunRecord
 from ...slo import SLO, load_spec
 from . import pages
 from .actions import ConsoleActions

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ...metrics import Registry
-from ...processors.runs import SUCCESS, RunRecord
+from ...records import SUCCESS, RunRecord
 from ...slo import SLO, CostSLI, LatencySLI, QualitySLI, SuccessSLI
 
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400}

@@ -11,9 +11,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from ...metrics import Registry
 from ...model import SpanView
+from ...records import Evaluation
 from ..normalize import EVALUATION_EVENT, evaluation_from_attributes
 from ..prompt_version import UNKNOWN_VERSION
-from ..quality import Evaluation, EvaluationRule, evaluation_verdict
+from ..quality import EvaluationRule, evaluation_verdict
 from .assembly import MAX_EVALUATIONS_PER_RUN, Group, TraceState
 
 SCORE_BUCKETS = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 10)

@@ -27,10 +27,11 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...components import Context, Factory, InFlightRuns, RunFeed, Storage
+from ...components import Context, Factory, Storage
 from ...content import input_text
 from ...metrics import Registry
 from ...model import AGENT, LLM, OTHER, STATUS_OK, TOOL, Batch, Call, SpanView, call_of
+from ...records import SUCCESS, InFlightRuns, RunFeed, RunRecord
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityConfig, QualityEvaluator
 from .assembly import (
@@ -46,14 +47,13 @@ from .assembly import (
 from .checkpoint import CheckpointConfig, RunCheckpoint, RunState
 from .content import LoggedContent
 from .evaluations import EvaluationRouter
-from .outcome import SUCCESS, RunLimit, decide_outcome
+from .outcome import RunLimit, decide_outcome
 from .publishing import (
     RUN_COST_BUCKETS,
     RUN_DURATION_BUCKETS,
     RunLogConfig,
     RunMetrics,
     RunPublisher,
-    RunRecord,
     add_totals,
     in_flight_runs,
 )

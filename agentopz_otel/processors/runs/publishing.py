@@ -4,11 +4,9 @@ forwarded with the run totals, and the run and in-flight metrics."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -17,12 +15,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...components import InFlightRuns, RunFeed
 from ...metrics import Registry
 from ...model import Batch, add_attribute
-from ..quality import UNKNOWN
+from ...records import OUTCOMES, SUCCESS, InFlightRuns, RunFeed, RunRecord
 from .assembly import Group, HeldRoot
-from .outcome import OUTCOMES, SUCCESS
 
 RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
@@ -35,42 +31,6 @@ class RunLogConfig(BaseModel):
 
     path: str | None = Field(default=None, description="JSON lines file; '-' for stdout; unset: no file")
     otlp: bool = Field(default=True, description="also send each record as an OTLP log record to OTLP exporters")
-
-
-@dataclass
-class RunRecord:
-    """A finished run: what the run log writes and the quality checks receive."""
-
-    trace_id: str
-    root_span_id: str
-    service: str
-    agent: str
-    prompt_version: str
-    outcome: str
-    started_at: float
-    finished_at: float
-    duration_seconds: float | None
-    cost_usd: float | None
-    cost_complete: bool
-    tokens: dict[str, int]
-    steps: int
-    llm_calls: int
-    llm_errors: int
-    tool_calls: int
-    tool_errors: int
-    sub_agents: int
-    models: list[str]
-    # Per model and per tool: [calls, failed calls] (at most MAX_MODELS_PER_RUN and MAX_TOOLS_PER_RUN names).
-    calls_by_model: dict[str, list[int]] = field(default_factory=dict)
-    calls_by_tool: dict[str, list[int]] = field(default_factory=dict)
-    quality_verdict: str = UNKNOWN
-    failed_checks: list[str] = field(default_factory=list)
-    limit_exceeded: str | None = None
-    # The start of the run's input, only when an extension displays content (Context.run_input_chars).
-    input_start: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True)
 
 
 def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
