@@ -22,6 +22,7 @@ from .components import ComponentKind, Factory, component_type, factories
 from .httpserver import HttpServerConfig
 from .metrics import CardinalityConfig
 from .netaddr import Endpoint
+from .registry import builtin_factories
 
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -107,7 +108,7 @@ def _substitute_env(text: str) -> str:
 def _build_components(
     kind: ComponentKind, section: str, raw: dict[str, dict[str, Any] | None]
 ) -> dict[str, ComponentConfig]:
-    known = factories()
+    known = factories(builtin_factories())
     types = sorted(t for k, t in known if k == kind)
     built = {}
     for component_id, body in raw.items():
