@@ -5,7 +5,7 @@ and no per-observation allocation once a series exists. Label values pass a per-
 (new values past it become `other`, counted in `agentopz_label_overflow_total{label}`); new series
 also pass a per-metric cap and one budget for the whole registry, sized so a scrape stays small.
 Exposition copies the values on the event loop (`Registry.snapshot`) and formats the copy elsewhere
-(exporters/prometheus.py), so the hot path needs no lock.
+(exposition.py), so the hot path needs no lock.
 """
 
 from __future__ import annotations
