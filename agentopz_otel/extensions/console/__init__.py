@@ -90,7 +90,9 @@ class ConsoleExtension:
         self._in_flight: tuple[float, dict[str, InFlightRuns]] = (-IN_FLIGHT_MAX_AGE, {})
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
         self._runbooks_dir = Path(config.runbooks_dir) if config.runbooks_dir else None
-        self.actions = ConsoleActions(self, config.session_hours, config.allowed_hosts)
+        self.actions = ConsoleActions(
+            self.page, context.extensions, config.rollouts, config.session_hours, config.allowed_hosts
+        )
         context.finished_runs.subscribe(self._received)
         for method, path, handler in (
             ("GET", "/", self._fleet),

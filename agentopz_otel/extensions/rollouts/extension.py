@@ -19,9 +19,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
-from ...components import Context, Factory
+from ...components import Context
 from ..storage import StorageExtension
-from .api import admin_routes
 from .flagd import flagd_document
 from .model import (
     ACTIONS,
@@ -113,7 +112,6 @@ class RolloutsExtension:
         self.snapshot = Snapshot((), {}, self._evaluations)
         self.flagd_body = b""
         self.flagd_etag = ""
-        context.admin_routes.extend(admin_routes(self))
 
     # Lifecycle
 
@@ -491,10 +489,3 @@ class RolloutsExtension:
         if rollout is None or not rollout.active:
             return {flag.baseline: 100}
         return {rollout.candidate: rollout.weight, rollout.baseline: 100 - rollout.weight}
-
-
-def _create(component_id: str, config: RolloutsConfig, context: Context) -> RolloutsExtension:
-    return RolloutsExtension(component_id, config, context)
-
-
-FACTORY = Factory(type="rollouts", kind="extension", config_type=RolloutsConfig, create=_create)
