@@ -10,22 +10,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-# Quality verdicts (agentopz.quality.verdict, agentopz_quality_checks_total{verdict}).
-PASS = "pass"
-FAIL = "fail"
-UNKNOWN = "unknown"
-CHECK_ERROR = "error"  # a check that raised: counted, never a pass
+from . import catalogue
 
-# Run outcomes, exactly one per run (agentopz_runs_total{outcome}, agentopz.run.outcome).
-SUCCESS = "success"
-QUALITY_FAILURE = "quality_failure"
-LLM_ERROR = "llm_error"
-TOOL_ERROR = "tool_error"
-BUDGET_EXCEEDED = "budget_exceeded"
-TIMEOUT = "timeout"
-ABANDONED = "abandoned"
-ERROR = "error"
-OUTCOMES = (SUCCESS, QUALITY_FAILURE, LLM_ERROR, TOOL_ERROR, BUDGET_EXCEEDED, TIMEOUT, ABANDONED, ERROR)
+# Quality verdicts (agentopz.quality.verdict, agentopz_quality_checks_total{verdict}); a run's is one of
+# the first three, CHECK_ERROR is a check that raised: counted, never a pass. Declared in the catalogue.
+PASS, FAIL, UNKNOWN, CHECK_ERROR = catalogue.enum("quality_verdict")
+
+# Run outcomes, exactly one per run (agentopz_runs_total{outcome}, agentopz.run.outcome), in the order
+# the catalogue declares them.
+OUTCOMES = catalogue.enum("outcome")
+SUCCESS, QUALITY_FAILURE, LLM_ERROR, TOOL_ERROR, BUDGET_EXCEEDED, TIMEOUT, ABANDONED, ERROR = OUTCOMES
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "admin_auth",
                 "bearer",
                 "bounded_log",
+                "catalogue",
                 "content",
                 "exposition",
                 "httpserver",

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
 
+from .. import catalogue
 from ..components import Context, Factory
 from ..metrics import CALL_DURATION_BUCKETS, Registry
 from ..model import LLM, TOOL, Batch, Call, call_of
@@ -14,7 +15,7 @@ from ..model import LLM, TOOL, Batch, Call, call_of
 UNKNOWN_LABEL = "unknown"
 
 # The token_type label of each of Call.tokens, in order.
-TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+TOKEN_TYPES = catalogue.enum("token_type")
 
 
 class PrometheusConfig(BaseModel):
@@ -23,28 +24,12 @@ class PrometheusConfig(BaseModel):
 
 class PrometheusExporter:
     def __init__(self, registry: Registry) -> None:
-        labels = ("service", "agent", "provider", "model")
-        self._llm_calls = registry.counter(
-            "agentopz_llm_calls_total", "LLM calls by outcome status.", (*labels, "status")
-        )
-        self._llm_tokens = registry.counter(
-            "agentopz_llm_tokens_total",
-            "LLM tokens by type; input includes cache_read and cache_write, output includes reasoning.",
-            (*labels, "token_type"),
-        )
-        self._llm_cost = registry.counter(
-            "agentopz_llm_cost_usd_total", "Cost of priced LLM calls in USD (unpriced calls excluded).", labels
-        )
-        self._llm_duration = registry.histogram(
-            "agentopz_llm_call_duration_seconds", "LLM call duration.", labels, CALL_DURATION_BUCKETS
-        )
-        tool_labels = ("service", "agent", "tool")
-        self._tool_calls = registry.counter(
-            "agentopz_tool_calls_total", "Tool calls by status.", (*tool_labels, "status")
-        )
-        self._tool_duration = registry.histogram(
-            "agentopz_tool_call_duration_seconds", "Tool call duration.", tool_labels, CALL_DURATION_BUCKETS
-        )
+        self._llm_calls = registry.metric("agentopz_llm_calls_total")
+        self._llm_tokens = registry.metric("agentopz_llm_tokens_total")
+        self._llm_cost = registry.metric("agentopz_llm_cost_usd_total")
+        self._llm_duration = registry.metric("agentopz_llm_call_duration_seconds", CALL_DURATION_BUCKETS)
+        self._tool_calls = registry.metric("agentopz_tool_calls_total")
+        self._tool_duration = registry.metric("agentopz_tool_call_duration_seconds", CALL_DURATION_BUCKETS)
 
     def retry_after(self, span_count: int) -> float | None:
         return None

@@ -69,12 +69,7 @@ class AlertmanagerWebhookExtension:
         self._token: str | None = None
         # (fingerprint, startsAt) of the firings acted on, oldest first.
         self._acted: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._alerts = context.metrics.counter(
-            "agentopz_alertmanager_webhook_alerts_total",
-            "Alerts received from Alertmanager, by what came of them: acted, repeated (acted on before), "
-            "ignored (resolved, no active rollout, not the candidate, no action), failed (the action was refused).",
-            ("outcome",),
-        )
+        self._alerts = context.metrics.metric("agentopz_alertmanager_webhook_alerts_total")
         for outcome in OUTCOMES:
             self._alerts.series((outcome,))
         context.admin_routes.append(("POST", config.path, self._handle))

@@ -278,11 +278,7 @@ class CostProcessor:
 
 
 def _create(component_id: str, config: CostConfig, context: Context) -> CostProcessor:
-    unpriced = context.metrics.counter(
-        "agentopz_llm_unpriced_calls_total",
-        "LLM calls with no known price: their cost is unknown and not included in agentopz_llm_cost_usd_total.",
-        ("provider", "model"),
-    )
+    unpriced = context.metrics.metric("agentopz_llm_unpriced_calls_total")
     return CostProcessor(config, unpriced)
 
 

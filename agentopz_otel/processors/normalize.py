@@ -807,14 +807,7 @@ def service_name(resource_attributes) -> str:
 
 
 def _create(component_id: str, config: NormalizeConfig, context: Context) -> Normalizer:
-    return Normalizer(
-        context.metrics.counter(
-            "agentopz_invalid_attributes_total",
-            "GenAI attributes ignored because their value is unusable (negative or non-numeric tokens, ...).",
-            ("attribute",),
-            bounded=False,
-        )
-    )
+    return Normalizer(context.metrics.metric("agentopz_invalid_attributes_total"))
 
 
 FACTORY = Factory(type="normalize", kind="processor", config_type=NormalizeConfig, create=_create)

@@ -85,30 +85,11 @@ class RolloutsExtension:
         self._analysis_status: Callable[[Rollout], dict | None] | None = None
         self._evaluation_token: str | None = None
         metrics = context.metrics
-        self._evaluations = metrics.counter(
-            "agentopz_flag_evaluations_total",
-            "Flag evaluations answered over OFREP, by agent (flag), prompt version (variant) and OpenFeature reason.",
-            ("agent", "prompt_version", "reason"),
-        )
-        self._weight = metrics.gauge(
-            "agentopz_rollout_weight",
-            "Share of an agent's traffic (0 to 100) each prompt version is served.",
-            ("agent", "prompt_version"),
-        )
-        self._state = metrics.gauge(
-            "agentopz_rollout_state", "1 for an agent's current rollout state.", ("agent", "state")
-        )
-        self._role = metrics.gauge(
-            "agentopz_rollout_role",
-            "1 when a prompt version has the role: baseline (the agent's baseline) or candidate (of its current or "
-            "last rollout); per-version alerts compare a candidate with its baseline, never the reverse.",
-            ("agent", "prompt_version", "role"),
-        )
-        self._actions = metrics.counter(
-            "agentopz_rollout_actions_total",
-            "Rollout changes (define, start, advance, promote, rollback, pause, resume, disable, enable), by actor.",
-            ("agent", "action", "actor"),
-        )
+        self._evaluations = metrics.metric("agentopz_flag_evaluations_total")
+        self._weight = metrics.metric("agentopz_rollout_weight")
+        self._state = metrics.metric("agentopz_rollout_state")
+        self._role = metrics.metric("agentopz_rollout_role")
+        self._actions = metrics.metric("agentopz_rollout_actions_total")
         self.snapshot = Snapshot((), {}, self._evaluations)
         self.flagd_body = b""
         self.flagd_etag = ""

@@ -148,46 +148,17 @@ class RunMetrics:
         open_groups: Callable[[], Iterable[Group]],
     ) -> None:
         self._open_groups = open_groups
-        labels = ("service", "agent", "prompt_version")
-        self._runs = registry.counter("agentopz_runs_total", "Finished agent runs by outcome.", (*labels, "outcome"))
-        self._duration = registry.histogram(
-            "agentopz_run_duration_seconds", "Run duration (root span).", labels, duration_buckets
-        )
-        self._cost = registry.histogram(
-            "agentopz_run_cost_usd",
-            "Cost of runs whose every LLM call was priced; exemplars carry trace ids.",
-            labels,
-            cost_buckets,
-        )
-        self._steps = registry.histogram(
-            "agentopz_run_steps",
-            "Steps per run: the LLM calls made in it, sub-agents' included (agent spans and graph nodes are not).",
-            labels,
-            RUN_COUNT_BUCKETS,
-        )
-        self._tool_calls = registry.histogram(
-            "agentopz_run_tool_calls", "Tool calls per run.", labels, RUN_COUNT_BUCKETS
-        )
-        self._last_finished = registry.gauge(
-            "agentopz_run_last_finished_timestamp_seconds",
-            "When a run of the agent last finished.",
-            ("service", "agent"),
-        )
-        self._in_flight = registry.gauge("agentopz_runs_in_flight", "Runs in progress.", ("service", "agent"))
-        self._in_flight_cost = registry.gauge(
-            "agentopz_in_flight_run_max_cost_usd", "Largest running cost of a run in progress.", ("service", "agent")
-        )
-        self._in_flight_steps = registry.gauge(
-            "agentopz_in_flight_run_max_steps", "Most steps (LLM calls) of a run in progress.", ("service", "agent")
-        )
-        self._open_runs = registry.gauge(
-            "agentopz_open_runs", "Runs held in memory (in flight or in their grace period)."
-        )
-        self.checks = registry.counter(
-            "agentopz_quality_checks_total",
-            "Quality check verdicts on finished runs (pass, fail, unknown, error).",
-            (*labels, "check", "verdict"),
-        )
+        self._runs = registry.metric("agentopz_runs_total")
+        self._duration = registry.metric("agentopz_run_duration_seconds", duration_buckets)
+        self._cost = registry.metric("agentopz_run_cost_usd", cost_buckets)
+        self._steps = registry.metric("agentopz_run_steps", RUN_COUNT_BUCKETS)
+        self._tool_calls = registry.metric("agentopz_run_tool_calls", RUN_COUNT_BUCKETS)
+        self._last_finished = registry.metric("agentopz_run_last_finished_timestamp_seconds")
+        self._in_flight = registry.metric("agentopz_runs_in_flight")
+        self._in_flight_cost = registry.metric("agentopz_in_flight_run_max_cost_usd")
+        self._in_flight_steps = registry.metric("agentopz_in_flight_run_max_steps")
+        self._open_runs = registry.metric("agentopz_open_runs")
+        self.checks = registry.metric("agentopz_quality_checks_total")
         registry.before_collect.append(self._refresh_in_flight)
 
     def record(self, record: RunRecord) -> None:
