@@ -1,6 +1,6 @@
-"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `catalogue ...`, `slo ...`, `rules ...`,
-`demo`, and the rollout commands `agent ...`, `rollout ...`, `flags export` (which talk to a running
-service's admin API)."""
+"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `schema`, `catalogue ...`, `slo ...`,
+`rules ...`, `demo`, and the rollout commands `agent ...`, `rollout ...`, `flags export` (which talk to a
+running service's admin API)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     pipelines = ", ".join(config.service.pipelines)
     print(f"{args.config or 'built-in default config'}: valid (pipelines: {pipelines})")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .config import config_schema_json
+
+    sys.stdout.write(config_schema_json())
     return 0
 
 
@@ -133,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a config file without starting anything")
     validate.add_argument("config", metavar="FILE", nargs="?")
     validate.set_defaults(handler=_validate)
+    schema = commands.add_parser("schema", help="print the config file's JSON Schema (for editors)")
+    schema.set_defaults(handler=_schema)
     catalogue = commands.add_parser("catalogue", help="the catalogue of metrics, span attributes and alerts")
     catalogue_commands = catalogue.add_subparsers(dest="catalogue_command", required=True)
     catalogue_check = catalogue_commands.add_parser("check", help="check the catalogue against its JSON Schema")
