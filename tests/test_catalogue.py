@@ -16,6 +16,7 @@ from conftest import every_component_body
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentopz_otel import catalogue
+from agentopz_otel.components import Context
 from agentopz_otel.config import parse_config
 from agentopz_otel.exporters.prometheus import TOKEN_TYPES
 from agentopz_otel.extensions.alertmanager_webhook import OUTCOMES as WEBHOOK_OUTCOMES
@@ -23,7 +24,7 @@ from agentopz_otel.extensions.canary_analysis import VERDICTS as ANALYSIS_VERDIC
 from agentopz_otel.extensions.canary_analysis.engine import GUARDS
 from agentopz_otel.extensions.rollouts.extension import GAUGE_STATES
 from agentopz_otel.extensions.rollouts.model import ACTOR_KINDS
-from agentopz_otel.metrics import Counter, Gauge, Histogram
+from agentopz_otel.metrics import Counter, Gauge, Histogram, Registry
 from agentopz_otel.model import (
     STATUS_CLIENT_ERROR,
     STATUS_ERROR,
@@ -79,8 +80,6 @@ def test_a_broken_catalogue_is_refused_with_the_place_and_the_reason():
 
 
 def test_an_undeclared_metric_cannot_be_registered():
-    from agentopz_otel.metrics import Registry
-
     with pytest.raises(KeyError, match=r"'agentopz_nope_total' is not declared in agentopz_otel/telemetry\.yaml"):
         Registry().metric("agentopz_nope_total")
     with pytest.raises(ValueError, match="histogram agentopz_run_steps needs buckets"):
@@ -146,6 +145,36 @@ def test_every_family_registered_with_every_component_on_is_the_catalogues(tmp_p
     # The connection gauges of the HTTP listeners are registered when the listeners start (below).
     started_later = {"agentopz_http_connections", "agentopz_http_connections_closed_total"}
     assert registered == {name: spec for name, spec in declared.items() if name not in started_later}
+
+
+def test_each_metric_is_registered_by_the_component_the_catalogue_names(tmp_path):
+    """Each component built alone, with a registry of its own: the families it registers are the ones
+    the catalogue says it owns (the service's own, the overflow counter and the HTTP listeners', aside)."""
+    config = parse_config(
+        every_component_body(tmp_path / "state.sqlite").format(grpc_port=0, http_port=0, admin_port=0)
+    )
+    components = [
+        *(config.extensions[extension_id] for extension_id in config.service.extensions),
+        *config.receivers.values(),
+        *config.processors.values(),
+        *config.exporters.values(),
+    ]
+
+    async def owners() -> dict[str, str]:
+        extensions: dict = {}
+        found = {}
+        for component in components:
+            context = Context(metrics=Registry(), extensions=extensions)
+            created = component.factory.create(component.id, component.config, context)
+            if component.factory.kind == "extension":
+                extensions[component.id] = created
+            for family in context.metrics.families[1:]:  # [0] is every registry's overflow counter
+                found[family.name] = f"{component.factory.kind}/{component.factory.type}"
+        return found
+
+    assert asyncio.run(owners()) == {
+        spec.name: spec.component for spec in catalogue.metrics().values() if spec.component != "service"
+    }
 
 
 def test_the_running_service_exposes_exactly_the_catalogue(start_service, tmp_path):
