@@ -34,7 +34,16 @@ from agentopz_otel.model import (
     STATUS_TIMEOUT,
 )
 from agentopz_otel.processors import cost
-from agentopz_otel.records import CHECK_ERROR, FAIL, OUTCOMES, PASS, SUCCESS, UNKNOWN
+from agentopz_otel.records import (
+    ABANDONED,
+    CHECK_ERROR,
+    FAIL,
+    OUTCOMES,
+    PASS,
+    QUALITY_FAILURE,
+    SUCCESS,
+    UNKNOWN,
+)
 from agentopz_otel.service import Service
 from agentopz_otel.slo import ALERT_NAMES
 
@@ -86,7 +95,8 @@ def test_an_undeclared_metric_cannot_be_registered():
         Registry().metric("agentopz_run_steps")
 
 
-def test_outcomes_verdicts_and_other_value_sets_in_code_are_the_catalogues():
+def test_value_sets_the_code_reads_from_the_catalogue_are_the_names_on_the_wire():
+    """Pinned here: renaming or reordering a value in the catalogue is a breaking change."""
     assert OUTCOMES == (
         "success",
         "quality_failure",
@@ -97,30 +107,30 @@ def test_outcomes_verdicts_and_other_value_sets_in_code_are_the_catalogues():
         "abandoned",
         "error",
     )
-    assert SUCCESS == "success"
+    assert (SUCCESS, QUALITY_FAILURE, ABANDONED) == ("success", "quality_failure", "abandoned")
     assert (PASS, FAIL, UNKNOWN, CHECK_ERROR) == ("pass", "fail", "unknown", "error")
-    assert catalogue.enum("token_type") == TOKEN_TYPES
-    assert catalogue.enum("llm_call_status") == (
-        STATUS_OK,
-        STATUS_RATE_LIMITED,
-        STATUS_TIMEOUT,
-        STATUS_SERVER_ERROR,
-        STATUS_CLIENT_ERROR,
-        STATUS_ERROR,
+    assert TOKEN_TYPES == ("input", "output", "cache_read", "cache_write", "reasoning")
+    assert (STATUS_OK, STATUS_RATE_LIMITED, STATUS_TIMEOUT, STATUS_SERVER_ERROR, STATUS_CLIENT_ERROR, STATUS_ERROR) == (
+        "ok",
+        "rate_limited",
+        "timeout",
+        "server_error",
+        "client_error",
+        "error",
     )
     assert catalogue.enum("tool_call_status") == (STATUS_OK, STATUS_ERROR)
-    assert catalogue.enum("cost_source") == (
+    assert (
         cost.SOURCE_CATALOG,
         cost.SOURCE_CATALOG_MODEL_ONLY,
         cost.SOURCE_OVERRIDE,
         cost.SOURCE_REPORTED,
         cost.SOURCE_UNKNOWN,
-    )
-    assert catalogue.enum("webhook_outcome") == WEBHOOK_OUTCOMES
-    assert catalogue.enum("analysis_verdict") == ANALYSIS_VERDICTS
-    assert catalogue.enum("analysis_guard") == GUARDS
-    assert catalogue.enum("rollout_state") == GAUGE_STATES
-    assert catalogue.enum("actor_kind") == ACTOR_KINDS
+    ) == ("catalog", "catalog_model_only", "override", "reported", "unknown")
+    assert WEBHOOK_OUTCOMES == ("acted", "repeated", "ignored", "failed")
+    assert ANALYSIS_VERDICTS == ("pass", "fail", "inconclusive")
+    assert GUARDS == ("quality", "cost", "duration", "hard_limits")
+    assert GAUGE_STATES == ("none", "progressing", "paused", "rolled_back", "promoted", "disabled")
+    assert ACTOR_KINDS == ("user", "analysis", "alert")
 
 
 def test_every_family_registered_with_every_component_on_is_the_catalogues(tmp_path):

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import catalogue
 from ..admin_auth import TokenConfig, bearer_token, require_admin, token_matches
 from ..components import Context, Factory
 from .rollouts import Rollout, RolloutError, RolloutsExtension
@@ -35,7 +36,7 @@ log = logging.getLogger("agentopz_otel.alertmanager_webhook")
 ACTOR_KIND = "alert"
 ACTION_LABEL = "agentopz_action"
 LABEL_ACTIONS = ("rollback", "pause", "disable")
-OUTCOMES = ("acted", "repeated", "ignored", "failed")
+OUTCOMES = catalogue.enum("webhook_outcome")
 MAX_ACTOR_LENGTH = 128
 MAX_EVIDENCE_VALUE = 1000
 

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ... import catalogue
 from ...components import Context, Factory
 from .config import AnalysisConfig, CanaryAnalysisConfig, merged
 from .engine import GUARDS, RolloutAnalysis
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentopz_otel.canary_analysis")
 
-VERDICTS = ("pass", "fail", "inconclusive")
+VERDICTS = catalogue.enum("analysis_verdict")
 ACTOR = "canary_analysis"
 ACTOR_KIND = "analysis"
 

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from ... import catalogue
 from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
 from ...components import Context
 from ..storage import StorageExtension
@@ -35,7 +36,7 @@ from .model import (
 from .ofrep import Snapshot
 from .store import RolloutStore
 
-GAUGE_STATES = ("none", "progressing", "paused", "rolled_back", "promoted", "disabled")
+GAUGE_STATES = catalogue.enum("rollout_state")
 MAX_ACTOR_LENGTH = 128
 MAX_REASON_LENGTH = 2000
 
