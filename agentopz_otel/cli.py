@@ -1,5 +1,6 @@
-"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `slo ...`, `rules ...`, `demo`, and the
-rollout commands `agent ...`, `rollout ...`, `flags export` (which talk to a running service's admin API)."""
+"""Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `schema`, `catalogue ...`, `slo ...`,
+`rules ...`, `demo`, and the rollout commands `agent ...`, `rollout ...`, `flags export` (which talk to a
+running service's admin API)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,45 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     pipelines = ", ".join(config.service.pipelines)
     print(f"{args.config or 'built-in default config'}: valid (pipelines: {pipelines})")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .config import config_schema_json
+
+    sys.stdout.write(config_schema_json())
+    return 0
+
+
+def _catalogue_check(args: argparse.Namespace) -> int:
+    from .catalogue import problems
+
+    found = problems()
+    for problem in found:
+        print(f"agentopz_otel/telemetry.yaml: {problem}", file=sys.stderr)
+    return 1 if found else 0
+
+
+def _catalogue_readme(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .catalogue import with_metrics_table
+
+    path = Path(args.readme)
+    try:
+        text = path.read_text(encoding="utf-8")
+        updated = with_metrics_table(text)
+    except (OSError, ValueError) as error:
+        print(f"agentopz-otel catalogue readme: {path}: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        if updated != text:
+            print(f"{path}: the metrics table is not the catalogue's; run without --check to rewrite it")
+            return 1
+        return 0
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+        print(f"rewrote the metrics table in {path}")
     return 0
 
 
@@ -100,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a config file without starting anything")
     validate.add_argument("config", metavar="FILE", nargs="?")
     validate.set_defaults(handler=_validate)
+    schema = commands.add_parser("schema", help="print the config file's JSON Schema (for editors)")
+    schema.set_defaults(handler=_schema)
+    catalogue = commands.add_parser("catalogue", help="the catalogue of metrics, span attributes and alerts")
+    catalogue_commands = catalogue.add_subparsers(dest="catalogue_command", required=True)
+    catalogue_check = catalogue_commands.add_parser("check", help="check the catalogue against its JSON Schema")
+    catalogue_check.set_defaults(handler=_catalogue_check)
+    readme = catalogue_commands.add_parser(
+        "readme", help="rewrite the metrics table block of a README from the catalogue"
+    )
+    readme.add_argument("readme", metavar="FILE")
+    readme.add_argument("--check", action="store_true", help="exit 1 if the block is not current; write nothing")
+    readme.set_defaults(handler=_catalogue_readme)
     demo = commands.add_parser("demo", help="send demo AI agent traffic (GenAI spans over OTLP) until stopped")
     add_demo_arguments(demo)
     demo.set_defaults(handler=_demo)

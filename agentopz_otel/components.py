@@ -1,7 +1,8 @@
 """The component model: typed config plus a factory per component type, as in the OTel Collector.
 
-A component id in the YAML is `type` or `type/name` (`otlp`, `otlp/tempo`). Built-in factories are
-listed in `registry`; third parties add their own through the entry point groups below.
+A component id in the YAML is `type` or `type/name` (`otlp`, `otlp/tempo`). The built-in factories
+are listed in `registry` and handed to `factories()` by whoever loads a config; third parties add
+their own through the entry point groups below. This module imports no component.
 
 Receivers, processors and exporters form the span pipelines. Extensions are the control plane
 (storage, rollouts, the console): they are started before the pipelines and stopped after them, and
@@ -21,7 +22,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from pydantic import BaseModel
 
 from .metrics import Registry
-from .model import Batch
+from .model import Batch, Call
+from .records import InFlightRuns, RunFeed
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -62,10 +64,63 @@ class Exporter(Protocol):
     def export(self, batch: Batch) -> None: ...
 
 
-class Extension(Protocol):
+@runtime_checkable
+class Lifecycle(Protocol):
+    """Started before data flows and shut down within a time budget: extensions always; processors
+    and exporters that keep state or connections optionally."""
+
     async def start(self) -> None: ...
 
     async def shutdown(self, timeout: float) -> None: ...
+
+
+class Extension(Lifecycle, Protocol):
+    pass
+
+
+# Optional methods of pipeline components. The service resolves them once, when it builds a
+# pipeline, so the data path never asks a component what it can do.
+
+
+@runtime_checkable
+class EmitsLater(Protocol):
+    """A processor that sends data on after `process` returned (finished runs, calls whose run's agent
+    was not known yet): it is handed the rest of its pipeline."""
+
+    def connect(
+        self,
+        emit_spans: Callable[[Batch], None],
+        emit_logs: Callable[[ExportLogsServiceRequest, int], None],
+        emit_calls: Callable[[list[Call], str | None], None],
+    ) -> None: ...
+
+
+@runtime_checkable
+class LogsProcessor(Protocol):
+    """A processor that reads received log records (evaluation results, content events)."""
+
+    def process_logs(self, request: ExportLogsServiceRequest) -> None: ...
+
+
+@runtime_checkable
+class LogsExporter(Protocol):
+    """An exporter that forwards log records (the run log)."""
+
+    def export_logs(self, request: ExportLogsServiceRequest, count: int) -> None: ...
+
+
+@runtime_checkable
+class CallsExporter(Protocol):
+    """An exporter that counts calls whose metrics waited for the agent of their run (None: each call's own)."""
+
+    def export_calls(self, calls: list[Call], agent: str | None) -> None: ...
+
+
+@runtime_checkable
+class Flushing(Protocol):
+    """An exporter whose accepted data must be stored before the receiver acknowledges it."""
+
+    async def flushed(self) -> bool: ...
 
 
 @runtime_checkable
@@ -73,34 +128,6 @@ class Storage(Protocol):
     """What a storage extension offers pipeline components, which never import extensions."""
 
     def connect(self, client: str) -> sqlite3.Connection: ...
-
-
-class RunFeed:
-    """Finished runs, published by runs processors to whoever subscribed (extensions such as the
-    console or canary analysis). Subscribers are called on the event loop and must be quick."""
-
-    def __init__(self) -> None:
-        self._subscribers: list[Callable[[Sequence[Any]], None]] = []
-
-    def subscribe(self, callback: Callable[[Sequence[Any]], None]) -> None:
-        self._subscribers.append(callback)
-
-    def publish(self, records: Sequence[Any]) -> None:
-        for callback in self._subscribers:
-            try:
-                callback(records)
-            except Exception:
-                logging.getLogger("agentopz_otel").exception("a finished-runs subscriber failed; continuing")
-
-
-@dataclass
-class InFlightRuns:
-    """Runs in progress of one (service, agent): how many, and the most expensive one so far."""
-
-    runs: int = 0
-    max_cost_usd: float = 0.0
-    max_cost_trace_id: str = ""
-    max_steps: int = 0
 
 
 @dataclass
@@ -144,11 +171,9 @@ class Factory:
     requires: tuple[str, ...] = ()
 
 
-def factories() -> dict[tuple[ComponentKind, str], Factory]:
-    """Every known factory, built-ins first; an entry point cannot replace a built-in type."""
-    from .registry import builtin_factories
-
-    found = {(f.kind, f.type): f for f in builtin_factories()}
+def factories(builtins: Sequence[Factory]) -> dict[tuple[ComponentKind, str], Factory]:
+    """Every known factory: `builtins` first, then entry points, which cannot replace a built-in type."""
+    found = {(f.kind, f.type): f for f in builtins}
     for kind, group in ENTRY_POINT_GROUPS.items():
         for entry in entry_points(group=group):
             factory = entry.load()

@@ -7,6 +7,7 @@ before anything starts, with the path of the bad key and the reason.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 
 from .bearer import TokenConfig
-from .components import ComponentKind, Factory, component_type, factories
+from .components import ENTRY_POINT_GROUPS, ComponentKind, Factory, component_type, factories
 from .httpserver import HttpServerConfig
 from .metrics import CardinalityConfig
 from .netaddr import Endpoint
+from .registry import builtin_factories
 
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -107,7 +110,7 @@ def _substitute_env(text: str) -> str:
 def _build_components(
     kind: ComponentKind, section: str, raw: dict[str, dict[str, Any] | None]
 ) -> dict[str, ComponentConfig]:
-    known = factories()
+    known = factories(builtin_factories())
     types = sorted(t for k, t in known if k == kind)
     built = {}
     for component_id, body in raw.items():
@@ -191,3 +194,39 @@ def load_config(path: str | Path | None) -> Config:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     return parse_config(text, str(path))
+
+
+def config_schema() -> dict[str, Any]:
+    """The config file's JSON Schema, from the same pydantic models that validate it, for editors.
+
+    A section's keys are component ids (`type` or `type/name`) of the known factories, built-in and from
+    entry points. `${env:...}` references are substituted before validation, so a value written as one
+    is a string to the schema.
+    """
+    known = factories(builtin_factories())
+    models = [(ServiceConfig, "validation")] + [(f.config_type, "validation") for f in known.values()]
+    refs, top = models_json_schema(models, ref_template="#/$defs/{model}")
+    properties: dict[str, Any] = {}
+    for kind in ENTRY_POINT_GROUPS:
+        patterns = {
+            f"^{re.escape(factory.type)}(/[^/]+)?$": {
+                "anyOf": [refs[(factory.config_type, "validation")], {"type": "null"}]
+            }
+            for (factory_kind, _), factory in sorted(known.items())
+            if factory_kind == kind
+        }
+        properties[f"{kind}s"] = {"type": "object", "patternProperties": patterns, "additionalProperties": False}
+    properties["service"] = refs[(ServiceConfig, "validation")]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "agentopz-otel config",
+        "type": "object",
+        "properties": properties,
+        "required": ["service"],
+        "additionalProperties": False,
+        "$defs": top.get("$defs", {}),
+    }
+
+
+def config_schema_json() -> str:
+    return json.dumps(config_schema(), indent=2, sort_keys=True) + "\n"

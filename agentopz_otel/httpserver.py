@@ -88,16 +88,8 @@ class ConnectionGuard:
             Phase.HANDLING: math.inf,
             Phase.IDLE: config.idle_timeout_seconds,
         }
-        self._closed = metrics.counter(
-            "agentopz_http_connections_closed_total",
-            "HTTP connections closed by the server, by listener and reason "
-            "(read_header_timeout, read_body_timeout, idle_timeout, connection_limit).",
-            ("server", "reason"),
-            bounded=False,
-        )
-        self._connections = metrics.gauge(
-            "agentopz_http_connections", "Open HTTP connections, by listener.", ("server",), bounded=False
-        ).series((server,))
+        self._closed = metrics.metric("agentopz_http_connections_closed_total")
+        self._connections = metrics.metric("agentopz_http_connections").series((server,))
         self._sweeper: asyncio.Task | None = None
 
     def opened(self, handler: GuardedHandler) -> None:

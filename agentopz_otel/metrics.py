@@ -5,7 +5,7 @@ and no per-observation allocation once a series exists. Label values pass a per-
 (new values past it become `other`, counted in `agentopz_label_overflow_total{label}`); new series
 also pass a per-metric cap and one budget for the whole registry, sized so a scrape stays small.
 Exposition copies the values on the event loop (`Registry.snapshot`) and formats the copy elsewhere
-(exporters/prometheus.py), so the hot path needs no lock.
+(exposition.py), so the hot path needs no lock.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import catalogue
 from .bounded_log import BoundedLog
 
 log = logging.getLogger("agentopz_otel.metrics")
@@ -271,14 +272,9 @@ class Registry:
         self.before_collect: list[Callable[[], Awaitable[None] | None]] = []
         self._limiters: dict[str, LabelLimiter] = {}
         self.budget = SeriesBudget(self.cardinality.max_series)
+        overflow = catalogue.metric("agentopz_label_overflow_total")
         self.label_overflow: Family[Counter] = Family(
-            "agentopz_label_overflow_total",
-            "Label values replaced by 'other' because a label reached its cap (as __series__: a metric reached "
-            "max_series_per_metric; as __budget__: all metrics together reached max_series).",
-            ("label",),
-            Counter,
-            (None,),
-            budget=self.budget,
+            overflow.name, overflow.help, overflow.labels, Counter, (None,), budget=self.budget
         )
         self.families.append(self.label_overflow)
         self._overflow = Overflow(self.label_overflow)
@@ -320,6 +316,17 @@ class Registry:
     def snapshot(self) -> list[FamilySnapshot]:
         """Every family's values at this moment."""
         return [family.snapshot() for family in self.families]
+
+    def metric(self, name: str, buckets: Sequence[float] = ()) -> Family:
+        """The family declared as `name` in the catalogue, with the type, help and labels declared there;
+        a histogram's `buckets` come from the caller (some from config)."""
+        spec = catalogue.metric(name)
+        if spec.type == "histogram":
+            if not buckets:
+                raise ValueError(f"histogram {name} needs buckets")
+            return self.histogram(name, spec.help, spec.labels, buckets, bounded=spec.capped)
+        kind = self.counter if spec.type == "counter" else self.gauge
+        return kind(name, spec.help, spec.labels, bounded=spec.capped)
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = (), bounded: bool = True) -> Family[Counter]:
         return self._family(name, doc, labels, Counter, bounded)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-if TYPE_CHECKING:
-    from .processors.quality import Evaluation
+from . import catalogue
+from .records import Evaluation
 
 LLM = "llm"
 TOOL = "tool"
@@ -18,13 +18,11 @@ AGENT = "agent"
 EVALUATOR = "evaluator"  # an evaluator's span (OpenInference EVALUATOR): carries a verdict on another span
 OTHER = "other"
 
-# Call status values for agentopz_llm_calls_total / agentopz_tool_calls_total{status}.
-STATUS_OK = "ok"
-STATUS_ERROR = "error"
-STATUS_RATE_LIMITED = "rate_limited"
-STATUS_TIMEOUT = "timeout"
-STATUS_SERVER_ERROR = "server_error"
-STATUS_CLIENT_ERROR = "client_error"
+# Call status values for agentopz_llm_calls_total / agentopz_tool_calls_total{status}, as the catalogue
+# declares them (a tool call is ok or error).
+STATUS_OK, STATUS_RATE_LIMITED, STATUS_TIMEOUT, STATUS_SERVER_ERROR, STATUS_CLIENT_ERROR, STATUS_ERROR = catalogue.enum(
+    "llm_call_status"
+)
 UPSTREAM_ERROR_STATUSES = frozenset({STATUS_RATE_LIMITED, STATUS_TIMEOUT, STATUS_SERVER_ERROR})
 
 

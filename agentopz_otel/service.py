@@ -16,9 +16,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .admin_auth import ADMIN_AUTH, AdminAuth
-from .components import Context
+from .components import CallsExporter, Context, EmitsLater, Flushing, Lifecycle, LogsExporter, LogsProcessor
 from .config import ComponentConfig, Config
-from .exporters.prometheus import metrics_handler
+from .exposition import metrics_handler
 from .httpserver import ConnectionGuard, serve
 from .metrics import Registry
 from .model import Batch, Call
@@ -33,11 +33,14 @@ class Pipeline:
     exporters: list[Any]
 
     def __post_init__(self) -> None:
-        self._flushing = [e for e in self.exporters if hasattr(e, "flushed")]
+        self._flushing = [e for e in self.exporters if isinstance(e, Flushing)]
+        self._logs_processors = [p for p in self.processors if isinstance(p, LogsProcessor)]
+        self._logs_exporters = [e for e in self.exporters if isinstance(e, LogsExporter)]
+        self._calls_exporters = [e for e in self.exporters if isinstance(e, CallsExporter)]
         # Processors that emit data later (finished runs, calls whose agent was not known) send it on
         # through the rest of the pipeline.
         for index, processor in enumerate(self.processors):
-            if hasattr(processor, "connect"):
+            if isinstance(processor, EmitsLater):
                 processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs, self.export_calls)
 
     def retry_after(self, span_count: int) -> float | None:
@@ -58,19 +61,16 @@ class Pipeline:
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:
         """Received log records feed processors that read them (evaluation results); none are forwarded."""
-        for processor in self.processors:
-            if hasattr(processor, "process_logs"):
-                processor.process_logs(request)
+        for processor in self._logs_processors:
+            processor.process_logs(request)
 
     def export_logs(self, request: ExportLogsServiceRequest, count: int) -> None:
-        for exporter in self.exporters:
-            if hasattr(exporter, "export_logs"):
-                exporter.export_logs(request, count)
+        for exporter in self._logs_exporters:
+            exporter.export_logs(request, count)
 
     def export_calls(self, calls: list[Call], agent: str | None) -> None:
-        for exporter in self.exporters:
-            if hasattr(exporter, "export_calls"):
-                exporter.export_calls(calls, agent)
+        for exporter in self._calls_exporters:
+            exporter.export_calls(calls, agent)
 
 
 @dataclass
@@ -131,12 +131,12 @@ class Service:
     def _create(self, component: ComponentConfig) -> Any:
         return component.factory.create(component.id, component.config, self.context)
 
-    def _stateful(self, kind: str) -> list[Any]:
+    def _stateful(self, kind: str) -> list[Lifecycle]:
         """The processors or exporters that have a start/shutdown lifecycle, each once."""
-        seen: list[Any] = []
+        seen: list[Lifecycle] = []
         for pipeline in self.pipelines:
             for component in getattr(pipeline, kind):
-                if hasattr(component, "start") and all(component is not s for s in seen):
+                if isinstance(component, Lifecycle) and all(component is not s for s in seen):
                     seen.append(component)
         return seen
 

@@ -22,7 +22,7 @@ from aiohttp.test_utils import make_mocked_request
 from agentopz_otel.components import Context
 from agentopz_otel.extensions.console import FACTORY, ConsoleConfig
 from agentopz_otel.metrics import Registry
-from agentopz_otel.processors.runs import RunRecord
+from agentopz_otel.records import RunRecord
 
 OUTCOMES = ["success"] * 90 + ["quality_failure"] * 5 + ["llm_error", "tool_error", "timeout", "error", "abandoned"]
 

@@ -197,3 +197,19 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
 @pytest.fixture
 def service(start_service: Callable[..., RunningService]) -> RunningService:
     return start_service()
+
+
+def every_component_body(storage: Path) -> str:
+    """A start_service config body with every built-in component on; the otlp exporter forwards to a
+    closed port (tests that use it send nothing)."""
+    return service_body(
+        runs={"checkpoint": {"storage": "storage"}},
+        exporters={"otlp": {"endpoint": "http://127.0.0.1:9", "protocol": "grpc"}},
+        extensions={
+            "storage": {"path": str(storage)},
+            "rollouts": None,
+            "canary_analysis": None,
+            "alertmanager_webhook": None,
+            "console": None,
+        },
+    )

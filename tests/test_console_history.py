@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from agentopz_otel.components import InFlightRuns
 from agentopz_otel.extensions.console import pages
 from agentopz_otel.extensions.console.figures import agent_figures, agent_status, slo_status
 from agentopz_otel.extensions.console.history import RunHistory, percentile
 from agentopz_otel.metrics import CardinalityConfig, Registry
-from agentopz_otel.processors.runs import RunRecord
+from agentopz_otel.records import InFlightRuns, RunRecord
 from agentopz_otel.slo import parse_spec
 
 NOW = 1_800_000_000.0  # on a whole hour, so bucket edges are easy to reason about

@@ -137,6 +137,10 @@ class Signal:
     response_type: type[Message]
     rejected_field: str
     unit: str
+    # The metrics of this signal's deliveries (sent, failed, queued), as declared in the catalogue.
+    sent_metric: str
+    failed_metric: str
+    queue_metric: str
 
 
 TRACES = Signal(
@@ -146,6 +150,9 @@ TRACES = Signal(
     ExportTraceServiceResponse,
     "rejected_spans",
     "spans",
+    "agentopz_exporter_sent_spans_total",
+    "agentopz_exporter_failed_spans_total",
+    "agentopz_exporter_queue_spans",
 )
 LOGS = Signal(
     "logs",
@@ -154,6 +161,9 @@ LOGS = Signal(
     ExportLogsServiceResponse,
     "rejected_log_records",
     "log_records",
+    "agentopz_exporter_sent_log_records_total",
+    "agentopz_exporter_failed_log_records_total",
+    "agentopz_exporter_queue_log_records",
 )
 
 
@@ -261,19 +271,9 @@ class DeliveryQueue:
         self._undelivered = 0  # left at the shutdown deadline, reported once
         self._failing = False
         label = (exporter_id,)
-        unit = signal.unit
-        self._sent = metrics.counter(
-            f"agentopz_exporter_sent_{unit}_total", f"{unit} the backend accepted.", ("exporter",), bounded=False
-        ).series(label)
-        self._failed = metrics.counter(
-            f"agentopz_exporter_failed_{unit}_total",
-            f"{unit} given up on: rejected by the backend, retries exhausted, queue full in drop mode, or shutdown.",
-            ("exporter",),
-            bounded=False,
-        ).series(label)
-        self._queued = metrics.gauge(
-            f"agentopz_exporter_queue_{unit}", f"{unit} waiting in the exporter queue.", ("exporter",), bounded=False
-        ).series(label)
+        self._sent = metrics.metric(signal.sent_metric).series(label)
+        self._failed = metrics.metric(signal.failed_metric).series(label)
+        self._queued = metrics.metric(signal.queue_metric).series(label)
 
     def retry_after(self, count: int) -> float | None:
         # A request larger than the whole queue would never fit: put() counts it as failed instead.

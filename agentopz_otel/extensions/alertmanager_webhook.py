@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import catalogue
 from ..admin_auth import TokenConfig, bearer_token, require_admin, token_matches
 from ..components import Context, Factory
 from .rollouts import Rollout, RolloutError, RolloutsExtension
@@ -35,7 +36,7 @@ log = logging.getLogger("agentopz_otel.alertmanager_webhook")
 ACTOR_KIND = "alert"
 ACTION_LABEL = "agentopz_action"
 LABEL_ACTIONS = ("rollback", "pause", "disable")
-OUTCOMES = ("acted", "repeated", "ignored", "failed")
+OUTCOMES = catalogue.enum("webhook_outcome")
 MAX_ACTOR_LENGTH = 128
 MAX_EVIDENCE_VALUE = 1000
 
@@ -69,12 +70,7 @@ class AlertmanagerWebhookExtension:
         self._token: str | None = None
         # (fingerprint, startsAt) of the firings acted on, oldest first.
         self._acted: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._alerts = context.metrics.counter(
-            "agentopz_alertmanager_webhook_alerts_total",
-            "Alerts received from Alertmanager, by what came of them: acted, repeated (acted on before), "
-            "ignored (resolved, no active rollout, not the candidate, no action), failed (the action was refused).",
-            ("outcome",),
-        )
+        self._alerts = context.metrics.metric("agentopz_alertmanager_webhook_alerts_total")
         for outcome in OUTCOMES:
             self._alerts.series((outcome,))
         context.admin_routes.append(("POST", config.path, self._handle))

@@ -23,17 +23,17 @@ from genai_prices.data_snapshot import find_provider_by_id
 from genai_prices.types import ModelPrice, TieredPrices
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .. import catalogue
 from ..bounded_log import BoundedLog
 from ..components import Context, Factory
 from ..metrics import Counter, Family
 from ..model import LLM, Batch, SpanView
 
-SOURCE_CATALOG = "catalog"
-# Priced from the catalogue by the model name alone: the span named no provider the catalogue knows.
-SOURCE_CATALOG_MODEL_ONLY = "catalog_model_only"
-SOURCE_OVERRIDE = "override"
-SOURCE_REPORTED = "reported"
-SOURCE_UNKNOWN = "unknown"
+# agentopz.cost.source values. catalog_model_only: priced from the price catalogue by the model name
+# alone, the span named no provider the price catalogue knows.
+SOURCE_CATALOG, SOURCE_CATALOG_MODEL_ONLY, SOURCE_OVERRIDE, SOURCE_REPORTED, SOURCE_UNKNOWN = catalogue.enum(
+    "cost_source"
+)
 
 log = logging.getLogger("agentopz_otel.cost")
 
@@ -278,11 +278,7 @@ class CostProcessor:
 
 
 def _create(component_id: str, config: CostConfig, context: Context) -> CostProcessor:
-    unpriced = context.metrics.counter(
-        "agentopz_llm_unpriced_calls_total",
-        "LLM calls with no known price: their cost is unknown and not included in agentopz_llm_cost_usd_total.",
-        ("provider", "model"),
-    )
+    unpriced = context.metrics.metric("agentopz_llm_unpriced_calls_total")
     return CostProcessor(config, unpriced)
 
 

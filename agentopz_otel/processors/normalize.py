@@ -37,7 +37,7 @@ from ..model import (
     Batch,
     SpanView,
 )
-from .quality import Evaluation
+from ..records import Evaluation
 
 # A token count above this is treated as invalid input, not priced (a hostile or broken sender
 # must not be able to put 2**63 tokens into a counter).
@@ -807,14 +807,7 @@ def service_name(resource_attributes) -> str:
 
 
 def _create(component_id: str, config: NormalizeConfig, context: Context) -> Normalizer:
-    return Normalizer(
-        context.metrics.counter(
-            "agentopz_invalid_attributes_total",
-            "GenAI attributes ignored because their value is unusable (negative or non-numeric tokens, ...).",
-            ("attribute",),
-            bounded=False,
-        )
-    )
+    return Normalizer(context.metrics.metric("agentopz_invalid_attributes_total"))
 
 
 FACTORY = Factory(type="normalize", kind="processor", config_type=NormalizeConfig, create=_create)

@@ -25,13 +25,10 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..content import output_text
+from ..records import CHECK_ERROR, FAIL, PASS, UNKNOWN, Evaluation
 
 log = logging.getLogger("agentopz_otel.quality")
 
-PASS = "pass"
-FAIL = "fail"
-UNKNOWN = "unknown"
-CHECK_ERROR = "error"
 PLUGIN_GROUP = "agentopz_otel.checks"
 
 DEFAULT_REFUSAL_PHRASES = (
@@ -55,17 +52,6 @@ FAIL_LABELS = frozenset({"fail", "failed", "incorrect", "false", "no", "bad", "i
 class CheckResult:
     verdict: str  # pass | fail | unknown
     reason: str = ""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One evaluator verdict (gen_ai.evaluation.result or an OpenInference annotation)."""
-
-    name: str
-    score: float | None = None
-    label: str | None = None
-    explanation: str | None = None
-    response_id: str | None = None
 
 
 @dataclass

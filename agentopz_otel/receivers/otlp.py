@@ -263,24 +263,10 @@ class OtlpReceiver:
         self._http_runner: web.AppRunner | None = None
         self._http_guard: ConnectionGuard | None = None
         self._metrics = metrics = context.metrics
-        self._received: Family[Counter] = metrics.counter(
-            "agentopz_receiver_spans_total", "Spans received, by transport.", ("transport",), bounded=False
-        )
-        self._rejected: Family[Counter] = metrics.counter(
-            "agentopz_receiver_rejected_spans_total",
-            "Spans not accepted, by reason (invalid_id, backpressure).",
-            ("reason",),
-            bounded=False,
-        )
-        self._received_logs: Family[Counter] = metrics.counter(
-            "agentopz_receiver_log_records_total", "Log records received, by transport.", ("transport",), bounded=False
-        )
-        self._rejected_requests: Family[Counter] = metrics.counter(
-            "agentopz_receiver_rejected_requests_total",
-            "Whole requests rejected, by reason (decode, too_large, media_type, unauthenticated, busy).",
-            ("transport", "reason"),
-            bounded=False,
-        )
+        self._received: Family[Counter] = metrics.metric("agentopz_receiver_spans_total")
+        self._rejected: Family[Counter] = metrics.metric("agentopz_receiver_rejected_spans_total")
+        self._received_logs: Family[Counter] = metrics.metric("agentopz_receiver_log_records_total")
+        self._rejected_requests: Family[Counter] = metrics.metric("agentopz_receiver_rejected_requests_total")
 
     # -- shared by both transports -------------------------------------------------------------
 

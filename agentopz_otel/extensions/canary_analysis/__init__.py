@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ... import catalogue
 from ...components import Context, Factory
 from .config import AnalysisConfig, CanaryAnalysisConfig, merged
 from .engine import GUARDS, RolloutAnalysis
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentopz_otel.canary_analysis")
 
-VERDICTS = ("pass", "fail", "inconclusive")
+VERDICTS = catalogue.enum("analysis_verdict")
 ACTOR = "canary_analysis"
 ACTOR_KIND = "analysis"
 
@@ -49,51 +50,15 @@ class CanaryAnalysisExtension:
         self._status: dict[str, dict[str, Any]] = {}  # by agent: the last look at its latest rollout
         self._task: asyncio.Task | None = None
         registry = context.metrics
-        self._verdicts = registry.gauge(
-            "agentopz_rollout_analysis",
-            "1 for the current verdict (pass, fail, inconclusive) of each guard of the agent's rollout.",
-            ("agent", "guard", "verdict"),
-        )
-        self._statistics = registry.gauge(
-            "agentopz_rollout_analysis_statistic",
-            "A guard's evidence against the candidate in nats (log-likelihood ratio or -ln p); fails at the threshold.",
-            ("agent", "guard"),
-        )
-        self._thresholds = registry.gauge(
-            "agentopz_rollout_analysis_threshold",
-            "The statistic at which a guard fails.",
-            ("agent", "guard"),
-        )
-        self._runs = registry.gauge(
-            "agentopz_rollout_analysis_runs",
-            "Runs the analysis has seen per version since the agent's rollout started.",
-            ("agent", "prompt_version"),
-        )
-        self._decisions = registry.counter(
-            "agentopz_rollout_analysis_decisions_total",
-            "Actions the analysis took: advance, promote, rollback, pause (data source down), resume.",
-            ("agent", "decision"),
-        )
-        self._last_look = registry.gauge(
-            "agentopz_rollout_analysis_last_look_timestamp_seconds",
-            "When the analysis last looked at the agent's rollout.",
-            ("agent",),
-        )
-        self._last_decision = registry.gauge(
-            "agentopz_rollout_analysis_last_decision_timestamp_seconds",
-            "When the analysis last acted on the agent's rollout.",
-            ("agent",),
-        )
-        self._source_errors = registry.counter(
-            "agentopz_rollout_analysis_source_errors_total",
-            "Looks that could not read the analysis data source.",
-            ("source",),
-        )
-        self._source_up = registry.gauge(
-            "agentopz_rollout_analysis_source_up",
-            "1 if the last read of the analysis data source succeeded, else 0.",
-            ("source",),
-        )
+        self._verdicts = registry.metric("agentopz_rollout_analysis")
+        self._statistics = registry.metric("agentopz_rollout_analysis_statistic")
+        self._thresholds = registry.metric("agentopz_rollout_analysis_threshold")
+        self._runs = registry.metric("agentopz_rollout_analysis_runs")
+        self._decisions = registry.metric("agentopz_rollout_analysis_decisions_total")
+        self._last_look = registry.metric("agentopz_rollout_analysis_last_look_timestamp_seconds")
+        self._last_decision = registry.metric("agentopz_rollout_analysis_last_decision_timestamp_seconds")
+        self._source_errors = registry.metric("agentopz_rollout_analysis_source_errors_total")
+        self._source_up = registry.metric("agentopz_rollout_analysis_source_up")
 
     def validate(self, analysis: dict[str, Any]) -> dict[str, Any]:
         """A rollout's `analysis` over the defaults, normalized; ValueError with the reason if invalid."""

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+from ... import catalogue
+from ...records import SUCCESS
 from .config import NOT_SUCCESS, AnalysisConfig
 from .statistics import FAIL, PASS, GuardResult, RankLooks, RateEvidence, hard_limit_verdict, rank_test, rate_verdict
 
-SUCCESS = "success"
-GUARDS = ("quality", "cost", "duration", "hard_limits")
+GUARDS = catalogue.enum("analysis_guard")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from aiohttp import web
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...components import Context, Factory, InFlightRuns
-from ...processors.runs import RunRecord
+from ...components import Context, Factory
+from ...records import InFlightRuns, RunRecord
 from ...slo import SLO, load_spec
 from . import pages
 from .actions import ConsoleActions
@@ -90,7 +90,9 @@ class ConsoleExtension:
         self._in_flight: tuple[float, dict[str, InFlightRuns]] = (-IN_FLIGHT_MAX_AGE, {})
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
         self._runbooks_dir = Path(config.runbooks_dir) if config.runbooks_dir else None
-        self.actions = ConsoleActions(self, config.session_hours, config.allowed_hosts)
+        self.actions = ConsoleActions(
+            self.page, context.extensions, config.rollouts, config.session_hours, config.allowed_hosts
+        )
         context.finished_runs.subscribe(self._received)
         for method, path, handler in (
             ("GET", "/", self._fleet),

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -27,8 +27,12 @@ from ..rollouts import ACTIVE_STATES, RolloutError, RolloutsExtension
 from . import pages
 from .pages import html_response as _html
 
-if TYPE_CHECKING:
-    from . import ConsoleExtension
+
+class PageMaker(Protocol):
+    """The console page frame (navigation, session, CSRF token) the actions render into."""
+
+    def __call__(self, request: web.Request, title: str, active: str, **extra: Any) -> pages.PageContext: ...
+
 
 COOKIE = "agentopz_console"
 MAX_SESSIONS = 1000
@@ -46,8 +50,17 @@ class Session:
 
 
 class ConsoleActions:
-    def __init__(self, console: ConsoleExtension, session_hours: float, allowed_hosts: Sequence[str]) -> None:
-        self._console = console
+    def __init__(
+        self,
+        page: PageMaker,
+        extensions: dict[str, Any],
+        rollouts_id: str,
+        session_hours: float,
+        allowed_hosts: Sequence[str],
+    ) -> None:
+        self._page = page
+        self._extensions = extensions  # the service's extensions by id (filled before any starts)
+        self._rollouts_id = rollouts_id
         self._session_seconds = session_hours * 3600
         self._allowed_hosts = frozenset(allowed_hosts)
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -81,7 +94,7 @@ class ConsoleActions:
         return session
 
     async def _login_form(self, request: web.Request) -> web.StreamResponse:
-        page = self._console.page(request, "Sign in", "rollouts")
+        page = self._page(request, "Sign in", "rollouts")
         token_configured = request.app[ADMIN_AUTH].token is not None
         return _html(pages.login_page(page, None, token_configured, _next_path(request.query.get("next"))))
 
@@ -92,7 +105,7 @@ class ConsoleActions:
         token = str(form.get("token", "")).strip()
         next_path = _next_path(str(form.get("next", "")))
         auth = request.app[ADMIN_AUTH]
-        page = self._console.page(request, "Sign in", "rollouts")
+        page = self._page(request, "Sign in", "rollouts")
         if auth.token is None:
             error = None if is_loopback(request) else "No admin token is configured: only loopback may act."
         else:
@@ -129,7 +142,7 @@ class ConsoleActions:
 
     def rollouts(self) -> RolloutsExtension | None:
         """The rollouts extension, or None when it is not switched on."""
-        found = self._console._context.extensions.get(self._console.config.rollouts)
+        found = self._extensions.get(self._rollouts_id)
         return found if isinstance(found, RolloutsExtension) else None
 
     def version_roles(self, agent: str) -> tuple[dict[str, str], str]:
@@ -157,16 +170,14 @@ class ConsoleActions:
         return roles, line
 
     async def _rollouts_view(self, request: web.Request) -> web.StreamResponse:
-        page = self._console.page(request, "Rollouts", "rollouts", notice=_notice(request.query.get("done", "")))
+        page = self._page(request, "Rollouts", "rollouts", notice=_notice(request.query.get("done", "")))
         rollouts = self.rollouts()
         if rollouts is None:
-            return _html(pages.rollouts_off_page(page, self._console.config.rollouts))
+            return _html(pages.rollouts_off_page(page, self._rollouts_id))
         flags = rollouts.agents()
         current = {flag.agent: rollouts.rollout(flag.agent) for flag in flags}
         history = rollouts.history(limit=100)
-        analyses = [
-            ext for ext in self._console._context.extensions.values() if isinstance(ext, CanaryAnalysisExtension)
-        ]
+        analyses = [ext for ext in self._extensions.values() if isinstance(ext, CanaryAnalysisExtension)]
         verdicts = {
             agent: status
             for agent, rollout in current.items()
@@ -182,7 +193,7 @@ class ConsoleActions:
         action = request.match_info["action"]
         if action not in ROLLOUT_ACTIONS + FLAG_ACTIONS:
             raise web.HTTPNotFound(text=f"unknown action {action!r}\n")
-        page = self._console.page(request, "Rollouts", "rollouts")
+        page = self._page(request, "Rollouts", "rollouts")
         session = self.session(request)
         if session is None:
             text = "Sign in with the admin token first: reading is open, acting is not."
@@ -197,7 +208,7 @@ class ConsoleActions:
             return _html(pages.confirm_page(page, agent, action, reason, detail))
         rollouts = self.rollouts()
         if rollouts is None:
-            return _html(pages.rollouts_off_page(page, self._console.config.rollouts), status=404)
+            return _html(pages.rollouts_off_page(page, self._rollouts_id), status=404)
         try:
             if action in ROLLOUT_ACTIONS:
                 rollouts.act(agent, action, actor=session.name, actor_kind="user", reason=reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...components import InFlightRuns
+from ...records import InFlightRuns
 from ...slo import SLO
 from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, percentile
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ...metrics import Registry
-from ...processors.runs import SUCCESS, RunRecord
+from ...records import QUALITY_FAILURE, SUCCESS, RunRecord
 from ...slo import SLO, CostSLI, LatencySLI, QualitySLI, SuccessSLI
 
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400}
@@ -227,7 +227,7 @@ def slo_event(slo: SLO, record: RunRecord) -> bool | None:
     if isinstance(sli, SuccessSLI):
         return record.outcome != SUCCESS
     if isinstance(sli, QualitySLI):
-        return record.outcome == "quality_failure"
+        return record.outcome == QUALITY_FAILURE
     if isinstance(sli, LatencySLI):
         return None if record.duration_seconds is None else record.duration_seconds > sli.threshold_seconds
     if isinstance(sli, CostSLI):

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ...records import OUTCOMES
 from .figures import AgentStatus, Figures, calls_table
 from .history import WINDOWS, Detail, RunEntry
 
@@ -42,16 +43,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-OUTCOME_ORDER = (
-    "success",
-    "quality_failure",
-    "llm_error",
-    "tool_error",
-    "budget_exceeded",
-    "timeout",
-    "abandoned",
-    "error",
-)
 ACTION_LABELS = {
     "rollback": "Roll back",
     "promote": "Promote",
@@ -147,7 +138,7 @@ def sparkline(values: Sequence[int], label: str) -> str:
 
 
 def _outcome_rank(outcome: str) -> int:
-    return OUTCOME_ORDER.index(outcome) if outcome in OUTCOME_ORDER else len(OUTCOME_ORDER)
+    return OUTCOMES.index(outcome) if outcome in OUTCOMES else len(OUTCOMES)
 
 
 def outcome_bar(outcomes: dict[str, int]) -> str:

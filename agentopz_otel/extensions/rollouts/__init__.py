@@ -4,7 +4,8 @@ Other extensions use the Python interface of `RolloutsExtension` (look it up wit
 `context.extension("rollouts", RolloutsExtension, asked_by=...)`).
 """
 
-from .extension import FACTORY, RolloutsConfig, RolloutsExtension
+from .api import FACTORY
+from .extension import RolloutsConfig, RolloutsExtension
 from .model import ACTIONS, ACTIVE_STATES, ACTOR_KINDS, AgentFlag, AuditEntry, Rollout, RolloutError
 
 __all__ = [

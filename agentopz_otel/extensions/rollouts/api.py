@@ -1,4 +1,5 @@
-"""Admin HTTP API of the rollouts extension, OFREP evaluation and the flagd sync endpoint (admin port).
+"""Admin HTTP API of the rollouts extension, OFREP evaluation and the flagd sync endpoint (admin port),
+and the extension's factory, which serves them.
 
 Reads are open like /metrics; every mutation needs the admin token (`admin_auth.require_admin`) and a
 JSON body, which also keeps a cross-site form post from a browser from reaching it.
@@ -8,17 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...admin_auth import require_admin
+from ...components import Context, Factory
+from .extension import RolloutsConfig, RolloutsExtension
 from .model import ACTIONS, MAX_STEPS, RolloutError
 from .ofrep import bulk_response, dumps, etag_matches, single_response
-
-if TYPE_CHECKING:
-    from .extension import RolloutsExtension
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTOR_HEADER = "X-Agentopz-Actor"
@@ -206,3 +206,12 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         ("POST", "/ofrep/v1/evaluate/flags/{key}", evaluate_flag),
         ("POST", "/ofrep/v1/evaluate/flags", evaluate_flags),
     ]
+
+
+def _create(component_id: str, config: RolloutsConfig, context: Context) -> RolloutsExtension:
+    rollouts = RolloutsExtension(component_id, config, context)
+    context.admin_routes.extend(admin_routes(rollouts))
+    return rollouts
+
+
+FACTORY = Factory(type="rollouts", kind="extension", config_type=RolloutsConfig, create=_create)

@@ -18,10 +18,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from ... import catalogue
 from ...admin_auth import ADMIN_AUTH, TokenConfig, bearer_token, token_matches
-from ...components import Context, Factory
+from ...components import Context
 from ..storage import StorageExtension
-from .api import admin_routes
 from .flagd import flagd_document
 from .model import (
     ACTIONS,
@@ -36,7 +36,7 @@ from .model import (
 from .ofrep import Snapshot
 from .store import RolloutStore
 
-GAUGE_STATES = ("none", "progressing", "paused", "rolled_back", "promoted", "disabled")
+GAUGE_STATES = catalogue.enum("rollout_state")
 MAX_ACTOR_LENGTH = 128
 MAX_REASON_LENGTH = 2000
 
@@ -86,34 +86,14 @@ class RolloutsExtension:
         self._analysis_status: Callable[[Rollout], dict | None] | None = None
         self._evaluation_token: str | None = None
         metrics = context.metrics
-        self._evaluations = metrics.counter(
-            "agentopz_flag_evaluations_total",
-            "Flag evaluations answered over OFREP, by agent (flag), prompt version (variant) and OpenFeature reason.",
-            ("agent", "prompt_version", "reason"),
-        )
-        self._weight = metrics.gauge(
-            "agentopz_rollout_weight",
-            "Share of an agent's traffic (0 to 100) each prompt version is served.",
-            ("agent", "prompt_version"),
-        )
-        self._state = metrics.gauge(
-            "agentopz_rollout_state", "1 for an agent's current rollout state.", ("agent", "state")
-        )
-        self._role = metrics.gauge(
-            "agentopz_rollout_role",
-            "1 when a prompt version has the role: baseline (the agent's baseline) or candidate (of its current or "
-            "last rollout); per-version alerts compare a candidate with its baseline, never the reverse.",
-            ("agent", "prompt_version", "role"),
-        )
-        self._actions = metrics.counter(
-            "agentopz_rollout_actions_total",
-            "Rollout changes (define, start, advance, promote, rollback, pause, resume, disable, enable), by actor.",
-            ("agent", "action", "actor"),
-        )
+        self._evaluations = metrics.metric("agentopz_flag_evaluations_total")
+        self._weight = metrics.metric("agentopz_rollout_weight")
+        self._state = metrics.metric("agentopz_rollout_state")
+        self._role = metrics.metric("agentopz_rollout_role")
+        self._actions = metrics.metric("agentopz_rollout_actions_total")
         self.snapshot = Snapshot((), {}, self._evaluations)
         self.flagd_body = b""
         self.flagd_etag = ""
-        context.admin_routes.extend(admin_routes(self))
 
     # Lifecycle
 
@@ -491,10 +471,3 @@ class RolloutsExtension:
         if rollout is None or not rollout.active:
             return {flag.baseline: 100}
         return {rollout.candidate: rollout.weight, rollout.baseline: 100 - rollout.weight}
-
-
-def _create(component_id: str, config: RolloutsConfig, context: Context) -> RolloutsExtension:
-    return RolloutsExtension(component_id, config, context)
-
-
-FACTORY = Factory(type="rollouts", kind="extension", config_type=RolloutsConfig, create=_create)

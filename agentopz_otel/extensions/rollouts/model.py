@@ -8,8 +8,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ... import catalogue
+
 ACTIONS = ("promote", "rollback", "pause", "resume", "advance")
-ACTOR_KINDS = ("user", "analysis", "alert")
+ACTOR_KINDS = catalogue.enum("actor_kind")
 ACTIVE_STATES = ("progressing", "paused")
 # A name is a flag key and a URL path segment: printable, no slash, no surrounding whitespace.
 _NAME = re.compile(r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]{0,126}[^\s/\x00-\x1f\x7f])?$")

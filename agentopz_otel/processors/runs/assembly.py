@@ -17,8 +17,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...model import LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
+from ...records import Evaluation
 from ..prompt_version import FROM_FLAG, FROM_NOTHING, UNKNOWN_VERSION
-from ..quality import Evaluation
 
 MAX_MODELS_PER_RUN = 8
 MAX_TOOLS_PER_RUN = 64

@@ -31,7 +31,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...model import Call
-from ..quality import Evaluation
+from ...records import Evaluation
 from .assembly import Group, HeldRoot, TraceState
 
 log = logging.getLogger("agentopz_otel.runs")

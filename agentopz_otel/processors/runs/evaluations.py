@@ -11,9 +11,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from ...metrics import Registry
 from ...model import SpanView
+from ...records import Evaluation
 from ..normalize import EVALUATION_EVENT, evaluation_from_attributes
 from ..prompt_version import UNKNOWN_VERSION
-from ..quality import Evaluation, EvaluationRule, evaluation_verdict
+from ..quality import EvaluationRule, evaluation_verdict
 from .assembly import MAX_EVALUATIONS_PER_RUN, Group, TraceState
 
 SCORE_BUCKETS = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 10)
@@ -37,18 +38,9 @@ class EvaluationRouter:
         self._responses: OrderedDict[str, bytes] = OrderedDict()  # gen_ai.response.id -> trace id
         # Evaluations that arrived before any span of their trace: trace id -> (arrival, evaluations).
         self._pending: OrderedDict[bytes, tuple[float, list[Evaluation]]] = OrderedDict()
-        labels = ("service", "agent", "prompt_version")
-        self._evaluations = registry.counter(
-            "agentopz_evaluations_total",
-            "Evaluator verdicts (gen_ai.evaluation.result, annotations), including those after the run finished.",
-            (*labels, "evaluation", "verdict"),
-        )
-        self._scores = registry.histogram(
-            "agentopz_evaluation_score", "Evaluator scores.", (*labels, "evaluation"), SCORE_BUCKETS
-        )
-        self._unmatched = registry.counter(
-            "agentopz_evaluations_unmatched_total", "Evaluations whose run could not be found."
-        )
+        self._evaluations = registry.metric("agentopz_evaluations_total")
+        self._scores = registry.metric("agentopz_evaluation_score", SCORE_BUCKETS)
+        self._unmatched = registry.metric("agentopz_evaluations_unmatched_total")
 
     def remember_response(self, response_id: str, trace_id: bytes) -> None:
         self._responses[response_id] = trace_id

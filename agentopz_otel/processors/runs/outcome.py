@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..quality import FAIL
+from ...records import (
+    ABANDONED,
+    BUDGET_EXCEEDED,
+    ERROR,
+    FAIL,
+    LLM_ERROR,
+    QUALITY_FAILURE,
+    SUCCESS,
+    TIMEOUT,
+    TOOL_ERROR,
+    RunRecord,
+)
 
 if TYPE_CHECKING:
     from .assembly import Group
-    from .publishing import RunRecord
-
-SUCCESS = "success"
-QUALITY_FAILURE = "quality_failure"
-LLM_ERROR = "llm_error"
-TOOL_ERROR = "tool_error"
-BUDGET_EXCEEDED = "budget_exceeded"
-TIMEOUT = "timeout"
-ABANDONED = "abandoned"
-ERROR = "error"
-OUTCOMES = (SUCCESS, QUALITY_FAILURE, LLM_ERROR, TOOL_ERROR, BUDGET_EXCEEDED, TIMEOUT, ABANDONED, ERROR)
 
 
 class RunLimit(BaseModel):

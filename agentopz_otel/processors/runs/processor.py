@@ -27,10 +27,11 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...components import Context, Factory, InFlightRuns, RunFeed, Storage
+from ...components import Context, Factory, Storage
 from ...content import input_text
 from ...metrics import Registry
 from ...model import AGENT, LLM, OTHER, STATUS_OK, TOOL, Batch, Call, SpanView, call_of
+from ...records import SUCCESS, InFlightRuns, RunFeed, RunRecord
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityConfig, QualityEvaluator
 from .assembly import (
@@ -46,14 +47,13 @@ from .assembly import (
 from .checkpoint import CheckpointConfig, RunCheckpoint, RunState
 from .content import LoggedContent
 from .evaluations import EvaluationRouter
-from .outcome import SUCCESS, RunLimit, decide_outcome
+from .outcome import RunLimit, decide_outcome
 from .publishing import (
     RUN_COST_BUCKETS,
     RUN_DURATION_BUCKETS,
     RunLogConfig,
     RunMetrics,
     RunPublisher,
-    RunRecord,
     add_totals,
     in_flight_runs,
 )
@@ -139,23 +139,10 @@ class RunsProcessor:
             self._find_trace,
         )
         self._logged_content = LoggedContent(config.abandon_after_seconds, config.quality.max_output_chars)
-        self._evicted = registry.counter(
-            "agentopz_evicted_runs_total",
-            "Runs dropped before finishing: the open-run cap was reached (capacity) or the service stopped (shutdown).",
-            ("reason",),
-            bounded=False,
-        )
-        self._unassembled = registry.counter(
-            "agentopz_unassembled_spans_total",
-            "Spans left out of run assembly because their trace reached runs.max_spans_per_trace.",
-        )
-        self._late = registry.counter(
-            "agentopz_late_spans_total", "Spans that arrived after their run finished (not in run metrics)."
-        )
-        self._duplicates = registry.counter(
-            "agentopz_duplicate_spans_total",
-            "Spans received again (same trace and span id) while remembered: not counted again in any metric.",
-        )
+        self._evicted = registry.metric("agentopz_evicted_runs_total")
+        self._unassembled = registry.metric("agentopz_unassembled_spans_total")
+        self._late = registry.metric("agentopz_late_spans_total")
+        self._duplicates = registry.metric("agentopz_duplicate_spans_total")
         self._remembered = 0  # span ids in the `seen` sets of open and finished traces
         self._emit_calls: Callable[[list[Call], str | None], None] | None = None
 

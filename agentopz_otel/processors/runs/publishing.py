@@ -4,11 +4,9 @@ forwarded with the run totals, and the run and in-flight metrics."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -17,12 +15,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...components import InFlightRuns, RunFeed
 from ...metrics import Registry
 from ...model import Batch, add_attribute
-from ..quality import UNKNOWN
+from ...records import OUTCOMES, SUCCESS, InFlightRuns, RunFeed, RunRecord
 from .assembly import Group, HeldRoot
-from .outcome import OUTCOMES, SUCCESS
 
 RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
@@ -35,42 +31,6 @@ class RunLogConfig(BaseModel):
 
     path: str | None = Field(default=None, description="JSON lines file; '-' for stdout; unset: no file")
     otlp: bool = Field(default=True, description="also send each record as an OTLP log record to OTLP exporters")
-
-
-@dataclass
-class RunRecord:
-    """A finished run: what the run log writes and the quality checks receive."""
-
-    trace_id: str
-    root_span_id: str
-    service: str
-    agent: str
-    prompt_version: str
-    outcome: str
-    started_at: float
-    finished_at: float
-    duration_seconds: float | None
-    cost_usd: float | None
-    cost_complete: bool
-    tokens: dict[str, int]
-    steps: int
-    llm_calls: int
-    llm_errors: int
-    tool_calls: int
-    tool_errors: int
-    sub_agents: int
-    models: list[str]
-    # Per model and per tool: [calls, failed calls] (at most MAX_MODELS_PER_RUN and MAX_TOOLS_PER_RUN names).
-    calls_by_model: dict[str, list[int]] = field(default_factory=dict)
-    calls_by_tool: dict[str, list[int]] = field(default_factory=dict)
-    quality_verdict: str = UNKNOWN
-    failed_checks: list[str] = field(default_factory=list)
-    limit_exceeded: str | None = None
-    # The start of the run's input, only when an extension displays content (Context.run_input_chars).
-    input_start: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True)
 
 
 def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
@@ -188,46 +148,17 @@ class RunMetrics:
         open_groups: Callable[[], Iterable[Group]],
     ) -> None:
         self._open_groups = open_groups
-        labels = ("service", "agent", "prompt_version")
-        self._runs = registry.counter("agentopz_runs_total", "Finished agent runs by outcome.", (*labels, "outcome"))
-        self._duration = registry.histogram(
-            "agentopz_run_duration_seconds", "Run duration (root span).", labels, duration_buckets
-        )
-        self._cost = registry.histogram(
-            "agentopz_run_cost_usd",
-            "Cost of runs whose every LLM call was priced; exemplars carry trace ids.",
-            labels,
-            cost_buckets,
-        )
-        self._steps = registry.histogram(
-            "agentopz_run_steps",
-            "Steps per run: the LLM calls made in it, sub-agents' included (agent spans and graph nodes are not).",
-            labels,
-            RUN_COUNT_BUCKETS,
-        )
-        self._tool_calls = registry.histogram(
-            "agentopz_run_tool_calls", "Tool calls per run.", labels, RUN_COUNT_BUCKETS
-        )
-        self._last_finished = registry.gauge(
-            "agentopz_run_last_finished_timestamp_seconds",
-            "When a run of the agent last finished.",
-            ("service", "agent"),
-        )
-        self._in_flight = registry.gauge("agentopz_runs_in_flight", "Runs in progress.", ("service", "agent"))
-        self._in_flight_cost = registry.gauge(
-            "agentopz_in_flight_run_max_cost_usd", "Largest running cost of a run in progress.", ("service", "agent")
-        )
-        self._in_flight_steps = registry.gauge(
-            "agentopz_in_flight_run_max_steps", "Most steps (LLM calls) of a run in progress.", ("service", "agent")
-        )
-        self._open_runs = registry.gauge(
-            "agentopz_open_runs", "Runs held in memory (in flight or in their grace period)."
-        )
-        self.checks = registry.counter(
-            "agentopz_quality_checks_total",
-            "Quality check verdicts on finished runs (pass, fail, unknown, error).",
-            (*labels, "check", "verdict"),
-        )
+        self._runs = registry.metric("agentopz_runs_total")
+        self._duration = registry.metric("agentopz_run_duration_seconds", duration_buckets)
+        self._cost = registry.metric("agentopz_run_cost_usd", cost_buckets)
+        self._steps = registry.metric("agentopz_run_steps", RUN_COUNT_BUCKETS)
+        self._tool_calls = registry.metric("agentopz_run_tool_calls", RUN_COUNT_BUCKETS)
+        self._last_finished = registry.metric("agentopz_run_last_finished_timestamp_seconds")
+        self._in_flight = registry.metric("agentopz_runs_in_flight")
+        self._in_flight_cost = registry.metric("agentopz_in_flight_run_max_cost_usd")
+        self._in_flight_steps = registry.metric("agentopz_in_flight_run_max_steps")
+        self._open_runs = registry.metric("agentopz_open_runs")
+        self.checks = registry.metric("agentopz_quality_checks_total")
         registry.before_collect.append(self._refresh_in_flight)
 
     def record(self, record: RunRecord) -> None:
