@@ -190,6 +190,12 @@ class RunMetrics:
         self._open_groups = open_groups
         labels = ("service", "agent", "prompt_version")
         self._runs = registry.counter("agentopz_runs_total", "Finished agent runs by outcome.", (*labels, "outcome"))
+        self._cost_total = registry.counter(
+            "agentopz_run_cost_usd_total",
+            "Cost of finished runs by outcome (every priced call of the run; unpriced calls add nothing): "
+            'outcome!="success" is the money spent on runs that failed.',
+            (*labels, "outcome"),
+        )
         self._duration = registry.histogram(
             "agentopz_run_duration_seconds", "Run duration (root span).", labels, duration_buckets
         )
@@ -238,7 +244,10 @@ class RunMetrics:
             # so that increase() over them sees the version's next failure, not only its later ones.
             for outcome in OUTCOMES:
                 self._runs.series((*labels, outcome))
+                self._cost_total.series((*labels, outcome))
         runs.value += 1
+        if record.cost_usd is not None:
+            self._cost_total.series((*labels, record.outcome)).value += record.cost_usd
         if record.duration_seconds is not None:
             self._duration.series(labels).observe(record.duration_seconds)
         if record.cost_complete and record.cost_usd is not None:
