@@ -22,6 +22,11 @@ from .config import ProbeConfig, ProbesConfig, header_value
 from .core import (
     CONNECT_ERROR,
     HTTP_ERROR,
+    PROBE_DURATION,
+    PROBE_LAST_SUCCESS,
+    PROBE_RUNS_TOTAL,
+    PROBE_SUCCESS,
+    PROBES_TOTAL,
     REASONS,
     RUN_MISSING,
     SUCCESS,
@@ -39,12 +44,6 @@ log = logging.getLogger("agentopz_otel.probes")
 STATUS_PATH = "/api/v1/probes"
 PROBE_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 USER_AGENT = "agentopz-otel-probe"
-# Metric names, declared here and read by the console and the docs.
-PROBES_TOTAL = "agentopz_probes_total"
-PROBE_SUCCESS = "agentopz_probe_success"
-PROBE_LAST_SUCCESS = "agentopz_probe_last_success_timestamp_seconds"
-PROBE_DURATION = "agentopz_probe_duration_seconds"
-PROBE_RUNS_TOTAL = "agentopz_probe_runs_total"
 
 
 @dataclass
