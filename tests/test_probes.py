@@ -13,7 +13,7 @@ from conftest import RunningService, free_port, service_body
 from probe_agent import running_stand_in
 
 from agentopz_otel.config import ConfigError, parse_config
-from agentopz_otel.extensions.probes.config import Expect, ProbesConfig
+from agentopz_otel.extensions.probes.config import Expect, HeaderFromEnv, HeaderFromFile, ProbesConfig, header_value
 from agentopz_otel.extensions.probes.core import (
     BODY_TOO_LARGE,
     JSON_PATH,
@@ -157,6 +157,25 @@ def test_a_bad_probe_config_is_refused_naming_the_key(config, message):
         parse_config(text)
     assert "extensions.probes" in str(error.value)
     assert message in str(error.value)
+
+
+def test_header_values_come_from_the_config_the_environment_or_a_file(tmp_path, monkeypatch):
+    what = "extensions.probes.probes[0]"
+    assert header_value("X-Key", "inline", what) == "inline"
+    monkeypatch.setenv("PROBE_KEY", "from-env")
+    assert header_value("X-Key", HeaderFromEnv(env="PROBE_KEY"), what) == "from-env"
+    monkeypatch.setenv("PROBE_KEY", "")
+    with pytest.raises(OSError, match=r"^extensions.probes.probes\[0\].headers.X-Key: environment variable PROBE_KEY"):
+        header_value("X-Key", HeaderFromEnv(env="PROBE_KEY"), what)
+    secret = tmp_path / "key"
+    secret.write_text("  from-file\n")
+    assert header_value("X-Key", HeaderFromFile(file=secret), what) == "from-file"
+    secret.write_text("\n")
+    with pytest.raises(OSError, match=rf"^{re.escape(what)}.headers.X-Key: file {re.escape(str(secret))} is empty$"):
+        header_value("X-Key", HeaderFromFile(file=secret), what)
+    missing = tmp_path / "missing"
+    with pytest.raises(OSError, match=r"headers.X-Key: cannot read file .*missing: No such file or directory$"):
+        header_value("X-Key", HeaderFromFile(file=missing), what)
 
 
 def test_the_default_config_has_probes_on_with_none_configured():

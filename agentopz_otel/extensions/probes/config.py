@@ -12,6 +12,8 @@ from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as parse_json_path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ...bearer import read_secret
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,13 +40,7 @@ def header_value(name: str, value: HeaderValue, what: str) -> str:
         if not found:
             raise OSError(f"{what}.headers.{name}: environment variable {value.env} is not set or empty")
         return found
-    try:
-        found = value.file.read_text().strip()
-    except OSError as error:
-        raise OSError(f"{what}.headers.{name}: cannot read {value.file}: {error.strerror}") from None
-    if not found:
-        raise OSError(f"{what}.headers.{name}: {value.file} is empty")
-    return found
+    return read_secret(value.file, f"{what}.headers.{name}", "file")
 
 
 class Expect(_Strict):
