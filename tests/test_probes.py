@@ -115,6 +115,18 @@ def test_sent_probes_wait_for_their_run_then_give_up_and_forget():
     assert sent.arrived("b" * 32) is None
 
 
+def test_a_probe_whose_run_arrived_in_time_is_not_late_and_arrived_ids_do_not_pile_up():
+    sent = SentProbes(limit=2, remember_seconds=100)
+    for index in range(10):
+        trace_id = f"{index:032x}"
+        sent.add(trace_id, "a", now=index, wait=5)
+        assert sent.arrived(trace_id) is not None
+    assert len(sent._deadlines) <= 4  # rebuilt from the waiting probes past twice the limit
+    assert sent.expire(100) == []
+    sent.add("f" * 32, "a", now=100, wait=5)
+    assert [probe.agent for probe in sent.expire(105)] == ["a"]
+
+
 def test_sent_probes_are_bounded_and_the_oldest_waiting_ones_are_given_up():
     sent = SentProbes(limit=2, remember_seconds=100)
     assert sent.add("1" * 32, "a", now=0, wait=5) == []

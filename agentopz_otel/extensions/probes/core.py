@@ -4,6 +4,7 @@ caller passes `now`."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from collections import OrderedDict
@@ -112,12 +113,14 @@ class SentProbe:
 class SentProbes:
     """Trace ids of answered probes: so a finished run is known as a probe's (and kept out of the
     organic runs), and a probe that waits for its run learns its outcome or that it never came.
-    At most `limit` are remembered; the oldest go first."""
+    At most `limit` are remembered; the oldest go first. A tick costs what is due, not what is kept:
+    deadlines are in a heap, and ids are forgotten oldest first (in the order they were sent)."""
 
     def __init__(self, limit: int, remember_seconds: float) -> None:
         self._limit = limit
         self._remember_seconds = remember_seconds
         self._by_trace: OrderedDict[str, SentProbe] = OrderedDict()
+        self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, trace id) of waiting probes
 
     def __len__(self) -> int:
         return len(self._by_trace)
@@ -130,11 +133,19 @@ class SentProbes:
         deadline = None if wait is None else now + wait
         forget_at = now + max(wait or 0.0, self._remember_seconds)
         self._by_trace[trace_id] = SentProbe(agent, now, forget_at, deadline)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, trace_id))
         given_up = []
         while len(self._by_trace) > self._limit:
             _, oldest = self._by_trace.popitem(last=False)
             if oldest.deadline is not None:
+                oldest.deadline = None
                 given_up.append(oldest)
+        if len(self._deadlines) > 2 * self._limit:  # ids of runs that arrived: drop them at once
+            self._deadlines = [
+                (sent.deadline, trace_id) for trace_id, sent in self._by_trace.items() if sent.deadline is not None
+            ]
+            heapq.heapify(self._deadlines)
         return given_up
 
     def arrived(self, trace_id: str) -> SentProbe | None:
@@ -142,12 +153,18 @@ class SentProbes:
         return self._by_trace.pop(trace_id, None)
 
     def expire(self, now: float) -> list[SentProbe]:
-        """Forget probes past `forget_at`; returns those that waited and whose run did not come in time."""
+        """Probes whose run did not come by their deadline (each returned once); forgets those sent
+        longest ago whose `forget_at` passed."""
         late = []
-        for trace_id, sent in list(self._by_trace.items()):
-            if sent.deadline is not None and sent.deadline <= now:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, trace_id = heapq.heappop(self._deadlines)
+            sent = self._by_trace.get(trace_id)
+            if sent is not None and sent.deadline is not None and sent.deadline <= now:
                 sent.deadline = None
                 late.append(sent)
-            if sent.forget_at <= now:
-                del self._by_trace[trace_id]
+        while self._by_trace:
+            trace_id, oldest = next(iter(self._by_trace.items()))
+            if oldest.forget_at > now:
+                break
+            del self._by_trace[trace_id]
         return late
