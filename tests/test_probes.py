@@ -318,3 +318,11 @@ def test_a_header_from_an_unset_variable_is_a_clear_start_up_error(start_service
     assert "extensions.probes.probes[0].headers.X-Key: environment variable NO_SUCH_VAR_X is not set" in str(
         error.value
     )
+
+
+def test_the_built_in_default_runs_the_probes_extension_with_no_probe(start_service):
+    service = start_service(None)
+    with urllib.request.urlopen(f"{service.admin_url}/api/v1/probes", timeout=5) as response:
+        assert json.load(response) == {"probes": [], "waiting": 0}
+    assert "# HELP agentopz_probes_total " in service.metrics_text()
+    assert service.value("agentopz_probes_total") == 0
