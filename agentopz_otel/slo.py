@@ -7,7 +7,7 @@ An SLO covers the runs of one agent or of a set of agents (regex matchers on the
 - `quality`: bad = outcome `quality_failure`, over all runs;
 - `latency`: good = runs that finished within `threshold_seconds` (a bucket of agentopz_run_duration_seconds);
 - `cost`: good = runs that cost at most `threshold_usd` (a bucket of agentopz_run_cost_usd);
-- `probe`: good = probes of the agent that succeeded (agentopz_probes_total{reason="success"}, from
+- `probe`: good = probes of the agent that succeeded (agentopz_probe_results_total{reason="success"}, from
   the probes extension); by agent only, since probes have no `service` label.
 
 The generated rules follow Sloth (slok/sloth) in shape and names: per SLO, SLI error ratios over
@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .extensions.probes.core import PROBES_TOTAL
+from .extensions.probes.core import PROBE_RESULTS_TOTAL
 from .extensions.probes.core import SUCCESS as PROBE_SUCCESS
 from .runbooks import DEFAULT_RUNBOOK_BASE_URL, check_base_url, runbook_url
 
@@ -288,8 +288,9 @@ def _events(slo: SLO, window: str, function: str = "rate") -> tuple[str, str]:
         # No bad series yet (no failure ever seen) is a zero error rate, not a missing one.
         return f"{bad}\nor\n{total} * 0", total
     if isinstance(sli, ProbeSLI):
-        total = _sum(slo, f"{function}({PROBES_TOTAL}{_selector(slo)}[{window}])")
-        bad = _sum(slo, f"{function}({PROBES_TOTAL}{_selector(slo, f'reason!={json.dumps(PROBE_SUCCESS)}')}[{window}])")
+        total = _sum(slo, f"{function}({PROBE_RESULTS_TOTAL}{_selector(slo)}[{window}])")
+        failed = f"reason!={json.dumps(PROBE_SUCCESS)}"
+        bad = _sum(slo, f"{function}({PROBE_RESULTS_TOTAL}{_selector(slo, failed)}[{window}])")
         return f"{bad}\nor\n{total} * 0", total
     metric = "agentopz_run_duration_seconds" if isinstance(sli, LatencySLI) else "agentopz_run_cost_usd"
     threshold = sli.threshold_seconds if isinstance(sli, LatencySLI) else sli.threshold_usd
@@ -327,7 +328,7 @@ def _sli_text(slo: SLO) -> str:
         return "Bad runs end with outcome quality_failure (the output failed its quality checks)."
     if isinstance(sli, ProbeSLI):
         return (
-            f'Good probes succeed ({PROBES_TOTAL}{{reason="{PROBE_SUCCESS}"}}): the agent answered as expected '
+            f'Good probes succeed ({PROBE_RESULTS_TOTAL}{{reason="{PROBE_SUCCESS}"}}): the agent answered as expected '
             "and, where the probe waits for the run it started, that run succeeded."
         )
     if isinstance(sli, LatencySLI):

@@ -25,7 +25,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 TAG = "agentopz"
 RUNS = "agentopz_runs_total"
 RUN_COST = "agentopz_run_cost_usd_total"
-PROBES = "agentopz_probes_total"
+PROBES = "agentopz_probe_results_total"
 PROBE_OK = 'reason="success"'
 PROBE_FAILED = 'reason!="success"'
 

@@ -332,9 +332,9 @@ def test_the_probe_column_and_wasted_spend_match_the_metrics(start_service, tmp_
     service = start_service(console_body(tmp_path, probes=probes))
     send_runs(service)
     wait_for_runs(service, 9)
-    assert service.wait_for("agentopz_probes_total", 1, agent="support-bot", reason="success") >= 1
-    assert service.wait_for("agentopz_probes_total", 1, agent="night-bot", reason="connect_error") >= 1
-    assert service.wait_for("agentopz_probes_total", 1, agent="triage-bot", reason="connect_error") >= 1
+    assert service.wait_for("agentopz_probe_results_total", 1, agent="support-bot", reason="success") >= 1
+    assert service.wait_for("agentopz_probe_results_total", 1, agent="night-bot", reason="connect_error") >= 1
+    assert service.wait_for("agentopz_probe_results_total", 1, agent="triage-bot", reason="connect_error") >= 1
     base = f"http://localhost:{service.admin_port}"
 
     page = new_page(chromium)

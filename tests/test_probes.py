@@ -211,12 +211,12 @@ def probe_statuses(service: RunningService) -> dict[str, dict]:
 
 
 def wait_for_reason(service: RunningService, agent: str, reason: str, at_least: float, timeout: float = 20) -> None:
-    value = service.wait_for("agentopz_probes_total", at_least, timeout=timeout, agent=agent, reason=reason)
+    value = service.wait_for("agentopz_probe_results_total", at_least, timeout=timeout, agent=agent, reason=reason)
     assert value >= at_least, f"{agent}: {reason} {value}; statuses {probe_statuses(service)}"
 
 
 def reasons(service: RunningService, agent: str) -> dict[str, float]:
-    return {reason: service.value("agentopz_probes_total", agent=agent, reason=reason) for reason in REASONS}
+    return {reason: service.value("agentopz_probe_results_total", agent=agent, reason=reason) for reason in REASONS}
 
 
 def test_probes_through_the_service_follow_the_agent_answers_failures_and_runs(start_service, tmp_path):
@@ -304,7 +304,7 @@ def test_probes_through_the_service_follow_the_agent_answers_failures_and_runs(s
         assert 0.75 <= probe_statuses(service)["stand-in"]["duration_seconds"] < 1.5
 
         # Back to answering: success again.
-        before = service.value("agentopz_probes_total", agent="stand-in", reason="success")
+        before = service.value("agentopz_probe_results_total", agent="stand-in", reason="success")
         agent.mode = "answer"
         wait_for_reason(service, "stand-in", "success", before + 1)
         assert service.value("agentopz_probe_success", agent="stand-in") == 1
@@ -324,5 +324,5 @@ def test_the_built_in_default_runs_the_probes_extension_with_no_probe(start_serv
     service = start_service(None)
     with urllib.request.urlopen(f"{service.admin_url}/api/v1/probes", timeout=5) as response:
         assert json.load(response) == {"probes": [], "waiting": 0}
-    assert "# HELP agentopz_probes_total " in service.metrics_text()
-    assert service.value("agentopz_probes_total") == 0
+    assert "# HELP agentopz_probe_results_total " in service.metrics_text()
+    assert service.value("agentopz_probe_results_total") == 0

@@ -361,11 +361,11 @@ def test_a_probe_slo_counts_probes_by_agent_only():
     [ratio] = rules["slo:sli_error:ratio_rate5m"]
     assert ratio["expr"] == (
         "(\n"
-        '  sum by (agent) (rate(agentopz_probes_total{agent=~"support.*",reason!="success"}[5m]))\n'
+        '  sum by (agent) (rate(agentopz_probe_results_total{agent=~"support.*",reason!="success"}[5m]))\n'
         "  or\n"
-        '  sum by (agent) (rate(agentopz_probes_total{agent=~"support.*"}[5m])) * 0\n'
+        '  sum by (agent) (rate(agentopz_probe_results_total{agent=~"support.*"}[5m])) * 0\n'
         ")\n/\n(\n"
-        '  sum by (agent) (rate(agentopz_probes_total{agent=~"support.*"}[5m]))\n'
+        '  sum by (agent) (rate(agentopz_probe_results_total{agent=~"support.*"}[5m]))\n'
         ")\n"
     )
     [page, _] = rules["AgentProbeSLOBurn"]

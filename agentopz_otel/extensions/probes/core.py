@@ -16,13 +16,13 @@ from jsonpath_ng import JSONPath
 from ...processors.runs.outcome import SUCCESS as RUN_SUCCESS
 
 # Metric names (the SLO generator and the console read them from here).
-PROBES_TOTAL = "agentopz_probes_total"
+PROBE_RESULTS_TOTAL = "agentopz_probe_results_total"
 PROBE_SUCCESS = "agentopz_probe_success"
 PROBE_LAST_SUCCESS = "agentopz_probe_last_success_timestamp_seconds"
 PROBE_DURATION = "agentopz_probe_duration_seconds"
 PROBE_RUNS_TOTAL = "agentopz_probe_runs_total"
 
-# The `reason` label of agentopz_probes_total: why a probe failed, or `success`. Bounded: these only.
+# The `reason` label of agentopz_probe_results_total: why a probe failed, or `success`. Bounded: these only.
 SUCCESS = "success"
 CONNECT_ERROR = "connect_error"  # no connection (refused, unknown host, TLS failure)
 TIMEOUT = "timeout"  # no complete answer within timeout_seconds

@@ -24,9 +24,9 @@ from .core import (
     HTTP_ERROR,
     PROBE_DURATION,
     PROBE_LAST_SUCCESS,
+    PROBE_RESULTS_TOTAL,
     PROBE_RUNS_TOTAL,
     PROBE_SUCCESS,
-    PROBES_TOTAL,
     REASONS,
     RUN_MISSING,
     SUCCESS,
@@ -64,7 +64,7 @@ class ProbeStatus:
 class ProbeMetrics:
     def __init__(self, registry: Registry, probes: Sequence[ProbeConfig]) -> None:
         self.results = registry.counter(
-            PROBES_TOTAL,
+            PROBE_RESULTS_TOTAL,
             "Probe results by agent and reason (success, or why the probe failed).",
             ("agent", "reason"),
         )
