@@ -371,3 +371,9 @@ def test_the_probe_column_and_wasted_spend_match_the_metrics(start_service, tmp_
     }
     assert by_version == {"v1": wasted, "v2": 0}
     assert wasted_row == [money(wasted), money(wasted), "$0"]
+
+    # The agent that never ran has a page too, with its probe.
+    page.goto(base + "/agents/night-bot")
+    assert page.locator("p.probe").inner_text() == "Probe: connect_error last ok never"
+    page.goto(base + "/agents/nobody-at-all")
+    assert page.locator("h1").inner_text() == "Not found"

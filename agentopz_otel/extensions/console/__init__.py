@@ -228,6 +228,8 @@ class ConsoleExtension:
 
         def build() -> str | web.StreamResponse:
             agent = self.history.agents.get(name)
+            if agent is None and probe is not None:  # probed, no run finished yet
+                agent = AgentHistory(name, page.now)
             if agent is None:
                 text = f"No finished run of an agent named {name!r} since the service started."
                 return html_response(pages.not_found_page(page, text), status=404)
