@@ -3,7 +3,9 @@ service against a real HTTP agent stand-in that answers, fails, slows, or stops 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import time
 import urllib.request
@@ -12,7 +14,9 @@ import pytest
 from conftest import RunningService, free_port, service_body
 from probe_agent import running_stand_in
 
+from agentopz_otel.components import Context
 from agentopz_otel.config import ConfigError, parse_config
+from agentopz_otel.extensions.probes import FACTORY
 from agentopz_otel.extensions.probes.config import Expect, HeaderFromEnv, HeaderFromFile, ProbesConfig, header_value
 from agentopz_otel.extensions.probes.core import (
     BODY_TOO_LARGE,
@@ -29,6 +33,7 @@ from agentopz_otel.extensions.probes.core import (
     run_reason,
     traceparent,
 )
+from agentopz_otel.metrics import Registry
 
 
 def expectation(**expect) -> Expectation:
@@ -185,6 +190,11 @@ def test_header_values_come_from_the_config_the_environment_or_a_file(tmp_path, 
     secret.write_text("\n")
     with pytest.raises(OSError, match=rf"^{re.escape(what)}.headers.X-Key: file {re.escape(str(secret))} is empty$"):
         header_value("X-Key", HeaderFromFile(file=secret), what)
+    monkeypatch.setenv("PROBE_KEY", "a\r\nX-Injected: 1")
+    with pytest.raises(OSError, match=r"headers.X-Key: the value has a line break"):
+        header_value("X-Key", HeaderFromEnv(env="PROBE_KEY"), what)
+    with pytest.raises(OSError, match=r"headers.X-Key: the value has a line break"):
+        header_value("X-Key", "a\nb", what)
     missing = tmp_path / "missing"
     with pytest.raises(OSError, match=r"headers.X-Key: cannot read file .*missing: No such file or directory$"):
         header_value("X-Key", HeaderFromFile(file=missing), what)
@@ -326,3 +336,27 @@ def test_the_built_in_default_runs_the_probes_extension_with_no_probe(start_serv
         assert json.load(response) == {"probes": [], "waiting": 0}
     assert "# HELP agentopz_probe_results_total " in service.metrics_text()
     assert service.value("agentopz_probe_results_total") == 0
+
+
+def test_an_unexpected_failure_is_logged_once_and_probing_goes_on(caplog):
+    config = ProbesConfig(probes=[{"agent": "a", "url": "http://127.0.0.1:9/", "interval_seconds": 1}])
+    extension = FACTORY.create("probes", config, Context(metrics=Registry()))
+    calls = []
+
+    async def broken(probe) -> None:
+        calls.append(probe.agent)
+        raise KeyError("a bug")
+
+    extension.probe_once = broken
+
+    async def run_for_a_while() -> None:
+        task = asyncio.create_task(extension._every(config.probes[0]))
+        await asyncio.sleep(2.5)
+        task.cancel()
+
+    with caplog.at_level(logging.ERROR, logger="agentopz_otel.probes"):
+        asyncio.run(run_for_a_while())
+    assert calls == ["a", "a", "a"]
+    assert [record.getMessage() for record in caplog.records] == [
+        "probe of a failed unexpectedly; probing again each interval"
+    ]

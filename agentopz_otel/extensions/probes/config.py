@@ -32,15 +32,20 @@ HeaderValue = str | HeaderFromEnv | HeaderFromFile
 
 
 def header_value(name: str, value: HeaderValue, what: str) -> str:
-    """The value to send for header `name`; OSError naming the config key `what` when it cannot be read."""
+    """The value to send for header `name`; OSError naming the config key `what` when it cannot be
+    read or cannot be sent (a line break would end the header)."""
+    key = f"{what}.headers.{name}"
     if isinstance(value, str):
-        return value
-    if isinstance(value, HeaderFromEnv):
-        found = os.environ.get(value.env)
+        found = value
+    elif isinstance(value, HeaderFromEnv):
+        found = os.environ.get(value.env, "")
         if not found:
-            raise OSError(f"{what}.headers.{name}: environment variable {value.env} is not set or empty")
-        return found
-    return read_secret(value.file, f"{what}.headers.{name}", "file")
+            raise OSError(f"{key}: environment variable {value.env} is not set or empty")
+    else:
+        found = read_secret(value.file, key, "file")
+    if "\r" in found or "\n" in found:
+        raise OSError(f"{key}: the value has a line break, which cannot be sent in a header")
+    return found
 
 
 class Expect(_Strict):

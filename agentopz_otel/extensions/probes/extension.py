@@ -123,6 +123,8 @@ class ProbesExtension:
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._tasks: list[asyncio.Task] = []
+        # (agent, exception type) of unexpected failures already logged: each is logged once.
+        self._reported: set[tuple[str, str]] = set()
         context.finished_runs.subscribe(self._on_runs)
         context.admin_routes.append(("GET", STATUS_PATH, self._status))
 
@@ -154,8 +156,11 @@ class ProbesExtension:
             started = self._clock()
             try:
                 await self.probe_once(probe)
-            except Exception:  # a bug here must not stop the probe for ever
-                log.exception("probe of %s failed unexpectedly; probing again at the next interval", probe.agent)
+            except Exception as error:  # a bug here must not stop the probe for ever, nor flood the log
+                kind = (probe.agent, type(error).__name__)
+                if kind not in self._reported:
+                    self._reported.add(kind)
+                    log.exception("probe of %s failed unexpectedly; probing again each interval", probe.agent)
             await asyncio.sleep(max(0.0, probe.interval_seconds - (self._clock() - started)))
 
     async def _expire_every_tick(self) -> None:
