@@ -1,7 +1,8 @@
 """An HTTP agent stand-in for probes: a real aiohttp server on loopback, in its own thread, whose
 behaviour a test switches: it answers (and emits the run the probe started, through the real
 OpenTelemetry SDK, in the probe's trace), slows down past the probe's timeout, fails with a 500,
-answers without emitting a run, or emits a run that fails."""
+answers without emitting a run, emits a run that fails, or starts runs that never finish (an LLM
+call is made, the agent span never ends)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from typing import Literal
 from agents import emit_chat, tracer
 from aiohttp import web
 from conftest import free_port
+from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-Mode = Literal["answer", "slow", "fail", "silent", "failing_run"]
+Mode = Literal["answer", "slow", "fail", "silent", "failing_run", "hang"]
 ANSWER = {"status": "ok", "reply": "pong"}
 
 
@@ -55,6 +57,15 @@ def _run(t: Tracer, request_headers: dict[str, str], failed: bool) -> str:
         return format(root.get_span_context().trace_id, "032x")
 
 
+def _hang(t: Tracer, request_headers: dict[str, str]) -> None:
+    """A run of `stand-in` that makes an LLM call and never ends: its root span is never exported."""
+    context = TraceContextTextMapPropagator().extract(request_headers)
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "stand-in"}
+    root = t.start_span("invoke_agent stand-in", context=context, attributes=attributes)
+    with trace.use_span(root, end_on_exit=False):
+        emit_chat(t, **{"gen_ai.agent.name": "stand-in"})
+
+
 def _app(state: StandIn) -> web.Application:
     async def chat(request: web.Request) -> web.Response:
         with state.lock:
@@ -64,6 +75,8 @@ def _app(state: StandIn) -> web.Application:
             await asyncio.sleep(state.slow_seconds)
         if mode == "fail":
             return web.json_response({"error": "model unavailable"}, status=500)
+        if mode == "hang" and state.tracer is not None:
+            await asyncio.to_thread(_hang, state.tracer, dict(request.headers))
         if mode in ("answer", "failing_run") and state.tracer is not None:
             trace_id = await asyncio.to_thread(_run, state.tracer, dict(request.headers), mode == "failing_run")
             with state.lock:

@@ -313,6 +313,17 @@ def test_probes_through_the_service_follow_the_agent_answers_failures_and_runs(s
         wait_for_reason(service, "stand-in", "timeout", 1)
         assert 0.75 <= probe_statuses(service)["stand-in"]["duration_seconds"] < 1.5
 
+        # Runs start and hang (an LLM call made, the agent span never ends): in flight, never finished.
+        missing = service.value("agentopz_probe_results_total", agent="stand-in", reason="run_missing")
+        agent.mode = "hang"
+        wait_for_reason(service, "stand-in", "run_missing", missing + 1)
+        in_flight = {
+            dict(labels)["agent"]: value
+            for (name, labels), value in service.metrics().items()
+            if name == "agentopz_runs_in_flight" and dict(labels)["service"] == "stand-in-svc"
+        }
+        assert in_flight.get("stand-in", 0) >= 1, in_flight
+
         # Back to answering: success again.
         before = service.value("agentopz_probe_results_total", agent="stand-in", reason="success")
         agent.mode = "answer"
