@@ -28,13 +28,19 @@ class TokenConfig(BaseModel):
         if self.token is not None:
             return self.token.get_secret_value()
         assert self.token_file is not None
-        try:
-            token = self.token_file.read_text().strip()
-        except OSError as error:
-            raise OSError(f"{what}: cannot read token_file {self.token_file}: {error.strerror}") from None
-        if not token:
-            raise OSError(f"{what}: token_file {self.token_file} is empty")
-        return token
+        return read_secret(self.token_file, what, "token_file")
+
+
+def read_secret(path: Path, what: str, key: str) -> str:
+    """The content of the secret file `path` without surrounding whitespace; OSError naming the config
+    key (`what`, and `key`, the file's setting) when it cannot be read or is empty."""
+    try:
+        secret = path.read_text().strip()
+    except OSError as error:
+        raise OSError(f"{what}: cannot read {key} {path}: {error.strerror}") from None
+    if not secret:
+        raise OSError(f"{what}: {key} {path} is empty")
+    return secret
 
 
 def bearer_credentials(header: str | None) -> str | None:

@@ -11,6 +11,7 @@ def builtin_factories() -> list[Factory]:
     from .extensions.alertmanager_webhook import FACTORY as alertmanager_webhook
     from .extensions.canary_analysis import FACTORY as canary_analysis
     from .extensions.console import FACTORY as console
+    from .extensions.probes import FACTORY as probes
     from .extensions.rollouts import FACTORY as rollouts
     from .extensions.storage import FACTORY as storage
     from .processors.cost import FACTORY as cost
@@ -31,5 +32,6 @@ def builtin_factories() -> list[Factory]:
         rollouts,
         canary_analysis,
         alertmanager_webhook,
+        probes,
         console,
     ]

@@ -6,7 +6,9 @@ An SLO covers the runs of one agent or of a set of agents (regex matchers on the
 - `success`: good = outcome `success`; every other outcome spends budget;
 - `quality`: bad = outcome `quality_failure`, over all runs;
 - `latency`: good = runs that finished within `threshold_seconds` (a bucket of agentopz_run_duration_seconds);
-- `cost`: good = runs that cost at most `threshold_usd` (a bucket of agentopz_run_cost_usd).
+- `cost`: good = runs that cost at most `threshold_usd` (a bucket of agentopz_run_cost_usd);
+- `probe`: good = probes of the agent that succeeded (agentopz_probe_results_total{reason="success"}, from
+  the probes extension); by agent only, since probes have no `service` label.
 
 The generated rules follow Sloth (slok/sloth) in shape and names: per SLO, SLI error ratios over
 5m..3d (`slo:sli_error:ratio_rate<window>`), the objective, error budget, current and period burn rate
@@ -28,7 +30,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import catalogue
 from .runbooks import DEFAULT_RUNBOOK_BASE_URL, check_base_url, runbook_url
+
+PROBE_RESULTS_TOTAL = catalogue.metric("agentopz_probe_results_total").name
+PROBE_SUCCESS = catalogue.enum("probe_reason")[0]  # success, the first value of the probe's reasons
 
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 PERIOD_HOURS = {"28d": 672, "30d": 720}
@@ -47,6 +53,7 @@ ALERT_NAMES = {
     "quality": "AgentQualitySLOBurn",
     "latency": "AgentLatencySLOBurn",
     "cost": "AgentCostSLOBurn",
+    "probe": "AgentProbeSLOBurn",
 }
 
 _RESERVED_LABELS = {"alertname", "severity", "slo", "service", "agent"}
@@ -111,7 +118,11 @@ class CostSLI(_Strict):
     threshold_usd: float = Field(gt=0, description="a run is good when it costs at most this many USD")
 
 
-SLI = Annotated[SuccessSLI | QualitySLI | LatencySLI | CostSLI, Field(discriminator="kind")]
+class ProbeSLI(_Strict):
+    kind: Literal["probe"]
+
+
+SLI = Annotated[SuccessSLI | QualitySLI | LatencySLI | CostSLI | ProbeSLI, Field(discriminator="kind")]
 
 
 class Alerting(_Strict):
@@ -151,6 +162,18 @@ class SLO(_Strict):
         if len(set(labels)) != len(labels):
             raise ValueError("a label is listed twice")
         return labels
+
+    @model_validator(mode="after")
+    def _probes_by_agent(self) -> SLO:
+        if not isinstance(self.sli, ProbeSLI):
+            return self
+        if self.match.service is not None:
+            raise ValueError("a probe SLI has no service label: match on agent only")
+        if "group_by" not in self.model_fields_set:
+            self.group_by = ["agent"]
+        elif "service" in self.group_by:
+            raise ValueError("a probe SLI has no service label: group_by [agent] or []")
+        return self
 
     @property
     def objective_ratio(self) -> Decimal:
@@ -266,6 +289,11 @@ def _events(slo: SLO, window: str, function: str = "rate") -> tuple[str, str]:
         bad = _sum(slo, f"{function}(agentopz_runs_total{_selector(slo, bad_outcome)}[{window}])")
         # No bad series yet (no failure ever seen) is a zero error rate, not a missing one.
         return f"{bad}\nor\n{total} * 0", total
+    if isinstance(sli, ProbeSLI):
+        total = _sum(slo, f"{function}({PROBE_RESULTS_TOTAL}{_selector(slo)}[{window}])")
+        failed = f"reason!={json.dumps(PROBE_SUCCESS)}"
+        bad = _sum(slo, f"{function}({PROBE_RESULTS_TOTAL}{_selector(slo, failed)}[{window}])")
+        return f"{bad}\nor\n{total} * 0", total
     metric = "agentopz_run_duration_seconds" if isinstance(sli, LatencySLI) else "agentopz_run_cost_usd"
     threshold = sli.threshold_seconds if isinstance(sli, LatencySLI) else sli.threshold_usd
     total = _sum(slo, f"{function}({metric}_count{_selector(slo)}[{window}])")
@@ -300,6 +328,11 @@ def _sli_text(slo: SLO) -> str:
         return "Good runs end with outcome success; every other outcome spends error budget."
     if isinstance(sli, QualitySLI):
         return "Bad runs end with outcome quality_failure (the output failed its quality checks)."
+    if isinstance(sli, ProbeSLI):
+        return (
+            f'Good probes succeed ({PROBE_RESULTS_TOTAL}{{reason="{PROBE_SUCCESS}"}}): the agent answered as expected '
+            "and, where the probe waits for the run it started, that run succeeded."
+        )
     if isinstance(sli, LatencySLI):
         return (
             f"Good runs finish within {_number(sli.threshold_seconds)}s "
@@ -396,13 +429,14 @@ def _alert(slo: SLO, severity: str, runbook_base_url: str) -> dict[str, Any]:
         conditions.append(f"{factor}x over {long_window} and {short_window}")
     alertname = ALERT_NAMES[slo.sli.kind]
     speed = "fast" if severity == "page" else "steadily"
-    traffic = f", with at least {slo.min_runs} runs in the long window" if slo.min_runs else ""
+    events = "probes" if isinstance(slo.sli, ProbeSLI) else "runs"
+    traffic = f", with at least {slo.min_runs} {events} in the long window" if slo.min_runs else ""
     description = " ".join(
         part
         for part in (
             slo.description.strip(),
             _sli_text(slo),
-            f"Objective: {_number(slo.objective)}% good runs over {slo.window} (error budget "
+            f"Objective: {_number(slo.objective)}% good {events} over {slo.window} (error budget "
             f"{_number(slo.error_budget * 100)}%). The burn rate over the long window is "
             '{{ printf "%.1f" $value }}x the rate that spends exactly the budget; this alert fires at '
             f"{' or '.join(conditions)}{traffic}.",

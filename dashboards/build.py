@@ -24,6 +24,10 @@ HERE = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
 TAG = "agentopz"
 RUNS = "agentopz_runs_total"
+RUN_COST = "agentopz_run_cost_usd_total"
+PROBES = "agentopz_probe_results_total"
+PROBE_OK = 'reason="success"'
+PROBE_FAILED = 'reason!="success"'
 
 AGENT = 'agent=~"$agent"'
 VERSION = 'prompt_version=~"$prompt_version"'
@@ -440,6 +444,7 @@ def fleet() -> dict:
     checks = f'agentopz_quality_checks_total{{{AGENT},verdict=~"pass|fail"}}'
     passed = f'agentopz_quality_checks_total{{{AGENT},verdict="pass"}}'
     cost = f"agentopz_llm_cost_usd_total{{{AGENT}}}"
+    wasted = sel(RUN_COST, AGENT, NOT_SUCCESS)
     panels = [
         stat(
             "Good-run ratio",
@@ -474,6 +479,21 @@ def fleet() -> dict:
             "percentunit",
             f"sum(increase({passed}[{RANGE}])) / sum(increase({checks}[{RANGE}]))",
             RATIO_GOOD,
+        ),
+        stat(
+            "Wasted spend per hour",
+            "Cost in USD per hour, at the current rate, of runs that did not succeed (agentopz_run_cost_usd_total "
+            'with outcome!="success"): money spent on runs that failed.',
+            "currencyUSD",
+            f"sum(rate({wasted}[{RI}])) * 3600",
+        ),
+        stat(
+            "Agents failing probes",
+            "Agents whose last probe failed (agentopz_probe_success == 0, from the probes extension); 0 when no "
+            "agent is probed.",
+            "short",
+            f"count(max by (agent) (agentopz_probe_success{{{AGENT}}}) == 0) or vector(0)",
+            thresholds((None, "green"), (1, "red")),
         ),
         stat(
             "Alerts firing now",
@@ -583,6 +603,44 @@ def fleet() -> dict:
                     "{{agent}}",
                 )
             ),
+        ),
+        timeseries(
+            "Wasted spend per hour by outcome",
+            "Cost in USD per hour of runs that did not succeed, by outcome: what failing runs cost before they "
+            "failed (AgentWastedSpendUp tickets when it doubles against the same hour a week ago).",
+            "currencyUSD",
+            targets((f"sum by (outcome) (rate({wasted}[{RI}])) * 3600", "{{outcome}}")),
+            stack=True,
+        ),
+        timeseries(
+            "Probe success by agent",
+            "Share of the probes of each agent that succeeded (probes extension: the answer was as expected and, "
+            "where the probe waits for it, the run it started succeeded).",
+            "percentunit",
+            targets(
+                (ratio(f"{sel(PROBES, AGENT, PROBE_OK)}[{RI}]", f"{sel(PROBES, AGENT)}[{RI}]", "agent"), "{{agent}}")
+            ),
+            defaults={"max": 1},
+        ),
+        timeseries(
+            "Probe failures by reason",
+            "Failed probes per minute by agent and reason: connect_error, timeout, http_error (not reachable); "
+            "status, body_too_large, json_path, regex (answered, not as expected); run_failed, run_missing "
+            "(answered, but the run it started failed or never arrived).",
+            "suffix: probes/min",
+            targets(
+                (
+                    f"sum by (agent, reason) (rate({sel(PROBES, AGENT, PROBE_FAILED)}[{RI}])) * 60",
+                    "{{agent}} {{reason}}",
+                )
+            ),
+            stack=True,
+        ),
+        timeseries(
+            "p95 probe duration by agent",
+            "95th percentile time from a probe's request to the end of its answer, per agent.",
+            "s",
+            targets((quantile(0.95, "agentopz_probe_duration_seconds", AGENT, "agent"), "{{agent}}")),
         ),
         alerts_table(
             "Firing alerts",

@@ -211,5 +211,6 @@ def every_component_body(storage: Path) -> str:
             "canary_analysis": None,
             "alertmanager_webhook": None,
             "console": None,
+            "probes": None,
         },
     )

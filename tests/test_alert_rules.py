@@ -67,6 +67,11 @@ def test_the_rule_files_hold_the_expected_alerts():
             "AgentQualitySLOBurn",
             "AgentLatencySLOBurn",
             "AgentCostSLOBurn",
+            "AgentUnreachable",
+            "AgentNotStartingRuns",
+            "AgentRunsNotFinishing",
+            "AgentWastedSpendUp",
+            "AgentProbeSLOBurn",
         ]
     )
     assert expected == ALERT_NAMES
@@ -93,7 +98,7 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
     """The unit tests fail when a rule changes: here the page factor of the shipped SLO."""
     promtool = require_binary("promtool")
     rules = (ALERT_RULES / "slo-rules.yaml").read_text()
-    assert rules.count("> 14.4") == 2
+    assert rules.count("> 14.4") == 4  # the page of each shipped SLO: agent-success and agent-probes
     (tmp_path / "slo-rules.yaml").write_text(rules.replace("> 14.4", "> 30"))
     tests = tmp_path / "tests"
     tests.mkdir()

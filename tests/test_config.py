@@ -40,6 +40,7 @@ def test_built_in_default_config_is_valid():
         "rollouts",
         "canary_analysis",
         "alertmanager_webhook",
+        "probes",
         "console",
     ]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from agents import emit_chat, emit_tool, tracer
-from conftest import RunningService, require_binary, service_body
+from conftest import RunningService, free_port, require_binary, service_body
 from opentelemetry.trace import Status, StatusCode
 from rollouts import Admin
 from test_runs import agent_run
@@ -49,12 +49,14 @@ slos:
 """
 
 
-def console_body(tmp_path: Path, analysis: bool = False, **console) -> str:
+def console_body(tmp_path: Path, analysis: bool = False, probes: dict | None = None, **console) -> str:
     slo_file = tmp_path / "slos.yaml"
     slo_file.write_text(SLOS)
     extensions = {"storage": {"path": str(tmp_path / "state.sqlite")}, "rollouts": {}}
     if analysis:
         extensions["canary_analysis"] = {"interval_seconds": 0.5}
+    if probes is not None:
+        extensions["probes"] = probes
     extensions["console"] = {"trace_url_template": TRACE_URL, "slo_file": str(slo_file), **console}
     return service_body(
         runs={"grace_seconds": 0.3, "tick_seconds": 0.1, "root_wait_seconds": 0.5, "abandon_after_seconds": 30},
@@ -314,3 +316,64 @@ def test_runbooks_are_served_and_an_unknown_one_is_404(start_service, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as bad_window:
         urllib.request.urlopen(f"{service.admin_url}/?window=7d", timeout=5)
     assert bad_window.value.code == 400
+
+
+def test_the_probe_column_and_wasted_spend_match_the_metrics(start_service, tmp_path, chromium):
+    nobody = f"http://127.0.0.1:{free_port()}/chat"
+    probes = {
+        "probes": [
+            # The service's own /healthz stands in for support-bot's endpoint: it answers 200.
+            {"agent": "support-bot", "url": "http://127.0.0.1:@ADMIN_PORT@/healthz", "interval_seconds": 1},
+            {"agent": "triage-bot", "url": nobody, "interval_seconds": 1},
+            # Probed, never ran: the fleet lists it all the same.
+            {"agent": "night-bot", "url": nobody, "interval_seconds": 1},
+        ]
+    }
+    service = start_service(console_body(tmp_path, probes=probes))
+    send_runs(service)
+    wait_for_runs(service, 9)
+    assert service.wait_for("agentopz_probe_results_total", 1, agent="support-bot", reason="success") >= 1
+    assert service.wait_for("agentopz_probe_results_total", 1, agent="night-bot", reason="connect_error") >= 1
+    assert service.wait_for("agentopz_probe_results_total", 1, agent="triage-bot", reason="connect_error") >= 1
+    base = f"http://localhost:{service.admin_port}"
+
+    page = new_page(chromium)
+    page.goto(base + "/")
+    shot(page, "fleet-probes")
+    assert service.value("agentopz_probe_success", agent="support-bot") == 1
+    assert re.fullmatch(r"ok \d+ ms", cells(page, "support-bot")["Probe"])
+    for agent in ("triage-bot", "night-bot"):
+        assert service.value("agentopz_probe_success", agent=agent) == 0
+        assert service.value("agentopz_probe_last_success_timestamp_seconds", agent=agent) == 0
+        assert cells(page, agent)["Probe"] == "connect_error last ok never"
+    assert cells(page, "night-bot")["Runs"] == "0"
+
+    # Wasted spend: what support-bot's failed run (llm_error, on v1) cost, as
+    # agentopz_run_cost_usd_total counts it; the v2 run whose tool failed recovered; triage-bot's succeeded.
+    wasted = service.value("agentopz_run_cost_usd_total", agent="support-bot") - service.value(
+        "agentopz_run_cost_usd_total", agent="support-bot", outcome="success"
+    )
+    assert wasted > 0
+    assert service.value("agentopz_runs_total", agent="support-bot", outcome="llm_error") == 1
+    assert service.value("agentopz_runs_total", agent="support-bot", outcome="success") == 7
+    assert cells(page, "support-bot")["Wasted"] == money(wasted)
+    assert cells(page, "triage-bot")["Wasted"] == "$0"
+
+    page.goto(base + "/agents/support-bot")
+    shot(page, "agent-probe")
+    assert re.fullmatch(r"Probe: ok \d+ ms", page.locator("p.probe").inner_text())
+    rows = page.locator("table.versions tbody tr")
+    wasted_row = rows.filter(has=page.locator("th", has_text="Wasted spend")).locator("td").all_inner_texts()
+    by_version = {
+        version: service.value("agentopz_run_cost_usd_total", agent="support-bot", prompt_version=version)
+        - service.value("agentopz_run_cost_usd_total", agent="support-bot", prompt_version=version, outcome="success")
+        for version in ("v1", "v2")
+    }
+    assert by_version == {"v1": wasted, "v2": 0}
+    assert wasted_row == [money(wasted), money(wasted), "$0"]
+
+    # The agent that never ran has a page too, with its probe.
+    page.goto(base + "/agents/night-bot")
+    assert page.locator("p.probe").inner_text() == "Probe: connect_error last ok never"
+    page.goto(base + "/agents/nobody-at-all")
+    assert page.locator("h1").inner_text() == "Not found"

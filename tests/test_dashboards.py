@@ -309,10 +309,16 @@ def scraped_demo(start_service, tmp_path):
     shipped rules, after 20 seconds of demo traffic."""
     sink = start_service(DEFAULT_BODY)
     # A low cap on the tool label so the label-overflow panel has something to show.
+    # A probe standing in for the demo's support agent (which serves no HTTP): the service's own
+    # /healthz, so the probe panels have data.
+    probes = {
+        "probes": [{"agent": "support-triage", "url": "http://127.0.0.1:ADMIN_PORT/healthz", "interval_seconds": 1}]
+    }
     body = stack_body(
         tmp_path / "runs.jsonl",
         forward_to=f"http://127.0.0.1:{sink.grpc_port}",
         cardinality={"limits": {"tool": 6}},
+        extensions={"probes": probes},
         abandon_after_seconds=8,
     )
     service = start_service(body)
@@ -411,7 +417,7 @@ def test_every_panel_and_variable_query_returns_data_from_demo_traffic(scraped_d
             if variable["name"] == "prompt_version":
                 assert {"v12", "v13", "3.2.0", "unknown"} <= set(values)
             if variable["name"] == "slo":
-                assert values == ["agent-success"]
+                assert values == ["agent-probes", "agent-success"]
     [panel] = [p for p in all_panels(dashboards()["agentopz-agent.json"]) if p["title"].startswith("Cost per run (")]
     [target] = [t for t in panel["targets"] if t["exemplar"]]
     bucket = re.search(r"agentopz_run_cost_usd_bucket\{[^}]*\}", target["expr"]).group(0)

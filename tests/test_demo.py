@@ -37,9 +37,19 @@ SEED = 1
 RUNS = 600
 
 
-def stack_body(run_log: Path, forward_to: str | None = None, cardinality: dict | None = None, **runs: float) -> str:
-    """collector-config/agentopz.yaml as a start_service body: test ports, no Tempo, faster run timing."""
+def stack_body(
+    run_log: Path,
+    forward_to: str | None = None,
+    cardinality: dict | None = None,
+    extensions: dict | None = None,
+    **runs: float,
+) -> str:
+    """collector-config/agentopz.yaml as a start_service body: test ports, no Tempo, faster run timing,
+    plus `extensions` (switched on after the configured ones; ADMIN_PORT in them is the admin port)."""
     config = yaml.safe_load(STACK_CONFIG.read_text())
+    for extension_id, settings in (extensions or {}).items():
+        config.setdefault("extensions", {})[extension_id] = settings
+        config["service"].setdefault("extensions", []).append(extension_id)
     config["receivers"]["otlp"]["protocols"] = {
         "grpc": {"endpoint": "127.0.0.1:GRPC_PORT"},
         "http": {"endpoint": "127.0.0.1:HTTP_PORT"},

@@ -97,6 +97,9 @@ def test_a_run_with_calls_and_tools_has_exact_totals(runs_service, transport):
     labels = {"service": "support-svc", "agent": "support", "prompt_version": "v3"}
     assert service.value("agentopz_runs_total", outcome="success", **labels) == 1
     assert math.isclose(service.value("agentopz_run_cost_usd_sum", **labels), 2 * GPT4O_CALL, rel_tol=1e-9)
+    assert math.isclose(
+        service.value("agentopz_run_cost_usd_total", outcome="success", **labels), 2 * GPT4O_CALL, rel_tol=1e-9
+    )
     assert service.value("agentopz_run_steps_sum", **labels) == 2
     assert service.value("agentopz_run_tool_calls_sum", **labels) == 2
     assert service.value("agentopz_run_duration_seconds_count", **labels) == 1
@@ -122,6 +125,12 @@ def test_a_new_prompt_version_starts_every_outcome_at_zero(runs_service):
         for (name, labels), value in service.metrics().items()
         if name == "agentopz_runs_total" and dict(labels).get("prompt_version") == "v2"
     }
+    cost_series = {
+        dict(labels)["outcome"]
+        for (name, labels), value in service.metrics().items()
+        if name == "agentopz_run_cost_usd_total" and dict(labels).get("prompt_version") == "v2"
+    }
+    assert cost_series == set(series)
     assert series == {
         "success": 2,
         "quality_failure": 0,
@@ -261,6 +270,12 @@ def test_failed_run_outcomes(runs_service, agent, body, outcome):
     [record] = wait_runs(service, 1)
     assert record["outcome"] == outcome
     assert service.value("agentopz_runs_total", agent=agent, outcome=outcome) == 1
+    # Wasted spend: what the failed run cost is counted under its outcome, none under success.
+    assert record["cost_usd"] > 0
+    assert math.isclose(
+        service.value("agentopz_run_cost_usd_total", agent=agent, outcome=outcome), record["cost_usd"], rel_tol=1e-9
+    )
+    assert service.value("agentopz_run_cost_usd_total", agent=agent, outcome="success") == 0
 
 
 def test_limits_give_budget_exceeded_and_timeout(runs_service):

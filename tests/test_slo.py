@@ -82,7 +82,7 @@ def test_validation_errors_name_the_key_and_the_reason():
         "slos.yaml:\n"
         "slos.0.name: use lowercase letters, digits, '-' and '_' (at most 63), e.g. support-success\n"
         "slos.0.objective: Input should be less than 100\n"
-        "slos.0.sli: unknown SLI kind; use one of: success, quality, latency, cost\n"
+        "slos.0.sli: unknown SLI kind; use one of: success, quality, latency, cost, probe\n"
         "slos.0.min_run: unknown key"
     )
 
@@ -92,7 +92,7 @@ def test_latency_needs_its_threshold_and_kind_is_required():
         "slos.yaml:\nslos.0.sli.latency.threshold_seconds: Field required"
     )
     assert errors("slos: [{name: a, objective: 99, sli: {threshold_usd: 1}}]") == (
-        "slos.yaml:\nslos.0.sli: missing 'kind' (one of: success, quality, latency, cost)"
+        "slos.yaml:\nslos.0.sli: missing 'kind' (one of: success, quality, latency, cost, probe)"
     )
     assert errors("slos: [{name: a, objective: 99, sli: {kind: cost, threshold_usd: 0}}]") == (
         "slos.yaml:\nslos.0.sli.cost.threshold_usd: Input should be greater than 0"
@@ -347,4 +347,38 @@ def test_runs_config_reports_a_bad_slo_file(tmp_path):
         parse_config(RUNS_CONFIG.format(slo_file=spec))
     assert str(raised.value) == (
         f"processors.runs: Value error, {spec}:\nslos.0.sli.latency.threshold_seconds: Field required"
+    )
+
+
+# -- probe SLIs ---------------------------------------------------------------------------------
+
+
+def test_a_probe_slo_counts_probes_by_agent_only():
+    spec = parse_spec("slos: [{name: reach, match: {agent: 'support.*'}, objective: 99.5, sli: {kind: probe}}]")
+    [slo] = spec.slos
+    assert slo.group_by == ["agent"]
+    rules = rules_by_name(generate_rules(spec))
+    [ratio] = rules["slo:sli_error:ratio_rate5m"]
+    assert ratio["expr"] == (
+        "(\n"
+        '  sum by (agent) (rate(agentopz_probe_results_total{agent=~"support.*",reason!="success"}[5m]))\n'
+        "  or\n"
+        '  sum by (agent) (rate(agentopz_probe_results_total{agent=~"support.*"}[5m])) * 0\n'
+        ")\n/\n(\n"
+        '  sum by (agent) (rate(agentopz_probe_results_total{agent=~"support.*"}[5m]))\n'
+        ")\n"
+    )
+    [page, _] = rules["AgentProbeSLOBurn"]
+    assert page["labels"] == {"severity": "page", "slo": "reach"}
+    assert "good probes over 30d" in page["annotations"]["description"]
+    pooled = parse_spec("slos: [{name: reach, group_by: [], objective: 99, sli: {kind: probe}}]")
+    assert pooled.slos[0].group_by == []
+
+
+def test_a_probe_slo_has_no_service_label():
+    assert errors("slos: [{name: a, match: {service: api}, objective: 99, sli: {kind: probe}}]") == (
+        "slos.yaml:\nslos.0: Value error, a probe SLI has no service label: match on agent only"
+    )
+    assert errors("slos: [{name: a, group_by: [service, agent], objective: 99, sli: {kind: probe}}]") == (
+        "slos.yaml:\nslos.0: Value error, a probe SLI has no service label: group_by [agent] or []"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,10 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ...components import Context, Factory
 from ...records import InFlightRuns, RunRecord
 from ...slo import SLO, load_spec
+from ..probes import ProbesExtension, ProbeStatus
 from . import pages
 from .actions import ConsoleActions
 from .figures import agent_figures, agent_status, window_detail
-from .history import WINDOWS, RunHistory
+from .history import WINDOWS, AgentHistory, RunHistory
 from .pages import html_response
 
 PACKAGE = resources.files(__package__)
@@ -184,17 +186,34 @@ class ConsoleExtension:
 
     # -- pages ---------------------------------------------------------------------------------
 
+    def probe_statuses(self) -> dict[str, ProbeStatus]:
+        """On the event loop: a copy of the last result of every probe, by agent (as its label reports it)."""
+        label = self._context.metrics.label_value
+        return {
+            label("agent", agent): dataclasses.replace(status)
+            for extension in self._context.extensions.values()
+            if isinstance(extension, ProbesExtension)
+            for agent, status in extension.statuses.items()
+        }
+
     async def _fleet(self, request: web.Request) -> web.StreamResponse:
         window = _window(request)
         in_flight = self.in_flight_by_agent()
+        probes = self.probe_statuses()
         page = self.page(request, "Fleet", "fleet")
 
         def build() -> str:
             history = self.history
+            agents = dict(history.agents)
+            # A probed agent that never finished a run is listed too: it may be the one that is down.
+            for name in probes.keys() - agents.keys():
+                agents[name] = AgentHistory(name, page.now)
             statuses = [
                 agent_status(agent, self.slos, window, page.now, history.since, in_flight.get(name))
-                for name, agent in history.agents.items()
+                for name, agent in agents.items()
             ]
+            for status in statuses:
+                status.probe = probes.get(status.history.name)
             # Failing agents first, then the busiest.
             statuses.sort(key=lambda status: (not status.failing, -status.figures.runs, status.history.name))
             return pages.fleet_page(page, statuses, window)
@@ -205,16 +224,20 @@ class ConsoleExtension:
         name = request.match_info["agent"]
         window = _window(request)
         in_flight = self.in_flight_by_agent()
+        probe = self.probe_statuses().get(name)
         roles, rollout_line = self.actions.version_roles(name)
         page = self.page(request, name, "fleet")
 
         def build() -> str | web.StreamResponse:
             agent = self.history.agents.get(name)
+            if agent is None and probe is not None:  # probed, no run finished yet
+                agent = AgentHistory(name, page.now)
             if agent is None:
                 text = f"No finished run of an agent named {name!r} since the service started."
                 return html_response(pages.not_found_page(page, text), status=404)
             now, since = page.now, self.history.since
             status = agent_status(agent, self.slos, window, now, since, in_flight.get(name))
+            status.probe = probe
             # The baseline first, then the candidate, then the rest by traffic.
             versions = sorted(
                 agent.versions,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ...records import InFlightRuns
 from ...slo import SLO
+from ..probes import ProbeStatus
 from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, percentile
 
 P95 = 0.95
@@ -20,6 +21,7 @@ class Figures:
     success_share: float | None
     outcomes: dict[str, int]
     mean_cost: float | None
+    wasted_usd: float  # what the window's runs that did not succeed cost
     p95_cost: float | None
     p95_duration: float | None
     per_minute: list[int]
@@ -41,6 +43,7 @@ class AgentStatus:
     figures: Figures
     in_flight: InFlightRuns
     slos: list[SLOStatus] = field(default_factory=list)
+    probe: ProbeStatus | None = None  # the last result of the agent's probe, when it is probed
 
     @property
     def failing(self) -> list[str]:
@@ -58,6 +61,7 @@ def figures(buckets: Buckets, entries: list[RunEntry], window: str, now: float, 
         success_share=tally.success_share,
         outcomes=dict(sorted(tally.outcomes.items(), key=lambda item: -item[1])),
         mean_cost=tally.mean_cost,
+        wasted_usd=tally.wasted_usd,
         p95_cost=percentile([e.cost_usd for e in entries if e.cost_usd is not None], P95),
         p95_duration=percentile([e.duration_seconds for e in entries if e.duration_seconds is not None], P95),
         per_minute=buckets.per_minute(now),

@@ -39,6 +39,8 @@ class RunEntry:
     finished_at: float
     duration_seconds: float | None
     cost_usd: float | None  # None: some LLM call was not priced
+    # What its priced calls cost (even when some were not priced), as agentopz_run_cost_usd_total counts it.
+    spent_usd: float
     steps: int
     tool_calls: int
     failed_checks: tuple[str, ...]
@@ -91,13 +93,14 @@ class Tally:
     """Counts over one time bucket (or a merge of several). The agent-wide tallies also count SLO
     events and keep a `Detail`."""
 
-    __slots__ = ("cost_runs", "cost_sum", "detail", "outcomes", "runs", "slo")
+    __slots__ = ("cost_runs", "cost_sum", "detail", "outcomes", "runs", "slo", "wasted_usd")
 
     def __init__(self, detail: bool = False) -> None:
         self.runs = 0
         self.outcomes: dict[str, int] = {}
         self.cost_sum = 0.0
         self.cost_runs = 0
+        self.wasted_usd = 0.0  # what the runs that did not succeed cost
         self.slo: dict[str, list[int]] | None = None  # SLO name -> [bad runs, runs]
         self.detail = Detail() if detail else None
 
@@ -107,6 +110,8 @@ class Tally:
         if entry.cost_usd is not None:
             self.cost_sum += entry.cost_usd
             self.cost_runs += 1
+        if entry.outcome != SUCCESS:
+            self.wasted_usd += entry.spent_usd
 
     def add_slo_events(self, slo_events: Iterable[tuple[str, bool]]) -> None:
         for name, bad in slo_events:
@@ -120,6 +125,7 @@ class Tally:
         self.runs += other.runs
         self.cost_sum += other.cost_sum
         self.cost_runs += other.cost_runs
+        self.wasted_usd += other.wasted_usd
         for key, count in other.outcomes.items():
             self.outcomes[key] = self.outcomes.get(key, 0) + count
         if other.slo:
@@ -276,6 +282,7 @@ class RunHistory:
                 finished_at=record.finished_at,
                 duration_seconds=record.duration_seconds,
                 cost_usd=record.cost_usd if record.cost_complete else None,
+                spent_usd=record.cost_usd or 0.0,
                 steps=record.steps,
                 tool_calls=record.tool_calls,
                 failed_checks=tuple(record.failed_checks),

@@ -17,6 +17,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ...records import OUTCOMES
+from ..probes import ProbeStatus
+from ..probes.core import SUCCESS as PROBE_SUCCESS
 from .figures import AgentStatus, Figures, calls_table
 from .history import WINDOWS, Detail, RunEntry
 
@@ -30,8 +32,10 @@ FLEET_COLUMNS = (
     "Cost/run",
     "p95 cost",
     "p95 duration",
+    "Wasted",
     "In flight",
     "Last run",
+    "Probe",
     "SLO budget (24 h)",
 )
 SECURITY_HEADERS = {
@@ -224,6 +228,21 @@ def _figure_cells(fig: Figures) -> str:
         f"<td>{outcome_bar(fig.outcomes)}</td>"
         f'<td class="num">{money(fig.mean_cost)}</td><td class="num">{money(fig.p95_cost)}</td>'
         f'<td class="num">{seconds(fig.p95_duration)}</td>'
+        f'<td class="num">{money(fig.wasted_usd)}</td>'
+    )
+
+
+def probe_text(probe: ProbeStatus | None, now: float) -> str:
+    """The last result of an agent's probe: `ok` or the reason it failed, and since when it was last ok."""
+    if probe is None:
+        return '<span class="muted">not probed</span>'
+    if probe.reason is None:
+        return '<span class="muted">no result yet</span>'
+    if probe.reason == PROBE_SUCCESS:
+        return f'<span class="ok">ok</span> <span class="muted">{seconds(probe.duration_seconds)}</span>'
+    return (
+        f'<span class="bad">{escape(probe.reason)}</span> '
+        f'<span class="muted">last ok {escape(ago(probe.last_success_at, now))}</span>'
     )
 
 
@@ -257,6 +276,7 @@ def fleet_page(page: PageContext, statuses: Sequence[AgentStatus], window: str) 
             f"{_figure_cells(status.figures)}"
             f'<td class="num">{flight}</td>'
             f'<td class="num">{escape(ago(agent.last_finished_at, page.now))}</td>'
+            f'<td class="probe">{probe_text(status.probe, page.now)}</td>'
             f'<td class="num">{budgets or "-"}</td></tr>'
         )
         if failing:
@@ -351,6 +371,7 @@ def agent_page(
         ("Cost/run (mean)", lambda f: money(f.mean_cost)),
         ("Cost/run (p95)", lambda f: money(f.p95_cost)),
         ("Duration (p95)", lambda f: seconds(f.p95_duration)),
+        ("Wasted spend", lambda f: money(f.wasted_usd)),
     )
     body_rows = "".join(
         f"<tr><th>{label}</th><td class=num>{render(fig)}</td>"
@@ -370,6 +391,8 @@ def agent_page(
             f"({trace_link(in_flight.max_cost_trace_id, page.trace_url_template)}); most steps {in_flight.max_steps}"
         )
     flight += f". Last run finished {escape(ago(agent.last_finished_at, page.now))}.</p>"
+    if status.probe is not None:
+        flight += f'<p class="probe">Probe: {probe_text(status.probe, page.now)}</p>'
     slos = "".join(
         f"<li>{escape(s.slo.name)} ({escape(s.slo.sli.kind)}, objective {s.slo.objective}%): {s.runs} runs in 24 h, "
         f"budget left {budget_left(s.budget_left)}{' — ' + escape(s.failing) if s.failing else ''}</li>"

@@ -149,6 +149,7 @@ class RunMetrics:
     ) -> None:
         self._open_groups = open_groups
         self._runs = registry.metric("agentopz_runs_total")
+        self._cost_total = registry.metric("agentopz_run_cost_usd_total")
         self._duration = registry.metric("agentopz_run_duration_seconds", duration_buckets)
         self._cost = registry.metric("agentopz_run_cost_usd", cost_buckets)
         self._steps = registry.metric("agentopz_run_steps", RUN_COUNT_BUCKETS)
@@ -169,7 +170,10 @@ class RunMetrics:
             # so that increase() over them sees the version's next failure, not only its later ones.
             for outcome in OUTCOMES:
                 self._runs.series((*labels, outcome))
+                self._cost_total.series((*labels, outcome))
         runs.value += 1
+        if record.cost_usd is not None:
+            self._cost_total.series((*labels, record.outcome)).value += record.cost_usd
         if record.duration_seconds is not None:
             self._duration.series(labels).observe(record.duration_seconds)
         if record.cost_complete and record.cost_usd is not None:
