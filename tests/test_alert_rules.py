@@ -13,6 +13,8 @@ import yaml
 from conftest import require_binary
 
 from agentopz_otel.runbooks import DEFAULT_RUNBOOK_BASE_URL, rebase
+from agentopz_otel.slo import ALERT_NAMES as SLO_ALERT_NAMES
+from agentopz_otel.slo import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert-rules"
@@ -22,6 +24,7 @@ RULE_FILES = [
     ALERT_RULES / "agentopz-alerts.yaml",
     ALERT_RULES / "slo-rules.yaml",
     ALERT_RULES / "tests" / "slo-examples" / "slo-rules.yaml",
+    ALERT_RULES / "triage-rules.yaml",
 ]
 ALERTMANAGER = ALERT_RULES / "alertmanager.yml"
 
@@ -30,6 +33,11 @@ def alerts(path: Path) -> list[dict]:
     return [rule for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule]
 
 
+SLO_GROUP_BY = {
+    slo.name: slo.group_by
+    for path in (ALERT_RULES / "slos.yaml", ALERT_RULES / "tests" / "slo-examples" / "slos.yaml")
+    for slo in load_spec(path).slos
+}
 ALL_ALERTS = [alert for path in RULE_FILES for alert in alerts(path)]
 ALERT_NAMES = sorted({alert["alert"] for alert in ALL_ALERTS})
 
@@ -103,6 +111,15 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
     assert "name: fast burn pages and tickets,\n    alertname: AgentSuccessSLOBurn, time: 2h15m" in result.stderr
 
 
+def expected_annotations(name: str, labels: dict[str, str]) -> set[str]:
+    """Every alert has a summary, a description and a runbook; an SLO burn alert per agent names
+    its top triage suspect too (an SLO that pools its agents has no agent to triage)."""
+    base = {"summary", "description", "runbook_url"}
+    if name not in SLO_ALERT_NAMES.values():
+        return base
+    return base | {"suspect"} if "agent" in SLO_GROUP_BY[labels["slo"]] else base
+
+
 def unit_test_cases() -> dict[str, list[list[dict]]]:
     """alertname -> the exp_alerts lists of every alert_rule_test in the promtool unit tests."""
     cases: dict[str, list[list[dict]]] = {}
@@ -121,7 +138,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(name):
     assert [] in cases, f"no promtool test case where {name} stays silent"
     for alert in firing:
         assert alert["exp_labels"]["severity"] in ("page", "ticket")
-        assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
+        assert set(alert["exp_annotations"]) == expected_annotations(name, alert["exp_labels"])
         assert alert["exp_annotations"]["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE_URL}/{name}"
 
 
@@ -129,7 +146,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(name):
 def test_every_alert_has_severity_annotations_and_an_existing_runbook(alert):
     assert alert["labels"]["severity"] in ("page", "ticket")
     annotations = alert["annotations"]
-    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert set(annotations) == expected_annotations(alert["alert"], alert["labels"])
     assert annotations["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE_URL}/{alert['alert']}"
     assert (RUNBOOKS / f"{alert['alert']}.md").is_file()
 
