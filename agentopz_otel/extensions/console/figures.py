@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...components import InFlightRuns
+from ...processors.runs import SUCCESS
 from ...slo import SLO
+from ...triage import WINDOW_SECONDS, Counts, Suspect, suspects
 from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, percentile
 
 P95 = 0.95
@@ -128,3 +130,64 @@ def window_detail(agent: AgentHistory, window: str, now: float) -> Detail:
     detail = agent.total.window(WINDOWS[window], now, detail=True).detail
     assert detail is not None
     return detail
+
+
+@dataclass
+class Triage:
+    """Which part of the agent moved: its half hour now against the half hour before (triage.py)."""
+
+    now: Counts
+    before: Counts
+    suspects: list[Suspect]
+    # Mean LLM steps and tool calls per run of the latest runs kept, (before, now); None without runs.
+    steps: tuple[float | None, float | None]
+    tool_calls: tuple[float | None, float | None]
+
+
+def _counts(agent: AgentHistory, end: float) -> Counts:
+    tally = agent.total.window(WINDOW_SECONDS, end, detail=True)
+    assert tally.detail is not None
+    versions = {}
+    for version, buckets in agent.versions.items():
+        version_tally = buckets.window(WINDOW_SECONDS, end)
+        if version_tally.runs:
+            versions[version] = (version_tally.runs, version_tally.runs - version_tally.outcomes.get(SUCCESS, 0))
+    return Counts(
+        runs=tally.runs,
+        outcomes=dict(tally.outcomes),
+        tools={name: (calls, failed) for name, (calls, failed) in tally.detail.tools.items()},
+        models={name: (calls, failed) for name, (calls, failed) in tally.detail.models.items()},
+        versions=versions,
+    )
+
+
+def _fleet_models(counts: list[Counts]) -> dict[str, tuple[int, int]]:
+    models: dict[str, tuple[int, int]] = {}
+    for one in counts:
+        for name, (calls, failed) in one.models.items():
+            total_calls, total_failed = models.get(name, (0, 0))
+            models[name] = (total_calls + calls, total_failed + failed)
+    return models
+
+
+def _mean(entries: list[RunEntry], field_name: str) -> float | None:
+    values = [getattr(entry, field_name) for entry in entries]
+    return sum(values) / len(values) if values else None
+
+
+def triage(agents: dict[str, AgentHistory], name: str, now: float) -> Triage:
+    """The triage of agent `name` from the console's history; upstream models counted across `agents`."""
+    ends = (now, now - WINDOW_SECONDS)
+    fleet = {end: [_counts(agent, end) for agent in agents.values()] for end in ends}
+    agent = agents[name]
+    current, before = _counts(agent, now), _counts(agent, now - WINDOW_SECONDS)
+    found = suspects(current, before, _fleet_models(fleet[now]), _fleet_models(fleet[now - WINDOW_SECONDS]))
+    recent_now = agent.recent_in(WINDOW_SECONDS, now)
+    recent_before = [e for e in agent.recent_in(2 * WINDOW_SECONDS, now) if e.recorded_at <= now - WINDOW_SECONDS]
+    return Triage(
+        current,
+        before,
+        found,
+        (_mean(recent_before, "steps"), _mean(recent_now, "steps")),
+        (_mean(recent_before, "tool_calls"), _mean(recent_now, "tool_calls")),
+    )

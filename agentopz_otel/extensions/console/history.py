@@ -173,16 +173,19 @@ class Buckets:
 
     def window(self, seconds: int, now: float, detail: bool = False) -> Tally:
         """Runs recorded in the last `seconds`, to the bucket: the last hour and less by minute, else by
-        hour; with the agent-wide detail when asked (it costs more to merge)."""
+        hour; with the agent-wide detail when asked (it costs more to merge). With `now` in the past,
+        the `seconds` up to then (within the hour the minute buckets keep)."""
         total = Tally(detail and self.detail)
         if seconds <= 3600:
-            first = int(now // 60) - seconds // 60 + 1
+            last = int(now // 60)
+            first = last - seconds // 60 + 1
             buckets: Iterable[tuple[int, Tally]] = self.minutes
         else:
-            first = int(now // 3600) - seconds // 3600 + 1
+            last = int(now // 3600)
+            first = last - seconds // 3600 + 1
             buckets = self.hours
         for index, tally in buckets:
-            if index >= first:
+            if first <= index <= last:
                 total.merge(tally)
         return total
 
