@@ -246,6 +246,14 @@ def _version_rules() -> list[dict[str, Any]]:
     ]
 
 
+def _score_rule(kind: str, score: str, component: str = "", function: str = "label_replace") -> dict[str, Any]:
+    """A suspect's score, kept from MIN_SCORE up, with its `component` label made by `function`."""
+    expr = f"{score}\n>= {MIN_SCORE}"
+    if component:
+        expr = f'{function}(\n{expr},\n"component", {component}\n)'
+    return {"record": SCORE, "expr": expr + "\n", "labels": {"suspect": kind}}
+
+
 def _score_rules() -> list[dict[str, Any]]:
     link = f"(sum by ({AGENT_LABELS}, provider, model) (increase(agentopz_llm_calls_total[{WINDOW}])) > 0)"
     model_rise = MODEL_ERROR_SHARE + RISE
@@ -255,37 +263,17 @@ def _score_rules() -> list[dict[str, Any]]:
     tool_runs = f"{tool_rise} * 0 + on ({AGENT_LABELS}) group_left () {_run_rise(TOOL)}"
     orchestration = _run_rise(ORCHESTRATION)
     explained = f'max by ({AGENT_LABELS}) ({SCORE}{{suspect=~"{TOOL}|{UPSTREAM}"}})'
+    # Run limits hit that no tool or upstream model explains.
+    unexplained = f"{orchestration}\n- (\n  {explained}\n  or\n  0 * {orchestration}\n)"
     return [
-        {
-            "record": SCORE,
-            "expr": (
-                f"label_join(\n{_minimum(upstream_runs, upstream_calls)} >= {MIN_SCORE},\n"
-                '"component", "/", "provider", "model"\n)\n'
-            ),
-            "labels": {"suspect": UPSTREAM},
-        },
-        {
-            "record": SCORE,
-            "expr": (
-                f"label_replace(\n{_minimum(tool_runs, tool_rise)} >= {MIN_SCORE},\n"
-                '"component", "$1", "tool", "(.*)"\n)\n'
-            ),
-            "labels": {"suspect": TOOL},
-        },
-        {
-            # Run limits hit that no tool or upstream model explains.
-            "record": SCORE,
-            "expr": f"{orchestration}\n- (\n  {explained}\n  or\n  0 * {orchestration}\n)\n>= {MIN_SCORE}\n",
-            "labels": {"suspect": ORCHESTRATION},
-        },
-        {
-            "record": SCORE,
-            "expr": (
-                f"label_replace(\n  {VERSION_FAILURE_SHARE} - {OTHER_VERSIONS_FAILURE_SHARE} >= {MIN_SCORE},\n"
-                '  "component", "$1", "prompt_version", "(.*)"\n)\n'
-            ),
-            "labels": {"suspect": PROMPT_VERSION},
-        },
+        _score_rule(UPSTREAM, _minimum(upstream_runs, upstream_calls), '"/", "provider", "model"', "label_join"),
+        _score_rule(TOOL, _minimum(tool_runs, tool_rise), '"$1", "tool", "(.*)"'),
+        _score_rule(ORCHESTRATION, unexplained),
+        _score_rule(
+            PROMPT_VERSION,
+            f"{VERSION_FAILURE_SHARE} - {OTHER_VERSIONS_FAILURE_SHARE}",
+            '"$1", "prompt_version", "(.*)"',
+        ),
         {"record": TOP, "expr": f"topk by ({AGENT_LABELS}) (1, {SCORE})\n"},
     ]
 
