@@ -175,7 +175,7 @@ def test_pages_escape_every_name_and_show_no_content_unless_asked():
     assert 'href="https://t.example/' + "ef" * 16 + '"' in fleet
     versions = [(hostile, "candidate", agent_figures(agent, "1h", NOW, runs.since, hostile))]
     tally = agent.total.window(3600, NOW, detail=True).detail
-    found = triage(runs.agents, hostile, NOW)
+    found = triage(runs, hostile, NOW)
     routing = pages.routing_section(page, hostile, [], [hostile])
     assert hostile not in routing and "&lt;img src=x" in routing
     detail = pages.agent_page(page, status, versions, tally, list(agent.recent), [], [], "1h", "", found, routing)
@@ -195,12 +195,12 @@ def test_triage_compares_the_last_half_hour_with_the_one_before():
     ]
     history.add(broken, NOW - 60)
     history.add([record(agent="other", calls_by_model={"gpt-4o": [3, 0]})], NOW)
-    found = triage(history.agents, "support", NOW)
+    found = triage(history, "support", NOW)
     assert (found.before.runs, found.now.runs) == (20, 20)
     assert found.before.tools == {"run_tests": (20, 0)} and found.now.tools == {"run_tests": (20, 8)}
     [suspect] = found.suspects
     assert (suspect.kind, suspect.component, suspect.score) == ("tool", "run_tests", 0.4)
     assert (found.steps, found.tool_calls) == ((2.0, 1.0), (1.0, 0.0))
     # Half an hour later the broken runs are the half hour before, and no run is new: nothing moved.
-    later = triage(history.agents, "support", NOW + 1800)
+    later = triage(history, "support", NOW + 1800)
     assert (later.before.runs, later.now.runs, later.suspects) == (20, 0, [])

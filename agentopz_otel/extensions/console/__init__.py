@@ -228,7 +228,7 @@ class ConsoleExtension:
                 for version in versions
             ]
             latest = list(agent.recent)[-20:][::-1]
-            found = triage(self.history.agents, name, now)
+            found = triage(self.history, name, now)
             routing = pages.routing_section(page, name, routes, window_detail(agent, "1h", now).tools)
             return pages.agent_page(
                 page,

@@ -8,7 +8,7 @@ from ...components import InFlightRuns
 from ...processors.runs import SUCCESS
 from ...slo import SLO
 from ...triage import WINDOW_SECONDS, Counts, Suspect, suspects
-from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, percentile
+from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, RunHistory, percentile
 
 P95 = 0.95
 
@@ -161,13 +161,10 @@ def _counts(agent: AgentHistory, end: float) -> Counts:
     )
 
 
-def _fleet_models(counts: list[Counts]) -> dict[str, tuple[int, int]]:
-    models: dict[str, tuple[int, int]] = {}
-    for one in counts:
-        for name, (calls, failed) in one.models.items():
-            total_calls, total_failed = models.get(name, (0, 0))
-            models[name] = (total_calls + calls, total_failed + failed)
-    return models
+def _models(buckets: Buckets, end: float) -> dict[str, tuple[int, int]]:
+    detail = buckets.window(WINDOW_SECONDS, end, detail=True).detail
+    assert detail is not None
+    return {name: (calls, failed) for name, (calls, failed) in detail.models.items()}
 
 
 def _mean(entries: list[RunEntry], field_name: str) -> float | None:
@@ -175,13 +172,12 @@ def _mean(entries: list[RunEntry], field_name: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def triage(agents: dict[str, AgentHistory], name: str, now: float) -> Triage:
-    """The triage of agent `name` from the console's history; upstream models counted across `agents`."""
-    ends = (now, now - WINDOW_SECONDS)
-    fleet = {end: [_counts(agent, end) for agent in agents.values()] for end in ends}
-    agent = agents[name]
+def triage(history: RunHistory, name: str, now: float) -> Triage:
+    """The triage of agent `name` from the console's history; upstream models counted across the fleet."""
+    agent = history.agents[name]
     current, before = _counts(agent, now), _counts(agent, now - WINDOW_SECONDS)
-    found = suspects(current, before, _fleet_models(fleet[now]), _fleet_models(fleet[now - WINDOW_SECONDS]))
+    fleet_now, fleet_before = _models(history.models, now), _models(history.models, now - WINDOW_SECONDS)
+    found = suspects(current, before, fleet_now, fleet_before)
     recent_now = agent.recent_in(WINDOW_SECONDS, now)
     recent_before = [e for e in agent.recent_in(2 * WINDOW_SECONDS, now) if e.recorded_at <= now - WINDOW_SECONDS]
     return Triage(
