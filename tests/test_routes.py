@@ -1,9 +1,13 @@
 """Component flags on a running service: the admin API's answers to good and bad input, limits,
-name clashes, restart."""
+name clashes, restart, and the flagd export read from the database."""
 
 from __future__ import annotations
 
+import json
+
 from rollouts import Admin, rollouts_body
+
+from agentopz_otel.cli import main
 
 TOKEN = "route-secret"
 
@@ -70,6 +74,16 @@ def test_component_flag_api_refuses_bad_input_clearly_and_survives_a_restart(sta
     admin.ok("PUT", "/api/v1/routes/support/model", {"fallback": "gpt-4o-mini"})
 
     assert service.stop() == 0
+    # While the service is down, the flag set (component flags too) comes from its database.
+    exported = tmp_path / "flags.json"
+    assert main(["flags", "export", "--from-storage", str(storage), "-o", str(exported)]) == 0
+    flags = json.loads(exported.read_text())["flags"]
+    assert {key: flag["defaultVariant"] for key, flag in flags.items()} == {
+        "triage.model": "v1",
+        "support.model": "fallback",
+        "support.tool.search_kb": "on",
+    }
+    assert flags["support.model"]["variants"] == {"fallback": "gpt-4o-mini"}
     restarted = start_service(body)
     again = Admin(restarted.admin_url, token=TOKEN)
     assert [(r["key"], r["value"]) for r in again.ok("GET", "/api/v1/routes")["routes"]] == [
