@@ -15,6 +15,7 @@ from conftest import require_binary
 from agentopz_otel.runbooks import DEFAULT_RUNBOOK_BASE_URL, rebase
 from agentopz_otel.slo import ALERT_NAMES as SLO_ALERT_NAMES
 from agentopz_otel.slo import load_spec
+from agentopz_otel.triage import suspect_annotation
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert-rules"
@@ -111,13 +112,30 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
     assert "name: fast burn pages and tickets,\n    alertname: AgentSuccessSLOBurn, time: 2h15m" in result.stderr
 
 
+# Ready-made alerts on an agent's failing runs that name its top triage suspect.
+SUSPECT_ALERTS = ("AgentQualityFailureRateUp", "AgentRunTimeouts")
+
+
 def expected_annotations(name: str, labels: dict[str, str]) -> set[str]:
     """Every alert has a summary, a description and a runbook; an SLO burn alert per agent names
-    its top triage suspect too (an SLO that pools its agents has no agent to triage)."""
+    its top triage suspect too (an SLO that pools its agents has no agent to triage), as do the
+    SUSPECT_ALERTS."""
     base = {"summary", "description", "runbook_url"}
+    if name in SUSPECT_ALERTS:
+        return base | {"suspect"}
     if name not in SLO_ALERT_NAMES.values():
         return base
     return base | {"suspect"} if "agent" in SLO_GROUP_BY[labels["slo"]] else base
+
+
+def test_hand_written_suspect_annotations_are_the_generated_template():
+    """The suspect annotation is written once (agentopz_otel.triage); the ready-made alerts copy it exactly."""
+    found = {
+        alert["alert"]: alert["annotations"]["suspect"]
+        for alert in alerts(ALERT_RULES / "agentopz-alerts.yaml")
+        if "suspect" in alert["annotations"]
+    }
+    assert found == dict.fromkeys(SUSPECT_ALERTS, suspect_annotation(["service", "agent"]))
 
 
 def unit_test_cases() -> dict[str, list[list[dict]]]:

@@ -43,7 +43,8 @@ def test_triage_rules_command_prints_and_writes_the_rules(tmp_path):
 def _promtool_tests(tmp_path: Path, rules: str) -> subprocess.CompletedProcess:
     promtool = require_binary("promtool")
     (tmp_path / "triage-rules.yaml").write_text(rules)
-    (tmp_path / "slo-rules.yaml").write_text((ALERT_RULES / "slo-rules.yaml").read_text())
+    for name in ("slo-rules.yaml", "agentopz-alerts.yaml"):
+        (tmp_path / name).write_text((ALERT_RULES / name).read_text())
     tests = tmp_path / "tests"
     tests.mkdir()
     (tests / "triage.yml").write_text((ALERT_RULES / "tests" / "triage.yml").read_text())
