@@ -174,3 +174,63 @@ def test_healthy_fleet_and_quiet_agents_name_none():
     base = counts(100, {"success": 100})
     assert suspects(under, base, {}, {}) == []
     assert [s.kind for s in suspects(at_floor, base, {}, {})] == [ORCHESTRATION]
+
+
+# The demo's own runs (agentopz_otel.demo plans, seed 1) through the decision, windows by run index:
+# at the demo's 2 runs/s its rate-limit storm lasts a minute and its runaway loop is one run in 500,
+# so here a window is the 120 runs of a storm, not half an hour.
+
+
+def _count(calls: dict[str, tuple[int, int]], name: str, failed: bool) -> None:
+    count, failures = calls.get(name, (0, 0))
+    calls[name] = (count + 1, failures + failed)
+
+
+def demo_counts(first: int, last: int) -> tuple[dict[str, Counts], dict[str, tuple[int, int]]]:
+    """Per agent the Counts of runs first..last-1, and every model's (calls, failed) across agents."""
+    from agentopz_otel.demo import plan_run
+
+    found: dict[str, Counts] = {}
+    fleet: dict[str, tuple[int, int]] = {}
+    for index in range(first, last):
+        plan = plan_run(1, index)
+        counts = found.setdefault(plan.agent, Counts(outcomes={}, tools={}, models={}, versions={}))
+        counts.runs += 1
+        counts.outcomes[plan.intended] = counts.outcomes.get(plan.intended, 0) + 1
+        _count(counts.versions, plan.prompt_version or "unknown", plan.intended != "success")
+        for call in plan.calls:
+            if call.kind == "tool":
+                _count(counts.tools, call.name, call.status != "ok")
+            else:
+                _count(counts.models, f"{call.provider}/{call.name}", call.status != "ok")
+                _count(fleet, f"{call.provider}/{call.name}", call.status != "ok")
+    return found, fleet
+
+
+def demo_suspects(before: tuple[int, int], now: tuple[int, int]) -> dict[str, list[tuple[str, str]]]:
+    counts_before, fleet_before = demo_counts(*before)
+    counts_now, fleet_now = demo_counts(*now)
+    return {
+        agent: [(s.kind, s.component) for s in suspects(counts, counts_before[agent], fleet_now, fleet_before)]
+        for agent, counts in sorted(counts_now.items())
+    }
+
+
+def test_the_demos_storm_and_runaway_loop_name_upstream_and_orchestration():
+    # Runs 1500..1619: the second rate-limit storm (OpenAI), and run 1540 is research-assistant's runaway loop.
+    found = demo_suspects((1380, 1500), (1500, 1620))
+    assert found["code-reviewer"] == [(UPSTREAM, "openai/gpt-4o-2024-08-06")]
+    assert found["order-tracker"] == [(UPSTREAM, "openai/gpt-4o-mini")]
+    # support-triage calls both OpenAI models, and both are rate limited.
+    assert sorted(found["support-triage"]) == [(UPSTREAM, "openai/gpt-4o-2024-08-06"), (UPSTREAM, "openai/gpt-4o-mini")]
+    assert found["research-assistant"] == [(ORCHESTRATION, "")]
+
+
+def test_the_demos_bad_canary_names_its_version_and_quiet_runs_name_none():
+    assert demo_suspects((1200, 2400), (0, 1200))["support-triage"] == [(PROMPT_VERSION, "v13")]
+    assert demo_suspects((60, 180), (180, 300)) == {
+        "code-reviewer": [],
+        "order-tracker": [],
+        "research-assistant": [],
+        "support-triage": [],
+    }
