@@ -347,6 +347,10 @@ def test_secrets_are_read_from_files():
             "agentopz-rollouts,pagerduty,oncall-webhook",
         ),
         (["alertname=CanaryErrorsUp", "agentopz_action=disable"], "agentopz-rollouts"),
+        (
+            ["alertname=SupportOpenAIRateLimited", "agentopz_action=fallback_model", "severity=page"],
+            "agentopz-rollouts,pagerduty,oncall-webhook",
+        ),
         (["alertname=CanaryErrorsUp", "agentopz_action=promote", "severity=ticket"], "slack-tickets"),
         (["alertname=PromptRolloutRolledBack", "severity=page", "agent=support"], "pagerduty,oncall-webhook"),
     ],
