@@ -1,6 +1,6 @@
 """Command line: `agentopz-otel run [--config FILE]`, `validate FILE`, `schema`, `catalogue ...`, `slo ...`,
-`rules ...`, `demo`, and the rollout commands `agent ...`, `rollout ...`, `flags export` (which talk to a
-running service's admin API)."""
+`rules ...`, `triage rules`, `demo`, and the rollout commands `agent ...`, `rollout ...`, `route ...`,
+`flags export` (which talk to a running service's admin API)."""
 
 from __future__ import annotations
 
@@ -89,9 +89,13 @@ def _catalogue_readme(args: argparse.Namespace) -> int:
 def _slo_generate(args: argparse.Namespace) -> int:
     from .slo import load_spec, render_rules
 
-    text = render_rules(load_spec(args.slo_file), args.slo_file)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
+    return _write(render_rules(load_spec(args.slo_file), args.slo_file), args.output)
+
+
+def _write(text: str, output: str | None) -> int:
+    """Write a generated file to `output`, or to stdout without one."""
+    if output:
+        with open(output, "w", encoding="utf-8") as out:
             out.write(text)
     else:
         sys.stdout.write(text)
@@ -111,6 +115,12 @@ def _rules(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _triage_rules(args: argparse.Namespace) -> int:
+    from .triage import render_rules
+
+    return _write(render_rules(), args.output)
 
 
 def _slo_validate(args: argparse.Namespace) -> int:
@@ -173,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     rules.add_argument("-o", "--output-dir", required=True, metavar="DIR")
     rules.set_defaults(handler=_rules)
+    triage = commands.add_parser("triage", help="triage rules: which part of an agent moved")
+    triage_commands = triage.add_subparsers(dest="triage_command", required=True)
+    triage_rules = triage_commands.add_parser("rules", help="print (or write) the suspect recording rules")
+    triage_rules.add_argument("-o", "--output", metavar="OUT", help="write the rule file here instead of stdout")
+    triage_rules.set_defaults(handler=_triage_rules)
     add_rollout_commands(commands)
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""`agentopz-otel agent ...`, `rollout ...` and `flags export`: commands that talk to the admin API."""
+"""`agentopz-otel agent ...`, `rollout ...`, `route ...` and `flags export`: commands that talk to the admin API."""
 
 from __future__ import annotations
 
@@ -132,6 +132,8 @@ def _print_history(entries: list[dict[str, Any]]) -> None:
 def _summary(state: dict[str, Any] | None) -> str:
     if state is None:
         return "-"
+    if "key" in state:
+        return f"{state['key']}={json.dumps(state['value'])}"
     if "weight" in state:
         return f"{state['state']} {state['weight']}%"
     disabled = " disabled" if state.get("disabled") else ""
@@ -190,6 +192,45 @@ def _rollout_history(args: argparse.Namespace) -> None:
     _print_history(_call(args, "GET", "/api/v1/history?" + urllib.parse.urlencode(query))["entries"])
 
 
+def _describe_route(route: dict[str, Any]) -> str:
+    if route["kind"] == "model":
+        return f"{route['key']}: fall back to model {route['value']!r}"
+    return f"{route['key']}: {route['variant']} ({'use' if route['value'] else 'skip'} the tool)"
+
+
+def _route_path(args: argparse.Namespace) -> str:
+    tool = getattr(args, "tool", None)
+    base = f"/api/v1/routes/{_quote(args.agent)}"
+    return f"{base}/tools/{_quote(tool)}" if tool else f"{base}/model"
+
+
+def _route_tool(args: argparse.Namespace) -> None:
+    body = {"enabled": args.enabled, "reason": args.reason}
+    print(_describe_route(_call(args, "PUT", _route_path(args), body)))
+
+
+def _route_fallback(args: argparse.Namespace) -> None:
+    body = {"fallback": args.model, "reason": args.reason}
+    print(_describe_route(_call(args, "PUT", _route_path(args), body)))
+
+
+def _route_clear(args: argparse.Namespace) -> None:
+    removed = _call(args, "DELETE", _route_path(args), {"reason": args.reason})["removed"]
+    if removed is None:
+        print("nothing to clear: no such component flag is set")
+    else:
+        print(f"{removed['key']}: cleared, clients use the default in their code")
+
+
+def _route_list(args: argparse.Namespace) -> None:
+    query = "?" + urllib.parse.urlencode({"agent": args.agent}) if args.agent else ""
+    routes = _call(args, "GET", "/api/v1/routes" + query)["routes"]
+    for route in routes:
+        print(_describe_route(route))
+    if not routes:
+        print("no component flags set")
+
+
 def _stored_flag_set(path: str) -> dict[str, Any]:
     """The flag set read straight from the service's database (read-only), for when the service is down."""
     import sqlite3
@@ -202,12 +243,14 @@ def _stored_flag_set(path: str) -> dict[str, Any]:
     try:
         connection = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
         try:
-            agents, rollouts = RolloutStore(connection, 1, 1).load()
+            store = RolloutStore(connection, 1, 1)
+            agents, rollouts = store.load()
+            components = store.load_components()
         finally:
             connection.close()
     except sqlite3.Error as error:
         raise CommandError(f"--from-storage {path}: cannot read rollout state: {error}") from None
-    return flagd_document(agents.values(), rollouts)
+    return flagd_document(agents.values(), rollouts, components.values())
 
 
 def _flags_export(args: argparse.Namespace) -> None:
@@ -303,6 +346,39 @@ def add_commands(commands: Any) -> None:
     history.set_defaults(handler=_run(_rollout_history))
     for parser in (status, history):
         _connection_arguments(parser, mutation=False)
+
+    route = commands.add_parser(
+        "route", help="route around a broken part: switch a tool off, fall back to another model (component flags)"
+    )
+    route_commands = route.add_subparsers(dest="route_command", required=True)
+    for name, enabled, text in (
+        ("tool-off", False, "serve <agent>.tool.<tool> = false: the agent's code skips the tool"),
+        ("tool-on", True, "serve <agent>.tool.<tool> = true: the agent uses the tool again"),
+    ):
+        command = route_commands.add_parser(name, help=text)
+        command.add_argument("agent", metavar="AGENT")
+        command.add_argument("tool", metavar="TOOL")
+        command.add_argument("--reason", required=not enabled, default="")
+        command.set_defaults(handler=_run(_route_tool), enabled=enabled)
+        _connection_arguments(command, mutation=True)
+    fallback = route_commands.add_parser("fallback", help="serve <agent>.model = MODEL: the agent calls MODEL instead")
+    fallback.add_argument("agent", metavar="AGENT")
+    fallback.add_argument("model", metavar="MODEL", help="the model the agent's code should use, e.g. gpt-4o-mini")
+    fallback.add_argument("--reason", required=True)
+    fallback.set_defaults(handler=_run(_route_fallback))
+    _connection_arguments(fallback, mutation=True)
+    clear = route_commands.add_parser("clear", help="remove a component flag: clients use the default in their code")
+    clear.add_argument("agent", metavar="AGENT")
+    which = clear.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tool", metavar="TOOL", help="clear <agent>.tool.<TOOL>")
+    which.add_argument("--model", action="store_true", help="clear <agent>.model")
+    clear.add_argument("--reason", default="")
+    clear.set_defaults(handler=_run(_route_clear))
+    _connection_arguments(clear, mutation=True)
+    routes = route_commands.add_parser("list", help="the component flags set (of AGENT)")
+    routes.add_argument("agent", metavar="AGENT", nargs="?")
+    routes.set_defaults(handler=_run(_route_list))
+    _connection_arguments(routes, mutation=False)
 
     flags = commands.add_parser("flags", help="the flag set in flagd's format")
     flags_commands = flags.add_subparsers(dest="flags_command", required=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -63,6 +64,23 @@ def rebase(text: str, base_url: str) -> str:
         if urls != {runbook_url(base_url, name)}:
             raise ValueError(f"alert {name}: runbook_url is not on a line of its own: {sorted(map(str, urls))}")
     return rebased
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_rules(document: dict[str, Any]) -> str:
+    """A generated rule document as YAML: multi-line expressions as literal blocks, keys in order."""
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
 
 
 def write_rebased(files: list[Path], base_url: str, output_dir: Path) -> list[Path]:

@@ -31,7 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import catalogue
-from .runbooks import DEFAULT_RUNBOOK_BASE_URL, check_base_url, runbook_url
+from .runbooks import DEFAULT_RUNBOOK_BASE_URL, check_base_url, dump_rules, runbook_url
+from .triage import suspect_annotation
 
 PROBE_RESULTS_TOTAL = catalogue.metric("agentopz_probe_results_total").name
 PROBE_SUCCESS = catalogue.enum("probe_reason")[0]  # success, the first value of the probe's reasons
@@ -443,16 +444,20 @@ def _alert(slo: SLO, severity: str, runbook_base_url: str) -> dict[str, Any]:
         )
         if part
     )
+    annotations = {
+        "summary": f"{_who(slo)} burning the {name} error budget {speed} "
+        '({{ printf "%.1f" $value }}x the sustainable rate)',
+        "description": description,
+    }
+    suspect = suspect_annotation(slo.group_by)
+    if suspect is not None:
+        annotations["suspect"] = suspect
+    annotations["runbook_url"] = slo.alerting.runbook_url or runbook_url(runbook_base_url, alertname)
     return {
         "alert": alertname,
         "expr": "\nor\n".join(branches) + "\n",
         "labels": {"severity": severity, "slo": name, **slo.alerting.labels},
-        "annotations": {
-            "summary": f"{_who(slo)} burning the {name} error budget {speed} "
-            '({{ printf "%.1f" $value }}x the sustainable rate)',
-            "description": description,
-            "runbook_url": slo.alerting.runbook_url or runbook_url(runbook_base_url, alertname),
-        },
+        "annotations": annotations,
     }
 
 
@@ -475,18 +480,6 @@ def generate_rules(spec: SLOSpec) -> dict[str, Any]:
     return {"groups": groups}
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
 def render_rules(spec: SLOSpec, source: str | None = None) -> str:
     """The rule file text: a header naming the source, then the groups as YAML."""
     origin = f" from {Path(source).name}" if source else ""
@@ -494,5 +487,4 @@ def render_rules(spec: SLOSpec, source: str | None = None) -> str:
         f"# SLO recording and alerting rules, generated{origin} by `agentopz-otel slo generate`.\n"
         "# Do not edit: change the SLO file and generate again.\n"
     )
-    body = yaml.dump(generate_rules(spec), Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
-    return header + body
+    return header + dump_rules(generate_rules(spec))

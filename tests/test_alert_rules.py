@@ -13,6 +13,9 @@ import yaml
 from conftest import require_binary
 
 from agentopz_otel.runbooks import DEFAULT_RUNBOOK_BASE_URL, rebase
+from agentopz_otel.slo import ALERT_NAMES as SLO_ALERT_NAMES
+from agentopz_otel.slo import load_spec
+from agentopz_otel.triage import suspect_annotation
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert-rules"
@@ -22,6 +25,7 @@ RULE_FILES = [
     ALERT_RULES / "agentopz-alerts.yaml",
     ALERT_RULES / "slo-rules.yaml",
     ALERT_RULES / "tests" / "slo-examples" / "slo-rules.yaml",
+    ALERT_RULES / "triage-rules.yaml",
 ]
 ALERTMANAGER = ALERT_RULES / "alertmanager.yml"
 
@@ -30,6 +34,11 @@ def alerts(path: Path) -> list[dict]:
     return [rule for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule]
 
 
+SLO_GROUP_BY = {
+    slo.name: slo.group_by
+    for path in (ALERT_RULES / "slos.yaml", ALERT_RULES / "tests" / "slo-examples" / "slos.yaml")
+    for slo in load_spec(path).slos
+}
 ALL_ALERTS = [alert for path in RULE_FILES for alert in alerts(path)]
 ALERT_NAMES = sorted({alert["alert"] for alert in ALL_ALERTS})
 
@@ -108,6 +117,32 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
     assert "name: fast burn pages and tickets,\n    alertname: AgentSuccessSLOBurn, time: 2h15m" in result.stderr
 
 
+# Ready-made alerts on an agent's failing runs that name its top triage suspect.
+SUSPECT_ALERTS = ("AgentQualityFailureRateUp", "AgentRunTimeouts")
+
+
+def expected_annotations(name: str, labels: dict[str, str]) -> set[str]:
+    """Every alert has a summary, a description and a runbook; an SLO burn alert per agent names
+    its top triage suspect too (an SLO that pools its agents has no agent to triage), as do the
+    SUSPECT_ALERTS."""
+    base = {"summary", "description", "runbook_url"}
+    if name in SUSPECT_ALERTS:
+        return base | {"suspect"}
+    if name not in SLO_ALERT_NAMES.values():
+        return base
+    return base | {"suspect"} if "agent" in SLO_GROUP_BY[labels["slo"]] else base
+
+
+def test_hand_written_suspect_annotations_are_the_generated_template():
+    """The suspect annotation is written once (agentopz_otel.triage); the ready-made alerts copy it exactly."""
+    found = {
+        alert["alert"]: alert["annotations"]["suspect"]
+        for alert in alerts(ALERT_RULES / "agentopz-alerts.yaml")
+        if "suspect" in alert["annotations"]
+    }
+    assert found == dict.fromkeys(SUSPECT_ALERTS, suspect_annotation(["service", "agent"]))
+
+
 def unit_test_cases() -> dict[str, list[list[dict]]]:
     """alertname -> the exp_alerts lists of every alert_rule_test in the promtool unit tests."""
     cases: dict[str, list[list[dict]]] = {}
@@ -126,7 +161,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(name):
     assert [] in cases, f"no promtool test case where {name} stays silent"
     for alert in firing:
         assert alert["exp_labels"]["severity"] in ("page", "ticket")
-        assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
+        assert set(alert["exp_annotations"]) == expected_annotations(name, alert["exp_labels"])
         assert alert["exp_annotations"]["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE_URL}/{name}"
 
 
@@ -134,7 +169,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(name):
 def test_every_alert_has_severity_annotations_and_an_existing_runbook(alert):
     assert alert["labels"]["severity"] in ("page", "ticket")
     annotations = alert["annotations"]
-    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert set(annotations) == expected_annotations(alert["alert"], alert["labels"])
     assert annotations["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE_URL}/{alert['alert']}"
     assert (RUNBOOKS / f"{alert['alert']}.md").is_file()
 
@@ -317,6 +352,10 @@ def test_secrets_are_read_from_files():
             "agentopz-rollouts,pagerduty,oncall-webhook",
         ),
         (["alertname=CanaryErrorsUp", "agentopz_action=disable"], "agentopz-rollouts"),
+        (
+            ["alertname=SupportOpenAIRateLimited", "agentopz_action=fallback_model", "severity=page"],
+            "agentopz-rollouts,pagerduty,oncall-webhook",
+        ),
         (["alertname=CanaryErrorsUp", "agentopz_action=promote", "severity=ticket"], "slack-tickets"),
         (["alertname=PromptRolloutRolledBack", "severity=page", "agent=support"], "pagerduty,oncall-webhook"),
     ],

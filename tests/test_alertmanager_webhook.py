@@ -128,7 +128,7 @@ def test_alerts_that_must_not_act(admin):
         ("ignored", "agent 'triage' has no active rollout"),
         ("ignored", "agent 'unknown-agent' has no active rollout"),
         ("ignored", "neither a rollback alert nor labelled agentopz_action"),
-        ("ignored", "agentopz_action 'promote' is not one of rollback, pause, disable"),
+        ("ignored", "agentopz_action 'promote' is not one of rollback, pause, disable, fallback_model"),
         ("ignored", "the alert began firing before the rollout started"),
         ("ignored", "the alert has no fingerprint"),
     ]
@@ -157,6 +157,44 @@ def test_agentopz_action_labels_pause_and_disable(admin):
     assert outcomes(body)[0][0] == "acted"
     evaluation = Admin(service.admin_url).evaluate("support", "user-1")
     assert (evaluation.status, evaluation.body["reason"]) == (200, "DISABLED")
+
+
+def test_fallback_model_sets_the_agents_model_flag_once(admin):
+    """An alert labelled agentopz_action: fallback_model moves the agent to the model it names, with or
+    without a rollout; repeats and a second alert asking for the same model change nothing."""
+    service = admin()
+    fallback = {"agentopz_action": "fallback_model", "agentopz_fallback_model": "anthropic/claude-sonnet-4"}
+    firing = alert("LLMRateLimited", "triage", "v1", fingerprint="f", **fallback)
+    status, body = hook(service, firing)
+    assert (status, body["results"][0]["outcome"], body["results"][0]["model"]) == (
+        200,
+        "acted",
+        "anthropic/claude-sonnet-4",
+    )
+    evaluation = Admin(service.admin_url).evaluate("triage.model", "user-1")
+    assert (evaluation.body["value"], evaluation.body["variant"], evaluation.body["reason"]) == (
+        "anthropic/claude-sonnet-4",
+        "fallback",
+        "STATIC",
+    )
+    assert outcomes(hook(service, firing)[1]) == [("repeated", "acted on this firing before")]
+    again = alert("LLMCallErrors", "triage", "v1", fingerprint="g", **fallback)
+    assert outcomes(hook(service, again)[1])[0][0] == "acted"  # the flag already says so: no new audit entry
+    entries = Admin(service.admin_url).ok("GET", "/api/v1/history?agent=triage")["entries"]
+    [entry] = [entry for entry in entries if entry["action"] == "fallback"]
+    assert (entry["actor"], entry["actor_kind"], entry["after"]) == (
+        "LLMRateLimited",
+        "alert",
+        {"key": "triage.model", "value": "anthropic/claude-sonnet-4"},
+    )
+    assert entry["evidence"]["alert"]["fingerprint"] == "f"
+    # The model is required; a name a client cannot send as a flag key is refused by the rollouts extension.
+    missing = alert("LLMRateLimited", "triage", "v1", fingerprint="h", agentopz_action="fallback_model")
+    unsendable = alert("LLMRateLimited", "tri age", "v1", fingerprint="i", **fallback)
+    _, body = hook(service, missing, unsendable)
+    assert [result["outcome"] for result in body["results"]] == ["ignored", "failed"]
+    assert body["results"][0]["reason"] == "a fallback_model alert needs the labels agent and agentopz_fallback_model"
+    assert body["results"][1]["reason"].startswith("flag key 'tri age.model': OpenFeature's OFREP providers")
 
 
 def test_the_webhook_needs_its_token(admin):

@@ -377,3 +377,69 @@ def test_the_probe_column_and_wasted_spend_match_the_metrics(start_service, tmp_
     assert page.locator("p.probe").inner_text() == "Probe: connect_error last ok never"
     page.goto(base + "/agents/nobody-at-all")
     assert page.locator("h1").inner_text() == "Not found"
+
+
+def test_agent_page_shows_triage_evidence_and_routes_a_tool_and_a_model(start_service, tmp_path, chromium):
+    """The triage table's numbers match /metrics; switching a tool off and falling back to a model
+    from the page are served over OFREP at once and audited under the signed-in name."""
+    service = start_service(console_body(tmp_path))
+    base = service.admin_url
+    with tracer("grpc", service.grpc_endpoint, service="support-svc") as t:
+        for index in range(12):
+            with agent_run(t, "support-bot", **{"agentopz.prompt.version": "v1"}) as root:
+                emit_chat(t)
+                emit_tool(t, "search_kb", failed=index < 3)
+                if index < 3:
+                    root.set_status(Status(StatusCode.ERROR))
+    wait_for_runs(service, 12)
+    tool_errors = service.value("agentopz_runs_total", agent="support-bot", outcome="tool_error")
+    assert tool_errors == 3
+
+    page = new_page(chromium)
+    page.goto(base + "/agents/support-bot")
+    rows = {
+        row.locator("th").inner_text(): row.locator("td").all_inner_texts()
+        for row in page.locator("table.triage tbody tr").all()
+    }
+    assert rows["Runs"] == ["0", "12"]
+    # 3 of the 12 runs ended tool_error: 25.0% now; the half hour before had no runs, so no share.
+    assert rows["Share of runs ending tool_error or timeout (tool)"] == ["-", f"{tool_errors / 12 * 100:.1f}%"]
+    assert rows["Share of runs ending llm_error (upstream)"] == ["-", "0.0%"]
+    assert rows["Tool calls per run (mean)"] == ["-", "1.0"]
+    # Without the half hour before there is nothing to compare: no suspect is named.
+    assert page.locator("p.suspects").inner_text().startswith("No suspect")
+    assert page.locator('#routing ~ table tr[data-tool="search_kb"] td').all_inner_texts()[:2] == [
+        "support-bot.tool.search_kb",
+        "not set (code default)",
+    ]
+    shot(page, "agent-triage")
+
+    page.goto(base + "/login?next=/agents/support-bot")
+    page.fill("input[name=name]", "Rita")
+    page.fill("input[name=token]", TOKEN)
+    page.click("button[type=submit]")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.fill('tr[data-tool="search_kb"] input[name=reason]', "kb down")
+    page.click('tr[data-tool="search_kb"] button[data-action=tool-off]')
+    assert page.locator(".notice").inner_text() == "Done: switch tool off."
+    admin = Admin(base)
+    answer = admin.evaluate("support-bot.tool.search_kb").body
+    assert (answer["value"], answer["variant"], answer["reason"]) == (False, "off", "STATIC")
+    assert page.locator('tr[data-tool="search_kb"] td').all_inner_texts()[1] == "off"
+
+    page.fill(".model-route input[name=model]", "gpt-4o-mini")
+    page.click(".model-route button[data-action=fallback]")
+    assert admin.evaluate("support-bot.model").body["value"] == "gpt-4o-mini"
+    assert page.locator(".model-route").get_attribute("data-model") == "gpt-4o-mini"
+    shot(page, "agent-routing")
+    entries = admin.ok("GET", "/api/v1/history?agent=support-bot")["entries"]
+    assert [(e["action"], e["actor"], e["reason"]) for e in entries] == [
+        ("fallback", "Rita", "fallback from the console"),
+        ("tool_off", "Rita", "kb down"),
+    ]
+    # Without a session (or from another site) nothing changes.
+    url = f"{base}/routes/support-bot/tool-on"
+    kinds = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert _post(url, b"tool=search_kb&confirmed=yes", {**kinds, "Origin": base}) == 401
+    assert _post(url, b"tool=search_kb&confirmed=yes", {**kinds, "Origin": "http://evil.example"}) == 403
+    assert admin.evaluate("support-bot.tool.search_kb").body["value"] is False

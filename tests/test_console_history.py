@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agentopz_otel.extensions.console import pages
-from agentopz_otel.extensions.console.figures import agent_figures, agent_status, slo_status
+from agentopz_otel.extensions.console.figures import agent_figures, agent_status, slo_status, triage
 from agentopz_otel.extensions.console.history import RunHistory, percentile
 from agentopz_otel.metrics import CardinalityConfig, Registry
 from agentopz_otel.records import InFlightRuns, RunRecord
@@ -174,8 +174,32 @@ def test_pages_escape_every_name_and_show_no_content_unless_asked():
     assert 'href="https://t.example/' + "ef" * 16 + '"' in fleet
     versions = [(hostile, "candidate", agent_figures(agent, "1h", NOW, runs.since, hostile))]
     tally = agent.total.window(3600, NOW, detail=True).detail
-    detail = pages.agent_page(page, status, versions, tally, list(agent.recent), [], [], "1h", "")
+    found = triage(runs, agent, NOW)
+    routing = pages.routing_section(page, hostile, [], [hostile])
+    assert hostile not in routing and "&lt;img src=x" in routing
+    detail = pages.agent_page(page, status, versions, tally, list(agent.recent), [], [], "1h", "", found, routing)
     assert hostile not in detail and "secret" not in detail
     page.show_content = True
-    shown = pages.agent_page(page, status, versions, tally, list(agent.recent), [], [], "1h", "")
+    shown = pages.agent_page(page, status, versions, tally, list(agent.recent), [], [], "1h", "", found, routing)
     assert "secret &lt;b&gt;prompt&lt;/b&gt;" in shown and "<b>prompt</b>" not in shown
+
+
+def test_triage_compares_the_last_half_hour_with_the_one_before():
+    history = RunHistory(Registry(CardinalityConfig()), [], 100, NOW - 3600)
+    healthy = [record(calls_by_tool={"run_tests": [1, 0]}, steps=2, tool_calls=1) for _ in range(20)]
+    history.add(healthy, NOW - 1800)  # the minute that ends the half hour before
+    broken = [
+        record(outcome="tool_error" if index < 8 else "success", calls_by_tool={"run_tests": [1, int(index < 8)]})
+        for index in range(20)
+    ]
+    history.add(broken, NOW - 60)
+    history.add([record(agent="other", calls_by_model={"gpt-4o": [3, 0]})], NOW)
+    found = triage(history, history.agents["support"], NOW)
+    assert (found.before.runs, found.now.runs) == (20, 20)
+    assert found.before.tools == {"run_tests": (20, 0)} and found.now.tools == {"run_tests": (20, 8)}
+    [suspect] = found.suspects
+    assert (suspect.kind, suspect.component, suspect.score) == ("tool", "run_tests", 0.4)
+    assert (found.steps, found.tool_calls) == ((2.0, 1.0), (1.0, 0.0))
+    # Half an hour later the broken runs are the half hour before, and no run is new: nothing moved.
+    later = triage(history, history.agents["support"], NOW + 1800)
+    assert (later.before.runs, later.now.runs, later.suspects) == (20, 0, [])

@@ -181,3 +181,131 @@ def test_exported_flag_set_gives_every_key_the_same_variant_in_flagd(start_servi
     for flag, answers in javascript.items():
         assert [(answer["variant"] or "", answer["value"]) for answer in answers] == served[flag], flag
     assert javascript["killed"][0]["reason"] == "DISABLED"
+
+
+def node_component_answers(base_url: str, flag: str, kind: str, default: object) -> tuple:
+    request = {"baseUrl": base_url, "flag": flag, "defaultValue": default, "targetingKeys": ["c-1"], "type": kind}
+    [line] = [json.loads(line) for line in run_node("ofrep_evaluate.mjs", request).splitlines()]
+    return (line["value"], line["variant"], line["reason"], line["errorCode"])
+
+
+def python_component_answers(client, flag: str, kind: str, default: object) -> tuple:
+    evaluate = client.get_boolean_details if kind == "boolean" else client.get_string_details
+    details = evaluate(flag, default, EvaluationContext(targeting_key="c-1"))
+    return (details.value, details.variant, str(details.reason), details.error_code)
+
+
+@pytest.mark.e2e
+def test_component_flags_route_around_a_tool_and_a_model_in_python_node_and_flagd(
+    start_service, tmp_path, capsys, monkeypatch
+):
+    """The 2am mitigations an agent's code reads with its OpenFeature client: `<agent>.tool.<tool>`
+    (boolean, code default true) and `<agent>.model` (string, code default its usual model)."""
+    from agentopz_otel.cli import main
+
+    service = start_service(rollouts_body(tmp_path / "agentopz.sqlite"))
+    admin = Admin(service.admin_url, actor="erin")
+    client = python_client(service.admin_url)
+    tool, model = "support-bot.tool.search_kb", "support-bot.model"
+    monkeypatch.setenv("USER", "erin")
+    flags = ((tool, "boolean", True), (model, "string", "gpt-4o-mini"))
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main([*args, "--url", service.admin_url])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # Nothing set: the flags do not exist and every client keeps the default in its code.
+    assert python_component_answers(client, tool, "boolean", True)[:1] == (True,)
+    assert python_component_answers(client, tool, "boolean", True)[3] is not None  # FLAG_NOT_FOUND
+    assert admin.evaluate(tool).status == 404
+
+    assert cli("route", "tool-off", "support-bot", "search_kb", "--reason", "kb is down") == (
+        0,
+        "support-bot.tool.search_kb: off (skip the tool)\n",
+        "",
+    )
+    assert cli("route", "fallback", "support-bot", "anthropic/claude-sonnet-4", "--reason", "openai 429s") == (
+        0,
+        "support-bot.model: fall back to model 'anthropic/claude-sonnet-4'\n",
+        "",
+    )
+    routed = {tool: (False, "off", "STATIC", None), model: ("anthropic/claude-sonnet-4", "fallback", "STATIC", None)}
+    for flag, kind, default in flags:
+        assert python_component_answers(client, flag, kind, default) == routed[flag]
+        assert node_component_answers(service.admin_url, flag, kind, default) == routed[flag]
+    # The agent's own flag is not there: component flags need no prompt versions. Bulk has both.
+    bulk = admin.ok("POST", "/ofrep/v1/evaluate/flags", {"context": {"targetingKey": "c-1"}})
+    assert [(item["key"], item["value"]) for item in bulk["flags"]] == [
+        (model, "anthropic/claude-sonnet-4"),
+        (tool, False),
+    ]
+
+    # Kill switch: once the agent is defined and disabled, its component flags answer DISABLED without a
+    # value too, like its own flag: every client is back on its code default.
+    admin.define("support-bot", VERSIONS, "support-v3")
+    admin.ok("POST", "/api/v1/agents/support-bot/disable", {"reason": "incident"})
+    disabled = {tool: (True, "", "DISABLED", None), model: ("gpt-4o-mini", "", "DISABLED", None)}
+    for flag, kind, default in flags:
+        assert python_component_answers(client, flag, kind, default) == disabled[flag]
+        # @openfeature/ofrep-provider 0.1 reports the absent value as an error; the value is the code default.
+        assert node_component_answers(service.admin_url, flag, kind, default) == (default, None, "ERROR", "GENERAL")
+
+    # flagd serves the exported set the same way (the Python flagd provider, in-process).
+    exported = tmp_path / "flags.json"
+    assert cli("flags", "export", "-o", str(exported))[0] == 0
+    document = json.loads(exported.read_text())["flags"]
+    assert document[tool] == {
+        "state": "DISABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "off",
+        "metadata": {"agent": "support-bot", "component": "tool"},
+    }
+    admin.ok("POST", "/api/v1/agents/support-bot/enable", {})
+    exported.write_text(requests.get(f"{service.admin_url}/api/v1/flagd/flags.json", timeout=10).text)
+    api.set_provider_and_wait(
+        FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(exported)), domain="components"
+    )
+    try:
+        flagd = api.get_client("components")
+        for flag, kind, default in flags:
+            assert python_component_answers(flagd, flag, kind, default) == routed[flag]
+    finally:
+        api.shutdown()
+    client = python_client(service.admin_url)  # shutdown() closed every provider
+
+    # Tool back on, model cleared: the tool flag serves true, the model flag is gone (code default).
+    assert cli("route", "tool-on", "support-bot", "search_kb")[1] == "support-bot.tool.search_kb: on (use the tool)\n"
+    assert (
+        cli("route", "clear", "support-bot", "--model")[1]
+        == "support-bot.model: cleared, clients use the default in their code\n"
+    )
+    assert cli("route", "clear", "support-bot", "--model")[1] == "nothing to clear: no such component flag is set\n"
+    assert python_component_answers(client, tool, "boolean", True) == (True, "on", "STATIC", None)
+    assert admin.evaluate(model).status == 404
+    assert cli("route", "list")[1] == "support-bot.tool.search_kb: on (use the tool)\n"
+
+    # Audited: who, what, before and after; the same value twice is one change.
+    assert cli("route", "tool-on", "support-bot", "search_kb")[0] == 0
+    lines = cli("rollout", "history", "support-bot")[1].splitlines()
+    assert [line.split("  ")[2:4] for line in lines] == [
+        ["clear", "by erin (user)"],
+        ["tool_on", "by erin (user)"],
+        ["enable", "by erin (user)"],
+        ["disable", "by erin (user)"],
+        ["define", "by erin (user)"],
+        ["fallback", "by erin (user)"],
+        ["tool_off", "by erin (user)"],
+    ]
+    assert lines[-1].endswith('- -> support-bot.tool.search_kb=false "kb is down"')
+    assert lines[0].endswith('support-bot.model="anthropic/claude-sonnet-4" -> -')
+    assert service.value("agentopz_rollout_actions_total", agent="support-bot", action="tool_off", actor="user") == 1
+    assert (
+        service.value(
+            "agentopz_component_flag_evaluations_total",
+            agent="support-bot",
+            component="tool.search_kb",
+            reason="DISABLED",
+        )
+        >= 2
+    )

@@ -3,7 +3,10 @@
 `POST /api/v1/alertmanager` (admin port) takes Alertmanager's webhook JSON (version 4). A firing alert
 whose labels name an agent (`agent`) and the candidate (`prompt_version`) of that agent's active
 rollout acts on the rollout: the shipped `PromptVersion*Regression` alerts roll it back, and any
-alert with the label `agentopz_action: rollback|pause|disable` does that. It never acts on an alert
+alert with the label `agentopz_action: rollback|pause|disable` does that. An alert labelled
+`agentopz_action: fallback_model` that names an agent and the model to use (label or annotation
+`agentopz_fallback_model`) sets the agent's `<agent>.model` component flag to that model, with or
+without a rollout. It never acts on an alert
 naming the baseline or another version, on resolved alerts, on agents without an active rollout, or
 on an alert that began firing before the rollout started (it is about the previous one). Each
 firing (fingerprint and start time) acts at most once, however often Alertmanager repeats it; the
@@ -30,12 +33,16 @@ from .. import catalogue
 from ..admin_auth import TokenConfig, bearer_token, require_admin, token_matches
 from ..components import Context, Factory
 from .rollouts import Rollout, RolloutError, RolloutsExtension
+from .rollouts.model import MODEL
 
 log = logging.getLogger("agentopz_otel.alertmanager_webhook")
 
 ACTOR_KIND = "alert"
 ACTION_LABEL = "agentopz_action"
-LABEL_ACTIONS = ("rollback", "pause", "disable")
+LABEL_ACTIONS = ("rollback", "pause", "disable", "fallback_model")
+FALLBACK_MODEL = "fallback_model"
+# The label (or annotation) of a fallback_model alert naming the model the agent should use.
+FALLBACK_MODEL_KEY = "agentopz_fallback_model"
 OUTCOMES = catalogue.enum("webhook_outcome")
 MAX_ACTOR_LENGTH = 128
 MAX_EVIDENCE_VALUE = 1000
@@ -141,17 +148,7 @@ class AlertmanagerWebhookExtension:
             return outcome("ignored", f"neither a rollback alert nor labelled {ACTION_LABEL}")
         if action not in LABEL_ACTIONS:
             return outcome("ignored", f"{ACTION_LABEL} {action!r} is not one of {', '.join(LABEL_ACTIONS)}")
-        if not agent or not version:
-            return outcome("ignored", "the alert names no agent and prompt_version")
         assert self._rollouts is not None
-        rollout = self._rollouts.rollout(agent)
-        if rollout is None or not rollout.active:
-            return outcome("ignored", f"agent {agent!r} has no active rollout")
-        if version != rollout.candidate:
-            role = "the baseline" if version == rollout.baseline else "not the candidate"
-            return outcome("ignored", f"{version!r} is {role} of the rollout of {agent!r} ({rollout.candidate!r})")
-        if _before(starts_at, rollout):
-            return outcome("ignored", "the alert began firing before the rollout started")
         reason = f"alert {alertname}: {annotations.get('summary') or 'firing'}"[:2000]
         actor = alertname[:MAX_ACTOR_LENGTH] or "alertmanager"
         evidence = {
@@ -163,6 +160,32 @@ class AlertmanagerWebhookExtension:
                 "generatorURL": str(alert.get("generatorURL") or "")[:MAX_EVIDENCE_VALUE],
             }
         }
+        if action == FALLBACK_MODEL:
+            model = labels.get(FALLBACK_MODEL_KEY) or annotations.get(FALLBACK_MODEL_KEY)
+            if not agent or not model:
+                return outcome("ignored", f"a fallback_model alert needs the labels agent and {FALLBACK_MODEL_KEY}")
+            try:
+                self._rollouts.route(
+                    agent, MODEL, "", model, actor=actor, actor_kind=ACTOR_KIND, reason=reason, evidence=evidence
+                )
+            except RolloutError as error:
+                log.warning(
+                    "alertmanager webhook: fallback of %s to %s on alert %s refused: %s", agent, model, alertname, error
+                )
+                return outcome("failed", error.message, action=action)
+            self._remember(key)
+            log.info("alertmanager webhook: %s falls back to model %s on alert %s", agent, model, alertname)
+            return outcome("acted", reason, action=action, model=model)
+        if not agent or not version:
+            return outcome("ignored", "the alert names no agent and prompt_version")
+        rollout = self._rollouts.rollout(agent)
+        if rollout is None or not rollout.active:
+            return outcome("ignored", f"agent {agent!r} has no active rollout")
+        if version != rollout.candidate:
+            role = "the baseline" if version == rollout.baseline else "not the candidate"
+            return outcome("ignored", f"{version!r} is {role} of the rollout of {agent!r} ({rollout.candidate!r})")
+        if _before(starts_at, rollout):
+            return outcome("ignored", "the alert began firing before the rollout started")
         try:
             if action == "disable":
                 self._rollouts.disable(agent, actor=actor, actor_kind=ACTOR_KIND, reason=reason)
@@ -171,11 +194,14 @@ class AlertmanagerWebhookExtension:
         except RolloutError as error:
             log.warning("alertmanager webhook: %s of %s on alert %s refused: %s", action, agent, alertname, error)
             return outcome("failed", error.message, action=action)
+        self._remember(key)
+        log.info("alertmanager webhook: %s of %s (%s) on alert %s", action, agent, version, alertname)
+        return outcome("acted", reason, action=action)
+
+    def _remember(self, key: tuple[str, str]) -> None:
         self._acted[key] = None
         while len(self._acted) > self.config.max_remembered_alerts:
             self._acted.popitem(last=False)
-        log.info("alertmanager webhook: %s of %s (%s) on alert %s", action, agent, version, alertname)
-        return outcome("acted", reason, action=action)
 
 
 def _strings(value: Any) -> dict[str, str]:

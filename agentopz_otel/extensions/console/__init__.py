@@ -29,8 +29,8 @@ from ...records import InFlightRuns, RunRecord
 from ...slo import SLO, load_spec
 from ..probes import ProbesExtension, ProbeStatus
 from . import pages
-from .actions import ConsoleActions
-from .figures import agent_figures, agent_status, window_detail
+from .actions import ConsoleActions, route_notice
+from .figures import agent_figures, agent_status, triage, window_detail
 from .history import WINDOWS, AgentHistory, RunHistory
 from .pages import html_response
 
@@ -226,7 +226,8 @@ class ConsoleExtension:
         in_flight = self.in_flight_by_agent()
         probe = self.probe_statuses().get(name)
         roles, rollout_line = self.actions.version_roles(name)
-        page = self.page(request, name, "fleet")
+        page = self.page(request, name, "fleet", notice=route_notice(request.query.get("done", "")))
+        routes = self.actions.routes_of(name)
 
         def build() -> str | web.StreamResponse:
             agent = self.history.agents.get(name)
@@ -252,6 +253,8 @@ class ConsoleExtension:
                 for version in versions
             ]
             latest = list(agent.recent)[-20:][::-1]
+            found = triage(self.history, agent, now)
+            routing = pages.routing_section(page, name, routes, window_detail(agent, "1h", now).tools)
             return pages.agent_page(
                 page,
                 status,
@@ -262,6 +265,8 @@ class ConsoleExtension:
                 window_detail(agent, "24h", now).most_expensive(),
                 window,
                 rollout_line,
+                found,
+                routing,
             )
 
         return await self.render(build)

@@ -1,4 +1,5 @@
-"""Sign-in and the rollouts view's actions: the same rollout calls as the CLI and the admin API.
+"""Sign-in, the rollouts view's actions and the agent page's routing (component flags): the same
+calls as the CLI and the admin API.
 
 Reading is open; acting needs the admin token, entered once on /login and exchanged for a session
 (a random id in a Secure, HttpOnly, SameSite=Strict cookie; the token itself never reaches the
@@ -24,6 +25,7 @@ from aiohttp import web
 from ...admin_auth import ADMIN_AUTH, is_loopback, token_matches
 from ..canary_analysis import CanaryAnalysisExtension
 from ..rollouts import ACTIVE_STATES, RolloutError, RolloutsExtension
+from ..rollouts.model import MODEL, TOOL, ComponentFlag
 from . import pages
 from .pages import html_response as _html
 
@@ -38,6 +40,8 @@ COOKIE = "agentopz_console"
 MAX_SESSIONS = 1000
 ROLLOUT_ACTIONS = ("rollback", "promote", "pause", "resume")
 FLAG_ACTIONS = ("disable", "enable")
+# Agent page actions on component flags (POST /routes/{agent}/{action}).
+ROUTE_ACTIONS = ("tool-off", "tool-on", "fallback", "clear-model")
 MAX_REASON_CHARS = 500
 
 
@@ -72,6 +76,7 @@ class ConsoleActions:
             ("POST", "/logout", self._logout),
             ("GET", "/rollouts", self._rollouts_view),
             ("POST", "/rollouts/{agent}/{action}", self._act),
+            ("POST", "/routes/{agent}/{action}", self._route),
         ]
 
     # -- sessions ------------------------------------------------------------------------------
@@ -187,21 +192,32 @@ class ConsoleActions:
         }
         return _html(pages.rollouts_page(page, flags, current, history, verdicts))
 
-    async def _act(self, request: web.Request) -> web.StreamResponse:
+    async def _signed_form(
+        self, request: web.Request, page: pages.PageContext, back: str
+    ) -> tuple[Session, Any] | web.Response:
+        """The session and form of a state-changing post, or the page refusing it (not signed in, stale or
+        cross-site form)."""
         _check_origin(request, self._allowed_hosts)
+        session = self.session(request)
+        if session is None:
+            text = "Sign in with the admin token first: reading is open, acting is not."
+            return _html(pages.message_page(page, "Not signed in", text, back=f"/login?next={back}"), status=401)
+        form = await request.post()
+        if not secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
+            text = "The form is stale or came from another site; reload the page."
+            return _html(pages.message_page(page, "Refused", text, back=back), status=403)
+        return session, form
+
+    async def _act(self, request: web.Request) -> web.StreamResponse:
         agent = request.match_info["agent"]
         action = request.match_info["action"]
         if action not in ROLLOUT_ACTIONS + FLAG_ACTIONS:
             raise web.HTTPNotFound(text=f"unknown action {action!r}\n")
         page = self._page(request, "Rollouts", "rollouts")
-        session = self.session(request)
-        if session is None:
-            text = "Sign in with the admin token first: reading is open, acting is not."
-            return _html(pages.message_page(page, "Not signed in", text, back="/login?next=/rollouts"), status=401)
-        form = await request.post()
-        if not secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
-            text = "The form is stale or came from another site; reload the page."
-            return _html(pages.message_page(page, "Refused", text), status=403)
+        signed = await self._signed_form(request, page, "/rollouts")
+        if isinstance(signed, web.Response):
+            return signed
+        session, form = signed
         reason = str(form.get("reason", "")).strip()[:MAX_REASON_CHARS] or f"{action} from the console"
         if form.get("confirmed") != "yes":
             detail = f"This {action}s {agent} at once for every client, recorded under your name ({session.name})."
@@ -219,6 +235,55 @@ class ConsoleActions:
         except RolloutError as error:
             return _html(pages.message_page(page, f"Cannot {action} {agent}", error.message), status=error.status)
         raise web.HTTPSeeOther(f"/rollouts?done={quote(action)}:{quote(agent, safe='')}")
+
+    # -- routing (component flags) on the agent page -----------------------------------------------
+
+    def routes_of(self, agent: str) -> list[ComponentFlag] | None:
+        """The agent's component flags, None when the rollouts extension is off (on the event loop)."""
+        rollouts = self.rollouts()
+        return None if rollouts is None else rollouts.components(agent)
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        agent = request.match_info["agent"]
+        action = request.match_info["action"]
+        if action not in ROUTE_ACTIONS:
+            raise web.HTTPNotFound(text=f"unknown action {action!r}\n")
+        back = pages.agent_href(agent)
+        page = self._page(request, agent, "fleet")
+        signed = await self._signed_form(request, page, back)
+        if isinstance(signed, web.Response):
+            return signed
+        session, form = signed
+        tool = str(form.get("tool", "")).strip()
+        model = str(form.get("model", "")).strip()
+        reason = str(form.get("reason", "")).strip()[:MAX_REASON_CHARS] or f"{action} from the console"
+        if form.get("confirmed") != "yes":
+            what = {
+                "tool-off": f"switches tool {tool} off for {agent}: its code skips the tool",
+                "tool-on": f"switches tool {tool} on again for {agent}",
+                "fallback": f"makes {agent} call model {model} instead of the one in its code",
+                "clear-model": f"removes {agent}'s model fallback: it calls the model in its code again",
+            }[action]
+            detail = f"This {what}, at once for every client, recorded under your name ({session.name})."
+            return _html(pages.route_confirm_page(page, agent, action, tool, model, reason, detail))
+        rollouts = self.rollouts()
+        if rollouts is None:
+            return _html(pages.rollouts_off_page(page, self._rollouts_id), status=404)
+        try:
+            if action == "clear-model":
+                rollouts.clear_route(agent, MODEL, actor=session.name, reason=reason)
+            elif action == "fallback":
+                rollouts.route(agent, MODEL, "", model, actor=session.name, reason=reason)
+            else:
+                rollouts.route(agent, TOOL, tool, action == "tool-on", actor=session.name, reason=reason)
+        except RolloutError as error:
+            label = pages.ROUTE_LABELS[action].lower()
+            return _html(pages.message_page(page, f"Cannot {label}", error.message, back=back), status=error.status)
+        raise web.HTTPSeeOther(f"{back}?done={quote(action)}#routing")
+
+
+def route_notice(done: str) -> str | None:
+    return f"Done: {pages.ROUTE_LABELS[done].lower()}." if done in ROUTE_ACTIONS else None
 
 
 def _notice(done: str) -> str | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...records import InFlightRuns
+from ...records import SUCCESS, InFlightRuns
 from ...slo import SLO
+from ...triage import WINDOW_SECONDS, Counts, Suspect, suspects
 from ..probes import ProbeStatus
-from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, percentile
+from .history import WINDOWS, AgentHistory, Buckets, Detail, RunEntry, RunHistory, percentile
 
 P95 = 0.95
 
@@ -132,3 +133,59 @@ def window_detail(agent: AgentHistory, window: str, now: float) -> Detail:
     detail = agent.total.window(WINDOWS[window], now, detail=True).detail
     assert detail is not None
     return detail
+
+
+@dataclass
+class Triage:
+    """Which part of the agent moved: its half hour now against the half hour before (triage.py)."""
+
+    now: Counts
+    before: Counts
+    suspects: list[Suspect]
+    # Mean LLM steps and tool calls per run of the latest runs kept, (before, now); None without runs.
+    steps: tuple[float | None, float | None]
+    tool_calls: tuple[float | None, float | None]
+
+
+def _counts(agent: AgentHistory, end: float) -> Counts:
+    tally = agent.total.window(WINDOW_SECONDS, end, detail=True)
+    assert tally.detail is not None
+    versions = {}
+    for version, buckets in agent.versions.items():
+        version_tally = buckets.window(WINDOW_SECONDS, end)
+        if version_tally.runs:
+            versions[version] = (version_tally.runs, version_tally.runs - version_tally.outcomes.get(SUCCESS, 0))
+    return Counts(
+        runs=tally.runs,
+        outcomes=dict(tally.outcomes),
+        tools={name: (calls, failed) for name, (calls, failed) in tally.detail.tools.items()},
+        models={name: (calls, failed) for name, (calls, failed) in tally.detail.models.items()},
+        versions=versions,
+    )
+
+
+def _models(buckets: Buckets, end: float) -> dict[str, tuple[int, int]]:
+    detail = buckets.window(WINDOW_SECONDS, end, detail=True).detail
+    assert detail is not None
+    return {name: (calls, failed) for name, (calls, failed) in detail.models.items()}
+
+
+def _mean(entries: list[RunEntry], field_name: str) -> float | None:
+    values = [getattr(entry, field_name) for entry in entries]
+    return sum(values) / len(values) if values else None
+
+
+def triage(history: RunHistory, agent: AgentHistory, now: float) -> Triage:
+    """The triage of `agent` from the console's history; upstream models counted across the fleet."""
+    current, before = _counts(agent, now), _counts(agent, now - WINDOW_SECONDS)
+    fleet_now, fleet_before = _models(history.models, now), _models(history.models, now - WINDOW_SECONDS)
+    found = suspects(current, before, fleet_now, fleet_before)
+    recent_now = agent.recent_in(WINDOW_SECONDS, now)
+    recent_before = [e for e in agent.recent_in(2 * WINDOW_SECONDS, now) if e.recorded_at <= now - WINDOW_SECONDS]
+    return Triage(
+        current,
+        before,
+        found,
+        (_mean(recent_before, "steps"), _mean(recent_now, "steps")),
+        (_mean(recent_before, "tool_calls"), _mean(recent_now, "tool_calls")),
+    )

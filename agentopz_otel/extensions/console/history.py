@@ -63,11 +63,8 @@ class Detail:
     ) -> None:
         for check in entry.failed_checks:
             self.checks[check] = self.checks.get(check, 0) + 1
-        for calls, items in ((self.tools, tools), (self.models, models)):
-            for name, count, failed in items:
-                counts = calls.setdefault(name, [0, 0])
-                counts[0] += count
-                counts[1] += failed
+        _add_calls(self.tools, tools)
+        _add_calls(self.models, models)
         if entry.cost_usd is not None:
             item = (entry.cost_usd, id(entry), entry)
             if len(self.expensive) < TOP_EXPENSIVE:
@@ -87,6 +84,13 @@ class Detail:
 
     def most_expensive(self) -> list[RunEntry]:
         return [entry for _, _, entry in heapq.nlargest(TOP_EXPENSIVE, self.expensive, key=lambda item: item[0])]
+
+
+def _add_calls(calls: dict[str, list[int]], items: Iterable[tuple[str, int, int]]) -> None:
+    for name, count, failed in items:
+        counts = calls.setdefault(name, [0, 0])
+        counts[0] += count
+        counts[1] += failed
 
 
 class Tally:
@@ -179,18 +183,24 @@ class Buckets:
 
     def window(self, seconds: int, now: float, detail: bool = False) -> Tally:
         """Runs recorded in the last `seconds`, to the bucket: the last hour and less by minute, else by
-        hour; with the agent-wide detail when asked (it costs more to merge)."""
+        hour; with the agent-wide detail when asked (it costs more to merge). With `now` in the past,
+        the `seconds` up to then (within the hour the minute buckets keep)."""
         total = Tally(detail and self.detail)
+        for tally in self.tallies(seconds, now):
+            total.merge(tally)
+        return total
+
+    def tallies(self, seconds: int, now: float) -> list[Tally]:
+        """The buckets `window` merges."""
         if seconds <= 3600:
-            first = int(now // 60) - seconds // 60 + 1
+            last = int(now // 60)
+            first = last - seconds // 60 + 1
             buckets: Iterable[tuple[int, Tally]] = self.minutes
         else:
-            first = int(now // 3600) - seconds // 3600 + 1
+            last = int(now // 3600)
+            first = last - seconds // 3600 + 1
             buckets = self.hours
-        for index, tally in buckets:
-            if index >= first:
-                total.merge(tally)
-        return total
+        return [tally for index, tally in buckets if first <= index <= last]
 
     def per_minute(self, now: float) -> list[int]:
         """Runs in each of the last 60 minutes, oldest first (for a sparkline)."""
@@ -260,6 +270,8 @@ class RunHistory:
         self.recent_runs_per_agent = recent_runs_per_agent
         self.since = now
         self.agents: dict[str, AgentHistory] = {}
+        # LLM calls of every agent by model (the detail's models only), for the triage's upstream suspect.
+        self.models = Buckets(detail=True)
 
     def add(self, records: Iterable[RunRecord], now: float) -> None:
         label = self.registry.label_value
@@ -302,6 +314,9 @@ class RunHistory:
                 tally.add_slo_events(slo_events)
                 assert tally.detail is not None
                 tally.detail.add(entry, tools, models)
+            fleet_minute = self.models.current(now)[0].detail
+            assert fleet_minute is not None
+            _add_calls(fleet_minute.models, models)
             buckets = agent.versions.get(version)
             if buckets is None:
                 buckets = agent.versions[version] = Buckets()

@@ -17,9 +17,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ...records import OUTCOMES
+from ...triage import MIN_RUNS, MIN_SCORE, SUSPECT_OUTCOMES
 from ..probes import ProbeStatus
 from ..probes.core import SUCCESS as PROBE_SUCCESS
-from .figures import AgentStatus, Figures, calls_table
+from .figures import AgentStatus, Figures, Triage, calls_table
 from .history import WINDOWS, Detail, RunEntry
 
 NAV = (("fleet", "/", "Fleet"), ("rollouts", "/rollouts", "Rollouts"), ("runbooks", "/runbooks", "Runbooks"))
@@ -54,6 +55,12 @@ ACTION_LABELS = {
     "resume": "Resume",
     "disable": "Disable agent",
     "enable": "Enable agent",
+}
+ROUTE_LABELS = {
+    "tool-off": "Switch tool off",
+    "tool-on": "Switch tool on",
+    "fallback": "Fall back to model",
+    "clear-model": "Clear model fallback",
 }
 
 
@@ -342,6 +349,58 @@ def _calls_section(title: str, what: str, calls: dict[str, list[int]]) -> str:
     )
 
 
+def _mean_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def triage_section(found: Triage) -> str:
+    """Which part moved: the shares the suspect scores rest on, before and now, and the suspects."""
+    rows = [
+        (
+            f"Share of runs ending {' or '.join(outcomes)} ({kind})",
+            found.before.share(outcomes),
+            found.now.share(outcomes),
+        )
+        for kind, outcomes in SUSPECT_OUTCOMES.items()
+    ]
+    cells = "".join(
+        f'<tr><th>{escape(what)}</th><td class="num">{share(before)}</td><td class="num">{share(now)}</td></tr>'
+        for what, before, now in rows
+    )
+    for label, (before, now) in (
+        ("LLM steps per run (mean)", found.steps),
+        ("Tool calls per run (mean)", found.tool_calls),
+    ):
+        cells += (
+            f'<tr><th>{label}</th><td class="num">{_mean_cell(before)}</td><td class="num">{_mean_cell(now)}</td></tr>'
+        )
+    runs = f'<tr><th>Runs</th><td class="num">{found.before.runs}</td><td class="num">{found.now.runs}</td></tr>'
+    if found.suspects:
+        items = "".join(
+            f'<li data-suspect="{escape(suspect.kind)}"><b>{escape(suspect.kind)}'
+            f"{' ' + escape(suspect.component) if suspect.component else ''}</b> (score {suspect.score:.2f}): "
+            + "; ".join(
+                f"{escape(evidence.what)} {share(evidence.baseline)} → {share(evidence.current)}"
+                for evidence in suspect.evidence
+            )
+            + "</li>"
+            for suspect in found.suspects
+        )
+        verdict = f'<p>Suspects, most likely first:</p><ol class="suspects">{items}</ol>'
+    else:
+        verdict = (
+            '<p class="muted suspects">No suspect: no prompt version, tool, upstream model or orchestration '
+            f"moved by {MIN_SCORE * 100:.0f} points (or fewer than {MIN_RUNS} runs in a half hour).</p>"
+        )
+    return (
+        '<h2 id="triage">Triage: which part moved</h2>'
+        f'<p class="muted">The last 30 minutes against the 30 before, as the <code>agentopz:suspect:*</code> '
+        'rules compute it (<a href="/runbooks/AgentSuccessSLOBurn">runbook</a>).</p>'
+        f'<table class="triage"><thead><tr><th></th><th>30 min before</th><th>Last 30 min</th></tr></thead>'
+        f"<tbody>{runs}{cells}</tbody></table>{verdict}"
+    )
+
+
 def agent_page(
     page: PageContext,
     status: AgentStatus,
@@ -352,6 +411,8 @@ def agent_page(
     expensive_day: list[RunEntry],
     window: str,
     rollout_line: str,
+    found: Triage,
+    routing: str = "",
 ) -> str:
     agent = status.history
     reasons = "".join(f'<p class="reason bad">● {escape(text)}</p>' for text in status.failing)
@@ -416,7 +477,7 @@ def agent_page(
             "in the window.</p>"
         )
     body = (
-        f"{head}{comparison}{note}{flight}{slo_section}{checks_section}"
+        f"{head}{triage_section(found)}{routing}{comparison}{note}{flight}{slo_section}{checks_section}"
         f"{_calls_section('Tools', 'Tool', detail.tools)}{_calls_section('LLM calls by model', 'Model', detail.models)}"
         f"<h2>Latest runs</h2>{_run_rows(page, latest)}"
         f"<h2>Most expensive runs, last hour</h2>{_run_rows(page, expensive_hour)}"
@@ -445,6 +506,87 @@ def action_form(page: PageContext, agent: str, action: str, *, confirmed: bool =
         f'<input type="hidden" name="csrf" value="{escape(page.csrf or "")}">'
         f'<input type="hidden" name="confirmed" value="{"yes" if confirmed else ""}">'
         f'{reason_field}<button type="submit" class="act{danger}" data-action="{action}">{label}</button></form>'
+    )
+
+
+def route_form(
+    page: PageContext,
+    agent: str,
+    action: str,
+    *,
+    tool: str = "",
+    model: str = "",
+    confirmed: bool = False,
+    reason: str = "",
+) -> str:
+    """A button setting one of the agent's component flags; confirmed like `action_form`."""
+    label = ROUTE_LABELS[action]
+    hidden = {"csrf": page.csrf or "", "confirmed": "yes" if confirmed else "", "tool": tool}
+    if confirmed:
+        hidden.update(model=model, reason=reason)
+    fields = "".join(
+        f'<input type="hidden" name="{name}" value="{escape(value)}">'
+        for name, value in hidden.items()
+        if value or name != "tool"
+    )
+    if not confirmed:
+        if action == "fallback":
+            fields += '<input name="model" placeholder="model" aria-label="model to fall back to" size="18" required>'
+        fields += (
+            f'<input name="reason" placeholder="reason" aria-label="reason for {escape(label.lower())}" size="14">'
+        )
+    what = f" {tool}" if tool else ""
+    danger = " danger" if action in ("tool-off", "fallback") else ""
+    return (
+        f'<form method="post" action="/routes/{quote(agent, safe="")}/{action}" class="action" '
+        f'data-confirm="{escape(label)}{escape(what)} for {escape(agent)}?">{fields}'
+        f'<button type="submit" class="act{danger}" data-action="{action}">{label}</button></form>'
+    )
+
+
+def route_confirm_page(
+    page: PageContext, agent: str, action: str, tool: str, model: str, reason: str, detail: str
+) -> str:
+    form = route_form(page, agent, action, tool=tool, model=model, confirmed=True, reason=reason)
+    return layout(
+        page,
+        f"<h1>{escape(ROUTE_LABELS[action])}?</h1><p>{escape(detail)}</p>{form}"
+        f'<p><a href="{escape(agent_href(agent))}">Cancel</a></p>',
+    )
+
+
+def routing_section(page: PageContext, agent: str, routes: Sequence[Any] | None, tools: Iterable[str]) -> str:
+    """The agent's component flags (`<agent>.tool.<tool>`, `<agent>.model`) and the forms that set them."""
+    if routes is None:
+        return ""
+    tool_flags = {route.name: route for route in routes if route.kind == "tool"}
+    model = next((route for route in routes if route.kind == "model"), None)
+    rows = []
+    for tool in sorted(set(tools) | set(tool_flags)):
+        route = tool_flags.get(tool)
+        state = "not set (code default)" if route is None else route.variant
+        button = route_form(page, agent, "tool-on" if route is not None and not route.value else "tool-off", tool=tool)
+        rows.append(
+            f'<tr data-tool="{escape(tool)}"><td><code>{escape(agent)}.tool.{escape(tool)}</code></td>'
+            f"<td>{escape(state)}</td><td>{button}</td></tr>"
+        )
+    tools_table = (
+        "<table><thead><tr><th>Tool flag</th><th>Served</th><th></th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else '<p class="muted">No tool seen in the last hour and no tool flag set.</p>'
+    )
+    current = "not set (code default)" if model is None else f"<b>{escape(str(model.value))}</b>"
+    data = "" if model is None else f' data-model="{escape(str(model.value))}"'
+    clear = "" if model is None else route_form(page, agent, "clear-model")
+    model_line = (
+        f'<div class="model-route"{data}><p><code>{escape(agent)}.model</code>: {current}</p>'
+        f"{route_form(page, agent, 'fallback')}{clear}</div>"
+    )
+    return (
+        '<h2 id="routing">Route around a broken part</h2><p class="muted">Component flags served over OFREP '
+        "beside the prompt version: the agent's code reads them with its OpenFeature client.</p>"
+        f"{tools_table}{model_line}"
     )
 
 

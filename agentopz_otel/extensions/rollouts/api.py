@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from ...admin_auth import require_admin
 from ...components import Context, Factory
 from .extension import RolloutsConfig, RolloutsExtension
-from .model import ACTIONS, MAX_STEPS, RolloutError
+from .model import ACTIONS, MAX_STEPS, MODEL, TOOL, RolloutError
 from .ofrep import bulk_response, dumps, etag_matches, single_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,6 +39,14 @@ class DefineAgentBody(_Body):
 class DisableBody(_Body):
     reason: str = Field(min_length=1, max_length=2000)
     fallback: str | None = None
+
+
+class ToolBody(_Body):
+    enabled: StrictBool
+
+
+class ModelBody(_Body):
+    fallback: StrictStr
 
 
 class StartRolloutBody(_Body):
@@ -121,6 +129,29 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         rollouts.enable(agent, actor=_actor(request), reason=body.reason)
         return _json(agent_view(agent))
 
+    async def list_routes(request: web.Request) -> web.Response:
+        agent = request.query.get("agent") or None
+        return _json({"routes": [component.to_dict() for component in rollouts.components(agent)]})
+
+    async def set_tool(request: web.Request) -> web.Response:
+        body = await _body(request, ToolBody)
+        agent, tool = request.match_info["agent"], request.match_info["tool"]
+        component = rollouts.route(agent, TOOL, tool, body.enabled, actor=_actor(request), reason=body.reason)
+        return _json(component.to_dict())
+
+    async def set_model(request: web.Request) -> web.Response:
+        body = await _body(request, ModelBody)
+        agent = request.match_info["agent"]
+        component = rollouts.route(agent, MODEL, "", body.fallback, actor=_actor(request), reason=body.reason)
+        return _json(component.to_dict())
+
+    async def clear(request: web.Request) -> web.Response:
+        body = await _body(request, _Body)
+        agent, tool = request.match_info["agent"], request.match_info.get("tool", "")
+        kind = TOOL if tool else MODEL
+        removed = rollouts.clear_route(agent, kind, tool, actor=_actor(request), reason=body.reason)
+        return _json({"removed": None if removed is None else removed.to_dict()})
+
     async def start_rollout(request: web.Request) -> web.Response:
         body = await _body(request, StartRolloutBody)
         rollout = rollouts.start_rollout(
@@ -154,8 +185,8 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             return _error(400, "limit must be a whole number")
-        if agent is not None:
-            rollouts.agent(agent)
+        if agent is not None and not rollouts.components(agent):
+            rollouts.agent(agent)  # 404 for a name with neither a flag nor component flags
         return _json({"entries": [entry.to_dict() for entry in rollouts.history(agent, limit)]})
 
     async def flagd_flags(request: web.Request) -> web.Response:
@@ -197,6 +228,11 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         ("GET", "/api/v1/rollouts", list_rollouts, False),
         ("GET", "/api/v1/rollouts/{agent}", get_rollout, False),
         ("POST", f"/api/v1/rollouts/{{agent}}/{action_pattern}", act, True),
+        ("GET", "/api/v1/routes", list_routes, False),
+        ("PUT", "/api/v1/routes/{agent}/tools/{tool}", set_tool, True),
+        ("DELETE", "/api/v1/routes/{agent}/tools/{tool}", clear, True),
+        ("PUT", "/api/v1/routes/{agent}/model", set_model, True),
+        ("DELETE", "/api/v1/routes/{agent}/model", clear, True),
         ("GET", "/api/v1/history", history, False),
         ("GET", "/api/v1/flagd/flags.json", flagd_flags, False),
     ]

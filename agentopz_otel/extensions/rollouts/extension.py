@@ -26,12 +26,16 @@ from .flagd import flagd_document
 from .model import (
     ACTIONS,
     ACTOR_KINDS,
+    MODEL,
     AgentFlag,
     AuditEntry,
+    ComponentFlag,
     Rollout,
     RolloutError,
+    check_component,
     check_steps,
     check_versions,
+    component_key,
 )
 from .ofrep import Snapshot
 from .store import RolloutStore
@@ -53,6 +57,8 @@ class RolloutsConfig(BaseModel):
     # Audit entries kept (oldest dropped first) and finished rollouts kept per agent.
     max_audit_entries: int = Field(default=100_000, ge=100)
     max_rollouts_per_agent: int = Field(default=100, ge=1)
+    # Component flags (a tool switched off, a fallback model) kept in all.
+    max_component_flags: int = Field(default=10_000, ge=1)
 
 
 def _now() -> float:
@@ -80,6 +86,7 @@ class RolloutsExtension:
         self._lock = threading.RLock()
         self._agents: dict[str, AgentFlag] = {}
         self._rollouts: dict[str, Rollout] = {}
+        self._components: dict[str, ComponentFlag] = {}
         self._store: RolloutStore | None = None
         self._subscribers: list[Callable[[Rollout], None]] = []
         self._analysis_validator: Callable[[dict], dict] | None = None
@@ -87,6 +94,7 @@ class RolloutsExtension:
         self._evaluation_token: str | None = None
         metrics = context.metrics
         self._evaluations = metrics.metric("agentopz_flag_evaluations_total")
+        self._component_evaluations = metrics.metric("agentopz_component_flag_evaluations_total")
         self._weight = metrics.metric("agentopz_rollout_weight")
         self._state = metrics.metric("agentopz_rollout_state")
         self._role = metrics.metric("agentopz_rollout_role")
@@ -107,6 +115,7 @@ class RolloutsExtension:
         with self._lock:
             self._store = store
             self._agents, self._rollouts = store.load()
+            self._components = store.load_components()
             self._rebuild()
 
     async def shutdown(self, timeout: float) -> None:
@@ -137,6 +146,11 @@ class RolloutsExtension:
         rollout = self._rollouts.get(agent)
         return "none" if rollout is None else rollout.state
 
+    def components(self, agent: str | None = None) -> list[ComponentFlag]:
+        """Component flags (of one agent), by key."""
+        found = (c for c in self._components.values() if agent is None or c.agent == agent)
+        return sorted(found, key=lambda component: component.key)
+
     def history(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """Audit entries, newest first."""
         with self._lock:
@@ -145,7 +159,8 @@ class RolloutsExtension:
     # Hooks for other extensions
 
     def subscribe(self, callback: Callable[[Rollout], None]) -> None:
-        """Call `callback` with the agent's rollout after every change to an agent that has one."""
+        """Call `callback` with the agent's rollout after every change to an agent that has one (its
+        versions, kill switch or rollout; component flags do not touch a rollout)."""
         self._subscribers.append(callback)
 
     def register_analysis_validator(self, validator: Callable[[dict], dict]) -> None:
@@ -176,6 +191,8 @@ class RolloutsExtension:
         with self._lock:
             versions = check_versions(agent, versions, baseline, self.config.max_versions_per_agent)
             existing = self._agents.get(agent)
+            if agent in self._components:
+                raise RolloutError(f"{agent!r} is the key of a component flag: give the agent another name", 409)
             if existing is None and len(self._agents) >= self.config.max_agents:
                 raise RolloutError(f"at most {self.config.max_agents} agents can be defined (max_agents)", 409)
             rollout = self._rollouts.get(agent)
@@ -382,6 +399,60 @@ class RolloutsExtension:
             )
             return changed
 
+    def route(
+        self,
+        agent: str,
+        kind: str,
+        name: str = "",
+        value: bool | str | None = None,
+        *,
+        actor: str,
+        actor_kind: str = "user",
+        reason: str = "",
+        evidence: dict[str, Any] | None = None,
+    ) -> ComponentFlag:
+        """Set a component flag: a tool on or off, or the model to fall back to. The agent need not have
+        prompt versions defined; while it is disabled its component flags answer DISABLED. Setting the
+        value a flag already has changes and records nothing."""
+        with self._lock:
+            component = check_component(agent, kind, name, value)
+            if component.key in self._agents:
+                raise RolloutError(f"{component.key!r} is the name of an agent: rename one of them", 409)
+            existing = self._components.get(component.key)
+            if existing is None and len(self._components) >= self.config.max_component_flags:
+                raise RolloutError(
+                    f"at most {self.config.max_component_flags} component flags can be set (max_component_flags)", 409
+                )
+            if existing is not None and existing.value == component.value:
+                return existing
+            component = replace(component, updated_at=_now())
+            action = "fallback" if kind == MODEL else "tool_on" if value else "tool_off"
+            before = existing.summary() if existing is not None else None
+            after = component.summary()
+            self._commit(agent, action, actor, actor_kind, reason, evidence, before, after, component=component)
+            return component
+
+    def clear_route(
+        self, agent: str, kind: str, name: str = "", *, actor: str, actor_kind: str = "user", reason: str = ""
+    ) -> ComponentFlag | None:
+        """Remove a component flag (clients get the default in their code); the flag removed, None if none was set."""
+        with self._lock:
+            existing = self._components.get(component_key(agent, kind, name))
+            if existing is None:
+                return None
+            self._commit(
+                agent,
+                "clear",
+                actor,
+                actor_kind,
+                reason,
+                None,
+                existing.summary(),
+                None,
+                removed_component=existing.key,
+            )
+            return existing
+
     # Evaluation access
 
     def evaluation_allowed(self, request: web.Request) -> int | None:
@@ -418,6 +489,8 @@ class RolloutsExtension:
         *,
         flag: AgentFlag | None = None,
         rollout: Rollout | None = None,
+        component: ComponentFlag | None = None,
+        removed_component: str | None = None,
     ) -> None:
         if actor_kind not in ACTOR_KINDS:
             raise RolloutError(f"actor_kind {actor_kind!r} is not one of {', '.join(ACTOR_KINDS)}")
@@ -428,15 +501,21 @@ class RolloutsExtension:
         if evidence is not None:
             json.dumps(evidence)  # fails now, before anything is written, if it cannot be stored
         entry = AuditEntry(0, _now(), agent, action, actor.strip(), actor_kind, reason, evidence, before, after)
-        self._require_store().commit(entry, agent=flag, rollout=rollout)
+        self._require_store().commit(
+            entry, agent=flag, rollout=rollout, component=component, removed_component=removed_component
+        )
         if flag is not None:
             self._agents[agent] = flag
         if rollout is not None:
             self._rollouts[agent] = rollout
+        if component is not None:
+            self._components[component.key] = component
+        if removed_component is not None:
+            del self._components[removed_component]
         self._actions.series((agent, action, actor_kind)).value += 1
         self._rebuild()
         current = self._rollouts.get(agent)
-        if current is not None:
+        if current is not None and (flag is not None or rollout is not None):
             for callback in self._subscribers:
                 try:
                     callback(current)
@@ -444,8 +523,12 @@ class RolloutsExtension:
                     self._context.logger.exception("%s: a rollout subscriber failed; continuing", self.id)
 
     def _rebuild(self) -> None:
-        self.snapshot = Snapshot(self._agents.values(), self._rollouts, self._evaluations)
-        self.flagd_body = json.dumps(flagd_document(self._agents.values(), self._rollouts), indent=2).encode() + b"\n"
+        components = self._components.values()
+        self.snapshot = Snapshot(
+            self._agents.values(), self._rollouts, self._evaluations, components, self._component_evaluations
+        )
+        document = flagd_document(self._agents.values(), self._rollouts, components)
+        self.flagd_body = json.dumps(document, indent=2).encode() + b"\n"
         self.flagd_etag = '"' + hashlib.blake2b(self.flagd_body, digest_size=12).hexdigest() + '"'
         for flag in self._agents.values():
             served = self._served_weights(flag)

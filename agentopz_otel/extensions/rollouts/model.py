@@ -160,3 +160,71 @@ def check_steps(steps: Any) -> tuple[int, ...]:
             f"candidate all of it): {list(steps)}"
         )
     return tuple(steps)
+
+
+# Component flags: per agent, a tool switched off or a fallback model, served beside the agent's
+# prompt-version flag over the same OFREP endpoint. Keys: `<agent>.tool.<tool>` (boolean: true = use
+# the tool) and `<agent>.model` (string: the model to use instead of the one in the agent's code).
+TOOL = "tool"
+MODEL = "model"
+COMPONENT_KINDS = (TOOL, MODEL)
+# Variants: a tool flag is `on` or `off`; a model flag serves its `fallback`.
+TOOL_ON = "on"
+TOOL_OFF = "off"
+FALLBACK = "fallback"
+# Audit actions of component flags (also `agentopz_rollout_actions_total{action}`).
+ROUTE_ACTIONS = ("tool_off", "tool_on", "fallback", "clear")
+# The OFREP providers for Python and Node put the key into the URL path without encoding it, so a key
+# keeps to the characters a path segment carries as they are (RFC 3986 unreserved).
+_KEY = re.compile(r"^[A-Za-z0-9._~-]{1,255}$")
+_MODEL_VALUE = re.compile(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,254}[^\s\x00-\x1f\x7f])?$")
+
+
+def component_key(agent: str, kind: str, name: str = "") -> str:
+    return f"{agent}.{TOOL}.{name}" if kind == TOOL else f"{agent}.{MODEL}"
+
+
+@dataclass(frozen=True)
+class ComponentFlag:
+    agent: str
+    kind: str  # TOOL or MODEL
+    name: str  # the tool; "" for the model
+    value: bool | str  # a tool: True to use it; the model: the model to use
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return component_key(self.agent, self.kind, self.name)
+
+    @property
+    def variant(self) -> str:
+        if self.kind == MODEL:
+            return FALLBACK
+        return TOOL_ON if self.value else TOOL_OFF
+
+    def summary(self) -> dict[str, Any]:
+        """What an audit entry records before and after a change."""
+        return {"key": self.key, "value": self.value}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "key": self.key, "variant": self.variant}
+
+
+def check_component(agent: Any, kind: str, name: Any = "", value: Any = None) -> ComponentFlag:
+    """A component flag with a key OFREP clients can send and a value of the kind's type."""
+    check_name("agent", agent)
+    if kind not in COMPONENT_KINDS:
+        raise RolloutError(f"unknown component {kind!r}: one of {', '.join(COMPONENT_KINDS)}")
+    if kind == TOOL:
+        check_name("tool", name)
+        if not isinstance(value, bool):
+            raise RolloutError("a tool flag's value is true (use the tool) or false (skip it)")
+    elif not isinstance(value, str) or not _MODEL_VALUE.match(value):
+        raise RolloutError("the fallback model must be 1 to 256 printable characters, e.g. anthropic/claude-sonnet-4")
+    key = component_key(agent, kind, name)
+    if not _KEY.match(key):
+        raise RolloutError(
+            f"flag key {key!r}: OpenFeature's OFREP providers send the key in the URL path unencoded, so agent and "
+            "tool names of component flags may only use letters, digits and . _ ~ - (at most 255 in all)"
+        )
+    return ComponentFlag(agent, kind, name if kind == TOOL else "", value)

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from ...metrics import Counter, Family
-from .model import AgentFlag, Rollout
+from .model import AgentFlag, ComponentFlag, Rollout
 from .split import bucket
 
 JSON = "application/json"
@@ -75,6 +75,15 @@ def rollout_metadata(flag: AgentFlag, rollout: Rollout | None) -> dict[str, Any]
     return metadata
 
 
+def component_metadata(component: ComponentFlag) -> dict[str, Any]:
+    return {"agent": component.agent, "component": component.kind}
+
+
+def component_label(component: ComponentFlag) -> str:
+    """The `component` label of agentopz_component_flag_evaluations_total: `tool.<tool>` or `model`."""
+    return component.key.removeprefix(component.agent + ".")
+
+
 class Snapshot:
     """The flag set at one moment: what OFREP and flagd sync serve until the next change."""
 
@@ -83,12 +92,34 @@ class Snapshot:
         agents: Iterable[AgentFlag],
         rollouts: dict[str, Rollout],
         evaluations: Family[Counter],
+        components: Iterable[ComponentFlag] = (),
+        component_evaluations: Family[Counter] | None = None,
     ) -> None:
         self.flags: dict[str, CompiledFlag] = {}
+        disabled = set()
         for flag in agents:
             rollout = rollouts.get(flag.agent)
             self.flags[flag.agent] = self._compile(flag, rollout, evaluations)
+            if flag.disabled:
+                disabled.add(flag.agent)
+        for component in components:
+            assert component_evaluations is not None
+            self.flags[component.key] = self._compile_component(
+                component, component.agent in disabled, component_evaluations
+            )
         self.keys = tuple(sorted(self.flags))
+
+    @staticmethod
+    def _compile_component(component: ComponentFlag, disabled: bool, evaluations: Family[Counter]) -> CompiledFlag:
+        """A component flag has one answer: its value, or, while its agent is switched off by the kill
+        switch, reason DISABLED without a value like the agent's own flag (the code default)."""
+        item: dict[str, Any] = {"key": component.key, "metadata": component_metadata(component)}
+        if disabled:
+            item.update(reason="DISABLED", variant="")
+        else:
+            item.update(value=component.value, reason="STATIC", variant=component.variant)
+        counter = evaluations.series((component.agent, component_label(component), item["reason"]))
+        return CompiledFlag(component.key, Resolution(item["variant"], item["reason"], item, dumps(item), counter))
 
     @staticmethod
     def _compile(flag: AgentFlag, rollout: Rollout | None, evaluations: Family[Counter]) -> CompiledFlag:
@@ -151,7 +182,7 @@ def resolve(snapshot: Snapshot, key: str, targeting_key: str | None) -> Resoluti
     """The answer for one flag (not yet counted as an evaluation)."""
     flag = snapshot.flags.get(key)
     if flag is None:
-        raise EvaluationError(404, "FLAG_NOT_FOUND", f"no agent {key!r} is defined")
+        raise EvaluationError(404, "FLAG_NOT_FOUND", f"no agent or component flag {key!r} is defined")
     if flag.static is None and targeting_key is None:
         raise EvaluationError(
             400,

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import asdict
 from typing import Any
 
-from .model import AgentFlag, AuditEntry, Rollout
+from .model import AgentFlag, AuditEntry, ComponentFlag, Rollout
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollout_agents (agent TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS rollout_audit (
     actor TEXT NOT NULL, actor_kind TEXT NOT NULL, reason TEXT NOT NULL,
     evidence TEXT, before TEXT, after TEXT);
 CREATE INDEX IF NOT EXISTS rollout_audit_agent ON rollout_audit (agent, id);
+CREATE TABLE IF NOT EXISTS rollout_components (key TEXT PRIMARY KEY, agent TEXT NOT NULL, body TEXT NOT NULL);
 """
 
 
@@ -57,6 +58,13 @@ class RolloutStore:
             rollouts[rollout.agent] = rollout
         return agents, rollouts
 
+    def load_components(self) -> dict[str, ComponentFlag]:
+        """Every component flag by key."""
+        components = {}
+        for key, body in self._db.execute("SELECT key, body FROM rollout_components"):
+            components[key] = ComponentFlag(**json.loads(body))
+        return components
+
     def next_rollout_id(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rollout_rollouts'").fetchone()
         return (row[0] if row else 0) + 1
@@ -67,8 +75,11 @@ class RolloutStore:
         *,
         agent: AgentFlag | None = None,
         rollout: Rollout | None = None,
+        component: ComponentFlag | None = None,
+        removed_component: str | None = None,
     ) -> int:
-        """Write the changed agent and/or rollout with its audit entry, atomically; the entry's id."""
+        """Write the changed agent, rollout or component flag (or remove one, by key) with its audit
+        entry, atomically; the entry's id."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -91,6 +102,14 @@ class RolloutStore:
                     "SELECT id FROM rollout_rollouts WHERE agent = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (rollout.agent, rollout.agent, self._max_rollouts_per_agent),
                 )
+            if component is not None:
+                db.execute(
+                    "INSERT INTO rollout_components (key, agent, body) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET body = excluded.body",
+                    (component.key, component.agent, _dump(asdict(component))),
+                )
+            if removed_component is not None:
+                db.execute("DELETE FROM rollout_components WHERE key = ?", (removed_component,))
             cursor = db.execute(
                 "INSERT INTO rollout_audit (at, agent, action, actor, actor_kind, reason, evidence, before, after) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
