@@ -6,7 +6,7 @@ import pytest
 from conftest import service_body
 from rollouts import Admin
 
-TOKEN = "webhook-secret"
+TOKEN = "webhook-secret-0123456789abcdef0123"
 ALERT_START = "2099-01-01T00:00:00.123456789Z"  # after any rollout a test starts
 
 

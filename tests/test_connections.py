@@ -16,6 +16,8 @@ from conftest import service_body
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from spans import make_request, make_span
 
+OTLP_TOKEN = "otlp-token-0123456789abcdef0123456789"
+
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CLOSED = "agentopz_http_connections_closed_total"
 TIMEOUTS = {"read_header_timeout_seconds": 1, "read_body_timeout_seconds": 1.5, "idle_timeout_seconds": 1}
@@ -168,13 +170,13 @@ def test_connection_cap_answers_503_with_retry_after_at_exactly_cap_plus_one(sta
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
 def test_bearer_scheme_is_case_insensitive_on_both_transports(start_service, scheme):
-    service = start_service(guarded_body(auth={"token": "s3cret"}))
+    service = start_service(guarded_body(auth={"token": OTLP_TOKEN}))
     with closing(http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=5)) as connection:
-        headers = {"Content-Type": "application/x-protobuf", "Authorization": f"{scheme} s3cret"}
+        headers = {"Content-Type": "application/x-protobuf", "Authorization": f"{scheme} {OTLP_TOKEN}"}
         connection.request("POST", "/v1/traces", good_body(), headers)
         assert connection.getresponse().status == 200
     with grpc.insecure_channel(service.grpc_endpoint) as channel:
-        channel.unary_unary(EXPORT)(good_body(), timeout=5, metadata=(("authorization", f"{scheme} s3cret"),))
+        channel.unary_unary(EXPORT)(good_body(), timeout=5, metadata=(("authorization", f"{scheme} {OTLP_TOKEN}"),))
     assert service.value("agentopz_llm_calls_total") == 2
 
 

@@ -56,10 +56,6 @@ class ConsoleConfig(BaseModel):
     rollouts: str = Field(default="rollouts", description="id of the rollouts extension the rollouts view acts on")
     runbooks_dir: str | None = Field(default=None, description="directory of <AlertName>.md; default: the shipped ones")
     session_hours: float = Field(default=12, gt=0, le=24 * 30, description="how long a sign-in lasts")
-    allowed_hosts: list[str] = Field(
-        default_factory=list,
-        description="host names (besides IP addresses and localhost) the console accepts actions on",
-    )
 
     @field_validator("trace_url_template")
     @classmethod
@@ -85,12 +81,17 @@ class ConsoleExtension:
         self.slos = _load_slos(config.slo_file)
         self.history = RunHistory(context.metrics, self.slos, config.recent_runs_per_agent, time.time())
         self._pending: deque[Sequence[RunRecord]] = deque()
+        self._dropped = context.metrics.counter(
+            "agentopz_console_dropped_batches_total",
+            f"Batches of finished runs the console dropped, oldest first, because {MAX_PENDING_BATCHES} were "
+            "already waiting for its worker (its figures then miss those runs; the metrics do not).",
+        ).series(())
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console")
         self._drain_task: asyncio.Task | None = None
         self._in_flight: tuple[float, dict[str, InFlightRuns]] = (-IN_FLIGHT_MAX_AGE, {})
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
         self._runbooks_dir = Path(config.runbooks_dir) if config.runbooks_dir else None
-        self.actions = ConsoleActions(self, config.session_hours, config.allowed_hosts)
+        self.actions = ConsoleActions(self, config.session_hours)
         context.finished_runs.subscribe(self._received)
         for method, path, handler in (
             ("GET", "/", self._fleet),
@@ -118,6 +119,7 @@ class ConsoleExtension:
         """On the event loop: hand the batch to the worker thread, which owns the history."""
         if len(self._pending) >= MAX_PENDING_BATCHES:
             self._pending.popleft()
+            self._dropped.value += 1
         self._pending.append(records)
 
     def _drain(self) -> None:

@@ -6,11 +6,12 @@ asks for confirmation before an action.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 from urllib.parse import quote
 
@@ -76,6 +77,16 @@ class PageContext:
     show_content: bool = False
     notice: str | None = None
     extra_head: list[str] = field(default_factory=list)
+
+
+# Direction controls (LRE..RLO, LRI..PDI, LRM, RLM, ALM) in a name from telemetry would reorder the
+# text around it ("Trojan Source"): they are shown as their escape, e.g. \u202e.
+_DIRECTION_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text: str) -> str:
+    """HTML-escaped text (quotes included) with direction controls made visible."""
+    return _DIRECTION_CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", html.escape(text))
 
 
 def agent_href(agent: str) -> str:

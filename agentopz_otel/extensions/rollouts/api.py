@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...admin_auth import require_admin
+from ...httpserver import read_limited
 from .model import ACTIONS, MAX_STEPS, RolloutError
 from .ofrep import bulk_response, dumps, etag_matches, single_response
 
@@ -171,9 +172,10 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         refused = rollouts.evaluation_allowed(request)
         if refused is not None:
             return web.Response(status=refused)
-        if request.content_length is not None and request.content_length > MAX_EVALUATION_BODY:
+        body = await read_limited(request, MAX_EVALUATION_BODY)
+        if body is None:
             return _json({"errorCode": "PARSE_ERROR", "errorDetails": "request body too large"}, 400)
-        return await request.read()
+        return body
 
     async def evaluate_flag(request: web.Request) -> web.Response:
         body = await evaluation_body(request)
