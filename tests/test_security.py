@@ -484,3 +484,24 @@ def test_direction_overrides_are_shown_escaped():
     assert escape("bot\u202etxt.exe") == "bot\\u202etxt.exe"
     assert escape("\u2066a\u2069 <b>") == "\\u2066a\\u2069 &lt;b&gt;"
     assert escape('"\u200f') == "&quot;\\u200f"
+
+
+# -- left from the reliability work ----------------------------------------------------------------
+
+
+def test_sign_in_sessions_survive_a_restart_and_the_database_holds_no_cookie(start_service, tmp_path):
+    first = start_service(token_body(tmp_path))
+    port = first.admin_port
+    form = urlencode({"name": "Ann", "token": ADMIN_TOKEN}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://127.0.0.1:{port}"}
+    signed_in = send(port, "POST", "/login", form, headers)
+    assert signed_in.status == 303
+    cookie = signed_in.headers["Set-Cookie"].split(";", 1)[0]
+    assert first.stop() == 0
+    second = start_service(token_body(tmp_path))
+    page = send(second.admin_port, "GET", "/rollouts", headers={"Cookie": cookie}).body.decode()
+    assert "Signed in as <b>Ann</b>" in page
+    stranger = send(second.admin_port, "GET", "/rollouts", headers={"Cookie": cookie[:-2] + "xx"}).body.decode()
+    assert "Signed in as" not in stranger
+    files = list(tmp_path.glob("state.sqlite*"))
+    assert files and all(cookie.split("=", 1)[1].encode() not in path.read_bytes() for path in files)

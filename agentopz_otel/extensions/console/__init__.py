@@ -26,11 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ...components import Context, Factory, InFlightRuns
 from ...processors.runs import RunRecord
 from ...slo import SLO, load_spec
+from ..storage import StorageExtension
 from . import pages
-from .actions import ConsoleActions
+from .actions import MAX_SESSIONS, ConsoleActions
 from .figures import agent_figures, agent_status, window_detail
 from .history import WINDOWS, RunHistory
 from .pages import html_response
+from .sessions import Sessions
 
 PACKAGE = resources.files(__package__)
 STATIC = PACKAGE / "static"
@@ -56,6 +58,11 @@ class ConsoleConfig(BaseModel):
     rollouts: str = Field(default="rollouts", description="id of the rollouts extension the rollouts view acts on")
     runbooks_dir: str | None = Field(default=None, description="directory of <AlertName>.md; default: the shipped ones")
     session_hours: float = Field(default=12, gt=0, le=24 * 30, description="how long a sign-in lasts")
+    storage: str | None = Field(
+        default="storage",
+        description="id of the storage extension that keeps sign-in sessions across restarts; null: memory only "
+        "(also when the default `storage` is not configured)",
+    )
 
     @field_validator("trace_url_template")
     @classmethod
@@ -92,6 +99,11 @@ class ConsoleExtension:
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
         self._runbooks_dir = Path(config.runbooks_dir) if config.runbooks_dir else None
         self.actions = ConsoleActions(self, config.session_hours)
+        self._storage: StorageExtension | None = None
+        if config.storage is not None and (
+            config.storage in context.extensions or "storage" in config.model_fields_set
+        ):
+            self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
         context.finished_runs.subscribe(self._received)
         for method, path, handler in (
             ("GET", "/", self._fleet),
@@ -106,6 +118,9 @@ class ConsoleExtension:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._storage is not None:
+            self.actions.sessions = Sessions(MAX_SESSIONS, self._storage.connect(self.id))
+            self.actions.sessions.load(time.time())
         self._drain_task = asyncio.create_task(self._drain_every_second())
 
     async def shutdown(self, timeout: float) -> None:

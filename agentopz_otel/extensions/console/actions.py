@@ -11,10 +11,7 @@ console.
 from __future__ import annotations
 
 import re
-import secrets
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -26,6 +23,7 @@ from ..rollouts import ACTIVE_STATES, RolloutError, RolloutsExtension
 from . import pages
 from .pages import escape
 from .pages import html_response as _html
+from .sessions import Session, Sessions
 
 if TYPE_CHECKING:
     from . import ConsoleExtension
@@ -37,19 +35,11 @@ FLAG_ACTIONS = ("disable", "enable")
 MAX_REASON_CHARS = 500
 
 
-@dataclass
-class Session:
-    id: str
-    name: str
-    csrf: str
-    expires: float
-
-
 class ConsoleActions:
     def __init__(self, console: ConsoleExtension, session_hours: float) -> None:
         self._console = console
         self._session_seconds = session_hours * 3600
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.sessions = Sessions(MAX_SESSIONS)
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [
@@ -63,21 +53,7 @@ class ConsoleActions:
     # -- sessions ------------------------------------------------------------------------------
 
     def session(self, request: web.Request) -> Session | None:
-        session = self._sessions.get(request.cookies.get(COOKIE, ""))
-        if session is None:
-            return None
-        if session.expires < time.time():
-            del self._sessions[session.id]
-            return None
-        return session
-
-    def _new_session(self, name: str) -> Session:
-        while len(self._sessions) >= MAX_SESSIONS:
-            self._sessions.popitem(last=False)
-        expires = time.time() + self._session_seconds
-        session = Session(secrets.token_urlsafe(32), name, secrets.token_urlsafe(32), expires)
-        self._sessions[session.id] = session
-        return session
+        return self.sessions.get(request.cookies.get(COOKIE, ""), time.time())
 
     async def _login_form(self, request: web.Request) -> web.StreamResponse:
         page = self._console.page(request, "Sign in", "rollouts")
@@ -106,11 +82,11 @@ class ConsoleActions:
         if error is not None:
             status = 403 if auth.token is None else 401
             return _html(pages.login_page(page, error, auth.token is not None, next_path), status=status)
-        session = self._new_session(name)
+        cookie, _ = self.sessions.new(name, self._session_seconds, time.time())
         response = web.HTTPSeeOther(next_path)
         response.set_cookie(
             COOKIE,
-            session.id,
+            cookie,
             max_age=int(self._session_seconds),
             path="/",
             secure=True,
@@ -129,7 +105,7 @@ class ConsoleActions:
                 page = self._console.page(request, "Sign out", "rollouts")
                 text = "The form is stale or came from another site; reload the page and sign out again."
                 return _html(pages.message_page(page, "Refused", text), status=403)
-            self._sessions.pop(session.id, None)
+            self.sessions.drop(session)
         response = web.HTTPSeeOther("/")
         response.del_cookie(COOKIE, path="/")
         raise response
