@@ -232,3 +232,48 @@ def test_grpc_connection_cap_answers_unavailable_past_it(start_service):
         channel.close()
     assert codes == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE]
     assert service.value("agentopz_llm_calls_total") == 2
+
+
+def slow_message(delay: float):
+    """A request stream whose one message comes after `delay` seconds (a client sending slowly)."""
+    time.sleep(delay)
+    yield good_body()
+
+
+def test_grpc_message_that_arrives_too_slowly_gets_deadline_exceeded(start_service):
+    service = start_service(
+        guarded_body(protocols={"grpc": {"endpoint": "127.0.0.1:@GRPC_PORT@", "read_message_timeout_seconds": 1}})
+    )
+    with grpc.insecure_channel(service.grpc_endpoint) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.stream_unary(EXPORT)(slow_message(4), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert raised.value.details() == "the request message did not arrive within 1 s"
+        assert 0.9 < time.monotonic() - started < 3
+        # In time, the same stream is an ordinary export.
+        channel.stream_unary(EXPORT)(slow_message(0.5), timeout=10)
+    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="read_timeout") == 1
+    assert service.value("agentopz_llm_calls_total") == 1
+
+
+def test_grpc_calls_past_the_concurrency_cap_get_resource_exhausted_with_retry_info(start_service):
+    grpc_protocol = {"endpoint": "127.0.0.1:@GRPC_PORT@", "max_concurrent_requests": 2}
+    service = start_service(guarded_body(protocols={"grpc": grpc_protocol}, retry_after_seconds=3))
+    with grpc.insecure_channel(service.grpc_endpoint) as channel:
+        held = [channel.stream_unary(EXPORT).future(slow_message(2.5), timeout=10) for _ in range(2)]
+        time.sleep(1)  # both calls have started and wait for their messages
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary(EXPORT)(good_body(), timeout=5)
+        error = raised.value
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == "more than 2 calls at once"
+        details = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+        retry = error_details_pb2.RetryInfo()
+        assert details.code == code_pb2.RESOURCE_EXHAUSTED and details.details[0].Unpack(retry)
+        assert retry.retry_delay.seconds == 3
+        for call in held:
+            call.result(timeout=10)
+        channel.unary_unary(EXPORT)(good_body(), timeout=5)  # the held calls are done: room again
+    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="concurrency") == 1
+    assert service.value("agentopz_llm_calls_total") == 3
