@@ -505,3 +505,38 @@ def test_sign_in_sessions_survive_a_restart_and_the_database_holds_no_cookie(sta
     assert "Signed in as" not in stranger
     files = list(tmp_path.glob("state.sqlite*"))
     assert files and all(cookie.split("=", 1)[1].encode() not in path.read_bytes() for path in files)
+
+
+def test_held_run_roots_are_bounded_in_bytes(start_service, tmp_path):
+    from sinks import GrpcSink
+    from spans import make_request
+    from test_runs import raw_run, runs_config, send
+
+    runs = {
+        name: raw_run(bytes([index + 1]) * 16, agent=name) for index, name in enumerate(("first", "second", "third"))
+    }
+    alone = make_request([runs["first"][0]], service="svc").resource_spans[0]
+    one_root = (
+        alone.resource.ByteSize() + alone.scope_spans[0].scope.ByteSize() + alone.scope_spans[0].spans[0].ByteSize()
+    )
+    with GrpcSink() as backend:
+        exporters = {"otlp/backend": {"endpoint": backend.endpoint, "protocol": "grpc"}}
+        config = runs_config(tmp_path / "runs.jsonl", max_held_root_bytes=one_root)
+        service = start_service(service_body(runs=config, exporters=exporters))
+        # Two roots in one request: the first fills the budget exactly, the second goes on at once.
+        send(service, [*runs["first"], *runs["second"]])
+        assert service.wait_for("agentopz_runs_total", 2) == 2
+        send(service, list(runs["third"]))  # the budget is free again once the first run finished
+        assert service.wait_for("agentopz_runs_total", 3) == 3
+        assert backend.wait_for_spans(9) == 9
+        outcomes = {
+            span.name: {kv.key for kv in span.attributes} & {"agentopz.run.outcome"}
+            for _, _, span in backend.spans()
+            if span.name.startswith("invoke_agent")
+        }
+    assert outcomes == {
+        "invoke_agent first": {"agentopz.run.outcome"},
+        "invoke_agent second": set(),
+        "invoke_agent third": {"agentopz.run.outcome"},
+    }
+    assert service.value("agentopz_unheld_run_roots_total") == 1
