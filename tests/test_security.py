@@ -540,3 +540,13 @@ def test_held_run_roots_are_bounded_in_bytes(start_service, tmp_path):
         "invoke_agent third": {"agentopz.run.outcome"},
     }
     assert service.value("agentopz_unheld_run_roots_total") == 1
+
+
+def test_cli_agent_define_names_the_grammar(default_service, capsys):
+    from agentopz_otel.cli import main
+
+    code = main(["agent", "define", "a?b", "--version", "v1", "--baseline", "v1", "--url", default_service.admin_url])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "agent 'a?b' is not a valid name: 1 to 128 characters of A-Z a-z 0-9 . _ ~ -" in err
+    assert Admin(default_service.admin_url).ok("GET", "/api/v1/agents")["agents"] == []
