@@ -550,3 +550,24 @@ def test_cli_agent_define_names_the_grammar(default_service, capsys):
     assert code == 1
     assert "agent 'a?b' is not a valid name: 1 to 128 characters of A-Z a-z 0-9 . _ ~ -" in err
     assert Admin(default_service.admin_url).ok("GET", "/api/v1/agents")["agents"] == []
+
+
+def test_the_console_counts_the_finished_run_batches_it_drops():
+    from agentopz_otel.components import Context
+    from agentopz_otel.extensions.console import FACTORY, MAX_PENDING_BATCHES, ConsoleConfig
+    from agentopz_otel.metrics import Registry
+
+    registry = Registry()
+    context = Context(metrics=registry)
+    FACTORY.create("console", ConsoleConfig(), context)  # not started: nothing drains the queue
+
+    def dropped() -> float:
+        [family] = [f for f in registry.snapshot() if f.name == "agentopz_console_dropped_batches_total"]
+        return sum(value for _, value in family.series)
+
+    for _ in range(MAX_PENDING_BATCHES):
+        context.finished_runs.publish([])
+    assert dropped() == 0
+    context.finished_runs.publish([])
+    context.finished_runs.publish([])
+    assert dropped() == 2
