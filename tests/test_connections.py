@@ -240,6 +240,12 @@ def slow_message(delay: float):
     yield good_body()
 
 
+def lingering_stream(delay: float):
+    """A request stream that sends its message at once but ends only after `delay` seconds."""
+    yield good_body()
+    time.sleep(delay)
+
+
 def test_grpc_message_that_arrives_too_slowly_gets_deadline_exceeded(start_service):
     service = start_service(
         guarded_body(protocols={"grpc": {"endpoint": "127.0.0.1:@GRPC_PORT@", "read_message_timeout_seconds": 1}})
@@ -251,9 +257,20 @@ def test_grpc_message_that_arrives_too_slowly_gets_deadline_exceeded(start_servi
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert raised.value.details() == "the request message did not arrive within 1 s"
         assert 0.9 < time.monotonic() - started < 3
+        # A message in time whose stream is never ended is no complete call either.
+        with pytest.raises(grpc.RpcError) as lingering:
+            channel.stream_unary(EXPORT)(lingering_stream(4), timeout=10)
+        assert lingering.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.RpcError) as two:
+            channel.stream_unary(EXPORT)(iter([good_body(), good_body()]), timeout=10)
+        assert (two.value.code(), two.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a call carries exactly one request message",
+        )
         # In time, the same stream is an ordinary export.
         channel.stream_unary(EXPORT)(slow_message(0.5), timeout=10)
-    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="read_timeout") == 1
+    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="read_timeout") == 2
+    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="decode") == 1
     assert service.value("agentopz_llm_calls_total") == 1
 
 
