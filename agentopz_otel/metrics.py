@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .bounded_log import BoundedLog
+from .text import visible_direction_controls
 
 log = logging.getLogger("agentopz_otel.metrics")
 
@@ -115,6 +116,9 @@ class LabelLimiter:
     def admit(self, value: str) -> str:
         if value in self._seen:
             return value
+        value = visible_direction_controls(value)
+        if value in self._seen:
+            return value
         if len(value) > self._max_length:
             self._overflow(
                 self.label,
@@ -140,6 +144,7 @@ class LabelLimiter:
 
     def peek(self, value: str) -> str:
         """As `admit`, without counting or logging an overflow: for views that repeat what series reported."""
+        value = visible_direction_controls(value)
         if value in self._seen:
             return value
         if len(value) > self._max_length or len(self._seen) >= self._limit:

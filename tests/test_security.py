@@ -27,6 +27,8 @@ from agentopz_otel.admin_auth import Throttle, host_allowed, refusal
 from agentopz_otel.bearer import MIN_TOKEN_CHARS, TokenConfig, token_matches
 from agentopz_otel.extensions.console.actions import _next_path
 from agentopz_otel.extensions.console.pages import escape
+from agentopz_otel.metrics import Registry
+from agentopz_otel.text import visible_direction_controls
 
 ADMIN_TOKEN = "admin-token-for-security-tests-0123456789"
 EVAL_TOKEN = "evaluation-token-for-security-tests-01234"
@@ -481,6 +483,7 @@ def test_agent_define_refuses_names_urls_and_ofrep_keys_cannot_carry(default_ser
 
 
 def test_direction_overrides_are_shown_escaped():
+    assert visible_direction_controls("модель ✓") == "модель ✓"
     assert escape("bot\u202etxt.exe") == "bot\\u202etxt.exe"
     assert escape("\u2066a\u2069 <b>") == "\\u2066a\\u2069 &lt;b&gt;"
     assert escape('"\u200f') == "&quot;\\u200f"
@@ -555,7 +558,6 @@ def test_cli_agent_define_names_the_grammar(default_service, capsys):
 def test_the_console_counts_the_finished_run_batches_it_drops():
     from agentopz_otel.components import Context
     from agentopz_otel.extensions.console import FACTORY, MAX_PENDING_BATCHES, ConsoleConfig
-    from agentopz_otel.metrics import Registry
 
     registry = Registry()
     context = Context(metrics=registry)
@@ -571,3 +573,13 @@ def test_the_console_counts_the_finished_run_batches_it_drops():
     context.finished_runs.publish([])
     context.finished_runs.publish([])
     assert dropped() == 2
+
+
+def test_direction_overrides_are_escaped_in_label_values():
+    registry = Registry()
+    calls = registry.counter("calls_total", "Calls.", ("model",))
+    for _ in range(2):
+        calls.series(("gpt\u202e-4o",)).value += 1
+    calls.series(("plain-модель",)).value += 1
+    assert dict(calls.snapshot().series) == {("gpt\\u202e-4o",): 2, ("plain-модель",): 1}
+    assert registry.label_value("model", "gpt\u202e-4o") == "gpt\\u202e-4o"

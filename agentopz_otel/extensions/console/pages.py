@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ...text import visible_direction_controls
 from .figures import AgentStatus, Figures, calls_table
 from .history import WINDOWS, Detail, RunEntry
 
@@ -79,14 +79,9 @@ class PageContext:
     extra_head: list[str] = field(default_factory=list)
 
 
-# Direction controls (LRE..RLO, LRI..PDI, LRM, RLM, ALM) in a name from telemetry would reorder the
-# text around it ("Trojan Source"): they are shown as their escape, e.g. \u202e.
-_DIRECTION_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
 def escape(text: str) -> str:
     """HTML-escaped text (quotes included) with direction controls made visible."""
-    return _DIRECTION_CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", html.escape(text))
+    return visible_direction_controls(html.escape(text))
 
 
 def agent_href(agent: str) -> str:
