@@ -37,6 +37,11 @@ class AdminConfig(HttpServerConfig):
     endpoint: Endpoint = "127.0.0.1:9464"
     # The admin bearer token for mutations; without one, mutations are accepted from loopback only.
     auth: TokenConfig | None = None
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names (besides IP addresses and localhost) requests may name in their Host header, "
+        "e.g. the name Prometheus scrapes or a reverse proxy forwards; every other name is refused",
+    )
 
 
 class PipelineConfig(BaseModel):

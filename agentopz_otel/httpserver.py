@@ -189,6 +189,21 @@ class GuardedSite(web.BaseSite):
         await super().stop()
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to exceed `limit` bytes, whether the sender
+    declared a Content-Length or streams it chunked (only `limit` + one chunk is ever held)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def serve(
     app: web.Application, guard: ConnectionGuard, what: str, **handler_options
 ) -> tuple[web.AppRunner, GuardedSite]:

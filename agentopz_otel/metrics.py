@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import catalogue
 from .bounded_log import BoundedLog
+from .text import visible_direction_controls
 
 log = logging.getLogger("agentopz_otel.metrics")
 
@@ -116,6 +117,9 @@ class LabelLimiter:
     def admit(self, value: str) -> str:
         if value in self._seen:
             return value
+        value = visible_direction_controls(value)
+        if value in self._seen:
+            return value
         if len(value) > self._max_length:
             self._overflow(
                 self.label,
@@ -141,6 +145,7 @@ class LabelLimiter:
 
     def peek(self, value: str) -> str:
         """As `admit`, without counting or logging an overflow: for views that repeat what series reported."""
+        value = visible_direction_controls(value)
         if value in self._seen:
             return value
         if len(value) > self._max_length or len(self._seen) >= self._limit:

@@ -15,7 +15,7 @@ from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .admin_auth import ADMIN_AUTH, AdminAuth
+from .admin_auth import ADMIN_AUTH, AdminAuth, admin_guard
 from .components import CallsExporter, Context, EmitsLater, Flushing, Lifecycle, LogsExporter, LogsProcessor
 from .config import ComponentConfig, Config
 from .exposition import metrics_handler
@@ -106,7 +106,7 @@ class Service:
         self.config = config
         self.metrics = Registry(config.service.cardinality)
         self.context = Context(metrics=self.metrics)
-        self.admin_auth = AdminAuth.from_config(config.service.admin.auth)
+        self.admin_auth = AdminAuth.from_config(config.service.admin.auth, self.metrics)
         # Extensions first: pipeline components may look them up while they are created.
         for extension_id in config.service.extensions:
             self.context.extensions[extension_id] = self._create(config.extensions[extension_id])
@@ -149,7 +149,8 @@ class Service:
         return web.Response(text="not ready\n", status=503)
 
     async def _start_admin(self) -> None:
-        app = web.Application()
+        # One guard in front of every route (Host, cross-site, JSON-only state changes): admin_auth.py.
+        app = web.Application(middlewares=[admin_guard(self.config.service.admin.allowed_hosts)])
         app[ADMIN_AUTH] = self.admin_auth
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)

@@ -17,7 +17,7 @@ import yaml
 from conftest import free_port, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
-WEBHOOK_TOKEN = "e2e-agentopz-token"
+WEBHOOK_TOKEN = "e2e-agentopz-webhook-token-0123456789"
 
 
 class Recorder(ThreadingHTTPServer):

@@ -6,7 +6,7 @@ import pytest
 from conftest import service_body
 from rollouts import Admin
 
-TOKEN = "webhook-secret"
+TOKEN = "webhook-secret-0123456789abcdef0123"
 ALERT_START = "2099-01-01T00:00:00.123456789Z"  # after any rollout a test starts
 
 
@@ -194,7 +194,7 @@ def test_fallback_model_sets_the_agents_model_flag_once(admin):
     _, body = hook(service, missing, unsendable)
     assert [result["outcome"] for result in body["results"]] == ["ignored", "failed"]
     assert body["results"][0]["reason"] == "a fallback_model alert needs the labels agent and agentopz_fallback_model"
-    assert body["results"][1]["reason"].startswith("flag key 'tri age.model': OpenFeature's OFREP providers")
+    assert body["results"][1]["reason"].startswith("agent 'tri age' is not a valid name: 1 to 128 characters")
 
 
 def test_the_webhook_needs_its_token(admin):

@@ -16,6 +16,8 @@ from conftest import service_body
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from spans import make_request, make_span
 
+OTLP_TOKEN = "otlp-token-0123456789abcdef0123456789"
+
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CLOSED = "agentopz_http_connections_closed_total"
 TIMEOUTS = {"read_header_timeout_seconds": 1, "read_body_timeout_seconds": 1.5, "idle_timeout_seconds": 1}
@@ -168,13 +170,13 @@ def test_connection_cap_answers_503_with_retry_after_at_exactly_cap_plus_one(sta
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
 def test_bearer_scheme_is_case_insensitive_on_both_transports(start_service, scheme):
-    service = start_service(guarded_body(auth={"token": "s3cret"}))
+    service = start_service(guarded_body(auth={"token": OTLP_TOKEN}))
     with closing(http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=5)) as connection:
-        headers = {"Content-Type": "application/x-protobuf", "Authorization": f"{scheme} s3cret"}
+        headers = {"Content-Type": "application/x-protobuf", "Authorization": f"{scheme} {OTLP_TOKEN}"}
         connection.request("POST", "/v1/traces", good_body(), headers)
         assert connection.getresponse().status == 200
     with grpc.insecure_channel(service.grpc_endpoint) as channel:
-        channel.unary_unary(EXPORT)(good_body(), timeout=5, metadata=(("authorization", f"{scheme} s3cret"),))
+        channel.unary_unary(EXPORT)(good_body(), timeout=5, metadata=(("authorization", f"{scheme} {OTLP_TOKEN}"),))
     assert service.value("agentopz_llm_calls_total") == 2
 
 
@@ -230,3 +232,65 @@ def test_grpc_connection_cap_answers_unavailable_past_it(start_service):
         channel.close()
     assert codes == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE]
     assert service.value("agentopz_llm_calls_total") == 2
+
+
+def slow_message(delay: float):
+    """A request stream whose one message comes after `delay` seconds (a client sending slowly)."""
+    time.sleep(delay)
+    yield good_body()
+
+
+def lingering_stream(delay: float):
+    """A request stream that sends its message at once but ends only after `delay` seconds."""
+    yield good_body()
+    time.sleep(delay)
+
+
+def test_grpc_message_that_arrives_too_slowly_gets_deadline_exceeded(start_service):
+    service = start_service(
+        guarded_body(protocols={"grpc": {"endpoint": "127.0.0.1:@GRPC_PORT@", "read_message_timeout_seconds": 1}})
+    )
+    with grpc.insecure_channel(service.grpc_endpoint) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.stream_unary(EXPORT)(slow_message(4), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert raised.value.details() == "the request message did not arrive within 1 s"
+        assert 0.9 < time.monotonic() - started < 3
+        # A message in time whose stream is never ended is no complete call either.
+        with pytest.raises(grpc.RpcError) as lingering:
+            channel.stream_unary(EXPORT)(lingering_stream(4), timeout=10)
+        assert lingering.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.RpcError) as two:
+            channel.stream_unary(EXPORT)(iter([good_body(), good_body()]), timeout=10)
+        assert (two.value.code(), two.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a call carries exactly one request message",
+        )
+        # In time, the same stream is an ordinary export.
+        channel.stream_unary(EXPORT)(slow_message(0.5), timeout=10)
+    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="read_timeout") == 2
+    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="decode") == 1
+    assert service.value("agentopz_llm_calls_total") == 1
+
+
+def test_grpc_calls_past_the_concurrency_cap_get_resource_exhausted_with_retry_info(start_service):
+    grpc_protocol = {"endpoint": "127.0.0.1:@GRPC_PORT@", "max_concurrent_requests": 2}
+    service = start_service(guarded_body(protocols={"grpc": grpc_protocol}, retry_after_seconds=3))
+    with grpc.insecure_channel(service.grpc_endpoint) as channel:
+        held = [channel.stream_unary(EXPORT).future(slow_message(2.5), timeout=10) for _ in range(2)]
+        time.sleep(1)  # both calls have started and wait for their messages
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary(EXPORT)(good_body(), timeout=5)
+        error = raised.value
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == "more than 2 calls at once"
+        details = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+        retry = error_details_pb2.RetryInfo()
+        assert details.code == code_pb2.RESOURCE_EXHAUSTED and details.details[0].Unpack(retry)
+        assert retry.retry_delay.seconds == 3
+        for call in held:
+            call.result(timeout=10)
+        channel.unary_unary(EXPORT)(good_body(), timeout=5)  # the held calls are done: room again
+    assert service.value("agentopz_receiver_rejected_requests_total", transport="grpc", reason="concurrency") == 1
+    assert service.value("agentopz_llm_calls_total") == 3

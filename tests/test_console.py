@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "console"
-TOKEN = "console-test-token"
+TOKEN = "console-test-token-0123456789abcdef"
 TRACE_URL = "http://tempo.example/explore?traceId={trace_id}"
 CHROMIUM_ARGS = [
     "--headless",

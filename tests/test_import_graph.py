@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "records",
                 "runbooks",
                 "slo",
+                "text",
                 "triage",
             }
         ),

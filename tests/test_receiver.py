@@ -15,6 +15,8 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from spans import make_request, make_span
 
+OTLP_TOKEN = "otlp-token-0123456789abcdef0123456789"
+
 PROTOBUF = "application/x-protobuf"
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -213,7 +215,7 @@ def test_grpc_oversized_message_is_resource_exhausted(limited):
     assert_still_serving(limited, 0)
 
 
-AUTH = service_body(receiver={**LIMITS, "auth": {"token": "s3cret"}})
+AUTH = service_body(receiver={**LIMITS, "auth": {"token": OTLP_TOKEN}})
 
 
 def test_bearer_token_on_both_transports(start_service):
@@ -221,13 +223,13 @@ def test_bearer_token_on_both_transports(start_service):
     body = good_request().SerializeToString()
     assert post(service, body)[0] == 401
     assert post(service, body, headers={"Authorization": "Bearer wrong"})[0] == 401
-    assert post(service, body, headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert post(service, body, headers={"Authorization": f"Bearer {OTLP_TOKEN}"})[0] == 200
     with grpc.insecure_channel(service.grpc_endpoint) as channel:
         export = channel.unary_unary(EXPORT)
         with pytest.raises(grpc.RpcError) as raised:
             export(body, timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        export(body, timeout=5, metadata=(("authorization", "Bearer s3cret"),))
+        export(body, timeout=5, metadata=(("authorization", f"Bearer {OTLP_TOKEN}"),))
     assert service.value("agentopz_llm_calls_total") == 2
 
 

@@ -18,6 +18,10 @@ from agentopz_otel.extensions.rollouts.split import split_variant
 VERSIONS = {"v1": {"prompt": "support-v1"}, "v2": {"prompt": "support-v2"}, "v3": {"prompt": "support-v3"}}
 KEYS = [f"conversation-{i}" for i in range(200)]
 
+EVAL_TOKEN = "eval-token-0123456789abcdef0123456789"
+ADMIN_TOKEN = "admin-token-0123456789abcdef012345678"
+CLI_TOKEN = "cli-token-0123456789abcdef0123456789ab"
+
 
 @pytest.fixture
 def storage(tmp_path: Path) -> Path:
@@ -120,8 +124,10 @@ def test_definitions_and_commands_are_validated_with_clear_errors(start_service,
     refused("POST", start, {"agent": "support-bot", "candidate": "v2"}, 400, "steps: Field required")
     refused("POST", start, {"agent": "support-bot", "candidate": "v2", "steps": [100], "x": 1}, 400, "unknown field")
     refused("POST", start, b"{not json", 400, "not valid JSON")
-    reply = admin.call("POST", start, b"agent=support-bot", {"Content-Type": "application/x-www-form-urlencoded"})
-    assert reply.status == 415
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert admin.call("POST", start, b"agent=support-bot", form).status == 403  # the port's guard: no Origin
+    same_origin = {**form, "Origin": admin.url}
+    assert admin.call("POST", start, b"agent=support-bot", same_origin).status == 415  # the API: JSON only
     admin.start("support-bot", "v2", [5, 100])
     refused("POST", start, {"agent": "support-bot", "candidate": "v3", "steps": [100]}, 409, "already has a rollout")
 
@@ -246,7 +252,7 @@ def test_ofrep_protocol_errors_bulk_etag_and_kill_switch(start_service, storage)
 
 
 def test_mutations_need_the_admin_token_and_evaluation_its_own(start_service, storage):
-    body = rollouts_body(storage, rollouts={"evaluation_auth": {"token": "eval-secret"}}, admin_token="admin-secret")
+    body = rollouts_body(storage, rollouts={"evaluation_auth": {"token": EVAL_TOKEN}}, admin_token=ADMIN_TOKEN)
     service = start_service(body)
     anonymous = Admin(service.admin_url)
     refused = anonymous.call("PUT", "/api/v1/agents/bot", {"versions": {"a": None}, "baseline": "a"})
@@ -258,17 +264,17 @@ def test_mutations_need_the_admin_token_and_evaluation_its_own(start_service, st
         "PUT",
         "/api/v1/agents/bot",
         {"versions": {"a": None}, "baseline": "a"},
-        {"Authorization": "bearer admin-secret"},
+        {"Authorization": f"bearer {ADMIN_TOKEN}"},
     )
     assert lower_case.status == 200
     assert anonymous.call("GET", "/api/v1/agents").status == 200
     assert anonymous.evaluate("bot").status == 401
     assert Admin(service.admin_url, token="wrong").evaluate("bot").status == 403
-    assert Admin(service.admin_url, token="eval-secret").evaluate("bot").status == 200
-    api_key = anonymous.call("POST", "/ofrep/v1/evaluate/flags/bot", {}, {"X-API-Key": "eval-secret"})
+    assert Admin(service.admin_url, token=EVAL_TOKEN).evaluate("bot").status == 200
+    api_key = anonymous.call("POST", "/ofrep/v1/evaluate/flags/bot", {}, {"X-API-Key": EVAL_TOKEN})
     assert (api_key.status, api_key.body["variant"]) == (200, "a")
     assert anonymous.call("GET", "/api/v1/flagd/flags.json").status == 401
-    assert Admin(service.admin_url, token="admin-secret").call("GET", "/api/v1/flagd/flags.json").status == 200
+    assert Admin(service.admin_url, token=ADMIN_TOKEN).call("GET", "/api/v1/flagd/flags.json").status == 200
 
 
 def _request_from(peer: str, auth: AdminAuth, authorization: str | None = None) -> web.Request:
@@ -289,10 +295,10 @@ def test_without_a_token_mutations_are_accepted_from_loopback_only():
     for peer in ("10.0.0.8", "192.168.1.20", "2001:db8::1"):
         with pytest.raises(web.HTTPForbidden):
             require_admin(_request_from(peer, open_auth))
-    token_auth = AdminAuth("s3cret")
+    token_auth = AdminAuth(ADMIN_TOKEN)
     with pytest.raises(web.HTTPUnauthorized):
         require_admin(_request_from("127.0.0.1", token_auth))
-    require_admin(_request_from("10.0.0.8", token_auth, "BEARER s3cret"))
+    require_admin(_request_from("10.0.0.8", token_auth, f"BEARER {ADMIN_TOKEN}"))
 
 
 def test_state_and_audit_log_survive_a_restart(start_service, storage):
@@ -348,9 +354,9 @@ def test_concurrent_commands_are_serialized_and_a_repeated_rollback_is_one(start
 
 
 def test_cli_rolls_out_rolls_back_and_exports(start_service, storage, tmp_path, monkeypatch, capsys):
-    service = start_service(rollouts_body(storage, admin_token="cli-secret"))
+    service = start_service(rollouts_body(storage, admin_token=CLI_TOKEN))
     token_file = tmp_path / "token"
-    token_file.write_text("cli-secret\n")
+    token_file.write_text(CLI_TOKEN + "\n")
     auth = ["--token-file", str(token_file), "--actor", "carol"]
 
     def cli(*args: str) -> tuple[int, str, str]:
@@ -397,7 +403,7 @@ def test_cli_rolls_out_rolls_back_and_exports(start_service, storage, tmp_path, 
         "fractional": [["v2", 5], ["v1", 95]]
     }
 
-    monkeypatch.setenv("AGENTOPZ_ADMIN_TOKEN", "cli-secret")
+    monkeypatch.setenv("AGENTOPZ_ADMIN_TOKEN", CLI_TOKEN)
     monkeypatch.setenv("USER", "dave")
     code, out, _ = cli("rollout", "rollback", "support-bot", "--reason", "quality")
     assert (code, out) == (

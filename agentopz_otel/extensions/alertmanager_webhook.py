@@ -30,8 +30,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import catalogue
-from ..admin_auth import TokenConfig, bearer_token, require_admin, token_matches
+from ..admin_auth import JSON_TYPE, TokenConfig, bearer_token, require_admin, token_matches
 from ..components import Context, Factory
+from ..httpserver import read_limited
 from .rollouts import Rollout, RolloutError, RolloutsExtension
 from .rollouts.model import MODEL
 
@@ -102,11 +103,12 @@ class AlertmanagerWebhookExtension:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        if request.content_length is not None and request.content_length > self.config.max_body_bytes:
-            return _error(413, f"the notification is larger than {self.config.max_body_bytes} bytes")
-        # The admin server's connection guard has read the body already (under its deadlines): take it whole.
-        body = await request.read()
-        if len(body) > self.config.max_body_bytes:
+        # Alertmanager sends JSON; anything else (a text/plain "simple" request a web page can send
+        # cross-site without a preflight, a form) is refused before it is read.
+        if request.content_type != JSON_TYPE:
+            return _error(415, "send the notification as JSON (Content-Type: application/json)")
+        body = await read_limited(request, self.config.max_body_bytes)
+        if body is None:
             return _error(413, f"the notification is larger than {self.config.max_body_bytes} bytes")
         try:
             notification = json.loads(body)

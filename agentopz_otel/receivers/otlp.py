@@ -4,17 +4,25 @@
 Duties from the OTLP specification: a request-size limit applied after decompression (413),
 415 for an unsupported content type, 400 with a google.rpc.Status body for undecodable data,
 partial success when some spans are invalid (the rest are kept), and 503 + Retry-After
-(gRPC UNAVAILABLE + RetryInfo) when the pipeline cannot take more.
+(gRPC UNAVAILABLE + RetryInfo) when the pipeline cannot take more. Every gRPC refusal a sender may
+retry carries RetryInfo, the calls at once past `max_concurrent_requests` (RESOURCE_EXHAUSTED)
+included: OTLP senders retry RESOURCE_EXHAUSTED only with it.
+
+gRPC calls are served as client-streaming calls (the wire format of a unary call is the same), so the
+handler runs as the call starts: it counts the call and waits for the request message under its own
+deadline, where a unary handler would run only once a slow sender had finished sending.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
 import logging
 import math
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -86,7 +94,12 @@ class GrpcProtocol(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     endpoint: Endpoint = "127.0.0.1:4317"
-    max_concurrent_requests: int = Field(default=64, ge=1)
+    max_concurrent_requests: int = Field(
+        default=64, ge=1, description="calls at once; past it: RESOURCE_EXHAUSTED with RetryInfo"
+    )
+    read_message_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="from a call's start to its request message; slower: DEADLINE_EXCEEDED"
+    )
     max_connections: int = Field(default=1000, ge=1, description="past it, new connections are refused")
     handshake_timeout_seconds: float = Field(
         default=10.0, gt=0, description="a connection that has not completed the HTTP/2 handshake by then is closed"
@@ -259,6 +272,7 @@ class OtlpReceiver:
         self._consumer: Consumer | None = None
         self._secret = config.auth.secret(f"receivers.{component_id}.auth") if config.auth else None
         self._inflight_bytes = 0
+        self._grpc_calls = 0
         self._grpc_server: grpc.aio.Server | None = None
         self._http_runner: web.AppRunner | None = None
         self._http_guard: ConnectionGuard | None = None
@@ -316,11 +330,50 @@ class OtlpReceiver:
 
     # -- gRPC ----------------------------------------------------------------------------------
 
-    async def _grpc_export(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _grpc_export(
+        self, signal: Signal, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> bytes:
         metadata = dict(context.invocation_metadata() or ())
         if not self._authorized(metadata.get("authorization")):
             self._rejected_requests.series(("grpc", "unauthenticated")).value += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        protocol = self._config.protocols.grpc
+        assert protocol is not None
+        if self._grpc_calls >= protocol.max_concurrent_requests:
+            self._rejected_requests.series(("grpc", "concurrency")).value += 1
+            message = f"more than {protocol.max_concurrent_requests} calls at once"
+            await _abort_retryable(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, message, self._config.retry_after_seconds
+            )
+        self._grpc_calls += 1
+        try:
+            body = await self._grpc_request_message(requests, context, protocol.read_message_timeout_seconds)
+            return await self._grpc_message(signal, body, context)
+        finally:
+            self._grpc_calls -= 1
+
+    async def _grpc_request_message(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, timeout: float
+    ) -> bytes:
+        """The call's one message, read to the end of the stream within `timeout` seconds of the call's
+        start. Reading on to the end also lets grpc drop the message: a stream left suspended on it
+        keeps it alive until a full garbage collection (three times the memory under load)."""
+        messages = aiter(requests)
+        try:
+            async with asyncio.timeout(timeout):
+                body = await anext(messages, None)
+                extra = None if body is None else await anext(messages, None)
+        except TimeoutError:
+            self._rejected_requests.series(("grpc", "read_timeout")).value += 1
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"the request message did not arrive within {timeout:g} s"
+            )
+        if body is None or extra is not None:
+            self._rejected_requests.series(("grpc", "decode")).value += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a call carries exactly one request message")
+        return body
+
+    async def _grpc_message(self, signal: Signal, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # The message is in memory from here on: it counts against the budget HTTP bodies share.
         self._inflight_bytes += len(body)
         try:
@@ -333,14 +386,7 @@ class OtlpReceiver:
             await context.abort(error.grpc_code, str(error))
         except Backpressure as busy:
             self._rejected_requests.series(("grpc", "busy")).value += 1
-            status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(busy))
-            retry = error_details_pb2.RetryInfo(retry_delay=Duration(seconds=math.ceil(busy.retry_after)))
-            status.details.add().Pack(retry)
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                str(busy),
-                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-            )
+            await _abort_retryable(context, grpc.StatusCode.UNAVAILABLE, str(busy), busy.retry_after)
         finally:
             self._inflight_bytes -= len(body)
         return response.SerializeToString()
@@ -354,13 +400,12 @@ class OtlpReceiver:
                 ("grpc.server_handshake_timeout_ms", int(protocol.handshake_timeout_seconds * 1000)),
                 ("grpc.max_connection_idle_ms", int(protocol.idle_timeout_seconds * 1000)),
             ],
-            maximum_concurrent_rpcs=protocol.max_concurrent_requests,
         )
         server.add_generic_rpc_handlers(
             tuple(
                 grpc.method_handlers_generic_handler(
                     signal.grpc_service,
-                    {"Export": grpc.unary_unary_rpc_method_handler(functools.partial(self._grpc_export, signal))},
+                    {"Export": grpc.stream_unary_rpc_method_handler(functools.partial(self._grpc_export, signal))},
                 )
                 for signal in (TRACES, LOGS)
             )
@@ -464,6 +509,16 @@ class OtlpReceiver:
             await self._grpc_server.stop(grace=2.0)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+
+
+async def _abort_retryable(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, retry_after: float
+) -> None:
+    """End the call with `code` and a google.rpc.Status carrying RetryInfo (the delay OTLP senders wait)."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    retry = error_details_pb2.RetryInfo(retry_delay=Duration(seconds=math.ceil(retry_after)))
+    status.details.add().Pack(retry)
+    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
 
 
 def _message_response(

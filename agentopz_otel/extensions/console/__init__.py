@@ -28,11 +28,13 @@ from ...components import Context, Factory
 from ...records import InFlightRuns, RunRecord
 from ...slo import SLO, load_spec
 from ..probes import ProbesExtension, ProbeStatus
+from ..storage import StorageExtension
 from . import pages
-from .actions import ConsoleActions, route_notice
+from .actions import MAX_SESSIONS, ConsoleActions, route_notice
 from .figures import agent_figures, agent_status, triage, window_detail
 from .history import WINDOWS, AgentHistory, RunHistory
 from .pages import html_response
+from .sessions import Sessions
 
 PACKAGE = resources.files(__package__)
 STATIC = PACKAGE / "static"
@@ -58,9 +60,10 @@ class ConsoleConfig(BaseModel):
     rollouts: str = Field(default="rollouts", description="id of the rollouts extension the rollouts view acts on")
     runbooks_dir: str | None = Field(default=None, description="directory of <AlertName>.md; default: the shipped ones")
     session_hours: float = Field(default=12, gt=0, le=24 * 30, description="how long a sign-in lasts")
-    allowed_hosts: list[str] = Field(
-        default_factory=list,
-        description="host names (besides IP addresses and localhost) the console accepts actions on",
+    storage: str | None = Field(
+        default="storage",
+        description="id of the storage extension that keeps sign-in sessions across restarts; null: memory only "
+        "(also when the default `storage` is not configured)",
     )
 
     @field_validator("trace_url_template")
@@ -87,14 +90,18 @@ class ConsoleExtension:
         self.slos = _load_slos(config.slo_file)
         self.history = RunHistory(context.metrics, self.slos, config.recent_runs_per_agent, time.time())
         self._pending: deque[Sequence[RunRecord]] = deque()
+        self._dropped = context.metrics.metric("agentopz_console_dropped_batches_total").series(())
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console")
         self._drain_task: asyncio.Task | None = None
         self._in_flight: tuple[float, dict[str, InFlightRuns]] = (-IN_FLIGHT_MAX_AGE, {})
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
         self._runbooks_dir = Path(config.runbooks_dir) if config.runbooks_dir else None
-        self.actions = ConsoleActions(
-            self.page, context.extensions, config.rollouts, config.session_hours, config.allowed_hosts
-        )
+        self.actions = ConsoleActions(self.page, context.extensions, config.rollouts, config.session_hours)
+        self._storage: StorageExtension | None = None
+        if config.storage is not None and (
+            config.storage in context.extensions or "storage" in config.model_fields_set
+        ):
+            self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
         context.finished_runs.subscribe(self._received)
         for method, path, handler in (
             ("GET", "/", self._fleet),
@@ -109,6 +116,9 @@ class ConsoleExtension:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._storage is not None:
+            self.actions.sessions = Sessions(MAX_SESSIONS, self._storage.connect(self.id))
+            self.actions.sessions.load(time.time())
         self._drain_task = asyncio.create_task(self._drain_every_second())
 
     async def shutdown(self, timeout: float) -> None:
@@ -122,6 +132,7 @@ class ConsoleExtension:
         """On the event loop: hand the batch to the worker thread, which owns the history."""
         if len(self._pending) >= MAX_PENDING_BATCHES:
             self._pending.popleft()
+            self._dropped.value += 1
         self._pending.append(records)
 
     def _drain(self) -> None:

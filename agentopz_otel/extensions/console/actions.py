@@ -3,31 +3,29 @@ calls as the CLI and the admin API.
 
 Reading is open; acting needs the admin token, entered once on /login and exchanged for a session
 (a random id in a Secure, HttpOnly, SameSite=Strict cookie; the token itself never reaches the
-browser again). Every state-changing form carries the session's CSRF token, and its Origin (or
-Referer) must be this console. The Host must be an IP address, localhost or a configured name, so a
-DNS-rebinding page cannot borrow a loopback-only session.
+browser again). Wrong tokens are throttled per client (admin_auth.Throttle). Every state-changing
+form carries the session's CSRF token; the admin port's guard (admin_auth.admin_guard) has already
+refused it unless its Host is an IP address, localhost or an allowed name and its Origin is this
+console.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import secrets
+import re
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from html import escape
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from aiohttp import web
 
-from ...admin_auth import ADMIN_AUTH, is_loopback, token_matches
+from ...admin_auth import ADMIN_AUTH, TooManyAttempts, is_loopback, token_matches
 from ..canary_analysis import CanaryAnalysisExtension
 from ..rollouts import ACTIVE_STATES, RolloutError, RolloutsExtension
 from ..rollouts.model import MODEL, TOOL, ComponentFlag
 from . import pages
+from .pages import escape
 from .pages import html_response as _html
+from .sessions import Session, Sessions
 
 
 class PageMaker(Protocol):
@@ -45,14 +43,6 @@ ROUTE_ACTIONS = ("tool-off", "tool-on", "fallback", "clear-model")
 MAX_REASON_CHARS = 500
 
 
-@dataclass
-class Session:
-    id: str
-    name: str
-    csrf: str
-    expires: float
-
-
 class ConsoleActions:
     def __init__(
         self,
@@ -60,14 +50,12 @@ class ConsoleActions:
         extensions: dict[str, Any],
         rollouts_id: str,
         session_hours: float,
-        allowed_hosts: Sequence[str],
     ) -> None:
         self._page = page
         self._extensions = extensions  # the service's extensions by id (filled before any starts)
         self._rollouts_id = rollouts_id
         self._session_seconds = session_hours * 3600
-        self._allowed_hosts = frozenset(allowed_hosts)
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.sessions = Sessions(MAX_SESSIONS)
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [
@@ -82,21 +70,7 @@ class ConsoleActions:
     # -- sessions ------------------------------------------------------------------------------
 
     def session(self, request: web.Request) -> Session | None:
-        session = self._sessions.get(request.cookies.get(COOKIE, ""))
-        if session is None:
-            return None
-        if session.expires < time.time():
-            del self._sessions[session.id]
-            return None
-        return session
-
-    def _new_session(self, name: str) -> Session:
-        while len(self._sessions) >= MAX_SESSIONS:
-            self._sessions.popitem(last=False)
-        expires = time.time() + self._session_seconds
-        session = Session(secrets.token_urlsafe(32), name, secrets.token_urlsafe(32), expires)
-        self._sessions[session.id] = session
-        return session
+        return self.sessions.get(request.cookies.get(COOKIE, ""), time.time())
 
     async def _login_form(self, request: web.Request) -> web.StreamResponse:
         page = self._page(request, "Sign in", "rollouts")
@@ -104,7 +78,6 @@ class ConsoleActions:
         return _html(pages.login_page(page, None, token_configured, _next_path(request.query.get("next"))))
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
-        _check_origin(request, self._allowed_hosts)
         form = await request.post()
         name = str(form.get("name", "")).strip()[:64]
         token = str(form.get("token", "")).strip()
@@ -114,17 +87,23 @@ class ConsoleActions:
         if auth.token is None:
             error = None if is_loopback(request) else "No admin token is configured: only loopback may act."
         else:
-            error = None if token_matches(token, auth.token) else "That is not the admin token."
+            try:
+                error = None if auth.attempt(request.remote or "", token) else "That is not the admin token."
+            except TooManyAttempts as refused:
+                text = f"Too many wrong tokens from this address: try again in {refused.retry_after} s."
+                response = _html(pages.login_page(page, text, True, next_path), status=429)
+                response.headers["Retry-After"] = str(refused.retry_after)
+                return response
         if error is None and not name:
             error = "Enter your name: the audit log records who acted."
         if error is not None:
             status = 403 if auth.token is None else 401
             return _html(pages.login_page(page, error, auth.token is not None, next_path), status=status)
-        session = self._new_session(name)
+        cookie, _ = self.sessions.new(name, self._session_seconds, time.time())
         response = web.HTTPSeeOther(next_path)
         response.set_cookie(
             COOKIE,
-            session.id,
+            cookie,
             max_age=int(self._session_seconds),
             path="/",
             secure=True,
@@ -134,11 +113,16 @@ class ConsoleActions:
         raise response
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
-        _check_origin(request, self._allowed_hosts)
         session = self.session(request)
         form = await request.post()
-        if session is not None and secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
-            self._sessions.pop(session.id, None)
+        if session is not None:
+            # Without its CSRF token a sign-out is refused outright: clearing only the cookie would leave
+            # the session usable by whoever holds its id.
+            if not token_matches(str(form.get("csrf", "")), session.csrf):
+                page = self._page(request, "Sign out", "rollouts")
+                text = "The form is stale or came from another site; reload the page and sign out again."
+                return _html(pages.message_page(page, "Refused", text), status=403)
+            self.sessions.drop(session)
         response = web.HTTPSeeOther("/")
         response.del_cookie(COOKIE, path="/")
         raise response
@@ -197,13 +181,12 @@ class ConsoleActions:
     ) -> tuple[Session, Any] | web.Response:
         """The session and form of a state-changing post, or the page refusing it (not signed in, stale or
         cross-site form)."""
-        _check_origin(request, self._allowed_hosts)
         session = self.session(request)
         if session is None:
             text = "Sign in with the admin token first: reading is open, acting is not."
             return _html(pages.message_page(page, "Not signed in", text, back=f"/login?next={back}"), status=401)
         form = await request.post()
-        if not secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
+        if not token_matches(str(form.get("csrf", "")), session.csrf):
             text = "The form is stale or came from another site; reload the page."
             return _html(pages.message_page(page, "Refused", text, back=back), status=403)
         return session, form
@@ -293,29 +276,15 @@ def _notice(done: str) -> str | None:
     return f"Done: {pages.ACTION_LABELS[action].lower()} {agent}."
 
 
+# Where a sign-in may send the browser on: the console's own pages, as its links write them. Only
+# unreserved characters and percent escapes: no scheme, no `//`, no backslash, no whitespace or
+# control character (a browser strips a tab, so "/<tab>/evil.example" would become "//evil.example").
+_SEGMENT = r"[A-Za-z0-9._~%-]+"
+_NEXT_PATH = re.compile(
+    rf"/(?:(?:rollouts|runbooks)(?:/{_SEGMENT})?|agents/{_SEGMENT})?(?:\?[A-Za-z0-9._~%=&:-]*)?(?:#{_SEGMENT})?"
+)
+
+
 def _next_path(value: str | None) -> str:
-    """Only a path on this console: never an open redirect."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/rollouts"
-    return value
-
-
-def _host_allowed(host: str) -> bool:
-    name = urlsplit(f"//{host}").hostname or ""
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_origin(request: web.Request, allowed_hosts: frozenset[str]) -> None:
-    """Refuse a state-changing request from another site (CSRF) or through a rebound DNS name."""
-    host = request.host
-    if not _host_allowed(host) and (urlsplit(f"//{host}").hostname or "") not in allowed_hosts:
-        raise web.HTTPForbidden(text="this console answers actions on an IP address, localhost or a configured host\n")
-    origin = request.headers.get("Origin") or request.headers.get("Referer")
-    if not origin or urlsplit(origin).netloc != host:
-        raise web.HTTPForbidden(text="cross-site request refused (Origin does not match this console)\n")
+    """A known console path, else /rollouts: never an open redirect."""
+    return value if value and _NEXT_PATH.fullmatch(value) else "/rollouts"

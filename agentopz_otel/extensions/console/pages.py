@@ -6,17 +6,18 @@ asks for confirmation before an action.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
 from ...records import OUTCOMES
+from ...text import visible_direction_controls
 from ...triage import MIN_RUNS, MIN_SCORE, SUSPECT_OUTCOMES
 from ..probes import ProbeStatus
 from ..probes.core import SUCCESS as PROBE_SUCCESS
@@ -78,6 +79,11 @@ class PageContext:
     show_content: bool = False
     notice: str | None = None
     extra_head: list[str] = field(default_factory=list)
+
+
+def escape(text: str) -> str:
+    """HTML-escaped text (quotes included) with direction controls made visible."""
+    return visible_direction_controls(html.escape(text))
 
 
 def agent_href(agent: str) -> str:

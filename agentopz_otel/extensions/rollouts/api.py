@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from ...admin_auth import require_admin
 from ...components import Context, Factory
+from ...httpserver import read_limited
 from .extension import RolloutsConfig, RolloutsExtension
 from .model import ACTIONS, MAX_STEPS, MODEL, TOOL, RolloutError
 from .ofrep import bulk_response, dumps, etag_matches, single_response
@@ -202,9 +203,10 @@ def admin_routes(rollouts: RolloutsExtension) -> list[tuple[str, str, Handler]]:
         refused = rollouts.evaluation_allowed(request)
         if refused is not None:
             return web.Response(status=refused)
-        if request.content_length is not None and request.content_length > MAX_EVALUATION_BODY:
+        body = await read_limited(request, MAX_EVALUATION_BODY)
+        if body is None:
             return _json({"errorCode": "PARSE_ERROR", "errorDetails": "request body too large"}, 400)
-        return await request.read()
+        return body
 
     async def evaluate_flag(request: web.Request) -> web.Response:
         body = await evaluation_body(request)

@@ -13,8 +13,11 @@ from ... import catalogue
 ACTIONS = ("promote", "rollback", "pause", "resume", "advance")
 ACTOR_KINDS = catalogue.enum("actor_kind")
 ACTIVE_STATES = ("progressing", "paused")
-# A name is a flag key and a URL path segment: printable, no slash, no surrounding whitespace.
-_NAME = re.compile(r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]{0,126}[^\s/\x00-\x1f\x7f])?$")
+# Agent and version names are OFREP flag keys and variants, URL path segments (the console's, and the
+# OpenFeature OFREP clients', which join the key into the URL unescaped), Prometheus label values and
+# page text: so URL-unreserved ASCII only, starting with a letter or digit (never `.` or `..`).
+NAME_GRAMMAR = "1 to 128 characters of A-Z a-z 0-9 . _ ~ -, starting with a letter or digit"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 MAX_STEPS = 20
 MAX_VALUE_BYTES = 65_536
 
@@ -98,10 +101,8 @@ class AuditEntry:
 
 
 def check_name(what: str, name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise RolloutError(
-            f"{what} {name!r} is not a valid name: 1 to 128 printable characters, no '/', no surrounding spaces"
-        )
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RolloutError(f"{what} {name!r} is not a valid name: {NAME_GRAMMAR}")
     return name
 
 

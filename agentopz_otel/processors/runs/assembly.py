@@ -35,6 +35,7 @@ class HeldRoot:
     scope: InstrumentationScope
     schema_url: str
     span: Span
+    size: int = 0  # serialized bytes of the span, its resource and scope: counted in the held-roots budget
 
 
 class Group:

@@ -129,7 +129,11 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float) -> TraceSt
         if root is not None:
             resource, scope, schema_url, span = root
             group.root = HeldRoot(
-                Resource.FromString(resource), InstrumentationScope.FromString(scope), schema_url, Span.FromString(span)
+                Resource.FromString(resource),
+                InstrumentationScope.FromString(scope),
+                schema_url,
+                Span.FromString(span),
+                len(resource) + len(scope) + len(span),
             )
         group.calls = None if calls is None else [Call(*call) for call in calls]
         group.evaluations = tuple(Evaluation(**dict(zip(_EVALUATION_FIELDS, e, strict=True))) for e in evaluations)

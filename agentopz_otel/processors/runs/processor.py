@@ -75,6 +75,12 @@ class RunsConfig(BaseModel):
     )
     late_window_seconds: float = Field(default=300.0, ge=0, description="how long finished runs are remembered")
     max_open_runs: int = Field(default=100_000, ge=1)
+    max_held_root_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=0,
+        description="run root spans held until their run finishes, in serialized bytes; past it a root goes on "
+        "at once, without the run's totals",
+    )
     max_spans_per_trace: int = Field(
         default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
     )
@@ -144,6 +150,8 @@ class RunsProcessor:
         self._late = registry.metric("agentopz_late_spans_total")
         self._duplicates = registry.metric("agentopz_duplicate_spans_total")
         self._remembered = 0  # span ids in the `seen` sets of open and finished traces
+        self._held_root_bytes = 0  # HeldRoot.size of every root held, against max_held_root_bytes
+        self._unheld_roots = registry.metric("agentopz_unheld_run_roots_total")
         self._emit_calls: Callable[[list[Call], str | None], None] | None = None
 
     # -- wiring --------------------------------------------------------------------------------
@@ -168,6 +176,7 @@ class RunsProcessor:
                 self._traces, self._finished = state.traces, state.finished
                 traces = [*self._traces.values(), *(trace for trace, _ in self._finished.values())]
                 self._remembered = sum(len(trace.seen) for trace in traces)
+                self._held_root_bytes = sum(g.root.size for trace in traces for g in trace.groups if g.root)
                 open_runs = sum(1 for _ in self._open_groups())
                 log.info("%s: %d open runs restored from the checkpoint", self.id, open_runs)
             self._checkpoint_task = asyncio.create_task(self._checkpointer())
@@ -292,7 +301,7 @@ class RunsProcessor:
                 if own is not None:  # a run already sits under this id: cannot happen for valid traces
                     self._merge(group, own)
             if group.root is not None:  # a local root held below this agent goes on as it came
-                self._publisher.emit_root(group.root)
+                self._emit_root(group.root)
                 group.root = None
             group.is_run = True
             group.root_span_id = span_id
@@ -412,11 +421,17 @@ class RunsProcessor:
     def _merge(self, into: Group, other: Group) -> None:
         """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
         if other.root is not None:
-            self._publisher.emit_root(other.root)
+            self._emit_root(other.root)
         into.absorb(other)
 
+    def _emit_root(self, root: HeldRoot) -> None:
+        self._held_root_bytes -= root.size
+        self._publisher.emit_root(root)
+
     def _hold_roots(self, batch: Batch, roots: list[SpanView]) -> None:
-        """Move root spans out of the request; they are forwarded when their run finishes."""
+        """Move root spans out of the request; they are forwarded when their run finishes, or at once
+        (as they came) when the held roots have reached their byte budget."""
+        budget = self.config.max_held_root_bytes
         by_id = {(view.trace_id, view.span_id): view for view in roots}
         for resource_spans in batch.request.resource_spans:
             resource: Resource | None = None
@@ -431,6 +446,10 @@ class RunsProcessor:
                     group = self._traces[view.trace_id].node(view.span_id)
                     if group is None or group.finished:
                         continue
+                    size = span.ByteSize() + resource_spans.resource.ByteSize() + scope_spans.scope.ByteSize()
+                    if self._held_root_bytes + size > budget:
+                        self._unheld_roots.series(()).value += 1
+                        continue
                     # Copies, once per resource and scope: a reference into the request would keep the
                     # whole request's memory alive for as long as the run is open.
                     if resource is None:
@@ -441,7 +460,8 @@ class RunsProcessor:
                         scope.CopyFrom(scope_spans.scope)
                     copy = Span()
                     copy.CopyFrom(span)
-                    group.root = HeldRoot(resource, scope, resource_spans.schema_url, copy)
+                    group.root = HeldRoot(resource, scope, resource_spans.schema_url, copy, size)
+                    self._held_root_bytes += size
                     del spans[index]
                     batch.span_count -= 1
 
@@ -536,7 +556,7 @@ class RunsProcessor:
         group.finished = True
         self._release(group, agent)
         if group.root is not None:
-            self._publisher.emit_root(group.root)
+            self._emit_root(group.root)
             group.root = None
         # Finished groups are remembered for late spans only: drop what is no longer needed.
         group.output = None
@@ -637,7 +657,7 @@ class RunsProcessor:
                 if group.has_work:
                     self._evicted.series(("capacity",)).value += 1
                 if group.root is not None:
-                    self._publisher.emit_root(group.root)
+                    self._emit_root(group.root)
                 self._release(group, group.agent if group.is_run else None)
             self._forget(trace)
 
