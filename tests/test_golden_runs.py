@@ -2,8 +2,8 @@
 records out (<case>.expected.json).
 
 The real pipeline processors run in process (normalize, cost, prompt_version, runs) on a fake clock: each
-step of a case happens at `at` seconds, either a request of spans or a tick that finishes the runs that
-are done. The wall clock (abandoned runs' finish time) is WALL_EPOCH + `at`. `UPDATE_GOLDEN=1` rewrites
+step of a case happens at `at` seconds: a request of spans, a tick that finishes the runs that are done,
+or a flush (shutdown). The wall clock (abandoned runs' finish time) is WALL_EPOCH + `at`. `UPDATE_GOLDEN=1` rewrites
 the expected files; review them against DESIGN.md before committing."""
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def run_case(document: dict[str, Any]) -> dict[str, Any]:
             for processor in pipeline:
                 processor.process(batch)
             runs.process(batch)
+        elif step.get("flush"):
+            runs.flush()  # what shutdown does without a checkpoint
         else:
             runs.tick(clock.now)
     return {"runs": records, "counters": counter_values(registry)}
