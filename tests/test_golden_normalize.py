@@ -4,6 +4,7 @@ views out (<case>.expected.json). Each case says in `source` where its expected 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ def canonical(view: SpanView) -> dict[str, Any]:
         "reported_cost": view.reported_cost,
         "prompt_version": view.prompt_version,
         "system_source": view.system_source[0] if view.system_source is not None else None,
+        "flag": list(view.flag) if view.flag is not None else None,
+        "evaluations": [asdict(evaluation) for evaluation in view.evaluations] if view.evaluations else None,
     }
 
 
@@ -55,6 +58,7 @@ def test_every_dialect_of_the_reference_has_a_case() -> None:
         "strands",
         "langgraph",
         "openai_agents",
+        "events",
     } <= names
 
 
