@@ -47,7 +47,7 @@ def canonical(view: SpanView) -> dict[str, Any]:
 
 
 def test_every_dialect_of_the_reference_has_a_case() -> None:
-    names = {case.name.removesuffix(".json") for case in CASES}
+    names = {golden.name(case) for case in CASES}
     assert {
         "semconv_current",
         "semconv_deprecated",
@@ -62,7 +62,7 @@ def test_every_dialect_of_the_reference_has_a_case() -> None:
     } <= names
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name.removesuffix(".json") for case in CASES])
+@pytest.mark.parametrize("case", CASES, ids=golden.name)
 def test_golden_views(case: Path) -> None:
     document = golden.load(case)
     registry = Registry()

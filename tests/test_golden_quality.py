@@ -42,7 +42,7 @@ def finished_run(row: dict[str, Any]) -> FinishedRun:
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name.removesuffix(".json") for case in CASES])
+@pytest.mark.parametrize("case", CASES, ids=golden.name)
 def test_golden_verdicts(case: Path) -> None:
     document = golden.load(case)
     evaluator = QualityEvaluator(QualityConfig.model_validate(document["config"]))

@@ -29,7 +29,7 @@ def outcome(rollout: Rollout, action: str, now: float) -> Any:
     return "unchanged" if changed is None else changed.to_dict()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name.removesuffix(".json") for case in CASES])
+@pytest.mark.parametrize("case", CASES, ids=golden.name)
 def test_golden_transitions(case: Path) -> None:
     document = golden.load(case)
     results = [

@@ -8,6 +8,7 @@ the expected files; review them against DESIGN.md before committing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from agentopz_otel.metrics import Registry
 from agentopz_otel.model import Batch
 from agentopz_otel.processors import cost, normalize, prompt_version
 from agentopz_otel.processors.runs import RunsConfig, RunsProcessor
-from agentopz_otel.records import RunFeed, RunRecord
+from agentopz_otel.records import OUTCOMES, RunFeed, RunRecord
 
 CASES = golden.cases("runs")
 WALL_EPOCH = 1_800_000_000.0
@@ -91,25 +92,14 @@ def run_case(document: dict[str, Any]) -> dict[str, Any]:
     return {"runs": records, "counters": counter_values(registry)}
 
 
-def test_every_outcome_has_a_case() -> None:
-    names = {case.name.removesuffix(".json") for case in CASES}
-    assert {
-        "success",
-        "quality_failure",
-        "llm_error",
-        "tool_error",
-        "budget_exceeded",
-        "timeout",
-        "abandoned",
-        "error",
-        "out_of_order",
-        "late_span",
-        "sub_agents",
-        "duplicate_spans",
-    } <= names
+def test_the_cases_cover_every_outcome_and_the_assembly_hazards() -> None:
+    expected = [json.loads(golden.expected_file(case).read_text()) for case in CASES]
+    assert {run["outcome"] for document in expected for run in document["runs"]} == set(OUTCOMES)
+    names = {golden.name(case) for case in CASES}
+    assert {"out_of_order", "late_span", "sub_agents", "duplicate_spans", "capacity_and_shutdown"} <= names
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name.removesuffix(".json") for case in CASES])
+@pytest.mark.parametrize("case", CASES, ids=golden.name)
 def test_golden_runs(case: Path) -> None:
     actual = run_case(golden.load(case))
     assert actual == golden.expected(case, actual)

@@ -21,6 +21,11 @@ def cases(kind: str) -> list[Path]:
     return sorted(path for path in (GOLDEN / kind).glob("*.json") if not path.name.endswith(".expected.json"))
 
 
+def name(case: Path) -> str:
+    """A case's name: its input file's name without `.json` (also its pytest id)."""
+    return case.name.removesuffix(".json")
+
+
 def load(case: Path) -> dict[str, Any]:
     document = json.loads(case.read_text())
     if not document.get("source"):
@@ -28,10 +33,14 @@ def load(case: Path) -> dict[str, Any]:
     return document
 
 
+def expected_file(case: Path) -> Path:
+    return case.with_name(name(case) + ".expected.json")
+
+
 def expected(case: Path, actual: Any) -> Any:
     """The case's expected output, to compare `actual` with; under UPDATE_GOLDEN=1 `actual` is written
     as the expected output first."""
-    expected_path = case.with_name(case.name.removesuffix(".json") + ".expected.json")
+    expected_path = expected_file(case)
     if os.environ.get("UPDATE_GOLDEN") == "1":
         expected_path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
     if not expected_path.exists():
