@@ -3,7 +3,9 @@ records out (<case>.expected.json).
 
 The real pipeline processors run in process (normalize, cost, prompt_version, runs) on a fake clock: each
 step of a case happens at `at` seconds: a request of spans, a tick that finishes the runs that are done,
-or a flush (shutdown). The wall clock (abandoned runs' finish time) is WALL_EPOCH + `at`. `UPDATE_GOLDEN=1` rewrites
+or a flush (shutdown). Out come the run records published, a few counters, the per-call metrics (whose
+`agent` label is the agent of the call's run) and the run roots forwarded with the attributes added.
+The wall clock (abandoned runs' finish time) is WALL_EPOCH + `at`. `UPDATE_GOLDEN=1` rewrites
 the expected files; review them against DESIGN.md before committing."""
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from support import golden
-from support.otlp_json import trace_request
+from support.otlp_json import plain, trace_request
 
 from agentopz_otel.components import Context
+from agentopz_otel.exporters.prometheus import PrometheusExporter
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import Batch
 from agentopz_otel.processors import cost, normalize, prompt_version
@@ -25,6 +29,7 @@ from agentopz_otel.records import OUTCOMES, RunFeed, RunRecord
 
 CASES = golden.cases("runs")
 WALL_EPOCH = 1_800_000_000.0
+CALL_METRICS = ("agentopz_llm_calls_total", "agentopz_llm_tokens_total", "agentopz_tool_calls_total")
 COUNTERS = (
     "agentopz_late_spans_total",
     "agentopz_duplicate_spans_total",
@@ -51,9 +56,19 @@ def published(at: float, record: RunRecord) -> dict[str, Any]:
     return {"published_at": at, **fields}
 
 
-def counter_values(registry: Registry) -> dict[str, Any]:
+def spans_of(batch: Batch) -> list[Span]:
+    return [span for r in batch.request.resource_spans for s in r.scope_spans for span in s.spans]
+
+
+def forwarded_root(at: float, span: Span) -> dict[str, Any]:
+    """A run's root span as forwarded when its run finished: the attributes this service added."""
+    added = {kv.key: plain(kv.value) for kv in span.attributes if kv.key.startswith("agentopz.")}
+    return {"forwarded_at": at, "span": span.name, "attributes": added}
+
+
+def counter_values(registry: Registry, names: tuple[str, ...]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name in COUNTERS:
+    for name in names:
         family = registry.metric(name)
         if family.labelnames:
             values[name] = {",".join(labels): series.value for labels, series in family.items()}
@@ -76,20 +91,35 @@ def run_case(document: dict[str, Any]) -> dict[str, Any]:
     runs = RunsProcessor(
         "runs", RunsConfig(**document["config"]), registry, feed, clock=clock.monotonic, wall_clock=clock.wall
     )
+    exporter = PrometheusExporter(registry)
+    roots: list[dict[str, Any]] = []
+
+    def forward(batch: Batch) -> None:  # what the runs processor hands to the rest of the pipeline
+        exporter.export(batch)
+        roots.extend(forwarded_root(clock.now, span) for span in spans_of(batch))
+
+    runs.connect(forward, lambda request, count: None, exporter.export_calls)
     for step in document["steps"]:
         assert step["at"] >= clock.now, "steps go forward in time"
         clock.now = step["at"]
         if "spans" in step:
             request = trace_request(step["spans"])
-            batch = Batch(request, sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans))
+            batch = Batch(request, 0)
+            batch.span_count = len(spans_of(batch))
             for processor in pipeline:
                 processor.process(batch)
             runs.process(batch)
+            exporter.export(batch)
         elif step.get("flush"):
             runs.flush()  # what shutdown does without a checkpoint
         else:
             runs.tick(clock.now)
-    return {"runs": records, "counters": counter_values(registry)}
+    return {
+        "runs": records,
+        "counters": counter_values(registry, COUNTERS),
+        "call_metrics": counter_values(registry, CALL_METRICS),
+        "forwarded_roots": roots,
+    }
 
 
 def test_the_cases_cover_every_outcome_and_the_assembly_hazards() -> None:
