@@ -5,7 +5,8 @@ The real pipeline processors run in process (normalize, cost, prompt_version, ru
 step of a case happens at `at` seconds: a request of spans, a tick that finishes the runs that are done,
 or a flush (shutdown). Out come the run records published, a few counters, the per-call metrics (whose
 `agent` label is the agent of the call's run) and the run roots forwarded with the attributes added.
-The wall clock (abandoned runs' finish time) is WALL_EPOCH + `at`. `UPDATE_GOLDEN=1` rewrites
+The wall clock (abandoned runs' finish time) is WALL_EPOCH + `at`. A case's `config` is the runs
+processor's; `processors` may give the others' by type. `UPDATE_GOLDEN=1` rewrites
 the expected files; review them against DESIGN.md before committing."""
 
 from __future__ import annotations
@@ -84,9 +85,10 @@ def run_case(document: dict[str, Any]) -> dict[str, Any]:
     feed = RunFeed()
     records: list[dict[str, Any]] = []
     feed.subscribe(lambda finished: records.extend(published(clock.now, record) for record in finished))
+    configs = document.get("processors", {})
     pipeline = [
-        module.FACTORY.create(module.FACTORY.type, module.FACTORY.config_type(), context)
-        for module in (normalize, cost, prompt_version)
+        factory.create(factory.type, factory.config_type(**configs.get(factory.type, {})), context)
+        for factory in (normalize.FACTORY, cost.FACTORY, prompt_version.FACTORY)
     ]
     runs = RunsProcessor(
         "runs", RunsConfig(**document["config"]), registry, feed, clock=clock.monotonic, wall_clock=clock.wall
