@@ -52,3 +52,8 @@ def test_a_missing_expected_file_is_an_error_not_a_pass(tmp_path: Path, monkeypa
     monkeypatch.setenv("UPDATE_GOLDEN", "1")
     assert golden.expected(case, {"runs": [1]}) == {"runs": [1]}
     assert (tmp_path / "new_case.expected.json").read_text() == '{\n  "runs": [\n    1\n  ]\n}\n'
+
+
+def test_a_kind_without_cases_is_an_error() -> None:
+    with pytest.raises(AssertionError, match=r"no golden cases in .*golden/nonexistent"):
+        golden.cases("nonexistent")

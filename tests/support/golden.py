@@ -17,8 +17,12 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
 
 def cases(kind: str) -> list[Path]:
-    """The input files of one kind of golden case (tests/golden/<kind>/<case>.json), by name."""
-    return sorted(path for path in (GOLDEN / kind).glob("*.json") if not path.name.endswith(".expected.json"))
+    """The input files of one kind of golden case (tests/golden/<kind>/<case>.json), by name; none is an
+    error, so a moved folder cannot turn a runner into a test that runs nothing."""
+    found = sorted(path for path in (GOLDEN / kind).glob("*.json") if not path.name.endswith(".expected.json"))
+    if not found:
+        raise AssertionError(f"no golden cases in {GOLDEN / kind}")
+    return found
 
 
 def name(case: Path) -> str:
