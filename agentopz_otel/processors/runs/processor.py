@@ -123,8 +123,13 @@ class RunsProcessor:
         feed: RunFeed | None = None,
         storage: Storage | None = None,
         input_chars: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.id = component_id
+        # Injectable so tests can drive grace periods and timeouts without sleeping.
+        self._clock = clock
+        self._wall_clock = wall_clock
         self.config = config
         self._storage = storage
         self._checkpoint: RunCheckpoint | None = None
@@ -210,7 +215,7 @@ class RunsProcessor:
             await asyncio.sleep(self.config.tick_seconds)
             try:
                 # Finish runs in slices so a burst of finished runs does not stall the receivers.
-                now = time.monotonic()
+                now = self._clock()
                 quiet = self._quiet_traces(now)
                 for start in range(0, len(quiet), FINISH_SLICE):
                     self._finish_quiet(quiet[start : start + FINISH_SLICE], now)
@@ -240,7 +245,7 @@ class RunsProcessor:
     # -- span intake ---------------------------------------------------------------------------
 
     def process(self, batch: Batch) -> None:
-        now = time.monotonic()
+        now = self._clock()
         held: list[SpanView] = []
         # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
         # A flag evaluation (the prompt version a run was served) counts too: it often ends first.
@@ -526,7 +531,7 @@ class RunsProcessor:
                     finished.append((group, False))
                 else:
                     self._close(group)  # the trace root's own subtree, outside any run
-        records = [self._finish(group, abandoned, time.time()) for group, abandoned in finished]
+        records = [self._finish(group, abandoned, self._wall_clock()) for group, abandoned in finished]
         for trace in quiet:
             if not unfinished(trace):
                 self._retire(trace, now)
@@ -663,7 +668,7 @@ class RunsProcessor:
 
     def flush(self) -> None:
         """At shutdown: finish every run whose root arrived; count the rest as evicted."""
-        far_future = time.monotonic() + 10 * (self.config.grace_seconds + self.config.root_wait_seconds)
+        far_future = self._clock() + 10 * (self.config.grace_seconds + self.config.root_wait_seconds)
         records = []
         lost = 0
         for trace in self._traces.values():
@@ -671,7 +676,7 @@ class RunsProcessor:
             has_run = any(g.is_run for g in trace.groups)
             for group in unfinished(trace):
                 if group.is_run or (group.root_span_id and group.llm_calls and not has_run):
-                    records.append(self._finish(group, False, time.time()))
+                    records.append(self._finish(group, False, self._wall_clock()))
                     continue
                 if group.has_work:
                     lost += 1
