@@ -1,11 +1,14 @@
-"""One rollout's analysis: guards over what each version served, and the decision they lead to (pure).
+"""One rollout's analysis: guards over the runs each version started, and the decision they lead to (pure).
 
 The same code decides whatever the data source (the service's own runs or Prometheus) and inside the
-simulation (`bench/canary_simulation.py`).
+simulation (`bench/canary_simulation.py`). Its whole state is a plain dict (`to_dict`, `from_dict`),
+which the extension keeps in storage so that a restart continues the tests instead of starting them
+again with their full alpha.
 """
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,11 +19,15 @@ from .statistics import FAIL, PASS, GuardResult, RankLooks, RateEvidence, hard_l
 
 SUCCESS = "success"
 GUARDS = ("quality", "cost", "duration", "hard_limits")
+ROLES = ("baseline", "candidate")
+# Of a rate guard's alpha, the part spent on the baseline rate's upper bound at the 100% step (the
+# chance it is below the true rate); the rest is the SPRT's threshold.
+BASELINE_BOUND_PART = 0.1
 
 
 @dataclass(frozen=True)
 class VersionSample:
-    """What one version served since the rollout started: runs by outcome, and bounded recent values."""
+    """Runs of one version by outcome, with their cost and duration values."""
 
     outcomes: dict[str, int] = field(default_factory=dict)
     costs: Sequence[float] = ()
@@ -35,6 +42,18 @@ class VersionSample:
             return self.runs - self.outcomes.get(SUCCESS, 0)
         return self.outcomes.get(count, 0)
 
+    def counted(self, outcomes: Sequence[str]) -> int:
+        return sum(self.outcomes.get(outcome, 0) for outcome in outcomes)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The runs each version started in one interval (or, from Prometheus, finished in a window where
+    every finishing run started under the current split), once none of them can still be running."""
+
+    baseline: VersionSample
+    candidate: VersionSample
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -43,64 +62,94 @@ class Decision:
 
 
 class RolloutAnalysis:
-    """Feed it cumulative samples on every look; it keeps the sequential tests' state between looks."""
+    """Feed it the cohorts that became evidence since the last look; it keeps the tests' state."""
 
-    def __init__(self, config: AnalysisConfig) -> None:
+    def __init__(self, config: AnalysisConfig, max_samples: int = 2000) -> None:
         self.config = config
+        self.max_samples = max_samples
         self.rate = RateEvidence()
+        self.limits = RateEvidence()
+        self.limit_counts: Counter[str] = Counter()
         self.cost = RankLooks()
         self.duration = RankLooks()
+        self.values: dict[str, dict[str, deque[float]]] = {
+            role: {name: deque(maxlen=max_samples) for name in ("costs", "durations")} for role in ROLES
+        }
         self.results: dict[str, GuardResult] = {}
         self.candidate_runs = 0
         self.baseline_runs = 0
-        self._counted = (0, 0, 0, 0)
+        self.cohorts = 0
+        self.restarts = 0
         self._step_index: int | None = None
         self._step_start_runs = 0
 
-    def observe(self, baseline: VersionSample, candidate: VersionSample, step_index: int) -> dict[str, GuardResult]:
+    def observe(self, cohorts: Sequence[Cohort], step_index: int) -> dict[str, GuardResult]:
         config = self.config
+        alphas = config.alphas()
         if step_index != self._step_index:
-            # The first step began with the rollout; a later one first seen now (after a restart) counts from now.
+            # The first step began with the rollout; a later one first seen now counts from now.
             first_look_at_first_step = self._step_index is None and step_index == 0
             self._step_index = step_index
-            self._step_start_runs = 0 if first_look_at_first_step else candidate.runs
-        self.candidate_runs, self.baseline_runs = candidate.runs, baseline.runs
+            self._step_start_runs = 0 if first_look_at_first_step else self.candidate_runs
+        quality, limits = config.quality, config.hard_limits
+        for cohort in cohorts:
+            baseline, candidate = cohort.baseline, cohort.candidate
+            self.cohorts += 1
+            self.candidate_runs += candidate.runs
+            self.baseline_runs += baseline.runs
+            if quality.enabled:
+                self.rate = self.rate.add(
+                    candidate.runs,
+                    candidate.failures(quality.count),
+                    baseline.runs,
+                    baseline.failures(quality.count),
+                    quality.tolerance,
+                    quality.detect_ratio,
+                    quality.design_effect,
+                    alphas["quality"] * BASELINE_BOUND_PART,
+                )
+            if limits.enabled:
+                self.limits = self.limits.add(
+                    candidate.runs,
+                    candidate.counted(limits.outcomes),
+                    baseline.runs,
+                    baseline.counted(limits.outcomes),
+                    1.0,
+                    limits.detect_ratio,
+                    1.0,
+                    alphas["hard_limits"] * BASELINE_BOUND_PART,
+                )
+                for outcome in limits.outcomes:
+                    self.limit_counts[outcome] += candidate.outcomes.get(outcome, 0)
+            for role, sample in (("baseline", baseline), ("candidate", candidate)):
+                self.values[role]["costs"].extend(sample.costs)
+                self.values[role]["durations"].extend(sample.durations)
         results: dict[str, GuardResult] = {}
-        quality = config.quality
         if quality.enabled:
-            counted = (
-                candidate.runs,
-                candidate.failures(quality.count),
-                baseline.runs,
-                baseline.failures(quality.count),
-            )
-            # A source may briefly report less than before (a replica's counter reset): count no negatives.
-            pairs = list(zip(counted, self._counted, strict=True))
-            gained = [max(0, now - before) for now, before in pairs]
-            self._counted = (max(pairs[0]), max(pairs[1]), max(pairs[2]), max(pairs[3]))
-            self.rate = self.rate.add(*gained, quality.tolerance, quality.detect_ratio)
-            results["quality"] = rate_verdict("quality", self.rate, quality.alpha, quality.beta, quality.min_runs)
-        for name, values in (("cost", "costs"), ("duration", "durations")):
+            alpha = alphas["quality"] * (1 - BASELINE_BOUND_PART)
+            results["quality"] = rate_verdict("quality", self.rate, alpha, quality.beta, quality.min_runs)
+        for name in ("cost", "duration"):
             guard = getattr(config, name)
             if not guard.enabled:
                 continue
             looks = rank_test(
                 name,
                 getattr(self, name),
-                getattr(candidate, values),
-                getattr(baseline, values),
-                candidate.runs,
+                self.values["candidate"][name + "s"],
+                self.values["baseline"][name + "s"],
+                self.candidate_runs,
                 guard.tolerance,
-                guard.alpha,
+                alphas[name],
                 guard.min_runs,
                 guard.growth,
             )
             setattr(self, name, looks)
             assert looks.last is not None
             results[name] = looks.last
-        if config.hard_limits.enabled:
-            counts = {outcome: candidate.outcomes.get(outcome, 0) for outcome in config.hard_limits.outcomes}
-            results["hard_limits"] = hard_limit_verdict("hard_limits", counts, config.hard_limits.max_runs)
+        if limits.enabled:
+            counts = {outcome: self.limit_counts[outcome] for outcome in limits.outcomes}
+            alpha = alphas["hard_limits"] * (1 - BASELINE_BOUND_PART)
+            results["hard_limits"] = hard_limit_verdict("hard_limits", self.limits, counts, alpha, limits.max_runs)
         self.results = results
         return results
 
@@ -122,3 +171,42 @@ class RolloutAnalysis:
 
     def evidence(self) -> dict[str, Any]:
         return {name: result.to_dict() for name, result in self.results.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the tests have accumulated, as JSON-ready data."""
+        return {
+            "rate": self.rate.to_dict(),
+            "limits": self.limits.to_dict(),
+            "limit_counts": dict(self.limit_counts),
+            "cost": self.cost.to_dict(),
+            "duration": self.duration.to_dict(),
+            "values": {
+                role: {name: list(values) for name, values in kinds.items()} for role, kinds in self.values.items()
+            },
+            "candidate_runs": self.candidate_runs,
+            "baseline_runs": self.baseline_runs,
+            "cohorts": self.cohorts,
+            "restarts": self.restarts,
+            "step_index": self._step_index,
+            "step_start_runs": self._step_start_runs,
+        }
+
+    @classmethod
+    def from_dict(cls, config: AnalysisConfig, body: dict[str, Any], max_samples: int = 2000) -> RolloutAnalysis:
+        """The analysis `to_dict` saved, continued after a restart (counted in `restarts`)."""
+        analysis = cls(config, max_samples)
+        analysis.rate = RateEvidence(**body["rate"])
+        analysis.limits = RateEvidence(**body["limits"])
+        analysis.limit_counts = Counter(body["limit_counts"])
+        analysis.cost = RankLooks.from_dict(body["cost"])
+        analysis.duration = RankLooks.from_dict(body["duration"])
+        for role, kinds in body["values"].items():
+            for name, values in kinds.items():
+                analysis.values[role][name].extend(values)
+        analysis.candidate_runs = body["candidate_runs"]
+        analysis.baseline_runs = body["baseline_runs"]
+        analysis.cohorts = body["cohorts"]
+        analysis.restarts = body["restarts"] + 1
+        analysis._step_index = body["step_index"]
+        analysis._step_start_runs = body["step_start_runs"]
+        return analysis
