@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import math
 import time
@@ -101,35 +102,32 @@ class Outcome:
 
 
 class Replicas:
-    """Two replicas' `agentopz_runs_total` counters as Prometheus would answer instant queries; at
-    `replace_at` replica b goes away (its series vanish) and replica c starts from 0."""
+    """Two replicas' `agentopz_runs_total` counters as Prometheus answers instant queries; at `replace_at`
+    replica b goes away (its series vanish) and replica c takes its traces, its series from 0."""
 
     def __init__(self, replace_at: float) -> None:
         self.replace_at = replace_at
-        self.history: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-        self.totals: dict[tuple, float] = defaultdict(float)
+        self.times: dict[tuple, list[float]] = defaultdict(list)
+        self.totals: dict[tuple, list[int]] = defaultdict(list)
 
     def add(self, at: float, version: str, outcome: str, index: int) -> None:
         replica = "a" if index % 2 else ("b" if at < self.replace_at else "c")
         key = (replica, version, outcome)
-        self.totals[key] += 1
-        self.history[key].append((at, self.totals[key]))
+        totals = self.totals[key]
+        self.times[key].append(at)
+        totals.append((totals[-1] if totals else 0) + 1)
 
     def answer(self, query: str, at: float) -> list[dict[str, Any]]:
         if not query.startswith("agentopz_runs_total"):
             return []
         found = []
-        for (replica, version, outcome), points in self.history.items():
-            if replica == "b" and at >= self.replace_at:
+        for key, times in self.times.items():
+            replica, version, outcome = key
+            position = bisect.bisect_right(times, at)
+            if position == 0 or (replica == "b" and at >= self.replace_at):
                 continue
-            value = None
-            for when, total in reversed(points):
-                if when <= at:
-                    value = total
-                    break
-            if value is not None:
-                labels = {"instance": replica, "agent": AGENT, "prompt_version": version, "outcome": outcome}
-                found.append({"metric": labels, "value": [at, str(value)]})
+            labels = {"instance": replica, "agent": AGENT, "prompt_version": version, "outcome": outcome}
+            found.append({"metric": labels, "value": [at, str(self.totals[key][position - 1])]})
         return found
 
 
@@ -148,7 +146,7 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
     shape = case.shape
     max_run = config.max_run_seconds
     rollout = Rollout(1, AGENT, BASELINE, CANDIDATE, 0.0, 0.0)
-    replicas = Replicas(replace_at=3 * 3600.0) if shape.prometheus else None
+    replicas = Replicas(replace_at=1800.0) if shape.prometheus else None
     source: Any = SimulatedPrometheus(replicas) if replicas else LocalRuns(2000, interval)
     if isinstance(source, LocalRuns):
         source.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
@@ -216,8 +214,8 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
             delivered = pending.pop(look, [])
             restart = shape.restart_hours and now - last_restart >= shape.restart_hours * 3600
             if replicas is not None:
-                for finished, record in delivered:
-                    replicas.add(finished, record.prompt_version, record.outcome, hash(record.started_at))
+                for index, (finished, record) in enumerate(sorted(delivered)):
+                    replicas.add(finished, record.prompt_version, record.outcome, index)
             elif not restart:
                 source.on_runs([record for _, record in delivered])
             if restart:
@@ -307,7 +305,12 @@ def main() -> None:
         Shape("restart every 1 h", restart_hours=1.0),
         Shape("budget_exceeded 1 in 1,000", budget_exceeded=1e-3),
         Shape("budget_exceeded 1 in 10,000", budget_exceeded=1e-4),
-        Shape("Prometheus, a replica replaced at 3 h", prometheus=True),
+        # The simulated Prometheus serves agentopz_runs_total only: the rate guards.
+        Shape(
+            "Prometheus, a replica replaced at 30 min",
+            prometheus=True,
+            analysis={"cost": {"enabled": False}, "duration": {"enabled": False}},
+        ),
     ]
     started = time.perf_counter()
     print(

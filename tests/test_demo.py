@@ -412,3 +412,42 @@ def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service,
             assert attributes["feature_flag.result.variant"] == version
             assert attributes["feature_flag.result.reason"] == "split"
             assert attributes["feature_flag.context.id"].startswith("conv-")
+
+
+@pytest.mark.timeout(300)
+def test_demo_canary_analysis_mode_rolls_the_worse_version_back_by_itself(start_service, tmp_path):
+    extensions = {"storage": {"path": str(tmp_path / "state.sqlite")}, "rollouts": {}}
+    extensions["canary_analysis"] = {"interval_seconds": 0.5}
+    body = service_body(
+        runs={"grace_seconds": 0.2, "tick_seconds": 0.05, "root_wait_seconds": 0.5}, extensions=extensions
+    )
+    service = start_service(body)
+    completed = subprocess.run(
+        demo_command(
+            *("--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url, "--canary-analysis"),
+            *("--runs", "2000", "--rate", "200", "--speed", "50", "--seed", str(SEED)),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "canary of support-triage v13 on " + service.admin_url + " under canary analysis" in completed.stderr
+    admin = Admin(service.admin_url)
+    # The runs' start intervals become evidence a minute (max_run_seconds) after they end.
+    deadline = time.monotonic() + 150
+    while (rollout := admin.ok("GET", "/api/v1/rollouts/support-triage"))["state"] != "rolled_back":
+        assert time.monotonic() < deadline, rollout
+        time.sleep(1)
+    assert rollout["weight"] == 0
+    [entry] = [
+        e for e in admin.ok("GET", "/api/v1/history?agent=support-triage")["entries"] if e["action"] == "rollback"
+    ]
+    assert (entry["actor"], entry["actor_kind"]) == ("canary_analysis", "analysis")
+    # v13 answers with a bigger model: it costs more per run (and takes longer); it also fails more.
+    assert "cost" in entry["evidence"]["failed_guards"]
+    assert set(entry["evidence"]["failed_guards"]) <= {"quality", "cost", "duration"}
+    assert (
+        service.value("agentopz_rollout_actions_total", agent="support-triage", action="rollback", actor="analysis")
+        == 1
+    )
