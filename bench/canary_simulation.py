@@ -42,6 +42,7 @@ DAY = 86_400.0
 AGENT = "agent"
 BASELINE, CANDIDATE = "v1", "v2"
 STEPS = (5, 25, 50, 100)
+SCORED, SCORE_MEAN, SCORE_SD = "helpfulness", 0.7, 0.15
 
 
 class Record(NamedTuple):
@@ -55,6 +56,7 @@ class Record(NamedTuple):
     duration_seconds: float
     cost_usd: float
     cost_complete: bool
+    scores: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class Case:
     shape: Shape
     failure_factor: float = 1.0
     cost_factor: float = 1.0
+    # The candidate's evaluator score, in baseline standard deviations below the baseline's.
+    score_shift: float = 0.0
     hold: bool = False
 
 
@@ -207,7 +211,9 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 )
                 started = float(starts[i])
                 finished = started + duration
-                record = Record(AGENT, version, outcome, started, finished, duration, cost, True)
+                shift = case.score_shift if version == CANDIDATE else 0.0
+                score = SCORE_MEAN + SCORE_SD * (float(rng.standard_normal()) - shift)
+                record = Record(AGENT, version, outcome, started, finished, duration, cost, True, {SCORED: score})
                 pending[math.ceil(finished / interval)].append((finished, record))
             now += interval
             look = round(now / interval)
@@ -301,6 +307,7 @@ def main() -> None:
             correlation=0.17,
             analysis={"quality": {"design_effect": sticky_deff}},
         ),
+        Shape("score guard on", analysis={"score": {"enabled": True, "evaluation": SCORED}}),
         Shape("restart every 2 h", restart_hours=2.0),
         Shape("restart every 1 h", restart_hours=1.0),
         Shape("budget_exceeded 1 in 1,000", budget_exceeded=1e-3),
@@ -319,7 +326,7 @@ def main() -> None:
     )
     print(f"budget: {base.budget_text()}")
     print(
-        "shape                                   case            n   rolled back  undecided  extra failed p50/p90"
+        "shape                                   case                 n   rolled back  undecided  extra failed p50/p90"
         "  cand. runs p50/p90  at 100% min p50/max  by guard"
     )
     rng = np.random.default_rng(args.seed)
@@ -333,11 +340,17 @@ def main() -> None:
                 ("3x failures", Case(shape, failure_factor=3.0), walks),
                 ("3x cost", Case(shape, cost_factor=3.0), walks),
             ]
+        if shape.name == "score guard on":
+            cases += [
+                ("3x f., score -0.5sd", Case(shape, failure_factor=3.0, score_shift=0.5), walks),
+                ("3x f., score -1sd", Case(shape, failure_factor=3.0, score_shift=1.0), walks),
+                ("3x f., same score", Case(shape, failure_factor=3.0), walks),
+            ]
         for name, case, count in cases:
             s = summarize([simulate(case, config, args.interval, rng, args.rate) for _ in range(count)])
             guards = " ".join(f"{g} {v}" for g, v in s["by_guard"].items() if v)
             print(
-                f"{shape.name:39s} {name:14s} {s['n']:4d} {s['rolled_back']:11.1%} {s['undecided']:9.1%}"
+                f"{shape.name:39s} {name:19s} {s['n']:4d} {s['rolled_back']:11.1%} {s['undecided']:9.1%}"
                 f"  {s['extra_p50']:9.1f}/{s['extra_p90']:<9.1f}  {s['runs_p50']:8.0f}/{s['runs_p90']:<8.0f}"
                 f"  {s['at_100_p50']:7.1f}/{s['at_100_max']:<7.1f}  {guards}"
                 + (f"  restarts {s['restarts']}" if s["restarts"] else ""),

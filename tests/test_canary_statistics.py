@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import statistics
 from collections import Counter
 
 import pytest
 from scipy.stats import beta as beta_law
-from scipy.stats import binom, mannwhitneyu, nchypergeom_fisher
+from scipy.stats import binom, mannwhitneyu, nchypergeom_fisher, norm
 
 from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, merged
 from agentopz_otel.extensions.canary_analysis.engine import Cohort, RolloutAnalysis, VersionSample
@@ -23,6 +24,7 @@ from agentopz_otel.extensions.canary_analysis.sources import (
 from agentopz_otel.extensions.canary_analysis.statistics import (
     RankLooks,
     RateEvidence,
+    ScoreEvidence,
     hard_limit_verdict,
     interval_log_likelihood_ratio,
     look_alpha,
@@ -31,6 +33,8 @@ from agentopz_otel.extensions.canary_analysis.statistics import (
     rank_test,
     rate_upper_bound,
     rate_verdict,
+    score_log_likelihood_ratio,
+    score_verdict,
 )
 
 
@@ -320,6 +324,7 @@ class _Run:
         self.started_at, self.duration_seconds = started_at, duration
         self.finished_at = started_at + duration
         self.cost_usd, self.cost_complete = 0.01, cost_complete
+        self.scores = {"helpfulness": 0.8} if version == "v2" else {}
 
 
 class _Rollout:
@@ -345,6 +350,7 @@ def test_local_runs_are_grouped_by_start_and_handed_over_once_none_can_still_run
     assert asyncio.run(source.cohorts(rollout, 100, 1129.9)) == []
     (first,) = asyncio.run(source.cohorts(rollout, 100, 1130))
     assert (first.candidate.outcomes, first.baseline.outcomes) == ({"llm_error": 1}, {"success": 1})
+    assert (first.candidate.scores, first.baseline.scores) == ({"helpfulness": [0.8]}, {})
     # An incomplete cost is left out, as the cost histogram leaves it out.
     assert (first.baseline.costs, first.baseline.durations) == ((), (500,))
     # A run of a closed interval that finishes now is late: counted apart, not as evidence.
@@ -357,3 +363,44 @@ def test_local_runs_are_grouped_by_start_and_handed_over_once_none_can_still_run
     (second,) = asyncio.run(restarted.cohorts(rollout, 100, 1160))
     assert (second.candidate.outcomes, second.baseline.outcomes) == ({"success": 1}, {"success": 1})
     assert restarted.counts(rollout) == {"late_runs": 1, "dropped_runs": 0}
+
+
+def test_score_ratio_is_the_gaussian_ratio_for_a_shift_of_the_mean() -> None:
+    # Higher is better: a score 1 sd below the mean, tested for a 0.5 sd drop.
+    expected = math.log(norm.pdf(0.6, 0.8 - 0.5 * 0.2, 0.2) / norm.pdf(0.6, 0.8, 0.2))
+    assert score_log_likelihood_ratio(0.6, 0.8, 0.2, 0.5, True) == pytest.approx(expected, rel=1e-12)
+    assert score_log_likelihood_ratio(0.6, 0.8, 0.2, 0.5, True) == pytest.approx(0.5 - 0.125, rel=1e-12)
+    # Lower is better (a latency-like score): the same value above the mean is the evidence.
+    assert score_log_likelihood_ratio(1.0, 0.8, 0.2, 0.5, False) == pytest.approx(0.375, rel=1e-12)
+
+
+def test_score_evidence_waits_for_the_baseline_then_weighs_every_candidate_score() -> None:
+    baseline = [0.7, 0.8, 0.9]
+    waiting = ScoreEvidence().add([0.5], baseline, 0.5, True, min_baseline=4, max_pending=10)
+    assert (waiting.candidate_runs, waiting.pending, waiting.log_likelihood_ratio) == (0, (0.5,), 0.0)
+    ready = waiting.add([0.6], [0.8], 0.5, True, min_baseline=4, max_pending=10)
+    mean, sd = statistics.mean([0.7, 0.8, 0.9, 0.8]), statistics.stdev([0.7, 0.8, 0.9, 0.8])
+    expected = sum(score_log_likelihood_ratio(v, mean, sd, 0.5, True) for v in (0.5, 0.6))
+    assert ready.log_likelihood_ratio == pytest.approx(expected, rel=1e-12)
+    assert (ready.candidate_runs, ready.pending, ready.baseline_runs) == (2, (), 4)
+    assert ready.baseline_mean == pytest.approx(mean) and ready.baseline_sd == pytest.approx(sd)
+    assert ScoreEvidence.from_dict(json.loads(json.dumps(ready.to_dict()))) == ready
+    result = score_verdict("score", ready, 0.01, 0.2, min_runs=2)
+    assert (result.verdict, result.threshold) == (
+        "fail" if expected >= math.log(100) else "inconclusive",
+        math.log(100),
+    )
+    assert score_verdict("score", ready, 0.01, 0.2, min_runs=3).verdict == "inconclusive"
+
+
+def test_score_guard_is_off_by_default_and_needs_an_evaluation_name() -> None:
+    assert "score" not in AnalysisConfig().alphas()
+    config = merged(AnalysisConfig(), {"score": {"enabled": True, "evaluation": "helpfulness"}})
+    assert config.alphas()["score"] == pytest.approx(0.05 * 0.3 / 1.3)
+    with pytest.raises(ValueError, match=r"score\.evaluation: name the evaluation"):
+        merged(AnalysisConfig(), {"score": {"enabled": True}})
+    analysis = RolloutAnalysis(merged(config, {"score": {"min_runs": 1, "min_baseline_runs": 2}}))
+    good = VersionSample({"success": 3}, scores={"helpfulness": [0.8, 0.9, 0.7]})
+    worse = VersionSample({"success": 1}, scores={"helpfulness": [0.3]})
+    result = analysis.observe([Cohort(good, worse)], 0)["score"]
+    assert result.statistic == pytest.approx(score_log_likelihood_ratio(0.3, 0.8, 0.1, 0.5, True), rel=1e-12)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 NOT_SUCCESS = "not_success"
 QUALITY_FAILURE = "quality_failure"
 # The guards that spend the false-rollback budget.
-BUDGETED = ("quality", "cost", "duration", "hard_limits")
+BUDGETED = ("quality", "cost", "duration", "hard_limits", "score")
 
 
 class QualityGuard(BaseModel):
@@ -76,6 +76,32 @@ class HardLimits(BaseModel):
     max_runs: int | None = Field(default=None, ge=0)
 
 
+class ScoreGuard(BaseModel):
+    """A per-run evaluator score (`gen_ai.evaluation.score.value` of one evaluation), by a one-sided
+    Gaussian SPRT of each candidate score against the baseline's mean and spread. Off by default: it
+    needs an evaluator that scores every run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    evaluation: str = Field(default="", max_length=128)
+    higher_is_better: bool = True
+    # H1: the candidate's scores are this many baseline standard deviations worse.
+    detect_shift: float = Field(default=0.5, gt=0)
+    share: float = Field(default=0.3, gt=0)
+    alpha: float | None = Field(default=None, gt=0, lt=0.5)
+    beta: float = Field(default=0.2, gt=0, lt=0.5)
+    min_runs: int = Field(default=10, ge=1)
+    # Baseline scores needed before the candidate's are weighed (the baseline's mean and spread).
+    min_baseline_runs: int = Field(default=30, ge=2)
+
+    @model_validator(mode="after")
+    def _named(self) -> ScoreGuard:
+        if self.enabled and not self.evaluation:
+            raise ValueError("score.evaluation: name the evaluation whose score the guard reads")
+        return self
+
+
 class AnalysisConfig(BaseModel):
     """A rollout's `analysis`: its guards and when a step may advance."""
 
@@ -89,6 +115,7 @@ class AnalysisConfig(BaseModel):
     cost: RankGuard = Field(default_factory=RankGuard)
     duration: RankGuard = Field(default_factory=RankGuard)
     hard_limits: HardLimits = Field(default_factory=HardLimits)
+    score: ScoreGuard = Field(default_factory=ScoreGuard)
     # A step advances once it has this many candidate runs, this many seconds, and every guard passes.
     step_min_runs: int = Field(default=20, ge=0)
     step_min_seconds: float = Field(default=600.0, ge=0)

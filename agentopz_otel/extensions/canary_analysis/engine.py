@@ -9,16 +9,27 @@ again with their full alpha.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
 from .config import NOT_SUCCESS, AnalysisConfig
-from .statistics import FAIL, PASS, GuardResult, RankLooks, RateEvidence, hard_limit_verdict, rank_test, rate_verdict
+from .statistics import (
+    FAIL,
+    PASS,
+    GuardResult,
+    RankLooks,
+    RateEvidence,
+    ScoreEvidence,
+    hard_limit_verdict,
+    rank_test,
+    rate_verdict,
+    score_verdict,
+)
 
 SUCCESS = "success"
-GUARDS = ("quality", "cost", "duration", "hard_limits")
+GUARDS = ("quality", "cost", "duration", "hard_limits", "score")
 ROLES = ("baseline", "candidate")
 # Of a rate guard's alpha, the part spent on the baseline rate's upper bound at the 100% step (the
 # chance it is below the true rate); the rest is the SPRT's threshold.
@@ -27,11 +38,12 @@ BASELINE_BOUND_PART = 0.1
 
 @dataclass(frozen=True)
 class VersionSample:
-    """Runs of one version by outcome, with their cost and duration values."""
+    """Runs of one version by outcome, with their cost and duration values and evaluator scores."""
 
     outcomes: dict[str, int] = field(default_factory=dict)
     costs: Sequence[float] = ()
     durations: Sequence[float] = ()
+    scores: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
     @cached_property
     def runs(self) -> int:
@@ -72,6 +84,7 @@ class RolloutAnalysis:
         self.limit_counts: Counter[str] = Counter()
         self.cost = RankLooks()
         self.duration = RankLooks()
+        self.score = ScoreEvidence()
         self.values: dict[str, dict[str, deque[float]]] = {
             role: {name: deque(maxlen=max_samples) for name in ("costs", "durations")} for role in ROLES
         }
@@ -91,7 +104,7 @@ class RolloutAnalysis:
             first_look_at_first_step = self._step_index is None and step_index == 0
             self._step_index = step_index
             self._step_start_runs = 0 if first_look_at_first_step else self.candidate_runs
-        quality, limits = config.quality, config.hard_limits
+        quality, limits, score = config.quality, config.hard_limits, config.score
         for cohort in cohorts:
             baseline, candidate = cohort.baseline, cohort.candidate
             self.cohorts += 1
@@ -121,6 +134,15 @@ class RolloutAnalysis:
                 )
                 for outcome in limits.outcomes:
                     self.limit_counts[outcome] += candidate.outcomes.get(outcome, 0)
+            if score.enabled:
+                self.score = self.score.add(
+                    candidate.scores.get(score.evaluation, ()),
+                    baseline.scores.get(score.evaluation, ()),
+                    score.detect_shift,
+                    score.higher_is_better,
+                    score.min_baseline_runs,
+                    self.max_samples,
+                )
             for role, sample in (("baseline", baseline), ("candidate", candidate)):
                 self.values[role]["costs"].extend(sample.costs)
                 self.values[role]["durations"].extend(sample.durations)
@@ -150,6 +172,8 @@ class RolloutAnalysis:
             counts = {outcome: self.limit_counts[outcome] for outcome in limits.outcomes}
             alpha = alphas["hard_limits"] * (1 - BASELINE_BOUND_PART)
             results["hard_limits"] = hard_limit_verdict("hard_limits", self.limits, counts, alpha, limits.max_runs)
+        if score.enabled:
+            results["score"] = score_verdict("score", self.score, alphas["score"], score.beta, score.min_runs)
         self.results = results
         return results
 
@@ -180,6 +204,7 @@ class RolloutAnalysis:
             "limit_counts": dict(self.limit_counts),
             "cost": self.cost.to_dict(),
             "duration": self.duration.to_dict(),
+            "score": self.score.to_dict(),
             "values": {
                 role: {name: list(values) for name, values in kinds.items()} for role, kinds in self.values.items()
             },
@@ -200,6 +225,7 @@ class RolloutAnalysis:
         analysis.limit_counts = Counter(body["limit_counts"])
         analysis.cost = RankLooks.from_dict(body["cost"])
         analysis.duration = RankLooks.from_dict(body["duration"])
+        analysis.score = ScoreEvidence.from_dict(body["score"])
         for role, kinds in body["values"].items():
             for name, values in kinds.items():
                 analysis.values[role][name].extend(values)

@@ -27,6 +27,8 @@ class SourceError(Exception):
 
 # Open intervals kept per rollout; a run claiming a start further ahead (a skewed clock) is dropped.
 MAX_OPEN_COHORTS = 1000
+# Evaluation names whose scores are kept per interval and version (the score guard reads one).
+MAX_SCORED_EVALUATIONS = 8
 
 
 @dataclass
@@ -36,12 +38,28 @@ class _Served:
     outcomes: Counter[str] = field(default_factory=Counter)
     costs: list[float] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)
 
     def sample(self) -> VersionSample:
-        return VersionSample(dict(self.outcomes), tuple(self.costs), tuple(self.durations))
+        return VersionSample(dict(self.outcomes), tuple(self.costs), tuple(self.durations), self.scores)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcomes": dict(self.outcomes), "costs": self.costs, "durations": self.durations}
+        return {
+            "outcomes": dict(self.outcomes),
+            "costs": self.costs,
+            "durations": self.durations,
+            "scores": self.scores,
+        }
+
+    def add_scores(self, scores: dict[str, float], max_samples: int) -> None:
+        for name, value in scores.items():
+            kept = self.scores.get(name)
+            if kept is None:
+                if len(self.scores) >= MAX_SCORED_EVALUATIONS:
+                    continue
+                kept = self.scores[name] = []
+            if len(kept) < max_samples:
+                kept.append(value)
 
 
 @dataclass
@@ -108,6 +126,8 @@ class LocalRuns:
                 served.costs.append(record.cost_usd)
             if record.duration_seconds is not None and len(served.durations) < self._max_samples:
                 served.durations.append(record.duration_seconds)
+            if record.scores:
+                served.add_scores(record.scores, self._max_samples)
 
     async def cohorts(self, rollout: Any, max_run_seconds: float, now: float) -> list[Cohort]:
         """The intervals that became evidence since the last call, oldest first."""
@@ -151,6 +171,8 @@ class LocalRuns:
                     into[version].outcomes.update(served["outcomes"])
                     into[version].costs.extend(served["costs"])
                     into[version].durations.extend(served["durations"])
+                    for name, values in served["scores"].items():
+                        into[version].scores.setdefault(name, []).extend(values)
 
     def counts(self, rollout: Any) -> dict[str, int]:
         """Runs left out: finished after their interval became evidence, or started too far ahead."""

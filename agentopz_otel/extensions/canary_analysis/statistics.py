@@ -200,6 +200,94 @@ def rate_verdict(guard: str, evidence: RateEvidence, alpha: float, beta: float, 
     return GuardResult(guard, verdict, statistic, fail_at, details)
 
 
+def score_log_likelihood_ratio(value: float, mean: float, sd: float, shift: float, higher_is_better: bool) -> float:
+    """ln N(value; mean - shift sd, sd) / N(value; mean, sd) (the worse direction for `shift`): one run's
+    evidence that the candidate's score is `shift` baseline standard deviations worse."""
+    z = (mean - value) / sd if higher_is_better else (value - mean) / sd
+    return shift * z - shift * shift / 2
+
+
+@dataclass(frozen=True)
+class ScoreEvidence:
+    """A per-run score's SPRT against the baseline: the baseline's mean and variance (Welford) from
+    its runs so far, each candidate score weighed against them once the baseline has `min_baseline`
+    scores (the candidate's earlier ones wait, at most `max_pending`)."""
+
+    log_likelihood_ratio: float = 0.0
+    candidate_runs: int = 0
+    candidate_sum: float = 0.0
+    baseline_runs: int = 0
+    baseline_mean: float = 0.0
+    baseline_m2: float = 0.0
+    pending: tuple[float, ...] = ()
+
+    @property
+    def baseline_sd(self) -> float:
+        return math.sqrt(self.baseline_m2 / (self.baseline_runs - 1)) if self.baseline_runs > 1 else 0.0
+
+    def add(
+        self,
+        candidate: Sequence[float],
+        baseline: Sequence[float],
+        shift: float,
+        higher_is_better: bool,
+        min_baseline: int,
+        max_pending: int,
+    ) -> ScoreEvidence:
+        runs, mean, m2 = self.baseline_runs, self.baseline_mean, self.baseline_m2
+        for value in baseline:
+            runs += 1
+            delta = value - mean
+            mean += delta / runs
+            m2 += delta * (value - mean)
+        waiting = (*self.pending, *candidate)
+        sd = math.sqrt(m2 / (runs - 1)) if runs > 1 else 0.0
+        log_ratio, counted, total = self.log_likelihood_ratio, self.candidate_runs, self.candidate_sum
+        if runs >= min_baseline and sd > 0:
+            for value in waiting:
+                log_ratio += score_log_likelihood_ratio(value, mean, sd, shift, higher_is_better)
+                counted += 1
+                total += value
+            waiting = ()
+        return ScoreEvidence(log_ratio, counted, total, runs, mean, m2, waiting[-max_pending:] if waiting else ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "pending": list(self.pending)}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> ScoreEvidence:
+        return cls(**{**body, "pending": tuple(body["pending"])})
+
+
+def score_verdict(guard: str, evidence: ScoreEvidence, alpha: float, beta: float, min_runs: int) -> GuardResult:
+    """Wald's boundaries as for the failure share: fail at ln(1/alpha), pass at ln(beta / (1 - alpha))."""
+    fail_at = math.log(1 / alpha)
+    pass_at = math.log(beta / (1 - alpha))
+    statistic = evidence.log_likelihood_ratio
+    details = {
+        "candidate_runs": evidence.candidate_runs,
+        "candidate_mean": round(evidence.candidate_sum / evidence.candidate_runs, 6)
+        if evidence.candidate_runs
+        else None,
+        "baseline_runs": evidence.baseline_runs,
+        "baseline_mean": round(evidence.baseline_mean, 6) if evidence.baseline_runs else None,
+        "baseline_sd": round(evidence.baseline_sd, 6),
+        "waiting": len(evidence.pending),
+        "pass_below": round(pass_at, 4),
+        "alpha": round(alpha, 6),
+        "min_runs": min_runs,
+    }
+    if evidence.candidate_runs < min_runs:
+        verdict = INCONCLUSIVE
+    elif statistic >= fail_at:
+        verdict = FAIL
+    elif statistic <= pass_at:
+        verdict = PASS
+    else:
+        verdict = INCONCLUSIVE
+    return GuardResult(guard, verdict, statistic, fail_at, details)
+
+
 def _share(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
 
