@@ -232,7 +232,7 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 source.restore(rollout, saved["source"])
                 analysis = RolloutAnalysis.from_dict(config, saved["analysis"])
             cohorts = loop.run_until_complete(source.cohorts(rollout, max_run, now))
-            analysis.observe(cohorts, step_index)
+            analysis.observe(cohorts, step_index, rollout.step_started_at)
             step_age = -1.0 if case.hold else now - rollout.step_started_at
             decision = analysis.decide(step_age, step_index == len(STEPS) - 1)
             if decision is None:
@@ -286,7 +286,7 @@ def config_for(base: AnalysisConfig, shape: Shape) -> AnalysisConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--walks", type=int, default=400, help="rollouts per walking / worse row (default 400)")
-    parser.add_argument("--days", type=int, default=100, help="rollouts per day-held row (default 100)")
+    parser.add_argument("--days", type=int, default=100, help="rollouts per day-held row (default 100; 0: none)")
     parser.add_argument("--quick", action="store_true", help="100 walks and 20 days a row")
     parser.add_argument("--rate", type=float, default=1.0, help="runs per second (default 1)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between looks (default 30)")
@@ -347,6 +347,8 @@ def main() -> None:
                 ("3x f., same score", Case(shape, failure_factor=3.0), walks),
             ]
         for name, case, count in cases:
+            if not count:
+                continue
             s = summarize([simulate(case, config, args.interval, rng, args.rate) for _ in range(count)])
             guards = " ".join(f"{g} {v}" for g, v in s["by_guard"].items() if v)
             print(

@@ -233,10 +233,12 @@ def test_engine_advances_only_after_step_minimums_with_every_guard_passing() -> 
     }
     assert analysis.decide(59.9, last_step=False) is None
     assert analysis.decide(60, last_step=False).action == "advance"
-    # A new step counts its own runs from where it began.
-    analysis.observe([], step_index=1)
-    assert analysis.step_runs() == 0
+    # A new step counts its own runs: those of intervals that started once it began.
+    analysis.observe([Cohort(_sample(300, 0), _sample(25, 0), started_at=90.0)], step_index=1, step_started_at=100.0)
+    assert (analysis.step_runs(), analysis.candidate_runs) == (0, 45)
     assert analysis.decide(600, last_step=False) is None
+    analysis.observe([Cohort(_sample(300, 0), _sample(20, 0), started_at=100.0)], step_index=1, step_started_at=100.0)
+    assert (analysis.step_runs(), analysis.decide(600, last_step=False).action) == (20, "advance")
 
 
 def test_engine_rolls_back_on_a_hard_limit_over_the_absolute_cap_at_once() -> None:

@@ -200,7 +200,7 @@ class CanaryAnalysisExtension:
         if rollout.state == "paused" and rollout.id in self._paused_by_analysis:
             self._paused_by_analysis.discard(rollout.id)
             rollout = self._act(rollout, "resume", "canary analysis: data source answers again")
-        results = analysis.observe(cohorts, rollout.step_index)
+        results = analysis.observe(cohorts, rollout.step_index, rollout.step_started_at)
         self._save(rollout, analysis)
         runs = {rollout.baseline: analysis.baseline_runs, rollout.candidate: analysis.candidate_runs}
         for version, count in runs.items():

@@ -8,6 +8,7 @@ again with their full alpha.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Cohort:
 
     baseline: VersionSample
     candidate: VersionSample
+    started_at: float = -math.inf  # when the interval (or the window's runs at the earliest) started
 
 
 @dataclass(frozen=True)
@@ -94,21 +96,25 @@ class RolloutAnalysis:
         self.cohorts = 0
         self.restarts = 0
         self._step_index: int | None = None
-        self._step_start_runs = 0
+        self._step_runs = 0
 
-    def observe(self, cohorts: Sequence[Cohort], step_index: int) -> dict[str, GuardResult]:
+    def observe(
+        self, cohorts: Sequence[Cohort], step_index: int, step_started_at: float = -math.inf
+    ) -> dict[str, GuardResult]:
+        """Add the cohorts; a step's own runs are those of cohorts that started after it began, so it
+        advances on what its own weight served, not on runs still finishing from the step before."""
         config = self.config
         alphas = config.alphas()
         if step_index != self._step_index:
-            # The first step began with the rollout; a later one first seen now counts from now.
-            first_look_at_first_step = self._step_index is None and step_index == 0
             self._step_index = step_index
-            self._step_start_runs = 0 if first_look_at_first_step else self.candidate_runs
+            self._step_runs = 0
         quality, limits, score = config.quality, config.hard_limits, config.score
         for cohort in cohorts:
             baseline, candidate = cohort.baseline, cohort.candidate
             self.cohorts += 1
             self.candidate_runs += candidate.runs
+            if cohort.started_at >= step_started_at:
+                self._step_runs += candidate.runs
             self.baseline_runs += baseline.runs
             if quality.enabled:
                 self.rate = self.rate.add(
@@ -178,7 +184,7 @@ class RolloutAnalysis:
         return results
 
     def step_runs(self) -> int:
-        return self.candidate_runs - self._step_start_runs
+        return self._step_runs
 
     def decide(self, step_age_seconds: float, last_step: bool) -> Decision | None:
         """Roll back on any failing guard; advance (promote at the last step) once the step has its
@@ -213,7 +219,7 @@ class RolloutAnalysis:
             "cohorts": self.cohorts,
             "restarts": self.restarts,
             "step_index": self._step_index,
-            "step_start_runs": self._step_start_runs,
+            "step_runs": self._step_runs,
         }
 
     @classmethod
@@ -234,5 +240,5 @@ class RolloutAnalysis:
         analysis.cohorts = body["cohorts"]
         analysis.restarts = body["restarts"] + 1
         analysis._step_index = body["step_index"]
-        analysis._step_start_runs = body["step_start_runs"]
+        analysis._step_runs = body["step_runs"]
         return analysis

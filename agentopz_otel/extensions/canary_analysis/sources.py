@@ -138,9 +138,12 @@ class LocalRuns:
         ready = sorted(index for index in found.cohorts if index < closed_before)
         found.closed_before = closed_before
         baseline, candidate = found.versions
-        return [
-            Cohort(cohort[baseline].sample(), cohort[candidate].sample()) for cohort in map(found.cohorts.pop, ready)
-        ]
+        cohorts = []
+        for index in ready:
+            cohort = found.cohorts.pop(index)
+            started = found.origin + index * self._width
+            cohorts.append(Cohort(cohort[baseline].sample(), cohort[candidate].sample(), started))
+        return cohorts
 
     def state(self, rollout: Any) -> dict[str, Any]:
         """The rollout's open intervals, for storage."""
@@ -267,7 +270,8 @@ class PrometheusRuns:
             )
             for version in versions
         )
-        return [Cohort(baseline, candidate)]
+        # Every run finishing in the window started after the step began (it opens max_run_seconds on).
+        return [Cohort(baseline, candidate, rollout.step_started_at)]
 
     def state(self, rollout: Any) -> dict[str, Any]:
         until = self._until.get(rollout.id)
