@@ -406,3 +406,32 @@ def test_score_guard_is_off_by_default_and_needs_an_evaluation_name() -> None:
     worse = VersionSample({"success": 1}, scores={"helpfulness": [0.3]})
     result = analysis.observe([Cohort(good, worse)], 0)["score"]
     assert result.statistic == pytest.approx(score_log_likelihood_ratio(0.3, 0.8, 0.1, 0.5, True), rel=1e-12)
+
+
+def test_a_saved_analysis_is_continued_and_an_unreadable_one_started_again(tmp_path, caplog) -> None:
+    """The extension's storage round trip, in process: what one instance saves, the next continues."""
+    from agentopz_otel.components import Context
+    from agentopz_otel.extensions.canary_analysis import CanaryAnalysisExtension
+    from agentopz_otel.extensions.canary_analysis.config import CanaryAnalysisConfig
+    from agentopz_otel.extensions.storage import StorageConfig, StorageExtension
+    from agentopz_otel.metrics import Registry
+
+    def extension() -> CanaryAnalysisExtension:
+        context = Context(metrics=Registry())
+        context.extensions["storage"] = StorageExtension("storage", StorageConfig(path=str(tmp_path / "s.sqlite")))
+        found = CanaryAnalysisExtension("canary_analysis", CanaryAnalysisConfig(), context)
+        found.open_store()
+        return found
+
+    rollout = _Rollout()
+    first = extension()
+    analysis = first._load(rollout, AnalysisConfig())
+    analysis.observe([_cohort(_sample(500, 10), _sample(25, 2))], step_index=0)
+    first._save(rollout, analysis)
+    continued = extension()._load(rollout, AnalysisConfig())
+    assert (continued.restarts, continued.candidate_runs, continued.rate) == (1, 27, analysis.rate)
+    first._db.execute("UPDATE canary_analysis_state SET body = '{\"analysis\": {}}'")
+    with caplog.at_level("WARNING", logger="agentopz_otel.canary_analysis"):
+        fresh = extension()._load(rollout, AnalysisConfig())
+    assert (fresh.restarts, fresh.candidate_runs) == (0, 0)
+    assert "the saved analysis of support is unreadable (KeyError: 'rate'); starting it again" in caplog.text

@@ -124,8 +124,7 @@ class CanaryAnalysisExtension:
 
         rollouts = self._context.extension(self.config.rollouts, RolloutsExtension, asked_by=self.id)
         self._rollouts = rollouts
-        self._db = self._storage.connect(self.id)
-        self._db.executescript(_SCHEMA)
+        self.open_store()
         rollouts.register_analysis_validator(self.validate)
         rollouts.register_analysis_status(self.status)
         rollouts.subscribe(self._on_rollout)
@@ -133,6 +132,11 @@ class CanaryAnalysisExtension:
             self._on_rollout(rollout)
         self._source_up.series((self.source.name,)).value = 1
         self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def open_store(self) -> None:
+        """Connect to the storage extension, the saved analyses' table created if new."""
+        self._db = self._storage.connect(self.id)
+        self._db.executescript(_SCHEMA)
 
     async def shutdown(self, timeout: float) -> None:
         if self._task is not None:
@@ -232,9 +236,19 @@ class CanaryAnalysisExtension:
         row = self._db.execute("SELECT body FROM canary_analysis_state WHERE rollout_id = ?", (rollout.id,)).fetchone()
         if row is None:
             return RolloutAnalysis(config, self.config.max_samples)
-        body = json.loads(row[0])
-        self.source.restore(rollout, body["source"])
-        analysis = RolloutAnalysis.from_dict(config, body["analysis"], self.config.max_samples)
+        try:
+            body = json.loads(row[0])
+            analysis = RolloutAnalysis.from_dict(config, body["analysis"], self.config.max_samples)
+            self.source.restore(rollout, body["source"])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            # Unreadable (written by another version, or damaged): a new analysis beats none at all.
+            log.warning(
+                "canary analysis: the saved analysis of %s is unreadable (%s: %s); starting it again",
+                rollout.agent,
+                type(error).__name__,
+                error,
+            )
+            return RolloutAnalysis(config, self.config.max_samples)
         log.info(
             "canary analysis: continuing the analysis of %s (%s -> %s) from storage: %d cohorts, %d candidate runs",
             rollout.agent,
@@ -248,11 +262,15 @@ class CanaryAnalysisExtension:
     def _save(self, rollout: Rollout, analysis: RolloutAnalysis) -> None:
         assert self._db is not None
         body = json.dumps({"analysis": analysis.to_dict(), "source": self.source.state(rollout)}, separators=(",", ":"))
-        self._db.execute(
-            "INSERT INTO canary_analysis_state (rollout_id, agent, saved_at, body) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (rollout_id) DO UPDATE SET saved_at = excluded.saved_at, body = excluded.body",
-            (rollout.id, rollout.agent, time.time(), body),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO canary_analysis_state (rollout_id, agent, saved_at, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (rollout_id) DO UPDATE SET saved_at = excluded.saved_at, body = excluded.body",
+                (rollout.id, rollout.agent, time.time(), body),
+            )
+        except sqlite3.Error as error:
+            # The look still decides; a restart before the next saved look continues from the last one.
+            log.warning("canary analysis: saving the analysis of %s failed: %s", rollout.agent, error)
 
     def _forget_saved(self, live: set[Any]) -> None:
         """Finished rollouts' analyses are in their audit entries: their saved state goes."""
