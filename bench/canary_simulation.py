@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="runs per second (default 1)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between looks (default 30)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--only", help="run the rows whose name contains this")
+    parser.add_argument("--only", help="run the shapes whose name contains one of these (comma-separated)")
     args = parser.parse_args()
     walks, days = (100, 20) if args.quick else (args.walks, args.days)
     base = AnalysisConfig()
@@ -331,7 +331,7 @@ def main() -> None:
     )
     rng = np.random.default_rng(args.seed)
     for shape in shapes:
-        if args.only and args.only not in shape.name:
+        if args.only and not any(part in shape.name for part in args.only.split(",")):
             continue
         config = config_for(base, shape)
         cases = [("healthy, walk", Case(shape), walks), ("healthy, day at 5%", Case(shape, hold=True), days)]
