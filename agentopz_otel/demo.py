@@ -8,7 +8,9 @@ exporters, so every dashboard, SLO and alert has something to show:
   rollout on the service (`--flags-url`, its admin port) and each run picks its version there through
   OpenFeature (OFREP provider), the evaluation recorded on the run's span by OpenFeature's
   OpenTelemetry TracingHook (`feature_flag.evaluation`); without rollouts on the service (or with
-  `--no-rollout`) the seed picks the 5%;
+  `--no-rollout`) the seed picks the 5%. The canary is held at 5% for the dashboards, unless
+  `--canary-analysis`: then the service's canary analysis watches it and rolls the worse v13 back by
+  itself (in the console, the audit log and the PromptRolloutRolledBack alert);
 - order-tracker (service order-service): a flaky carrier API that sometimes hangs past the agent's
   duration limit (timeout), a self-hosted model nobody has a price for, crashes that never close
   their run (abandoned), and plain bugs (error);
@@ -594,6 +596,8 @@ SUPPORT_VERSIONS = {
     SUPPORT_CANARY: {"prompt": "support-triage/v13", "model": GPT_4O},
 }
 CANARY_STEPS = [5, 25, 50, 100]
+# The demo's support runs last seconds: their start intervals are evidence a minute after they end.
+DEMO_ANALYSIS = {"max_run_seconds": 60, "step_min_seconds": 60}
 VersionPicker = Callable[[RunPlan], "str | None"]
 
 
@@ -619,9 +623,10 @@ class PromptFlags:
 
         return self.client.get_object_details(agent, {}, EvaluationContext(targeting_key=targeting_key)).variant
 
-    def start_canary(self) -> str:
-        """Define support-triage's versions and start the 5% canary of v13 (kept if one is in progress);
-        what was done, in words. OSError or ValueError with the service's answer when it cannot."""
+    def start_canary(self, analysed: bool = False) -> str:
+        """Define support-triage's versions and start the 5% canary of v13 (kept if one is in progress),
+        under canary analysis if `analysed`; what was done, in words. OSError or ValueError with the
+        service's answer when it cannot."""
         self._call(
             "PUT", f"/api/v1/agents/{SUPPORT_AGENT}", {"versions": SUPPORT_VERSIONS, "baseline": SUPPORT_BASELINE}
         )
@@ -630,13 +635,14 @@ class PromptFlags:
             "candidate": SUPPORT_CANARY,
             "steps": CANARY_STEPS,
             "reason": "agentopz-otel demo",
-            # Held at 5% for the dashboards: the canary analysis would roll v13 back within minutes.
-            "analysis": {"enabled": False},
+            # Held at 5% for the dashboards, unless analysed: the analysis rolls v13 back within minutes.
+            "analysis": DEMO_ANALYSIS if analysed else {"enabled": False},
         }
         status, answer = self._call("POST", "/api/v1/rollouts", body, conflict_ok=True)
         if status == 409:
             return f"{SUPPORT_AGENT} already has a rollout: {answer.get('error', '')}"
-        return f"started a {CANARY_STEPS[0]}% canary of {SUPPORT_AGENT} {SUPPORT_CANARY} on {self.admin_url}"
+        watched = " under canary analysis (watch /rollouts)" if analysed else ""
+        return f"started a {CANARY_STEPS[0]}% canary of {SUPPORT_AGENT} {SUPPORT_CANARY} on {self.admin_url}{watched}"
 
     def _call(self, method: str, path: str, body: dict, conflict_ok: bool = False) -> tuple[int, dict]:
         import urllib.error
@@ -962,7 +968,7 @@ def main(args: argparse.Namespace) -> int:
     fleet = Fleet(endpoint, protocol)
     demo = Demo(fleet, args.rate, args.seed, args.speed, args.duration, args.runs, args.drain)
     if not args.no_rollout:
-        demo.flags = _prompt_flags(args.flags_url, demo.log)
+        demo.flags = _prompt_flags(args.flags_url, demo.log, args.canary_analysis)
 
     def on_signal(signum, frame) -> None:
         demo.stop()
@@ -988,7 +994,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prompt_flags(flags_url: str, log: Callable[[str], None]) -> PromptFlags | None:
+def _prompt_flags(flags_url: str, log: Callable[[str], None], analysed: bool = False) -> PromptFlags | None:
     """The OpenFeature client with the canary started on the service, else None (said in the log)."""
     try:
         flags = PromptFlags(flags_url, os.environ.get("AGENTOPZ_ADMIN_TOKEN"))
@@ -996,7 +1002,7 @@ def _prompt_flags(flags_url: str, log: Callable[[str], None]) -> PromptFlags | N
         log("no rollout: the OpenFeature SDK is missing (pip install 'agentopz-otel[demo]')")
         return None
     try:
-        log(flags.start_canary())
+        log(flags.start_canary(analysed))
     except (OSError, ValueError) as error:
         log(f"no rollout on {flags_url} ({error}); the seed picks {SUPPORT_AGENT}'s {CANARY_STEPS[0]}% canary")
         return None
@@ -1035,6 +1041,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-rollout", action="store_true", help="no rollout or OpenFeature: the seed picks the 5%% canary"
+    )
+    parser.add_argument(
+        "--canary-analysis",
+        action="store_true",
+        help="start the canary under the service's canary analysis, which rolls the worse version back by itself",
     )
     parser.add_argument(
         "--drain",

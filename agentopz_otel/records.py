@@ -62,6 +62,8 @@ class RunRecord:
     quality_verdict: str = UNKNOWN
     failed_checks: list[str] = field(default_factory=list)
     limit_exceeded: str | None = None
+    # Evaluator scores by evaluation name (the last of each name; at most MAX_EVALUATIONS_PER_RUN).
+    scores: dict[str, float] = field(default_factory=dict)
     # The start of the run's input, only when an extension displays content (Context.run_input_chars).
     input_start: str | None = None
 

@@ -1,47 +1,97 @@
-"""Simulated rollouts through the real canary-analysis decision code: what detection can promise.
+"""Simulated rollouts through the real canary-analysis source and decision code, on a simulated clock.
 
-Each rollout walks the steps (first step = the canary share) with the analysis looking every
-`--interval` seconds, as the extension does. Runs arrive as a Poisson process; each run fails with
-its version's probability; cost and duration are log-normal. Printed per traffic level and canary
-share:
+Runs arrive at `--rate` per second (Poisson). Each belongs to a targeting key; the key's variant is
+sticky (its hash bucket against the candidate's weight, as flagd splits). A run fails with its
+version's probability, scaled per conversation by a Beta frailty (within-key correlation); failures
+and successes last log-normal durations of their own (failures far faster in the slow shapes); a
+share of runs end `budget_exceeded` in both versions. Finished runs go, batch by batch as their finish
+times pass, into the real `LocalRuns.on_runs`; every `--interval` the real `LocalRuns.cohorts` hands the
+intervals that became evidence to the real `RolloutAnalysis`, which decides. A restart saves nothing
+but what the extension saves after each look (the analysis and the source's open intervals, through
+JSON), loses the runs that finished since, and continues. The Prometheus row runs the real
+`PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout).
 
-- a worse candidate (3x failures, or 3x cost per run): time to rollback, candidate runs by then,
-  and the exposure, the extra failed runs users saw (candidate runs that failed and would have
-  succeeded on the baseline, the two outcomes of a run drawn together);
-- a healthy candidate: false rollbacks while it walks the steps to promotion, and over a day held
-  at its first step (the worst case: a paused or slow rollout under analysis all day).
+Printed per traffic shape: false rollbacks of a healthy candidate walking 5, 25, 50, 100 and held a
+day at 5%; for a worse candidate (3x failures, 3x cost) the extra failed runs users saw before the
+rollback (candidate runs that failed and would have succeeded on the baseline: coupled draws) and the
+candidate runs by then; how long a healthy rollout waits at 100% before it is promoted.
 
-    .venv/bin/python bench/canary_simulation.py               # < 1 minute
-    .venv/bin/python bench/canary_simulation.py --rollouts 2000 --grid
-    .venv/bin/python bench/canary_simulation.py --quality-alpha 0.2   # faster rollback, more false ones
+    .venv/bin/python bench/canary_simulation.py --quick      # a few minutes on one core
+    .venv/bin/python bench/canary_simulation.py --walks 1000 --days 200
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import bisect
+import json
 import math
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, merged
-from agentopz_otel.extensions.canary_analysis.engine import GUARDS, RolloutAnalysis, VersionSample
+from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, PrometheusSource, merged
+from agentopz_otel.extensions.canary_analysis.engine import GUARDS, RolloutAnalysis
+from agentopz_otel.extensions.canary_analysis.sources import LocalRuns, PrometheusRuns
 
 DAY = 86_400.0
-COST_SIGMA = 0.6
-DURATION_SIGMA = 0.6
+AGENT = "agent"
+BASELINE, CANDIDATE = "v1", "v2"
+STEPS = (5, 25, 50, 100)
+SCORED, SCORE_MEAN, SCORE_SD = "helpfulness", 0.7, 0.15
+
+
+class Record(NamedTuple):
+    """The fields of a RunRecord the source reads."""
+
+    agent: str
+    prompt_version: str
+    outcome: str
+    started_at: float
+    finished_at: float
+    duration_seconds: float
+    cost_usd: float
+    cost_complete: bool
+    scores: dict[str, float]
 
 
 @dataclass(frozen=True)
-class Scenario:
-    runs_per_second: float
-    first_step: int
-    baseline_failure: float = 0.02
+class Shape:
+    name: str
+    success_seconds: float = 5.0
+    failure_seconds: float = 5.0
+    runs_per_key: int = 1
+    correlation: float = 0.0
+    budget_exceeded: float = 0.0
+    restart_hours: float = 0.0
+    prometheus: bool = False
+    analysis: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: Shape
     failure_factor: float = 1.0
     cost_factor: float = 1.0
-    hold_first_step: bool = False
+    # The candidate's evaluator score, in baseline standard deviations below the baseline's.
+    score_shift: float = 0.0
+    hold: bool = False
+
+
+@dataclass
+class Rollout:
+    """What the sources read of a rollout."""
+
+    id: int
+    agent: str
+    baseline: str
+    candidate: str
+    started_at: float
+    step_started_at: float
 
 
 @dataclass
@@ -51,160 +101,263 @@ class Outcome:
     candidate_runs: int
     extra_failures: int
     failed_guards: tuple[str, ...] = ()
+    seconds_at_100: float = math.nan
+    restarts: int = 0
 
 
-class Draws:
-    """Log-normal values drawn in blocks (one numpy call per few thousand runs, not per look)."""
+class Replicas:
+    """Two replicas' `agentopz_runs_total` counters as Prometheus answers instant queries; at `replace_at`
+    replica b goes away (its series vanish) and replica c takes its traces, its series from 0."""
 
-    def __init__(self, rng, median: float, sigma: float, block: int = 20_000) -> None:
-        self._rng, self._median, self._sigma, self._block = rng, median, sigma, block
-        self._values: list[float] = []
-        self._next = 0
+    def __init__(self, replace_at: float) -> None:
+        self.replace_at = replace_at
+        self.times: dict[tuple, list[float]] = defaultdict(list)
+        self.totals: dict[tuple, list[int]] = defaultdict(list)
 
-    def take(self, count: int) -> list[float]:
-        if self._next + count > len(self._values):
-            size = max(self._block, count)
-            self._values = (self._median * self._rng.lognormal(0, self._sigma, size)).tolist()
-            self._next = 0
-        taken = self._values[self._next : self._next + count]
-        self._next += count
-        return taken
+    def add(self, at: float, version: str, outcome: str, index: int) -> None:
+        replica = "a" if index % 2 else ("b" if at < self.replace_at else "c")
+        key = (replica, version, outcome)
+        totals = self.totals[key]
+        self.times[key].append(at)
+        totals.append((totals[-1] if totals else 0) + 1)
 
-
-def simulate(scenario: Scenario, config: AnalysisConfig, interval: float, max_samples: int, rng) -> Outcome:
-    steps = [scenario.first_step, *[w for w in (25, 50, 100) if w > scenario.first_step]]
-    analysis = RolloutAnalysis(config)
-    failure = {
-        "baseline": scenario.baseline_failure,
-        "candidate": min(1.0, scenario.baseline_failure * scenario.failure_factor),
-    }
-    # Of the candidate's failed runs, the share that would have succeeded on the baseline (coupled draws).
-    extra_share = max(0.0, 1 - failure["baseline"] / failure["candidate"]) if failure["candidate"] else 0.0
-    outcomes = {"baseline": {"success": 0, "error": 0}, "candidate": {"success": 0, "error": 0}}
-    costs = {version: deque(maxlen=max_samples) for version in outcomes}
-    durations = {version: deque(maxlen=max_samples) for version in outcomes}
-    cost_draws = {
-        "baseline": Draws(rng, 0.01, COST_SIGMA),
-        "candidate": Draws(rng, 0.01 * scenario.cost_factor, COST_SIGMA),
-    }
-    duration_draws = {version: Draws(rng, 5.0, DURATION_SIGMA) for version in outcomes}
-    extra = 0
-    step_index, step_started, now = 0, 0.0, 0.0
-    while now < DAY:
-        now += interval
-        total = int(rng.poisson(scenario.runs_per_second * interval))
-        candidate = int(rng.binomial(total, steps[step_index] / 100))
-        for version, runs in (("baseline", total - candidate), ("candidate", candidate)):
-            if not runs:
+    def answer(self, query: str, at: float) -> list[dict[str, Any]]:
+        if not query.startswith("agentopz_runs_total"):
+            return []
+        found = []
+        for key, times in self.times.items():
+            replica, version, outcome = key
+            position = bisect.bisect_right(times, at)
+            if position == 0 or (replica == "b" and at >= self.replace_at):
                 continue
-            failed = int(rng.binomial(runs, failure[version]))
-            if version == "candidate" and failed and extra_share:
-                extra += int(rng.binomial(failed, extra_share))
-            outcomes[version]["error"] += failed
-            outcomes[version]["success"] += runs - failed
-            costs[version].extend(cost_draws[version].take(runs))
-            durations[version].extend(duration_draws[version].take(runs))
-        samples = {
-            version: VersionSample(dict(outcomes[version]), costs[version], durations[version]) for version in outcomes
-        }
-        analysis.observe(samples["baseline"], samples["candidate"], step_index)
-        step_age = -1.0 if scenario.hold_first_step else now - step_started
-        decision = analysis.decide(step_age, step_index == len(steps) - 1)
-        if decision is None:
-            continue
-        runs = samples["candidate"].runs
-        if decision.action == "rollback":
-            failed_guards = tuple(name for name, result in analysis.results.items() if result.verdict == "fail")
-            return Outcome("rollback", now, runs, extra, failed_guards)
-        if step_index == len(steps) - 1:
-            return Outcome("promote", now, runs, extra)
-        step_index, step_started = step_index + 1, now
-    return Outcome("none", now, samples["candidate"].runs, extra)
+            labels = {"instance": replica, "agent": AGENT, "prompt_version": version, "outcome": outcome}
+            found.append({"metric": labels, "value": [at, str(self.totals[key][position - 1])]})
+        return found
+
+
+class SimulatedPrometheus(PrometheusRuns):
+    """The real windowing and counter arithmetic, reading the simulated replicas instead of HTTP."""
+
+    def __init__(self, replicas: Replicas) -> None:
+        super().__init__(PrometheusSource(url="http://simulated", lag_seconds=0))
+        self.replicas = replicas
+
+    async def _query(self, query: str, at: float) -> list[dict[str, Any]]:
+        return self.replicas.answer(query, at)
+
+
+def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: float) -> Outcome:
+    shape = case.shape
+    max_run = config.max_run_seconds
+    rollout = Rollout(1, AGENT, BASELINE, CANDIDATE, 0.0, 0.0)
+    replicas = Replicas(replace_at=1800.0) if shape.prometheus else None
+    source: Any = SimulatedPrometheus(replicas) if replicas else LocalRuns(2000, interval)
+    if isinstance(source, LocalRuns):
+        source.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
+    analysis = RolloutAnalysis(config)
+    base_failure = 0.02
+    factor = case.failure_factor
+    # Beta frailty per key: mean 1, within-key correlation of outcomes `correlation`.
+    concentration = (1 / shape.correlation - 1) if shape.correlation else 0.0
+    pending: dict[int, list[tuple[float, Record]]] = defaultdict(list)  # by the look that delivers them
+    key_bucket: list[float] = []
+    key_frailty: list[float] = []
+    key_runs: list[int] = []
+    open_keys: list[int] = []
+    step_index, now, extra = 0, 0.0, 0
+    reached_100 = math.nan
+    last_restart = 0.0
+    horizon = DAY if case.hold else 6 * 3600.0
+    loop = asyncio.new_event_loop()
+    try:
+        while now < horizon:
+            weight = STEPS[step_index]
+            count = int(rng.poisson(rate * interval))
+            starts = now + np.sort(rng.uniform(0, interval, count))
+            uniforms = rng.uniform(0, 1, (count, 4))
+            for i in range(count):
+                # A run continues an open conversation, or starts a new key.
+                if shape.runs_per_key > 1 and open_keys and uniforms[i, 3] < 1 - 1 / shape.runs_per_key:
+                    key = open_keys[int(uniforms[i, 3] * len(open_keys)) % len(open_keys)]
+                else:
+                    key = len(key_bucket)
+                    key_bucket.append(float(rng.uniform()))
+                    key_frailty.append(
+                        float(rng.beta(base_failure * concentration, (1 - base_failure) * concentration)) / base_failure
+                        if concentration
+                        else 1.0
+                    )
+                    key_runs.append(0)
+                    if shape.runs_per_key > 1:
+                        open_keys.append(key)
+                key_runs[key] += 1
+                if shape.runs_per_key > 1 and key_runs[key] >= shape.runs_per_key and key in open_keys:
+                    open_keys.remove(key)
+                version = CANDIDATE if key_bucket[key] < weight / 100 else BASELINE
+                p_base = min(1.0, base_failure * key_frailty[key])
+                p_cand = min(1.0, p_base * factor)
+                p = p_cand if version == CANDIDATE else p_base
+                failed = uniforms[i, 0] < p
+                if version == CANDIDATE and p_base <= uniforms[i, 0] < p_cand:
+                    extra += 1
+                if uniforms[i, 1] < shape.budget_exceeded:
+                    outcome, failed = "budget_exceeded", True
+                else:
+                    outcome = "llm_error" if failed else "success"
+                median = shape.failure_seconds if failed else shape.success_seconds
+                duration = float(median * math.exp(0.5 * rng.standard_normal()))
+                cost = float(
+                    0.01 * (case.cost_factor if version == CANDIDATE else 1.0) * math.exp(0.6 * rng.standard_normal())
+                )
+                started = float(starts[i])
+                finished = started + duration
+                shift = case.score_shift if version == CANDIDATE else 0.0
+                score = SCORE_MEAN + SCORE_SD * (float(rng.standard_normal()) - shift)
+                record = Record(AGENT, version, outcome, started, finished, duration, cost, True, {SCORED: score})
+                pending[math.ceil(finished / interval)].append((finished, record))
+            now += interval
+            look = round(now / interval)
+            delivered = pending.pop(look, [])
+            restart = shape.restart_hours and now - last_restart >= shape.restart_hours * 3600
+            if replicas is not None:
+                for index, (finished, record) in enumerate(sorted(delivered)):
+                    replicas.add(finished, record.prompt_version, record.outcome, index)
+            elif not restart:
+                source.on_runs([record for _, record in delivered])
+            if restart:
+                # The process dies: what finished since the last look is lost; the saved state returns.
+                last_restart = now
+                saved = json.loads(json.dumps({"analysis": analysis.to_dict(), "source": source.state(rollout)}))
+                source = LocalRuns(2000, interval)
+                source.restore(rollout, saved["source"])
+                analysis = RolloutAnalysis.from_dict(config, saved["analysis"])
+            cohorts = loop.run_until_complete(source.cohorts(rollout, max_run, now))
+            analysis.observe(cohorts, step_index, rollout.step_started_at)
+            step_age = -1.0 if case.hold else now - rollout.step_started_at
+            decision = analysis.decide(step_age, step_index == len(STEPS) - 1)
+            if decision is None:
+                continue
+            if decision.action == "rollback":
+                failed_guards = tuple(name for name, result in analysis.results.items() if result.verdict == "fail")
+                return Outcome(
+                    "rollback", now, analysis.candidate_runs, extra, failed_guards, restarts=analysis.restarts
+                )
+            if step_index == len(STEPS) - 1:
+                return Outcome("promote", now, analysis.candidate_runs, extra, (), now - reached_100, analysis.restarts)
+            step_index += 1
+            rollout = replace(rollout, step_started_at=now)
+            if STEPS[step_index] == 100:
+                reached_100 = now
+        return Outcome("none", now, analysis.candidate_runs, extra, restarts=analysis.restarts)
+    finally:
+        loop.close()
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else math.nan
 
 
-def summarize(outcomes: list[Outcome]) -> dict[str, float]:
+def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
     rolled = [o for o in outcomes if o.decision == "rollback"]
+    promoted = [o for o in outcomes if o.decision == "promote"]
     return {
+        "n": len(outcomes),
         "rolled_back": len(rolled) / len(outcomes),
-        "promoted": sum(o.decision == "promote" for o in outcomes) / len(outcomes),
-        "minutes_p50": percentile([o.seconds / 60 for o in rolled], 50),
-        "minutes_p90": percentile([o.seconds / 60 for o in rolled], 90),
+        "promoted": len(promoted) / len(outcomes),
+        "undecided": sum(o.decision == "none" for o in outcomes) / len(outcomes),
         "runs_p50": percentile([o.candidate_runs for o in rolled], 50),
         "runs_p90": percentile([o.candidate_runs for o in rolled], 90),
         "extra_p50": percentile([o.extra_failures for o in outcomes], 50),
         "extra_p90": percentile([o.extra_failures for o in outcomes], 90),
-        "by_guard": {g: sum(g in o.failed_guards for o in rolled) / len(outcomes) for g in GUARDS},
-        "promote_minutes_p50": percentile([o.seconds / 60 for o in outcomes if o.decision == "promote"], 50),
+        "minutes_p50": percentile([o.seconds / 60 for o in rolled], 50),
+        "at_100_p50": percentile([o.seconds_at_100 / 60 for o in promoted], 50),
+        "at_100_max": max((o.seconds_at_100 / 60 for o in promoted), default=math.nan),
+        "by_guard": {g: sum(g in o.failed_guards for o in rolled) for g in GUARDS},
+        "restarts": max((o.restarts for o in outcomes), default=0),
     }
 
 
-def run(scenario: Scenario, config: AnalysisConfig, count: int, interval: float, max_samples: int, seed: int):
-    rng = np.random.default_rng(seed)
-    return summarize([simulate(scenario, config, interval, max_samples, rng) for _ in range(count)])
+def config_for(base: AnalysisConfig, shape: Shape) -> AnalysisConfig:
+    # The user sets max_run_seconds to cover their runs: 3x the successes' median (their p98.6).
+    given = {"max_run_seconds": 3 * max(shape.success_seconds, shape.failure_seconds), **(shape.analysis or {})}
+    return merged(base, given)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--rollouts", type=int, default=200, help="simulated rollouts per row (default 200; a quarter for a day held)"
-    )
-    parser.add_argument("--grid", action="store_true", help="also 0.2 and 5 runs/s and 25%% canaries")
+    parser.add_argument("--walks", type=int, default=400, help="rollouts per walking / worse row (default 400)")
+    parser.add_argument("--days", type=int, default=100, help="rollouts per day-held row (default 100; 0: none)")
+    parser.add_argument("--quick", action="store_true", help="100 walks and 20 days a row")
+    parser.add_argument("--rate", type=float, default=1.0, help="runs per second (default 1)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between looks (default 30)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quality-alpha", type=float, help="the quality guard's alpha instead of its default")
+    parser.add_argument("--only", help="run the shapes whose name contains one of these (comma-separated)")
     args = parser.parse_args()
-    config = AnalysisConfig()
-    if args.quality_alpha is not None:
-        config = merged(config, {"quality": {"alpha": args.quality_alpha}})
-    max_samples = 2000
-    traffic = [(1.0, 5)] + ([(0.2, 5), (5.0, 5), (1.0, 25), (5.0, 25)] if args.grid else [])
+    walks, days = (100, 20) if args.quick else (args.walks, args.days)
+    base = AnalysisConfig()
+    sticky_deff = 1 + (10 - 1) * 0.17
+    shapes = [
+        Shape("both 5 s"),
+        Shape("successes 120 s, failures 5 s", 120.0, 5.0),
+        Shape("successes 600 s, failures 10 s", 600.0, 10.0),
+        Shape("sticky: 10 runs/key, correlation 0.17", runs_per_key=10, correlation=0.17),
+        Shape(
+            "sticky, design_effect 2.53",
+            runs_per_key=10,
+            correlation=0.17,
+            analysis={"quality": {"design_effect": sticky_deff}},
+        ),
+        Shape("score guard on", analysis={"score": {"enabled": True, "evaluation": SCORED}}),
+        Shape("restart every 2 h", restart_hours=2.0),
+        Shape("restart every 1 h", restart_hours=1.0),
+        Shape("budget_exceeded 1 in 1,000", budget_exceeded=1e-3),
+        Shape("budget_exceeded 1 in 10,000", budget_exceeded=1e-4),
+        # The simulated Prometheus serves agentopz_runs_total only: the rate guards.
+        Shape(
+            "Prometheus, a replica replaced at 30 min",
+            prometheus=True,
+            analysis={"cost": {"enabled": False}, "duration": {"enabled": False}},
+        ),
+    ]
     started = time.perf_counter()
-    print(f"defaults: {config.model_dump()}")
     print(
-        f"a look every {args.interval:.0f} s, baseline 2% failures, steps {{canary}},25,50,100 (held: never advanced)"
+        f"{args.rate} run/s, first step 5%, steps {list(STEPS)}, baseline 2% failures, "
+        f"a look every {args.interval:.0f} s"
     )
+    print(f"budget: {base.budget_text()}")
     print(
-        "runs/s canary  case                    n  rolled back  minutes p50/p90  cand. runs p50/p90"
-        "  extra failed p50/p90  rolled back by"
+        "shape                                   case                 n   rolled back  undecided  extra failed p50/p90"
+        "  cand. runs p50/p90  at 100% min p50/max  by guard"
     )
-    figures: dict[tuple[float, int, str], dict] = {}
-    for rate, share in traffic:
-        cases = [
-            ("3x failures", Scenario(rate, share, failure_factor=3.0)),
-            ("3x cost/run", Scenario(rate, share, cost_factor=3.0)),
-            ("healthy, walk", Scenario(rate, share)),
-            ("healthy, a day held", Scenario(rate, share, hold_first_step=True)),
-        ]
-        for name, scenario in cases:
-            count = args.rollouts if not scenario.hold_first_step else max(25, args.rollouts // 4)
-            s = figures[(rate, share, name)] = run(scenario, config, count, args.interval, max_samples, args.seed)
-            promoted = (
-                f"; promoted {s['promoted']:.1%}, p50 {s['promote_minutes_p50']:.0f} min" if s["promoted"] else ""
-            )
+    rng = np.random.default_rng(args.seed)
+    for shape in shapes:
+        if args.only and not any(part in shape.name for part in args.only.split(",")):
+            continue
+        config = config_for(base, shape)
+        cases = [("healthy, walk", Case(shape), walks), ("healthy, day at 5%", Case(shape, hold=True), days)]
+        if shape.name in ("both 5 s", "successes 600 s, failures 10 s"):
+            cases += [
+                ("3x failures", Case(shape, failure_factor=3.0), walks),
+                ("3x cost", Case(shape, cost_factor=3.0), walks),
+            ]
+        if shape.name == "score guard on":
+            cases += [
+                ("3x f., score -0.5sd", Case(shape, failure_factor=3.0, score_shift=0.5), walks),
+                ("3x f., score -1sd", Case(shape, failure_factor=3.0, score_shift=1.0), walks),
+                ("3x f., same score", Case(shape, failure_factor=3.0), walks),
+            ]
+        for name, case, count in cases:
+            if not count:
+                continue
+            s = summarize([simulate(case, config, args.interval, rng, args.rate) for _ in range(count)])
+            guards = " ".join(f"{g} {v}" for g, v in s["by_guard"].items() if v)
             print(
-                f"{rate:6.1f} {share:5d}%  {name:20s} {count:4d} {s['rolled_back']:11.1%}  "
-                f"{s['minutes_p50']:7.1f}/{s['minutes_p90']:<7.1f}  {s['runs_p50']:8.0f}/{s['runs_p90']:<8.0f}"
-                f"  {s['extra_p50']:9.1f}/{s['extra_p90']:<9.1f}  "
-                + " ".join(f"{g} {v:.1%}" for g, v in s["by_guard"].items() if v)
-                + promoted
+                f"{shape.name:39s} {name:19s} {s['n']:4d} {s['rolled_back']:11.1%} {s['undecided']:9.1%}"
+                f"  {s['extra_p50']:9.1f}/{s['extra_p90']:<9.1f}  {s['runs_p50']:8.0f}/{s['runs_p90']:<8.0f}"
+                f"  {s['at_100_p50']:7.1f}/{s['at_100_max']:<7.1f}  {guards}"
+                + (f"  restarts {s['restarts']}" if s["restarts"] else ""),
+                flush=True,
             )
-    worse, costly = figures[(1.0, 5, "3x failures")], figures[(1.0, 5, "3x cost/run")]
-    walk, held = figures[(1.0, 5, "healthy, walk")], figures[(1.0, 5, "healthy, a day held")]
-    print("targets at 1 run/s, 5% canary:")
-    expected = worse["runs_p50"] * 0.02 * (3 - 1)
-    print(
-        f"  3x failures rolled back, median extra failed runs <= 3: {worse['extra_p50']:.1f} "
-        f"(expected from the median {worse['runs_p50']:.0f} candidate runs: {expected:.1f})"
-    )
-    print(
-        f"  healthy candidate falsely rolled back within a day <= 5%: {held['rolled_back']:.1%} held at 5% all day, "
-        f"{walk['rolled_back']:.1%} walking to promotion"
-    )
-    print(f"  3x cost per run rolled back within 10 candidate runs (median): {costly['runs_p50']:.0f}")
     print(f"took {time.perf_counter() - started:.0f} s")
 
 

@@ -222,3 +222,41 @@ def test_bad_notifications_are_clear_400s_and_change_nothing(admin):
     assert rollout_state(service) == "progressing"
     # Still serving: a good notification acts.
     assert outcomes(hook(service, alert("PromptVersionQualityRegression", "support", "v2"))[1])[0][0] == "acted"
+
+
+def test_a_rollout_under_canary_analysis_is_left_to_its_one_false_rollback_budget(start_service, tmp_path):
+    """Each regression alert would spend a false-alarm rate of its own on top of the analysis's budget:
+    under analysis they do not roll back; an explicit agentopz_action still acts, and the webhook can
+    be told to act on them anyway."""
+    token_file = tmp_path / "webhook-token"
+    token_file.write_text(TOKEN)
+
+    def start(name: str, **webhook: object):
+        extensions = {
+            "storage": {"path": str(tmp_path / f"{name}.sqlite")},
+            "rollouts": {},
+            "canary_analysis": {},
+            "alertmanager_webhook": {"auth": {"token_file": str(token_file)}, **webhook},
+        }
+        service = start_service(service_body(extensions=extensions))
+        Admin(service.admin_url).define("support", {"v1": None, "v2": None}, "v1")
+        Admin(service.admin_url).start("support", "v2", [5, 100])
+        return service
+
+    service = start("deferring")
+    _, body = hook(service, alert("PromptVersionQualityRegression", "support", "v2"))
+    assert outcomes(body) == [
+        (
+            "ignored",
+            "the canary analysis decides this rollout within its false-rollback budget (defer_to_analysis)",
+        )
+    ]
+    assert rollout_state(service) == "progressing"
+    _, body = hook(service, alert("Custom", "support", "v2", agentopz_action="rollback"))
+    assert outcomes(body) == [("acted", "alert Custom: Custom on v2")]
+    assert rollout_state(service) == "rolled_back"
+
+    acting = start("acting", defer_to_analysis=False)
+    _, body = hook(acting, alert("PromptVersionCostRegression", "support", "v2"))
+    assert [outcome for outcome, _ in outcomes(body)] == ["acted"]
+    assert rollout_state(acting) == "rolled_back"

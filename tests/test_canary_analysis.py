@@ -1,10 +1,12 @@
 """Canary analysis end to end, in compressed time: a test agent picks its prompt version per run through
 the real OpenFeature client (OFREP provider) and sends its runs through the OpenTelemetry SDK; the
-analysis rolls a worse candidate back, walks a healthy one to promotion, reads a fleet's runs from a
-real Prometheus, and pauses when Prometheus cannot be reached."""
+analysis rolls a worse candidate back, walks a healthy one to promotion (also when successes take far
+longer than failures, and across a restart of the service), stands still under the kill switch,
+reads a fleet's runs from a real Prometheus, and pauses when Prometheus cannot be reached."""
 
 from __future__ import annotations
 
+import heapq
 import subprocess
 import sys
 import time
@@ -33,10 +35,14 @@ def admin(service) -> Admin:
     return Admin(service.admin_url)
 
 
+# Runs last at most a few seconds here: an interval of starts is evidence once this has passed.
+MAX_RUN_SECONDS = 4.0
+
+
 def analysis_service(start_service, tmp_path, name: str, prometheus_url: str | None = None):
-    analysis: dict = {"interval_seconds": 0.3}
+    analysis: dict = {"interval_seconds": 0.3, "defaults": {"max_run_seconds": MAX_RUN_SECONDS}}
     if prometheus_url:
-        analysis["prometheus"] = {"url": prometheus_url, "timeout_seconds": 1}
+        analysis["prometheus"] = {"url": prometheus_url, "timeout_seconds": 1, "lag_seconds": 2}
     extensions = {"storage": {"path": str(tmp_path / f"{name}.sqlite")}, "rollouts": {}, "canary_analysis": analysis}
     return start_service(service_body(runs=FAST_RUNS, extensions=extensions))
 
@@ -83,8 +89,32 @@ class Agent:
             emit_chat(run_tracer, error_type="RateLimitError" if failed else None)
         if failed:
             root.set_status(Status(StatusCode.ERROR))
-        root.end(end_time=start + int(RUN_SECONDS * 1e9))
+        self.finish(root, start + int(RUN_SECONDS * 1e9), failed)
         return version
+
+    def finish(self, root: trace.Span, end_time: int, failed: bool) -> None:
+        root.end(end_time=end_time)
+
+
+class SlowSuccesses(Agent):
+    """Real traffic's shape: a failed run ends (and is exported) at once, a successful one `success_seconds`
+    later, so the service receives each version's failures long before its successes."""
+
+    def __init__(self, flags_url: str, failures_in_ten: dict[str, int], success_seconds: float) -> None:
+        super().__init__(flags_url, failures_in_ten)
+        self.success_seconds = success_seconds
+        self._running: list[tuple[float, int, trace.Span]] = []
+
+    def finish(self, root: trace.Span, end_time: int, failed: bool) -> None:
+        if failed:
+            root.end()
+        else:
+            heapq.heappush(self._running, (time.monotonic() + self.success_seconds, self.index, root))
+        self.end_due()
+
+    def end_due(self, everything: bool = False) -> None:
+        while self._running and (everything or self._running[0][0] <= time.monotonic()):
+            heapq.heappop(self._running)[2].end()
 
 
 @pytest.fixture
@@ -299,8 +329,101 @@ def test_invalid_analysis_config_is_refused_with_the_reason(start_service, tmp_p
     assert accepted["analysis"]["cost"] == {
         "enabled": True,
         "tolerance": 2.0,
-        "alpha": 0.05,
+        "share": 0.15,
+        "alpha": None,
         "min_runs": 5,
         "growth": 1.5,
     }
     assert accepted["analysis"]["quality"]["detect_ratio"] == 3.0
+
+
+def analysis_actions(service) -> list[dict]:
+    entries = admin(service).ok("GET", f"/api/v1/history?agent={AGENT}")["entries"]
+    return [entry for entry in reversed(entries) if entry["actor_kind"] == "analysis"]
+
+
+SLOW = {"step_min_runs": 10, "step_min_seconds": 0, "quality": {"min_runs": 10}}
+
+
+@pytest.mark.timeout(300)
+def test_slow_successes_a_restart_and_the_walk_to_promotion(start_service, tmp_path, openfeature_domain):
+    """Successes take 2 s, failures end at once; the healthy candidate (no failures, against 1 in 10)
+    is promoted, and a restart in the middle continues the analysis: one analysis, its steps once."""
+    first = analysis_service(start_service, tmp_path, "slow")
+    start_rollout(first, SLOW)
+    agent = SlowSuccesses(first.admin_url, {"v1": 1, "v2": 0}, success_seconds=2.0)
+    with tracer("grpc", first.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        run_until(agent, lambda failed: run_tracer, lambda: rollout_state(first)["weight"] >= 50, 4000, pace=0.01)
+        agent.end_due(everything=True)
+    before_restart = analysis_actions(first)
+    assert [entry["action"] for entry in before_restart] in (["advance", "advance"], ["advance"] * 3)
+    seen = before_restart[-1]["evidence"]["runs"]["v2"]
+    assert first.stop() == 0
+    # The same storage, a new process: the analysis continues from what it saved.
+    second = analysis_service(start_service, tmp_path, "slow")
+    api.clear_providers()
+    agent = SlowSuccesses(second.admin_url, {"v1": 1, "v2": 0}, success_seconds=2.0)
+    with tracer("grpc", second.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        run_until(agent, lambda failed: run_tracer, lambda: rollout_state(second)["state"] == "promoted", 4000, 0.01)
+        agent.end_due(everything=True)
+    rollout = wait_state(second, "promoted")
+    assert rollout["state"] == "promoted"
+    actions = analysis_actions(second)
+    assert [entry["action"] for entry in actions] == ["advance", "advance", "advance", "promote"]
+    promote = actions[-1]["evidence"]
+    assert promote["restarts"] == 1
+    # The runs and intervals counted before the restart still count after it.
+    after_restart = actions[len(before_restart)]["evidence"]
+    assert after_restart["restarts"] == 1
+    assert after_restart["runs"]["v2"] > seen
+    assert after_restart["cohorts"] > before_restart[-1]["evidence"]["cohorts"]
+    quality = promote["guards"]["quality"]
+    assert quality["verdict"] == "pass"
+    # At 100% there is no concurrent baseline: the candidate is tested against the baseline rate known before.
+    assert 0.1 < quality["evidence"]["baseline_rate_upper"] < 0.5
+    assert quality["evidence"]["candidate_runs_against_known_rate"] >= 10
+    assert promote["budget"] == {"quality": 0.03, "cost": 0.0075, "duration": 0.0075, "hard_limits": 0.005}
+    assert rollout["analysis_status"]["budget"].startswith("false-rollback budget 5% per rollout")
+
+
+@pytest.mark.timeout(240)
+def test_slow_successes_do_not_hide_a_worse_candidate(start_service, tmp_path, openfeature_domain):
+    service = analysis_service(start_service, tmp_path, "slow-worse")
+    start_rollout(service, SLOW)
+    agent = SlowSuccesses(service.admin_url, {"v1": 1, "v2": 4}, success_seconds=2.0)
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        run_until(agent, lambda failed: run_tracer, lambda: rollout_state(service)["state"] != "progressing", 4000)
+        agent.end_due(everything=True)
+    rollout = wait_state(service, "rolled_back")
+    assert (rollout["state"], rollout["weight"]) == ("rolled_back", 0)
+    evidence = analysis_entry(service, "rollback")["evidence"]
+    assert evidence["failed_guards"] == ["quality"]
+    assert [entry["action"] for entry in analysis_actions(service)] == ["rollback"]
+
+
+@pytest.mark.timeout(120)
+def test_the_kill_switch_stops_the_analysis(start_service, tmp_path):
+    service = analysis_service(start_service, tmp_path, "disabled")
+    start_rollout(service, {"step_min_runs": 0, "step_min_seconds": 0, "quality": {"min_runs": 1}})
+    admin(service).ok("POST", f"/api/v1/agents/{AGENT}/disable", {"reason": "incident"})
+    # Runs of both versions that would pass every guard (nobody fails).
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        for index in range(60):
+            attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": AGENT}
+            version = "v2" if index % 4 == 0 else "v1"
+            with run_tracer.start_as_current_span(
+                f"invoke_agent {AGENT}", attributes={**attributes, "agentopz.prompt.version": version}
+            ):
+                emit_chat(run_tracer)
+    time.sleep(MAX_RUN_SECONDS + 2)
+    rollout = rollout_state(service)
+    assert (rollout["state"], rollout["weight"]) == ("progressing", 5)
+    assert rollout["analysis_status"]["suspended"] == "the agent is disabled (kill switch)"
+    assert analysis_actions(service) == []
+    admin(service).ok("POST", f"/api/v1/agents/{AGENT}/enable", {"reason": "over"})
+    # Enabled again, the same evidence lets it advance.
+    deadline = time.monotonic() + 20
+    while rollout_state(service)["weight"] == 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rollout_state(service)["weight"] == 25
+    assert next(entry["action"] for entry in analysis_actions(service)) == "advance"

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import statistics
 from collections import Counter
 
 import pytest
-from scipy.stats import mannwhitneyu, nchypergeom_fisher
+from scipy.stats import beta as beta_law
+from scipy.stats import binom, mannwhitneyu, nchypergeom_fisher, norm
 
 from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, merged
-from agentopz_otel.extensions.canary_analysis.engine import RolloutAnalysis, VersionSample
-from agentopz_otel.extensions.canary_analysis.sources import _bucket_values, _quote, _regex_escape
+from agentopz_otel.extensions.canary_analysis.engine import Cohort, RolloutAnalysis, VersionSample
+from agentopz_otel.extensions.canary_analysis.sources import (
+    LocalRuns,
+    _bucket_values,
+    _quote,
+    _regex_escape,
+    counter_gain,
+)
 from agentopz_otel.extensions.canary_analysis.statistics import (
     RankLooks,
     RateEvidence,
+    ScoreEvidence,
     hard_limit_verdict,
     interval_log_likelihood_ratio,
     look_alpha,
     look_due,
+    one_sample_log_likelihood_ratio,
     rank_test,
+    rate_upper_bound,
     rate_verdict,
+    score_log_likelihood_ratio,
+    score_verdict,
 )
 
 
@@ -130,11 +145,59 @@ def test_rank_test_waits_for_min_runs_and_holds_between_looks() -> None:
     assert second.last.threshold == pytest.approx(-math.log(0.05 / 6))
 
 
-def test_hard_limit_acts_on_the_first_run() -> None:
-    assert hard_limit_verdict("hard_limits", {"budget_exceeded": 0}, 0).verdict == "pass"
-    result = hard_limit_verdict("hard_limits", {"budget_exceeded": 1}, 0)
-    assert (result.verdict, result.statistic, result.threshold) == ("fail", 1.0, 1.0)
-    assert hard_limit_verdict("hard_limits", {"budget_exceeded": 2}, 2).verdict == "pass"
+def test_hard_limit_compares_with_the_baseline_and_keeps_an_absolute_cap() -> None:
+    # The baseline shows the outcome as often: no failure however many the candidate has.
+    even = RateEvidence().add(100, 1, 1900, 19, 1.0, 5.0)
+    assert hard_limit_verdict("hard_limits", even, {"budget_exceeded": 1}, 0.0045, None).verdict == "pass"
+    # 4 over-budget candidate runs in 100 against 1 in 1900: the relative test fails (3 would not).
+    three = RateEvidence().add(100, 3, 1900, 1, 1.0, 5.0)
+    assert hard_limit_verdict("hard_limits", three, {"budget_exceeded": 3}, 0.0045, None).verdict == "pass"
+    worse = RateEvidence().add(100, 4, 1900, 1, 1.0, 5.0)
+    expected = math.log(nchypergeom_fisher.pmf(4, 2000, 100, 5, 5.0) / nchypergeom_fisher.pmf(4, 2000, 100, 5, 1.0))
+    result = hard_limit_verdict("hard_limits", worse, {"budget_exceeded": 4}, 0.0045, None)
+    assert result.statistic == pytest.approx(expected, rel=1e-9)
+    assert (result.verdict, result.threshold) == ("fail", pytest.approx(math.log(1 / 0.0045)))
+    # The absolute cap acts on its own: 2 runs over a cap of 1, whatever the baseline shows.
+    capped = hard_limit_verdict("hard_limits", even, {"budget_exceeded": 2}, 0.0045, 1)
+    assert (capped.verdict, capped.evidence["max_runs"]) == ("fail", 1)
+    assert hard_limit_verdict("hard_limits", even, {"budget_exceeded": 1}, 0.0045, 1).verdict == "pass"
+
+
+def test_one_sample_ratio_is_the_binomial_ratio_at_the_shifted_odds() -> None:
+    p0 = 0.02
+    odds = p0 / (1 - p0)
+    p_h1 = odds * 3 / (1 + odds * 3)
+    for failures in range(0, 6):
+        expected = math.log(binom.pmf(failures, 40, p_h1) / binom.pmf(failures, 40, p0))
+        got = one_sample_log_likelihood_ratio(40, failures, p0, 1.0, 3.0)
+        assert got == pytest.approx(expected, rel=1e-9)
+    # By hand: 1 run, 1 failure, p0 = 0.5, odds ratio 3 against 1: 0.75 / 0.5.
+    assert one_sample_log_likelihood_ratio(1, 1, 0.5, 1.0, 3.0) == pytest.approx(math.log(1.5), abs=1e-12)
+    assert one_sample_log_likelihood_ratio(0, 0, 0.02, 1.0, 3.0) == 0.0
+    assert one_sample_log_likelihood_ratio(10, 1, 0.0, 1.0, 3.0) == 0.0
+
+
+def test_baseline_rate_upper_bound_is_clopper_pearson() -> None:
+    assert rate_upper_bound(20, 1000, 0.003) == pytest.approx(beta_law.ppf(0.997, 21, 980), rel=1e-12)
+    assert rate_upper_bound(0, 0, 0.003) == 1.0
+    assert rate_upper_bound(5, 5, 0.003) == 1.0
+
+
+def test_at_the_100_percent_step_the_candidate_is_tested_against_the_baseline_rate_known_before() -> None:
+    before = RateEvidence().add(50, 1, 950, 19, 1.0, 3.0)
+    upper = beta_law.ppf(1 - 0.003, 20, 950 - 19)
+    at_100 = before.add(60, 1, 0, 0, 1.0, 3.0, delta=0.003)
+    assert at_100.baseline_rate_upper == pytest.approx(upper, rel=1e-12)
+    expected = before.log_likelihood_ratio + one_sample_log_likelihood_ratio(60, 1, upper, 1.0, 3.0)
+    assert at_100.log_likelihood_ratio == pytest.approx(expected, rel=1e-12)
+    # The bound is frozen: later intervals use it even if computed again it would differ.
+    later = at_100.add(60, 0, 0, 0, 1.0, 3.0, delta=0.5)
+    assert later.baseline_rate_upper == at_100.baseline_rate_upper
+    assert (later.known_baseline_runs, later.candidate_runs) == (120, 170)
+    # A design effect divides each interval's evidence.
+    assert RateEvidence().add(20, 3, 380, 4, 1.0, 3.0, design_effect=2.5).log_likelihood_ratio == pytest.approx(
+        interval_log_likelihood_ratio(20, 3, 380, 4, 1.0, 3.0) / 2.5, rel=1e-12
+    )
 
 
 def _sample(success: int, failed: int, cost: float = 0.01, outcome: str = "llm_error") -> VersionSample:
@@ -146,6 +209,11 @@ def test_failures_counted_by_the_quality_guards_choice() -> None:
     assert sample.runs == 100
     assert sample.failures("not_success") == 10
     assert sample.failures("quality_failure") == 4
+    assert sample.counted(["llm_error", "budget_exceeded"]) == 6
+
+
+def _cohort(baseline: VersionSample, candidate: VersionSample) -> Cohort:
+    return Cohort(baseline, candidate)
 
 
 def test_engine_advances_only_after_step_minimums_with_every_guard_passing() -> None:
@@ -154,10 +222,10 @@ def test_engine_advances_only_after_step_minimums_with_every_guard_passing() -> 
     )
     analysis = RolloutAnalysis(config)
     # 19 candidate runs: the quality guard has no decision yet.
-    analysis.observe(_sample(1900, 0), _sample(19, 0), step_index=0)
+    analysis.observe([_cohort(_sample(1900, 0), _sample(19, 0))], step_index=0)
     assert analysis.results["quality"].verdict == "inconclusive"
     assert analysis.decide(600, last_step=False) is None
-    analysis.observe(_sample(2000, 0), _sample(20, 0), step_index=0)
+    analysis.observe([_cohort(_sample(100, 0), _sample(1, 0))], step_index=0)
     assert {name: r.verdict for name, r in analysis.results.items()} == {
         "quality": "pass",
         "cost": "pass",
@@ -165,28 +233,62 @@ def test_engine_advances_only_after_step_minimums_with_every_guard_passing() -> 
     }
     assert analysis.decide(59.9, last_step=False) is None
     assert analysis.decide(60, last_step=False).action == "advance"
-    # A new step counts its own runs from where it began.
-    analysis.observe(_sample(2000, 0), _sample(20, 0), step_index=1)
-    assert analysis.step_runs() == 0
+    # A new step counts its own runs: those of intervals that started once it began.
+    analysis.observe([Cohort(_sample(300, 0), _sample(25, 0), started_at=90.0)], step_index=1, step_started_at=100.0)
+    assert (analysis.step_runs(), analysis.candidate_runs) == (0, 45)
     assert analysis.decide(600, last_step=False) is None
+    analysis.observe([Cohort(_sample(300, 0), _sample(20, 0), started_at=100.0)], step_index=1, step_started_at=100.0)
+    assert (analysis.step_runs(), analysis.decide(600, last_step=False).action) == (20, "advance")
 
 
-def test_engine_rolls_back_on_a_hard_limit_at_once() -> None:
-    analysis = RolloutAnalysis(AnalysisConfig())
-    analysis.observe(_sample(100, 0), _sample(1, 1, outcome="budget_exceeded"), step_index=0)
+def test_engine_rolls_back_on_a_hard_limit_over_the_absolute_cap_at_once() -> None:
+    analysis = RolloutAnalysis(merged(AnalysisConfig(), {"hard_limits": {"max_runs": 0}}))
+    analysis.observe([_cohort(_sample(100, 0), _sample(1, 1, outcome="budget_exceeded"))], step_index=0)
     decision = analysis.decide(0, last_step=False)
     assert decision.action == "rollback"
     assert decision.reason == "canary analysis: hard_limits failed"
-    assert analysis.evidence()["hard_limits"]["evidence"] == {"candidate_runs_by_outcome": {"budget_exceeded": 1}}
+    assert analysis.evidence()["hard_limits"]["evidence"]["candidate_runs_by_outcome"] == {"budget_exceeded": 1}
+    # Without the cap, one over-budget run against a baseline that has them too is no reason.
+    relative = RolloutAnalysis(AnalysisConfig())
+    relative.observe(
+        [_cohort(_sample(1000, 1, outcome="budget_exceeded"), _sample(1, 1, outcome="budget_exceeded"))], 0
+    )
+    assert relative.results["hard_limits"].verdict == "pass"
 
 
-def test_engine_ignores_a_counter_going_backwards() -> None:
-    analysis = RolloutAnalysis(AnalysisConfig())
-    analysis.observe(_sample(1000, 20), _sample(50, 1), step_index=0)
-    before = analysis.rate
-    analysis.observe(_sample(900, 10), _sample(40, 1), step_index=0)
-    assert analysis.rate.candidate_runs == before.candidate_runs
-    assert analysis.rate.log_likelihood_ratio == before.log_likelihood_ratio
+def test_engine_state_survives_a_restart_through_json() -> None:
+    config = AnalysisConfig()
+    analysis = RolloutAnalysis(config)
+    analysis.observe([_cohort(_sample(500, 10), _sample(25, 2))], step_index=0)
+    analysis.observe([_cohort(_sample(480, 9), _sample(26, 3))], step_index=1)
+    restored = RolloutAnalysis.from_dict(config, json.loads(json.dumps(analysis.to_dict())))
+    assert restored.rate == analysis.rate
+    assert (restored.cost, restored.duration) == (analysis.cost, analysis.duration)
+    assert (restored.candidate_runs, restored.baseline_runs, restored.cohorts) == (56, 999, 2)
+    assert (restored.restarts, restored.step_runs()) == (1, 29)
+    assert list(restored.values["candidate"]["costs"]) == list(analysis.values["candidate"]["costs"])
+    # It goes on from there: the same next look gives the same statistic as without the restart.
+    nxt = [_cohort(_sample(490, 12), _sample(24, 4))]
+    assert restored.observe(nxt, 1)["quality"].statistic == analysis.observe(nxt, 1)["quality"].statistic
+
+
+def test_budget_is_split_across_the_enabled_guards() -> None:
+    alphas = AnalysisConfig().alphas()
+    assert alphas == pytest.approx({"quality": 0.03, "cost": 0.0075, "duration": 0.0075, "hard_limits": 0.005})
+    assert sum(alphas.values()) == pytest.approx(0.05)
+    # A guard switched off gives its share to the others; an explicit alpha takes its part first.
+    config = merged(AnalysisConfig(), {"duration": {"enabled": False}, "quality": {"alpha": 0.04}})
+    assert config.alphas() == pytest.approx({"quality": 0.04, "cost": 0.01 * 0.6, "hard_limits": 0.01 * 0.4})
+    with pytest.raises(ValueError, match=r"the guards' alpha add up to 0\.07, over false_rollback_budget \(0\.05\)"):
+        merged(AnalysisConfig(), {"quality": {"alpha": 0.04}, "cost": {"alpha": 0.03}})
+    assert "false-rollback budget 5% per rollout" in AnalysisConfig().budget_text()
+
+
+def test_counter_gain_counts_new_series_from_zero_and_resets_from_their_value() -> None:
+    assert counter_gain(None, 7.0) == 7.0
+    assert counter_gain(10.0, 15.0) == 5.0
+    assert counter_gain(10.0, 3.0) == 3.0
+    assert counter_gain(10.0, 10.0) == 0.0
 
 
 def test_analysis_config_merges_over_defaults_guard_by_guard() -> None:
@@ -216,3 +318,120 @@ def test_promql_label_values_are_escaped() -> None:
     assert _quote('a"b\\c') == '"a\\"b\\\\c"'
     # A regex metacharacter is escaped for the regex, then the backslash for the string literal.
     assert _quote(_regex_escape("v1.2|x")) == '"v1\\\\.2\\\\|x"'
+
+
+class _Run:
+    def __init__(self, version: str, outcome: str, started_at: float, duration: float, cost_complete: bool = True):
+        self.agent, self.prompt_version, self.outcome = "support", version, outcome
+        self.started_at, self.duration_seconds = started_at, duration
+        self.finished_at = started_at + duration
+        self.cost_usd, self.cost_complete = 0.01, cost_complete
+        self.scores = {"helpfulness": 0.8} if version == "v2" else {}
+
+
+class _Rollout:
+    id, agent, baseline, candidate, started_at = 7, "support", "v1", "v2", 1000.0
+
+
+def test_local_runs_are_grouped_by_start_and_handed_over_once_none_can_still_run() -> None:
+    rollout = _Rollout()
+    source = LocalRuns(max_samples=100, cohort_seconds=30)
+    source.track("support", 7, ("v1", "v2"), 1000.0)
+    # A fast failure and a slow success both started in the first interval; a run from before the
+    # rollout and one of another version are not counted.
+    source.on_runs(
+        [
+            _Run("v2", "llm_error", 1005, 3),
+            _Run("v1", "success", 1010, 500, cost_complete=False),
+            _Run("v1", "success", 990, 5),
+            _Run("v9", "success", 1010, 5),
+            _Run("v2", "success", 1031, 5),
+        ]
+    )
+    # 100 s of max_run_seconds: interval [1000, 1030) is evidence at 1130, not before.
+    assert asyncio.run(source.cohorts(rollout, 100, 1129.9)) == []
+    (first,) = asyncio.run(source.cohorts(rollout, 100, 1130))
+    assert (first.candidate.outcomes, first.baseline.outcomes) == ({"llm_error": 1}, {"success": 1})
+    assert (first.candidate.scores, first.baseline.scores) == ({"helpfulness": [0.8]}, {})
+    # An incomplete cost is left out, as the cost histogram leaves it out.
+    assert (first.baseline.costs, first.baseline.durations) == ((), (500,))
+    # A run of a closed interval that finishes now is late: counted apart, not as evidence.
+    source.on_runs([_Run("v1", "success", 1020, 900)])
+    assert source.counts(rollout) == {"late_runs": 1, "dropped_runs": 0}
+    saved = json.loads(json.dumps(source.state(rollout)))
+    restarted = LocalRuns(max_samples=100, cohort_seconds=30)
+    restarted.restore(rollout, saved)
+    restarted.on_runs([_Run("v1", "success", 1040, 80)])
+    (second,) = asyncio.run(restarted.cohorts(rollout, 100, 1160))
+    assert (second.candidate.outcomes, second.baseline.outcomes) == ({"success": 1}, {"success": 1})
+    assert restarted.counts(rollout) == {"late_runs": 1, "dropped_runs": 0}
+
+
+def test_score_ratio_is_the_gaussian_ratio_for_a_shift_of_the_mean() -> None:
+    # Higher is better: a score 1 sd below the mean, tested for a 0.5 sd drop.
+    expected = math.log(norm.pdf(0.6, 0.8 - 0.5 * 0.2, 0.2) / norm.pdf(0.6, 0.8, 0.2))
+    assert score_log_likelihood_ratio(0.6, 0.8, 0.2, 0.5, True) == pytest.approx(expected, rel=1e-12)
+    assert score_log_likelihood_ratio(0.6, 0.8, 0.2, 0.5, True) == pytest.approx(0.5 - 0.125, rel=1e-12)
+    # Lower is better (a latency-like score): the same value above the mean is the evidence.
+    assert score_log_likelihood_ratio(1.0, 0.8, 0.2, 0.5, False) == pytest.approx(0.375, rel=1e-12)
+
+
+def test_score_evidence_waits_for_the_baseline_then_weighs_every_candidate_score() -> None:
+    baseline = [0.7, 0.8, 0.9]
+    waiting = ScoreEvidence().add([0.5], baseline, 0.5, True, min_baseline=4, max_pending=10)
+    assert (waiting.candidate_runs, waiting.pending, waiting.log_likelihood_ratio) == (0, (0.5,), 0.0)
+    ready = waiting.add([0.6], [0.8], 0.5, True, min_baseline=4, max_pending=10)
+    mean, sd = statistics.mean([0.7, 0.8, 0.9, 0.8]), statistics.stdev([0.7, 0.8, 0.9, 0.8])
+    expected = sum(score_log_likelihood_ratio(v, mean, sd, 0.5, True) for v in (0.5, 0.6))
+    assert ready.log_likelihood_ratio == pytest.approx(expected, rel=1e-12)
+    assert (ready.candidate_runs, ready.pending, ready.baseline_runs) == (2, (), 4)
+    assert ready.baseline_mean == pytest.approx(mean) and ready.baseline_sd == pytest.approx(sd)
+    assert ScoreEvidence.from_dict(json.loads(json.dumps(ready.to_dict()))) == ready
+    result = score_verdict("score", ready, 0.01, 0.2, min_runs=2)
+    assert (result.verdict, result.threshold) == (
+        "fail" if expected >= math.log(100) else "inconclusive",
+        math.log(100),
+    )
+    assert score_verdict("score", ready, 0.01, 0.2, min_runs=3).verdict == "inconclusive"
+
+
+def test_score_guard_is_off_by_default_and_needs_an_evaluation_name() -> None:
+    assert "score" not in AnalysisConfig().alphas()
+    config = merged(AnalysisConfig(), {"score": {"enabled": True, "evaluation": "helpfulness"}})
+    assert config.alphas()["score"] == pytest.approx(0.05 * 0.3 / 1.3)
+    with pytest.raises(ValueError, match=r"score\.evaluation: name the evaluation"):
+        merged(AnalysisConfig(), {"score": {"enabled": True}})
+    analysis = RolloutAnalysis(merged(config, {"score": {"min_runs": 1, "min_baseline_runs": 2}}))
+    good = VersionSample({"success": 3}, scores={"helpfulness": [0.8, 0.9, 0.7]})
+    worse = VersionSample({"success": 1}, scores={"helpfulness": [0.3]})
+    result = analysis.observe([Cohort(good, worse)], 0)["score"]
+    assert result.statistic == pytest.approx(score_log_likelihood_ratio(0.3, 0.8, 0.1, 0.5, True), rel=1e-12)
+
+
+def test_a_saved_analysis_is_continued_and_an_unreadable_one_started_again(tmp_path, caplog) -> None:
+    """The extension's storage round trip, in process: what one instance saves, the next continues."""
+    from agentopz_otel.components import Context
+    from agentopz_otel.extensions.canary_analysis import CanaryAnalysisExtension
+    from agentopz_otel.extensions.canary_analysis.config import CanaryAnalysisConfig
+    from agentopz_otel.extensions.storage import StorageConfig, StorageExtension
+    from agentopz_otel.metrics import Registry
+
+    def extension() -> CanaryAnalysisExtension:
+        context = Context(metrics=Registry())
+        context.extensions["storage"] = StorageExtension("storage", StorageConfig(path=str(tmp_path / "s.sqlite")))
+        found = CanaryAnalysisExtension("canary_analysis", CanaryAnalysisConfig(), context)
+        found.open_store()
+        return found
+
+    rollout = _Rollout()
+    first = extension()
+    analysis = first._load(rollout, AnalysisConfig())
+    analysis.observe([_cohort(_sample(500, 10), _sample(25, 2))], step_index=0)
+    first._save(rollout, analysis)
+    continued = extension()._load(rollout, AnalysisConfig())
+    assert (continued.restarts, continued.candidate_runs, continued.rate) == (1, 27, analysis.rate)
+    first._db.execute("UPDATE canary_analysis_state SET body = '{\"analysis\": {}}'")
+    with caplog.at_level("WARNING", logger="agentopz_otel.canary_analysis"):
+        fresh = extension()._load(rollout, AnalysisConfig())
+    assert (fresh.restarts, fresh.candidate_runs) == (0, 0)
+    assert "the saved analysis of support is unreadable (KeyError: 'rate'); starting it again" in caplog.text

@@ -128,7 +128,7 @@ def test_value_sets_the_code_reads_from_the_catalogue_are_the_names_on_the_wire(
     ) == ("catalog", "catalog_model_only", "override", "reported", "unknown")
     assert WEBHOOK_OUTCOMES == ("acted", "repeated", "ignored", "failed")
     assert ANALYSIS_VERDICTS == ("pass", "fail", "inconclusive")
-    assert GUARDS == ("quality", "cost", "duration", "hard_limits")
+    assert GUARDS == ("quality", "cost", "duration", "hard_limits", "score")
     assert GAUGE_STATES == ("none", "progressing", "paused", "rolled_back", "promoted", "disabled")
     assert ACTOR_KINDS == ("user", "analysis", "alert")
 

@@ -54,7 +54,7 @@ def console_body(tmp_path: Path, analysis: bool = False, probes: dict | None = N
     slo_file.write_text(SLOS)
     extensions = {"storage": {"path": str(tmp_path / "state.sqlite")}, "rollouts": {}}
     if analysis:
-        extensions["canary_analysis"] = {"interval_seconds": 0.5}
+        extensions["canary_analysis"] = {"interval_seconds": 0.5, "defaults": {"max_run_seconds": 0.5}}
     if probes is not None:
         extensions["probes"] = probes
     extensions["console"] = {"trace_url_template": TRACE_URL, "slo_file": str(slo_file), **console}
@@ -180,11 +180,15 @@ def test_pages_show_the_metrics_figures_and_a_rollback_needs_the_token(start_ser
     assert re.fullmatch(r"http://tempo\.example/explore\?traceId=[0-9a-f]{32}", link.get_attribute("href"))
 
     # Read-only by default: the roll-back button is refused without the token.
-    time.sleep(1)  # the canary analysis looks every half second
+    time.sleep(2)  # runs count once their start interval (0.5 s) is max_run_seconds (0.5 s) old
     page.goto(base + "/rollouts")
     shot(page, "rollouts")
     analysis = page.locator("#agent-support-bot")
     assert "Runs seen: v1 6, v2 2" in analysis.inner_text()
+    assert (
+        "Verdicts spend one false-rollback budget 5% per rollout (so per day), split: quality 3.00%, cost 0.75%, "
+        "duration 0.75%, hard_limits 0.50%; regression alerts defer to this analysis."
+    ) in analysis.inner_text()
     guards = analysis.locator("table.guards tbody tr td:first-child").all_inner_texts()
     verdicts = analysis.locator("table.guards tbody tr td:nth-child(2)").all_inner_texts()
     # Two candidate runs decide nothing yet; no candidate run broke a hard limit.

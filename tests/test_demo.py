@@ -360,6 +360,21 @@ def test_demo_rejects_bad_arguments(argument):
     assert "must be greater than 0" in completed.stderr
 
 
+def demo_with_flags(service, runs: int, *extra: str) -> subprocess.CompletedProcess:
+    """The demo against `service`'s flags, `runs` runs played fast; it must exit 0."""
+    completed = subprocess.run(
+        demo_command(
+            *("--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url, *extra),
+            *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED)),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed
+
+
 def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service, tmp_path):
     """The demo defines support-triage's versions on the service, starts the 5% canary, and every
     support-triage run asks the service for its version over OFREP; the run's agent span carries the
@@ -374,16 +389,7 @@ def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service,
         )
         service = start_service(body)
         runs = 600
-        completed = subprocess.run(
-            demo_command(
-                *("--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url),
-                *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED)),
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert completed.returncode == 0, completed.stderr
+        completed = demo_with_flags(service, runs)
         assert f"started a 5% canary of support-triage v13 on {service.admin_url}" in completed.stderr
         rollout = Admin(service.admin_url).ok("GET", "/api/v1/rollouts/support-triage")
         assert (rollout["baseline"], rollout["candidate"], rollout["weight"], rollout["state"]) == (
@@ -422,3 +428,33 @@ def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service,
             assert attributes["feature_flag.result.variant"] == version
             assert attributes["feature_flag.result.reason"] == "split"
             assert attributes["feature_flag.context.id"].startswith("conv-")
+
+
+@pytest.mark.timeout(300)
+def test_demo_canary_analysis_mode_rolls_the_worse_version_back_by_itself(start_service, tmp_path):
+    extensions = {"storage": {"path": str(tmp_path / "state.sqlite")}, "rollouts": {}}
+    extensions["canary_analysis"] = {"interval_seconds": 0.5}
+    body = service_body(
+        runs={"grace_seconds": 0.2, "tick_seconds": 0.05, "root_wait_seconds": 0.5}, extensions=extensions
+    )
+    service = start_service(body)
+    completed = demo_with_flags(service, 2000, "--canary-analysis")
+    assert "canary of support-triage v13 on " + service.admin_url + " under canary analysis" in completed.stderr
+    admin = Admin(service.admin_url)
+    # The runs' start intervals become evidence a minute (max_run_seconds) after they end.
+    deadline = time.monotonic() + 150
+    while (rollout := admin.ok("GET", "/api/v1/rollouts/support-triage"))["state"] != "rolled_back":
+        assert time.monotonic() < deadline, rollout
+        time.sleep(1)
+    assert rollout["weight"] == 0
+    [entry] = [
+        e for e in admin.ok("GET", "/api/v1/history?agent=support-triage")["entries"] if e["action"] == "rollback"
+    ]
+    assert (entry["actor"], entry["actor_kind"]) == ("canary_analysis", "analysis")
+    # v13 answers with a bigger model: it costs more per run (and takes longer); it also fails more.
+    assert "cost" in entry["evidence"]["failed_guards"]
+    assert set(entry["evidence"]["failed_guards"]) <= {"quality", "cost", "duration"}
+    assert (
+        service.value("agentopz_rollout_actions_total", agent="support-triage", action="rollback", actor="analysis")
+        == 1
+    )

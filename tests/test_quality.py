@@ -324,6 +324,8 @@ def test_evaluation_results_as_span_events(quality_service):
         ("pass", "success"),
     ]
     assert sorted(r["failed_checks"] for r in records) == [[], ["evaluation:relevance"]]
+    # Each run record carries its scores by evaluation: what the canary analysis's score guard reads.
+    assert sorted(r["scores"]["relevance"] for r in records) == [0.2, 0.9]
     assert evaluations(service, "judged") == {("relevance", "pass"): 1, ("relevance", "fail"): 1}
     assert service.value("agentopz_evaluation_score_sum", agent="judged") == pytest.approx(1.1)
 

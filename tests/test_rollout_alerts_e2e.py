@@ -16,7 +16,7 @@ from conftest import service_body
 from openfeature import api
 from prom import start_prometheus
 from rollouts import Admin
-from test_canary_analysis import AGENT, FAST_RUNS, VERSIONS, Agent, run_until, wait_state
+from test_canary_analysis import AGENT, FAST_RUNS, MAX_RUN_SECONDS, VERSIONS, Agent, run_until, wait_state
 
 ALERT_RULES = Path(__file__).resolve().parent.parent / "alert-rules" / "agentopz-alerts.yaml"
 RUNBOOKS = "http://localhost:9464/runbooks"
@@ -53,7 +53,8 @@ def rollout_service(start_service, tmp_path, analysis: dict):
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_an_automatic_rollback_pages_with_its_runbook(start_service, tmp_path, recorder, openfeature_domain):
-    service, admin = rollout_service(start_service, tmp_path, {"interval_seconds": 0.3})
+    analysis = {"interval_seconds": 0.3, "defaults": {"max_run_seconds": MAX_RUN_SECONDS}}
+    service, admin = rollout_service(start_service, tmp_path, analysis)
     config = alertmanager_config(tmp_path, recorder, f"{service.admin_url}/api/v1/alertmanager")
     with running_alertmanager(tmp_path, config) as alertmanager:
         prometheus = start_prometheus(

@@ -8,7 +8,10 @@ alert with the label `agentopz_action: rollback|pause|disable` does that. An ale
 `agentopz_fallback_model`) sets the agent's `<agent>.model` component flag to that model, with or
 without a rollout. It never acts on an alert
 naming the baseline or another version, on resolved alerts, on agents without an active rollout, or
-on an alert that began firing before the rollout started (it is about the previous one). Each
+on an alert that began firing before the rollout started (it is about the previous one). A rollout
+the canary analysis watches has one false-rollback budget, spent by the analysis's guards: the
+regression alerts (`rollback_alerts`) do not roll it back (`defer_to_analysis`), since each would
+spend a false-alarm rate of its own on top; an explicit `agentopz_action` label still acts. Each
 firing (fingerprint and start time) acts at most once, however often Alertmanager repeats it; the
 fingerprints are remembered up to `max_remembered_alerts`, and the rollouts extension turns a
 second rollback into a no-op even past that.
@@ -65,6 +68,8 @@ class AlertmanagerWebhookConfig(BaseModel):
             "PromptVersionLatencyRegression",
         ]
     )
+    # Rollouts under canary analysis are left to it by the rollback_alerts (one false-rollback budget).
+    defer_to_analysis: bool = True
     max_remembered_alerts: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 20)
 
@@ -145,7 +150,8 @@ class AlertmanagerWebhookExtension:
         key = (fingerprint, starts_at)
         if key in self._acted:
             return outcome("repeated", "acted on this firing before")
-        action = labels.get(ACTION_LABEL) or ("rollback" if alertname in self.config.rollback_alerts else None)
+        labelled = labels.get(ACTION_LABEL)
+        action = labelled or ("rollback" if alertname in self.config.rollback_alerts else None)
         if action is None:
             return outcome("ignored", f"neither a rollback alert nor labelled {ACTION_LABEL}")
         if action not in LABEL_ACTIONS:
@@ -188,6 +194,11 @@ class AlertmanagerWebhookExtension:
             return outcome("ignored", f"{version!r} is {role} of the rollout of {agent!r} ({rollout.candidate!r})")
         if _before(starts_at, rollout):
             return outcome("ignored", "the alert began firing before the rollout started")
+        if not labelled and self.config.defer_to_analysis and rollout.analysis.get("enabled"):
+            return outcome(
+                "ignored",
+                "the canary analysis decides this rollout within its false-rollback budget (defer_to_analysis)",
+            )
         try:
             if action == "disable":
                 self._rollouts.disable(agent, actor=actor, actor_kind=ACTOR_KIND, reason=reason)

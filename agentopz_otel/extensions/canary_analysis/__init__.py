@@ -1,24 +1,29 @@
 """The `canary_analysis` extension: guards on every active rollout, automatic advance, promote and rollback.
 
-Every `interval_seconds` it reads what the baseline and the candidate served since the rollout began
-(the service's own finished runs, or Prometheus when `prometheus.url` is set), runs each guard, and
-acts through the rollouts extension with actor kind `analysis` and the guards' evidence in the audit
-log: rollback when a guard fails; advance (promote at the last step) once the step has its minimum
-runs and time and every guard passes. A data source it cannot read makes every verdict inconclusive
-and pauses the rollout at its weight (resumed when the source answers again); it never promotes
-on missing data.
+Every `interval_seconds` it reads the cohorts that became evidence (runs grouped by when they started,
+from the service's own finished runs, or Prometheus windows when `prometheus.url` is set), runs each
+guard, and acts through the rollouts extension with actor kind `analysis` and the guards' evidence in
+the audit log: rollback when a guard fails; advance (promote at the last step) once the step has its
+minimum runs and time and every guard passes. A data source it cannot read makes every verdict
+inconclusive and pauses the rollout at its weight (resumed when the source answers again); it never
+promotes on missing data. An agent under its kill switch is not analysed: nothing advances, promotes
+or rolls back until it is enabled again. Each rollout's analysis (its tests' state and the source's
+open intervals) is saved in the storage extension after every look, so a restart continues it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
 from ... import catalogue
 from ...components import Context, Factory
+from ..storage import StorageExtension
 from .config import AnalysisConfig, CanaryAnalysisConfig, merged
 from .engine import GUARDS, RolloutAnalysis
 from .sources import LocalRuns, PrometheusRuns, SourceError
@@ -28,6 +33,11 @@ if TYPE_CHECKING:
     from ..rollouts import Rollout, RolloutsExtension
 
 log = logging.getLogger("agentopz_otel.canary_analysis")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS canary_analysis_state (
+    rollout_id INTEGER PRIMARY KEY, agent TEXT NOT NULL, saved_at REAL NOT NULL, body TEXT NOT NULL);
+"""
 
 VERDICTS = catalogue.enum("analysis_verdict")
 ACTOR = "canary_analysis"
@@ -40,8 +50,13 @@ class CanaryAnalysisExtension:
         self.config = config
         self._context = context
         self.source: LocalRuns | PrometheusRuns = (
-            PrometheusRuns(config.prometheus) if config.prometheus else LocalRuns(config.max_samples)
+            PrometheusRuns(config.prometheus)
+            if config.prometheus
+            else LocalRuns(config.max_samples, config.interval_seconds)
         )
+        # Extensions are created in service.extensions order: storage must be listed before this one.
+        self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
+        self._db: sqlite3.Connection | None = None
         if isinstance(self.source, LocalRuns):
             context.finished_runs.subscribe(self.source.on_runs)
         self._rollouts: RolloutsExtension | None = None
@@ -74,6 +89,7 @@ class CanaryAnalysisExtension:
 
         rollouts = self._context.extension(self.config.rollouts, RolloutsExtension, asked_by=self.id)
         self._rollouts = rollouts
+        self.open_store()
         rollouts.register_analysis_validator(self.validate)
         rollouts.register_analysis_status(self.status)
         rollouts.subscribe(self._on_rollout)
@@ -81,6 +97,11 @@ class CanaryAnalysisExtension:
             self._on_rollout(rollout)
         self._source_up.series((self.source.name,)).value = 1
         self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def open_store(self) -> None:
+        """Connect to the storage extension, the saved analyses' table created if new."""
+        self._db = self._storage.connect(self.id)
+        self._db.executescript(_SCHEMA)
 
     async def shutdown(self, timeout: float) -> None:
         if self._task is not None:
@@ -92,7 +113,7 @@ class CanaryAnalysisExtension:
     def _on_rollout(self, rollout: Rollout) -> None:
         """Start counting a rollout's runs the moment it starts, not at the next look."""
         if isinstance(self.source, LocalRuns) and rollout.active:
-            self.source.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate))
+            self.source.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate), rollout.started_at)
 
     async def _loop(self) -> None:
         while True:
@@ -106,28 +127,31 @@ class CanaryAnalysisExtension:
         """One look at every active rollout (the loop calls this every interval)."""
         assert self._rollouts is not None
         active = self._rollouts.active()
-        if isinstance(self.source, LocalRuns):
-            self.source.untrack_except({rollout.agent for rollout in active})
+        self.source.forget_except(active)
         live = {rollout.id for rollout in active}
         for rollout_id in [key for key in self._analyses if key not in live]:
             del self._analyses[rollout_id]
+        self._forget_saved(live)
         self._paused_by_analysis &= live
         for rollout in active:
             config = merged(self.config.defaults, rollout.analysis)
-            if config.enabled:
-                await self._look_at(rollout, config)
+            if not config.enabled:
+                continue
+            if self._rollouts.agent(rollout.agent).disabled:
+                self._publish_disabled(rollout, config)
+                continue
+            await self._look_at(rollout, config)
 
     async def _look_at(self, rollout: Rollout, config: AnalysisConfig) -> None:
         assert self._rollouts is not None
         now = time.time()
         analysis = self._analyses.get(rollout.id)
         if analysis is None:
-            analysis = self._analyses[rollout.id] = RolloutAnalysis(config)
+            analysis = self._analyses[rollout.id] = self._load(rollout, config)
         self._on_rollout(rollout)
-        versions = (rollout.baseline, rollout.candidate)
         self._last_look.series((rollout.agent,)).value = now
         try:
-            samples = await self.source.samples(rollout.agent, rollout.id, versions, rollout.started_at, now)
+            cohorts = await self.source.cohorts(rollout, config.max_run_seconds, now)
         except SourceError as error:
             self._source_errors.series((self.source.name,)).value += 1
             self._source_up.series((self.source.name,)).value = 0
@@ -145,9 +169,11 @@ class CanaryAnalysisExtension:
         if rollout.state == "paused" and rollout.id in self._paused_by_analysis:
             self._paused_by_analysis.discard(rollout.id)
             rollout = self._act(rollout, "resume", "canary analysis: data source answers again")
-        results = analysis.observe(samples[rollout.baseline], samples[rollout.candidate], rollout.step_index)
-        for version, sample in samples.items():
-            self._runs.series((rollout.agent, version)).value = sample.runs
+        results = analysis.observe(cohorts, rollout.step_index, rollout.step_started_at)
+        self._save(rollout, analysis)
+        runs = {rollout.baseline: analysis.baseline_runs, rollout.candidate: analysis.candidate_runs}
+        for version, count in runs.items():
+            self._runs.series((rollout.agent, version)).value = count
         self._publish(rollout, results, analysis, None)
         decision = analysis.decide(now - rollout.step_started_at, rollout.step_index == len(rollout.steps) - 1)
         if decision is None or (decision.action == "advance" and rollout.state != "progressing"):
@@ -156,14 +182,75 @@ class CanaryAnalysisExtension:
             "baseline": rollout.baseline,
             "candidate": rollout.candidate,
             "weight": rollout.weight,
-            "runs": {version: sample.runs for version, sample in samples.items()},
+            "runs": runs,
             "step_runs": analysis.step_runs(),
             "source": self.source.name,
+            "cohorts": analysis.cohorts,
+            "restarts": analysis.restarts,
+            **self.source.counts(rollout),
+            "budget": {name: round(alpha, 6) for name, alpha in config.alphas().items()},
             "guards": analysis.evidence(),
         }
         if decision.action == "rollback":
             evidence["failed_guards"] = [name for name, result in results.items() if result.verdict == "fail"]
         self._act(rollout, decision.action, decision.reason, evidence)
+
+    def _load(self, rollout: Rollout, config: AnalysisConfig) -> RolloutAnalysis:
+        """The rollout's saved analysis continued (its source's open intervals restored), else a new one."""
+        assert self._db is not None
+        row = self._db.execute("SELECT body FROM canary_analysis_state WHERE rollout_id = ?", (rollout.id,)).fetchone()
+        if row is None:
+            return RolloutAnalysis(config, self.config.max_samples)
+        try:
+            body = json.loads(row[0])
+            analysis = RolloutAnalysis.from_dict(config, body["analysis"], self.config.max_samples)
+            self.source.restore(rollout, body["source"])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            # Unreadable (written by another version, or damaged): a new analysis beats none at all.
+            log.warning(
+                "canary analysis: the saved analysis of %s is unreadable (%s: %s); starting it again",
+                rollout.agent,
+                type(error).__name__,
+                error,
+            )
+            return RolloutAnalysis(config, self.config.max_samples)
+        log.info(
+            "canary analysis: continuing the analysis of %s (%s -> %s) from storage: %d cohorts, %d candidate runs",
+            rollout.agent,
+            rollout.baseline,
+            rollout.candidate,
+            analysis.cohorts,
+            analysis.candidate_runs,
+        )
+        return analysis
+
+    def _save(self, rollout: Rollout, analysis: RolloutAnalysis) -> None:
+        assert self._db is not None
+        body = json.dumps({"analysis": analysis.to_dict(), "source": self.source.state(rollout)}, separators=(",", ":"))
+        try:
+            self._db.execute(
+                "INSERT INTO canary_analysis_state (rollout_id, agent, saved_at, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (rollout_id) DO UPDATE SET saved_at = excluded.saved_at, body = excluded.body",
+                (rollout.id, rollout.agent, time.time(), body),
+            )
+        except sqlite3.Error as error:
+            # The look still decides; a restart before the next saved look continues from the last one.
+            log.warning("canary analysis: saving the analysis of %s failed: %s", rollout.agent, error)
+
+    def _forget_saved(self, live: set[Any]) -> None:
+        """Finished rollouts' analyses are in their audit entries: their saved state goes."""
+        assert self._db is not None
+        saved = [row[0] for row in self._db.execute("SELECT rollout_id FROM canary_analysis_state")]
+        gone = [(rollout_id,) for rollout_id in saved if rollout_id not in live]
+        if gone:
+            self._db.executemany("DELETE FROM canary_analysis_state WHERE rollout_id = ?", gone)
+
+    def _publish_disabled(self, rollout: Rollout, config: AnalysisConfig) -> None:
+        """Under the kill switch nothing is served as the rollout says: no look, no action."""
+        analysis = self._analyses.get(rollout.id)
+        if analysis is None:
+            analysis = self._analyses[rollout.id] = self._load(rollout, config)
+        self._publish(rollout, analysis.results, analysis, None, suspended="the agent is disabled (kill switch)")
 
     def _act(self, rollout: Rollout, action: str, reason: str, evidence: dict[str, Any] | None = None) -> Rollout:
         from ..rollouts import RolloutError
@@ -188,7 +275,12 @@ class CanaryAnalysisExtension:
         return after
 
     def _publish(
-        self, rollout: Rollout, results: dict[str, GuardResult], analysis: RolloutAnalysis, error: str | None
+        self,
+        rollout: Rollout,
+        results: dict[str, GuardResult],
+        analysis: RolloutAnalysis,
+        error: str | None,
+        suspended: str | None = None,
     ) -> None:
         for guard, result in results.items():
             for verdict in VERDICTS:
@@ -205,6 +297,10 @@ class CanaryAnalysisExtension:
             "looked_at": time.time(),
             "runs": {rollout.baseline: analysis.baseline_runs, rollout.candidate: analysis.candidate_runs},
             "step_runs": analysis.step_runs(),
+            "cohorts": analysis.cohorts,
+            "restarts": analysis.restarts,
+            "suspended": suspended,
+            "budget": analysis.config.budget_text(),
             "guards": {guard: result.to_dict() for guard, result in results.items()},
             "decision": carried.get("decision"),
             "decision_reason": carried.get("decision_reason"),

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 NOT_SUCCESS = "not_success"
 QUALITY_FAILURE = "quality_failure"
+# The guards that spend the false-rollback budget.
+BUDGETED = ("quality", "cost", "duration", "hard_limits", "score")
 
 
 class QualityGuard(BaseModel):
@@ -25,10 +27,16 @@ class QualityGuard(BaseModel):
     tolerance: float = Field(default=1.0, ge=1.0)
     # H1: they are `detect_ratio` times the baseline's (the effect the test is tuned to catch fastest).
     detect_ratio: float = Field(default=3.0, gt=1.0)
-    # Ville's inequality bounds a healthy candidate's false rollback by alpha over any number of looks.
-    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    # Its part of the rollout's false_rollback_budget (relative to the other enabled guards' shares).
+    share: float = Field(default=0.6, gt=0)
+    # Unset: the guard's part of the budget. Ville's inequality bounds a healthy candidate's false
+    # rollback by alpha over any number of looks.
+    alpha: float | None = Field(default=None, gt=0, lt=0.5)
     beta: float = Field(default=0.2, gt=0, lt=0.5)
     min_runs: int = Field(default=20, ge=1)
+    # Runs of one targeting key correlate (a conversation): each interval's evidence is divided by
+    # this variance inflation, 1 + (runs per key - 1) x within-key correlation; 1 for independent runs.
+    design_effect: float = Field(default=1.0, ge=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> QualityGuard:
@@ -45,20 +53,53 @@ class RankGuard(BaseModel):
     enabled: bool = True
     # H0: the candidate's values are no larger than the baseline's times `tolerance`.
     tolerance: float = Field(default=1.5, ge=1.0)
-    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    share: float = Field(default=0.15, gt=0)
+    alpha: float | None = Field(default=None, gt=0, lt=0.5)
     min_runs: int = Field(default=5, ge=2)
     # Looks happen when the candidate's run count grows by this factor; look j spends alpha/(j(j+1)).
     growth: float = Field(default=1.5, gt=1.0)
 
 
 class HardLimits(BaseModel):
-    """Outcomes the candidate may not show more than `max_runs` times: act at once, no statistics."""
+    """Outcomes (a run over its budget) the candidate may not show more often than the baseline does:
+    a one-sided SPRT on the odds ratio against the baseline, and an optional absolute cap."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     outcomes: list[str] = Field(default_factory=lambda: ["budget_exceeded"])
-    max_runs: int = Field(default=0, ge=0)
+    # H1 of the relative test: the candidate shows the outcomes `detect_ratio` times as often.
+    detect_ratio: float = Field(default=5.0, gt=1.0)
+    share: float = Field(default=0.1, gt=0)
+    alpha: float | None = Field(default=None, gt=0, lt=0.5)
+    # Absolute cap: fail at once when more than this many candidate runs show the outcomes; unset: none.
+    max_runs: int | None = Field(default=None, ge=0)
+
+
+class ScoreGuard(BaseModel):
+    """A per-run evaluator score (`gen_ai.evaluation.score.value` of one evaluation), by a one-sided
+    Gaussian SPRT of each candidate score against the baseline's mean and spread. Off by default: it
+    needs an evaluator that scores every run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    evaluation: str = Field(default="", max_length=128)
+    higher_is_better: bool = True
+    # H1: the candidate's scores are this many baseline standard deviations worse.
+    detect_shift: float = Field(default=0.5, gt=0)
+    share: float = Field(default=0.3, gt=0)
+    alpha: float | None = Field(default=None, gt=0, lt=0.5)
+    beta: float = Field(default=0.2, gt=0, lt=0.5)
+    min_runs: int = Field(default=10, ge=1)
+    # Baseline scores needed before the candidate's are weighed (the baseline's mean and spread).
+    min_baseline_runs: int = Field(default=30, ge=2)
+
+    @model_validator(mode="after")
+    def _named(self) -> ScoreGuard:
+        if self.enabled and not self.evaluation:
+            raise ValueError("score.evaluation: name the evaluation whose score the guard reads")
+        return self
 
 
 class AnalysisConfig(BaseModel):
@@ -67,13 +108,53 @@ class AnalysisConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
+    # The chance a healthy candidate is rolled back, over the whole rollout (so also per day), split
+    # across the enabled guards by their `share`; a guard's explicit `alpha` takes its part first.
+    false_rollback_budget: float = Field(default=0.05, gt=0, lt=0.5)
     quality: QualityGuard = Field(default_factory=QualityGuard)
     cost: RankGuard = Field(default_factory=RankGuard)
     duration: RankGuard = Field(default_factory=RankGuard)
     hard_limits: HardLimits = Field(default_factory=HardLimits)
+    score: ScoreGuard = Field(default_factory=ScoreGuard)
     # A step advances once it has this many candidate runs, this many seconds, and every guard passes.
     step_min_runs: int = Field(default=20, ge=0)
     step_min_seconds: float = Field(default=600.0, ge=0)
+    # The longest a run lasts. Runs are compared by when they started: the runs started in an interval
+    # become evidence once the interval is this old, so slow successes count as much as fast failures.
+    # A run that finishes later is left out (counted as late) for both versions alike.
+    max_run_seconds: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _within_budget(self) -> AnalysisConfig:
+        explicit = sum(alpha for alpha in self._explicit_alphas().values())
+        if explicit > self.false_rollback_budget + 1e-12:
+            raise ValueError(
+                f"the guards' alpha add up to {explicit:g}, over false_rollback_budget ({self.false_rollback_budget:g})"
+            )
+        return self
+
+    def _enabled(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in BUDGETED if getattr(self, name).enabled}
+
+    def _explicit_alphas(self) -> dict[str, float]:
+        return {name: guard.alpha for name, guard in self._enabled().items() if guard.alpha is not None}
+
+    def alphas(self) -> dict[str, float]:
+        """Each enabled guard's false-rollback probability: its explicit alpha, else its share of what
+        the explicit ones leave of the budget. They add up to at most false_rollback_budget."""
+        explicit = self._explicit_alphas()
+        rest = {name: guard.share for name, guard in self._enabled().items() if name not in explicit}
+        left = self.false_rollback_budget - sum(explicit.values())
+        shares = sum(rest.values())
+        return {**explicit, **{name: left * share / shares for name, share in rest.items()}}
+
+    def budget_text(self) -> str:
+        """The budget and its split, as the console and the CLI show it next to the verdicts."""
+        split = ", ".join(f"{name} {alpha:.2%}" for name, alpha in self.alphas().items())
+        return (
+            f"false-rollback budget {self.false_rollback_budget:.0%} per rollout (so per day), split: {split}; "
+            "regression alerts defer to this analysis"
+        )
 
 
 class PrometheusSource(BaseModel):
@@ -85,12 +166,17 @@ class PrometheusSource(BaseModel):
     selector: str = ""
     # Samples per version and metric read from the histograms (bucket midpoints).
     max_samples: int = Field(default=2000, ge=10)
+    # A window of finished runs ends this long before now, so every replica's last scrape is in.
+    lag_seconds: float = Field(default=30.0, ge=0)
 
 
 class CanaryAnalysisConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rollouts: str = "rollouts"
+    # The storage extension that keeps each active rollout's analysis across restarts.
+    storage: str = "storage"
+    # Seconds between looks; also the width of the start-time intervals runs are grouped in.
     interval_seconds: float = Field(default=30.0, gt=0)
     # Cost and duration values kept per rollout and version when reading the service's own runs.
     max_samples: int = Field(default=2000, ge=10)

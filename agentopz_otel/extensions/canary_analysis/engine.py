@@ -1,12 +1,16 @@
-"""One rollout's analysis: guards over what each version served, and the decision they lead to (pure).
+"""One rollout's analysis: guards over the runs each version started, and the decision they lead to (pure).
 
 The same code decides whatever the data source (the service's own runs or Prometheus) and inside the
-simulation (`bench/canary_simulation.py`).
+simulation (`bench/canary_simulation.py`). Its whole state is a plain dict (`to_dict`, `from_dict`),
+which the extension keeps in storage so that a restart continues the tests instead of starting them
+again with their full alpha.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -14,18 +18,34 @@ from typing import Any, Literal
 from ... import catalogue
 from ...records import SUCCESS
 from .config import NOT_SUCCESS, AnalysisConfig
-from .statistics import FAIL, PASS, GuardResult, RankLooks, RateEvidence, hard_limit_verdict, rank_test, rate_verdict
+from .statistics import (
+    FAIL,
+    PASS,
+    GuardResult,
+    RankLooks,
+    RateEvidence,
+    ScoreEvidence,
+    hard_limit_verdict,
+    rank_test,
+    rate_verdict,
+    score_verdict,
+)
 
 GUARDS = catalogue.enum("analysis_guard")
+ROLES = catalogue.enum("rollout_role")
+# Of a rate guard's alpha, the part spent on the baseline rate's upper bound at the 100% step (the
+# chance it is below the true rate); the rest is the SPRT's threshold.
+BASELINE_BOUND_PART = 0.1
 
 
 @dataclass(frozen=True)
 class VersionSample:
-    """What one version served since the rollout started: runs by outcome, and bounded recent values."""
+    """Runs of one version by outcome, with their cost and duration values and evaluator scores."""
 
     outcomes: dict[str, int] = field(default_factory=dict)
     costs: Sequence[float] = ()
     durations: Sequence[float] = ()
+    scores: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
     @cached_property
     def runs(self) -> int:
@@ -36,6 +56,19 @@ class VersionSample:
             return self.runs - self.outcomes.get(SUCCESS, 0)
         return self.outcomes.get(count, 0)
 
+    def counted(self, outcomes: Sequence[str]) -> int:
+        return sum(self.outcomes.get(outcome, 0) for outcome in outcomes)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The runs each version started in one interval (or, from Prometheus, finished in a window where
+    every finishing run started under the current split), once none of them can still be running."""
+
+    baseline: VersionSample
+    candidate: VersionSample
+    started_at: float = -math.inf  # when the interval (or the window's runs at the earliest) started
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -44,69 +77,115 @@ class Decision:
 
 
 class RolloutAnalysis:
-    """Feed it cumulative samples on every look; it keeps the sequential tests' state between looks."""
+    """Feed it the cohorts that became evidence since the last look; it keeps the tests' state."""
 
-    def __init__(self, config: AnalysisConfig) -> None:
+    def __init__(self, config: AnalysisConfig, max_samples: int = 2000) -> None:
         self.config = config
+        self.max_samples = max_samples
         self.rate = RateEvidence()
+        self.limits = RateEvidence()
+        self.limit_counts: Counter[str] = Counter()
         self.cost = RankLooks()
         self.duration = RankLooks()
+        self.score = ScoreEvidence()
+        self.values: dict[str, dict[str, deque[float]]] = {
+            role: {name: deque(maxlen=max_samples) for name in ("costs", "durations")} for role in ROLES
+        }
         self.results: dict[str, GuardResult] = {}
         self.candidate_runs = 0
         self.baseline_runs = 0
-        self._counted = (0, 0, 0, 0)
+        self.cohorts = 0
+        self.restarts = 0
         self._step_index: int | None = None
-        self._step_start_runs = 0
+        self._step_runs = 0
 
-    def observe(self, baseline: VersionSample, candidate: VersionSample, step_index: int) -> dict[str, GuardResult]:
+    def observe(
+        self, cohorts: Sequence[Cohort], step_index: int, step_started_at: float = -math.inf
+    ) -> dict[str, GuardResult]:
+        """Add the cohorts; a step's own runs are those of cohorts that started after it began, so it
+        advances on what its own weight served, not on runs still finishing from the step before."""
         config = self.config
+        alphas = config.alphas()
         if step_index != self._step_index:
-            # The first step began with the rollout; a later one first seen now (after a restart) counts from now.
-            first_look_at_first_step = self._step_index is None and step_index == 0
             self._step_index = step_index
-            self._step_start_runs = 0 if first_look_at_first_step else candidate.runs
-        self.candidate_runs, self.baseline_runs = candidate.runs, baseline.runs
+            self._step_runs = 0
+        quality, limits, score = config.quality, config.hard_limits, config.score
+        for cohort in cohorts:
+            baseline, candidate = cohort.baseline, cohort.candidate
+            self.cohorts += 1
+            self.candidate_runs += candidate.runs
+            if cohort.started_at >= step_started_at:
+                self._step_runs += candidate.runs
+            self.baseline_runs += baseline.runs
+            if quality.enabled:
+                self.rate = self.rate.add(
+                    candidate.runs,
+                    candidate.failures(quality.count),
+                    baseline.runs,
+                    baseline.failures(quality.count),
+                    quality.tolerance,
+                    quality.detect_ratio,
+                    quality.design_effect,
+                    alphas["quality"] * BASELINE_BOUND_PART,
+                )
+            if limits.enabled:
+                self.limits = self.limits.add(
+                    candidate.runs,
+                    candidate.counted(limits.outcomes),
+                    baseline.runs,
+                    baseline.counted(limits.outcomes),
+                    1.0,
+                    limits.detect_ratio,
+                    1.0,
+                    alphas["hard_limits"] * BASELINE_BOUND_PART,
+                )
+                for outcome in limits.outcomes:
+                    self.limit_counts[outcome] += candidate.outcomes.get(outcome, 0)
+            if score.enabled:
+                self.score = self.score.add(
+                    candidate.scores.get(score.evaluation, ()),
+                    baseline.scores.get(score.evaluation, ()),
+                    score.detect_shift,
+                    score.higher_is_better,
+                    score.min_baseline_runs,
+                    self.max_samples,
+                )
+            for role, sample in (("baseline", baseline), ("candidate", candidate)):
+                self.values[role]["costs"].extend(sample.costs)
+                self.values[role]["durations"].extend(sample.durations)
         results: dict[str, GuardResult] = {}
-        quality = config.quality
         if quality.enabled:
-            counted = (
-                candidate.runs,
-                candidate.failures(quality.count),
-                baseline.runs,
-                baseline.failures(quality.count),
-            )
-            # A source may briefly report less than before (a replica's counter reset): count no negatives.
-            pairs = list(zip(counted, self._counted, strict=True))
-            gained = [max(0, now - before) for now, before in pairs]
-            self._counted = (max(pairs[0]), max(pairs[1]), max(pairs[2]), max(pairs[3]))
-            self.rate = self.rate.add(*gained, quality.tolerance, quality.detect_ratio)
-            results["quality"] = rate_verdict("quality", self.rate, quality.alpha, quality.beta, quality.min_runs)
-        for name, values in (("cost", "costs"), ("duration", "durations")):
+            alpha = alphas["quality"] * (1 - BASELINE_BOUND_PART)
+            results["quality"] = rate_verdict("quality", self.rate, alpha, quality.beta, quality.min_runs)
+        for name in ("cost", "duration"):
             guard = getattr(config, name)
             if not guard.enabled:
                 continue
             looks = rank_test(
                 name,
                 getattr(self, name),
-                getattr(candidate, values),
-                getattr(baseline, values),
-                candidate.runs,
+                self.values["candidate"][name + "s"],
+                self.values["baseline"][name + "s"],
+                self.candidate_runs,
                 guard.tolerance,
-                guard.alpha,
+                alphas[name],
                 guard.min_runs,
                 guard.growth,
             )
             setattr(self, name, looks)
             assert looks.last is not None
             results[name] = looks.last
-        if config.hard_limits.enabled:
-            counts = {outcome: candidate.outcomes.get(outcome, 0) for outcome in config.hard_limits.outcomes}
-            results["hard_limits"] = hard_limit_verdict("hard_limits", counts, config.hard_limits.max_runs)
+        if limits.enabled:
+            counts = {outcome: self.limit_counts[outcome] for outcome in limits.outcomes}
+            alpha = alphas["hard_limits"] * (1 - BASELINE_BOUND_PART)
+            results["hard_limits"] = hard_limit_verdict("hard_limits", self.limits, counts, alpha, limits.max_runs)
+        if score.enabled:
+            results["score"] = score_verdict("score", self.score, alphas["score"], score.beta, score.min_runs)
         self.results = results
         return results
 
     def step_runs(self) -> int:
-        return self.candidate_runs - self._step_start_runs
+        return self._step_runs
 
     def decide(self, step_age_seconds: float, last_step: bool) -> Decision | None:
         """Roll back on any failing guard; advance (promote at the last step) once the step has its
@@ -123,3 +202,44 @@ class RolloutAnalysis:
 
     def evidence(self) -> dict[str, Any]:
         return {name: result.to_dict() for name, result in self.results.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the tests have accumulated, as JSON-ready data."""
+        return {
+            "rate": self.rate.to_dict(),
+            "limits": self.limits.to_dict(),
+            "limit_counts": dict(self.limit_counts),
+            "cost": self.cost.to_dict(),
+            "duration": self.duration.to_dict(),
+            "score": self.score.to_dict(),
+            "values": {
+                role: {name: list(values) for name, values in kinds.items()} for role, kinds in self.values.items()
+            },
+            "candidate_runs": self.candidate_runs,
+            "baseline_runs": self.baseline_runs,
+            "cohorts": self.cohorts,
+            "restarts": self.restarts,
+            "step_index": self._step_index,
+            "step_runs": self._step_runs,
+        }
+
+    @classmethod
+    def from_dict(cls, config: AnalysisConfig, body: dict[str, Any], max_samples: int = 2000) -> RolloutAnalysis:
+        """The analysis `to_dict` saved, continued after a restart (counted in `restarts`)."""
+        analysis = cls(config, max_samples)
+        analysis.rate = RateEvidence(**body["rate"])
+        analysis.limits = RateEvidence(**body["limits"])
+        analysis.limit_counts = Counter(body["limit_counts"])
+        analysis.cost = RankLooks.from_dict(body["cost"])
+        analysis.duration = RankLooks.from_dict(body["duration"])
+        analysis.score = ScoreEvidence.from_dict(body["score"])
+        for role, kinds in body["values"].items():
+            for name, values in kinds.items():
+                analysis.values[role][name].extend(values)
+        analysis.candidate_runs = body["candidate_runs"]
+        analysis.baseline_runs = body["baseline_runs"]
+        analysis.cohorts = body["cohorts"]
+        analysis.restarts = body["restarts"] + 1
+        analysis._step_index = body["step_index"]
+        analysis._step_runs = body["step_runs"]
+        return analysis

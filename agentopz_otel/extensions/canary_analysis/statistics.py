@@ -1,8 +1,9 @@
 """Sequential tests comparing a candidate prompt version with the baseline it replaces (pure, no I/O).
 
-Both versions serve traffic over the same period, so each test compares the candidate with the runs
-the baseline served meanwhile, never with a stored rate. Every test here keeps its false-alarm bound
-however often it is looked at:
+Runs are grouped by when they started (intervals), and each test compares the candidate with the
+runs the baseline started in the same intervals; only where there are none (the 100% step) does the
+failure-share test compare with the baseline's rate known from before. Every test here keeps its
+false-alarm bound however often it is looked at:
 
 - Failure shares: a one-sided Wald SPRT on the odds ratio, conditional on the failures seen in each
   interval (Fisher's noncentral hypergeometric law). Under H0 (odds ratio <= tolerance) the product of
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -84,15 +85,44 @@ def interval_log_likelihood_ratio(
     return candidate_failures * (log_h1 - log_h0) + normalizer_h0 - normalizer_h1
 
 
+def one_sample_log_likelihood_ratio(
+    runs: int, failures: int, baseline_rate: float, odds_ratio_h0: float, odds_ratio_h1: float
+) -> float:
+    """ln P(failures | H1) / P(failures | H0) for binomial runs whose failure odds are the baseline's
+    times the odds ratio: the test at a step with no concurrent baseline, against its known rate."""
+    if runs == 0 or not 0 < baseline_rate < 1:
+        return 0.0
+    odds = baseline_rate / (1 - baseline_rate)
+    rate_h0 = odds * odds_ratio_h0 / (1 + odds * odds_ratio_h0)
+    rate_h1 = odds * odds_ratio_h1 / (1 + odds * odds_ratio_h1)
+    return failures * math.log(rate_h1 / rate_h0) + (runs - failures) * math.log((1 - rate_h1) / (1 - rate_h0))
+
+
+def rate_upper_bound(failures: int, runs: int, delta: float) -> float:
+    """The one-sided 1 - delta Clopper-Pearson upper bound of a failure rate (1 without runs): the
+    baseline rate the one-sample test assumes, so that it is too low with probability at most delta."""
+    if runs <= 0:
+        return 1.0
+    if failures >= runs:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1 - delta, failures + 1, runs - failures))
+
+
 @dataclass(frozen=True)
 class RateEvidence:
-    """What the failure-share SPRT has accumulated over a rollout."""
+    """What a failure-share SPRT has accumulated over a rollout."""
 
     log_likelihood_ratio: float = 0.0
     candidate_runs: int = 0
     candidate_failures: int = 0
     baseline_runs: int = 0
     baseline_failures: int = 0
+    # Frozen at the first interval without concurrent baseline runs (the 100% step): the baseline
+    # rate's upper bound from its runs before, which the one-sample test compares with from then on.
+    baseline_rate_upper: float | None = None
+    known_baseline_runs: int = 0
 
     def add(
         self,
@@ -102,18 +132,40 @@ class RateEvidence:
         baseline_failures: int,
         tolerance: float,
         detect_ratio: float,
+        design_effect: float = 1.0,
+        delta: float = 0.0,
     ) -> RateEvidence:
-        """This evidence plus one interval's counts (the runs and failures each version gained)."""
-        return RateEvidence(
-            self.log_likelihood_ratio
-            + interval_log_likelihood_ratio(
+        """This evidence plus one interval's counts (the runs started in it, by version).
+
+        With concurrent baseline runs: the conditional two-sample ratio. Without (the candidate serves
+        everything): the one-sample ratio against the baseline's rate known so far, bounded above at
+        1 - `delta`. Both have mean at most 1 under H0, so their product stays a supermartingale.
+        """
+        upper = self.baseline_rate_upper
+        if baseline_runs > 0:
+            log_ratio = interval_log_likelihood_ratio(
                 candidate_runs, candidate_failures, baseline_runs, baseline_failures, tolerance, detect_ratio
-            ),
+            )
+        elif candidate_runs > 0:
+            if upper is None:
+                upper = rate_upper_bound(self.baseline_failures, self.baseline_runs, delta)
+            log_ratio = one_sample_log_likelihood_ratio(
+                candidate_runs, candidate_failures, upper, tolerance, detect_ratio
+            )
+        else:
+            log_ratio = 0.0
+        return RateEvidence(
+            self.log_likelihood_ratio + log_ratio / design_effect,
             self.candidate_runs + candidate_runs,
             self.candidate_failures + candidate_failures,
             self.baseline_runs + baseline_runs,
             self.baseline_failures + baseline_failures,
+            upper,
+            self.known_baseline_runs + (candidate_runs if baseline_runs == 0 else 0),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def rate_verdict(guard: str, evidence: RateEvidence, alpha: float, beta: float, min_runs: int) -> GuardResult:
@@ -131,13 +183,105 @@ def rate_verdict(guard: str, evidence: RateEvidence, alpha: float, beta: float, 
         "candidate_failure_share": _share(evidence.candidate_failures, evidence.candidate_runs),
         "baseline_failure_share": _share(evidence.baseline_failures, evidence.baseline_runs),
         "pass_below": round(pass_at, 4),
+        "alpha": round(alpha, 6),
+        "min_runs": min_runs,
+    }
+    if evidence.baseline_rate_upper is not None:
+        details["baseline_rate_upper"] = round(evidence.baseline_rate_upper, 6)
+        details["candidate_runs_against_known_rate"] = evidence.known_baseline_runs
+    if evidence.candidate_runs < min_runs:
+        verdict = INCONCLUSIVE
+    elif statistic >= fail_at:
+        verdict = FAIL
+    elif statistic <= pass_at or evidence.candidate_failures + evidence.baseline_failures == 0:
+        verdict = PASS
+    else:
+        verdict = INCONCLUSIVE
+    return GuardResult(guard, verdict, statistic, fail_at, details)
+
+
+def score_log_likelihood_ratio(value: float, mean: float, sd: float, shift: float, higher_is_better: bool) -> float:
+    """ln N(value; mean - shift sd, sd) / N(value; mean, sd) (the worse direction for `shift`): one run's
+    evidence that the candidate's score is `shift` baseline standard deviations worse."""
+    z = (mean - value) / sd if higher_is_better else (value - mean) / sd
+    return shift * z - shift * shift / 2
+
+
+@dataclass(frozen=True)
+class ScoreEvidence:
+    """A per-run score's SPRT against the baseline: the baseline's mean and variance (Welford) from
+    its runs so far, each candidate score weighed against them once the baseline has `min_baseline`
+    scores (the candidate's earlier ones wait, at most `max_pending`)."""
+
+    log_likelihood_ratio: float = 0.0
+    candidate_runs: int = 0
+    candidate_sum: float = 0.0
+    baseline_runs: int = 0
+    baseline_mean: float = 0.0
+    baseline_m2: float = 0.0
+    pending: tuple[float, ...] = ()
+
+    @property
+    def baseline_sd(self) -> float:
+        return math.sqrt(self.baseline_m2 / (self.baseline_runs - 1)) if self.baseline_runs > 1 else 0.0
+
+    def add(
+        self,
+        candidate: Sequence[float],
+        baseline: Sequence[float],
+        shift: float,
+        higher_is_better: bool,
+        min_baseline: int,
+        max_pending: int,
+    ) -> ScoreEvidence:
+        runs, mean, m2 = self.baseline_runs, self.baseline_mean, self.baseline_m2
+        for value in baseline:
+            runs += 1
+            delta = value - mean
+            mean += delta / runs
+            m2 += delta * (value - mean)
+        waiting = (*self.pending, *candidate)
+        sd = math.sqrt(m2 / (runs - 1)) if runs > 1 else 0.0
+        log_ratio, counted, total = self.log_likelihood_ratio, self.candidate_runs, self.candidate_sum
+        if runs >= min_baseline and sd > 0:
+            for value in waiting:
+                log_ratio += score_log_likelihood_ratio(value, mean, sd, shift, higher_is_better)
+                counted += 1
+                total += value
+            waiting = ()
+        return ScoreEvidence(log_ratio, counted, total, runs, mean, m2, waiting[-max_pending:] if waiting else ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "pending": list(self.pending)}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> ScoreEvidence:
+        return cls(**{**body, "pending": tuple(body["pending"])})
+
+
+def score_verdict(guard: str, evidence: ScoreEvidence, alpha: float, beta: float, min_runs: int) -> GuardResult:
+    """Wald's boundaries as for the failure share: fail at ln(1/alpha), pass at ln(beta / (1 - alpha))."""
+    fail_at = math.log(1 / alpha)
+    pass_at = math.log(beta / (1 - alpha))
+    statistic = evidence.log_likelihood_ratio
+    details = {
+        "candidate_runs": evidence.candidate_runs,
+        "candidate_mean": round(evidence.candidate_sum / evidence.candidate_runs, 6)
+        if evidence.candidate_runs
+        else None,
+        "baseline_runs": evidence.baseline_runs,
+        "baseline_mean": round(evidence.baseline_mean, 6) if evidence.baseline_runs else None,
+        "baseline_sd": round(evidence.baseline_sd, 6),
+        "waiting": len(evidence.pending),
+        "pass_below": round(pass_at, 4),
+        "alpha": round(alpha, 6),
         "min_runs": min_runs,
     }
     if evidence.candidate_runs < min_runs:
         verdict = INCONCLUSIVE
     elif statistic >= fail_at:
         verdict = FAIL
-    elif statistic <= pass_at or evidence.candidate_failures + evidence.baseline_failures == 0:
+    elif statistic <= pass_at:
         verdict = PASS
     else:
         verdict = INCONCLUSIVE
@@ -154,6 +298,14 @@ class RankLooks:
 
     looks: int = 0
     last: GuardResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"looks": self.looks, "last": None if self.last is None else asdict(self.last)}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> RankLooks:
+        last = body.get("last")
+        return cls(body["looks"], None if last is None else GuardResult(**last))
 
 
 def look_due(looks_done: int, candidate_runs_seen: int, min_runs: int, growth: float) -> bool:
@@ -224,8 +376,20 @@ def _median(values: Sequence[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def hard_limit_verdict(guard: str, counts: dict[str, int], max_runs: int) -> GuardResult:
-    """Fails at once when more than `max_runs` candidate runs ended with one of the counted outcomes."""
+def hard_limit_verdict(
+    guard: str, evidence: RateEvidence, counts: dict[str, int], alpha: float, max_runs: int | None
+) -> GuardResult:
+    """Fails when the candidate shows the counted outcomes more often than the baseline (the relative
+    SPRT reaches ln(1/alpha)) or more than `max_runs` times in all (the absolute cap); else passes."""
     total = sum(counts.values())
-    verdict = FAIL if total > max_runs else PASS
-    return GuardResult(guard, verdict, float(total), float(max_runs + 1), {"candidate_runs_by_outcome": counts})
+    fail_at = math.log(1 / alpha)
+    details: dict[str, Any] = {
+        "candidate_runs_by_outcome": counts,
+        "candidate_runs": evidence.candidate_runs,
+        "baseline_runs": evidence.baseline_runs,
+        "baseline_outcome_runs": evidence.baseline_failures,
+        "max_runs": max_runs,
+    }
+    over_cap = max_runs is not None and total > max_runs
+    verdict = FAIL if over_cap or evidence.log_likelihood_ratio >= fail_at else PASS
+    return GuardResult(guard, verdict, evidence.log_likelihood_ratio, fail_at, details)

@@ -697,6 +697,10 @@ def _analysis(status: dict[str, Any], page: PageContext) -> str:
             f" ({escape(ago(status.get('decided_at') or 0, page.now))})</p>"
         )
     looked = escape(ago(status.get("looked_at") or 0, page.now))
+    if status.get("suspended"):
+        decision += f'<p class="bad">Not analysed: {escape(str(status["suspended"]))}</p>'
+    if status.get("budget"):
+        decision += f"<p>Verdicts spend one {escape(str(status['budget']))}.</p>"
     return (
         f"<p>Runs seen: {runs or 'none yet'} · source {source} · last look {looked}</p>{decision}"
         "<table class=guards><thead><tr><th>Guard</th><th>Verdict</th><th>Statistic</th><th>Threshold</th>"

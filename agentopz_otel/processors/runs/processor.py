@@ -618,6 +618,7 @@ class RunsProcessor:
             calls_by_model={model: list(counts) for model, counts in group.models.items()},
             calls_by_tool={tool: list(counts) for tool, counts in (group.tools or {}).items()},
             input_start=group.input[1] if group.input is not None else None,
+            scores={e.name: float(e.score) for e in group.evaluations if e.score is not None},
         )
         if abandoned:
             group.root_span_id = b""
