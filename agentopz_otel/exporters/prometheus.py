@@ -65,6 +65,9 @@ def _buckets(bounds: tuple[float, ...], counts: tuple[int, ...], exemplars: tupl
 
 
 class PrometheusExporter:
+    # Reads only the views: with no other exporter, processors need not write onto the spans.
+    reads_spans = False
+
     def __init__(self, registry: Registry) -> None:
         labels = ("service", "agent", "provider", "model")
         self._llm_calls = registry.counter(

@@ -156,6 +156,9 @@ class RunsProcessor:
             "agentopz_duplicate_spans_total",
             "Spans received again (same trace and span id) while remembered: not counted again in any metric.",
         )
+        # Root spans are held until their run finishes only to be forwarded carrying the run totals:
+        # the pipeline turns this off when no exporter reads the spans (service.Pipeline).
+        self.enrich_spans = True
         self._remembered = 0  # span ids in the `seen` sets of open and finished traces
         self._emit_calls: Callable[[list[Call], str | None], None] | None = None
 
@@ -164,7 +167,7 @@ class RunsProcessor:
     def connect(
         self,
         emit_spans: Callable[[Batch], None],
-        emit_logs: Callable[[ExportLogsServiceRequest, int], None],
+        emit_logs: Callable[[ExportLogsServiceRequest, int], None] | None,
         emit_calls: Callable[[list[Call], str | None], None] | None = None,
     ) -> None:
         """Where finished runs go: their root spans to the rest of the pipeline, their records to log
@@ -252,7 +255,7 @@ class RunsProcessor:
         for view in batch.views:
             if self._take(view, now, genai):
                 held.append(view)
-        if held:
+        if held and self.enrich_spans:
             self._hold_roots(batch, held)
         if len(self._traces) > self.config.max_open_runs:
             self._evict()
