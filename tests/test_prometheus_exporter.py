@@ -4,11 +4,19 @@ under a scraper looping back to back."""
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from agentopz_otel.exporters.prometheus import PrometheusExporter, metrics_handler
+from agentopz_otel.exporters.prometheus import (
+    BUILD_PAUSE_FACTOR,
+    SLOW_BUILD_SECONDS,
+    PrometheusExporter,
+    metrics_handler,
+    next_build_at,
+)
 from agentopz_otel.metrics import CardinalityConfig, Registry
 from agentopz_otel.model import NO_TOKENS, Call
 
@@ -54,24 +62,39 @@ def test_a_call_past_a_label_cap_counts_its_overflow_every_time_not_only_the_fir
     assert values(registry, "agentopz_tool_calls_total") == {("svc", "agent", "search", "ok"): 2}
 
 
-async def scrape_twice(registry: Registry, **pause) -> tuple[str, str]:
+async def scrape_twice(registry: Registry, **pause) -> tuple[str, str, float]:
     series = registry.counter("agentopz_test_total", "test").series(())
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry, **pause))
     async with TestClient(TestServer(app)) as client:
         first = await (await client.get("/metrics")).text()
         series.value += 1
+        began = time.monotonic()
         second = await (await client.get("/metrics")).text()
-    return first, second
+    return first, second, time.monotonic() - began
 
 
-def test_after_a_slow_build_scrapes_get_the_same_body_for_a_while():
-    first, second = asyncio.run(scrape_twice(Registry(), slow_build_seconds=0, pause_factor=10**6))
-    assert "agentopz_test_total 0.0" in first
-    assert second == first
-
-
-def test_after_a_quick_build_every_scrape_is_fresh():
-    first, second = asyncio.run(scrape_twice(Registry()))
+def test_after_a_slow_build_the_next_waits_its_pause_then_is_fresh():
+    first, second, waited = asyncio.run(scrape_twice(Registry(), slow_build_seconds=0, pause_factor=200))
     assert "agentopz_test_total 0.0" in first
     assert "agentopz_test_total 1.0" in second
+    assert waited > 0.05  # 200 builds' worth of a build of two metrics: some milliseconds at least
+
+
+def test_after_a_quick_build_every_scrape_is_fresh_at_once():
+    first, second, waited = asyncio.run(scrape_twice(Registry()))
+    assert "agentopz_test_total 0.0" in first
+    assert "agentopz_test_total 1.0" in second
+    assert waited < 1.0
+
+
+@pytest.mark.parametrize(
+    ("began", "ended", "next_at"),
+    [
+        (0.0, 0.0999, 0.0999),  # quicker than slow_build_seconds: at once
+        (0.0, 0.1, 0.5),  # exactly slow: four times 0.1 s after it ended
+        (10.0, 11.0, 15.0),
+    ],
+)
+def test_the_next_build_waits_four_times_a_slow_build(began, ended, next_at):
+    assert next_build_at(began, ended, SLOW_BUILD_SECONDS, BUILD_PAUSE_FACTOR) == pytest.approx(next_at)

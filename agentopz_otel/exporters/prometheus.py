@@ -25,7 +25,7 @@ UNKNOWN_LABEL = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
-# A build of the exposition this long or longer is served again for BUILD_PAUSE_FACTOR times as long.
+# After a build of the exposition this long or longer, the next waits BUILD_PAUSE_FACTOR times as long.
 SLOW_BUILD_SECONDS = 0.1
 BUILD_PAUSE_FACTOR = 4
 
@@ -234,6 +234,13 @@ class CallSeries:
         return series
 
 
+def next_build_at(began: float, ended: float, slow_build_seconds: float, pause_factor: float) -> float:
+    """When the next exposition may be built: at once after a quick build; after one that took
+    `slow_build_seconds` or more, once `pause_factor` times its duration has passed."""
+    took = ended - began
+    return ended + pause_factor * took if took >= slow_build_seconds else ended
+
+
 def metrics_handler(
     registry: Registry, slow_build_seconds: float = SLOW_BUILD_SECONDS, pause_factor: float = BUILD_PAUSE_FACTOR
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -242,13 +249,13 @@ def metrics_handler(
     The values are copied on the event loop, which is quick, and formatted in a worker thread, which
     is not: intake keeps running while a large exposition is built. Scrapes that arrive while one is
     being built share its result, so scraping in a loop costs at most one build at a time per format.
-    The worker thread still takes turns with intake for the interpreter, so after a build that took
-    `slow_build_seconds` or more, scrapes get that same body again for `pause_factor` times as long:
-    a scraper looping back to back takes at most a fifth of the CPU from intake.
+    The worker thread and the sending of a large body still take turns with intake for the
+    interpreter, so the next build waits (`next_build_at`): a scraper looping back to back gets a fresh
+    body at most every (1 + `pause_factor`) build times, and takes at most a fifth of the CPU.
     """
     building: dict[str, asyncio.Future[bytes]] = {}
-    # Per format: (the last body, until when it is served again).
-    recent: dict[str, tuple[bytes, float]] = {}
+    # Per format: when the next build may start (loop time).
+    ready_at: dict[str, float] = {}
 
     async def build(encoder: Callable[[SnapshotCollector], bytes], content_type: str) -> bytes:
         loop = asyncio.get_running_loop()
@@ -256,18 +263,14 @@ def metrics_handler(
         await registry.refresh()
         collector = SnapshotCollector(registry.snapshot())
         body = await loop.run_in_executor(None, encoder, collector)
-        ended = loop.time()
-        if ended - began >= slow_build_seconds:
-            recent[content_type] = (body, ended + pause_factor * (ended - began))
-        else:
-            recent.pop(content_type, None)
+        ready_at[content_type] = next_build_at(began, loop.time(), slow_build_seconds, pause_factor)
         return body
 
     async def handle(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        kept = recent.get(content_type)
-        if kept is not None and asyncio.get_running_loop().time() < kept[1]:
-            return web.Response(body=kept[0], headers={"Content-Type": content_type})
+        wait = ready_at.get(content_type, 0.0) - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
         pending = building.get(content_type)
         if pending is None:
             pending = building[content_type] = asyncio.ensure_future(build(encoder, content_type))
