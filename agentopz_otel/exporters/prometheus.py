@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..components import Context, Factory
 from ..metrics import CALL_DURATION_BUCKETS, Counter, Family, FamilySnapshot, Histogram, Registry
-from ..model import LLM, TOOL, Batch, Call
+from ..model import LLM, TOOL, Batch, Call, tokens_of
 
 UNKNOWN_LABEL = "unknown"
 
@@ -109,13 +109,7 @@ class PrometheusExporter:
             if kind in (LLM, TOOL) and not view.skip_call_metrics:
                 agent = view.agent or view.service
                 if kind == LLM:
-                    tokens = (
-                        view.input_tokens,
-                        view.output_tokens,
-                        view.cache_read_tokens,
-                        view.cache_write_tokens,
-                        view.reasoning_tokens,
-                    )
+                    tokens = tokens_of(view)
                     self._record_llm(
                         view.service, agent, view.provider, view.model, view.status, tokens, view.cost, view.duration
                     )
