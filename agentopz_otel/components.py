@@ -90,7 +90,7 @@ class EmitsLater(Protocol):
     def connect(
         self,
         emit_spans: Callable[[Batch], None],
-        emit_logs: Callable[[ExportLogsServiceRequest, int], None],
+        emit_logs: Callable[[ExportLogsServiceRequest, int], None] | None,
         emit_calls: Callable[[list[Call], str | None], None],
     ) -> None: ...
 

@@ -251,6 +251,10 @@ class Family(Generic[S]):
             self._by_raw[labels] = series
         return series
 
+    def cached(self, labels: tuple[str, ...]) -> S | None:
+        """The series of `labels` when they passed every cap unchanged (a caller may keep it), else None."""
+        return self._by_raw.get(labels)
+
     def items(self) -> Iterable[tuple[tuple[str, ...], S]]:
         return self._by_labels.items()
 

@@ -144,18 +144,30 @@ class Call(NamedTuple):
 NO_TOKENS = (None, None, None, None, None)
 
 
+def tokens_of(view: SpanView) -> tuple[int | None, ...]:
+    """An LLM call's token counts in `Call.tokens` order."""
+    return (
+        view.input_tokens,
+        view.output_tokens,
+        view.cache_read_tokens,
+        view.cache_write_tokens,
+        view.reasoning_tokens,
+    )
+
+
 def call_of(view: SpanView) -> Call:
     """The call metrics' share of an LLM or tool span's view."""
     if view.kind == LLM:
-        tokens = (
-            view.input_tokens,
-            view.output_tokens,
-            view.cache_read_tokens,
-            view.cache_write_tokens,
-            view.reasoning_tokens,
-        )
         return Call(
-            LLM, view.service, view.agent, view.provider, view.model, view.status, tokens, view.cost, view.duration
+            LLM,
+            view.service,
+            view.agent,
+            view.provider,
+            view.model,
+            view.status,
+            tokens_of(view),
+            view.cost,
+            view.duration,
         )
     return Call(TOOL, view.service, view.agent, "", view.tool or "", view.status, NO_TOKENS, None, view.duration)
 

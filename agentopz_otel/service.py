@@ -37,11 +37,22 @@ class Pipeline:
         self._logs_processors = [p for p in self.processors if isinstance(p, LogsProcessor)]
         self._logs_exporters = [e for e in self.exporters if isinstance(e, LogsExporter)]
         self._calls_exporters = [e for e in self.exporters if isinstance(e, CallsExporter)]
+        # An exporter that only reads the views (Prometheus) says so with `reads_spans = False`. When no
+        # exporter of the pipeline reads the spans themselves, processors that write onto spans
+        # (`enrich_spans`) skip that work: nobody would see it. Any other exporter reads them.
+        reads_spans = any(getattr(exporter, "reads_spans", True) for exporter in self.exporters)
+        takes_logs = bool(self._logs_exporters)
         # Processors that emit data later (finished runs, calls whose agent was not known) send it on
-        # through the rest of the pipeline.
+        # through the rest of the pipeline; log records only when an exporter takes them.
         for index, processor in enumerate(self.processors):
+            if hasattr(processor, "enrich_spans"):
+                processor.enrich_spans = reads_spans
             if isinstance(processor, EmitsLater):
-                processor.connect(functools.partial(self.consume, start=index + 1), self.export_logs, self.export_calls)
+                processor.connect(
+                    functools.partial(self.consume, start=index + 1),
+                    self.export_logs if takes_logs else None,
+                    self.export_calls,
+                )
 
     def retry_after(self, span_count: int) -> float | None:
         delays = [d for e in self.exporters if (d := e.retry_after(span_count)) is not None]

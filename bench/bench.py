@@ -661,6 +661,10 @@ async def drive_load(args: argparse.Namespace) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     prefix_rng = random.Random(args.seed)
+    paced_from = time.perf_counter()
+    # With --rate, request i is due at i * spans / rate: an open loop, and latency counts from when a
+    # request was due, so time spent waiting for a free slot counts too.
+    interval = payloads[0][1] / args.rate if args.rate else 0.0
 
     async def worker() -> None:
         nonlocal counter, acked, rejected, sent_requests
@@ -673,6 +677,11 @@ async def drive_load(args: argparse.Namespace) -> dict:
                 prefix = b"\x01" * 8
             body = body.replace(marker, prefix)
             began = time.perf_counter()
+            if interval:
+                due = paced_from + index * interval
+                if due > began:
+                    await asyncio.sleep(due - began)
+                began = due
             try:
                 response = await export(body, timeout=60)
             except grpc.aio.AioRpcError as error:
@@ -823,6 +832,8 @@ class Bench:
             "--seed",
             str(self.args.seed),
         ]
+        if self.args.rate:
+            command += ["--rate", str(self.args.rate)]
         if metrics_url:
             command += ["--metrics-url", metrics_url]
         limit = self.args.warmup + self.args.duration + 120
@@ -1056,6 +1067,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per target (default 5, quick 2)")
     parser.add_argument("--quick", action="store_true", help="5 s measured, 2 s warm-up")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offer this many spans/s on a fixed schedule (an open loop; latency counts from when each "
+        "request was due) instead of as fast as the target answers",
+    )
     parser.add_argument(
         "--forward",
         nargs="?",

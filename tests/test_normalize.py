@@ -7,7 +7,7 @@ from spans import make_request, make_span
 
 from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import AGENT, LLM, OTHER, TOOL
+from agentopz_otel.model import AGENT, LLM, OTHER, TOOL, tokens_of
 from agentopz_otel.processors.normalize import DIALECT_TABLE, FACTORY, Normalizer
 
 
@@ -24,14 +24,7 @@ def view_of(normalizer, attrs, name="span", error=False, service="svc"):
     return norm.views(make_request([make_span(name, attrs, error=error)], service=service))[0]
 
 
-def tokens(view):
-    return (
-        view.input_tokens,
-        view.output_tokens,
-        view.cache_read_tokens,
-        view.cache_write_tokens,
-        view.reasoning_tokens,
-    )
+tokens = tokens_of
 
 
 # One chat call of 1200 input (200 cached) and 300 output tokens, as each dialect reports it.

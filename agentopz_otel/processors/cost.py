@@ -203,6 +203,8 @@ class CostProcessor:
         self._unpriced = unpriced
         self._warnings = BoundedLog(log)
         self._rate_warning = BoundedLog(log)
+        # The pipeline turns this off when no exporter reads the spans (service.Pipeline).
+        self.enrich_spans = True
 
     def pricer(self, provider: str, model: str) -> Pricer | None:
         key = (provider, model)
@@ -271,7 +273,7 @@ class CostProcessor:
         else:
             view.cost_source = SOURCE_UNKNOWN
             self._unpriced.series((view.provider, view.model)).value += 1
-        if not view.enriched:
+        if self.enrich_spans and not view.enriched:
             if view.cost is not None:
                 view.set_attribute("agentopz.cost.usd", view.cost)
             view.set_attribute("agentopz.cost.source", view.cost_source)

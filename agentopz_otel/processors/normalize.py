@@ -7,6 +7,7 @@ highest-priority attribute present wins, so duplicate and deprecated names are n
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -408,6 +409,7 @@ MODEL_PREFIX_PROVIDERS = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=1024)  # every LLM span asks; the answers are few
 def canonical_provider(value: str) -> str:
     """The model provider a reported provider value stands for; "" when the value names no provider."""
     provider = value.lower()
@@ -470,6 +472,7 @@ _ERROR_TEXT_CLASSES = (
     ),
 )
 _FAILED_TOOL_STATUSES = frozenset({"error", "failed", "failure"})
+_STATUS_ERROR = Status.STATUS_CODE_ERROR
 
 
 def classify_failure(span: Span, error_type: str | None, http_status: int | None) -> str:
@@ -543,15 +546,16 @@ class Normalizer:
             values[field] = value
             priorities[field] = priority
         view = SpanView(span, service)
-        if span.events:
+        has_events = len(span.events) > 0
+        if has_events:
             _read_events(view, span, values)
-        self._fill(view, span, values)
+        self._fill(view, span, values, has_events)
         # Priority 0 of prompt_version is our own agentopz.prompt.version: the span has one already.
         view.version_attribute = priorities.get("prompt_version") == 0
         return view
 
     @staticmethod
-    def _fill(view: SpanView, span: Span, values: dict[str, Any]) -> None:
+    def _fill(view: SpanView, span: Span, values: dict[str, Any], has_events: bool) -> None:
         get = values.get
         model = view.model = get("model", "")
         input_tokens = get("input_tokens")
@@ -621,12 +625,12 @@ class Normalizer:
                     view.input = ("text", values["first_content"])
         if kind == EVALUATOR:
             _evaluator_span(view, span, values)
-        elif span.events or "annotation.0.name" in values:
+        elif has_events or "annotation.0.name" in values:
             view.evaluations = _evaluations(span, values, view.response_id)
         error_type = get("error_type")
         if (
             error_type is not None
-            or span.status.code == Status.STATUS_CODE_ERROR
+            or span.status.code == _STATUS_ERROR
             or ("tool_status" in values and values["tool_status"].lower() in _FAILED_TOOL_STATUSES)
         ):
             view.status = classify_failure(span, error_type, get("http_status")) if kind != TOOL else STATUS_ERROR

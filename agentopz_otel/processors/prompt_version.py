@@ -57,6 +57,8 @@ class PromptVersionProcessor:
         # Keyed by the hash of the instructions, not the instructions: a cache of 10,000 prompts of
         # 100 KiB would hold a gigabyte. A 64-bit collision between two prompts is not a concern.
         self._by_source: dict[int, str] = {}
+        # The pipeline turns this off when no exporter reads the spans (service.Pipeline).
+        self.enrich_spans = True
 
     def process(self, batch: Batch) -> None:
         for view in batch.views:
@@ -112,7 +114,7 @@ class PromptVersionProcessor:
             version = self._hashed(view.system_source) if view.system_source is not None else UNKNOWN_VERSION
             view.prompt_version_from = FROM_HASH if version != UNKNOWN_VERSION else FROM_NOTHING
         view.prompt_version = self._config.names.get(version, version)
-        if not view.version_attribute:
+        if self.enrich_spans and not view.version_attribute:
             view.set_attribute(VERSION_ATTRIBUTE, view.prompt_version)
 
 

@@ -162,11 +162,14 @@ class RequestError(Exception):
 
 
 def _is_valid_span(span) -> bool:
+    # Each read of a bytes field makes a new object: read each once.
+    trace_id = span.trace_id
+    span_id = span.span_id
     return (
-        len(span.trace_id) == 16
-        and span.trace_id != _ZERO_TRACE_ID
-        and len(span.span_id) == 8
-        and span.span_id != _ZERO_SPAN_ID
+        len(trace_id) == 16
+        and trace_id != _ZERO_TRACE_ID
+        and len(span_id) == 8
+        and span_id != _ZERO_SPAN_ID
         and len(span.parent_span_id) in (0, 8)
     )
 

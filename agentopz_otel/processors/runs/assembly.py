@@ -10,13 +10,15 @@ itself for the grace period, so it can be forwarded carrying the run totals.
 
 from __future__ import annotations
 
+import math
+from array import array
 from dataclasses import dataclass
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from ...model import LLM, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
+from ...model import LLM, NO_TOKENS, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
 from ...records import Evaluation
 from ..prompt_version import FROM_FLAG, FROM_NOTHING, UNKNOWN_VERSION
 
@@ -36,6 +38,70 @@ class HeldRoot:
     schema_url: str
     span: Span
     size: int = 0  # serialized bytes of the span, its resource and scope: counted in the held-roots budget
+
+
+# Calls and failed calls by name, flat: (name, calls, failed, name, calls, failed, ...).
+CallCounts = tuple
+
+# A call's labels: kind, service, the call's own agent, provider, model or tool, status.
+CallLabels = tuple[str, str, str | None, str, str, str]
+# Numbers kept per held call, after its labels' position: an LLM call's five token counts, cost and
+# duration; a tool call's duration. NaN: the span did not say.
+_LLM_NUMBERS = 8
+_TOOL_NUMBERS = 2
+_NAN = math.nan
+
+
+def _number(value: float | None) -> float:
+    return _NAN if value is None else value
+
+
+def _value(number: float) -> float | None:
+    return None if math.isnan(number) else number
+
+
+class HeldCalls(array):
+    """Calls held back from the call metrics until their run's agent is known: their numbers in this
+    array of doubles and each distinct label tuple once in `labels`, about 60 bytes a call where a
+    `Call` tuple took 200 (with its own copies of the label strings)."""
+
+    __slots__ = ("labels",)
+
+    def __new__(cls) -> HeldCalls:
+        held = super().__new__(cls, "d")
+        held.labels = ()
+        return held
+
+    def add(self, call: Call, labels: CallLabels) -> None:
+        """Hold `call`, whose first six fields are `labels` (a tuple shared between runs)."""
+        try:
+            position = self.labels.index(labels)
+        except ValueError:
+            position = len(self.labels)
+            self.labels = (*self.labels, labels)
+        if call.kind == LLM:
+            self.extend((position, *map(_number, call.tokens), _number(call.cost), _number(call.duration)))
+        else:
+            self.extend((position, _number(call.duration)))
+
+    def merge(self, other: HeldCalls) -> None:
+        for call in other.calls():
+            self.add(call, call[:6])
+
+    def calls(self) -> list[Call]:
+        found = []
+        start = 0
+        while start < len(self):
+            labels = self.labels[int(self[start])]
+            if labels[0] == LLM:
+                tokens = tuple(None if math.isnan(n) else int(n) for n in self[start + 1 : start + 6])
+                cost, duration = _value(self[start + 6]), _value(self[start + 7])
+                start += _LLM_NUMBERS
+            else:
+                tokens, cost, duration = NO_TOKENS, None, _value(self[start + 1])
+                start += _TOOL_NUMBERS
+            found.append(Call(*labels, tokens, cost, duration))
+        return found
 
 
 class Group:
@@ -103,7 +169,7 @@ class Group:
         # The run's agent can no longer change: its calls count in the call metrics as they come.
         self.agent_known = False
         # Calls held back from the call metrics until the agent of their run is known.
-        self.calls: list[Call] | None = None
+        self.calls: HeldCalls | None = None
         self.prompt_version: str | None = None
         self.version_rank = FROM_NOTHING  # where prompt_version came from (prompt_version.FROM_*)
         self.failed = False
@@ -125,10 +191,10 @@ class Group:
         self.tool_errors = 0
         self.last_llm_error = 0
         self.last_tool_error = 0
-        # Calls and failed calls by model and by tool; None until the first tool call, so runs
-        # without tools cost nothing for them (the empty evaluations tuple is shared likewise).
-        self.models: dict[str, list[int]] = {}
-        self.tools: dict[str, list[int]] | None = None
+        # Calls and failed calls by model and by tool, as flat tuples (`CallCounts`): a dict of lists took
+        # 300 bytes a run more; the empty tuples are shared, as the empty evaluations tuple is.
+        self.models: CallCounts = ()
+        self.tools: CallCounts = ()
         self.evaluations: tuple[Evaluation, ...] = ()
         self.output: tuple[str, str] | None = None
         self.output_from_agent = False
@@ -181,7 +247,7 @@ class Group:
             elif view.status != STATUS_OK:
                 self.llm_errors += 1
             if view.model:
-                _count_call(self.models, view.model, view.status != STATUS_OK, MAX_MODELS_PER_RUN)
+                self.models = count_call(self.models, view.model, view.status != STATUS_OK, MAX_MODELS_PER_RUN)
             self.offer_version(view.prompt_version, view.prompt_version_from)
             if view.end_time >= self.final_call_end:
                 self.final_call_end = view.end_time
@@ -191,9 +257,7 @@ class Group:
         elif view.kind == TOOL:
             self.tool_calls += 1
             if view.tool:
-                if self.tools is None:
-                    self.tools = {}
-                _count_call(self.tools, view.tool, view.status != STATUS_OK, MAX_TOOLS_PER_RUN)
+                self.tools = count_call(self.tools, view.tool, view.status != STATUS_OK, MAX_TOOLS_PER_RUN)
             if view.status != STATUS_OK:
                 self.tool_errors += 1
                 self.last_tool_error = max(self.last_tool_error, view.end_time)
@@ -218,11 +282,8 @@ class Group:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.last_llm_error = max(self.last_llm_error, other.last_llm_error)
         self.last_tool_error = max(self.last_tool_error, other.last_tool_error)
-        _merge_calls(self.models, other.models, MAX_MODELS_PER_RUN)
-        if other.tools:
-            if self.tools is None:
-                self.tools = {}
-            _merge_calls(self.tools, other.tools, MAX_TOOLS_PER_RUN)
+        self.models = merge_counts(self.models, other.models, MAX_MODELS_PER_RUN)
+        self.tools = merge_counts(self.tools, other.tools, MAX_TOOLS_PER_RUN)
         self.evaluations = (*self.evaluations, *other.evaluations)[:MAX_EVALUATIONS_PER_RUN]
         if other.final_call_end > self.final_call_end:
             self.final_call_end = other.final_call_end
@@ -233,7 +294,7 @@ class Group:
             self.agent = other.agent
         if other.calls:
             if self.calls:
-                self.calls.extend(other.calls)
+                self.calls.merge(other.calls)
             else:
                 self.calls = other.calls
             other.calls = None
@@ -246,40 +307,112 @@ class Group:
         other.root = None
 
 
-def _count_call(calls: dict[str, list[int]], name: str, failed: bool, limit: int) -> None:
-    counts = calls.get(name)
-    if counts is None:
-        if len(calls) >= limit:
-            return
-        counts = calls[name] = [0, 0]
-    counts[0] += 1
-    counts[1] += failed
+def count_call(counts: CallCounts, name: str, failed: bool, limit: int, calls: int = 1) -> CallCounts:
+    """`counts` with `calls` more calls of `name` (`failed` of them failed); at most `limit` names."""
+    try:
+        index = 3 * counts[::3].index(name)
+    except ValueError:
+        if len(counts) >= 3 * limit:
+            return counts
+        return (*counts, name, calls, int(failed))
+    return (*counts[:index], name, counts[index + 1] + calls, counts[index + 2] + int(failed), *counts[index + 3 :])
 
 
-def _merge_calls(calls: dict[str, list[int]], other: dict[str, list[int]], limit: int) -> None:
-    for name, (count, failed) in other.items():
-        counts = calls.get(name)
-        if counts is None:
-            if len(calls) >= limit:
-                continue
-            counts = calls[name] = [0, 0]
-        counts[0] += count
-        counts[1] += failed
+def merge_counts(counts: CallCounts, other: CallCounts, limit: int) -> CallCounts:
+    for index in range(0, len(other), 3):
+        counts = count_call(counts, other[index], other[index + 2], limit, other[index + 1])
+    return counts
+
+
+def counts_by_name(counts: CallCounts) -> dict[str, list[int]]:
+    """{name: [calls, failed calls]}, in the order the names came."""
+    return {counts[index]: [counts[index + 1], counts[index + 2]] for index in range(0, len(counts), 3)}
+
+
+SPAN_ID_BYTES = 8
+# Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
+# estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
+TRACE_BYTES = 600  # the trace, its entry in the processor's map, its id, empty node map and lists
+GROUP_BYTES = 420  # a group and its small tuples (call counts by model and tool)
+NODE_BYTES = 110  # a span id in the node map, with the id itself
+SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
+HELD_CALLS_BYTES = 200  # a run's held calls beside their numbers: the array, its spare room, labels
+HELD_ROOT_BYTES = 600  # a held root's resource and scope copies and wrappers, beside 2x its encoded size
+# Span ids a trace remembers side by side in one bytearray (8 bytes each, found with bytes.find) before
+# it moves them to a set: a set costs ~90 bytes an id, and the many small traces are what count.
+PACKED_SPAN_IDS = 128
 
 
 class TraceState:
-    __slots__ = ("groups", "last_seen", "nodes", "seen", "trace_id")
+    __slots__ = ("bytes", "groups", "last_seen", "nodes", "seen", "trace_id")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
         self.nodes: dict[bytes, Group] = {}  # span id (arrived, or awaited as a parent) -> group
-        self.seen: set[bytes] = set()  # ids of the spans received, so a span sent again counts once
+        # Ids of the spans received, so a span sent again counts once: packed, or a set past PACKED_SPAN_IDS.
+        self.seen: bytearray | set[bytes] = bytearray()
         self.groups: list[Group] = []
         self.last_seen = now
+        self.bytes = 0  # its share of RunsProcessor's memory estimate, when it was last taken
 
     def node(self, span_id: bytes) -> Group | None:
         group = self.nodes.get(span_id)
         return group.find() if group is not None else None
+
+    def has_seen(self, span_id: bytes) -> bool:
+        seen = self.seen
+        if isinstance(seen, set):
+            return span_id in seen
+        index = seen.find(span_id)
+        while index >= 0:
+            if index % SPAN_ID_BYTES == 0:  # a match across two ids is no match
+                return True
+            index = seen.find(span_id, index + 1)
+        return False
+
+    def add_seen(self, span_id: bytes) -> None:
+        seen = self.seen
+        if isinstance(seen, set):
+            seen.add(span_id)
+        elif len(seen) < PACKED_SPAN_IDS * SPAN_ID_BYTES:
+            seen += span_id
+        else:
+            self.seen = {*self.seen_ids(), span_id}
+
+    def seen_bytes(self) -> int:
+        seen = self.seen
+        return len(seen) * SET_SPAN_ID_BYTES if isinstance(seen, set) else len(seen)
+
+    def seen_count(self) -> int:
+        seen = self.seen
+        return len(seen) if isinstance(seen, set) else len(seen) // SPAN_ID_BYTES
+
+    def seen_ids(self) -> list[bytes]:
+        seen = self.seen
+        if isinstance(seen, set):
+            return list(seen)
+        return [bytes(seen[start : start + SPAN_ID_BYTES]) for start in range(0, len(seen), SPAN_ID_BYTES)]
+
+    def forget_seen(self) -> None:
+        self.seen = bytearray()
+
+
+def footprint(trace: TraceState) -> int:
+    """Estimated bytes `trace` holds: see TRACE_BYTES."""
+    size = TRACE_BYTES + NODE_BYTES * len(trace.nodes) + trace.seen_bytes()
+    for group in trace.groups:
+        size += GROUP_BYTES
+        if group.calls is not None:
+            size += HELD_CALLS_BYTES + 8 * len(group.calls)
+        if group.root is not None:
+            size += HELD_ROOT_BYTES + 2 * group.root.span.ByteSize()
+        if group.output is not None:
+            size += len(group.output[1])
+        if group.input is not None:
+            size += len(group.input[1])
+        for evaluation in group.evaluations:
+            size += GROUP_BYTES + len(evaluation.explanation or "")
+    return size
 
 
 def unfinished(trace: TraceState) -> list[Group]:

@@ -32,11 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...model import Call
 from ...records import Evaluation
-from .assembly import Group, HeldRoot, TraceState
+from .assembly import Group, HeldCalls, HeldRoot, TraceState
 
 log = logging.getLogger("agentopz_otel.runs")
 
-FORMAT_VERSION = 3  # 3: groups count calls per model and per tool and may hold the run input
+FORMAT_VERSION = 4  # 4: held calls as numbers; 3: groups count calls per model and per tool, may hold the input
+READABLE_VERSIONS = (3, 4)
 SLICE = 2000  # traces packed between two yields to the event loop
 _SCHEMA = "CREATE TABLE IF NOT EXISTS run_checkpoint (owner TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB)"
 # Group fields that are references, packed apart; every other field is a plain value.
@@ -65,27 +66,36 @@ class RunState:
     finished: OrderedDict[bytes, tuple[TraceState, float]]
 
 
-# Calls and failed calls by model and by tool: dicts of [calls, failed], copied likewise.
+# Calls and failed calls by model and by tool: flat tuples; format 3 had dicts of [calls, failed] (or None).
 _COUNTS = frozenset(("models", "tools"))
-_COUNT_POSITIONS = tuple(position for position, name in enumerate(_PLAIN) if name in _COUNTS)
 
 
 def _plain(group: Group) -> tuple:
     copied = list(_plain_values(group))
     for position in _LIST_POSITIONS:
         copied[position] = tuple(copied[position])
-    for position in _COUNT_POSITIONS:
-        counts = copied[position]
-        copied[position] = None if counts is None else {name: tuple(pair) for name, pair in counts.items()}
     return tuple(copied)
 
 
 def _unpacked(name: str, value: object) -> object:
     if name in _LISTS:
         return list(value)  # type: ignore[call-overload]
-    if name in _COUNTS and value is not None:
-        return {key: list(pair) for key, pair in value.items()}  # type: ignore[attr-defined]
+    if name in _COUNTS and not isinstance(value, tuple):
+        return tuple(item for name, pair in (value or {}).items() for item in (name, *pair))  # type: ignore[attr-defined]
     return value
+
+
+def _held_calls(packed: tuple) -> HeldCalls:
+    """Format 4: (labels, numbers as bytes); format 3: one tuple per call, as `Call`."""
+    calls = HeldCalls()
+    if len(packed) == 2 and isinstance(packed[1], bytes):
+        calls.labels, numbers = packed
+        calls.frombytes(numbers)
+    else:
+        for values in packed:
+            call = Call(*values)
+            calls.add(call, call[:6])
+    return calls
 
 
 def pack_trace(trace: TraceState) -> tuple:
@@ -105,18 +115,19 @@ def pack_trace(trace: TraceState) -> tuple:
                     root.schema_url,
                     root.span.SerializeToString(),
                 ),
-                None if group.calls is None else tuple(tuple(call) for call in group.calls),
+                None if group.calls is None else (group.calls.labels, group.calls.tobytes()),
                 tuple(tuple(getattr(e, name) for name in _EVALUATION_FIELDS) for e in group.evaluations),
             )
         )
     nodes = {span_id: index[id(group)] for span_id, group in trace.nodes.items()}
-    return trace.trace_id, trace.last_seen, tuple(groups), nodes, frozenset(trace.seen)
+    return trace.trace_id, trace.last_seen, tuple(groups), nodes, tuple(trace.seen_ids())
 
 
 def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float) -> TraceState:
     trace_id, last_seen, packed_groups, nodes, seen = packed
     trace = TraceState(trace_id, last_seen + shift)
-    trace.seen = set(seen)
+    for span_id in seen:
+        trace.add_seen(span_id)
     known = set(_PLAIN)
     merged = []
     for values, merged_into, root, calls, evaluations in packed_groups:
@@ -135,7 +146,7 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float) -> TraceSt
                 Span.FromString(span),
                 len(resource) + len(scope) + len(span),
             )
-        group.calls = None if calls is None else [Call(*call) for call in calls]
+        group.calls = None if calls is None else _held_calls(calls)
         group.evaluations = tuple(Evaluation(**dict(zip(_EVALUATION_FIELDS, e, strict=True))) for e in evaluations)
         trace.groups.append(group)
         merged.append(merged_into)
@@ -159,7 +170,7 @@ class RunCheckpoint:
             return None
         try:
             version, saved_monotonic, names, traces, finished = pickle.loads(row[0])
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise ValueError(f"format {version}, not {FORMAT_VERSION}")
             shift = time.monotonic() - saved_monotonic
             state = RunState(OrderedDict(), OrderedDict())

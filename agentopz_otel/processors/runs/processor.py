@@ -36,9 +36,13 @@ from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityConfig, QualityEvaluator
 from .assembly import (
     REMOTE_PARENT_FLAGS,
+    CallLabels,
     Group,
+    HeldCalls,
     HeldRoot,
     TraceState,
+    counts_by_name,
+    footprint,
     known_top_level,
     new_group,
     outer_run,
@@ -61,6 +65,13 @@ from .publishing import (
 log = logging.getLogger("agentopz_otel.runs")
 
 FINISH_SLICE = 200  # quiet traces handled between two yields to the event loop
+# agentopz_evicted_runs_total{reason}: the open-run cap, the memory budget, the service stopping.
+CAPACITY = "capacity"
+MEMORY = "memory"
+SHUTDOWN = "shutdown"
+# Distinct names and label tuples of held calls shared across runs; past it, sharing starts over.
+MAX_SHARED_NAMES = 4096
+MAX_SHARED_LABELS = 4096
 
 
 class RunsConfig(BaseModel):
@@ -80,6 +91,14 @@ class RunsConfig(BaseModel):
         ge=0,
         description="run root spans held until their run finishes, in serialized bytes; past it a root goes on "
         "at once, without the run's totals",
+    )
+    max_memory_bytes: int = Field(
+        default=256 * 2**20,
+        ge=2**20,
+        description="estimated memory of everything held for runs (open runs with their held calls, root "
+        "spans and content; finished traces kept for late spans; remembered span ids); past it the oldest "
+        "finished traces are forgotten, then the oldest open runs evicted (agentopz_evicted_runs_total"
+        '{reason="memory"})',
     )
     max_spans_per_trace: int = Field(
         default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
@@ -154,17 +173,23 @@ class RunsProcessor:
         self._unassembled = registry.metric("agentopz_unassembled_spans_total")
         self._late = registry.metric("agentopz_late_spans_total")
         self._duplicates = registry.metric("agentopz_duplicate_spans_total")
+        # Root spans are held until their run finishes only to be forwarded carrying the run totals:
+        # the pipeline turns this off when no exporter reads the spans (service.Pipeline).
+        self.enrich_spans = True
+        self._memory = 0  # estimated bytes held by open and finished traces (runs.max_memory_bytes)
         self._remembered = 0  # span ids in the `seen` sets of open and finished traces
         self._held_root_bytes = 0  # HeldRoot.size of every root held, against max_held_root_bytes
         self._unheld_roots = registry.metric("agentopz_unheld_run_roots_total")
         self._emit_calls: Callable[[list[Call], str | None], None] | None = None
+        self._call_labels: dict[tuple, CallLabels] = {}
+        self._names: dict[str, str] = {}
 
     # -- wiring --------------------------------------------------------------------------------
 
     def connect(
         self,
         emit_spans: Callable[[Batch], None],
-        emit_logs: Callable[[ExportLogsServiceRequest, int], None],
+        emit_logs: Callable[[ExportLogsServiceRequest, int], None] | None,
         emit_calls: Callable[[list[Call], str | None], None] | None = None,
     ) -> None:
         """Where finished runs go: their root spans to the rest of the pipeline, their records to log
@@ -180,8 +205,10 @@ class RunsProcessor:
             if state is not None:
                 self._traces, self._finished = state.traces, state.finished
                 traces = [*self._traces.values(), *(trace for trace, _ in self._finished.values())]
-                self._remembered = sum(len(trace.seen) for trace in traces)
+                self._remembered = sum(trace.seen_count() for trace in traces)
                 self._held_root_bytes = sum(g.root.size for trace in traces for g in trace.groups if g.root)
+                for trace in traces:
+                    self._measure(trace)
                 open_runs = sum(1 for _ in self._open_groups())
                 log.info("%s: %d open runs restored from the checkpoint", self.id, open_runs)
             self._checkpoint_task = asyncio.create_task(self._checkpointer())
@@ -253,10 +280,29 @@ class RunsProcessor:
         for view in batch.views:
             if self._take(view, now, genai):
                 held.append(view)
-        if held:
+        if held and self.enrich_spans:
             self._hold_roots(batch, held)
+        for trace_id in {view.trace_id for view in batch.views}:
+            trace = self._traces.get(trace_id)
+            if trace is not None:
+                self._measure(trace)
         if len(self._traces) > self.config.max_open_runs:
-            self._evict()
+            self._evict(CAPACITY)
+        if self._memory > self.config.max_memory_bytes:
+            self._shed()
+
+    def _measure(self, trace: TraceState) -> None:
+        size = footprint(trace)
+        self._memory += size - trace.bytes
+        trace.bytes = size
+
+    def _shed(self) -> None:
+        """Over the memory budget: forget the oldest finished traces, then evict the oldest open runs."""
+        budget = self.config.max_memory_bytes
+        while self._memory > budget and self._finished:
+            self._forget(self._finished.popitem(last=False)[1][0])
+        if self._memory > budget:
+            self._evict(MEMORY)
 
     def _take(self, view: SpanView, now: float, genai: set[bytes]) -> bool:
         """Account one span; True when it is a run root to hold back until the run finishes."""
@@ -269,7 +315,7 @@ class RunsProcessor:
         span_id = view.span_id
         trace = self._traces.get(trace_id)
         known = trace or self._finished.get(trace_id, (None,))[0]
-        if known is not None and span_id in known.seen:
+        if known is not None and known.has_seen(span_id):
             self._duplicates.series(()).value += 1
             view.skip_call_metrics = True
             return False
@@ -291,6 +337,13 @@ class RunsProcessor:
             trace.last_seen = now
         if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
             self._remember(trace, span_id)
+            # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
+            view.service = self._shared(view.service)
+            view.model = self._shared(view.model)
+            if view.agent is not None:
+                view.agent = self._shared(view.agent)
+            if view.tool is not None:
+                view.tool = self._shared(view.tool)
         parent_id = view.parent_span_id
         if len(trace.nodes) >= self.config.max_spans_per_trace:
             self._unassembled.series(()).value += 1
@@ -386,12 +439,22 @@ class RunsProcessor:
             if not self._finished or not self.config.max_remembered_span_ids:
                 return  # open traces hold the whole budget (or there is none): a copy would count again
             self._forget(self._finished.popitem(last=False)[1][0])
-        trace.seen.add(span_id)
+        trace.add_seen(span_id)
         self._remembered += 1
 
+    def _shared(self, text: str) -> str:
+        found = self._names.get(text)
+        if found is None:
+            if len(self._names) >= MAX_SHARED_NAMES:
+                self._names.clear()
+            found = self._names[text] = text
+        return found
+
     def _forget(self, trace: TraceState) -> None:
-        self._remembered -= len(trace.seen)
-        trace.seen = set()
+        self._memory -= trace.bytes
+        trace.bytes = 0
+        self._remembered -= trace.seen_count()
+        trace.forget_seen()
         # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
         # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
         trace.nodes = {}
@@ -406,8 +469,16 @@ class RunsProcessor:
             return
         view.skip_call_metrics = True
         if group.calls is None:
-            group.calls = []
-        group.calls.append(call_of(view))
+            group.calls = HeldCalls()
+        call = call_of(view)
+        labels = call[:6]
+        # One tuple of label strings for all runs' calls alike (each span's strings are its own copies).
+        shared = self._call_labels.get(labels)
+        if shared is None:
+            if len(self._call_labels) >= MAX_SHARED_LABELS:
+                self._call_labels.clear()
+            shared = self._call_labels[labels] = labels
+        group.calls.add(call, shared)
 
     def _settle(self, group: Group) -> None:
         """A run whose agent can no longer change (named by its agent span, not inside another run)
@@ -421,7 +492,7 @@ class RunsProcessor:
         outside any run)."""
         calls, group.calls = group.calls, None
         if calls and self._emit_calls is not None:
-            self._emit_calls(calls, agent)
+            self._emit_calls(calls.calls(), agent)
 
     def _merge(self, into: Group, other: Group) -> None:
         """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
@@ -552,6 +623,7 @@ class RunsProcessor:
         del self._traces[trace.trace_id]
         if self.config.late_window_seconds:
             self._finished[trace.trace_id] = (trace, now)
+            self._measure(trace)  # its content and held root are gone
         else:
             self._forget(trace)
 
@@ -614,9 +686,9 @@ class RunsProcessor:
             tool_calls=group.tool_calls,
             tool_errors=group.tool_errors,
             sub_agents=group.sub_agents,
-            models=list(group.models),
-            calls_by_model={model: list(counts) for model, counts in group.models.items()},
-            calls_by_tool={tool: list(counts) for tool, counts in (group.tools or {}).items()},
+            models=list(group.models[::3]),
+            calls_by_model=counts_by_name(group.models),
+            calls_by_tool=counts_by_name(group.tools),
             input_start=group.input[1] if group.input is not None else None,
             scores={e.name: float(e.score) for e in group.evaluations if e.score is not None},
         )
@@ -633,7 +705,7 @@ class RunsProcessor:
                 tool_errors=group.tool_errors,
                 cost_usd=record.cost_usd if record.cost_complete else None,
                 duration_seconds=duration,
-                tools=frozenset(group.tools or ()),
+                tools=frozenset(group.tools[::3]),
                 finish_reason=group.finish_reason,
                 output_source=group.output,
             ),
@@ -656,12 +728,18 @@ class RunsProcessor:
         self._close(group, agent)
         return record
 
-    def _evict(self) -> None:
-        while len(self._traces) > self.config.max_open_runs:
+    def _evict(self, reason: str) -> None:
+        """Drop the oldest open traces while over the open-run cap (`capacity`) or the memory budget
+        (`memory`); their held roots go on as they came, their held calls count with what is known."""
+        while self._traces and (
+            len(self._traces) > self.config.max_open_runs
+            if reason == CAPACITY
+            else self._memory > self.config.max_memory_bytes
+        ):
             _, trace = self._traces.popitem(last=False)
             for group in unfinished(trace):
                 if group.has_work:
-                    self._evicted.series(("capacity",)).value += 1
+                    self._evicted.series((reason,)).value += 1
                 if group.root is not None:
                     self._emit_root(group.root)
                 self._release(group, group.agent if group.is_run else None)
@@ -685,7 +763,7 @@ class RunsProcessor:
             self._forget(trace)
         self._traces.clear()
         if lost:
-            self._evicted.series(("shutdown",)).value += lost
+            self._evicted.series((SHUTDOWN,)).value += lost
             log.warning(
                 "%s: %d runs waiting for their root at shutdown are lost (runs.checkpoint would keep them)",
                 self.id,

@@ -101,7 +101,7 @@ class RunPublisher:
         self._run_log: IO[str] | None = None
 
     def connect(
-        self, emit_spans: Callable[[Batch], None], emit_logs: Callable[[ExportLogsServiceRequest, int], None]
+        self, emit_spans: Callable[[Batch], None], emit_logs: Callable[[ExportLogsServiceRequest, int], None] | None
     ) -> None:
         self._emit_spans = emit_spans
         self._emit_logs = emit_logs
