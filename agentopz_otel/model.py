@@ -78,8 +78,8 @@ class SpanView:
         self.trace_id: bytes = span.trace_id
         self.span_id: bytes = span.span_id
         self.parent_span_id: bytes = span.parent_span_id
-        self.end_time: int = span.end_time_unix_nano
-        elapsed = span.end_time_unix_nano - span.start_time_unix_nano
+        end_time = self.end_time = span.end_time_unix_nano
+        elapsed = end_time - span.start_time_unix_nano
         self.duration: float | None = elapsed / 1e9 if elapsed >= 0 else None
         self.kind = OTHER
         self.status = STATUS_OK

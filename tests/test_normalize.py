@@ -365,6 +365,26 @@ def test_finish_reason_from_array_and_string(normalizer):
     assert view_of(normalizer, {**chat, "llm.finish_reason": "stop"}).finish_reason == "stop"
 
 
+@pytest.mark.parametrize("empty", ["", []], ids=["string", "array"])
+def test_an_empty_finish_reason_says_nothing_and_is_not_counted_as_unusable(normalizer, empty):
+    _, registry = normalizer
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
+    view = view_of(normalizer, {**chat, "gen_ai.response.finish_reasons": empty, "llm.finish_reason": "stop"})
+    assert view.finish_reason == "stop"  # the lower-priority name is read when the first says nothing
+    invalid = next(f for f in registry.families if f.name == "agentopz_invalid_attributes_total")
+    assert dict(invalid.items()) == {}
+
+
+def test_an_attribute_sent_twice_counts_with_its_first_value(normalizer):
+    norm, _ = normalizer
+    span = make_span("chat", {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"})
+    for tokens in (1200, 7):
+        added = span.attributes.add(key="gen_ai.usage.input_tokens")
+        added.value.int_value = tokens
+    view = norm.views(make_request([span]))[0]
+    assert view.input_tokens == 1200
+
+
 def test_service_name_and_ids(normalizer):
     view = view_of(normalizer, {}, service="billing")
     assert view.service == "billing"

@@ -103,15 +103,21 @@ def _score(value: AnyValue) -> Any:
 
 
 def _integer(value: AnyValue) -> Any:
+    number = value.int_value  # the common case, read without WhichOneof
+    if number:
+        return number
     number = _number(value)
     return int(number) if number is not None and math.isfinite(number) else INVALID
 
 
 def _first_text(value: AnyValue) -> Any:
     """A string, or the first string of an array (finish reasons come as either)."""
+    text = value.string_value  # the common case, read without WhichOneof
+    if text:
+        return text
     which = value.WhichOneof("value")
     if which == "string_value":
-        return value.string_value or SKIP
+        return SKIP  # an empty string
     if which == "array_value":
         for item in value.array_value.values:
             if item.string_value:
@@ -140,8 +146,10 @@ def _one_of(mapping: Mapping[str, str]) -> Converter:
 
 def _tagged(tag: str) -> Converter:
     def convert(value: AnyValue) -> Any:
-        text = _text(value)
-        return text if text is INVALID or text is SKIP else (tag, text)
+        text = value.string_value  # the common case, without a call
+        if text:
+            return (tag, text)
+        return _text(value)  # SKIP or INVALID
 
     return convert
 
@@ -333,7 +341,6 @@ def build_attribute_table(rows=DIALECT_TABLE) -> dict[str, tuple[str, int, Conve
 
 
 ATTRIBUTE_TABLE = build_attribute_table()
-MAX_PRIORITY = len(ATTRIBUTE_TABLE)
 
 # Content sent as events (span events, or log records with the same names): event name -> (field,
 # attribute holding it, content format) in priority order. A log record may carry it as its body instead.
@@ -510,12 +517,13 @@ class Normalizer:
         batch.views = self.views(batch.request)
 
     def views(self, request: ExportTraceServiceRequest) -> list[SpanView]:
-        views = []
+        views: list[SpanView] = []
+        add, view = views.append, self.view
         for resource_spans in request.resource_spans:
             service = service_name(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    views.append(self.view(span, service))
+                    add(view(span, service))
         return views
 
     def view(self, span: Span, service: str) -> SpanView:
@@ -527,9 +535,17 @@ class Normalizer:
             if entry is None:
                 continue
             field, priority, convert = entry
-            if priorities.get(field, MAX_PRIORITY) <= priority:
+            if field in priorities and priorities[field] <= priority:  # most fields come once: no lookup
                 continue
-            value = convert(attribute.value)
+            value = attribute.value
+            # The two commonest conversions inline, their usual case only: a call costs as much as the
+            # rest of the step. The converters decide everything else, so the outcome is theirs.
+            if convert is _text and (text := value.string_value):
+                value = text
+            elif convert is _token_count and 0 < (number := value.int_value) <= MAX_TOKENS:
+                value = number
+            else:
+                value = convert(value)
             if value is SKIP:
                 continue
             if value is INVALID:
