@@ -57,6 +57,7 @@ class Record(NamedTuple):
     cost_usd: float
     cost_complete: bool
     scores: dict[str, float]
+    targeting_key: str
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,9 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 finished = started + duration
                 shift = case.score_shift if version == CANDIDATE else 0.0
                 score = SCORE_MEAN + SCORE_SD * (float(rng.standard_normal()) - shift)
-                record = Record(AGENT, version, outcome, started, finished, duration, cost, True, {SCORED: score})
+                record = Record(
+                    AGENT, version, outcome, started, finished, duration, cost, True, {SCORED: score}, f"key-{key}"
+                )
                 pending[math.ceil(finished / interval)].append((finished, record))
             now += interval
             look = round(now / interval)
@@ -335,7 +338,7 @@ def main() -> None:
             continue
         config = config_for(base, shape)
         cases = [("healthy, walk", Case(shape), walks), ("healthy, day at 5%", Case(shape, hold=True), days)]
-        if shape.name in ("both 5 s", "successes 600 s, failures 10 s"):
+        if shape.name in ("both 5 s", "successes 600 s, failures 10 s", "sticky: 10 runs/key, correlation 0.17"):
             cases += [
                 ("3x failures", Case(shape, failure_factor=3.0), walks),
                 ("3x cost", Case(shape, cost_factor=3.0), walks),
