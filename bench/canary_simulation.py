@@ -4,9 +4,11 @@ Runs arrive at `--rate` per second (Poisson). Each belongs to a targeting key; t
 sticky (its hash bucket against the candidate's weight, as flagd splits). A run fails with its
 version's probability, scaled per conversation by a Beta frailty (within-key correlation); failures
 and successes last log-normal durations of their own (failures far faster in the slow shapes); a
-share of runs end `budget_exceeded` in both versions. Finished runs go, batch by batch as their finish
-times pass, into the real `LocalRuns.on_runs`; every `--interval` the real `LocalRuns.cohorts` hands the
-intervals that became evidence to the real `RolloutAnalysis`, which decides. A restart saves nothing
+share of runs end `budget_exceeded` in both versions. Each run record carries its key (as
+`targeting_key`), from which the analysis estimates the design effect. Finished runs go, batch by
+batch as their finish times pass, into the real `LocalRuns.on_runs`; every `--interval` the real
+`LocalRuns.cohorts` hands the intervals that became evidence to the real `RolloutAnalysis`, which
+decides. A restart saves nothing
 but what the extension saves after each look (the analysis and the source's open intervals, through
 JSON), loses the runs that finished since, and continues. The Prometheus row runs the real
 `PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout).
