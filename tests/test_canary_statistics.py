@@ -272,6 +272,10 @@ def test_engine_state_survives_a_restart_through_json() -> None:
     # It goes on from there: the same next look gives the same statistic as without the restart.
     nxt = [_cohort(_sample(490, 12), _sample(24, 4))]
     assert restored.observe(nxt, 1)["quality"].statistic == analysis.observe(nxt, 1)["quality"].statistic
+    # A state saved before targeting keys were counted continues its test; the key counts start empty.
+    older = {key: value for key, value in analysis.to_dict().items() if key != "clusters"}
+    continued = RolloutAnalysis.from_dict(config, older)
+    assert (continued.rate, continued.clusters.tracked) == (analysis.rate, 0)
 
 
 def test_budget_is_split_across_the_enabled_guards() -> None:
