@@ -20,6 +20,7 @@ candidate runs by then; how long a healthy rollout waits at 100% before it is pr
 
     .venv/bin/python bench/canary_simulation.py --quick      # a few minutes on one core
     .venv/bin/python bench/canary_simulation.py --walks 1000 --days 200
+    .venv/bin/python bench/canary_simulation.py --only "both 5 s" --analysis '{"quality": {"detect_ratio": 2}}'
 """
 
 from __future__ import annotations
@@ -297,9 +298,15 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between looks (default 30)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", help="run the shapes whose name contains one of these (comma-separated)")
+    parser.add_argument(
+        "--analysis",
+        type=json.loads,
+        default={},
+        help='the analysis over the defaults, as JSON, e.g. \'{"quality": {"detect_ratio": 2}}\'',
+    )
     args = parser.parse_args()
     walks, days = (100, 20) if args.quick else (args.walks, args.days)
-    base = AnalysisConfig()
+    base = merged(AnalysisConfig(), args.analysis)
     sticky_deff = 1 + (10 - 1) * 0.17
     shapes = [
         Shape("both 5 s"),
