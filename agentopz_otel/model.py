@@ -67,6 +67,7 @@ class SpanView:
         "span_id",
         "status",
         "system_source",
+        "targeting_key",
         "tool",
         "trace_id",
         "version_attribute",
@@ -101,6 +102,8 @@ class SpanView:
         self.flag: tuple[str, str] | None = None
         # The flag's variant when it is a prompt version (set by prompt_version, read by runs).
         self.flag_version: str | None = None
+        # The flag evaluation's targeting key (the user or conversation the variant is sticky to).
+        self.targeting_key: str | None = None
         self.prompt_version_from = 3  # prompt_version.FROM_*: nothing known yet
         # (format, raw) of the system instructions, for the prompt-version hash.
         self.system_source: tuple[str, str] | None = None

@@ -64,6 +64,9 @@ class RunRecord:
     limit_exceeded: str | None = None
     # Evaluator scores by evaluation name (the last of each name; at most MAX_EVALUATIONS_PER_RUN).
     scores: dict[str, float] = field(default_factory=dict)
+    # The targeting key its prompt version's flag was evaluated for (`feature_flag.context.id`): the
+    # user or conversation whose runs share a variant. Canary analysis treats a key's runs as a cluster.
+    targeting_key: str | None = None
     # The start of the run's input, only when an extension displays content (Context.run_input_chars).
     input_start: str | None = None
 

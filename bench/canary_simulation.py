@@ -4,9 +4,11 @@ Runs arrive at `--rate` per second (Poisson). Each belongs to a targeting key; t
 sticky (its hash bucket against the candidate's weight, as flagd splits). A run fails with its
 version's probability, scaled per conversation by a Beta frailty (within-key correlation); failures
 and successes last log-normal durations of their own (failures far faster in the slow shapes); a
-share of runs end `budget_exceeded` in both versions. Finished runs go, batch by batch as their finish
-times pass, into the real `LocalRuns.on_runs`; every `--interval` the real `LocalRuns.cohorts` hands the
-intervals that became evidence to the real `RolloutAnalysis`, which decides. A restart saves nothing
+share of runs end `budget_exceeded` in both versions. Each run record carries its key (as
+`targeting_key`), from which the analysis estimates the design effect. Finished runs go, batch by
+batch as their finish times pass, into the real `LocalRuns.on_runs`; every `--interval` the real
+`LocalRuns.cohorts` hands the intervals that became evidence to the real `RolloutAnalysis`, which
+decides. A restart saves nothing
 but what the extension saves after each look (the analysis and the source's open intervals, through
 JSON), loses the runs that finished since, and continues. The Prometheus row runs the real
 `PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout).
@@ -18,6 +20,7 @@ candidate runs by then; how long a healthy rollout waits at 100% before it is pr
 
     .venv/bin/python bench/canary_simulation.py --quick      # a few minutes on one core
     .venv/bin/python bench/canary_simulation.py --walks 1000 --days 200
+    .venv/bin/python bench/canary_simulation.py --only "both 5 s" --analysis '{"quality": {"detect_ratio": 2}}'
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Record(NamedTuple):
     cost_usd: float
     cost_complete: bool
     scores: dict[str, float]
+    targeting_key: str
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,9 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 finished = started + duration
                 shift = case.score_shift if version == CANDIDATE else 0.0
                 score = SCORE_MEAN + SCORE_SD * (float(rng.standard_normal()) - shift)
-                record = Record(AGENT, version, outcome, started, finished, duration, cost, True, {SCORED: score})
+                record = Record(
+                    AGENT, version, outcome, started, finished, duration, cost, True, {SCORED: score}, f"key-{key}"
+                )
                 pending[math.ceil(finished / interval)].append((finished, record))
             now += interval
             look = round(now / interval)
@@ -292,9 +298,15 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between looks (default 30)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", help="run the shapes whose name contains one of these (comma-separated)")
+    parser.add_argument(
+        "--analysis",
+        type=json.loads,
+        default={},
+        help='the analysis over the defaults, as JSON, e.g. \'{"quality": {"detect_ratio": 2}}\'',
+    )
     args = parser.parse_args()
     walks, days = (100, 20) if args.quick else (args.walks, args.days)
-    base = AnalysisConfig()
+    base = merged(AnalysisConfig(), args.analysis)
     sticky_deff = 1 + (10 - 1) * 0.17
     shapes = [
         Shape("both 5 s"),
@@ -335,7 +347,7 @@ def main() -> None:
             continue
         config = config_for(base, shape)
         cases = [("healthy, walk", Case(shape), walks), ("healthy, day at 5%", Case(shape, hold=True), days)]
-        if shape.name in ("both 5 s", "successes 600 s, failures 10 s"):
+        if shape.name in ("both 5 s", "successes 600 s, failures 10 s", "sticky: 10 runs/key, correlation 0.17"):
             cases += [
                 ("3x failures", Case(shape, failure_factor=3.0), walks),
                 ("3x cost", Case(shape, cost_factor=3.0), walks),

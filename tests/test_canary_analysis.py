@@ -17,6 +17,7 @@ import pytest
 from agents import emit_chat, tracer
 from conftest import free_port, service_body
 from openfeature import api
+from openfeature.contrib.hook.opentelemetry import TracingHook
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
 from opentelemetry import trace
@@ -71,12 +72,20 @@ class Agent:
         assert details.variant is not None, f"evaluation failed: {details.error_code} {details.error_message}"
         return details.variant
 
+    def key(self) -> str:
+        """The run's targeting key: a user of one run."""
+        return f"user-{self.index}"
+
+    def fails(self, version: str, key: str) -> bool:
+        return self.runs[version] % 10 < self.failures_in_ten[version]
+
     def run(self, pick_tracer: Callable[[bool], trace.Tracer]) -> str:
         """One run; `pick_tracer(failed)` says where its trace goes. Every run costs the same and lasts
         RUN_SECONDS, so only its outcome tells the versions apart."""
         self.index += 1
-        version = self.version(f"user-{self.index}")
-        failed = self.runs[version] % 10 < self.failures_in_ten[version]
+        key = self.key()
+        version = self.version(key)
+        failed = self.fails(version, key)
         self.runs[version] += 1
         self.failed[version] += failed
         run_tracer = pick_tracer(failed)
@@ -115,6 +124,49 @@ class SlowSuccesses(Agent):
     def end_due(self, everything: bool = False) -> None:
         while self._running and (everything or self._running[0][0] <= time.monotonic()):
             heapq.heappop(self._running)[2].end()
+
+
+class Conversations(Agent):
+    """Sticky users: five runs per conversation, each evaluating the flag with the conversation as its
+    targeting key through the OpenFeature TracingHook (the `feature_flag.evaluation` event on the run's
+    span carries `feature_flag.context.id`). Outcomes are shared within a conversation: one in ten of
+    each version's conversations fails in every run, the rest never do (both versions alike)."""
+
+    RUNS = 5
+
+    def __init__(self, flags_url: str) -> None:
+        super().__init__(flags_url, {})
+        self.flags.add_hooks([TracingHook()])
+        self.conversations: Counter[str] = Counter()
+        self.failing: dict[str, bool] = {}
+
+    def key(self) -> str:
+        return f"conversation-{(self.index - 1) // self.RUNS}"
+
+    def fails(self, version: str, key: str) -> bool:
+        if key not in self.failing:
+            self.failing[key] = self.conversations[version] % 10 == 0
+            self.conversations[version] += 1
+        return self.failing[key]
+
+    def run(self, pick_tracer: Callable[[bool], trace.Tracer]) -> str:
+        """The flag is evaluated inside the run's span, so the hook's event lands on it."""
+        self.index += 1
+        key = self.key()
+        run_tracer = pick_tracer(False)
+        start = time.time_ns()
+        attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": AGENT}
+        root = run_tracer.start_span(f"invoke_agent {AGENT}", attributes=attributes, start_time=start)
+        with trace.use_span(root, end_on_exit=False):
+            version = self.version(key)
+            failed = self.fails(version, key)
+            emit_chat(run_tracer, error_type="RateLimitError" if failed else None)
+        self.runs[version] += 1
+        self.failed[version] += failed
+        if failed:
+            root.set_status(Status(StatusCode.ERROR))
+        root.end(end_time=start + int(RUN_SECONDS * 1e9))
+        return version
 
 
 @pytest.fixture
@@ -427,3 +479,30 @@ def test_the_kill_switch_stops_the_analysis(start_service, tmp_path):
         time.sleep(0.1)
     assert rollout_state(service)["weight"] == 25
     assert next(entry["action"] for entry in analysis_actions(service)) == "advance"
+
+
+@pytest.mark.timeout(300)
+def test_a_healthy_candidate_with_sticky_correlated_conversations_is_promoted(
+    start_service, tmp_path, openfeature_domain
+):
+    """A conversation's five runs fail together: counted as independent, the candidate's first
+    conversation (all five failed) would be five pieces of evidence and roll it back. The runs carry
+    their targeting key, the analysis estimates the design effect from them, and the candidate walks."""
+    service = analysis_service(start_service, tmp_path, "sticky")
+    start_rollout(service, {"step_min_runs": 20, "step_min_seconds": 0, "quality": {"min_runs": 20}})
+    agent = Conversations(service.admin_url)
+
+    def decided() -> bool:
+        return rollout_state(service)["state"] != "progressing"
+
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        run_until(agent, lambda failed: run_tracer, decided, 8000)
+    rollout = wait_state(service, "promoted")
+    assert rollout["state"] == "promoted"
+    actions = analysis_actions(service)
+    assert [entry["action"] for entry in actions] == ["advance", "advance", "advance", "promote"]
+    # Both versions failed in one conversation of ten, every run of it.
+    assert agent.failed["v2"] >= 5
+    assert agent.failed["v1"] % 5 == 0 and agent.failed["v1"] >= 5
+    quality = [entry["evidence"]["guards"]["quality"]["evidence"] for entry in actions]
+    assert all(evidence["design_effect"] > 2 for evidence in quality)

@@ -22,6 +22,7 @@ from agentopz_otel.extensions.canary_analysis.sources import (
     counter_gain,
 )
 from agentopz_otel.extensions.canary_analysis.statistics import (
+    KeyClusters,
     RankLooks,
     RateEvidence,
     ScoreEvidence,
@@ -194,10 +195,11 @@ def test_at_the_100_percent_step_the_candidate_is_tested_against_the_baseline_ra
     later = at_100.add(60, 0, 0, 0, 1.0, 3.0, delta=0.5)
     assert later.baseline_rate_upper == at_100.baseline_rate_upper
     assert (later.known_baseline_runs, later.candidate_runs) == (120, 170)
-    # A design effect divides each interval's evidence.
-    assert RateEvidence().add(20, 3, 380, 4, 1.0, 3.0, design_effect=2.5).log_likelihood_ratio == pytest.approx(
-        interval_log_likelihood_ratio(20, 3, 380, 4, 1.0, 3.0) / 2.5, rel=1e-12
-    )
+    # A design effect divides the accumulated evidence, and the verdict says which one it used.
+    evidence = RateEvidence().add(20, 3, 380, 4, 1.0, 3.0)
+    divided = rate_verdict("quality", evidence, 0.05, 0.2, 20, design_effect=2.5)
+    assert divided.statistic == pytest.approx(interval_log_likelihood_ratio(20, 3, 380, 4, 1.0, 3.0) / 2.5, rel=1e-12)
+    assert divided.evidence["design_effect"] == 2.5
 
 
 def _sample(success: int, failed: int, cost: float = 0.01, outcome: str = "llm_error") -> VersionSample:
@@ -270,6 +272,10 @@ def test_engine_state_survives_a_restart_through_json() -> None:
     # It goes on from there: the same next look gives the same statistic as without the restart.
     nxt = [_cohort(_sample(490, 12), _sample(24, 4))]
     assert restored.observe(nxt, 1)["quality"].statistic == analysis.observe(nxt, 1)["quality"].statistic
+    # A state saved before targeting keys were counted continues its test; the key counts start empty.
+    older = {key: value for key, value in analysis.to_dict().items() if key != "clusters"}
+    continued = RolloutAnalysis.from_dict(config, older)
+    assert (continued.rate, continued.clusters.tracked) == (analysis.rate, 0)
 
 
 def test_budget_is_split_across_the_enabled_guards() -> None:
@@ -321,8 +327,17 @@ def test_promql_label_values_are_escaped() -> None:
 
 
 class _Run:
-    def __init__(self, version: str, outcome: str, started_at: float, duration: float, cost_complete: bool = True):
+    def __init__(
+        self,
+        version: str,
+        outcome: str,
+        started_at: float,
+        duration: float,
+        cost_complete: bool = True,
+        targeting_key: str | None = None,
+    ):
         self.agent, self.prompt_version, self.outcome = "support", version, outcome
+        self.targeting_key = targeting_key
         self.started_at, self.duration_seconds = started_at, duration
         self.finished_at = started_at + duration
         self.cost_usd, self.cost_complete = 0.01, cost_complete
@@ -435,3 +450,108 @@ def test_a_saved_analysis_is_continued_and_an_unreadable_one_started_again(tmp_p
         fresh = extension()._load(rollout, AnalysisConfig())
     assert (fresh.restarts, fresh.candidate_runs) == (0, 0)
     assert "the saved analysis of support is unreadable (KeyError: 'rate'); starting it again" in caplog.text
+
+
+def _clustered() -> KeyClusters:
+    """Baseline: key a 3 runs 2 failed, key b 2 runs none, one run without a key that failed;
+    candidate: key c 2 runs both failed, key d 2 runs none."""
+    clusters = KeyClusters()
+    clusters.add("baseline", {"a": (2, 1), "b": (1, 0)}, 4, 2)
+    clusters.add("baseline", {"a": (1, 1), "b": (1, 0)}, 2, 1)
+    clusters.add("candidate", {"c": (2, 2), "d": (2, 0)}, 4, 2)
+    return clusters
+
+
+def test_design_effect_is_the_anova_estimate_over_targeting_keys() -> None:
+    clusters = _clustered()
+    # By hand: N 10, 5 clusters in 2 versions; between-key mean square (7/3 - 9/6 + 2 - 4/4) / 3 = 11/18,
+    # within 2/3 / 5 = 2/15, n0 = (10 - 14/6 - 8/4) / 3 = 17/9: rho = 129/197; sum n^2 / N = 22/10.
+    rho, error = clusters.correlation()
+    assert rho == pytest.approx(129 / 197, rel=1e-12)
+    assert clusters.design_effect() == pytest.approx(1 + 1.2 * 129 / 197, rel=1e-12)
+    # Swiger's standard error: 2 (N - 1) (1 - rho)^2 (1 + (n0 - 1) rho)^2 / (n0^2 (N - k) (k - versions)).
+    variance = 2 * 9 * (1 - rho) ** 2 * (1 + (8 / 9) * rho) ** 2 / ((17 / 9) ** 2 * 5 * 3)
+    assert error == pytest.approx(math.sqrt(variance), rel=1e-12)
+    assert clusters.design_effect(z=0.5) == pytest.approx(1 + 1.2 * (rho + 0.5 * error), rel=1e-12)
+    # The correlation's bound is at most 1.
+    assert clusters.design_effect(z=10) == pytest.approx(2.2, rel=1e-12)
+    # The same counts in one interval give the same estimate (the sums are kept as clusters grow).
+    once = KeyClusters()
+    once.add("baseline", {"a": (3, 2), "b": (2, 0)}, 6, 3)
+    once.add("candidate", {"c": (2, 2), "d": (2, 0)}, 4, 2)
+    assert once.design_effect() == pytest.approx(clusters.design_effect(), rel=1e-12)
+    restored = KeyClusters.from_dict(json.loads(json.dumps(clusters.to_dict())))
+    assert restored.design_effect() == clusters.design_effect()
+    assert restored.tracked == 4
+
+
+def test_design_effect_is_one_without_repeats_or_without_spread_within_a_version() -> None:
+    assert KeyClusters().design_effect() == 1.0
+    # One key per version that repeated: nothing to estimate from, the bound is the widest.
+    single = KeyClusters()
+    single.add("baseline", {"a": (4, 1)}, 4, 1)
+    assert single.correlation() == (0.0, 1.0)
+    assert single.design_effect(z=1.645) == 4.0
+    alone = KeyClusters()
+    alone.add("baseline", {}, 100, 10)
+    alone.add("candidate", {"x": (1, 1), "y": (1, 0)}, 2, 1)
+    assert alone.design_effect() == 1.0
+    # Every candidate key failed and no baseline key did: a difference between the versions, not
+    # clustering within them.
+    apart = KeyClusters()
+    apart.add("baseline", {"a": (2, 0), "b": (2, 0)}, 4, 0)
+    apart.add("candidate", {"c": (2, 2), "d": (2, 2)}, 4, 4)
+    assert apart.design_effect() == 1.0
+
+
+def test_keys_past_the_cap_are_left_out_of_the_estimate() -> None:
+    capped = KeyClusters(max_keys=2)
+    capped.add("baseline", {"a": (2, 1), "b": (2, 0), "c": (5, 5)}, 9, 6)
+    # Key c's runs are in no group; a and b keep growing.
+    assert (capped.groups["baseline"].runs, capped.groups["baseline"].failures, capped.tracked) == (4, 1, 2)
+    capped.add("baseline", {"a": (1, 1), "c": (1, 1)}, 2, 2)
+    assert capped.keys["baseline"] == {"a": [3, 2], "b": [2, 0]}
+
+
+def test_engine_divides_the_quality_evidence_by_the_estimated_or_given_design_effect() -> None:
+    def sample(success: int, failed: int, keys: dict[str, dict[str, int]]) -> VersionSample:
+        return VersionSample({"success": success, "llm_error": failed}, keys=keys)
+
+    cohort = _cohort(
+        sample(3, 3, {"a": {"success": 1, "llm_error": 2}, "b": {"success": 2}, "e": {"llm_error": 1}}),
+        sample(2, 2, {"c": {"llm_error": 2}, "d": {"success": 2}}),
+    )
+    estimated = RolloutAnalysis(AnalysisConfig())
+    result = estimated.observe([cohort], step_index=0)["quality"]
+    raw = interval_log_likelihood_ratio(4, 2, 6, 3, 1.0, 3.0)
+    # The counts of _clustered (its run without a key is key e here): so few keys that the
+    # correlation's 95% bound is 1, so the design effect is sum n^2 / N = 2.2.
+    effect = 2.2
+    assert estimated.design_effect() == pytest.approx(effect, rel=1e-12)
+    assert result.statistic == pytest.approx(raw / effect, rel=1e-12)
+    assert result.evidence["design_effect"] == round(effect, 4)
+    given = RolloutAnalysis(merged(AnalysisConfig(), {"quality": {"design_effect": 2.0}}))
+    assert given.observe([cohort], step_index=0)["quality"].statistic == pytest.approx(raw / 2.0, rel=1e-12)
+
+
+def test_local_runs_hand_over_outcomes_by_targeting_key() -> None:
+    rollout = _Rollout()
+    source = LocalRuns(max_samples=2, cohort_seconds=30)
+    source.track("support", 7, ("v1", "v2"), 1000.0)
+    source.on_runs(
+        [
+            _Run("v2", "llm_error", 1001, 3, targeting_key="u1"),
+            _Run("v2", "success", 1002, 3, targeting_key="u1"),
+            _Run("v2", "success", 1003, 3, targeting_key="u2"),
+            # A third key in the interval is past max_samples keys: a run without a key.
+            _Run("v2", "success", 1004, 3, targeting_key="u3"),
+            _Run("v1", "success", 1005, 3),
+        ]
+    )
+    saved = json.loads(json.dumps(source.state(rollout)))
+    restarted = LocalRuns(max_samples=2, cohort_seconds=30)
+    restarted.restore(rollout, saved)
+    (cohort,) = asyncio.run(restarted.cohorts(rollout, 100, 1130))
+    assert cohort.candidate.keys == {"u1": {"llm_error": 1, "success": 1}, "u2": {"success": 1}}
+    assert cohort.candidate.keyed("not_success") == {"u1": (2, 1), "u2": (1, 0)}
+    assert (cohort.candidate.runs, cohort.baseline.keys) == (4, {})

@@ -42,6 +42,7 @@ def canonical(view: SpanView) -> dict[str, Any]:
         "prompt_version": view.prompt_version,
         "system_source": view.system_source[0] if view.system_source is not None else None,
         "flag": list(view.flag) if view.flag is not None else None,
+        "targeting_key": view.targeting_key,
         "evaluations": [asdict(evaluation) for evaluation in view.evaluations] if view.evaluations else None,
     }
 

@@ -50,6 +50,9 @@ MAX_CONTENT_PARTS = 8  # OpenInference message_content parts read per message
 EVALUATION_EVENT = "gen_ai.evaluation.result"
 FLAG_EVALUATION_EVENT = "feature_flag.evaluation"  # OpenFeature's OpenTelemetry hook
 FLAG_VARIANT_ATTRIBUTES = ("feature_flag.result.variant", "feature_flag.variant")  # newest first
+FLAG_CONTEXT_ID_ATTRIBUTE = "feature_flag.context.id"  # the evaluation's targeting key
+# A targeting key is an identifier: longer ones are cut, so a run record stays small.
+MAX_TARGETING_KEY_CHARS = 128
 
 log = logging.getLogger("agentopz_otel.normalize")
 
@@ -670,6 +673,7 @@ def _read_events(view: SpanView, span: Span, values: dict[str, Any]) -> None:
         if name == FLAG_EVALUATION_EVENT:
             if view.flag is None:
                 view.flag = flag_evaluation(event.attributes)
+                view.targeting_key = targeting_key(event.attributes)
         elif name in CONTENT_EVENTS:
             for field, source in event_content(name, event.attributes, None):
                 # Attributes win; among events the first system message and the last choice.
@@ -743,6 +747,15 @@ def flag_evaluation(attributes) -> tuple[str, str] | None:
             variants[attribute.key] = attribute.value.string_value
     variant = next((variants[name] for name in FLAG_VARIANT_ATTRIBUTES if name in variants), None)
     return (key, variant) if variant is not None else None
+
+
+def targeting_key(attributes) -> str | None:
+    """The targeting key of an OpenFeature `feature_flag.evaluation` event (`feature_flag.context.id`),
+    at most MAX_TARGETING_KEY_CHARS; None when absent or empty."""
+    for attribute in attributes:
+        if attribute.key == FLAG_CONTEXT_ID_ATTRIBUTE:
+            return attribute.value.string_value[:MAX_TARGETING_KEY_CHARS] or None
+    return None
 
 
 def evaluation_from_attributes(attributes, response_id: str | None = None) -> Evaluation | None:

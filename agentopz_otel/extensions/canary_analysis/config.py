@@ -34,9 +34,10 @@ class QualityGuard(BaseModel):
     alpha: float | None = Field(default=None, gt=0, lt=0.5)
     beta: float = Field(default=0.2, gt=0, lt=0.5)
     min_runs: int = Field(default=20, ge=1)
-    # Runs of one targeting key correlate (a conversation): each interval's evidence is divided by
-    # this variance inflation, 1 + (runs per key - 1) x within-key correlation; 1 for independent runs.
-    design_effect: float = Field(default=1.0, ge=1.0)
+    # Runs of one targeting key correlate (a conversation): the evidence is divided by this variance
+    # inflation, 1 + (runs per key - 1) x within-key correlation. Unset: estimated from the runs'
+    # targeting keys (runs without one, and every run read from Prometheus, count as independent).
+    design_effect: float | None = Field(default=None, ge=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> QualityGuard:
@@ -178,7 +179,8 @@ class CanaryAnalysisConfig(BaseModel):
     storage: str = "storage"
     # Seconds between looks; also the width of the start-time intervals runs are grouped in.
     interval_seconds: float = Field(default=30.0, gt=0)
-    # Cost and duration values kept per rollout and version when reading the service's own runs.
+    # Cost and duration values kept per rollout and version when reading the service's own runs, and
+    # targeting keys per interval and version (past it, a new key's runs count as runs without a key).
     max_samples: int = Field(default=2000, ge=10)
     prometheus: PrometheusSource | None = None
     defaults: AnalysisConfig = Field(default_factory=AnalysisConfig)

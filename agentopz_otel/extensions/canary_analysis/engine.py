@@ -22,6 +22,7 @@ from .statistics import (
     FAIL,
     PASS,
     GuardResult,
+    KeyClusters,
     RankLooks,
     RateEvidence,
     ScoreEvidence,
@@ -33,9 +34,21 @@ from .statistics import (
 
 GUARDS = catalogue.enum("analysis_guard")
 ROLES = catalogue.enum("rollout_role")
+# Targeting keys tracked per rollout for the design effect (KeyClusters says what happens past it).
+MAX_KEYS = 10_000
+# The design effect uses the within-key correlation's estimate plus this many standard errors
+# (one-sided 95%): an estimate from few repeating keys is uncertain, and too low a one rolls back.
+CORRELATION_Z = 1.645
 # Of a rate guard's alpha, the part spent on the baseline rate's upper bound at the 100% step (the
 # chance it is below the true rate); the rest is the SPRT's threshold.
 BASELINE_BOUND_PART = 0.1
+
+
+def failures(outcomes: Mapping[str, int], count: str) -> int:
+    """Runs counted as failed: every one not `success` (not_success), or those of outcome `count`."""
+    if count == NOT_SUCCESS:
+        return sum(outcomes.values()) - outcomes.get(SUCCESS, 0)
+    return outcomes.get(count, 0)
 
 
 @dataclass(frozen=True)
@@ -46,15 +59,19 @@ class VersionSample:
     costs: Sequence[float] = ()
     durations: Sequence[float] = ()
     scores: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    # Outcomes of the runs that named a targeting key, by key (the other runs are in `outcomes` only).
+    keys: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @cached_property
     def runs(self) -> int:
         return sum(self.outcomes.values())
 
     def failures(self, count: str) -> int:
-        if count == NOT_SUCCESS:
-            return self.runs - self.outcomes.get(SUCCESS, 0)
-        return self.outcomes.get(count, 0)
+        return failures(self.outcomes, count)
+
+    def keyed(self, count: str) -> dict[str, tuple[int, int]]:
+        """(runs, failures) per targeting key."""
+        return {key: (sum(outcomes.values()), failures(outcomes, count)) for key, outcomes in self.keys.items()}
 
     def counted(self, outcomes: Sequence[str]) -> int:
         return sum(self.outcomes.get(outcome, 0) for outcome in outcomes)
@@ -84,6 +101,7 @@ class RolloutAnalysis:
         self.max_samples = max_samples
         self.rate = RateEvidence()
         self.limits = RateEvidence()
+        self.clusters = KeyClusters(MAX_KEYS)
         self.limit_counts: Counter[str] = Counter()
         self.cost = RankLooks()
         self.duration = RankLooks()
@@ -125,9 +143,10 @@ class RolloutAnalysis:
                     baseline.failures(quality.count),
                     quality.tolerance,
                     quality.detect_ratio,
-                    quality.design_effect,
                     alphas["quality"] * BASELINE_BOUND_PART,
                 )
+                for role, sample in (("baseline", baseline), ("candidate", candidate)):
+                    self.clusters.add(role, sample.keyed(quality.count), sample.runs, sample.failures(quality.count))
             if limits.enabled:
                 self.limits = self.limits.add(
                     candidate.runs,
@@ -136,7 +155,6 @@ class RolloutAnalysis:
                     baseline.counted(limits.outcomes),
                     1.0,
                     limits.detect_ratio,
-                    1.0,
                     alphas["hard_limits"] * BASELINE_BOUND_PART,
                 )
                 for outcome in limits.outcomes:
@@ -156,7 +174,9 @@ class RolloutAnalysis:
         results: dict[str, GuardResult] = {}
         if quality.enabled:
             alpha = alphas["quality"] * (1 - BASELINE_BOUND_PART)
-            results["quality"] = rate_verdict("quality", self.rate, alpha, quality.beta, quality.min_runs)
+            results["quality"] = rate_verdict(
+                "quality", self.rate, alpha, quality.beta, quality.min_runs, self.design_effect()
+            )
         for name in ("cost", "duration"):
             guard = getattr(config, name)
             if not guard.enabled:
@@ -184,6 +204,11 @@ class RolloutAnalysis:
         self.results = results
         return results
 
+    def design_effect(self) -> float:
+        """The quality guard's `design_effect` when set, else the one its runs' targeting keys show."""
+        given = self.config.quality.design_effect
+        return given if given is not None else self.clusters.design_effect(CORRELATION_Z)
+
     def step_runs(self) -> int:
         return self._step_runs
 
@@ -208,6 +233,7 @@ class RolloutAnalysis:
         return {
             "rate": self.rate.to_dict(),
             "limits": self.limits.to_dict(),
+            "clusters": self.clusters.to_dict(),
             "limit_counts": dict(self.limit_counts),
             "cost": self.cost.to_dict(),
             "duration": self.duration.to_dict(),
@@ -229,6 +255,9 @@ class RolloutAnalysis:
         analysis = cls(config, max_samples)
         analysis.rate = RateEvidence(**body["rate"])
         analysis.limits = RateEvidence(**body["limits"])
+        # Saved before targeting keys were kept: the test goes on, its key counts start now.
+        if "clusters" in body:
+            analysis.clusters = KeyClusters.from_dict(body["clusters"])
         analysis.limit_counts = Counter(body["limit_counts"])
         analysis.cost = RankLooks.from_dict(body["cost"])
         analysis.duration = RankLooks.from_dict(body["duration"])

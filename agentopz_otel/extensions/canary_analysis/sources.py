@@ -39,9 +39,11 @@ class _Served:
     costs: list[float] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)
+    keys: dict[str, Counter[str]] = field(default_factory=dict)  # outcomes by targeting key
 
     def sample(self) -> VersionSample:
-        return VersionSample(dict(self.outcomes), tuple(self.costs), tuple(self.durations), self.scores)
+        keys = {key: dict(outcomes) for key, outcomes in self.keys.items()}
+        return VersionSample(dict(self.outcomes), tuple(self.costs), tuple(self.durations), self.scores, keys)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,7 +51,17 @@ class _Served:
             "costs": self.costs,
             "durations": self.durations,
             "scores": self.scores,
+            "keys": {key: dict(outcomes) for key, outcomes in self.keys.items()},
         }
+
+    def add_key(self, key: str, outcome: str, max_keys: int) -> None:
+        """Past `max_keys` keys in the interval, a new key's run counts as a run without a key."""
+        outcomes = self.keys.get(key)
+        if outcomes is None:
+            if len(self.keys) >= max_keys:
+                return
+            outcomes = self.keys[key] = Counter()
+        outcomes[outcome] += 1
 
     def add_scores(self, scores: dict[str, float], max_samples: int) -> None:
         for name, value in scores.items():
@@ -121,6 +133,8 @@ class LocalRuns:
                 cohort = found.cohorts[index] = {version: _Served() for version in found.versions}
             served = cohort[record.prompt_version]
             served.outcomes[record.outcome] += 1
+            if record.targeting_key:
+                served.add_key(record.targeting_key, record.outcome, self._max_samples)
             # Only complete costs, as the cost histogram Prometheus reads: both sources agree.
             if record.cost_usd is not None and record.cost_complete and len(served.costs) < self._max_samples:
                 served.costs.append(record.cost_usd)
@@ -176,6 +190,8 @@ class LocalRuns:
                     into[version].durations.extend(served["durations"])
                     for name, values in served["scores"].items():
                         into[version].scores.setdefault(name, []).extend(values)
+                    for key, outcomes in served.get("keys", {}).items():
+                        into[version].keys.setdefault(key, Counter()).update(outcomes)
 
     def counts(self, rollout: Any) -> dict[str, int]:
         """Runs left out: finished after their interval became evidence, or started too far ahead."""

@@ -132,7 +132,6 @@ class RateEvidence:
         baseline_failures: int,
         tolerance: float,
         detect_ratio: float,
-        design_effect: float = 1.0,
         delta: float = 0.0,
     ) -> RateEvidence:
         """This evidence plus one interval's counts (the runs started in it, by version).
@@ -155,7 +154,7 @@ class RateEvidence:
         else:
             log_ratio = 0.0
         return RateEvidence(
-            self.log_likelihood_ratio + log_ratio / design_effect,
+            self.log_likelihood_ratio + log_ratio,
             self.candidate_runs + candidate_runs,
             self.candidate_failures + candidate_failures,
             self.baseline_runs + baseline_runs,
@@ -168,13 +167,16 @@ class RateEvidence:
         return asdict(self)
 
 
-def rate_verdict(guard: str, evidence: RateEvidence, alpha: float, beta: float, min_runs: int) -> GuardResult:
+def rate_verdict(
+    guard: str, evidence: RateEvidence, alpha: float, beta: float, min_runs: int, design_effect: float = 1.0
+) -> GuardResult:
     """Wald's boundaries: fail at ln(1/alpha) (Ville's bound, valid however long the test runs), pass at
     ln(beta / (1 - alpha)) or when neither version failed at all, inconclusive between them or before
-    `min_runs` candidate runs."""
+    `min_runs` candidate runs. The statistic is the accumulated log likelihood ratio divided by the
+    design effect: runs of one targeting key that fail together are that much less evidence."""
     fail_at = math.log(1 / alpha)
     pass_at = math.log(beta / (1 - alpha))
-    statistic = evidence.log_likelihood_ratio
+    statistic = evidence.log_likelihood_ratio / design_effect
     details = {
         "candidate_runs": evidence.candidate_runs,
         "candidate_failures": evidence.candidate_failures,
@@ -185,6 +187,7 @@ def rate_verdict(guard: str, evidence: RateEvidence, alpha: float, beta: float, 
         "pass_below": round(pass_at, 4),
         "alpha": round(alpha, 6),
         "min_runs": min_runs,
+        "design_effect": round(design_effect, 4),
     }
     if evidence.baseline_rate_upper is not None:
         details["baseline_rate_upper"] = round(evidence.baseline_rate_upper, 6)
@@ -198,6 +201,108 @@ def rate_verdict(guard: str, evidence: RateEvidence, alpha: float, beta: float, 
     else:
         verdict = INCONCLUSIVE
     return GuardResult(guard, verdict, statistic, fail_at, details)
+
+
+@dataclass
+class _Group:
+    """One version's clusters: sums the ANOVA needs, kept up to date as clusters grow."""
+
+    runs: int = 0
+    failures: int = 0
+    clusters: int = 0
+    squared_sizes: int = 0  # sum of n_i^2
+    between: float = 0.0  # sum of y_i^2 / n_i
+
+
+@dataclass
+class KeyClusters:
+    """Runs and failures per targeting key of each version, for the design effect of the failure test.
+
+    A key's runs (a user, a conversation) share their outcomes, so they carry less evidence than as
+    many independent runs. Runs without a key are clusters of one. At most `max_keys` keys are
+    tracked per rollout: past it, runs of keys not seen yet are left out of the estimate, which then
+    rests on the first `max_keys` keys (a sample of the rollout's keys; every run still counts in the
+    test itself).
+    """
+
+    max_keys: int = 10_000
+    keys: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # version -> key -> [runs, failures]
+    groups: dict[str, _Group] = field(default_factory=dict)
+    tracked: int = 0
+
+    def add(self, version: str, keyed: dict[str, tuple[int, int]], runs: int, failures: int) -> None:
+        """One interval of a version: (runs, failures) per key, and its runs and failures in all."""
+        group = self.groups.setdefault(version, _Group())
+        known = self.keys.setdefault(version, {})
+        keyed_runs = keyed_failures = 0
+        for key, (n, y) in keyed.items():
+            if n <= 0:
+                continue
+            counts = known.get(key)
+            if counts is None:
+                if self.tracked >= self.max_keys:
+                    continue
+                self.tracked += 1
+                counts = known[key] = [0, 0]
+                group.clusters += 1
+            else:
+                group.squared_sizes -= counts[0] * counts[0]
+                group.between -= counts[1] * counts[1] / counts[0]
+            counts[0] += n
+            counts[1] += y
+            group.squared_sizes += counts[0] * counts[0]
+            group.between += counts[1] * counts[1] / counts[0]
+            keyed_runs += n
+            keyed_failures += y
+        # The interval's runs without a key (or past the cap: left out entirely).
+        alone = runs - sum(n for n, _ in keyed.values())
+        lone_failures = max(0, min(alone, failures - sum(y for _, y in keyed.values())))
+        group.runs += keyed_runs + alone
+        group.failures += keyed_failures + lone_failures
+        group.clusters += alone
+        group.squared_sizes += alone
+        group.between += lone_failures
+
+    def correlation(self) -> tuple[float, float]:
+        """The within-key correlation of failures and its standard error: one-way ANOVA with each
+        version's own mean (so a difference between the versions is not mistaken for clustering),
+        clipped to [0, 1], and Swiger's large-sample standard error for unequal cluster sizes.
+        (0, 0) while no key has repeated; (0, 1) while keys repeated but only one per version."""
+        groups = [group for group in self.groups.values() if group.runs > 0]
+        runs = sum(group.runs for group in groups)
+        clusters = sum(group.clusters for group in groups)
+        between_df, within_df = clusters - len(groups), runs - clusters
+        if within_df <= 0:
+            return 0.0, 0.0
+        if between_df <= 0:
+            return 0.0, 1.0
+        between = sum(group.between - group.failures**2 / group.runs for group in groups) / between_df
+        within = sum(group.failures - group.between for group in groups) / within_df
+        size = (runs - sum(group.squared_sizes / group.runs for group in groups)) / between_df
+        denominator = between + (size - 1) * within
+        rho = min(1.0, max(0.0, (between - within) / denominator)) if denominator > 0 else 0.0
+        variance = 2 * (runs - 1) * (1 - rho) ** 2 * (1 + (size - 1) * rho) ** 2 / (size**2 * within_df * between_df)
+        return rho, math.sqrt(variance)
+
+    def design_effect(self, z: float = 0.0) -> float:
+        """1 + (sum n_i^2 / N - 1) x the correlation's upper bound (the estimate plus `z` standard
+        errors, at most 1): the variance inflation of the failure share over clusters of unequal
+        sizes; 1 for independent runs. With few repeating keys the bound is wide: conservative."""
+        runs = sum(group.runs for group in self.groups.values())
+        if runs == 0:
+            return 1.0
+        mean_size = sum(group.squared_sizes for group in self.groups.values()) / runs
+        rho, error = self.correlation()
+        return 1.0 + (mean_size - 1.0) * min(1.0, rho + z * error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_keys": self.max_keys, "keys": self.keys, "groups": {v: asdict(g) for v, g in self.groups.items()}}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> KeyClusters:
+        keys = {version: dict(kept) for version, kept in body["keys"].items()}
+        groups = {version: _Group(**group) for version, group in body["groups"].items()}
+        return cls(body["max_keys"], keys, groups, sum(len(kept) for kept in keys.values()))
 
 
 def score_log_likelihood_ratio(value: float, mean: float, sd: float, shift: float, higher_is_better: bool) -> float:

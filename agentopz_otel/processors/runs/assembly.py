@@ -144,6 +144,7 @@ class Group:
         "start_time",
         "steps",
         "sub_agents",
+        "targeting_key",
         "tool_calls",
         "tool_errors",
         "tools",
@@ -172,6 +173,7 @@ class Group:
         self.calls: HeldCalls | None = None
         self.prompt_version: str | None = None
         self.version_rank = FROM_NOTHING  # where prompt_version came from (prompt_version.FROM_*)
+        self.targeting_key: str | None = None  # of the run's first flag evaluation that names one
         self.failed = False
         self.start_time = 0
         self.end_time = 0
@@ -225,6 +227,8 @@ class Group:
     def add(self, view: SpanView) -> None:
         if view.flag_version is not None:
             self.offer_version(view.flag_version, FROM_FLAG)
+        if view.targeting_key is not None and self.targeting_key is None:
+            self.targeting_key = view.targeting_key
         if view.agent and self.agent is None:
             self.agent = view.agent
         if not self.service:
@@ -284,6 +288,8 @@ class Group:
         self.last_tool_error = max(self.last_tool_error, other.last_tool_error)
         self.models = merge_counts(self.models, other.models, MAX_MODELS_PER_RUN)
         self.tools = merge_counts(self.tools, other.tools, MAX_TOOLS_PER_RUN)
+        if self.targeting_key is None:
+            self.targeting_key = other.targeting_key
         self.evaluations = (*self.evaluations, *other.evaluations)[:MAX_EVALUATIONS_PER_RUN]
         if other.final_call_end > self.final_call_end:
             self.final_call_end = other.final_call_end

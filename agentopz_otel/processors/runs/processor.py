@@ -370,6 +370,7 @@ class RunsProcessor:
             group.service = view.service
             # The agent's own version beats its calls' of the same rank.
             group.offer_version(view.prompt_version, view.prompt_version_from, replace_equal=True)
+            group.targeting_key = view.targeting_key or group.targeting_key
             group.failed = view.status != STATUS_OK
             group.start_time = view.span.start_time_unix_nano
             group.end_time = view.end_time
@@ -691,6 +692,7 @@ class RunsProcessor:
             calls_by_tool=counts_by_name(group.tools),
             input_start=group.input[1] if group.input is not None else None,
             scores={e.name: float(e.score) for e in group.evaluations if e.score is not None},
+            targeting_key=group.targeting_key,
         )
         if abandoned:
             group.root_span_id = b""
