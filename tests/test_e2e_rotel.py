@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agents import emit_chat, emit_tool, tracer
-from conftest import free_port
 from genai_prices import Usage, calc_price
-from sinks import HttpSink, attribute_value, config_body
+from support.otlp_sinks import HttpSink, attribute_value, config_body
+from support.processes import free_port
+from support.sdk_agent import emit_chat, emit_tool, tracer
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, require_binary
+from support.processes import free_port, require_binary
 
 
 @dataclass

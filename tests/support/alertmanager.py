@@ -14,9 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
-from conftest import free_port, require_binary
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+from support.processes import free_port, require_binary
+
 WEBHOOK_TOKEN = "e2e-agentopz-webhook-token-0123456789"
 
 

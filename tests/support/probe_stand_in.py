@@ -13,12 +13,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agents import emit_chat, tracer
 from aiohttp import web
-from conftest import free_port
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from support.processes import free_port
+from support.sdk_agent import emit_chat, tracer
 
 Mode = Literal["answer", "slow", "fail", "silent", "failing_run", "hang"]
 ANSWER = {"status": "ok", "reply": "pong"}
