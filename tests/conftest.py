@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support.browser import CHROMIUM_ARGS
-from support.processes import free_port, require_binary
-from support.service import DEFAULT_BODY, RunningService, write_config
+from support.processes import Command, http_ok, launch, require_binary
+from support.service import DEFAULT_BODY, RunningService, default_config_env, write_config
 
 
 @pytest.fixture
@@ -24,38 +19,22 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
 
     def start(body: str | None = DEFAULT_BODY, env: dict[str, str] | None = None) -> RunningService:
         """`body` None: the built-in default config, its ports and storage moved by its variables."""
-        grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
         index = len(started)
-        command = [sys.executable, "-m", "agentopz_otel", "run"]
-        if body is None:
-            env = {
-                "AGENTOPZ_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
-                "AGENTOPZ_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
-                "AGENTOPZ_ADMIN_ENDPOINT": f"127.0.0.1:{admin_port}",
-                "AGENTOPZ_STORAGE_PATH": str(tmp_path / f"storage{index}.sqlite"),
-                **(env or {}),
-            }
-        else:
+
+        def command(ports: tuple[int, ...]) -> Command:
+            grpc_port, http_port, admin_port = ports
+            argv = [sys.executable, "-m", "agentopz_otel", "run"]
+            ready = http_ok(f"http://127.0.0.1:{admin_port}/readyz")
+            if body is None:
+                return Command(argv, ready, env={**default_config_env(tmp_path, index, *ports), **(env or {})})
             config = tmp_path / f"config{index}.yaml"
             write_config(config, body, grpc_port, http_port, admin_port)
-            command += ["--config", str(config)]
-        log_path = tmp_path / f"service{index}.log"
-        process = subprocess.Popen(
-            command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        service = RunningService(process, grpc_port, http_port, admin_port, log_path)
+            return Command([*argv, "--config", str(config)], ready, env=env)
+
+        launched = launch("the service", command, tmp_path / f"service{index}.log", ports=3, timeout=60)
+        service = RunningService(launched.process, *launched.ports, launched.log_path)
         started.append(service)
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"service exited with {process.returncode}:\n{service.log()}")
-            try:
-                with urllib.request.urlopen(f"{service.admin_url}/readyz", timeout=1):
-                    return service
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"service not ready:\n{service.log()}") from None
-                time.sleep(0.1)
+        return service
 
     yield start
     for service in started:

@@ -17,6 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.processes import stop
+
 
 def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
     samples = {}
@@ -70,14 +72,17 @@ class RunningService:
         return self.log_path.read_text()
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop(self.process)
+
+
+def default_config_env(folder: Path, index: int, grpc_port: int, http_port: int, admin_port: int) -> dict[str, str]:
+    """The variables that move the built-in default config's ports and storage into a test's."""
+    return {
+        "AGENTOPZ_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
+        "AGENTOPZ_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
+        "AGENTOPZ_ADMIN_ENDPOINT": f"127.0.0.1:{admin_port}",
+        "AGENTOPZ_STORAGE_PATH": str(folder / f"storage{index}.sqlite"),
+    }
 
 
 def write_config(path: Path, body: str, grpc_port: int, http_port: int, admin_port: int) -> None:
