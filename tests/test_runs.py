@@ -145,7 +145,7 @@ def test_a_second_process_contributes_tool_spans(runs_service):
             script = textwrap.dedent(f"""
                 import sys
                 sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
-                from agents import emit_tool, tracer
+                from support.sdk_agent import emit_tool, tracer
                 from opentelemetry import trace
                 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
                 parent = SpanContext({context.trace_id}, {context.span_id}, is_remote=True,
