@@ -44,7 +44,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from bench import EXPORT_METHOD, build_payloads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from sinks import GrpcSink
+from support.otlp_sinks import GrpcSink
 
 
 class CountingSink(GrpcSink):

@@ -9,11 +9,11 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from agents import emit_chat, tracer
-from alerting import alertmanager_config, running_alertmanager, running_recorder
-from conftest import service_body
 from opentelemetry import trace
-from prom import start_prometheus
+from support.alertmanager import alertmanager_config, running_alertmanager, running_recorder
+from support.prometheus import start_prometheus
+from support.sdk_agent import emit_chat, tracer
+from support.service import service_body
 
 from agentopz_otel.slo import load_spec, render_rules
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_binary
+from support.processes import require_binary
 
 from agentopz_otel.runbooks import DEFAULT_RUNBOOK_BASE_URL, rebase
 from agentopz_otel.slo import ALERT_NAMES as SLO_ALERT_NAMES

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import service_body
-from rollouts import Admin
+from support.admin_api import Admin
+from support.service import service_body
 
 TOKEN = "webhook-secret-0123456789abcdef0123"
 ALERT_START = "2099-01-01T00:00:00.123456789Z"  # after any rollout a test starts

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import every_component_body
 from prometheus_client.parser import text_string_to_metric_families
+from support.service import every_component_body
 
 from agentopz_otel import catalogue
 from agentopz_otel.components import Context

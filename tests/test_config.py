@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import free_port
+from support.processes import free_port
 
 from agentopz_otel.config import ConfigError, load_config, parse_config
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import yaml
-from conftest import every_component_body
+from support.service import every_component_body
 
 from agentopz_otel.config import config_schema
 

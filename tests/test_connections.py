@@ -11,10 +11,10 @@ from contextlib import closing
 
 import grpc
 import pytest
-from agents import chat_attributes
-from conftest import service_body
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
+from support.sdk_agent import chat_attributes
+from support.service import service_body
 
 OTLP_TOKEN = "otlp-token-0123456789abcdef0123456789"
 

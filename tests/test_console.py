@@ -11,15 +11,16 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agents import emit_chat, emit_tool, tracer
-from conftest import RunningService, free_port, require_binary, service_body
 from opentelemetry.trace import Status, StatusCode
-from rollouts import Admin
-from test_runs import agent_run
+from support.admin_api import Admin
+from support.browser import new_page
+from support.processes import free_port
+from support.runs import agent_run
+from support.sdk_agent import emit_chat, emit_tool, tracer
+from support.service import RunningService, service_body
 
 from agentopz_otel.extensions.console.pages import money
 
@@ -29,16 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "console"
 TOKEN = "console-test-token-0123456789abcdef"
 TRACE_URL = "http://tempo.example/explore?traceId={trace_id}"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VERSIONS = {"v1": {"prompt": "support-v1"}, "v2": {"prompt": "support-v2"}}
 SLOS = """
 slos:
@@ -63,24 +54,6 @@ def console_body(tmp_path: Path, analysis: bool = False, probes: dict | None = N
         extensions=extensions,
         service={"admin": {"endpoint": "127.0.0.1:@ADMIN_PORT@", "auth": {"token": TOKEN}}},
     )
-
-
-@pytest.fixture
-def chromium() -> Iterator:
-    """Debian's chromium under Playwright; Playwright gives each launch a fresh user-data-dir and
-    never downloads a browser when it is handed an executable."""
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def new_page(browser, **options):
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, **options)
-    return context.new_page()
 
 
 def shot(page, name: str) -> None:

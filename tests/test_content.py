@@ -7,7 +7,7 @@ import hashlib
 import json
 
 import pytest
-from spans import attributes, make_request, make_span
+from support.otlp_proto import attributes, make_request, make_span
 
 from agentopz_otel.components import Context
 from agentopz_otel.content import output_text, system_text

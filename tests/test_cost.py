@@ -6,7 +6,7 @@ import math
 
 import pytest
 from genai_prices import Usage, calc_price
-from spans import make_request, make_span, span_attributes
+from support.otlp_proto import make_request, make_span, span_attributes
 
 from agentopz_otel.components import Context
 from agentopz_otel.config import ConfigError, parse_config

@@ -4,7 +4,6 @@ against a real Prometheus that scraped the real service while the demo fleet sen
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import re
 import shutil
@@ -18,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEFAULT_BODY, require_binary
-from prom import start_prometheus
-from spans import make_request, make_span
-from test_demo import demo_command, stack_body
+from support.dashboards import DASHBOARDS, all_panels, dashboards, substitute
+from support.demo import demo_command, stack_body
+from support.otlp_proto import make_request, make_span
+from support.processes import require_binary
+from support.prometheus import start_prometheus
+from support.service import DEFAULT_BODY
 
 ROOT = Path(__file__).resolve().parent.parent
-DASHBOARDS = ROOT / "dashboards"
 PROVISIONING = DASHBOARDS / "provisioning"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -51,16 +51,6 @@ MAYBE_EMPTY = {
         for ref in refs
     },
 }
-
-
-def dashboards() -> dict[str, dict]:
-    return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
-
-
-def all_panels(dashboard: dict) -> Iterator[dict]:
-    for panel in dashboard["panels"]:
-        yield panel
-        yield from panel.get("panels", [])
 
 
 def walk(node, path: str = "") -> Iterator[tuple[str, str, object]]:
@@ -220,7 +210,7 @@ def test_compose_wiring():
 
 
 def test_stack_prometheus_config_loads_every_shipped_rule_file_and_passes_promtool(tmp_path):
-    from conftest import require_binary
+    from support.processes import require_binary
 
     promtool = require_binary("promtool")
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
@@ -260,11 +250,6 @@ def rule_files() -> list[Path]:
         if isinstance(document, dict) and "groups" in document:
             found.append(path)
     return found
-
-
-def substitute(expr: str, values: dict[str, str]) -> str:
-    """Grafana's variables ($name, ${name}, ${name:format}) replaced by concrete values."""
-    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", lambda match: values[match.group(1) or match.group(2)], expr)
 
 
 def post(url: str, body: bytes, content_type: str) -> int:

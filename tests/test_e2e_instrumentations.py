@@ -1,6 +1,6 @@
 """Real OpenAI instrumentations -> SDK OTLP exporter -> the service: each dialect priced and counted exactly.
 
-The real `openai` client talks to a loopback stand-in for the Chat Completions API (tests/fake_openai.py).
+The real `openai` client talks to a loopback stand-in for the Chat Completions API (tests/support/fake_openai.py).
 Each instrumentation runs in its own subprocess, so instrumentors never patch the same client twice.
 """
 
@@ -15,11 +15,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fake_openai
 import pytest
-from fake_openai import FakeOpenAI
 from genai_prices import Usage, calc_price
-from sinks import GrpcSink, attribute_value, config_body
+from support import fake_openai
+from support.fake_openai import FakeOpenAI
+from support.otlp_sinks import GrpcSink, attribute_value, config_body
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ sys.path.insert(0, tests_dir)
 
 import importlib
 
-from agents import exporter
+from support.sdk_agent import exporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor

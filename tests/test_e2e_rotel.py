@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agents import emit_chat, emit_tool, tracer
-from conftest import free_port
 from genai_prices import Usage, calc_price
-from sinks import HttpSink, attribute_value, config_body
+from support.otlp_sinks import HttpSink, attribute_value, config_body
+from support.processes import Command, Launched, launch, listening
+from support.sdk_agent import emit_chat, emit_tool, tracer
 
 pytestmark = pytest.mark.e2e
 
@@ -41,26 +40,10 @@ def rotel_binary() -> str:
     return path
 
 
-def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"rotel exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"rotel is not listening on {port}:\n{log.read_text()}") from None
-            time.sleep(0.05)
-
-
 class Rotel:
-    def __init__(self, process: subprocess.Popen, grpc_port: int, http_port: int, log: Path) -> None:
-        self.process = process
-        self.grpc_port = grpc_port
-        self.http_port = http_port
-        self.log = log
+    def __init__(self, launched: Launched) -> None:
+        self.launched = launched
+        self.grpc_port, self.http_port = launched.ports
 
     def endpoint(self, transport: str) -> str:
         return f"localhost:{self.grpc_port}" if transport == "grpc" else f"http://127.0.0.1:{self.http_port}"
@@ -69,49 +52,45 @@ class Rotel:
 @pytest.fixture
 def start_rotel(tmp_path: Path) -> Iterator:
     binary = rotel_binary()
-    started: list[subprocess.Popen] = []
+    started: list[Launched] = []
 
     def start(target_port: int, protocol: str, compression: str = "gzip") -> Rotel:
         """rotel receiving OTLP on free ports and exporting to 127.0.0.1:target_port over `protocol`."""
-        grpc_port, http_port = free_port(), free_port()
-        log = tmp_path / f"rotel{len(started)}.log"
-        command = [
-            binary,
-            "start",
-            "--otlp-grpc-endpoint",
-            f"127.0.0.1:{grpc_port}",
-            "--otlp-http-endpoint",
-            f"127.0.0.1:{http_port}",
-            "--exporter",
-            "otlp",
-            "--otlp-exporter-endpoint",
-            f"http://127.0.0.1:{target_port}",
-            "--otlp-exporter-protocol",
-            protocol,
-            "--otlp-exporter-compression",
-            compression,
-            "--batch-timeout",
-            "50ms",
-            "--pid-file",
-            str(tmp_path / f"rotel{len(started)}.pid"),
-            "--log-file",
-            str(tmp_path / f"rotel{len(started)}.file.log"),
-        ]
-        process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp_path)
-        started.append(process)
-        wait_for_port(grpc_port, process, log)
-        wait_for_port(http_port, process, log)
-        return Rotel(process, grpc_port, http_port, log)
+        index = len(started)
+
+        def command(ports: tuple[int, ...]) -> Command:
+            grpc_port, http_port = ports
+            argv = [
+                binary,
+                "start",
+                "--otlp-grpc-endpoint",
+                f"127.0.0.1:{grpc_port}",
+                "--otlp-http-endpoint",
+                f"127.0.0.1:{http_port}",
+                "--exporter",
+                "otlp",
+                "--otlp-exporter-endpoint",
+                f"http://127.0.0.1:{target_port}",
+                "--otlp-exporter-protocol",
+                protocol,
+                "--otlp-exporter-compression",
+                compression,
+                "--batch-timeout",
+                "50ms",
+                "--pid-file",
+                str(tmp_path / f"rotel{index}.pid"),
+                "--log-file",
+                str(tmp_path / f"rotel{index}.file.log"),
+            ]
+            return Command(argv, listening(grpc_port, http_port), cwd=tmp_path)
+
+        launched = launch("rotel", command, tmp_path / f"rotel{index}.log", ports=2, timeout=15)
+        started.append(launched)
+        return Rotel(launched)
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    for launched in started:
+        launched.stop(timeout=10)
 
 
 def price(model: str, cache_read: int) -> float:

@@ -8,14 +8,10 @@ import math
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 
 import grpc
 import pytest
-from agents import chat_attributes, exporter
-from conftest import free_port
 from genai_prices import Usage, calc_price
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -27,8 +23,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
-from sinks import SINKS, GrpcSink, HttpSink, attribute_value, config_body
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
+from support.otlp_sinks import SINKS, GrpcSink, HttpSink, attribute_value, config_body
+from support.processes import free_port
+from support.sdk_agent import chat_attributes, exporter
+from support.service import post_http
 
 pytestmark = pytest.mark.e2e
 
@@ -313,20 +312,6 @@ EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 def llm_request(count: int) -> ExportTraceServiceRequest:
     return make_request([make_span("chat gpt-4o", chat_attributes()) for _ in range(count)], service="pushy")
-
-
-def post_http(service, request: ExportTraceServiceRequest):
-    http_request = urllib.request.Request(
-        f"{service.http_url}/v1/traces",
-        data=request.SerializeToString(),
-        headers={"Content-Type": "application/x-protobuf"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(http_request, timeout=10) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read()
 
 
 def export_grpc(channel: grpc.Channel, request: ExportTraceServiceRequest):

@@ -6,7 +6,7 @@ import json
 import urllib.request
 
 import pytest
-from conftest import metric_samples
+from support.service import metric_samples
 
 TRACE_ID = "5b8efff798038103d269b633813fc60c"
 

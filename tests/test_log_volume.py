@@ -6,8 +6,8 @@ import logging
 import time
 
 import grpc
-from agents import chat_attributes
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
+from support.sdk_agent import chat_attributes
 
 from agentopz_otel.bounded_log import MAX_VALUE_CHARS, WARNING_BURST, BoundedLog, clip
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
 
 from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from agents import chat_attributes
-from conftest import free_port
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from sinks import GrpcSink, attribute_value, config_body
-from spans import make_request, make_span
-from test_forwarding import post_http
+from support.otlp_proto import make_request, make_span
+from support.otlp_sinks import GrpcSink, attribute_value, config_body
+from support.processes import free_port
+from support.sdk_agent import chat_attributes
+from support.service import post_http
 
 pytestmark = pytest.mark.e2e
 

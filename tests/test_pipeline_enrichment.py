@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from spans import make_request, make_span, span_attributes
+from support.otlp_proto import make_request, make_span, span_attributes
 
 from agentopz_otel.config import parse_config
 from agentopz_otel.model import Batch

@@ -11,8 +11,9 @@ import time
 import urllib.request
 
 import pytest
-from conftest import RunningService, free_port, service_body
-from probe_agent import running_stand_in
+from support.probe_stand_in import running_stand_in
+from support.processes import free_port
+from support.service import RunningService, service_body
 
 from agentopz_otel.components import Context
 from agentopz_otel.config import ConfigError, parse_config

@@ -6,10 +6,10 @@ import math
 import time
 
 import pytest
-from agents import emit_chat, emit_tool, tracer
-from conftest import service_body
-from prom import start_prometheus
-from test_runs import agent_run, runs_config, wait_runs
+from support.prometheus import start_prometheus
+from support.runs import agent_run, runs_config, wait_runs
+from support.sdk_agent import emit_chat, emit_tool, tracer
+from support.service import service_body
 
 GPT4O_CALL = 0.00575
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from spans import make_request, make_span, span_attributes
+from support.otlp_proto import make_request, make_span, span_attributes
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Registry

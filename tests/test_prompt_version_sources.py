@@ -8,8 +8,6 @@ import json
 import time
 
 import pytest
-from agents import chat_attributes, emit_chat, tracer
-from conftest import service_body
 from openfeature import api
 from openfeature.contrib.hook.opentelemetry import TracingHook
 from openfeature.evaluation_context import EvaluationContext
@@ -18,6 +16,8 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from support.sdk_agent import chat_attributes, emit_chat, tracer
+from support.service import service_body
 
 pytestmark = pytest.mark.e2e
 

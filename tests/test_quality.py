@@ -6,11 +6,11 @@ import json
 import time
 
 import pytest
-from agents import chat_attributes, emit_chat, emit_tool, tracer
-from conftest import service_body
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
-from test_runs import run_records, runs_config, wait_runs
+from support.runs import run_records, runs_config, wait_runs
+from support.sdk_agent import chat_attributes, emit_chat, emit_tool, tracer
+from support.service import service_body
 
 CHECK_SETS = [
     {

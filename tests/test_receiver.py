@@ -9,11 +9,11 @@ import urllib.request
 
 import grpc
 import pytest
-from agents import chat_attributes
-from conftest import service_body
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
+from support.sdk_agent import chat_attributes
+from support.service import service_body
 
 OTLP_TOKEN = "otlp-token-0123456789abcdef0123456789"
 

@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from agents import tracer
-from alerting import WEBHOOK_TOKEN, alertmanager_config, running_alertmanager, running_recorder
-from conftest import service_body
 from openfeature import api
-from prom import start_prometheus
-from rollouts import Admin
-from test_canary_analysis import AGENT, FAST_RUNS, MAX_RUN_SECONDS, VERSIONS, Agent, run_until, wait_state
+from support.admin_api import Admin
+from support.alertmanager import WEBHOOK_TOKEN, alertmanager_config, running_alertmanager, running_recorder
+from support.canary import AGENT, FAST_RUNS, MAX_RUN_SECONDS, VERSIONS, Agent, run_until, wait_state
+from support.prometheus import start_prometheus
+from support.sdk_agent import tracer
+from support.service import service_body
 
 ALERT_RULES = Path(__file__).resolve().parent.parent / "alert-rules" / "agentopz-alerts.yaml"
 RUNBOOKS = "http://localhost:9464/runbooks"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from rollouts import Admin, rollouts_body
+from support.admin_api import Admin
+from support.service import rollouts_body
 
 from agentopz_otel.admin_auth import ADMIN_AUTH, AdminAuth, require_admin
 from agentopz_otel.cli import main

@@ -12,13 +12,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 import requests
-from conftest import require_binary
 from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
-from rollouts import Admin, rollouts_body
+from support.admin_api import Admin
+from support.processes import require_binary
+from support.service import rollouts_body
 
 from agentopz_otel.extensions.rollouts.split import split_variant
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from rollouts import Admin, rollouts_body
+from support.admin_api import Admin
+from support.service import rollouts_body
 
 from agentopz_otel.cli import main
 

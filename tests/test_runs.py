@@ -10,35 +10,14 @@ import sys
 import textwrap
 import time
 
-import grpc
 import pytest
-from agents import chat_attributes, emit_chat, emit_tool, tracer
-from conftest import service_body
 from opentelemetry.trace import Status, StatusCode
-from spans import make_request, make_span
+from support.otlp_proto import make_span
+from support.runs import agent_run, raw_run, run_records, runs_config, send, wait_runs
+from support.sdk_agent import chat_attributes, emit_chat, emit_tool, tracer
+from support.service import service_body
 
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 GPT4O_CALL = 0.00575  # 1200 in (200 cached) + 300 out on gpt-4o, per genai-prices
-
-
-def runs_config(run_log, max_open: int = 1000, **extra) -> dict:
-    """The runs processor with short timings, a run log and a few agents' limits."""
-    return {
-        "grace_seconds": 0.4,
-        "tick_seconds": 0.1,
-        "root_wait_seconds": 1.0,
-        "abandon_after_seconds": 1.5,
-        "max_open_runs": max_open,
-        "run_log": {"path": str(run_log)},
-        "limits": [
-            {"agent": "spender", "max_cost_usd": 0.01},
-            {"agent": "looper", "max_steps": 3},
-            {"agent": "slow", "max_duration_seconds": 0.05},
-            {"agent": "steps-edge", "max_steps": 2},
-            {"agent": "cost-edge", "max_cost_usd": 0.5},
-        ],
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -50,28 +29,6 @@ def runs_service(start_service, tmp_path):
         return service
 
     return start
-
-
-def run_records(service) -> list[dict]:
-    if not service.run_log.exists():
-        return []
-    return [json.loads(line) for line in service.run_log.read_text().splitlines()]
-
-
-def wait_runs(service, count: int, timeout: float = 10.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while len(records := run_records(service)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return records
-
-
-def agent_run(t, agent: str, failed: bool = False, **attributes):
-    """Context manager for an invoke_agent span."""
-    span = t.start_as_current_span(
-        f"invoke_agent {agent}",
-        attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, **attributes},
-    )
-    return span
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http/protobuf"])
@@ -152,29 +109,6 @@ def test_prompt_version_of_the_run_comes_from_its_calls(runs_service):
     assert service.value("agentopz_runs_total", prompt_version=record["prompt_version"]) == 1
 
 
-def send(service, spans, service_name="svc"):
-    with grpc.insecure_channel(service.grpc_endpoint) as channel:
-        channel.unary_unary(EXPORT)(make_request(spans, service=service_name).SerializeToString(), timeout=5)
-
-
-def raw_run(trace_id: bytes, agent="raw"):
-    """An agent span with a chat and a tool span under it, built directly (for exact ordering)."""
-    root = make_span(
-        f"invoke_agent {agent}",
-        {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent},
-        trace_id=trace_id,
-        duration_ns=2_000_000_000,
-    )
-    chat = make_span("chat gpt-4o", chat_attributes(), trace_id=trace_id, parent=root.span_id)
-    tool = make_span(
-        "execute_tool search",
-        {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"},
-        trace_id=trace_id,
-        parent=root.span_id,
-    )
-    return root, chat, tool
-
-
 def test_split_batches_and_reordering_make_one_run(runs_service):
     service = runs_service()
     root, chat, tool = raw_run(b"\x11" * 16)
@@ -211,7 +145,7 @@ def test_a_second_process_contributes_tool_spans(runs_service):
             script = textwrap.dedent(f"""
                 import sys
                 sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
-                from agents import emit_tool, tracer
+                from support.sdk_agent import emit_tool, tracer
                 from opentelemetry import trace
                 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
                 parent = SpanContext({context.trace_id}, {context.span_id}, is_remote=True,
@@ -442,7 +376,7 @@ def test_shutdown_finishes_runs_in_their_grace_period(runs_service):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_root_span_is_forwarded_with_run_totals_and_the_run_log_as_otlp_logs(start_service, tmp_path, protocol):
-    from sinks import SINKS, attribute_value
+    from support.otlp_sinks import SINKS, attribute_value
 
     with SINKS[protocol]() as backend:
         exporters = {"otlp/backend": {"endpoint": backend.endpoint, "protocol": protocol}}
@@ -552,7 +486,7 @@ def test_a_trace_over_the_span_cap_is_not_assembled_further(start_service, tmp_p
 
 
 def test_sub_agent_spans_are_forwarded_too(start_service, tmp_path):
-    from sinks import GrpcSink
+    from support.otlp_sinks import GrpcSink
 
     with GrpcSink() as backend:
         exporters = {"otlp/backend": {"endpoint": backend.endpoint, "protocol": "grpc"}}

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Counter, Registry

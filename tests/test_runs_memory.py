@@ -8,8 +8,8 @@ import gc
 import os
 import time
 
-from agents import chat_attributes
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
+from support.sdk_agent import chat_attributes
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Registry

@@ -9,10 +9,10 @@ import time
 import urllib.request
 
 import grpc
-from agents import chat_attributes
-from conftest import metric_samples, service_body
 from prometheus_client.parser import text_string_to_metric_families
-from spans import make_request, make_span
+from support.otlp_proto import make_request, make_span
+from support.sdk_agent import chat_attributes
+from support.service import metric_samples, service_body
 
 from agentopz_otel.metrics import OVERFLOW_VALUE
 

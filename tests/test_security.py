@@ -16,12 +16,9 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 import pytest
-from conftest import RunningService, service_body
-from rollouts import Admin
-from test_console import (
-    chromium,  # noqa: F401  (the Debian chromium fixture)
-    new_page,
-)
+from support.admin_api import Admin
+from support.browser import new_page
+from support.service import RunningService, service_body
 
 from agentopz_otel.admin_auth import Throttle, host_allowed, refusal
 from agentopz_otel.bearer import MIN_TOKEN_CHARS, TokenConfig, token_matches
@@ -206,7 +203,7 @@ def attacker_site(default_service) -> Iterator[str]:
 def test_a_page_on_another_port_cannot_act_through_the_operators_browser(
     default_service,
     attacker_site,
-    chromium,  # noqa: F811
+    chromium,
 ):
     admin = with_rollout(default_service)
     page = new_page(chromium)
@@ -511,9 +508,9 @@ def test_sign_in_sessions_survive_a_restart_and_the_database_holds_no_cookie(sta
 
 
 def test_held_run_roots_are_bounded_in_bytes(start_service, tmp_path):
-    from sinks import GrpcSink
-    from spans import make_request
-    from test_runs import raw_run, runs_config, send
+    from support.otlp_proto import make_request
+    from support.otlp_sinks import GrpcSink
+    from support.runs import raw_run, runs_config, send
 
     runs = {
         name: raw_run(bytes([index + 1]) * 16, agent=name) for index, name in enumerate(("first", "second", "third"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import require_binary
+from support.processes import require_binary
 
 from agentopz_otel.config import ConfigError, parse_config
 from agentopz_otel.slo import (

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_binary
+from support.processes import require_binary
 
 from agentopz_otel.triage import (
     MIN_RUNS,

@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fake_openai
 import pytest
-from conftest import require_binary, service_body
-from fake_openai import FakeOpenAI
 from genai_prices import Usage, calc_price
-from sinks import GrpcSink, attribute_value
+from support import fake_openai
+from support.fake_openai import FakeOpenAI
+from support.otlp_sinks import GrpcSink, attribute_value
+from support.processes import require_binary
+from support.service import service_body
 
 pytestmark = pytest.mark.e2e
 

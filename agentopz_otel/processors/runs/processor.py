@@ -49,8 +49,8 @@ from .assembly import (
     unfinished,
 )
 from .checkpoint import CheckpointConfig, RunCheckpoint, RunState
-from .content import LoggedContent
 from .evaluations import EvaluationRouter
+from .logged_content import LoggedContent
 from .outcome import RunLimit, decide_outcome
 from .publishing import (
     RUN_COST_BUCKETS,

@@ -6,20 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from conftest import service_body
-
-
-def rollouts_body(storage_path: Path, rollouts: dict | None = None, admin_token: str | None = None) -> str:
-    """A service with the storage extension at `storage_path` and the rollouts extension."""
-    admin: dict[str, Any] = {"endpoint": "127.0.0.1:@ADMIN_PORT@"}
-    if admin_token is not None:
-        admin["auth"] = {"token": admin_token}
-    return service_body(
-        extensions={"storage": {"path": str(storage_path)}, "rollouts": rollouts or {}}, service={"admin": admin}
-    )
 
 
 @dataclass

@@ -13,12 +13,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agents import emit_chat, tracer
 from aiohttp import web
-from conftest import free_port
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from support.sdk_agent import emit_chat, tracer
 
 Mode = Literal["answer", "slow", "fail", "silent", "failing_run", "hang"]
 ANSWER = {"status": "ok", "reply": "pong"}
@@ -26,7 +26,7 @@ ANSWER = {"status": "ok", "reply": "pong"}
 
 @dataclass
 class StandIn:
-    port: int
+    port: int = 0  # the port it bound (it binds port 0: no other process can take it in between)
     mode: Mode = "answer"
     slow_seconds: float = 5.0
     # The headers of each request received, and the trace ids of the runs emitted, in order.
@@ -90,13 +90,14 @@ def _app(state: StandIn) -> web.Application:
 
 @contextmanager
 def running_stand_in() -> Iterator[StandIn]:
-    state = StandIn(free_port())
+    state = StandIn()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(_app(state))
 
     async def serve() -> None:
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", state.port).start()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        [(_, state.port)] = runner.addresses
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

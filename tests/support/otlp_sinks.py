@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-from conftest import free_port, service_body
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
@@ -23,15 +22,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from support.processes import free_port
+from support.service import service_body
+
 
 class Sink:
     """Stores every ExportTraceServiceRequest it receives, with the request metadata / headers.
 
     `refuse` maps a span name to the answer (a gRPC status code or an HTTP status) given instead of
-    accepting any request holding such a span; `refused` counts those answers by span name."""
+    accepting any request holding such a span; `refused` counts those answers by span name.
+
+    Without `port`, a sink started before its port is asked for binds port 0 and reports the port it got
+    (no other process can take it in between); one whose endpoint goes into a config before it starts
+    (an outage test) reserves a free port when first asked."""
 
     def __init__(self, port: int | None = None, refuse: dict[str, grpc.StatusCode | int] | None = None) -> None:
-        self.port = port or free_port()
+        self._port = port
         self.requests: list[ExportTraceServiceRequest] = []
         self.log_requests: list[ExportLogsServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
@@ -48,6 +54,12 @@ class Sink:
                             self.refused[span.name] += 1
                         return self.refuse[span.name]
         return None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            self._port = free_port()
+        return self._port
 
     @property
     def endpoint(self) -> str:
@@ -127,8 +139,10 @@ class GrpcSink(Sink):
         self._server = grpc.server(ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self._server)
-        if self._server.add_insecure_port(f"127.0.0.1:{self.port}") != self.port:
-            raise RuntimeError(f"gRPC sink cannot listen on 127.0.0.1:{self.port}")
+        bound = self._server.add_insecure_port(f"127.0.0.1:{self._port or 0}")
+        if bound == 0 or self._port not in (None, bound):
+            raise RuntimeError(f"gRPC sink cannot listen on 127.0.0.1:{self._port or 0}")
+        self._port = bound
         self._server.start()
 
     def stop(self) -> None:
@@ -175,7 +189,8 @@ class HttpSink(Sink):
             def log_message(self, format: str, *args) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port or 0), Handler)
+        self._port = self._server.server_address[1]
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, require_binary
+from support.processes import Command, http_ok, launch, require_binary, stop
 
 
 @dataclass
@@ -42,12 +42,7 @@ class Prometheus:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process)
 
 
 def start_prometheus(
@@ -58,8 +53,9 @@ def start_prometheus(
     interval: str = "1s",
     port: int | None = None,
 ) -> Prometheus:
+    """A real Prometheus scraping `targets`; on `port` when given (a service configured before it starts
+    needs its URL), else on a port the launcher picks."""
     binary = require_binary("prometheus")
-    port = port or free_port()
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [{"job_name": "agentopz", "static_configs": [{"targets": targets}]}],
@@ -69,26 +65,18 @@ def start_prometheus(
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
-    log_path = tmp_path / "prometheus.log"
-    process = subprocess.Popen(
-        [
+
+    def command(ports: tuple[int, ...]) -> Command:
+        listen = port or ports[0]
+        argv = [
             binary,
             f"--config.file={config_path}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.listen-address=127.0.0.1:{listen}",
             "--enable-feature=exemplar-storage",
             "--log.level=warn",
-        ],
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    prometheus = Prometheus(process, port, log_path)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=1):
-                return prometheus
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not start:\n{log_path.read_text()}") from None
-            time.sleep(0.2)
+        ]
+        return Command(argv, http_ok(f"http://127.0.0.1:{listen}/-/ready"))
+
+    launched = launch("prometheus", command, tmp_path / "prometheus.log", ports=0 if port else 1)
+    return Prometheus(launched.process, port or launched.ports[0], launched.log_path)

@@ -4,19 +4,18 @@ recorder standing in for PagerDuty, Slack and the on-call webhook."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
-from conftest import free_port, require_binary
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+from support.processes import Command, http_ok, launch, require_binary
+
 WEBHOOK_TOKEN = "e2e-agentopz-webhook-token-0123456789"
 
 
@@ -110,37 +109,17 @@ def alertmanager_config(tmp_path: Path, recorder: Recorder, agentopz_webhook: st
 def running_alertmanager(tmp_path: Path, config: Path) -> Iterator[str]:
     """Run a real Alertmanager with `config`; yields its URL."""
     binary = require_binary("prometheus-alertmanager")
-    port = free_port()
-    log_path = tmp_path / "alertmanager.log"
-    process = subprocess.Popen(
-        [
+
+    def command(ports: tuple[int, ...]) -> Command:
+        argv = [
             binary,
             f"--config.file={config}",
             f"--storage.path={tmp_path / 'alertmanager-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.listen-address=127.0.0.1:{ports[0]}",
             "--cluster.listen-address=",
             "--log.level=warn",
-        ],
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"alertmanager did not start:\n{log_path.read_text()}") from None
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        ]
+        return Command(argv, http_ok(f"http://127.0.0.1:{ports[0]}/-/ready"))
+
+    with launch("alertmanager", command, tmp_path / "alertmanager.log", ports=1, timeout=20) as launched:
+        yield f"http://127.0.0.1:{launched.ports[0]}"
