@@ -202,9 +202,6 @@ def test_prometheus_source_analyses_what_every_replica_saw(start_service, tmp_pa
         # The deciding replica itself saw no failed run: the failures came from the other one's series.
         assert deciding.value("agentopz_runs_total", agent=AGENT, prompt_version="v2", outcome="llm_error") == 0
         assert other.value("agentopz_runs_total", agent=AGENT, prompt_version="v2", outcome="llm_error") > 0
-        assert sum(evidence["runs"].values()) > deciding.value(
-            "agentopz_runs_total", agent=AGENT, prompt_version="v1", outcome="success"
-        ) + deciding.value("agentopz_runs_total", agent=AGENT, prompt_version="v2", outcome="success")
         assert deciding.value("agentopz_rollout_analysis_source_up", source="prometheus") == 1
         time.sleep(2)  # scraped after the rollback
         variables = {"agent": AGENT, "prompt_version": ".*", "__rate_interval": "1m", "__range": "5m"}
