@@ -218,7 +218,17 @@ def test_a_page_on_another_port_cannot_act_through_the_operators_browser(
 
 # -- 2. DNS rebinding ----------------------------------------------------------------------------
 
-READS = ["/", "/metrics", "/healthz", "/api/v1/history", "/api/v1/agents", "/api/v1/flagd/flags.json", "/rollouts"]
+READS = [
+    "/",
+    "/metrics",
+    "/healthz",
+    "/api/v1/history",
+    "/api/v1/agents",
+    "/api/v1/flagd/flags.json",
+    "/rollouts",
+    "/api/v1/probes",
+    "/api/v1/routes",
+]
 
 
 def test_every_route_refuses_a_rebound_host_name(default_service):
@@ -236,6 +246,9 @@ def test_every_route_refuses_a_rebound_host_name(default_service):
     assert evaluation.status == 403
     pause = send(port, "POST", "/api/v1/rollouts/support/pause", b"{}", {**rebound, **json_type})
     assert pause.status == 403
+    tool_off = send(port, "PUT", "/api/v1/routes/support/tools/search", b'{"enabled": false}', {**rebound, **json_type})
+    assert tool_off.status == 403
+    assert send(port, "GET", "/api/v1/routes").json()["routes"] == []
     assert state(admin) == ("progressing", False)
     assert send(port, "POST", "/api/v1/rollouts/support/pause", b"{}", json_type).status == 200
     assert state(admin) == ("paused", False)
