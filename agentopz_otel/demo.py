@@ -56,6 +56,7 @@ from .fleet import (
     Call,
     RunPlan,
     VersionPicker,
+    agent_attributes,
     call_attributes,
     plan_run,
 )
@@ -201,8 +202,7 @@ class RunExecution:
         self.wall_ns = wall_ns
         self.rng = random.Random(f"agentopz-demo-ids:{plan.index}")
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": plan.agent,
+            **agent_attributes(plan.agent),
             "gen_ai.agent.id": f"agt_{plan.agent.replace('-', '_')}",
             "gen_ai.conversation.id": plan.conversation_id,
         }

@@ -166,7 +166,9 @@ RESEARCH_SYSTEM = (
     "concise, sourced summary. Cite every claim with its URL. Never invent sources."
 )
 SUPPORT_AGENT = "support-triage"
+ORDER_AGENT = "order-tracker"
 RESEARCH_AGENT = "research-assistant"
+REVIEW_AGENT = "code-reviewer"
 SUPPORT_BASELINE, SUPPORT_CANARY = "v12", "v13"
 
 AGENTS = {
@@ -197,7 +199,7 @@ AGENTS = {
             limits={"max_cost_usd": 0.5},
         ),
         Agent(
-            "order-tracker",
+            ORDER_AGENT,
             "order-service",
             0.30,
             GENAI,
@@ -223,7 +225,7 @@ AGENTS = {
             limits={"max_cost_usd": 1.0, "max_steps": 30},
         ),
         Agent(
-            "code-reviewer",
+            REVIEW_AGENT,
             "code-review-bot",
             0.15,
             GENAI,
@@ -632,7 +634,7 @@ def _code_review(b: _Builder, rng: random.Random) -> None:
         plan.evaluation = Evaluation("review_usefulness", "fail", 0.0, "the review is empty")
 
 
-PLANS: dict[str, Callable[[_Builder, random.Random], None]] = {"order-tracker": _order, "code-reviewer": _code_review}
+PLANS: dict[str, Callable[[_Builder, random.Random], None]] = {ORDER_AGENT: _order, REVIEW_AGENT: _code_review}
 
 
 def in_storm(index: int) -> bool:
@@ -684,6 +686,11 @@ def usage_attributes(input_tokens: Any, output_tokens: Any, cache_read: Any = No
     if cache_write is not None:
         attributes["gen_ai.usage.cache_creation.input_tokens"] = cache_write
     return attributes
+
+
+def agent_attributes(name: str) -> dict[str, Any]:
+    """The run's agent span (invoke_agent) in the GenAI semantic conventions."""
+    return {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name}
 
 
 def tool_attributes(name: str) -> dict[str, Any]:

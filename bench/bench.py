@@ -43,6 +43,7 @@ from agentopz_otel.fleet import (
     PROVIDERS,
     SERVER_ERROR,
     Model,
+    agent_attributes,
     chat_attributes,
     otlp_attributes,
     tool_attributes,
@@ -183,8 +184,7 @@ class TraceFactory:
 
     def semconv_agent(self, agent: str, model: Model, conversation: str) -> SpanSpec:
         attributes = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": agent,
+            **agent_attributes(agent),
             "gen_ai.agent.id": f"asst_{zlib.crc32(agent.encode()):010d}",
             "gen_ai.provider.name": model.provider,
             "gen_ai.request.model": model.name,
