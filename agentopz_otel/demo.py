@@ -132,8 +132,8 @@ class PromptFlags:
             raise ValueError(f"{method} {path}: HTTP {error.code} {answer.get('error', error.reason)}") from None
 
 
-class Fleet:
-    """One TracerProvider (with a batching OTLP exporter) per service of the demo fleet."""
+class Tracers:
+    """One TracerProvider (with a batching OTLP exporter) per service of the agents the demo plays."""
 
     def __init__(self, endpoint: str, protocol: str, export_delay_ms: int = 500) -> None:
         from opentelemetry.sdk.resources import Resource
@@ -306,7 +306,7 @@ class DemoStats:
 class Demo:
     def __init__(
         self,
-        fleet: Fleet,
+        tracers: Tracers,
         rate: float,
         seed: int = 1,
         speed: float = 1.0,
@@ -316,7 +316,7 @@ class Demo:
         log: Callable[[str], None] = lambda line: print(f"agentopz-otel demo: {line}", file=sys.stderr, flush=True),
         flags: PromptFlags | None = None,
     ) -> None:
-        self.fleet = fleet
+        self.tracers = tracers
         self.flags = flags
         self.rate = rate
         self.seed = seed
@@ -339,7 +339,7 @@ class Demo:
         from opentelemetry import trace
 
         def pick(plan: RunPlan) -> str | None:
-            root = start_root(self.fleet.tracers[plan.service], plan, wall_ns)
+            root = start_root(self.tracers.tracers[plan.service], plan, wall_ns)
             roots.append(root)
             with trace.use_span(root, end_on_exit=False):
                 return flags.version(plan.agent, plan.conversation_id)
@@ -376,7 +376,7 @@ class Demo:
                 roots: list = []
                 plan = plan_run(self.seed, index, self._picker(wall_ns, roots))
                 index += 1
-                tracer = self.fleet.tracers[plan.service]
+                tracer = self.tracers.tracers[plan.service]
                 execution = RunExecution(plan, tracer, next_arrival, wall_ns, roots[0] if roots else None)
                 self.stats.started += 1
                 self.stats.intended[(plan.agent, plan.intended)] += 1
@@ -428,8 +428,8 @@ def main(args: argparse.Namespace) -> int:
             return 2
     protocol = "grpc" if args.protocol == "grpc" else "http"
     endpoint = args.endpoint or ("localhost:4317" if protocol == "grpc" else "localhost:4318")
-    fleet = Fleet(endpoint, protocol)
-    demo = Demo(fleet, args.rate, args.seed, args.speed, args.duration, args.runs, args.drain)
+    tracers = Tracers(endpoint, protocol)
+    demo = Demo(tracers, args.rate, args.seed, args.speed, args.duration, args.runs, args.drain)
     if not args.no_rollout:
         demo.flags = _prompt_flags(args.flags_url, demo.log, args.canary_analysis)
 
@@ -444,7 +444,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         stats = demo.run()
     finally:
-        fleet.shutdown()
+        tracers.shutdown()
         if demo.flags is not None:
             from openfeature import api
 

@@ -270,6 +270,10 @@ LIMITS = {agent.name: agent.limits for agent in AGENTS.values() if agent.limits}
 # Runs whose index falls in [start, end) of every STORM_PERIOD runs hit an OpenAI rate-limit storm.
 STORM_PERIOD = 1200
 STORM_WINDOW = (300, 420)
+# A failed call answers within this many seconds (a 429, an overload); an answered one takes as long
+# as its output tokens at the model's speed, plus the time to the first token.
+FAILED_CALL_SECONDS = (0.08, 0.4)
+FIRST_TOKEN_SECONDS = (0.25, 0.6)
 # Run index % RUNAWAY_PERIOD == RUNAWAY_OFFSET: a research-assistant run stuck in a retry loop.
 RUNAWAY_PERIOD = 500
 RUNAWAY_OFFSET = 40
@@ -384,8 +388,8 @@ class _Builder:
         attempts = provider.attempts
         for attempt in range(attempts):
             if self.rng.random() < self._failure_rate(provider):
-                # A failed attempt answers fast; the agent backs off before the next one.
-                end = self.t + self.rng.uniform(0.08, 0.4)
+                # The agent backs off before the next attempt.
+                end = self.t + self.rng.uniform(*FAILED_CALL_SECONDS)
                 failure = provider.failure
                 call = Call(
                     "chat",
@@ -404,7 +408,7 @@ class _Builder:
                 if attempt < attempts - 1:
                     self.t += (2**attempt) * self.rng.uniform(0.8, 1.2)  # exponential backoff with jitter
                 continue
-            latency = self.rng.uniform(0.25, 0.6) + output_tokens / MODELS[model].tokens_per_second
+            latency = self.rng.uniform(*FIRST_TOKEN_SECONDS) + output_tokens / MODELS[model].tokens_per_second
             end = self.t + latency
             self.plan.calls.append(
                 Call(

@@ -38,6 +38,8 @@ from pathlib import Path
 
 from agentopz_otel.fleet import (
     AGENTS,
+    FAILED_CALL_SECONDS,
+    FIRST_TOKEN_SECONDS,
     OPENINFERENCE,
     PRICED_MODELS,
     PROVIDERS,
@@ -110,6 +112,12 @@ class TraceFactory:
             cached = rng.randrange(1024, input_tokens + 1, 128)
         return input_tokens, output_tokens, cached
 
+    def _chat_ms(self, model: Model, output_tokens: int, unanswered: bool) -> float:
+        """A failed call that got no answer returns fast; an answer takes its tokens at the model's speed."""
+        if unanswered:
+            return self.rng.uniform(*FAILED_CALL_SECONDS) * 1000
+        return (self.rng.uniform(*FIRST_TOKEN_SECONDS) + output_tokens / model.tokens_per_second) * 1000
+
     def _system_instructions(self, agent: str) -> str | None:
         prompts = AGENTS[agent].system_prompts
         if self.rng.random() < 0.4:
@@ -160,7 +168,7 @@ class TraceFactory:
             if failure is provider.failure:
                 for key in ("gen_ai.response.id", "gen_ai.response.finish_reasons", "gen_ai.usage.output_tokens"):
                     attributes.pop(key)
-        duration = 300 + output_tokens * rng.uniform(8, 25)
+        duration = self._chat_ms(model, output_tokens, failure is provider.failure)
         return SpanSpec(f"chat {model.name}", 3, attributes, parent, duration, error, events)
 
     def semconv_tool(self, agent: str, parent: int) -> SpanSpec:
@@ -225,7 +233,7 @@ class TraceFactory:
         }
         if cached:
             attributes["llm.token_count.prompt_details.cache_read"] = cached
-        return SpanSpec("ChatCompletion", 1, attributes, parent, 300 + output_tokens * rng.uniform(8, 25))
+        return SpanSpec("ChatCompletion", 1, attributes, parent, self._chat_ms(model, output_tokens, False))
 
     def openinference_tool(self, agent: str, parent: int) -> SpanSpec:
         rng = self.rng
