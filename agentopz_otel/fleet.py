@@ -718,10 +718,7 @@ def call_attributes(plan: RunPlan, call: Call, rng: random.Random) -> dict[str, 
     if call.system is not None:
         attributes["gen_ai.system_instructions"] = json.dumps([{"type": "text", "content": call.system}])
     if call.status != "ok":
-        attributes["error.type"] = call.error_type or "Error"
-        if call.http_status is not None:
-            attributes["http.response.status_code"] = call.http_status
-        return attributes
+        return {**attributes, **_failure_attributes(call)}
     attributes.update(
         {
             "gen_ai.response.model": call.name,
@@ -749,10 +746,16 @@ def _tool_call_attributes(plan: RunPlan, call: Call, rng: random.Random) -> dict
         "gen_ai.tool.call.id": f"call_{rng.getrandbits(64):016x}",
         "gen_ai.agent.name": plan.agent,
     }
-    if call.status != "ok":
-        attributes["error.type"] = call.error_type or "Error"
-        if call.http_status is not None:
-            attributes["http.response.status_code"] = call.http_status
+    return {**attributes, **_failure_attributes(call)}
+
+
+def _failure_attributes(call: Call) -> dict[str, Any]:
+    """A failed call's error type and HTTP status; nothing for a call that went well."""
+    if call.status == "ok":
+        return {}
+    attributes: dict[str, Any] = {"error.type": call.error_type or "Error"}
+    if call.http_status is not None:
+        attributes["http.response.status_code"] = call.http_status
     return attributes
 
 
