@@ -24,8 +24,9 @@ scheduled rate-limit storm most calls do and some runs give up (llm_error). Qual
 final answers a check fails (refusals, truncated or non-JSON output), each with a
 `gen_ai.evaluation.result` event labelled `fail`.
 
-What each run does is a plan drawn from `--seed` and the run's index alone, so the same seed gives
-the same runs (trace ids stay random and unique). Span timestamps follow the plan; `--speed` plays
+What each run does is a plan (`agentopz_otel.fleet.plan_run`, where the agents are described) drawn
+from `--seed` and the run's index alone, so the same seed gives the same runs (trace ids stay random
+and unique). Span timestamps follow the plan; `--speed` plays
 the plan faster in real time without changing the durations the spans report.
 """
 
@@ -46,559 +47,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import ABANDONED, BUDGET_EXCEEDED, ERROR, LLM_ERROR, QUALITY_FAILURE, SUCCESS, TIMEOUT, TOOL_ERROR
-
-OPENAI = "openai"
-ANTHROPIC = "anthropic"
-# How each provider's upstream fails in the demo: (status, error.type, message, HTTP status).
-UPSTREAM_FAILURES = {
-    OPENAI: (
-        "rate_limited",
-        "RateLimitError",
-        "Error code: 429 - Rate limit reached for {model} on requests per min (RPM)",
-        429,
-    ),
-    ANTHROPIC: (
-        "server_error",
-        "OverloadedError",
-        "Error code: 529 - {{'type': 'overloaded_error', 'message': 'Overloaded'}}",
-        529,
-    ),
-}
-SELF_HOSTED = "vllm"
-
-GPT_4O = "gpt-4o-2024-08-06"
-GPT_4O_MINI = "gpt-4o-mini"
-CLAUDE_SONNET = "claude-sonnet-4-20250514"
-ADDRESS_PARSER = "acme-address-parser-7b"  # self-hosted: no catalogue price
-
-SERVER_ADDRESSES = {OPENAI: "api.openai.com", ANTHROPIC: "api.anthropic.com", SELF_HOSTED: "inference.internal"}
-
-# Output tokens per second, for call latencies.
-TOKENS_PER_SECOND = {GPT_4O: 70.0, GPT_4O_MINI: 110.0, CLAUDE_SONNET: 60.0, ADDRESS_PARSER: 200.0}
-
-# Runs whose index falls in [start, end) of every STORM_PERIOD runs hit an OpenAI rate-limit storm.
-STORM_PERIOD = 1200
-STORM_WINDOW = (300, 420)
-RATE_LIMIT_PROBABILITY = 0.02
-STORM_RATE_LIMIT_PROBABILITY = 0.55
-OVERLOAD_PROBABILITY = 0.01
-# Run index % RUNAWAY_PERIOD == RUNAWAY_OFFSET: a research-assistant run stuck in a retry loop.
-RUNAWAY_PERIOD = 500
-RUNAWAY_OFFSET = 40
-RUNAWAY_ITERATIONS = (44, 50)
-
-# The limits the stack's config (collector-config/agentopz.yaml, runs.limits) sets for these agents;
-# the runaway loop and the hanging carrier API are sized to cross them, every other run stays under.
-LIMITS = {
-    "research-assistant": {"max_cost_usd": 1.0, "max_steps": 30},
-    "order-tracker": {"max_duration_seconds": 30.0},
-    "support-triage": {"max_cost_usd": 0.5},
-}
-
-RESEARCH_SYSTEM = (
-    "You are a research assistant. Search the web, read the most relevant pages and answer with a "
-    "concise, sourced summary. Cite every claim with its URL. Never invent sources."
-)
-SUPPORT_ANSWERS = (
-    "You can reset your password from Settings > Security > Reset password. I have also sent a reset link "
-    "to the email address on file.",
-    "Your subscription renews on the 14th. To switch to annual billing, open Billing > Plan and choose "
-    "Annual; the difference is prorated.",
-    "The export finished but was larger than 25 MB, so we emailed a download link instead. It stays valid for 7 days.",
-    "I have raised the seat limit on your workspace to 25. New invitations can be sent right away.",
-)
-SUPPORT_REFUSAL = "I'm sorry, but I can't help with that request."
-CARRIERS = ("UPS", "DHL", "FedEx", "USPS")
-ORDER_STATUSES = ("in_transit", "out_for_delivery", "delivered", "label_created")
-RESEARCH_TOPICS = (
-    "battery recycling regulation in the EU",
-    "open-source vector databases",
-    "heat pump efficiency in cold climates",
-    "the history of the OTLP protocol",
-    "carbon accounting standards for cloud workloads",
+from .fleet import (
+    DEMO_AGENTS,
+    SUPPORT_AGENT,
+    SUPPORT_BASELINE,
+    SUPPORT_CANARY,
+    SUPPORT_VERSIONS,
+    Call,
+    RunPlan,
+    VersionPicker,
+    agent_attributes,
+    call_attributes,
+    plan_run,
 )
 
-
-# -- plans ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Call:
-    """One LLM or tool call of a plan; times are seconds from the start of the run."""
-
-    kind: str  # "chat" or "tool"
-    start: float
-    end: float
-    name: str  # model or tool name
-    provider: str = ""
-    status: str = "ok"  # as agentopz_llm_calls_total and agentopz_tool_calls_total count it
-    error_type: str | None = None
-    error_message: str = ""
-    http_status: int | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    finish_reason: str | None = None
-    output: str | None = None  # the final answer, on the run's last chat call
-    output_type: str = "text"
-    system: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolFailure:
-    type: str  # error.type
-    message: str  # status description
-    http_status: int | None = None
-
-
-KB_TIMEOUT = ToolFailure("TimeoutError", "search_kb: backend did not answer within 1.5s")
-KB_UNAVAILABLE = ToolFailure("ServiceUnavailable", "search_kb: kb-search is unavailable", 503)
-CARRIER_TIMEOUT = ToolFailure("TimeoutError", "carrier_api: read timed out after 30s")
-SEARCH_UNAVAILABLE = ToolFailure("HTTPError", "web_search: search backend unavailable", 503)
-PAGE_NOT_FOUND = ToolFailure("HTTPError", "fetch_page: page not found", 404)
-TESTS_BROKEN = ToolFailure("CalledProcessError", "run_tests: pytest exited with 2 (collection failed)")
-TEST_FLAKY = ToolFailure("CalledProcessError", "run_tests: 1 failed (test_retry_backoff)")
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    name: str
-    label: str
-    score: float
-    explanation: str
-
-
-@dataclass
-class RunPlan:
-    index: int
-    service: str
-    agent: str
-    scenario: str
-    intended: str  # the outcome the run is meant to get under the stack's config
-    calls: list[Call] = field(default_factory=list)
-    duration: float = 0.0
-    prompt_version: str | None = None  # agentopz.prompt.version on the agent span
-    agent_version: str | None = None  # gen_ai.agent.version on the agent span
-    failure: tuple[str, str] | None = None  # (error.type, message) of a failed run
-    crashed: bool = False  # the agent died: its span never ends
-    evaluation: Evaluation | None = None
-    conversation_id: str = ""
-
-
-class _Builder:
-    """Builds one run's calls in time order, with retries for rate limits and overloads."""
-
-    def __init__(self, rng: random.Random, plan: RunPlan, storm: bool) -> None:
-        self.rng = rng
-        self.plan = plan
-        self.storm = storm
-        self.t = rng.uniform(0.005, 0.05)
-        self.upstream_errors = True
-
-    def think(self, low: float, high: float) -> None:
-        self.t += self.rng.uniform(low, high)
-
-    def _failure_probability(self, provider: str) -> float:
-        if not self.upstream_errors:
-            return 0.0
-        if provider == OPENAI:
-            return STORM_RATE_LIMIT_PROBABILITY if self.storm else RATE_LIMIT_PROBABILITY
-        if provider == ANTHROPIC:
-            return OVERLOAD_PROBABILITY
-        return 0.0
-
-    def chat(
-        self,
-        provider: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cache_read: int = 0,
-        cache_write: int = 0,
-        finish_reason: str = "stop",
-        output: str | None = None,
-        output_type: str = "text",
-        system: str | None = None,
-    ) -> bool:
-        """A chat call; False when every attempt failed (the run then fails with llm_error)."""
-        attempts = 4 if provider == OPENAI else 3
-        for attempt in range(attempts):
-            if self.rng.random() < self._failure_probability(provider):
-                end = self.t + self.rng.uniform(0.08, 0.4)
-                status, error_type, error_message, http_status = UPSTREAM_FAILURES[provider]
-                call = Call(
-                    "chat",
-                    self.t,
-                    end,
-                    model,
-                    provider,
-                    status=status,
-                    error_type=error_type,
-                    error_message=error_message.format(model=model),
-                    http_status=http_status,
-                    system=system,
-                )
-                self.plan.calls.append(call)
-                self.t = end
-                if attempt < attempts - 1:
-                    self.t += (2**attempt) * self.rng.uniform(0.8, 1.2)  # exponential backoff with jitter
-                continue
-            latency = self.rng.uniform(0.25, 0.6) + output_tokens / TOKENS_PER_SECOND.get(model, 80.0)
-            end = self.t + latency
-            self.plan.calls.append(
-                Call(
-                    "chat",
-                    self.t,
-                    end,
-                    model,
-                    provider,
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                    cache_read=cache_read,
-                    cache_write=cache_write,
-                    finish_reason=finish_reason,
-                    output=output,
-                    output_type=output_type,
-                    system=system,
-                )
-            )
-            self.t = end
-            return True
-        last = self.plan.calls[-1]
-        self.fail(last.error_type or "Error", last.error_message, LLM_ERROR)
-        return False
-
-    def tool(self, name: str, low: float, high: float, error: ToolFailure | None = None) -> None:
-        end = self.t + self.rng.uniform(low, high)
-        if error is None:
-            self.plan.calls.append(Call("tool", self.t, end, name))
-        else:
-            self.plan.calls.append(
-                Call(
-                    "tool",
-                    self.t,
-                    end,
-                    name,
-                    status="error",
-                    error_type=error.type,
-                    error_message=error.message,
-                    http_status=error.http_status,
-                )
-            )
-        self.t = end
-
-    def fail(self, error_type: str, message: str, intended: str) -> None:
-        self.plan.failure = (error_type, message)
-        self.plan.intended = intended
-        self.t += self.rng.uniform(0.01, 0.05)
-
-    def finish(self) -> RunPlan:
-        self.plan.duration = self.t + self.rng.uniform(0.01, 0.08)
-        return self.plan
-
-
-def _support(b: _Builder, rng: random.Random, pick_version: VersionPicker | None) -> None:
-    plan = b.plan
-    canary = rng.random() < 0.05  # drawn either way, so the rest of the plan does not depend on the flags
-    picked = pick_version(plan) if pick_version is not None else None
-    if picked in SUPPORT_VERSIONS:
-        canary = picked == SUPPORT_CANARY
-    plan.prompt_version = SUPPORT_CANARY if canary else SUPPORT_BASELINE
-    roll = rng.random()
-    quality = roll < (0.15 if canary else 0.02)
-    tool_failure = not quality and roll > 0.985
-    plan.scenario = "quality_failure" if quality else "tool_failure" if tool_failure else "normal"
-    question = rng.randint(600, 1400)
-    if not b.chat(
-        OPENAI, GPT_4O_MINI, question + 700, rng.randint(25, 70), cache_read=640 if rng.random() < 0.8 else 0
-    ):
-        return
-    b.think(0.005, 0.03)
-    if tool_failure:
-        b.tool("search_kb", 0.2, 1.5, KB_TIMEOUT)
-        b.think(0.02, 0.1)
-        b.tool("search_kb", 1.0, 2.5, KB_UNAVAILABLE)
-        b.fail("ToolError", "search_kb failed twice; giving up", TOOL_ERROR)
-        return
-    if rng.random() < 0.04:  # a flaky search that works on the second try
-        b.tool("search_kb", 0.3, 1.5, KB_TIMEOUT)
-        b.think(0.01, 0.05)
-    b.tool("search_kb", 0.08, 0.6)
-    if rng.random() < 0.5:
-        b.tool("lookup_customer", 0.05, 0.3)
-    b.think(0.005, 0.03)
-    context = question + rng.randint(1800, 3200)
-    answer = SUPPORT_REFUSAL if quality else rng.choice(SUPPORT_ANSWERS)
-    if canary:
-        if not b.chat(OPENAI, GPT_4O, context + 700, rng.randint(250, 500), cache_read=1024):
-            return
-        b.think(0.005, 0.03)
-        if not b.chat(OPENAI, GPT_4O, context + 1200, rng.randint(200, 450), cache_read=1024, output=answer):
-            return
-    elif not b.chat(OPENAI, GPT_4O_MINI, context + 700, rng.randint(120, 380), cache_read=1024, output=answer):
-        return
-    if quality:
-        plan.intended = QUALITY_FAILURE
-        plan.evaluation = Evaluation("helpfulness", "fail", round(rng.uniform(0.05, 0.3), 2), "the answer refuses")
-
-
-def _order(b: _Builder, rng: random.Random) -> None:
-    plan = b.plan
-    roll = rng.random()
-    plan.scenario = (
-        "crash"
-        if roll < 0.005
-        else "bug"
-        if roll < 0.015
-        else "carrier_hang"
-        if roll < 0.035
-        else "quality_failure"
-        if roll < 0.065
-        else "normal"
-    )
-    if plan.scenario == "bug":
-        b.upstream_errors = False  # a plain bug, nothing upstream to blame
-    order_id = f"A-{rng.randint(10000, 99999)}"
-    if not b.chat(OPENAI, GPT_4O_MINI, rng.randint(700, 1100), rng.randint(20, 45), cache_read=512):
-        return
-    b.think(0.005, 0.02)
-    if plan.scenario == "bug":
-        b.fail("KeyError", "KeyError: 'tracking_number'", ERROR)
-        return
-    b.tool("lookup_order", 0.03, 0.25)
-    if plan.scenario == "crash":
-        b.think(0.05, 0.2)
-        plan.crashed = True
-        plan.intended = ABANDONED
-        return
-    if plan.scenario == "carrier_hang":
-        b.tool("carrier_api", 30.0, 30.5, CARRIER_TIMEOUT)
-    else:
-        b.tool("carrier_api", 0.2, 2.0)
-    # A free-text address goes through the self-hosted parser.
-    if rng.random() < 0.1 and not b.chat(SELF_HOSTED, ADDRESS_PARSER, rng.randint(150, 300), rng.randint(20, 40)):
-        return
-    b.think(0.005, 0.02)
-    if plan.scenario == "quality_failure":
-        output = "Your order is probably on its way! Let me know if there is anything else."
-    elif plan.scenario == "carrier_hang":
-        output = json.dumps({"order_id": order_id, "status": "unknown", "carrier": None, "eta": None})
-    else:
-        output = json.dumps(
-            {
-                "order_id": order_id,
-                "status": rng.choice(ORDER_STATUSES),
-                "carrier": rng.choice(CARRIERS),
-                "eta": f"2025-07-{rng.randint(1, 28):02d}",
-            }
-        )
-    if not b.chat(
-        OPENAI, GPT_4O_MINI, rng.randint(1200, 1800), rng.randint(40, 90), 512, output=output, output_type="json"
-    ):
-        return
-    if plan.scenario == "carrier_hang":
-        plan.intended = TIMEOUT
-    elif plan.scenario == "quality_failure":
-        plan.intended = QUALITY_FAILURE
-        plan.evaluation = Evaluation("format", "fail", 0.0, "the answer is not the JSON order status")
-
-
-def _research(b: _Builder, rng: random.Random, runaway: bool) -> None:
-    plan = b.plan
-    topic = rng.choice(RESEARCH_TOPICS)
-    if runaway:
-        plan.scenario = "runaway"
-        plan.intended = BUDGET_EXCEEDED
-        b.upstream_errors = False
-        context = rng.randint(30000, 34000)
-        b.chat(ANTHROPIC, CLAUDE_SONNET, context, 300, cache_write=2200, system=RESEARCH_SYSTEM)
-        for _ in range(rng.randint(*RUNAWAY_ITERATIONS)):
-            b.tool("web_search", 0.3, 0.9, SEARCH_UNAVAILABLE)
-            context += rng.randint(1800, 2600)
-            # The retries rewrite the scratchpad, so only the system prompt stays cached.
-            b.chat(ANTHROPIC, CLAUDE_SONNET, context, rng.randint(120, 250), cache_read=2200, system=RESEARCH_SYSTEM)
-        b.fail("MaxIterationsExceeded", "agent stopped after too many iterations", BUDGET_EXCEEDED)
-        return
-    quality = rng.random() < 0.04
-    plan.scenario = "quality_failure" if quality else "normal"
-    context = rng.randint(2500, 4000)
-    if not b.chat(ANTHROPIC, CLAUDE_SONNET, context, rng.randint(120, 300), cache_write=2200, system=RESEARCH_SYSTEM):
-        return
-    for _ in range(rng.randint(2, 5)):
-        b.tool("web_search", 0.4, 1.6)
-        b.tool("fetch_page", 0.3, 2.5, None if rng.random() > 0.03 else PAGE_NOT_FOUND)
-        context += rng.randint(1500, 4000)
-        if not b.chat(
-            ANTHROPIC, CLAUDE_SONNET, context, rng.randint(150, 400), cache_read=context - 1500, system=RESEARCH_SYSTEM
-        ):
-            return
-    b.think(0.01, 0.05)
-    if quality:
-        output = f"Summary: {topic}. The main findings are that the first source argues"
-        ok = b.chat(
-            ANTHROPIC, CLAUDE_SONNET, context, 1024, context - 1500, 0, "length", output, system=RESEARCH_SYSTEM
-        )
-    else:
-        output = f"Summary: {topic}. Three sources agree on the main points; see the cited URLs for details."
-        ok = b.chat(
-            ANTHROPIC,
-            CLAUDE_SONNET,
-            context,
-            rng.randint(500, 900),
-            context - 1500,
-            output=output,
-            system=RESEARCH_SYSTEM,
-        )
-    if ok and quality:
-        plan.intended = QUALITY_FAILURE
-        plan.evaluation = Evaluation("faithfulness", "fail", 0.2, "the answer is cut off mid-sentence")
-
-
-def _code_review(b: _Builder, rng: random.Random) -> None:
-    plan = b.plan
-    plan.agent_version = "3.2.0"
-    roll = rng.random()
-    plan.scenario = "tests_broken" if roll < 0.03 else "quality_failure" if roll < 0.05 else "normal"
-    diff = rng.randint(3000, 9000)
-    if not b.chat(OPENAI, GPT_4O, diff + 900, rng.randint(150, 300), cache_read=768):
-        return
-    for _ in range(rng.randint(2, 5)):
-        b.tool("read_file", 0.02, 0.15)
-    context = diff + rng.randint(4000, 9000)
-    if not b.chat(OPENAI, GPT_4O, context, rng.randint(200, 500), cache_read=diff):
-        return
-    if plan.scenario == "tests_broken":
-        b.tool("run_tests", 4.0, 9.0, TESTS_BROKEN)
-        b.fail("ToolError", "cannot review: the test suite does not run", TOOL_ERROR)
-        return
-    if rng.random() < 0.08:  # a flaky test, green on the rerun
-        b.tool("run_tests", 3.0, 8.0, TEST_FLAKY)
-    b.tool("run_tests", 3.0, 8.0)
-    quality = plan.scenario == "quality_failure"
-    output = "" if quality else "LGTM with two suggestions: guard the empty-list case and add a test for it."
-    if not b.chat(OPENAI, GPT_4O, context + 1500, 5 if quality else rng.randint(300, 700), context, output=output):
-        return
-    if quality:
-        plan.intended = QUALITY_FAILURE
-        plan.evaluation = Evaluation("review_usefulness", "fail", 0.0, "the review is empty")
-
-
-AGENTS: tuple[tuple[str, str, float], ...] = (
-    ("support-api", "support-triage", 0.40),
-    ("order-service", "order-tracker", 0.30),
-    ("research-worker", "research-assistant", 0.15),
-    ("code-review-bot", "code-reviewer", 0.15),
-)
-
-
-def in_storm(index: int) -> bool:
-    return STORM_WINDOW[0] <= index % STORM_PERIOD < STORM_WINDOW[1]
-
-
-def plan_run(seed: int, index: int, pick_version: VersionPicker | None = None) -> RunPlan:
-    """The run with this index under this seed: always the same plan, but for support-triage's prompt
-    version when `pick_version` (called with the plan's agent and conversation id set) picks it."""
-    rng = random.Random(f"agentopz-demo:{seed}:{index}")
-    runaway = index % RUNAWAY_PERIOD == RUNAWAY_OFFSET
-    if runaway:
-        service, agent = "research-worker", "research-assistant"
-    else:
-        roll = rng.random()
-        for candidate in AGENTS:
-            service, agent, weight = candidate
-            if roll < weight:
-                break
-            roll -= weight
-    plan = RunPlan(index, service, agent, "normal", SUCCESS, conversation_id=f"conv-{rng.getrandbits(48):012x}")
-    builder = _Builder(rng, plan, in_storm(index))
-    if agent == SUPPORT_AGENT:
-        _support(builder, rng, pick_version)
-    elif agent == "order-tracker":
-        _order(builder, rng)
-    elif agent == "research-assistant":
-        _research(builder, rng, runaway)
-    else:
-        _code_review(builder, rng)
-    if plan.evaluation is None and plan.intended == SUCCESS and rng.random() < 0.25:
-        # An online evaluator samples a quarter of the good runs.
-        plan.evaluation = Evaluation("helpfulness", "pass", round(rng.uniform(0.75, 1.0), 2), "answers the question")
-    return builder.finish()
-
-
-# -- emitting ---------------------------------------------------------------------------------------
-
-
-def _chat_attributes(plan: RunPlan, call: Call, rng: random.Random) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": call.provider,
-        "gen_ai.request.model": call.name,
-        "gen_ai.agent.name": plan.agent,
-        "gen_ai.conversation.id": plan.conversation_id,
-        "gen_ai.request.temperature": 0.2,
-        "gen_ai.request.max_tokens": 1024 if call.provider == ANTHROPIC else 2048,
-        "gen_ai.output.type": call.output_type,
-        "server.address": SERVER_ADDRESSES.get(call.provider, "localhost"),
-        "server.port": 443,
-    }
-    if call.system is not None:
-        attributes["gen_ai.system_instructions"] = json.dumps([{"type": "text", "content": call.system}])
-    if call.status != "ok":
-        attributes["error.type"] = call.error_type or "Error"
-        if call.http_status is not None:
-            attributes["http.response.status_code"] = call.http_status
-        return attributes
-    attributes.update(
-        {
-            "gen_ai.response.model": call.name,
-            "gen_ai.response.id": f"resp_{rng.getrandbits(64):016x}",
-            "gen_ai.response.finish_reasons": [call.finish_reason or "stop"],
-            "gen_ai.usage.input_tokens": call.input_tokens,
-            "gen_ai.usage.output_tokens": call.output_tokens,
-        }
-    )
-    if call.cache_read:
-        attributes["gen_ai.usage.cache_read.input_tokens"] = call.cache_read
-    if call.cache_write:
-        attributes["gen_ai.usage.cache_creation.input_tokens"] = call.cache_write
-    if call.output is not None:
-        message = {
-            "role": "assistant",
-            "parts": [{"type": "text", "content": call.output}],
-            "finish_reason": call.finish_reason or "stop",
-        }
-        attributes["gen_ai.output.messages"] = json.dumps([message])
-    return attributes
-
-
-def _tool_attributes(plan: RunPlan, call: Call, rng: random.Random) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": "execute_tool",
-        "gen_ai.tool.name": call.name,
-        "gen_ai.tool.type": "function",
-        "gen_ai.tool.call.id": f"call_{rng.getrandbits(64):016x}",
-        "gen_ai.agent.name": plan.agent,
-    }
-    if call.status != "ok":
-        attributes["error.type"] = call.error_type or "Error"
-        if call.http_status is not None:
-            attributes["http.response.status_code"] = call.http_status
-    return attributes
-
-
-SUPPORT_AGENT = "support-triage"
-SUPPORT_BASELINE, SUPPORT_CANARY = "v12", "v13"
-# The flag's variants: what each prompt version tells the agent to use.
-SUPPORT_VERSIONS = {
-    SUPPORT_BASELINE: {"prompt": "support-triage/v12", "model": GPT_4O_MINI},
-    SUPPORT_CANARY: {"prompt": "support-triage/v13", "model": GPT_4O},
-}
 CANARY_STEPS = [5, 25, 50, 100]
 # The demo's support runs last seconds: their start intervals are evidence a minute after they end.
 DEMO_ANALYSIS = {"max_run_seconds": 60, "step_min_seconds": 60}
-VersionPicker = Callable[[RunPlan], "str | None"]
 
 
 class PromptFlags:
@@ -667,8 +132,8 @@ class PromptFlags:
             raise ValueError(f"{method} {path}: HTTP {error.code} {answer.get('error', error.reason)}") from None
 
 
-class Fleet:
-    """One TracerProvider (with a batching OTLP exporter) per service of the demo fleet."""
+class Tracers:
+    """One TracerProvider (with a batching OTLP exporter) per service of the agents the demo plays."""
 
     def __init__(self, endpoint: str, protocol: str, export_delay_ms: int = 500) -> None:
         from opentelemetry.sdk.resources import Resource
@@ -677,7 +142,7 @@ class Fleet:
 
         self.providers = {}
         self.tracers = {}
-        for service, _, _ in AGENTS:
+        for service in dict.fromkeys(agent.service for agent in DEMO_AGENTS):
             provider = TracerProvider(
                 resource=Resource.create(
                     {
@@ -737,8 +202,7 @@ class RunExecution:
         self.wall_ns = wall_ns
         self.rng = random.Random(f"agentopz-demo-ids:{plan.index}")
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": plan.agent,
+            **agent_attributes(plan.agent),
             "gen_ai.agent.id": f"agt_{plan.agent.replace('-', '_')}",
             "gen_ai.conversation.id": plan.conversation_id,
         }
@@ -777,13 +241,12 @@ class RunExecution:
     def _emit(self, call: Call) -> None:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
+        attributes = call_attributes(self.plan, call, self.rng)
         if call.kind == "chat":
             name = f"chat {call.name}"
-            attributes = _chat_attributes(self.plan, call, self.rng)
             kind = SpanKind.CLIENT
         else:
             name = f"execute_tool {call.name}"
-            attributes = _tool_attributes(self.plan, call, self.rng)
             kind = SpanKind.INTERNAL
         span = self.tracer.start_span(
             name, context=self.context, kind=kind, attributes=attributes, start_time=self._ns(call.start)
@@ -843,7 +306,7 @@ class DemoStats:
 class Demo:
     def __init__(
         self,
-        fleet: Fleet,
+        tracers: Tracers,
         rate: float,
         seed: int = 1,
         speed: float = 1.0,
@@ -853,7 +316,7 @@ class Demo:
         log: Callable[[str], None] = lambda line: print(f"agentopz-otel demo: {line}", file=sys.stderr, flush=True),
         flags: PromptFlags | None = None,
     ) -> None:
-        self.fleet = fleet
+        self.tracers = tracers
         self.flags = flags
         self.rate = rate
         self.seed = seed
@@ -876,7 +339,7 @@ class Demo:
         from opentelemetry import trace
 
         def pick(plan: RunPlan) -> str | None:
-            root = start_root(self.fleet.tracers[plan.service], plan, wall_ns)
+            root = start_root(self.tracers.tracers[plan.service], plan, wall_ns)
             roots.append(root)
             with trace.use_span(root, end_on_exit=False):
                 return flags.version(plan.agent, plan.conversation_id)
@@ -913,7 +376,7 @@ class Demo:
                 roots: list = []
                 plan = plan_run(self.seed, index, self._picker(wall_ns, roots))
                 index += 1
-                tracer = self.fleet.tracers[plan.service]
+                tracer = self.tracers.tracers[plan.service]
                 execution = RunExecution(plan, tracer, next_arrival, wall_ns, roots[0] if roots else None)
                 self.stats.started += 1
                 self.stats.intended[(plan.agent, plan.intended)] += 1
@@ -965,8 +428,8 @@ def main(args: argparse.Namespace) -> int:
             return 2
     protocol = "grpc" if args.protocol == "grpc" else "http"
     endpoint = args.endpoint or ("localhost:4317" if protocol == "grpc" else "localhost:4318")
-    fleet = Fleet(endpoint, protocol)
-    demo = Demo(fleet, args.rate, args.seed, args.speed, args.duration, args.runs, args.drain)
+    tracers = Tracers(endpoint, protocol)
+    demo = Demo(tracers, args.rate, args.seed, args.speed, args.duration, args.runs, args.drain)
     if not args.no_rollout:
         demo.flags = _prompt_flags(args.flags_url, demo.log, args.canary_analysis)
 
@@ -981,7 +444,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         stats = demo.run()
     finally:
-        fleet.shutdown()
+        tracers.shutdown()
         if demo.flags is not None:
             from openfeature import api
 

@@ -36,6 +36,22 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentopz_otel.fleet import (
+    AGENTS,
+    FAILED_CALL_SECONDS,
+    FIRST_TOKEN_SECONDS,
+    OPENINFERENCE,
+    PRICED_MODELS,
+    PROVIDERS,
+    SERVER_ERROR,
+    Model,
+    agent_attributes,
+    chat_attributes,
+    otlp_attributes,
+    tool_attributes,
+    usage_attributes,
+)
+
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 SINK_STATS_METHOD = "/bench.Sink/Stats"
@@ -52,67 +68,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 NS = 1_000_000_000
 
-# (provider, request model, response model, server.address)
-MODELS = (
-    ("openai", "gpt-4o-2024-08-06", "gpt-4o-2024-08-06", "api.openai.com"),
-    ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "api.openai.com"),
-    ("openai", "gpt-4.1-mini", "gpt-4.1-mini-2025-04-14", "api.openai.com"),
-    ("anthropic", "claude-sonnet-4-20250514", "claude-sonnet-4-20250514", "api.anthropic.com"),
-    ("anthropic", "claude-3-5-haiku-20241022", "claude-3-5-haiku-20241022", "api.anthropic.com"),
-)
-
-# agent name -> (service.name, tools, system prompts)
-AGENTS = {
-    "support-triage": (
-        "support-bot",
-        ("lookup_customer", "search_kb", "create_ticket", "escalate"),
-        (
-            "You are a customer support triage agent for Acme Cloud. Classify the request, look up the "
-            "customer, search the knowledge base and either answer or open a ticket. Never promise refunds.",
-            "You are a customer support triage agent for Acme Cloud (v2). Be concise. Always cite the KB "
-            "article id you used. Escalate anything about billing disputes or data loss to a human.",
-        ),
-    ),
-    "research-assistant": (
-        "research-svc",
-        ("web_search", "fetch_url", "summarize_pdf", "python_exec"),
-        (
-            "You are a research assistant. Break the question into sub-questions, search the web, read the "
-            "most relevant sources and write a short report with numbered citations.",
-        ),
-    ),
-    "code-reviewer": (
-        "devtools-agent",
-        ("read_file", "list_dir", "run_tests", "git_diff", "post_comment"),
-        (
-            "You review pull requests. Read the diff, run the tests, and leave specific, actionable comments. "
-            "Flag security issues first, then correctness, then style.",
-            "You review pull requests for the payments team. Pay special attention to money arithmetic, "
-            "idempotency keys and retries. Leave at most five comments.",
-        ),
-    ),
-    "sql-analyst": (
-        "analytics-copilot",
-        ("list_tables", "describe_table", "run_query", "plot_chart"),
-        (
-            "You translate business questions into read-only SQL over the warehouse. Inspect the schema "
-            "before querying, limit result sets to 1000 rows and explain the query in one sentence.",
-        ),
-    ),
-    "travel-planner": (
-        "travel-agent",
-        ("search_flights", "search_hotels", "get_weather", "book_trip"),
-        (
-            "You plan trips. Ask for missing dates, propose at most three itineraries with prices, and only "
-            "book after explicit confirmation from the user.",
-        ),
-    ),
-}
-
-# Traces from these agents use OpenInference attributes instead of the GenAI semantic conventions.
-OPENINFERENCE_AGENTS = frozenset({"research-assistant"})
-
-TOOL_ERRORS = ("TimeoutError", "HTTPError", "ValueError", "PermissionError")
 FINISH_REASONS = (("stop",) * 8) + ("tool_calls", "tool_calls", "length")
 USER_QUESTIONS = (
     "My deployment in eu-west-1 keeps failing with a 502 since this morning, can you check?",
@@ -123,24 +78,8 @@ USER_QUESTIONS = (
 )
 
 
-def _any_value(value):
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
-
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, (list, tuple)):
-        return AnyValue(array_value=ArrayValue(values=[_any_value(item) for item in value]))
-    return AnyValue(string_value=str(value))
-
-
 def _set_attributes(target, attributes: dict) -> None:
-    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-
-    target.extend(KeyValue(key=key, value=_any_value(value)) for key, value in attributes.items())
+    target.extend(otlp_attributes(attributes))
 
 
 @dataclass
@@ -173,39 +112,40 @@ class TraceFactory:
             cached = rng.randrange(1024, input_tokens + 1, 128)
         return input_tokens, output_tokens, cached
 
+    def _chat_ms(self, model: Model, output_tokens: int, unanswered: bool) -> float:
+        """A failed call that got no answer returns fast; an answer takes its tokens at the model's speed."""
+        if unanswered:
+            return self.rng.uniform(*FAILED_CALL_SECONDS) * 1000
+        return (self.rng.uniform(*FIRST_TOKEN_SECONDS) + output_tokens / model.tokens_per_second) * 1000
+
     def _system_instructions(self, agent: str) -> str | None:
-        prompts = AGENTS[agent][2]
+        prompts = AGENTS[agent].system_prompts
         if self.rng.random() < 0.4:
             text = self.rng.choice(prompts)
             return json.dumps([{"type": "text", "content": text}])
         return None
 
-    def semconv_chat(self, agent: str, model, parent: int, conversation: str) -> SpanSpec:
+    def semconv_chat(self, agent: str, model: Model, parent: int, conversation: str) -> SpanSpec:
         rng = self.rng
-        provider, request_model, response_model, server = model
-        input_tokens, output_tokens, cached = self._usage(provider)
+        provider = PROVIDERS[model.provider]
+        input_tokens, output_tokens, cached = self._usage(model.provider)
         finish = rng.choice(FINISH_REASONS)
         attributes = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": request_model,
+            **chat_attributes(model.name, model.provider),
             "gen_ai.request.temperature": rng.choice((0.0, 0.2, 0.7, 1.0)),
             "gen_ai.request.max_tokens": rng.choice((1024, 2048, 4096)),
-            "gen_ai.response.model": response_model,
-            "gen_ai.response.id": ("chatcmpl-" if provider == "openai" else "msg_") + self._hex(24),
+            "gen_ai.response.model": model.response,
+            "gen_ai.response.id": ("chatcmpl-" if model.provider == "openai" else "msg_") + self._hex(24),
             "gen_ai.response.finish_reasons": [finish],
-            "gen_ai.usage.input_tokens": input_tokens,
-            "gen_ai.usage.output_tokens": output_tokens,
+            **usage_attributes(input_tokens, output_tokens, cached or None),
             "gen_ai.conversation.id": conversation,
             "gen_ai.output.type": "text",
-            "server.address": server,
+            "server.address": provider.server,
             "server.port": 443,
         }
-        if cached:
-            attributes["gen_ai.usage.cache_read.input_tokens"] = cached
         if rng.random() < 0.5:
             attributes["gen_ai.agent.name"] = agent
-        if provider == "openai":
+        if model.provider == "openai":
             attributes["openai.response.service_tier"] = "default"
         system = self._system_instructions(agent)
         if system is not None:
@@ -213,36 +153,29 @@ class TraceFactory:
         error = None
         events = []
         roll = rng.random()
-        if roll < 0.02:
-            error = "RateLimitError"
-            attributes["error.type"] = "RateLimitError"
-            attributes["http.response.status_code"] = 429
-            events.append(
-                ("exception", {"exception.type": "openai.RateLimitError", "exception.message": "Error code: 429"})
-            )
-            for key in ("gen_ai.response.id", "gen_ai.response.finish_reasons", "gen_ai.usage.output_tokens"):
-                attributes.pop(key)
-        elif roll < 0.03:
-            error = "InternalServerError"
-            attributes["error.type"] = "InternalServerError"
-            attributes["http.response.status_code"] = 529 if provider == "anthropic" else 500
-            events.append(
-                (
-                    "exception",
-                    {"exception.type": f"{provider}.InternalServerError", "exception.message": "Overloaded"},
-                )
-            )
-        else:
+        # The provider's usual failure (a rate limit, an overload) answers nothing; a server error, usage.
+        failure = provider.failure if roll < 0.02 else SERVER_ERROR if roll < 0.03 else None
+        if failure is None:
             attributes["http.response.status_code"] = 200
-        duration = 300 + output_tokens * rng.uniform(8, 25)
-        return SpanSpec(f"chat {request_model}", 3, attributes, parent, duration, error, events)
+        else:
+            error = failure.type
+            attributes["error.type"] = failure.type
+            attributes["http.response.status_code"] = failure.http_status
+            message = failure.message.format(model=model.name)
+            events.append(
+                ("exception", {"exception.type": f"{model.provider}.{failure.type}", "exception.message": message})
+            )
+            if failure is provider.failure:
+                for key in ("gen_ai.response.id", "gen_ai.response.finish_reasons", "gen_ai.usage.output_tokens"):
+                    attributes.pop(key)
+        duration = self._chat_ms(model, output_tokens, failure is provider.failure)
+        return SpanSpec(f"chat {model.name}", 3, attributes, parent, duration, error, events)
 
     def semconv_tool(self, agent: str, parent: int) -> SpanSpec:
         rng = self.rng
-        tool = rng.choice(AGENTS[agent][1])
+        tool = rng.choice(AGENTS[agent].tools)
         attributes = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": tool,
+            **tool_attributes(tool.name),
             "gen_ai.tool.type": "function",
             "gen_ai.tool.call.id": "call_" + self._hex(24),
         }
@@ -251,34 +184,33 @@ class TraceFactory:
         error = None
         events = []
         if rng.random() < 0.06:
-            error = rng.choice(TOOL_ERRORS)
+            failure = rng.choice(tool.failures)
+            error = failure.type
             attributes["error.type"] = error
-            events.append(("exception", {"exception.type": error, "exception.message": f"{tool} failed"}))
-        return SpanSpec(f"execute_tool {tool}", 1, attributes, parent, rng.uniform(5, 2500), error, events)
+            events.append(("exception", {"exception.type": error, "exception.message": failure.message}))
+        return SpanSpec(f"execute_tool {tool.name}", 1, attributes, parent, rng.uniform(5, 2500), error, events)
 
-    def semconv_agent(self, agent: str, model, conversation: str) -> SpanSpec:
-        provider, request_model, _, server = model
+    def semconv_agent(self, agent: str, model: Model, conversation: str) -> SpanSpec:
         attributes = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": agent,
+            **agent_attributes(agent),
             "gen_ai.agent.id": f"asst_{zlib.crc32(agent.encode()):010d}",
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": request_model,
+            "gen_ai.provider.name": model.provider,
+            "gen_ai.request.model": model.name,
             "gen_ai.conversation.id": conversation,
-            "server.address": server,
+            "server.address": PROVIDERS[model.provider].server,
         }
         system = self._system_instructions(agent)
         if system is not None:
             attributes["gen_ai.system_instructions"] = system
         return SpanSpec(f"invoke_agent {agent}", 1, attributes, None, 0.0)
 
-    def openinference_llm(self, agent: str, model, parent: int) -> SpanSpec:
+    def openinference_llm(self, agent: str, model: Model, parent: int) -> SpanSpec:
         rng = self.rng
-        provider, request_model, response_model, _ = model
+        provider, request_model, response_model = model.provider, model.name, model.response
         input_tokens, output_tokens, cached = self._usage(provider)
         question = rng.choice(USER_QUESTIONS)
         answer = "Here is what I found: " + " ".join(rng.choice(USER_QUESTIONS).split()[:12])
-        system = rng.choice(AGENTS[agent][2])
+        system = rng.choice(AGENTS[agent].system_prompts)
         attributes = {
             "openinference.span.kind": "LLM",
             "llm.system": provider,
@@ -301,23 +233,24 @@ class TraceFactory:
         }
         if cached:
             attributes["llm.token_count.prompt_details.cache_read"] = cached
-        return SpanSpec("ChatCompletion", 1, attributes, parent, 300 + output_tokens * rng.uniform(8, 25))
+        return SpanSpec("ChatCompletion", 1, attributes, parent, self._chat_ms(model, output_tokens, False))
 
     def openinference_tool(self, agent: str, parent: int) -> SpanSpec:
         rng = self.rng
-        tool = rng.choice(AGENTS[agent][1])
+        tool = rng.choice(AGENTS[agent].tools)
         attributes = {
             "openinference.span.kind": "TOOL",
-            "tool.name": tool,
+            "tool.name": tool.name,
             "tool.parameters": json.dumps({"query": rng.choice(USER_QUESTIONS)[:40]}),
             "input.value": json.dumps({"query": rng.choice(USER_QUESTIONS)[:40]}),
             "output.value": "ok",
         }
         error = None
         if rng.random() < 0.06:
-            error = rng.choice(TOOL_ERRORS)
-            attributes["output.value"] = f"{error}: {tool} failed"
-        return SpanSpec(tool, 1, attributes, parent, rng.uniform(5, 2500), error)
+            failure = rng.choice(tool.failures)
+            error = failure.type
+            attributes["output.value"] = f"{error}: {failure.message}"
+        return SpanSpec(tool.name, 1, attributes, parent, rng.uniform(5, 2500), error)
 
     def openinference_agent(self, agent: str) -> SpanSpec:
         attributes = {
@@ -331,12 +264,12 @@ class TraceFactory:
     def trace(self, agent: str) -> list[SpanSpec]:
         rng = self.rng
         conversation = "conv_" + self._hex(16)
-        model = rng.choice(MODELS)
-        openinference = agent in OPENINFERENCE_AGENTS
+        model = rng.choice(PRICED_MODELS)
+        openinference = AGENTS[agent].dialect == OPENINFERENCE
         root = self.openinference_agent(agent) if openinference else self.semconv_agent(agent, model, conversation)
         spans = [root]
         for _ in range(rng.randint(2, 6)):
-            call_model = model if rng.random() < 0.8 else rng.choice(MODELS)
+            call_model = model if rng.random() < 0.8 else rng.choice(PRICED_MODELS)
             if openinference:
                 spans.append(self.openinference_llm(agent, call_model, 0))
             else:
@@ -401,8 +334,8 @@ def build_payloads(count: int, spans_per_request: int, seed: int, marker: bytes)
         trace_index = 0
         while produced < spans_per_request:
             agent = rng.choice(agents)
-            service = AGENTS[agent][0]
-            openinference = agent in OPENINFERENCE_AGENTS
+            service = AGENTS[agent].service
+            openinference = AGENTS[agent].dialect == OPENINFERENCE
             instance = rng.randrange(3)
             key = (service, instance)
             if key not in resources:

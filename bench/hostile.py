@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from agentopz_otel.fleet import chat_attributes, usage_attributes
 from bench import (
     EXPORT_METHOD,
     LOOPBACK,
@@ -143,14 +144,7 @@ def _request(service: str, spans: list[dict]) -> ExportTraceServiceRequest:
 
 
 def llm_attributes(provider: str, model: str, agent: str) -> dict:
-    return {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": provider,
-        "gen_ai.request.model": model,
-        "gen_ai.agent.name": agent,
-        "gen_ai.usage.input_tokens": 1200,
-        "gen_ai.usage.output_tokens": 300,
-    }
+    return {**chat_attributes(model, provider), "gen_ai.agent.name": agent, **usage_attributes(1200, 300)}
 
 
 def padded(prefix: str, index: int, length: int) -> str:

@@ -18,9 +18,9 @@ import tracemalloc
 from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from agentopz_otel.components import Context
+from agentopz_otel.fleet import chat_attributes, otlp_attributes, tool_attributes, usage_attributes
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import Batch
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
@@ -28,38 +28,21 @@ from agentopz_otel.processors.runs import FACTORY as RUNS
 from agentopz_otel.processors.runs.checkpoint import SLICE, RunCheckpoint, RunState, pack_trace
 
 
-def attributes(values: dict) -> list[KeyValue]:
-    return [
-        KeyValue(key=k, value=AnyValue(int_value=v) if isinstance(v, int) else AnyValue(string_value=v))
-        for k, v in values.items()
-    ]
-
-
 def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRequest:
     """The children of one run whose agent span has not ended yet."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.extend(attributes({"service.name": f"svc-{index % 5}"}))
+    resource_spans.resource.attributes.extend(otlp_attributes({"service.name": f"svc-{index % 5}"}))
     spans = resource_spans.scope_spans.add().spans
     trace_id = index.to_bytes(16, "big")
     root_id = (index * 64 + 1).to_bytes(8, "big")
     for call in range(calls):
         span = spans.add(trace_id=trace_id, span_id=(index * 64 + 2 + call).to_bytes(8, "big"), parent_span_id=root_id)
         span.start_time_unix_nano, span.end_time_unix_nano = 1, 2
-        span.attributes.extend(
-            attributes(
-                {
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.provider.name": "openai",
-                    "gen_ai.request.model": "gpt-4o",
-                    "gen_ai.usage.input_tokens": 1200,
-                    "gen_ai.usage.output_tokens": 300,
-                }
-            )
-        )
+        span.attributes.extend(otlp_attributes({**chat_attributes("gpt-4o", "openai"), **usage_attributes(1200, 300)}))
     for tool in range(tools):
         span = spans.add(trace_id=trace_id, span_id=(index * 64 + 40 + tool).to_bytes(8, "big"), parent_span_id=root_id)
-        span.attributes.extend(attributes({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": f"tool{tool}"}))
+        span.attributes.extend(otlp_attributes(tool_attributes(f"tool{tool}")))
     return request
 
 

@@ -10,9 +10,9 @@ import json
 import time
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from agentopz_otel.components import Context
+from agentopz_otel.fleet import agent_attributes, otlp_attributes, usage_attributes
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import Batch
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
@@ -29,36 +29,23 @@ SCHEMA = {
 }
 
 
-def kv(key: str, value) -> KeyValue:
-    return KeyValue(
-        key=key, value=AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value)
-    )
-
-
 def run_request(index: int) -> ExportTraceServiceRequest:
     answer = {"answer": f"answer {index}", "confidence": 0.9, "sources": ["kb/1", "kb/2"]}
     output = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": json.dumps(answer)}]}])
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.append(kv("service.name", "bench"))
+    resource_spans.resource.attributes.extend(otlp_attributes({"service.name": "bench"}))
     spans = resource_spans.scope_spans.add().spans
     trace_id = (index + 1).to_bytes(16, "big")
     root_id = (index * 8 + 1).to_bytes(8, "big")
     for call in range(3):
         span = spans.add(trace_id=trace_id, span_id=(index * 8 + 2 + call).to_bytes(8, "big"), parent_span_id=root_id)
         span.start_time_unix_nano, span.end_time_unix_nano = 1 + call, 2 + call
-        span.attributes.extend(
-            [
-                kv("gen_ai.operation.name", "chat"),
-                kv("gen_ai.request.model", "gpt-4o"),
-                kv("gen_ai.usage.input_tokens", 1000),
-                kv("gen_ai.usage.output_tokens", 200),
-                kv("gen_ai.output.messages", output),
-            ]
-        )
+        chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", **usage_attributes(1000, 200)}
+        span.attributes.extend(otlp_attributes({**chat, "gen_ai.output.messages": output}))
     root = spans.add(trace_id=trace_id, span_id=root_id)
     root.start_time_unix_nano, root.end_time_unix_nano = 0, 10
-    root.attributes.extend([kv("gen_ai.operation.name", "invoke_agent"), kv("gen_ai.agent.name", "support")])
+    root.attributes.extend(otlp_attributes(agent_attributes("support")))
     return request
 
 

@@ -25,7 +25,7 @@ from support.demo import STACK_CONFIG, demo_command, stack_body
 from support.otlp_sinks import GrpcSink, attribute_value
 from support.service import service_body
 
-from agentopz_otel.demo import LIMITS, RESEARCH_SYSTEM, Call, RunPlan, plan_run
+from agentopz_otel.fleet import LIMITS, RESEARCH_SYSTEM, Call, RunPlan, plan_run
 from agentopz_otel.processors.runs import RunsConfig
 
 pytestmark = pytest.mark.e2e

@@ -11,14 +11,18 @@ from typing import Any
 import pytest
 from support import golden
 
-from agentopz_otel.extensions.rollouts.extension import RolloutsExtension
-from agentopz_otel.extensions.rollouts.model import Rollout, RolloutError
+from agentopz_otel import catalogue
+from agentopz_otel.extensions.rollouts.model import (
+    ACTIONS,
+    ACTIVE_STATES,
+    TRANSITIONS,
+    UNCHANGED,
+    Rollout,
+    RolloutError,
+    transition,
+)
 
 CASES = golden.cases("rollouts")
-
-# The state machine, wherever it lives: (rollout, action, now) -> the new rollout, or None when the action
-# is already in effect; RolloutError when it is not allowed.
-transition = RolloutsExtension._transition
 
 
 def outcome(rollout: Rollout, action: str, now: float) -> Any:
@@ -41,3 +45,24 @@ def test_golden_transitions(case: Path) -> None:
     ]
     actual = {"transitions": results}
     assert actual == golden.expected(case, actual)
+
+
+def test_every_state_answers_every_action() -> None:
+    """The table is the whole machine: each active or finished state has a cell for each action, and a cell
+    that is not a conflict names a state of the table (or UNCHANGED)."""
+    assert set(TRANSITIONS) == {*ACTIVE_STATES, "promoted", "rolled_back"}
+    assert set(catalogue.enum("rollout_state")) - set(TRANSITIONS) == {"none", "disabled"}
+    for cells in TRANSITIONS.values():
+        assert tuple(cells) == ACTIONS
+    targets = {cell for cells in TRANSITIONS.values() for cell in cells.values() if "{" not in cell}
+    assert targets == {*TRANSITIONS, UNCHANGED}
+
+
+def test_unknown_action_is_refused_with_400() -> None:
+    document = golden.load(CASES[0])
+    with pytest.raises(RolloutError) as raised:
+        transition(Rollout.from_dict(document["rollout"]), "finish", 2000.0)
+    assert (raised.value.message, raised.value.status) == (
+        "unknown action 'finish': one of promote, rollback, pause, resume, advance",
+        400,
+    )

@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "catalogue",
                 "content",
                 "exposition",
+                "fleet",
                 "httpserver",
                 "metrics",
                 "model",

@@ -176,7 +176,7 @@ def test_healthy_fleet_and_quiet_agents_name_none():
     assert [s.kind for s in suspects(at_floor, base, {}, {})] == [ORCHESTRATION]
 
 
-# The demo's own runs (agentopz_otel.demo plans, seed 1) through the decision, windows by run index:
+# The demo's own runs (agentopz_otel.fleet plans, seed 1) through the decision, windows by run index:
 # at the demo's 2 runs/s its rate-limit storm lasts a minute and its runaway loop is one run in 500,
 # so here a window is the 120 runs of a storm, not half an hour.
 
@@ -188,7 +188,7 @@ def _count(calls: dict[str, tuple[int, int]], name: str, failed: bool) -> None:
 
 def demo_counts(first: int, last: int) -> tuple[dict[str, Counts], dict[str, tuple[int, int]]]:
     """Per agent the Counts of runs first..last-1, and every model's (calls, failed) across agents."""
-    from agentopz_otel.demo import plan_run
+    from agentopz_otel.fleet import plan_run
 
     found: dict[str, Counts] = {}
     fleet: dict[str, tuple[int, int]] = {}

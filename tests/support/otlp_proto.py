@@ -6,26 +6,12 @@ import itertools
 import os
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
+# The fleet's encoding of attribute values, as the demo and the benchmark send them.
+from agentopz_otel.fleet import otlp_attributes as attributes
+
 _span_ids = itertools.count(1)
-
-
-def any_value(value) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, (list, tuple)):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    return AnyValue(string_value=str(value))
-
-
-def attributes(values: dict) -> list[KeyValue]:
-    return [KeyValue(key=key, value=any_value(value)) for key, value in values.items()]
 
 
 def make_span(

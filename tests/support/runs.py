@@ -7,6 +7,7 @@ import time
 
 import grpc
 
+from agentopz_otel import fleet
 from support.otlp_proto import make_request, make_span
 from support.sdk_agent import chat_attributes
 
@@ -50,7 +51,7 @@ def agent_run(t, agent: str, failed: bool = False, **attributes):
     """Context manager for an invoke_agent span."""
     span = t.start_as_current_span(
         f"invoke_agent {agent}",
-        attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent, **attributes},
+        attributes={**fleet.agent_attributes(agent), **attributes},
     )
     return span
 

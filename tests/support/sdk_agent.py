@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode, Tracer
 
+from agentopz_otel import fleet
+
 Transport = Literal["grpc", "http/protobuf", "http/json"]
 
 
@@ -53,17 +55,12 @@ def chat_attributes(
     cache_read: int | None = 200,
     **extra,
 ) -> dict:
-    attributes = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": provider,
-        "gen_ai.request.model": model,
-        "gen_ai.usage.input_tokens": input_tokens,
-        "gen_ai.usage.output_tokens": output_tokens,
+    """A chat call as the fleet's agents describe one (agentopz_otel.fleet), plus `extra` attributes."""
+    return {
+        **fleet.chat_attributes(model, provider),
+        **fleet.usage_attributes(input_tokens, output_tokens, cache_read),
+        **extra,
     }
-    if cache_read is not None:
-        attributes["gen_ai.usage.cache_read.input_tokens"] = cache_read
-    attributes.update(extra)
-    return attributes
 
 
 def emit_chat(tracer: Tracer, error_type: str | None = None, **kwargs) -> None:
@@ -75,7 +72,7 @@ def emit_chat(tracer: Tracer, error_type: str | None = None, **kwargs) -> None:
 
 
 def emit_tool(tracer: Tracer, name: str, failed: bool = False) -> None:
-    attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+    attributes = fleet.tool_attributes(name)
     with tracer.start_as_current_span(f"execute_tool {name}", attributes=attributes) as span:
         if failed:
             span.set_attribute("error.type", "ToolError")

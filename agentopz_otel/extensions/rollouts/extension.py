@@ -32,10 +32,12 @@ from .model import (
     ComponentFlag,
     Rollout,
     RolloutError,
+    check_action,
     check_component,
     check_steps,
     check_versions,
     component_key,
+    transition,
 )
 from .ofrep import Snapshot
 from .store import RolloutStore
@@ -286,15 +288,14 @@ class RolloutsExtension:
         evidence: dict[str, Any] | None = None,
     ) -> Rollout:
         """Move the agent's rollout; an action already in effect returns the rollout unchanged, unrecorded."""
-        if action not in ACTIONS:
-            raise RolloutError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+        check_action(action)
         with self._lock:
             self.agent(agent)
             rollout = self._rollouts.get(agent)
             if rollout is None:
                 raise RolloutError(f"agent {agent!r} has no rollout: start one first", 404)
             now = _now()
-            changed = self._transition(rollout, action, now)
+            changed = transition(rollout, action, now)
             if changed is None:
                 return rollout
             if changed.state == "promoted" and rollout.state != "promoted":
@@ -315,45 +316,6 @@ class RolloutsExtension:
                 rollout=changed,
             )
             return changed
-
-    @staticmethod
-    def _transition(rollout: Rollout, action: str, now: float) -> Rollout | None:
-        """The rollout after `action`, None when the action is already in effect; RolloutError if invalid."""
-        state = rollout.state
-        finished = {"rolled_back": "rolled back", "promoted": "promoted"}
-        if action == "rollback":
-            if state == "rolled_back":
-                return None
-            if state == "promoted":
-                raise RolloutError(
-                    f"the rollout of {rollout.candidate!r} was promoted: start a rollout of {rollout.baseline!r} "
-                    "to go back",
-                    409,
-                )
-            return replace(rollout, state="rolled_back", weight=0, updated_at=now)
-        if action == "promote":
-            if state == "promoted":
-                return None
-            if state == "rolled_back":
-                raise RolloutError(f"the rollout of {rollout.candidate!r} was rolled back: start a new one", 409)
-            last = len(rollout.steps) - 1
-            return replace(rollout, state="promoted", step_index=last, weight=100, step_started_at=now, updated_at=now)
-        if not rollout.active:
-            raise RolloutError(f"the rollout of {rollout.candidate!r} is {finished[state]}: nothing to {action}", 409)
-        if action == "pause":
-            return None if state == "paused" else replace(rollout, state="paused", updated_at=now)
-        if action == "resume":
-            if state == "progressing":
-                return None
-            return replace(rollout, state="progressing", step_started_at=now, updated_at=now)
-        if state == "paused":
-            raise RolloutError(f"the rollout of {rollout.candidate!r} is paused: resume it before advancing", 409)
-        next_index = rollout.step_index + 1
-        if next_index == len(rollout.steps):
-            return replace(rollout, state="promoted", step_started_at=now, updated_at=now)
-        return replace(
-            rollout, step_index=next_index, weight=rollout.steps[next_index], step_started_at=now, updated_at=now
-        )
 
     def disable(
         self, agent: str, *, actor: str, actor_kind: str = "user", reason: str, fallback: str | None = None

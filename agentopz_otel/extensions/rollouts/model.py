@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ... import catalogue
@@ -98,6 +98,78 @@ class AuditEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The rollout state machine. Every (state, action) pair is one cell: the state the action leads to,
+# UNCHANGED when the action is already in effect (a second rollback changes and records nothing), or the
+# conflict (HTTP 409) explaining why it is not allowed. `advance` past the last step promotes.
+UNCHANGED = "unchanged"
+_FINISHED = "the rollout of {candidate!r} is {finished}: nothing to {action}"
+TRANSITIONS: dict[str, dict[str, str]] = {
+    "progressing": {
+        "promote": "promoted",
+        "rollback": "rolled_back",
+        "pause": "paused",
+        "resume": UNCHANGED,
+        "advance": "progressing",
+    },
+    "paused": {
+        "promote": "promoted",
+        "rollback": "rolled_back",
+        "pause": UNCHANGED,
+        "resume": "progressing",
+        "advance": "the rollout of {candidate!r} is paused: resume it before advancing",
+    },
+    "promoted": {
+        "promote": UNCHANGED,
+        "rollback": "the rollout of {candidate!r} was promoted: start a rollout of {baseline!r} to go back",
+        "pause": _FINISHED,
+        "resume": _FINISHED,
+        "advance": _FINISHED,
+    },
+    "rolled_back": {
+        "promote": "the rollout of {candidate!r} was rolled back: start a new one",
+        "rollback": UNCHANGED,
+        "pause": _FINISHED,
+        "resume": _FINISHED,
+        "advance": _FINISHED,
+    },
+}
+
+
+def check_action(action: Any) -> str:
+    if action not in ACTIONS:
+        raise RolloutError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+    return action
+
+
+def transition(rollout: Rollout, action: str, now: float) -> Rollout | None:
+    """The rollout after `action` at `now`, None when the action is already in effect; RolloutError (409) when
+    the rollout's state does not allow it, (400) for an unknown action."""
+    cell = TRANSITIONS[rollout.state][check_action(action)]
+    if cell == UNCHANGED:
+        return None
+    if cell not in TRANSITIONS:
+        finished = rollout.state.replace("_", " ")
+        raise RolloutError(
+            cell.format(candidate=rollout.candidate, baseline=rollout.baseline, finished=finished, action=action), 409
+        )
+    if cell == "rolled_back":
+        return replace(rollout, state=cell, weight=0, updated_at=now)
+    if cell == "paused":
+        return replace(rollout, state=cell, updated_at=now)
+    if cell == "promoted":
+        last = len(rollout.steps) - 1
+        return replace(rollout, state=cell, step_index=last, weight=100, step_started_at=now, updated_at=now)
+    if action == "resume":
+        return replace(rollout, state=cell, step_started_at=now, updated_at=now)
+    next_index = rollout.step_index + 1
+    if next_index == len(rollout.steps):
+        # Past the last step (the candidate already has 100%): the advance is a promotion.
+        return transition(rollout, "promote", now)
+    return replace(
+        rollout, step_index=next_index, weight=rollout.steps[next_index], step_started_at=now, updated_at=now
+    )
 
 
 def check_name(what: str, name: Any) -> str:
