@@ -39,6 +39,7 @@ import numpy as np
 
 from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, PrometheusSource, merged
 from agentopz_otel.extensions.canary_analysis.engine import GUARDS, RolloutAnalysis
+from agentopz_otel.extensions.canary_analysis.history import BaselineHistory
 from agentopz_otel.extensions.canary_analysis.sources import LocalRuns, PrometheusRuns
 
 DAY = 86_400.0
@@ -46,6 +47,8 @@ AGENT = "agent"
 BASELINE, CANDIDATE = "v1", "v2"
 STEPS = (5, 25, 50, 100)
 SCORED, SCORE_MEAN, SCORE_SD = "helpfulness", 0.7, 0.15
+BASE_FAILURE = 0.02
+HISTORY_HOURS = 168.0
 
 
 class Record(NamedTuple):
@@ -73,6 +76,8 @@ class Shape:
     budget_exceeded: float = 0.0
     restart_hours: float = 0.0
     prometheus: bool = False
+    # A provider outage failing both versions' runs started in [start, end) seconds at this rate.
+    outage: tuple[float, float, float] | None = None
     analysis: dict[str, Any] | None = None
 
 
@@ -159,7 +164,14 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
     if isinstance(source, LocalRuns):
         source.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
     analysis = RolloutAnalysis(config)
-    base_failure = 0.02
+    # The baseline's week before the rollout, through the real tally: its runs at its 2% failures.
+    history = BaselineHistory(HISTORY_HOURS, 10)
+    before = int(rng.poisson(rate * HISTORY_HOURS * 3600))
+    failed_before = int(rng.binomial(before, BASE_FAILURE))
+    history.add(AGENT, BASELINE, "success", -3600.0, 0.0, before - failed_before)
+    history.add(AGENT, BASELINE, "llm_error", -3600.0, 0.0, failed_before)
+    analysis.set_history(history.snapshot(AGENT, BASELINE, 0.0))
+    base_failure = BASE_FAILURE
     factor = case.failure_factor
     # Beta frailty per key: mean 1, within-key correlation of outcomes `correlation`.
     concentration = (1 / shape.correlation - 1) if shape.correlation else 0.0
@@ -199,6 +211,9 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                     open_keys.remove(key)
                 version = CANDIDATE if key_bucket[key] < weight / 100 else BASELINE
                 p_base = min(1.0, base_failure * key_frailty[key])
+                started = float(starts[i])
+                if shape.outage and shape.outage[0] <= started < shape.outage[1]:
+                    p_base = min(1.0, shape.outage[2] * key_frailty[key])
                 p_cand = min(1.0, p_base * factor)
                 p = p_cand if version == CANDIDATE else p_base
                 failed = uniforms[i, 0] < p
@@ -213,7 +228,6 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 cost = float(
                     0.01 * (case.cost_factor if version == CANDIDATE else 1.0) * math.exp(0.6 * rng.standard_normal())
                 )
-                started = float(starts[i])
                 finished = started + duration
                 shift = case.score_shift if version == CANDIDATE else 0.0
                 score = SCORE_MEAN + SCORE_SD * (float(rng.standard_normal()) - shift)
@@ -324,6 +338,7 @@ def main() -> None:
         Shape("restart every 1 h", restart_hours=1.0),
         Shape("budget_exceeded 1 in 1,000", budget_exceeded=1e-3),
         Shape("budget_exceeded 1 in 10,000", budget_exceeded=1e-4),
+        Shape("outage: both 2% -> 15% for 30 min from 20 min", outage=(1200.0, 3000.0, 0.15)),
         # The simulated Prometheus serves agentopz_runs_total only: the rate guards.
         Shape(
             "Prometheus, a replica replaced at 30 min",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -22,11 +22,13 @@ from .statistics import (
     FAIL,
     PASS,
     GuardResult,
+    HistoryEvidence,
     KeyClusters,
     RankLooks,
     RateEvidence,
     ScoreEvidence,
     hard_limit_verdict,
+    history_verdict,
     rank_test,
     rate_verdict,
     score_verdict,
@@ -106,6 +108,10 @@ class RolloutAnalysis:
         self.cost = RankLooks()
         self.duration = RankLooks()
         self.score = ScoreEvidence()
+        # The quality guard's one-sample test against the baseline's pre-rollout history (set_history);
+        # None without a usable history, and then the two-sample test has the guard's whole alpha.
+        self.history: HistoryEvidence | None = None
+        self.history_runs = 0
         self.values: dict[str, dict[str, deque[float]]] = {
             role: {name: deque(maxlen=max_samples) for name in ("costs", "durations")} for role in ROLES
         }
@@ -116,6 +122,26 @@ class RolloutAnalysis:
         self.restarts = 0
         self._step_index: int | None = None
         self._step_runs = 0
+
+    def set_history(self, outcomes: Mapping[str, int]) -> None:
+        """The baseline's runs by outcome before the rollout started (its snapshot, taken once)."""
+        quality = self.config.quality
+        self.history_runs = sum(outcomes.values())
+        if quality.history_share > 0 and self.history_runs >= quality.history_min_runs:
+            delta = self.config.alphas()["quality"] * quality.history_share * BASELINE_BOUND_PART
+            self.history = HistoryEvidence.of(self.history_runs, failures(outcomes, quality.count), delta)
+
+    def quality_alphas(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(threshold alpha, bound delta) of the two-sample test and of the one-sample test against the
+        history: the guard's alpha split by `history_share` (all to the two-sample test without a
+        history), each part's BASELINE_BOUND_PART spent on its baseline rate's upper bound."""
+        alpha = self.config.alphas()["quality"]
+        part = self.config.quality.history_share if self.history is not None else 0.0
+        two, one = alpha * (1 - part), alpha * part
+        return (
+            (two * (1 - BASELINE_BOUND_PART), two * BASELINE_BOUND_PART),
+            (one * (1 - BASELINE_BOUND_PART), one * BASELINE_BOUND_PART),
+        )
 
     def observe(
         self, cohorts: Sequence[Cohort], step_index: int, step_started_at: float = -math.inf
@@ -128,6 +154,7 @@ class RolloutAnalysis:
             self._step_index = step_index
             self._step_runs = 0
         quality, limits, score = config.quality, config.hard_limits, config.score
+        (two_alpha, two_delta), (history_alpha, _) = self.quality_alphas()
         for cohort in cohorts:
             baseline, candidate = cohort.baseline, cohort.candidate
             self.cohorts += 1
@@ -136,17 +163,7 @@ class RolloutAnalysis:
                 self._step_runs += candidate.runs
             self.baseline_runs += baseline.runs
             if quality.enabled:
-                self.rate = self.rate.add(
-                    candidate.runs,
-                    candidate.failures(quality.count),
-                    baseline.runs,
-                    baseline.failures(quality.count),
-                    quality.tolerance,
-                    quality.detect_ratio,
-                    alphas["quality"] * BASELINE_BOUND_PART,
-                )
-                for role, sample in (("baseline", baseline), ("candidate", candidate)):
-                    self.clusters.add(role, sample.keyed(quality.count), sample.runs, sample.failures(quality.count))
+                self._add_quality(candidate, baseline, two_delta)
             if limits.enabled:
                 self.limits = self.limits.add(
                     candidate.runs,
@@ -173,10 +190,7 @@ class RolloutAnalysis:
                 self.values[role]["durations"].extend(sample.durations)
         results: dict[str, GuardResult] = {}
         if quality.enabled:
-            alpha = alphas["quality"] * (1 - BASELINE_BOUND_PART)
-            results["quality"] = rate_verdict(
-                "quality", self.rate, alpha, quality.beta, quality.min_runs, self.design_effect()
-            )
+            results["quality"] = self._quality_verdict(two_alpha, history_alpha)
         for name in ("cost", "duration"):
             guard = getattr(config, name)
             if not guard.enabled:
@@ -203,6 +217,32 @@ class RolloutAnalysis:
             results["score"] = score_verdict("score", self.score, alphas["score"], score.beta, score.min_runs)
         self.results = results
         return results
+
+    def _add_quality(self, candidate: VersionSample, baseline: VersionSample, delta: float) -> None:
+        quality = self.config.quality
+        counts = (candidate.runs, candidate.failures(quality.count), baseline.runs, baseline.failures(quality.count))
+        # With a history, a step without concurrent baseline runs (100%) is the one-sample test's alone:
+        # it keeps the baseline's last shift state, which the two-sample test's fallback would not.
+        if self.history is None or baseline.runs > 0:
+            self.rate = self.rate.add(*counts, quality.tolerance, quality.detect_ratio, delta)
+        if self.history is not None:
+            self.history = self.history.add(*counts, quality.tolerance, quality.detect_ratio)
+        for role, sample in (("baseline", baseline), ("candidate", candidate)):
+            self.clusters.add(role, sample.keyed(quality.count), sample.runs, sample.failures(quality.count))
+
+    def _quality_verdict(self, two_alpha: float, history_alpha: float) -> GuardResult:
+        """The two-sample test's verdict, failed also when the one-sample test against the history fails
+        (each within its own part of the guard's alpha, so the union stays within the guard's alpha)."""
+        quality = self.config.quality
+        design_effect = self.design_effect()
+        result = rate_verdict("quality", self.rate, two_alpha, quality.beta, quality.min_runs, design_effect)
+        if self.history is None:
+            return replace(result, evidence={**result.evidence, "history_runs": self.history_runs})
+        failed, details = history_verdict(self.history, history_alpha, design_effect)
+        evidence = {**result.evidence, "history": details}
+        if failed and self.history.candidate_runs >= quality.min_runs:
+            return GuardResult("quality", FAIL, details["statistic"], details["threshold"], evidence)
+        return replace(result, evidence=evidence)
 
     def design_effect(self) -> float:
         """The quality guard's `design_effect` when set, else the one its runs' targeting keys show."""
@@ -238,6 +278,8 @@ class RolloutAnalysis:
             "cost": self.cost.to_dict(),
             "duration": self.duration.to_dict(),
             "score": self.score.to_dict(),
+            "history": None if self.history is None else self.history.to_dict(),
+            "history_runs": self.history_runs,
             "values": {
                 role: {name: list(values) for name, values in kinds.items()} for role, kinds in self.values.items()
             },
@@ -262,6 +304,10 @@ class RolloutAnalysis:
         analysis.cost = RankLooks.from_dict(body["cost"])
         analysis.duration = RankLooks.from_dict(body["duration"])
         analysis.score = ScoreEvidence.from_dict(body["score"])
+        # Saved before histories were kept: the two-sample test goes on alone.
+        if body.get("history") is not None:
+            analysis.history = HistoryEvidence.from_dict(body["history"])
+        analysis.history_runs = body.get("history_runs", 0)
         for role, kinds in body["values"].items():
             for name, values in kinds.items():
                 analysis.values[role][name].extend(values)

@@ -289,6 +289,18 @@ class PrometheusRuns:
         # Every run finishing in the window started after the step began (it opens max_run_seconds on).
         return [Cohort(baseline, candidate, rollout.step_started_at)]
 
+    async def history(self, rollout: Any, hours: float) -> dict[str, int]:
+        """The baseline's runs by outcome over `hours` before the rollout started, every replica's
+        (`increase` over the range, so resets and replaced replicas count; `@` pins it to the start)."""
+        matchers = f"agent={_quote(rollout.agent)},prompt_version={_quote(rollout.baseline)}"
+        if self._config.selector:
+            matchers += "," + self._config.selector
+        window = f"[{round(hours * 3600)}s] @ {rollout.started_at:.3f}"
+        query = f"sum by (outcome) (increase(agentopz_runs_total{{{matchers}}}{window}))"
+        found = await self._query(query, rollout.started_at)
+        counts = {item["metric"].get("outcome", ""): round(float(item["value"][1])) for item in found}
+        return {outcome: count for outcome, count in counts.items() if count > 0}
+
     def state(self, rollout: Any) -> dict[str, Any]:
         until = self._until.get(rollout.id)
         return {} if until is None else {"until": until}
