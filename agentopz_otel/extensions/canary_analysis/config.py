@@ -40,7 +40,7 @@ class QualityGuard(BaseModel):
     design_effect: float | None = Field(default=None, ge=1.0)
     # The part of the guard's alpha for the one-sample test of the candidate against the baseline's
     # history before the rollout (at every step, beside the two-sample test); 0: no history test.
-    history_share: float = Field(default=0.5, ge=0.0, lt=1.0)
+    history_share: float = Field(default=0.8, ge=0.0, lt=1.0)
     # A history of fewer baseline runs is not used (its rate's upper bound would be too loose to help).
     history_min_runs: int = Field(default=200, ge=1)
 

@@ -20,6 +20,7 @@ from ...records import SUCCESS
 from .config import NOT_SUCCESS, AnalysisConfig
 from .statistics import (
     FAIL,
+    INCONCLUSIVE,
     PASS,
     GuardResult,
     HistoryEvidence,
@@ -231,17 +232,19 @@ class RolloutAnalysis:
             self.clusters.add(role, sample.keyed(quality.count), sample.runs, sample.failures(quality.count))
 
     def _quality_verdict(self, two_alpha: float, history_alpha: float) -> GuardResult:
-        """The two-sample test's verdict, failed also when the one-sample test against the history fails
-        (each within its own part of the guard's alpha, so the union stays within the guard's alpha)."""
+        """Fails when either test fails, each within its own part of the guard's alpha (so the union
+        stays within the guard's alpha); else passes when either test accepts, inconclusive otherwise."""
         quality = self.config.quality
         design_effect = self.design_effect()
         result = rate_verdict("quality", self.rate, two_alpha, quality.beta, quality.min_runs, design_effect)
         if self.history is None:
             return replace(result, evidence={**result.evidence, "history_runs": self.history_runs})
-        failed, details = history_verdict(self.history, history_alpha, design_effect)
+        verdict, details = history_verdict(self.history, history_alpha, quality.beta, quality.min_runs, design_effect)
         evidence = {**result.evidence, "history": details}
-        if failed and self.history.candidate_runs >= quality.min_runs:
+        if result.verdict != FAIL and verdict == FAIL:
             return GuardResult("quality", FAIL, details["statistic"], details["threshold"], evidence)
+        if result.verdict == INCONCLUSIVE and verdict == PASS:
+            return replace(result, verdict=PASS, evidence=evidence)
         return replace(result, evidence=evidence)
 
     def design_effect(self) -> float:

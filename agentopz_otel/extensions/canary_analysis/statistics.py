@@ -292,10 +292,22 @@ class HistoryEvidence:
         return cls(**{**body, "pending": tuple(tuple(item) for item in body["pending"])})
 
 
-def history_verdict(evidence: HistoryEvidence, alpha: float, design_effect: float = 1.0) -> tuple[bool, dict[str, Any]]:
-    """Whether the committed one-sample evidence reaches ln(1/alpha), and what it shows."""
+def history_verdict(
+    evidence: HistoryEvidence, alpha: float, beta: float, min_runs: int, design_effect: float = 1.0
+) -> tuple[Verdict, dict[str, Any]]:
+    """Wald's boundaries on the committed one-sample evidence (divided by the design effect): fail at
+    ln(1/alpha), pass at ln(beta / (1 - alpha)), inconclusive before `min_runs` committed candidate runs."""
     statistic = evidence.log_likelihood_ratio / design_effect
+    if evidence.candidate_runs < min_runs:
+        verdict = INCONCLUSIVE
+    elif statistic >= math.log(1 / alpha):
+        verdict = FAIL
+    elif statistic <= math.log(beta / (1 - alpha)):
+        verdict = PASS
+    else:
+        verdict = INCONCLUSIVE
     details = {
+        "verdict": verdict,
         "statistic": round(statistic, 4),
         "threshold": round(math.log(1 / alpha), 4),
         "alpha": round(alpha, 6),
@@ -309,7 +321,7 @@ def history_verdict(evidence: HistoryEvidence, alpha: float, design_effect: floa
         "baseline_shifted": evidence.shift >= SHIFT_THRESHOLD,
         "vetoed_runs": evidence.vetoed_runs,
     }
-    return statistic >= math.log(1 / alpha), details
+    return verdict, details
 
 
 @dataclass
