@@ -161,8 +161,11 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
     rollout = Rollout(1, AGENT, BASELINE, CANDIDATE, 0.0, 0.0)
     replicas = Replicas(replace_at=1800.0) if shape.prometheus else None
     source: Any = SimulatedPrometheus(replicas) if replicas else LocalRuns(2000, interval)
-    if isinstance(source, LocalRuns):
-        source.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
+    # With Prometheus, the deciding replica's (a's) own runs: their targeting keys give the design effect.
+    keys = LocalRuns(2000, interval) if replicas else None
+    for local in (source, keys):
+        if isinstance(local, LocalRuns):
+            local.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
     analysis = RolloutAnalysis(config)
     # The baseline's week before the rollout, through the real tally: its runs at its 2% failures.
     history = BaselineHistory(HISTORY_HOURS, 10)
@@ -239,9 +242,10 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
             look = round(now / interval)
             delivered = pending.pop(look, [])
             restart = shape.restart_hours and now - last_restart >= shape.restart_hours * 3600
-            if replicas is not None:
+            if replicas is not None and keys is not None:
                 for index, (finished, record) in enumerate(sorted(delivered)):
                     replicas.add(finished, record.prompt_version, record.outcome, index)
+                keys.on_runs([record for index, (_, record) in enumerate(sorted(delivered)) if index % 2])
             elif not restart:
                 source.on_runs([record for _, record in delivered])
             if restart:
@@ -252,7 +256,8 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 source.restore(rollout, saved["source"])
                 analysis = RolloutAnalysis.from_dict(config, saved["analysis"])
             cohorts = loop.run_until_complete(source.cohorts(rollout, max_run, now))
-            analysis.observe(cohorts, step_index, rollout.step_started_at)
+            clustering = loop.run_until_complete(keys.cohorts(rollout, max_run, now)) if keys else None
+            analysis.observe(cohorts, step_index, rollout.step_started_at, clustering)
             step_age = -1.0 if case.hold else now - rollout.step_started_at
             decision = analysis.decide(step_age, step_index == len(STEPS) - 1)
             if decision is None:
@@ -345,6 +350,14 @@ def main() -> None:
             prometheus=True,
             analysis={"cost": {"enabled": False}, "duration": {"enabled": False}},
         ),
+        # Traces spread over the replicas by trace ID: replica a sees about half of each key's runs.
+        Shape(
+            "Prometheus, sticky: 10 runs/key, correlation 0.17",
+            runs_per_key=10,
+            correlation=0.17,
+            prometheus=True,
+            analysis={"cost": {"enabled": False}, "duration": {"enabled": False}},
+        ),
     ]
     started = time.perf_counter()
     print(
@@ -367,6 +380,8 @@ def main() -> None:
                 ("3x failures", Case(shape, failure_factor=3.0), walks),
                 ("3x cost", Case(shape, cost_factor=3.0), walks),
             ]
+        if shape.name.startswith("Prometheus, sticky"):
+            cases.append(("3x failures", Case(shape, failure_factor=3.0), walks))
         if shape.name == "score guard on":
             cases += [
                 ("3x f., score -0.5sd", Case(shape, failure_factor=3.0, score_shift=0.5), walks),

@@ -17,6 +17,7 @@ from agentopz_otel.extensions.canary_analysis.statistics import (
     SHIFT_CAP,
     SHIFT_THRESHOLD,
     HistoryEvidence,
+    KeyClusters,
     history_verdict,
     one_sample_log_likelihood_ratio,
 )
@@ -160,3 +161,31 @@ def test_with_a_history_the_100_percent_step_is_the_one_sample_tests_alone() -> 
     history = results["quality"].evidence["history"]
     assert (results["quality"].verdict, history["verdict"]) == ("pass", "pass")
     assert history["statistic"] < math.log(0.2 / (1 - history["alpha"]))
+
+
+def test_with_prometheus_counts_the_design_effect_comes_from_this_replicas_keyed_runs() -> None:
+    """Prometheus counts carry no targeting keys; the runs this replica finished do."""
+
+    def keyed(keys: dict[str, tuple[int, int]]) -> VersionSample:
+        outcomes = {
+            key: {"success": runs - failed, "llm_error": failed} if failed else {"success": runs}
+            for key, (runs, failed) in keys.items()
+        }
+        runs = sum(runs for runs, _ in keys.values())
+        failed = sum(failed for _, failed in keys.values())
+        return VersionSample({"success": runs - failed, "llm_error": failed}, keys=outcomes)
+
+    local = Cohort(keyed({"a": (3, 2), "b": (2, 0)}), keyed({"c": (2, 2), "d": (2, 0)}))
+    fleet = _cohort((8, 4), (12, 4))
+    analysis = RolloutAnalysis(AnalysisConfig())
+    analysis.observe([fleet], step_index=0, clustering=[local])
+    expected = KeyClusters()
+    expected.add("baseline", {"a": (3, 2), "b": (2, 0)}, 5, 2)
+    expected.add("candidate", {"c": (2, 2), "d": (2, 0)}, 4, 2)
+    assert analysis.design_effect() == pytest.approx(expected.design_effect(1.645), rel=1e-12)
+    assert analysis.design_effect() > 1.5
+    # The fleet's runs are the test's: 8 candidate runs, 4 failed.
+    assert (analysis.rate.candidate_runs, analysis.rate.candidate_failures) == (8, 4)
+    without = RolloutAnalysis(AnalysisConfig())
+    without.observe([fleet], step_index=0)
+    assert without.design_effect() == 1.0

@@ -61,8 +61,14 @@ class CanaryAnalysisExtension:
         # Extensions are created in service.extensions order: storage must be listed before this one.
         self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
         self._db: sqlite3.Connection | None = None
-        if isinstance(self.source, LocalRuns):
-            context.finished_runs.subscribe(self.source.on_runs)
+        # This service's finished runs by start interval: the source itself, or beside Prometheus (whose
+        # counts have no targeting keys) the runs whose keys estimate the quality guard's design effect.
+        self._local = (
+            self.source
+            if isinstance(self.source, LocalRuns)
+            else LocalRuns(config.max_samples, config.interval_seconds)
+        )
+        context.finished_runs.subscribe(self._local.on_runs)
         # Every agent's runs by version and outcome, for the baseline's history when a rollout starts.
         self.history = BaselineHistory(config.history_hours, config.history_max_series)
         context.finished_runs.subscribe(self._on_finished)
@@ -148,8 +154,8 @@ class CanaryAnalysisExtension:
 
     def _on_rollout(self, rollout: Rollout) -> None:
         """Start counting a rollout's runs the moment it starts, not at the next look."""
-        if isinstance(self.source, LocalRuns) and rollout.active:
-            self.source.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate), rollout.started_at)
+        if rollout.active:
+            self._local.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate), rollout.started_at)
 
     async def _loop(self) -> None:
         while True:
@@ -164,6 +170,7 @@ class CanaryAnalysisExtension:
         assert self._rollouts is not None
         active = self._rollouts.active()
         self.source.forget_except(active)
+        self._local.forget_except(active)
         live = {rollout.id for rollout in active}
         for rollout_id in [key for key in self._analyses if key not in live]:
             del self._analyses[rollout_id]
@@ -192,6 +199,9 @@ class CanaryAnalysisExtension:
             if new:
                 analysis.set_history(await self._history_before(rollout))
             cohorts = await self.source.cohorts(rollout, config.max_run_seconds, now)
+            clustering = None
+            if self._local is not self.source:
+                clustering = await self._local.cohorts(rollout, config.max_run_seconds, now)
         except SourceError as error:
             self._source_errors.series((self.source.name,)).value += 1
             self._source_up.series((self.source.name,)).value = 0
@@ -210,7 +220,7 @@ class CanaryAnalysisExtension:
         if rollout.state == "paused" and rollout.id in self._paused_by_analysis:
             self._paused_by_analysis.discard(rollout.id)
             rollout = self._act(rollout, "resume", "canary analysis: data source answers again")
-        results = analysis.observe(cohorts, rollout.step_index, rollout.step_started_at)
+        results = analysis.observe(cohorts, rollout.step_index, rollout.step_started_at, clustering)
         self._save(rollout, analysis)
         runs = {rollout.baseline: analysis.baseline_runs, rollout.candidate: analysis.candidate_runs}
         for version, count in runs.items():
@@ -254,6 +264,8 @@ class CanaryAnalysisExtension:
             body = json.loads(row[0])
             analysis = RolloutAnalysis.from_dict(config, body["analysis"], self.config.max_samples)
             self.source.restore(rollout, body["source"])
+            if self._local is not self.source and "keys" in body:
+                self._local.restore(rollout, body["keys"])
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             # Unreadable (written by another version, or damaged): a new analysis beats none at all.
             log.warning(
@@ -275,7 +287,10 @@ class CanaryAnalysisExtension:
 
     def _save(self, rollout: Rollout, analysis: RolloutAnalysis) -> None:
         assert self._db is not None
-        body = json.dumps({"analysis": analysis.to_dict(), "source": self.source.state(rollout)}, separators=(",", ":"))
+        saved = {"analysis": analysis.to_dict(), "source": self.source.state(rollout)}
+        if self._local is not self.source:
+            saved["keys"] = self._local.state(rollout)
+        body = json.dumps(saved, separators=(",", ":"))
         try:
             self._db.execute(
                 "INSERT INTO canary_analysis_state (rollout_id, agent, saved_at, body) VALUES (?, ?, ?, ?) "

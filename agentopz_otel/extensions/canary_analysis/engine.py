@@ -145,10 +145,16 @@ class RolloutAnalysis:
         )
 
     def observe(
-        self, cohorts: Sequence[Cohort], step_index: int, step_started_at: float = -math.inf
+        self,
+        cohorts: Sequence[Cohort],
+        step_index: int,
+        step_started_at: float = -math.inf,
+        clustering: Sequence[Cohort] | None = None,
     ) -> dict[str, GuardResult]:
         """Add the cohorts; a step's own runs are those of cohorts that started after it began, so it
-        advances on what its own weight served, not on runs still finishing from the step before."""
+        advances on what its own weight served, not on runs still finishing from the step before.
+        `clustering`, when given, are the cohorts whose targeting keys estimate the design effect
+        instead of those of `cohorts` (Prometheus counts have no keys; this replica's own runs do)."""
         config = self.config
         alphas = config.alphas()
         if step_index != self._step_index:
@@ -165,6 +171,8 @@ class RolloutAnalysis:
             self.baseline_runs += baseline.runs
             if quality.enabled:
                 self._add_quality(candidate, baseline, two_delta)
+                if clustering is None:
+                    self._add_clusters(cohort)
             if limits.enabled:
                 self.limits = self.limits.add(
                     candidate.runs,
@@ -189,6 +197,9 @@ class RolloutAnalysis:
             for role, sample in (("baseline", baseline), ("candidate", candidate)):
                 self.values[role]["costs"].extend(sample.costs)
                 self.values[role]["durations"].extend(sample.durations)
+        if quality.enabled:
+            for cohort in clustering or ():
+                self._add_clusters(cohort)
         results: dict[str, GuardResult] = {}
         if quality.enabled:
             results["quality"] = self._quality_verdict(two_alpha, history_alpha)
@@ -228,8 +239,11 @@ class RolloutAnalysis:
             self.rate = self.rate.add(*counts, quality.tolerance, quality.detect_ratio, delta)
         if self.history is not None:
             self.history = self.history.add(*counts, quality.tolerance, quality.detect_ratio)
-        for role, sample in (("baseline", baseline), ("candidate", candidate)):
-            self.clusters.add(role, sample.keyed(quality.count), sample.runs, sample.failures(quality.count))
+
+    def _add_clusters(self, cohort: Cohort) -> None:
+        count = self.config.quality.count
+        for role, sample in (("baseline", cohort.baseline), ("candidate", cohort.candidate)):
+            self.clusters.add(role, sample.keyed(count), sample.runs, sample.failures(count))
 
     def _quality_verdict(self, two_alpha: float, history_alpha: float) -> GuardResult:
         """Fails when either test fails, each within its own part of the guard's alpha (so the union
