@@ -318,6 +318,11 @@ def test_histogram_buckets_become_values_at_their_midpoints() -> None:
     values = _bucket_values(many, max_samples=40)
     assert (values.count(0.005), values.count(math.sqrt(0.001)), values.count(0.2)) == (10, 20, 10)
     assert _bucket_values(Counter(), max_samples=10) == []
+    # Evaluator scores' evenly spaced buckets: arithmetic midpoints (a bucket at 0 holds its bound).
+    scores = Counter({0.0: 1.0, 0.1: 2.0, 0.7: 4.0, 0.8: 7.0, 1.0: 8.0, math.inf: 8.0})
+    assert _bucket_values(scores, max_samples=100, linear=True) == pytest.approx(
+        [0.0, 0.05, 0.4, 0.4, 0.75, 0.75, 0.75, 0.9]
+    )
 
 
 def test_promql_label_values_are_escaped() -> None:

@@ -198,7 +198,8 @@ class CanaryAnalysisExtension:
         try:
             if new:
                 analysis.set_history(await self._history_before(rollout))
-            cohorts = await self.source.cohorts(rollout, config.max_run_seconds, now)
+            evaluation = config.score.evaluation if config.score.enabled else ""
+            cohorts = await self.source.cohorts(rollout, config.max_run_seconds, now, evaluation)
             clustering = None
             if self._local is not self.source:
                 clustering = await self._local.cohorts(rollout, config.max_run_seconds, now)
