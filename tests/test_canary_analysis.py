@@ -416,6 +416,9 @@ def test_a_worse_candidate_is_weighed_against_the_baselines_history(start_servic
         run_until(agent, lambda failed: run_tracer, lambda: rollout_state(service)["state"] != "progressing", 4000)
     rollout = wait_state(service, "rolled_back")
     assert (rollout["state"], rollout["analysis_status"]["history_runs"]) == ("rolled_back", 300)
+    assert rollout["analysis_status"]["budget"].endswith(
+        "; quality's 3.00%: 2.40% against the baseline's history (300 runs), 0.60% against its concurrent runs"
+    )
     quality = analysis_entry(service, "rollback")["evidence"]["guards"]["quality"]
     history = quality["evidence"]["history"]
     assert (history["history_runs"], history["history_failure_share"]) == (300, 0.1)

@@ -17,6 +17,7 @@ from agentopz_otel.extensions.canary_analysis.statistics import (
     SHIFT_CAP,
     SHIFT_THRESHOLD,
     HistoryEvidence,
+    IntervalCounts,
     KeyClusters,
     history_verdict,
     one_sample_log_likelihood_ratio,
@@ -70,10 +71,10 @@ def test_the_one_sample_test_weighs_each_interval_against_the_history_bound_afte
     h1 = 3 * odds / (1 + 3 * odds)
     interval = float(binom.logpmf(2, 10, h1) - binom.logpmf(2, 10, upper))
     for _ in range(HISTORY_DELAY):
-        evidence = evidence.add(10, 2, 0, 0, 1.0, 3.0)
+        evidence = evidence.add(IntervalCounts(10, 2, 0, 0), 1.0, 3.0)
     # The first intervals wait for the baseline's runs of the next ones: nothing committed yet.
     assert (evidence.log_likelihood_ratio, evidence.candidate_runs, len(evidence.pending)) == (0.0, 0, 2)
-    evidence = evidence.add(10, 2, 0, 0, 1.0, 3.0)
+    evidence = evidence.add(IntervalCounts(10, 2, 0, 0), 1.0, 3.0)
     assert evidence.log_likelihood_ratio == pytest.approx(interval, rel=1e-12)
     assert (evidence.candidate_runs, evidence.candidate_failures) == (10, 2)
     verdict, details = history_verdict(evidence, alpha=0.01, beta=0.2, min_runs=10, design_effect=2.0)
@@ -92,21 +93,21 @@ def test_a_shifted_baseline_vetoes_the_pending_and_current_intervals() -> None:
     # The baseline at its history's rate: the CUSUM stays at 0 (a negative ratio is clipped).
     healthy = one_sample_log_likelihood_ratio(30, 0, 0.02, 1.0, 3.0)
     assert healthy < 0
-    evidence = evidence.add(2, 1, 30, 0, 1.0, 3.0).add(2, 1, 30, 0, 1.0, 3.0)
+    evidence = evidence.add(IntervalCounts(2, 1, 30, 0), 1.0, 3.0).add(IntervalCounts(2, 1, 30, 0), 1.0, 3.0)
     assert (evidence.shift, len(evidence.pending)) == (0.0, 2)
     # An outage: 9 of the baseline's 30 runs fail. Its ratio is over the cap: shifted at once.
     outage = one_sample_log_likelihood_ratio(30, 9, 0.02, 1.0, 3.0)
     assert outage > SHIFT_CAP
-    evidence = evidence.add(2, 2, 30, 9, 1.0, 3.0)
+    evidence = evidence.add(IntervalCounts(2, 2, 30, 9), 1.0, 3.0)
     assert (evidence.shift, evidence.pending, evidence.vetoed_runs, evidence.vetoed_intervals) == (SHIFT_CAP, (), 6, 3)
     assert (evidence.log_likelihood_ratio, evidence.candidate_runs) == (0.0, 0)
     # At 100% there are no baseline runs to show the shift is over: the last state holds.
-    evidence = evidence.add(20, 5, 0, 0, 1.0, 3.0)
+    evidence = evidence.add(IntervalCounts(20, 5, 0, 0), 1.0, 3.0)
     assert (evidence.shift, evidence.vetoed_runs) == (SHIFT_CAP, 26)
     # Baseline runs back at the history's rate bring the CUSUM down below the threshold.
     steps = 0
     while evidence.shift >= SHIFT_THRESHOLD:
-        evidence = evidence.add(2, 0, 30, 0, 1.0, 3.0)
+        evidence = evidence.add(IntervalCounts(2, 0, 30, 0), 1.0, 3.0)
         steps += 1
     assert steps == math.floor((SHIFT_CAP - SHIFT_THRESHOLD) / -healthy) + 1
     assert evidence.shift == pytest.approx(SHIFT_CAP + steps * healthy, rel=1e-12)

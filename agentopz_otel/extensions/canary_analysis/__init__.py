@@ -368,7 +368,7 @@ class CanaryAnalysisExtension:
             "restarts": analysis.restarts,
             "history_runs": analysis.history_runs,
             "suspended": suspended,
-            "budget": analysis.config.budget_text(),
+            "budget": analysis.budget_text(),
             "guards": {guard: result.to_dict() for guard, result in results.items()},
             "decision": carried.get("decision"),
             "decision_reason": carried.get("decision_reason"),

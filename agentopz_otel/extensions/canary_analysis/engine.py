@@ -24,6 +24,7 @@ from .statistics import (
     PASS,
     GuardResult,
     HistoryEvidence,
+    IntervalCounts,
     KeyClusters,
     RankLooks,
     RateEvidence,
@@ -232,13 +233,15 @@ class RolloutAnalysis:
 
     def _add_quality(self, candidate: VersionSample, baseline: VersionSample, delta: float) -> None:
         quality = self.config.quality
-        counts = (candidate.runs, candidate.failures(quality.count), baseline.runs, baseline.failures(quality.count))
+        counts = IntervalCounts(
+            candidate.runs, candidate.failures(quality.count), baseline.runs, baseline.failures(quality.count)
+        )
         # With a history, a step without concurrent baseline runs (100%) is the one-sample test's alone:
         # it keeps the baseline's last shift state, which the two-sample test's fallback would not.
         if self.history is None or baseline.runs > 0:
             self.rate = self.rate.add(*counts, quality.tolerance, quality.detect_ratio, delta)
         if self.history is not None:
-            self.history = self.history.add(*counts, quality.tolerance, quality.detect_ratio)
+            self.history = self.history.add(counts, quality.tolerance, quality.detect_ratio)
 
     def _add_clusters(self, cohort: Cohort) -> None:
         count = self.config.quality.count
@@ -265,6 +268,19 @@ class RolloutAnalysis:
         """The quality guard's `design_effect` when set, else the one its runs' targeting keys show."""
         given = self.config.quality.design_effect
         return given if given is not None else self.clusters.design_effect(CORRELATION_Z)
+
+    def budget_text(self) -> str:
+        """The budget's split as the console shows it, with the quality guard's own split when a
+        history test shares its alpha."""
+        text = self.config.budget_text()
+        if self.history is None:
+            return text
+        part = self.config.quality.history_share
+        alpha = self.config.alphas()["quality"]
+        return (
+            f"{text}; quality's {alpha:.2%}: {alpha * part:.2%} against the baseline's history "
+            f"({self.history_runs} runs), {alpha * (1 - part):.2%} against its concurrent runs"
+        )
 
     def step_runs(self) -> int:
         return self._step_runs

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 PASS: Verdict = "pass"
@@ -215,6 +215,13 @@ SHIFT_CAP = 2 * SHIFT_THRESHOLD
 HISTORY_DELAY = 2
 
 
+class IntervalCounts(NamedTuple):
+    candidate_runs: int
+    candidate_failures: int
+    baseline_runs: int
+    baseline_failures: int
+
+
 @dataclass(frozen=True)
 class HistoryEvidence:
     """The one-sample SPRT of the candidate against the baseline's pre-rollout history, beside the
@@ -249,16 +256,9 @@ class HistoryEvidence:
         """A test against a history of `runs` runs with `failures` failures, its rate bounded at 1 - delta."""
         return cls(runs, failures, failures / runs if runs else 0.0, rate_upper_bound(failures, runs, delta))
 
-    def add(
-        self,
-        candidate_runs: int,
-        candidate_failures: int,
-        baseline_runs: int,
-        baseline_failures: int,
-        tolerance: float,
-        detect_ratio: float,
-    ) -> HistoryEvidence:
+    def add(self, counts: IntervalCounts, tolerance: float, detect_ratio: float) -> HistoryEvidence:
         """This evidence plus one interval's runs by version."""
+        candidate_runs, candidate_failures, baseline_runs, baseline_failures = counts
         baseline_ratio = one_sample_log_likelihood_ratio(baseline_runs, baseline_failures, self.rate, 1.0, detect_ratio)
         shift = min(SHIFT_CAP, max(0.0, self.shift + baseline_ratio))
         if shift >= SHIFT_THRESHOLD:
