@@ -183,7 +183,13 @@ def test_with_prometheus_counts_the_design_effect_comes_from_this_replicas_keyed
     expected = KeyClusters()
     expected.add("baseline", {"a": (3, 2), "b": (2, 0)}, 5, 2)
     expected.add("candidate", {"c": (2, 2), "d": (2, 0)}, 4, 2)
-    assert analysis.design_effect() == pytest.approx(expected.design_effect(1.645), rel=1e-12)
+    # This replica saw 9 of the fleet's 20 runs: each key's runs are 20/9 as many in the fleet.
+    assert analysis.clustered_runs == 9
+    assert analysis.design_effect() == pytest.approx(expected.design_effect(1.645, 20 / 9), rel=1e-12)
+    rho, error = expected.correlation()
+    assert expected.design_effect(1.645, 20 / 9) == pytest.approx(
+        1 + ((9 + 4 + 4 + 4) / 9 * 20 / 9 - 1) * min(1.0, rho + 1.645 * error), rel=1e-12
+    )
     assert analysis.design_effect() > 1.5
     # The fleet's runs are the test's: 8 candidate runs, 4 failed.
     assert (analysis.rate.candidate_runs, analysis.rate.candidate_failures) == (8, 4)

@@ -114,6 +114,8 @@ class RolloutAnalysis:
         # None without a usable history, and then the two-sample test has the guard's whole alpha.
         self.history: HistoryEvidence | None = None
         self.history_runs = 0
+        # Runs whose keys fed the design effect when they are not the test's own (Prometheus): 0 else.
+        self.clustered_runs = 0
         self.values: dict[str, dict[str, deque[float]]] = {
             role: {name: deque(maxlen=max_samples) for name in ("costs", "durations")} for role in ROLES
         }
@@ -201,6 +203,7 @@ class RolloutAnalysis:
         if quality.enabled:
             for cohort in clustering or ():
                 self._add_clusters(cohort)
+                self.clustered_runs += cohort.baseline.runs + cohort.candidate.runs
         results: dict[str, GuardResult] = {}
         if quality.enabled:
             results["quality"] = self._quality_verdict(two_alpha, history_alpha)
@@ -265,9 +268,17 @@ class RolloutAnalysis:
         return replace(result, evidence=evidence)
 
     def design_effect(self) -> float:
-        """The quality guard's `design_effect` when set, else the one its runs' targeting keys show."""
+        """The quality guard's `design_effect` when set, else the one its runs' targeting keys show.
+        Keys from this replica's share of the fleet's runs (`clustering`) have their clusters scaled
+        by the fleet's runs over the replica's: right when traces spread over the replicas by trace
+        ID, too large (conservative) when each key stays on one replica."""
         given = self.config.quality.design_effect
-        return given if given is not None else self.clusters.design_effect(CORRELATION_Z)
+        if given is not None:
+            return given
+        scale = 1.0
+        if self.clustered_runs:
+            scale = max(1.0, (self.candidate_runs + self.baseline_runs) / self.clustered_runs)
+        return self.clusters.design_effect(CORRELATION_Z, scale)
 
     def budget_text(self) -> str:
         """The budget's split as the console shows it, with the quality guard's own split when a
@@ -313,6 +324,7 @@ class RolloutAnalysis:
             "score": self.score.to_dict(),
             "history": None if self.history is None else self.history.to_dict(),
             "history_runs": self.history_runs,
+            "clustered_runs": self.clustered_runs,
             "values": {
                 role: {name: list(values) for name, values in kinds.items()} for role, kinds in self.values.items()
             },
@@ -341,6 +353,7 @@ class RolloutAnalysis:
         if body.get("history") is not None:
             analysis.history = HistoryEvidence.from_dict(body["history"])
         analysis.history_runs = body.get("history_runs", 0)
+        analysis.clustered_runs = body.get("clustered_runs", 0)
         for role, kinds in body["values"].items():
             for name, values in kinds.items():
                 analysis.values[role][name].extend(values)

@@ -405,14 +405,16 @@ class KeyClusters:
         variance = 2 * (runs - 1) * (1 - rho) ** 2 * (1 + (size - 1) * rho) ** 2 / (size**2 * within_df * between_df)
         return rho, math.sqrt(variance)
 
-    def design_effect(self, z: float = 0.0) -> float:
-        """1 + (sum n_i^2 / N - 1) x the correlation's upper bound (the estimate plus `z` standard
-        errors, at most 1): the variance inflation of the failure share over clusters of unequal
-        sizes; 1 for independent runs. With few repeating keys the bound is wide: conservative."""
+    def design_effect(self, z: float = 0.0, scale: float = 1.0) -> float:
+        """1 + (sum n_i^2 / N x `scale` - 1) x the correlation's upper bound (the estimate plus `z`
+        standard errors, at most 1): the variance inflation of the failure share over clusters of
+        unequal sizes; 1 for independent runs. With few repeating keys the bound is wide: conservative.
+        `scale` > 1 when these keys are a replica's share of the fleet's runs: a key's runs spread
+        over the replicas are that many times more than the replica sees of it."""
         runs = sum(group.runs for group in self.groups.values())
         if runs == 0:
             return 1.0
-        mean_size = sum(group.squared_sizes for group in self.groups.values()) / runs
+        mean_size = sum(group.squared_sizes for group in self.groups.values()) / runs * scale
         rho, error = self.correlation()
         return 1.0 + (mean_size - 1.0) * min(1.0, rho + z * error)
 
