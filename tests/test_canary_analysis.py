@@ -451,3 +451,57 @@ def test_an_outage_failing_both_versions_does_not_roll_back_a_healthy_candidate(
     assert history["history_runs"] == 300
     assert history["vetoed_runs"] >= 40
     assert history["baseline_shifted"] is False
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_prometheus_source_reads_the_baselines_history_at_the_rollouts_start(
+    start_service, tmp_path, openfeature_domain
+):
+    """`increase(...[history] @ start)` over every replica's counters: the baseline's runs by outcome
+    from its series' first scrape on (Prometheus has no sample of a counter before it exists), as
+    `increase` extrapolates them."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from agentopz_otel.extensions.canary_analysis.config import PrometheusSource
+    from agentopz_otel.extensions.canary_analysis.sources import PrometheusRuns
+
+    service = analysis_service(start_service, tmp_path, "prometheus-history")
+    prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{service.admin_port}"])
+    try:
+        prometheus.wait_for('up{job="agentopz"} == 1', timeout=30)
+        agent = Agent(service.admin_url, {"v1": 1, "v2": 1})
+        admin(service).define(AGENT, VERSIONS, "v1")
+        selector = f'agentopz_runs_total{{agent="{AGENT}",prompt_version="v1"}}'
+        with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+            for _ in range(10):
+                agent.run(lambda failed: run_tracer)
+            prometheus.wait_for(f"sum({selector}) == 10")
+            time.sleep(2)  # a few scrapes of the first values
+            for _ in range(90):
+                agent.run(lambda failed: run_tracer)
+            prometheus.wait_for(f"sum({selector}) == 100")
+        time.sleep(2)
+        source = PrometheusRuns(PrometheusSource(url=prometheus.url))
+        rollout = SimpleNamespace(agent=AGENT, baseline="v1", started_at=time.time())
+
+        async def read() -> dict[str, int]:
+            try:
+                return await source.history(rollout, hours=1)
+            finally:
+                await source.close()
+
+        history = asyncio.run(read())
+        # Every replica's series summed by outcome over the hour before the start, as Prometheus
+        # itself answers that increase.
+        expected = prometheus.query(f"sum by (outcome) (increase({selector}[3600s] @ {rollout.started_at:.3f}))")
+        increases = {item["metric"]["outcome"]: round(float(item["value"][1])) for item in expected}
+        assert history == {outcome: runs for outcome, runs in increases.items() if runs > 0}
+        assert set(history) == {"success", "llm_error"}
+        # At least the runs between the first scrape (1 failed, 9 succeeded) and the last (10, 90);
+        # `increase` extrapolates a series born inside the window towards its ends, so a little more.
+        assert history["success"] >= 81 and history["llm_error"] >= 9
+        assert 0.08 <= history["llm_error"] / (history["success"] + history["llm_error"]) <= 0.12
+    finally:
+        prometheus.stop()
