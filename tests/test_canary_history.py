@@ -196,3 +196,44 @@ def test_with_prometheus_counts_the_design_effect_comes_from_this_replicas_keyed
     without = RolloutAnalysis(AnalysisConfig())
     without.observe([fleet], step_index=0)
     assert without.design_effect() == 1.0
+
+
+def test_the_extension_keeps_the_history_in_storage_across_a_restart(tmp_path) -> None:
+    """Finished runs through the extension's feed, saved at a look, read back by a new instance."""
+    import time
+    from types import SimpleNamespace
+
+    from agentopz_otel.components import Context
+    from agentopz_otel.extensions.canary_analysis import CanaryAnalysisExtension
+    from agentopz_otel.extensions.canary_analysis.config import CanaryAnalysisConfig
+    from agentopz_otel.extensions.storage import StorageConfig, StorageExtension
+    from agentopz_otel.metrics import Registry
+
+    def extension() -> CanaryAnalysisExtension:
+        context = Context(metrics=Registry())
+        context.extensions["storage"] = StorageExtension("storage", StorageConfig(path=str(tmp_path / "s.sqlite")))
+        found = CanaryAnalysisExtension("canary_analysis", CanaryAnalysisConfig(history_hours=2), context)
+        found.open_store()
+        return found
+
+    now = (math.floor(time.time() / HOUR) + 0.5) * HOUR  # mid-hour: the runs below share one bucket
+
+    def run(version: str, outcome: str, started_at: float) -> SimpleNamespace:
+        return SimpleNamespace(agent="support", prompt_version=version, outcome=outcome, started_at=started_at)
+
+    first = extension()
+    first._on_finished(
+        [run("v1", "success", now - 60)] * 3 + [run("v1", "llm_error", now - 30), run("v2", "success", now)]
+    )
+    first._on_finished([run("v1", "success", now - 3 * HOUR)])  # before the window: not kept
+    first.save_history(now)
+    rows = first._db.execute(
+        "SELECT agent, prompt_version, outcomes FROM canary_analysis_history ORDER BY 2"
+    ).fetchall()
+    assert rows == [("support", "v1", '{"success": 3, "llm_error": 1}'), ("support", "v2", '{"success": 1}')]
+    second = extension()
+    assert second.history.snapshot("support", "v1", now + 1) == {"success": 3, "llm_error": 1}
+    # Three hours on, those buckets left the window: gone from memory and from storage.
+    second.save_history(now + 3 * HOUR)
+    assert second._db.execute("SELECT count(*) FROM canary_analysis_history").fetchone() == (0,)
+    assert second.history.series() == 0
