@@ -11,7 +11,10 @@ batch as their finish times pass, into the real `LocalRuns.on_runs`; every `--in
 decides. A restart saves nothing
 but what the extension saves after each look (the analysis and the source's open intervals, through
 JSON), loses the runs that finished since, and continues. The Prometheus row runs the real
-`PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout).
+`PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout); the sticky
+Prometheus row estimates the design effect from replica a's own runs, as the extension does. Every
+rollout starts with the baseline's history (a week at `--rate` and 2% failures, through the real
+`BaselineHistory`); the outage row fails both versions' runs at 15% for 30 minutes mid-rollout.
 
 Printed per traffic shape: false rollbacks of a healthy candidate walking 5, 25, 50, 100 and held a
 day at 5%; for a worse candidate (3x failures, 3x cost) the extra failed runs users saw before the
