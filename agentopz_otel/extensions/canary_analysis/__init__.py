@@ -189,7 +189,10 @@ class CanaryAnalysisExtension:
     async def _look_at(self, rollout: Rollout, config: AnalysisConfig) -> None:
         assert self._rollouts is not None
         now = time.time()
-        analysis = self._analyses.get(rollout.id) or self._load(rollout, config)
+        analysis = self._analyses.get(rollout.id)
+        if analysis is None and (loaded := self._load(rollout, config)) is not None:
+            analysis = self._analyses[rollout.id] = loaded
+        # A new analysis is kept once its history is read (a source error means: again next look).
         new = analysis is None
         if analysis is None:
             analysis = RolloutAnalysis(config, self.config.max_samples)
