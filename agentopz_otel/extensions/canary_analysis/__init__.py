@@ -9,6 +9,9 @@ inconclusive and pauses the rollout at its weight (resumed when the source answe
 promotes on missing data. An agent under its kill switch is not analysed: nothing advances, promotes
 or rolls back until it is enabled again. Each rollout's analysis (its tests' state and the source's
 open intervals) is saved in the storage extension after every look, so a restart continues it.
+Every agent's finished runs are tallied by version and outcome in hourly buckets (also in storage):
+a rollout's first look snapshots its baseline's history from them (or from Prometheus), against
+which the quality guard tests the candidate at every step.
 """
 
 from __future__ import annotations
