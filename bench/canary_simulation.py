@@ -11,7 +11,10 @@ batch as their finish times pass, into the real `LocalRuns.on_runs`; every `--in
 decides. A restart saves nothing
 but what the extension saves after each look (the analysis and the source's open intervals, through
 JSON), loses the runs that finished since, and continues. The Prometheus row runs the real
-`PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout).
+`PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout); the sticky
+Prometheus row estimates the design effect from replica a's own runs, as the extension does. Every
+rollout starts with the baseline's history (a week at `--rate` and 2% failures, through the real
+`BaselineHistory`); the outage row fails both versions' runs at 15% for 30 minutes mid-rollout.
 
 Printed per traffic shape: false rollbacks of a healthy candidate walking 5, 25, 50, 100 and held a
 day at 5%; for a worse candidate (3x failures, 3x cost) the extra failed runs users saw before the
@@ -39,6 +42,7 @@ import numpy as np
 
 from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, PrometheusSource, merged
 from agentopz_otel.extensions.canary_analysis.engine import GUARDS, RolloutAnalysis
+from agentopz_otel.extensions.canary_analysis.history import BaselineHistory
 from agentopz_otel.extensions.canary_analysis.sources import LocalRuns, PrometheusRuns
 
 DAY = 86_400.0
@@ -46,6 +50,8 @@ AGENT = "agent"
 BASELINE, CANDIDATE = "v1", "v2"
 STEPS = (5, 25, 50, 100)
 SCORED, SCORE_MEAN, SCORE_SD = "helpfulness", 0.7, 0.15
+BASE_FAILURE = 0.02
+HISTORY_HOURS = 168.0
 
 
 class Record(NamedTuple):
@@ -73,6 +79,8 @@ class Shape:
     budget_exceeded: float = 0.0
     restart_hours: float = 0.0
     prometheus: bool = False
+    # A provider outage failing both versions' runs started in [start, end) seconds at this rate.
+    outage: tuple[float, float, float] | None = None
     analysis: dict[str, Any] | None = None
 
 
@@ -156,10 +164,20 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
     rollout = Rollout(1, AGENT, BASELINE, CANDIDATE, 0.0, 0.0)
     replicas = Replicas(replace_at=1800.0) if shape.prometheus else None
     source: Any = SimulatedPrometheus(replicas) if replicas else LocalRuns(2000, interval)
-    if isinstance(source, LocalRuns):
-        source.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
+    # With Prometheus, the deciding replica's (a's) own runs: their targeting keys give the design effect.
+    keys = LocalRuns(2000, interval) if replicas else None
+    for local in (source, keys):
+        if isinstance(local, LocalRuns):
+            local.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
     analysis = RolloutAnalysis(config)
-    base_failure = 0.02
+    # The baseline's week before the rollout, through the real tally: its runs at its 2% failures.
+    history = BaselineHistory(HISTORY_HOURS, 10)
+    before = int(rng.poisson(rate * HISTORY_HOURS * 3600))
+    failed_before = int(rng.binomial(before, BASE_FAILURE))
+    history.add(AGENT, BASELINE, "success", -3600.0, 0.0, before - failed_before)
+    history.add(AGENT, BASELINE, "llm_error", -3600.0, 0.0, failed_before)
+    analysis.set_history(history.snapshot(AGENT, BASELINE, 0.0))
+    base_failure = BASE_FAILURE
     factor = case.failure_factor
     # Beta frailty per key: mean 1, within-key correlation of outcomes `correlation`.
     concentration = (1 / shape.correlation - 1) if shape.correlation else 0.0
@@ -199,6 +217,9 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                     open_keys.remove(key)
                 version = CANDIDATE if key_bucket[key] < weight / 100 else BASELINE
                 p_base = min(1.0, base_failure * key_frailty[key])
+                started = float(starts[i])
+                if shape.outage and shape.outage[0] <= started < shape.outage[1]:
+                    p_base = min(1.0, shape.outage[2] * key_frailty[key])
                 p_cand = min(1.0, p_base * factor)
                 p = p_cand if version == CANDIDATE else p_base
                 failed = uniforms[i, 0] < p
@@ -213,7 +234,6 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 cost = float(
                     0.01 * (case.cost_factor if version == CANDIDATE else 1.0) * math.exp(0.6 * rng.standard_normal())
                 )
-                started = float(starts[i])
                 finished = started + duration
                 shift = case.score_shift if version == CANDIDATE else 0.0
                 score = SCORE_MEAN + SCORE_SD * (float(rng.standard_normal()) - shift)
@@ -225,9 +245,10 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
             look = round(now / interval)
             delivered = pending.pop(look, [])
             restart = shape.restart_hours and now - last_restart >= shape.restart_hours * 3600
-            if replicas is not None:
+            if replicas is not None and keys is not None:
                 for index, (finished, record) in enumerate(sorted(delivered)):
                     replicas.add(finished, record.prompt_version, record.outcome, index)
+                keys.on_runs([record for index, (_, record) in enumerate(sorted(delivered)) if index % 2])
             elif not restart:
                 source.on_runs([record for _, record in delivered])
             if restart:
@@ -238,7 +259,8 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 source.restore(rollout, saved["source"])
                 analysis = RolloutAnalysis.from_dict(config, saved["analysis"])
             cohorts = loop.run_until_complete(source.cohorts(rollout, max_run, now))
-            analysis.observe(cohorts, step_index, rollout.step_started_at)
+            clustering = loop.run_until_complete(keys.cohorts(rollout, max_run, now)) if keys else None
+            analysis.observe(cohorts, step_index, rollout.step_started_at, clustering)
             step_age = -1.0 if case.hold else now - rollout.step_started_at
             decision = analysis.decide(step_age, step_index == len(STEPS) - 1)
             if decision is None:
@@ -324,9 +346,18 @@ def main() -> None:
         Shape("restart every 1 h", restart_hours=1.0),
         Shape("budget_exceeded 1 in 1,000", budget_exceeded=1e-3),
         Shape("budget_exceeded 1 in 10,000", budget_exceeded=1e-4),
+        Shape("outage: both 2% -> 15% for 30 min from 20 min", outage=(1200.0, 3000.0, 0.15)),
         # The simulated Prometheus serves agentopz_runs_total only: the rate guards.
         Shape(
             "Prometheus, a replica replaced at 30 min",
+            prometheus=True,
+            analysis={"cost": {"enabled": False}, "duration": {"enabled": False}},
+        ),
+        # Traces spread over the replicas by trace ID: replica a sees about half of each key's runs.
+        Shape(
+            "Prometheus, sticky: 10 runs/key, correlation 0.17",
+            runs_per_key=10,
+            correlation=0.17,
             prometheus=True,
             analysis={"cost": {"enabled": False}, "duration": {"enabled": False}},
         ),
@@ -352,6 +383,8 @@ def main() -> None:
                 ("3x failures", Case(shape, failure_factor=3.0), walks),
                 ("3x cost", Case(shape, cost_factor=3.0), walks),
             ]
+        if shape.name.startswith("Prometheus, sticky"):
+            cases.append(("3x failures", Case(shape, failure_factor=3.0), walks))
         if shape.name == "score guard on":
             cases += [
                 ("3x f., score -0.5sd", Case(shape, failure_factor=3.0, score_shift=0.5), walks),

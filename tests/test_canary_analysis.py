@@ -383,3 +383,125 @@ def test_a_healthy_candidate_with_sticky_correlated_conversations_is_promoted(
     assert agent.failed["v1"] % 5 == 0 and agent.failed["v1"] >= 5
     quality = [entry["evidence"]["guards"]["quality"]["evidence"] for entry in actions]
     assert all(evidence["design_effect"] > 2 for evidence in quality)
+
+
+class Outage(Agent):
+    """Fails each version's runs at its rate, or 6 in 10 of both versions' runs while `outage` is on (a
+    provider outage)."""
+
+    outage = False
+
+    def fails(self, version: str, key: str) -> bool:
+        return self.runs[version] % 10 < (6 if self.outage else self.failures_in_ten[version])
+
+
+def run_history(service, agent: Agent, runs: int) -> None:
+    """The baseline's runs before the rollout starts: its history."""
+    admin(service).define(AGENT, VERSIONS, "v1")
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        for _ in range(runs):
+            agent.run(lambda failed: run_tracer)
+    # Every one of them finished and counted before the rollout starts.
+    service.wait_for("agentopz_runs_total", runs // 10, agent=AGENT, prompt_version="v1", outcome="llm_error")
+    time.sleep(0.5)
+
+
+@pytest.mark.timeout(120)
+def test_a_worse_candidate_is_weighed_against_the_baselines_history(start_service, tmp_path, openfeature_domain):
+    service = analysis_service(start_service, tmp_path, "history-worse")
+    agent = Agent(service.admin_url, {"v1": 1, "v2": 3})
+    run_history(service, agent, 300)
+    admin(service).start(AGENT, "v2", [5, 25, 50, 100], reason="new prompt")
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        run_until(agent, lambda failed: run_tracer, lambda: rollout_state(service)["state"] != "progressing", 4000)
+    rollout = wait_state(service, "rolled_back")
+    assert (rollout["state"], rollout["analysis_status"]["history_runs"]) == ("rolled_back", 300)
+    assert rollout["analysis_status"]["budget"].endswith(
+        "; quality's 3.00%: 2.40% against the baseline's history (300 runs), 0.60% against its concurrent runs"
+    )
+    quality = analysis_entry(service, "rollback")["evidence"]["guards"]["quality"]
+    history = quality["evidence"]["history"]
+    assert (history["history_runs"], history["history_failure_share"]) == (300, 0.1)
+    # The quality guard's 3% split by history_share 0.8, a tenth of each part spent on its rate bound.
+    assert (history["alpha"], quality["evidence"]["alpha"]) == (0.0216, 0.0054)
+    assert history["vetoed_runs"] == 0
+    assert quality["verdict"] == "fail"
+
+
+@pytest.mark.timeout(120)
+def test_an_outage_failing_both_versions_does_not_roll_back_a_healthy_candidate(
+    start_service, tmp_path, openfeature_domain
+):
+    """Against its history alone the candidate's runs in the outage (6 in 10 failed, against 1 in 10
+    before) would roll it back; the baseline's concurrent runs show the same shift, so they do not count."""
+    service = analysis_service(start_service, tmp_path, "history-outage")
+    agent = Outage(service.admin_url, {"v1": 1, "v2": 1})
+    run_history(service, agent, 300)
+    admin(service).start(AGENT, "v2", [5, 25, 50, 100], reason="new prompt", analysis=SLOW)
+    with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+        agent.outage = True
+        run_until(agent, lambda failed: run_tracer, lambda: agent.runs["v2"] >= 40, 2000)
+        agent.outage = False
+        run_until(agent, lambda failed: run_tracer, lambda: rollout_state(service)["state"] != "progressing", 4000)
+    rollout = wait_state(service, "promoted")
+    assert rollout["state"] == "promoted"
+    actions = analysis_actions(service)
+    assert [entry["action"] for entry in actions] == ["advance", "advance", "advance", "promote"]
+    history = actions[-1]["evidence"]["guards"]["quality"]["evidence"]["history"]
+    assert history["history_runs"] == 300
+    assert history["vetoed_runs"] >= 40
+    assert history["baseline_shifted"] is False
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_prometheus_source_reads_the_baselines_history_at_the_rollouts_start(
+    start_service, tmp_path, openfeature_domain
+):
+    """`increase(...[history] @ start)` over every replica's counters: the baseline's runs by outcome
+    from its series' first scrape on (Prometheus has no sample of a counter before it exists), as
+    `increase` extrapolates them."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from agentopz_otel.extensions.canary_analysis.config import PrometheusSource
+    from agentopz_otel.extensions.canary_analysis.sources import PrometheusRuns
+
+    service = analysis_service(start_service, tmp_path, "prometheus-history")
+    prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{service.admin_port}"])
+    try:
+        prometheus.wait_for('up{job="agentopz"} == 1', timeout=30)
+        agent = Agent(service.admin_url, {"v1": 1, "v2": 1})
+        admin(service).define(AGENT, VERSIONS, "v1")
+        selector = f'agentopz_runs_total{{agent="{AGENT}",prompt_version="v1"}}'
+        with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+            for _ in range(10):
+                agent.run(lambda failed: run_tracer)
+            prometheus.wait_for(f"sum({selector}) == 10")
+            time.sleep(2)  # a few scrapes of the first values
+            for _ in range(90):
+                agent.run(lambda failed: run_tracer)
+            prometheus.wait_for(f"sum({selector}) == 100")
+        time.sleep(2)
+        source = PrometheusRuns(PrometheusSource(url=prometheus.url))
+        rollout = SimpleNamespace(agent=AGENT, baseline="v1", started_at=time.time())
+
+        async def read() -> dict[str, int]:
+            try:
+                return await source.history(rollout, hours=1)
+            finally:
+                await source.close()
+
+        history = asyncio.run(read())
+        # Every replica's series summed by outcome over the hour before the start, as Prometheus
+        # itself answers that increase.
+        expected = prometheus.query(f"sum by (outcome) (increase({selector}[3600s] @ {rollout.started_at:.3f}))")
+        increases = {item["metric"]["outcome"]: round(float(item["value"][1])) for item in expected}
+        assert history == {outcome: runs for outcome, runs in increases.items() if runs > 0}
+        assert set(history) == {"success", "llm_error"}
+        # At least the runs between the first scrape (1 failed, 9 succeeded) and the last (10, 90);
+        # `increase` extrapolates a series born inside the window towards its ends, so a little more.
+        assert history["success"] >= 81 and history["llm_error"] >= 9
+        assert 0.08 <= history["llm_error"] / (history["success"] + history["llm_error"]) <= 0.12
+    finally:
+        prometheus.stop()

@@ -318,6 +318,11 @@ def test_histogram_buckets_become_values_at_their_midpoints() -> None:
     values = _bucket_values(many, max_samples=40)
     assert (values.count(0.005), values.count(math.sqrt(0.001)), values.count(0.2)) == (10, 20, 10)
     assert _bucket_values(Counter(), max_samples=10) == []
+    # Evaluator scores' evenly spaced buckets: arithmetic midpoints (a bucket at 0 holds its bound).
+    scores = Counter({0.0: 1.0, 0.1: 2.0, 0.7: 4.0, 0.8: 7.0, 1.0: 8.0, math.inf: 8.0})
+    assert _bucket_values(scores, max_samples=100, linear=True) == pytest.approx(
+        [0.0, 0.05, 0.4, 0.4, 0.75, 0.75, 0.75, 0.9]
+    )
 
 
 def test_promql_label_values_are_escaped() -> None:
@@ -440,7 +445,8 @@ def test_a_saved_analysis_is_continued_and_an_unreadable_one_started_again(tmp_p
 
     rollout = _Rollout()
     first = extension()
-    analysis = first._load(rollout, AnalysisConfig())
+    assert first._load(rollout, AnalysisConfig()) is None  # nothing saved: a new analysis, history read
+    analysis = RolloutAnalysis(AnalysisConfig())
     analysis.observe([_cohort(_sample(500, 10), _sample(25, 2))], step_index=0)
     first._save(rollout, analysis)
     continued = extension()._load(rollout, AnalysisConfig())
@@ -448,7 +454,7 @@ def test_a_saved_analysis_is_continued_and_an_unreadable_one_started_again(tmp_p
     first._db.execute("UPDATE canary_analysis_state SET body = '{\"analysis\": {}}'")
     with caplog.at_level("WARNING", logger="agentopz_otel.canary_analysis"):
         fresh = extension()._load(rollout, AnalysisConfig())
-    assert (fresh.restarts, fresh.candidate_runs) == (0, 0)
+    assert fresh is None
     assert "the saved analysis of support is unreadable (KeyError: 'rate'); starting it again" in caplog.text
 
 

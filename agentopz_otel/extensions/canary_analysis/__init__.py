@@ -9,6 +9,9 @@ inconclusive and pauses the rollout at its weight (resumed when the source answe
 promotes on missing data. An agent under its kill switch is not analysed: nothing advances, promotes
 or rolls back until it is enabled again. Each rollout's analysis (its tests' state and the source's
 open intervals) is saved in the storage extension after every look, so a restart continues it.
+Every agent's finished runs are tallied by version and outcome in hourly buckets (also in storage):
+a rollout's first look snapshots its baseline's history from them (or from Prometheus), against
+which the quality guard tests the candidate at every step.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ...components import Context, Factory
 from ..storage import StorageExtension
 from .config import AnalysisConfig, CanaryAnalysisConfig, merged
 from .engine import GUARDS, RolloutAnalysis
+from .history import BaselineHistory
 from .sources import LocalRuns, PrometheusRuns, SourceError
 from .statistics import INCONCLUSIVE, GuardResult
 
@@ -37,6 +41,9 @@ log = logging.getLogger("agentopz_otel.canary_analysis")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS canary_analysis_state (
     rollout_id INTEGER PRIMARY KEY, agent TEXT NOT NULL, saved_at REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS canary_analysis_history (
+    agent TEXT NOT NULL, prompt_version TEXT NOT NULL, hour INTEGER NOT NULL, outcomes TEXT NOT NULL,
+    PRIMARY KEY (agent, prompt_version, hour));
 """
 
 VERDICTS = catalogue.enum("analysis_verdict")
@@ -57,8 +64,17 @@ class CanaryAnalysisExtension:
         # Extensions are created in service.extensions order: storage must be listed before this one.
         self._storage = context.extension(config.storage, StorageExtension, asked_by=f"extension {component_id}")
         self._db: sqlite3.Connection | None = None
-        if isinstance(self.source, LocalRuns):
-            context.finished_runs.subscribe(self.source.on_runs)
+        # This service's finished runs by start interval: the source itself, or beside Prometheus (whose
+        # counts have no targeting keys) the runs whose keys estimate the quality guard's design effect.
+        self._local = (
+            self.source
+            if isinstance(self.source, LocalRuns)
+            else LocalRuns(config.max_samples, config.interval_seconds)
+        )
+        context.finished_runs.subscribe(self._local.on_runs)
+        # Every agent's runs by version and outcome, for the baseline's history when a rollout starts.
+        self.history = BaselineHistory(config.history_hours, config.history_max_series)
+        context.finished_runs.subscribe(self._on_finished)
         self._rollouts: RolloutsExtension | None = None
         self._analyses: dict[Any, RolloutAnalysis] = {}
         self._paused_by_analysis: set[Any] = set()
@@ -99,9 +115,38 @@ class CanaryAnalysisExtension:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def open_store(self) -> None:
-        """Connect to the storage extension, the saved analyses' table created if new."""
+        """Connect to the storage extension (the tables created if new) and load the saved history."""
         self._db = self._storage.connect(self.id)
         self._db.executescript(_SCHEMA)
+        rows = self._db.execute("SELECT agent, prompt_version, hour, outcomes FROM canary_analysis_history")
+        self.history.load(
+            ((agent, version, hour, json.loads(body)) for agent, version, hour, body in rows), time.time()
+        )
+
+    def _on_finished(self, records: Any) -> None:
+        self.history.on_runs(records, time.time())
+
+    def save_history(self, now: float) -> None:
+        """Write the history's buckets changed since the last look, delete those that left the window."""
+        assert self._db is not None
+        dropped = self.history.prune(now)
+        changed = [(a, v, hour, json.dumps(outcomes)) for a, v, hour, outcomes in self.history.changes()]
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "DELETE FROM canary_analysis_history WHERE agent = ? AND prompt_version = ? AND hour = ?", dropped
+            )
+            self._db.executemany(
+                "INSERT INTO canary_analysis_history (agent, prompt_version, hour, outcomes) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (agent, prompt_version, hour) DO UPDATE SET outcomes = excluded.outcomes",
+                changed,
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            # The tally in memory goes on; a restart before the next save loses those buckets' last runs.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            log.warning("canary analysis: saving the baseline history failed: %s", error)
 
     async def shutdown(self, timeout: float) -> None:
         if self._task is not None:
@@ -112,8 +157,8 @@ class CanaryAnalysisExtension:
 
     def _on_rollout(self, rollout: Rollout) -> None:
         """Start counting a rollout's runs the moment it starts, not at the next look."""
-        if isinstance(self.source, LocalRuns) and rollout.active:
-            self.source.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate), rollout.started_at)
+        if rollout.active:
+            self._local.track(rollout.agent, rollout.id, (rollout.baseline, rollout.candidate), rollout.started_at)
 
     async def _loop(self) -> None:
         while True:
@@ -128,11 +173,13 @@ class CanaryAnalysisExtension:
         assert self._rollouts is not None
         active = self._rollouts.active()
         self.source.forget_except(active)
+        self._local.forget_except(active)
         live = {rollout.id for rollout in active}
         for rollout_id in [key for key in self._analyses if key not in live]:
             del self._analyses[rollout_id]
         self._forget_saved(live)
         self._paused_by_analysis &= live
+        self.save_history(time.time())
         for rollout in active:
             config = merged(self.config.defaults, rollout.analysis)
             if not config.enabled:
@@ -146,12 +193,22 @@ class CanaryAnalysisExtension:
         assert self._rollouts is not None
         now = time.time()
         analysis = self._analyses.get(rollout.id)
+        if analysis is None and (loaded := self._load(rollout, config)) is not None:
+            analysis = self._analyses[rollout.id] = loaded
+        # A new analysis is kept once its history is read (a source error means: again next look).
+        new = analysis is None
         if analysis is None:
-            analysis = self._analyses[rollout.id] = self._load(rollout, config)
+            analysis = RolloutAnalysis(config, self.config.max_samples)
         self._on_rollout(rollout)
         self._last_look.series((rollout.agent,)).value = now
         try:
-            cohorts = await self.source.cohorts(rollout, config.max_run_seconds, now)
+            if new:
+                analysis.set_history(await self._history_before(rollout))
+            evaluation = config.score.evaluation if config.score.enabled else ""
+            cohorts = await self.source.cohorts(rollout, config.max_run_seconds, now, evaluation)
+            clustering = None
+            if self._local is not self.source:
+                clustering = await self._local.cohorts(rollout, config.max_run_seconds, now)
         except SourceError as error:
             self._source_errors.series((self.source.name,)).value += 1
             self._source_up.series((self.source.name,)).value = 0
@@ -165,11 +222,12 @@ class CanaryAnalysisExtension:
                 self._paused_by_analysis.add(rollout.id)
                 self._act(rollout, "pause", f"canary analysis: data source unreachable, paused at its weight: {error}")
             return
+        self._analyses[rollout.id] = analysis
         self._source_up.series((self.source.name,)).value = 1
         if rollout.state == "paused" and rollout.id in self._paused_by_analysis:
             self._paused_by_analysis.discard(rollout.id)
             rollout = self._act(rollout, "resume", "canary analysis: data source answers again")
-        results = analysis.observe(cohorts, rollout.step_index, rollout.step_started_at)
+        results = analysis.observe(cohorts, rollout.step_index, rollout.step_started_at, clustering)
         self._save(rollout, analysis)
         runs = {rollout.baseline: analysis.baseline_runs, rollout.candidate: analysis.candidate_runs}
         for version, count in runs.items():
@@ -195,16 +253,26 @@ class CanaryAnalysisExtension:
             evidence["failed_guards"] = [name for name, result in results.items() if result.verdict == "fail"]
         self._act(rollout, decision.action, decision.reason, evidence)
 
-    def _load(self, rollout: Rollout, config: AnalysisConfig) -> RolloutAnalysis:
-        """The rollout's saved analysis continued (its source's open intervals restored), else a new one."""
+    async def _history_before(self, rollout: Rollout) -> dict[str, int]:
+        """The baseline's runs by outcome over `history_hours` before the rollout started: from the
+        fleet's counters with a Prometheus source, else from this service's own tally."""
+        if isinstance(self.source, PrometheusRuns):
+            return await self.source.history(rollout, self.config.history_hours)
+        return self.history.snapshot(rollout.agent, rollout.baseline, rollout.started_at)
+
+    def _load(self, rollout: Rollout, config: AnalysisConfig) -> RolloutAnalysis | None:
+        """The rollout's saved analysis continued (its source's open intervals restored); None if there
+        is none to continue."""
         assert self._db is not None
         row = self._db.execute("SELECT body FROM canary_analysis_state WHERE rollout_id = ?", (rollout.id,)).fetchone()
         if row is None:
-            return RolloutAnalysis(config, self.config.max_samples)
+            return None
         try:
             body = json.loads(row[0])
             analysis = RolloutAnalysis.from_dict(config, body["analysis"], self.config.max_samples)
             self.source.restore(rollout, body["source"])
+            if self._local is not self.source and "keys" in body:
+                self._local.restore(rollout, body["keys"])
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             # Unreadable (written by another version, or damaged): a new analysis beats none at all.
             log.warning(
@@ -213,7 +281,7 @@ class CanaryAnalysisExtension:
                 type(error).__name__,
                 error,
             )
-            return RolloutAnalysis(config, self.config.max_samples)
+            return None
         log.info(
             "canary analysis: continuing the analysis of %s (%s -> %s) from storage: %d cohorts, %d candidate runs",
             rollout.agent,
@@ -226,7 +294,10 @@ class CanaryAnalysisExtension:
 
     def _save(self, rollout: Rollout, analysis: RolloutAnalysis) -> None:
         assert self._db is not None
-        body = json.dumps({"analysis": analysis.to_dict(), "source": self.source.state(rollout)}, separators=(",", ":"))
+        saved = {"analysis": analysis.to_dict(), "source": self.source.state(rollout)}
+        if self._local is not self.source:
+            saved["keys"] = self._local.state(rollout)
+        body = json.dumps(saved, separators=(",", ":"))
         try:
             self._db.execute(
                 "INSERT INTO canary_analysis_state (rollout_id, agent, saved_at, body) VALUES (?, ?, ?, ?) "
@@ -247,9 +318,11 @@ class CanaryAnalysisExtension:
 
     def _publish_disabled(self, rollout: Rollout, config: AnalysisConfig) -> None:
         """Under the kill switch nothing is served as the rollout says: no look, no action."""
-        analysis = self._analyses.get(rollout.id)
-        if analysis is None:
-            analysis = self._analyses[rollout.id] = self._load(rollout, config)
+        analysis = self._analyses.get(rollout.id) or self._load(rollout, config)
+        if analysis is None:  # not looked at yet: its history is read at its first look
+            analysis = RolloutAnalysis(config, self.config.max_samples)
+        else:
+            self._analyses[rollout.id] = analysis
         self._publish(rollout, analysis.results, analysis, None, suspended="the agent is disabled (kill switch)")
 
     def _act(self, rollout: Rollout, action: str, reason: str, evidence: dict[str, Any] | None = None) -> Rollout:
@@ -299,8 +372,9 @@ class CanaryAnalysisExtension:
             "step_runs": analysis.step_runs(),
             "cohorts": analysis.cohorts,
             "restarts": analysis.restarts,
+            "history_runs": analysis.history_runs,
             "suspended": suspended,
-            "budget": analysis.config.budget_text(),
+            "budget": analysis.budget_text(),
             "guards": {guard: result.to_dict() for guard, result in results.items()},
             "decision": carried.get("decision"),
             "decision_reason": carried.get("decision_reason"),

@@ -38,6 +38,11 @@ class QualityGuard(BaseModel):
     # inflation, 1 + (runs per key - 1) x within-key correlation. Unset: estimated from the runs'
     # targeting keys (runs without one, and every run read from Prometheus, count as independent).
     design_effect: float | None = Field(default=None, ge=1.0)
+    # The part of the guard's alpha for the one-sample test of the candidate against the baseline's
+    # history before the rollout (at every step, beside the two-sample test); 0: no history test.
+    history_share: float = Field(default=0.8, ge=0.0, lt=1.0)
+    # A history of fewer baseline runs is not used (its rate's upper bound would be too loose to help).
+    history_min_runs: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> QualityGuard:
@@ -183,6 +188,12 @@ class CanaryAnalysisConfig(BaseModel):
     # targeting keys per interval and version (past it, a new key's runs count as runs without a key).
     max_samples: int = Field(default=2000, ge=10)
     prometheus: PrometheusSource | None = None
+    # The baseline's history: each version's finished runs by outcome over this many hours before now
+    # (hourly buckets, kept in storage), snapshot when a rollout starts for the quality guard's
+    # one-sample test. With a Prometheus source the snapshot is read from Prometheus instead.
+    history_hours: float = Field(default=168.0, gt=0, le=24 * 90)
+    # (agent, prompt version) pairs the history keeps; runs of further pairs are not kept.
+    history_max_series: int = Field(default=1000, ge=1)
     defaults: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
 

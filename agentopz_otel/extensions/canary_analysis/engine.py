@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -20,13 +20,17 @@ from ...records import SUCCESS
 from .config import NOT_SUCCESS, AnalysisConfig
 from .statistics import (
     FAIL,
+    INCONCLUSIVE,
     PASS,
     GuardResult,
+    HistoryEvidence,
+    IntervalCounts,
     KeyClusters,
     RankLooks,
     RateEvidence,
     ScoreEvidence,
     hard_limit_verdict,
+    history_verdict,
     rank_test,
     rate_verdict,
     score_verdict,
@@ -106,6 +110,12 @@ class RolloutAnalysis:
         self.cost = RankLooks()
         self.duration = RankLooks()
         self.score = ScoreEvidence()
+        # The quality guard's one-sample test against the baseline's pre-rollout history (set_history);
+        # None without a usable history, and then the two-sample test has the guard's whole alpha.
+        self.history: HistoryEvidence | None = None
+        self.history_runs = 0
+        # Runs whose keys fed the design effect when they are not the test's own (Prometheus): 0 else.
+        self.clustered_runs = 0
         self.values: dict[str, dict[str, deque[float]]] = {
             role: {name: deque(maxlen=max_samples) for name in ("costs", "durations")} for role in ROLES
         }
@@ -117,17 +127,44 @@ class RolloutAnalysis:
         self._step_index: int | None = None
         self._step_runs = 0
 
+    def set_history(self, outcomes: Mapping[str, int]) -> None:
+        """The baseline's runs by outcome before the rollout started (its snapshot, taken once)."""
+        quality = self.config.quality
+        self.history_runs = sum(outcomes.values())
+        if quality.history_share > 0 and self.history_runs >= quality.history_min_runs:
+            delta = self.config.alphas()["quality"] * quality.history_share * BASELINE_BOUND_PART
+            self.history = HistoryEvidence.of(self.history_runs, failures(outcomes, quality.count), delta)
+
+    def quality_alphas(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(threshold alpha, bound delta) of the two-sample test and of the one-sample test against the
+        history: the guard's alpha split by `history_share` (all to the two-sample test without a
+        history), each part's BASELINE_BOUND_PART spent on its baseline rate's upper bound."""
+        alpha = self.config.alphas()["quality"]
+        part = self.config.quality.history_share if self.history is not None else 0.0
+        two, one = alpha * (1 - part), alpha * part
+        return (
+            (two * (1 - BASELINE_BOUND_PART), two * BASELINE_BOUND_PART),
+            (one * (1 - BASELINE_BOUND_PART), one * BASELINE_BOUND_PART),
+        )
+
     def observe(
-        self, cohorts: Sequence[Cohort], step_index: int, step_started_at: float = -math.inf
+        self,
+        cohorts: Sequence[Cohort],
+        step_index: int,
+        step_started_at: float = -math.inf,
+        clustering: Sequence[Cohort] | None = None,
     ) -> dict[str, GuardResult]:
         """Add the cohorts; a step's own runs are those of cohorts that started after it began, so it
-        advances on what its own weight served, not on runs still finishing from the step before."""
+        advances on what its own weight served, not on runs still finishing from the step before.
+        `clustering`, when given, are the cohorts whose targeting keys estimate the design effect
+        instead of those of `cohorts` (Prometheus counts have no keys; this replica's own runs do)."""
         config = self.config
         alphas = config.alphas()
         if step_index != self._step_index:
             self._step_index = step_index
             self._step_runs = 0
         quality, limits, score = config.quality, config.hard_limits, config.score
+        (two_alpha, two_delta), (history_alpha, _) = self.quality_alphas()
         for cohort in cohorts:
             baseline, candidate = cohort.baseline, cohort.candidate
             self.cohorts += 1
@@ -136,17 +173,9 @@ class RolloutAnalysis:
                 self._step_runs += candidate.runs
             self.baseline_runs += baseline.runs
             if quality.enabled:
-                self.rate = self.rate.add(
-                    candidate.runs,
-                    candidate.failures(quality.count),
-                    baseline.runs,
-                    baseline.failures(quality.count),
-                    quality.tolerance,
-                    quality.detect_ratio,
-                    alphas["quality"] * BASELINE_BOUND_PART,
-                )
-                for role, sample in (("baseline", baseline), ("candidate", candidate)):
-                    self.clusters.add(role, sample.keyed(quality.count), sample.runs, sample.failures(quality.count))
+                self._add_quality(candidate, baseline, two_delta)
+                if clustering is None:
+                    self._add_clusters(cohort)
             if limits.enabled:
                 self.limits = self.limits.add(
                     candidate.runs,
@@ -171,12 +200,13 @@ class RolloutAnalysis:
             for role, sample in (("baseline", baseline), ("candidate", candidate)):
                 self.values[role]["costs"].extend(sample.costs)
                 self.values[role]["durations"].extend(sample.durations)
+        if quality.enabled:
+            for cohort in clustering or ():
+                self._add_clusters(cohort)
+                self.clustered_runs += cohort.baseline.runs + cohort.candidate.runs
         results: dict[str, GuardResult] = {}
         if quality.enabled:
-            alpha = alphas["quality"] * (1 - BASELINE_BOUND_PART)
-            results["quality"] = rate_verdict(
-                "quality", self.rate, alpha, quality.beta, quality.min_runs, self.design_effect()
-            )
+            results["quality"] = self._quality_verdict(two_alpha, history_alpha)
         for name in ("cost", "duration"):
             guard = getattr(config, name)
             if not guard.enabled:
@@ -204,10 +234,64 @@ class RolloutAnalysis:
         self.results = results
         return results
 
+    def _add_quality(self, candidate: VersionSample, baseline: VersionSample, delta: float) -> None:
+        quality = self.config.quality
+        counts = IntervalCounts(
+            candidate.runs, candidate.failures(quality.count), baseline.runs, baseline.failures(quality.count)
+        )
+        # With a history, a step without concurrent baseline runs (100%) is the one-sample test's alone:
+        # it keeps the baseline's last shift state, which the two-sample test's fallback would not.
+        if self.history is None or baseline.runs > 0:
+            self.rate = self.rate.add(*counts, quality.tolerance, quality.detect_ratio, delta)
+        if self.history is not None:
+            self.history = self.history.add(counts, quality.tolerance, quality.detect_ratio)
+
+    def _add_clusters(self, cohort: Cohort) -> None:
+        count = self.config.quality.count
+        for role, sample in (("baseline", cohort.baseline), ("candidate", cohort.candidate)):
+            self.clusters.add(role, sample.keyed(count), sample.runs, sample.failures(count))
+
+    def _quality_verdict(self, two_alpha: float, history_alpha: float) -> GuardResult:
+        """Fails when either test fails, each within its own part of the guard's alpha (so the union
+        stays within the guard's alpha); else passes when either test accepts, inconclusive otherwise."""
+        quality = self.config.quality
+        design_effect = self.design_effect()
+        result = rate_verdict("quality", self.rate, two_alpha, quality.beta, quality.min_runs, design_effect)
+        if self.history is None:
+            return replace(result, evidence={**result.evidence, "history_runs": self.history_runs})
+        verdict, details = history_verdict(self.history, history_alpha, quality.beta, quality.min_runs, design_effect)
+        evidence = {**result.evidence, "history": details}
+        if result.verdict != FAIL and verdict == FAIL:
+            return GuardResult("quality", FAIL, details["statistic"], details["threshold"], evidence)
+        if result.verdict == INCONCLUSIVE and verdict == PASS:
+            return replace(result, verdict=PASS, evidence=evidence)
+        return replace(result, evidence=evidence)
+
     def design_effect(self) -> float:
-        """The quality guard's `design_effect` when set, else the one its runs' targeting keys show."""
+        """The quality guard's `design_effect` when set, else the one its runs' targeting keys show.
+        Keys from this replica's share of the fleet's runs (`clustering`) have their clusters scaled
+        by the fleet's runs over the replica's: right when traces spread over the replicas by trace
+        ID, too large (conservative) when each key stays on one replica."""
         given = self.config.quality.design_effect
-        return given if given is not None else self.clusters.design_effect(CORRELATION_Z)
+        if given is not None:
+            return given
+        scale = 1.0
+        if self.clustered_runs:
+            scale = max(1.0, (self.candidate_runs + self.baseline_runs) / self.clustered_runs)
+        return self.clusters.design_effect(CORRELATION_Z, scale)
+
+    def budget_text(self) -> str:
+        """The budget's split as the console shows it, with the quality guard's own split when a
+        history test shares its alpha."""
+        text = self.config.budget_text()
+        if self.history is None:
+            return text
+        part = self.config.quality.history_share
+        alpha = self.config.alphas()["quality"]
+        return (
+            f"{text}; quality's {alpha:.2%}: {alpha * part:.2%} against the baseline's history "
+            f"({self.history_runs} runs), {alpha * (1 - part):.2%} against its concurrent runs"
+        )
 
     def step_runs(self) -> int:
         return self._step_runs
@@ -238,6 +322,9 @@ class RolloutAnalysis:
             "cost": self.cost.to_dict(),
             "duration": self.duration.to_dict(),
             "score": self.score.to_dict(),
+            "history": None if self.history is None else self.history.to_dict(),
+            "history_runs": self.history_runs,
+            "clustered_runs": self.clustered_runs,
             "values": {
                 role: {name: list(values) for name, values in kinds.items()} for role, kinds in self.values.items()
             },
@@ -262,6 +349,11 @@ class RolloutAnalysis:
         analysis.cost = RankLooks.from_dict(body["cost"])
         analysis.duration = RankLooks.from_dict(body["duration"])
         analysis.score = ScoreEvidence.from_dict(body["score"])
+        # Saved before histories were kept: the two-sample test goes on alone.
+        if body.get("history") is not None:
+            analysis.history = HistoryEvidence.from_dict(body["history"])
+        analysis.history_runs = body.get("history_runs", 0)
+        analysis.clustered_runs = body.get("clustered_runs", 0)
         for role, kinds in body["values"].items():
             for name, values in kinds.items():
                 analysis.values[role][name].extend(values)

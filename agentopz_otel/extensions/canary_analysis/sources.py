@@ -143,8 +143,9 @@ class LocalRuns:
             if record.scores:
                 served.add_scores(record.scores, self._max_samples)
 
-    async def cohorts(self, rollout: Any, max_run_seconds: float, now: float) -> list[Cohort]:
-        """The intervals that became evidence since the last call, oldest first."""
+    async def cohorts(self, rollout: Any, max_run_seconds: float, now: float, evaluation: str = "") -> list[Cohort]:
+        """The intervals that became evidence since the last call, oldest first (with every evaluation's
+        scores: `evaluation` only names the one a Prometheus source reads)."""
         found = self._tracked.get(rollout.agent)
         if found is None or found.rollout_id != rollout.id:
             return []
@@ -254,7 +255,9 @@ class PrometheusRuns:
         start = max(self._until.get(rollout.id, rollout.started_at), rollout.step_started_at + max_run_seconds)
         return start, now - self._config.lag_seconds
 
-    async def cohorts(self, rollout: Any, max_run_seconds: float, now: float) -> list[Cohort]:
+    async def cohorts(self, rollout: Any, max_run_seconds: float, now: float, evaluation: str = "") -> list[Cohort]:
+        """The window's runs by version; with `evaluation` (the score guard's), its scores from the
+        `agentopz_evaluation_score` histogram at bucket midpoints."""
         start, end = self.window(rollout, max_run_seconds, now)
         if end <= start:
             return []
@@ -277,17 +280,40 @@ class PrometheusRuns:
                 if labels.get("prompt_version") in buckets:
                     buckets[labels["prompt_version"]][float(labels["le"])] += gained
             values[name] = {version: _bucket_values(buckets[version], self._config.max_samples) for version in versions}
+        scores: dict[str, dict[str, list[float]]] = {version: {} for version in versions}
+        if evaluation:
+            buckets = {version: Counter() for version in versions}
+            for labels, gained in await self._increase(
+                "agentopz_evaluation_score_bucket", f"{matchers},evaluation={_quote(evaluation)}", start, end
+            ):
+                if labels.get("prompt_version") in buckets:
+                    buckets[labels["prompt_version"]][float(labels["le"])] += gained
+            for version in versions:
+                scores[version][evaluation] = _bucket_values(buckets[version], self._config.max_samples, linear=True)
         self._until[rollout.id] = end
         baseline, candidate = (
             VersionSample(
                 {outcome: count for outcome, count in outcomes[version].items() if count > 0},
                 values["costs"][version],
                 values["durations"][version],
+                scores[version],
             )
             for version in versions
         )
         # Every run finishing in the window started after the step began (it opens max_run_seconds on).
         return [Cohort(baseline, candidate, rollout.step_started_at)]
+
+    async def history(self, rollout: Any, hours: float) -> dict[str, int]:
+        """The baseline's runs by outcome over `hours` before the rollout started, every replica's
+        (`increase` over the range, so resets and replaced replicas count; `@` pins it to the start)."""
+        matchers = f"agent={_quote(rollout.agent)},prompt_version={_quote(rollout.baseline)}"
+        if self._config.selector:
+            matchers += "," + self._config.selector
+        window = f"[{round(hours * 3600)}s] @ {rollout.started_at:.3f}"
+        query = f"sum by (outcome) (increase(agentopz_runs_total{{{matchers}}}{window}))"
+        found = await self._query(query, rollout.started_at)
+        counts = {item["metric"].get("outcome", ""): round(float(item["value"][1])) for item in found}
+        return {outcome: count for outcome, count in counts.items() if count > 0}
 
     def state(self, rollout: Any) -> dict[str, Any]:
         until = self._until.get(rollout.id)
@@ -326,9 +352,10 @@ def _regex_escape(value: str) -> str:
     return "".join("\\" + char if char in r".^$*+?()[]{}|\\" else char for char in value)
 
 
-def _bucket_values(cumulative: Counter[float], max_samples: int) -> list[float]:
-    """A histogram's observations as values at each bucket's geometric midpoint (twice the last bound
-    for +Inf), at most `max_samples` of them in the buckets' proportions."""
+def _bucket_values(cumulative: Counter[float], max_samples: int, linear: bool = False) -> list[float]:
+    """A histogram's observations as values at each bucket's geometric midpoint (`linear`: arithmetic,
+    for evenly spaced buckets such as scores'; twice the last bound for +Inf), at most `max_samples` of
+    them in the buckets' proportions."""
     bounds = sorted(cumulative)
     counts, previous = [], 0.0
     for bound in bounds:
@@ -342,7 +369,10 @@ def _bucket_values(cumulative: Counter[float], max_samples: int) -> list[float]:
     lower = 0.0
     finite = [bound for bound in bounds if math.isfinite(bound)]
     for bound, count in zip(bounds, counts, strict=True):
-        if math.isfinite(bound):
+        if math.isfinite(bound) and linear:
+            middle = (lower + bound) / 2 if bound > lower else bound
+            lower = bound
+        elif math.isfinite(bound):
             middle = math.sqrt(lower * bound) if lower > 0 else bound / 2
             lower = bound
         else:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, NamedTuple
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 PASS: Verdict = "pass"
@@ -203,6 +203,127 @@ def rate_verdict(
     return GuardResult(guard, verdict, statistic, fail_at, details)
 
 
+# The baseline-shift detector: a CUSUM of the baseline's concurrent runs against its history, for a
+# rise of the guard's detect_ratio in the odds. At this many nats the baseline counts as shifted (a
+# provider outage); it is capped at twice that so that it falls back within a few intervals once the
+# shift ends, instead of paying back everything an outage of hours piled up.
+SHIFT_THRESHOLD = math.log(20)
+SHIFT_CAP = 2 * SHIFT_THRESHOLD
+# An interval's one-sample evidence counts once the baseline's runs of this many later intervals have
+# been seen unshifted too: a shift that starts mid-interval shows in the baseline's runs an interval or
+# two after it already made the candidate's runs fail.
+HISTORY_DELAY = 2
+
+
+class IntervalCounts(NamedTuple):
+    candidate_runs: int
+    candidate_failures: int
+    baseline_runs: int
+    baseline_failures: int
+
+
+@dataclass(frozen=True)
+class HistoryEvidence:
+    """The one-sample SPRT of the candidate against the baseline's pre-rollout history, beside the
+    concurrent two-sample test, with the veto that keeps a shift hitting both versions out of it.
+
+    The history (the baseline's runs and failures over `history_hours` before the rollout) gives the
+    baseline rate's one-sided Clopper-Pearson upper bound `rate_upper` (too low with probability at
+    most the delta it was taken at). Each interval's candidate runs add the binomial likelihood ratio
+    of odds `detect_ratio` against `tolerance` times that rate. Each interval's concurrent baseline
+    runs move `shift`, a capped CUSUM of the same ratio against the history's own rate: while it is at
+    SHIFT_THRESHOLD or more, the baseline itself has moved and the interval's candidate evidence (and
+    that of the HISTORY_DELAY intervals before, still pending) is dropped. Which intervals count
+    depends only on the baseline's runs, independent of the candidate's, so under H0 with a
+    stationary baseline the counted ratios still form a product of mean-at-most-1 factors: Ville's
+    bound holds for the committed statistic.
+    """
+
+    history_runs: int = 0
+    history_failures: int = 0
+    rate: float = 0.0  # the history's failure share
+    rate_upper: float = 1.0
+    log_likelihood_ratio: float = 0.0  # committed
+    candidate_runs: int = 0  # committed
+    candidate_failures: int = 0
+    pending: tuple[tuple[float, int, int], ...] = ()  # (log ratio, runs, failures) awaiting the veto
+    shift: float = 0.0
+    vetoed_runs: int = 0
+    vetoed_intervals: int = 0
+
+    @classmethod
+    def of(cls, runs: int, failures: int, delta: float) -> HistoryEvidence:
+        """A test against a history of `runs` runs with `failures` failures, its rate bounded at 1 - delta."""
+        return cls(runs, failures, failures / runs if runs else 0.0, rate_upper_bound(failures, runs, delta))
+
+    def add(self, counts: IntervalCounts, tolerance: float, detect_ratio: float) -> HistoryEvidence:
+        """This evidence plus one interval's runs by version."""
+        candidate_runs, candidate_failures, baseline_runs, baseline_failures = counts
+        baseline_ratio = one_sample_log_likelihood_ratio(baseline_runs, baseline_failures, self.rate, 1.0, detect_ratio)
+        shift = min(SHIFT_CAP, max(0.0, self.shift + baseline_ratio))
+        if shift >= SHIFT_THRESHOLD:
+            dropped = (*self.pending, (0.0, candidate_runs, candidate_failures))
+            return replace(
+                self,
+                pending=(),
+                shift=shift,
+                vetoed_runs=self.vetoed_runs + sum(runs for _, runs, _ in dropped),
+                vetoed_intervals=self.vetoed_intervals + len(dropped),
+            )
+        log_ratio = one_sample_log_likelihood_ratio(
+            candidate_runs, candidate_failures, self.rate_upper, tolerance, detect_ratio
+        )
+        pending = (*self.pending, (log_ratio, candidate_runs, candidate_failures))
+        committed, pending = pending[: max(0, len(pending) - HISTORY_DELAY)], pending[-HISTORY_DELAY:]
+        return replace(
+            self,
+            log_likelihood_ratio=self.log_likelihood_ratio + sum(ratio for ratio, _, _ in committed),
+            candidate_runs=self.candidate_runs + sum(runs for _, runs, _ in committed),
+            candidate_failures=self.candidate_failures + sum(failed for _, _, failed in committed),
+            pending=pending,
+            shift=shift,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "pending": [list(item) for item in self.pending]}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> HistoryEvidence:
+        return cls(**{**body, "pending": tuple(tuple(item) for item in body["pending"])})
+
+
+def history_verdict(
+    evidence: HistoryEvidence, alpha: float, beta: float, min_runs: int, design_effect: float = 1.0
+) -> tuple[Verdict, dict[str, Any]]:
+    """Wald's boundaries on the committed one-sample evidence (divided by the design effect): fail at
+    ln(1/alpha), pass at ln(beta / (1 - alpha)), inconclusive before `min_runs` committed candidate runs."""
+    statistic = evidence.log_likelihood_ratio / design_effect
+    if evidence.candidate_runs < min_runs:
+        verdict = INCONCLUSIVE
+    elif statistic >= math.log(1 / alpha):
+        verdict = FAIL
+    elif statistic <= math.log(beta / (1 - alpha)):
+        verdict = PASS
+    else:
+        verdict = INCONCLUSIVE
+    details = {
+        "verdict": verdict,
+        "statistic": round(statistic, 4),
+        "threshold": round(math.log(1 / alpha), 4),
+        "alpha": round(alpha, 6),
+        "history_runs": evidence.history_runs,
+        "history_failure_share": round(evidence.rate, 6),
+        "history_rate_upper": round(evidence.rate_upper, 6),
+        "candidate_runs": evidence.candidate_runs,
+        "candidate_failures": evidence.candidate_failures,
+        "pending_runs": sum(runs for _, runs, _ in evidence.pending),
+        "baseline_shift": round(evidence.shift, 4),
+        "baseline_shifted": evidence.shift >= SHIFT_THRESHOLD,
+        "vetoed_runs": evidence.vetoed_runs,
+    }
+    return verdict, details
+
+
 @dataclass
 class _Group:
     """One version's clusters: sums the ANOVA needs, kept up to date as clusters grow."""
@@ -284,14 +405,16 @@ class KeyClusters:
         variance = 2 * (runs - 1) * (1 - rho) ** 2 * (1 + (size - 1) * rho) ** 2 / (size**2 * within_df * between_df)
         return rho, math.sqrt(variance)
 
-    def design_effect(self, z: float = 0.0) -> float:
-        """1 + (sum n_i^2 / N - 1) x the correlation's upper bound (the estimate plus `z` standard
-        errors, at most 1): the variance inflation of the failure share over clusters of unequal
-        sizes; 1 for independent runs. With few repeating keys the bound is wide: conservative."""
+    def design_effect(self, z: float = 0.0, scale: float = 1.0) -> float:
+        """1 + (sum n_i^2 / N x `scale` - 1) x the correlation's upper bound (the estimate plus `z`
+        standard errors, at most 1): the variance inflation of the failure share over clusters of
+        unequal sizes; 1 for independent runs. With few repeating keys the bound is wide: conservative.
+        `scale` > 1 when these keys are a replica's share of the fleet's runs: a key's runs spread
+        over the replicas are that many times more than the replica sees of it."""
         runs = sum(group.runs for group in self.groups.values())
         if runs == 0:
             return 1.0
-        mean_size = sum(group.squared_sizes for group in self.groups.values()) / runs
+        mean_size = sum(group.squared_sizes for group in self.groups.values()) / runs * scale
         rho, error = self.correlation()
         return 1.0 + (mean_size - 1.0) * min(1.0, rho + z * error)
 
