@@ -8,7 +8,8 @@ from support.otlp_proto import make_request, make_span
 from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL, tokens_of
-from agentopz_otel.processors.normalize import DIALECT_TABLE, FACTORY, Normalizer
+from agentopz_otel.processors.normalize import FACTORY, Normalizer
+from agentopz_otel.semconv.dialects import DIALECT_TABLE
 
 
 @pytest.fixture
