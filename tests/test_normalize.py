@@ -8,8 +8,9 @@ from support.otlp_proto import make_request, make_span
 from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL, tokens_of
+from agentopz_otel.processors import normalize
 from agentopz_otel.processors.normalize import FACTORY, Normalizer
-from agentopz_otel.semconv.dialects import DIALECT_TABLE
+from agentopz_otel.semconv.dialects import DIALECT_TABLE, read_plan
 
 
 @pytest.fixture
@@ -437,3 +438,55 @@ def test_a_metric_is_capped_as_a_whole_past_its_series_limit():
 def test_the_start_of_a_run_input_comes_from_each_dialect(normalizer, attrs, expected):
     view = view_of(normalizer, attrs)
     assert (input_text(view.input) if view.input is not None else None) == expected
+
+
+def test_the_read_plan_lists_each_fields_attributes_best_first():
+    keys = (
+        "http.request.method",  # no dialect's: not read
+        "gen_ai.usage.prompt_tokens",
+        "gen_ai.operation.name",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.prompt_tokens",  # sent twice: after the first
+    )
+    plan = read_plan(keys)
+    assert [(field, [index for index, _ in candidates]) for field, candidates in plan] == [
+        ("input_tokens", [3, 1, 4]),
+        ("kind", [2]),
+    ]
+    assert read_plan(("http.request.method", "url.path")) == ()
+
+
+def test_spans_of_one_shape_share_a_plan_not_their_values(normalizer):
+    norm, _ = normalizer
+    shape = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
+    first = view_of(normalizer, {**shape, "gen_ai.usage.input_tokens": 10})
+    second = view_of(normalizer, {**shape, "gen_ai.usage.input_tokens": 20})
+    assert (first.input_tokens, second.input_tokens) == (10, 20)
+    assert list(norm._plans) == [("gen_ai.operation.name", "gen_ai.request.model", "gen_ai.usage.input_tokens")]
+
+
+def test_plans_kept_are_bounded_in_number_and_key_length(normalizer, monkeypatch):
+    norm, _ = normalizer
+    monkeypatch.setattr(normalize, "MAX_PLANS", 3)
+    for index in range(5):
+        assert view_of(normalizer, {"gen_ai.request.model": "m", f"key{index}": 1}).model == "m"
+    assert [keys[1] for keys in norm._plans] == ["key2", "key3", "key4"]  # the oldest went first
+    long_key = "k" * (normalize.MAX_PLAN_KEY_CHARS - len("gen_ai.request.model") + 1)
+    assert view_of(normalizer, {"gen_ai.request.model": "m", long_key: 1}).model == "m"
+    assert [keys[1] for keys in norm._plans] == ["key2", "key3", "key4"]  # read, not kept
+
+
+@pytest.mark.parametrize(
+    ("attrs", "counted"),
+    [
+        ({"gen_ai.usage.prompt_tokens": -5, "gen_ai.usage.input_tokens": 100}, {}),
+        ({"gen_ai.usage.input_tokens": -5, "gen_ai.usage.prompt_tokens": 100}, {("gen_ai.usage.input_tokens",): 1}),
+    ],
+    ids=["unusable-deprecated-name-first", "unusable-newest-name-first"],
+)
+def test_an_unusable_value_is_counted_when_it_is_the_one_read_whatever_the_order(normalizer, attrs, counted):
+    _, registry = normalizer
+    view = view_of(normalizer, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", **attrs})
+    assert view.input_tokens == 100
+    invalid = registry.metric("agentopz_invalid_attributes_total")
+    assert {labels: series.value for labels, series in invalid.items()} == counted

@@ -9,9 +9,11 @@ module is the component: its config, its factory and the Normalizer that applies
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict
 
@@ -20,7 +22,7 @@ from ..components import Context, Factory
 from ..metrics import Counter, Family
 from ..model import AGENT, EVALUATOR, LLM, OTHER, STATUS_ERROR, TOOL, Batch, SpanView
 from ..records import Evaluation
-from ..semconv.dialects import AGENT_NAMED_BY_SPAN, ATTRIBUTE_TABLE, MAX_CONTENT_PARTS
+from ..semconv.dialects import AGENT_NAMED_BY_SPAN, MAX_CONTENT_PARTS, OWN_VERSION_ATTRIBUTE, ReadPlan, read_plan
 from ..semconv.events import (
     CONTENT_EVENTS,
     FLAG_EVALUATION_EVENT,
@@ -35,6 +37,12 @@ from ..semconv.values import INVALID, MAX_TOKENS, SKIP, as_text, as_token_count
 
 log = logging.getLogger("agentopz_otel.normalize")
 
+# Read plans kept, one per order of attribute keys (an instrumentation's span of one kind has one or a
+# few); a shape whose keys are longer than MAX_PLAN_KEY_CHARS together is planned anew each time.
+MAX_PLANS = 1024
+MAX_PLAN_KEY_CHARS = 4096
+_KEY = attrgetter("key")
+
 
 class NormalizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,7 +52,7 @@ class Normalizer:
     """Turns an OTLP request into SpanViews; counts attributes whose values cannot be used."""
 
     def __init__(self, invalid_attributes: Family[Counter]) -> None:
-        self._table = ATTRIBUTE_TABLE
+        self._plans: dict[tuple[str, ...], ReadPlan] = {}
         self._invalid = invalid_attributes
         self._warnings = BoundedLog(log)
 
@@ -62,48 +70,65 @@ class Normalizer:
         return views
 
     def view(self, span: Span, service: str) -> SpanView:
-        table = self._table
+        # The protobuf objects are most of the cost: each attribute is walked once for its key, and only
+        # the values the plan for this order of keys names are read, best first, until one is usable.
+        attributes = span.attributes[:]
+        keys = tuple(map(_KEY, attributes))
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = read_plan(keys)
+            self._remember(keys, plan)
         values: dict[str, Any] = {}
-        priorities: dict[str, int] = {}
-        for attribute in span.attributes:
-            entry = table.get(attribute.key)
-            if entry is None:
-                continue
-            field, priority, convert = entry
-            if field in priorities and priorities[field] <= priority:  # most fields come once: no lookup
-                continue
-            value = attribute.value
-            # The two commonest conversions inline, their usual case only: a call costs as much as the
-            # rest of the step. The converters decide everything else, so the outcome is theirs.
-            if convert is as_text and (text := value.string_value):
-                value = text
-            elif convert is as_token_count and 0 < (number := value.int_value) <= MAX_TOKENS:
-                value = number
-            else:
-                value = convert(value)
-            if value is SKIP:
-                continue
-            if value is INVALID:
-                self._invalid.series((attribute.key,)).value += 1
-                which = attribute.value.WhichOneof("value")
-                self._warnings.warning(
-                    attribute.key,
-                    "span attribute %s ignored: unusable %s %r (counted in agentopz_invalid_attributes_total)",
-                    attribute.key,
-                    which,
-                    getattr(attribute.value, which) if which else None,
-                )
-                continue
-            values[field] = value
-            priorities[field] = priority
+        for field, candidates in plan:
+            for index, convert in candidates:
+                value = attributes[index].value
+                # The two commonest conversions inline, their usual case only: a call costs as much as the
+                # rest of the step. The converters decide everything else, so the outcome is theirs.
+                if convert is as_text and (text := value.string_value):
+                    value = text
+                elif convert is as_token_count and 0 < (number := value.int_value) <= MAX_TOKENS:
+                    value = number
+                else:
+                    value = convert(value)
+                if value is SKIP:
+                    continue
+                if value is INVALID:
+                    self._count_invalid(attributes[index])
+                    continue
+                values[field] = value
+                break
         view = SpanView(span, service)
         has_events = len(span.events) > 0
         if has_events:
             _read_events(view, span, values)
         self._fill(view, span, values, has_events)
-        # Priority 0 of prompt_version is our own agentopz.prompt.version: the span has one already.
-        view.version_attribute = priorities.get("prompt_version") == 0
+        # The span carries a usable agentopz.prompt.version of ours already (it is then the version read).
+        if "prompt_version" in values and OWN_VERSION_ATTRIBUTE in keys:
+            view.version_attribute = any(
+                attributes[index].value.string_value for index, key in enumerate(keys) if key == OWN_VERSION_ATTRIBUTE
+            )
         return view
+
+    def _remember(self, keys: tuple[str, ...], plan: ReadPlan) -> None:
+        """Keep a plan for spans of the same shape, within MAX_PLANS and MAX_PLAN_KEY_CHARS (the oldest
+        goes first): a few instrumentations make few shapes, a sender of random keys can't grow it."""
+        if sum(map(len, keys)) > MAX_PLAN_KEY_CHARS:
+            return
+        plans = self._plans
+        if len(plans) >= MAX_PLANS:
+            del plans[next(iter(plans))]
+        plans[keys] = plan
+
+    def _count_invalid(self, attribute: KeyValue) -> None:
+        self._invalid.series((attribute.key,)).value += 1
+        which = attribute.value.WhichOneof("value")
+        self._warnings.warning(
+            attribute.key,
+            "span attribute %s ignored: unusable %s %r (counted in agentopz_invalid_attributes_total)",
+            attribute.key,
+            which,
+            getattr(attribute.value, which) if which else None,
+        )
 
     @staticmethod
     def _fill(view: SpanView, span: Span, values: dict[str, Any], has_events: bool) -> None:

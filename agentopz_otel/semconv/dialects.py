@@ -211,3 +211,24 @@ def build_attribute_table(rows=DIALECT_TABLE) -> dict[str, tuple[str, int, Conve
 
 
 ATTRIBUTE_TABLE = build_attribute_table()
+
+# What to read of a span whose attribute keys come in a given order: per field present, the positions of
+# its attributes with their converters, highest priority first (ties in attribute order).
+ReadPlan = tuple[tuple[str, tuple[tuple[int, Converter], ...]], ...]
+# The priority-0 name of prompt_version: a span carrying it was enriched by this service already.
+OWN_VERSION_ATTRIBUTE = DIALECT_TABLE[[row[0] for row in DIALECT_TABLE].index("prompt_version")][2][0]
+
+
+def read_plan(keys: tuple[str, ...], table: dict[str, tuple[str, int, Converter]] = ATTRIBUTE_TABLE) -> ReadPlan:
+    """The plan for a span whose attributes have these keys, in this order. Attributes no dialect names
+    are left out, so a span with no known attribute has nothing to read."""
+    candidates: dict[str, list[tuple[int, int, Converter]]] = {}
+    for index, key in enumerate(keys):
+        entry = table.get(key)
+        if entry is not None:
+            field, priority, converter = entry
+            candidates.setdefault(field, []).append((priority, index, converter))
+    return tuple(
+        (field, tuple((index, converter) for _, index, converter in sorted(found, key=lambda c: c[:2])))
+        for field, found in candidates.items()
+    )
