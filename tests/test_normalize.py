@@ -10,7 +10,14 @@ from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL, tokens_of
 from agentopz_otel.processors import normalize
 from agentopz_otel.processors.normalize import FACTORY, Normalizer
-from agentopz_otel.semconv.dialects import DIALECT_TABLE, read_plan
+from agentopz_otel.semconv.dialects import (
+    DIALECT_TABLE,
+    FIELDS_BY_KIND,
+    INFERENCE_FIELDS,
+    ON_FAILURE_FIELDS,
+    ReadPlan,
+    read_plan,
+)
 
 
 @pytest.fixture
@@ -440,20 +447,78 @@ def test_the_start_of_a_run_input_comes_from_each_dialect(normalizer, attrs, exp
     assert (input_text(view.input) if view.input is not None else None) == expected
 
 
-def test_the_read_plan_lists_each_fields_attributes_best_first():
+def fields_of(plans) -> list[tuple[str, list[int]]]:
+    return [(field, [index for index, _ in candidates]) for field, candidates in plans]
+
+
+def test_the_read_plan_lists_each_fields_attributes_best_first_for_each_kind():
     keys = (
         "http.request.method",  # no dialect's: not read
         "gen_ai.usage.prompt_tokens",
         "gen_ai.operation.name",
         "gen_ai.usage.input_tokens",
+        "gen_ai.tool.name",
+        "http.response.status_code",
         "gen_ai.usage.prompt_tokens",  # sent twice: after the first
     )
     plan = read_plan(keys)
-    assert [(field, [index for index, _ in candidates]) for field, candidates in plan] == [
-        ("input_tokens", [3, 1, 4]),
-        ("kind", [2]),
-    ]
-    assert read_plan(("http.request.method", "url.path")) == ()
+    assert fields_of(plan.kind) == [("kind", [2])]
+    assert fields_of(plan.inference) == [("input_tokens", [3, 1, 6])]
+    assert fields_of(plan.by_kind[LLM]) == [("input_tokens", [3, 1, 6])]
+    assert fields_of(plan.by_kind[TOOL]) == [("tool", [4])]
+    assert fields_of(plan.by_kind[OTHER]) == []
+    assert fields_of(plan.after_inference[LLM]) == fields_of(plan.after_inference[OTHER]) == []
+    assert fields_of(plan.on_failure) == [("http_status", [5])]
+    assert read_plan(("http.request.method", "url.path")) == ReadPlan(
+        (), (), dict.fromkeys(FIELDS_BY_KIND, ()), {LLM: (), OTHER: ()}, ()
+    )
+
+
+def test_every_field_of_the_dialect_table_is_read_for_some_kind():
+    read = set().union(*FIELDS_BY_KIND.values(), INFERENCE_FIELDS, ON_FAILURE_FIELDS)
+    assert {field for field, _, _ in DIALECT_TABLE} == read
+
+
+@pytest.mark.parametrize(
+    ("attrs", "kind", "counted"),
+    [
+        # A tool span's model and tokens are not its to report: not read, so not counted as unusable.
+        ({"gen_ai.operation.name": "execute_tool", "gen_ai.usage.input_tokens": -1}, TOOL, {}),
+        # No kind attribute, no model: not a call; past its model and tokens, its GenAI attributes are unread.
+        ({"gen_ai.usage.input_tokens": 5, "gen_ai.response.id": 7}, OTHER, {}),
+        # No kind attribute, a model and tokens: an LLM call, read as one.
+        (
+            {"gen_ai.request.model": "m", "gen_ai.usage.output_tokens": 3, "gen_ai.response.id": 7},
+            LLM,
+            {("gen_ai.response.id",): 1},
+        ),
+        ({"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": -1}, LLM, {("gen_ai.usage.input_tokens",): 1}),
+        # An unusable value is read and counted once, however many steps the reading takes.
+        ({"gen_ai.request.model": 4, "gen_ai.usage.input_tokens": 5}, OTHER, {("gen_ai.request.model",): 1}),
+    ],
+    ids=["tool", "no-kind-no-model", "no-kind-model-and-tokens", "chat", "no-kind-unusable-model"],
+)
+def test_a_span_is_read_for_the_fields_of_its_kind(normalizer, attrs, kind, counted):
+    _, registry = normalizer
+    assert view_of(normalizer, attrs).kind == kind
+    invalid = registry.metric("agentopz_invalid_attributes_total")
+    assert {labels: series.value for labels, series in invalid.items()} == counted
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "status", "counted"),
+    [
+        ("many", False, "ok", {}),  # not read: the call did not fail
+        ("many", True, "error", {("http.response.status_code",): 1}),
+        (429, True, "rate_limited", {}),
+    ],
+)
+def test_the_http_status_is_read_for_a_failed_call_only(normalizer, code, error, status, counted):
+    _, registry = normalizer
+    view = view_of(normalizer, {"gen_ai.operation.name": "chat", "http.response.status_code": code}, error=error)
+    assert view.status == status
+    invalid = registry.metric("agentopz_invalid_attributes_total")
+    assert {labels: series.value for labels, series in invalid.items()} == counted
 
 
 def test_spans_of_one_shape_share_a_plan_not_their_values(normalizer):

@@ -22,7 +22,14 @@ from ..components import Context, Factory
 from ..metrics import Counter, Family
 from ..model import AGENT, EVALUATOR, LLM, OTHER, STATUS_ERROR, TOOL, Batch, SpanView
 from ..records import Evaluation
-from ..semconv.dialects import AGENT_NAMED_BY_SPAN, MAX_CONTENT_PARTS, OWN_VERSION_ATTRIBUTE, ReadPlan, read_plan
+from ..semconv.dialects import (
+    AGENT_NAMED_BY_SPAN,
+    MAX_CONTENT_PARTS,
+    OWN_VERSION_ATTRIBUTE,
+    FieldPlans,
+    ReadPlan,
+    read_plan,
+)
 from ..semconv.events import (
     CONTENT_EVENTS,
     FLAG_EVALUATION_EVENT,
@@ -79,7 +86,40 @@ class Normalizer:
             plan = read_plan(keys)
             self._remember(keys, plan)
         values: dict[str, Any] = {}
-        for field, candidates in plan:
+        read = self._read
+        read(attributes, plan.kind, values)
+        kind = values.get("kind")
+        if kind is not None:
+            read(attributes, plan.by_kind[kind], values)
+        else:
+            read(attributes, plan.inference, values)
+            read(attributes, plan.after_inference[_inferred_kind(values)], values)
+        view = SpanView(span, service)
+        has_events = len(span.events) > 0
+        if has_events:
+            _read_events(view, span, values)
+        self._fill(view, span, values, has_events)
+        error_type = values.get("error_type")
+        if (
+            error_type is not None
+            or span.status.code == SPAN_STATUS_ERROR
+            or ("tool_status" in values and values["tool_status"].lower() in FAILED_TOOL_STATUSES)
+        ):
+            if view.kind == TOOL:
+                view.status = STATUS_ERROR
+            else:
+                read(attributes, plan.on_failure, values)  # the HTTP status says why, when there is one
+                view.status = classify_failure(span, error_type, values.get("http_status"))
+        # The span carries a usable agentopz.prompt.version of ours already (it is then the version read).
+        if "prompt_version" in values and OWN_VERSION_ATTRIBUTE in keys:
+            view.version_attribute = any(
+                attributes[index].value.string_value for index, key in enumerate(keys) if key == OWN_VERSION_ATTRIBUTE
+            )
+        return view
+
+    def _read(self, attributes: list[KeyValue], fields: FieldPlans, values: dict[str, Any]) -> None:
+        """Each field's value from the first of its attributes that gives a usable one."""
+        for field, candidates in fields:
             for index, convert in candidates:
                 value = attributes[index].value
                 # The two commonest conversions inline, their usual case only: a call costs as much as the
@@ -97,17 +137,6 @@ class Normalizer:
                     continue
                 values[field] = value
                 break
-        view = SpanView(span, service)
-        has_events = len(span.events) > 0
-        if has_events:
-            _read_events(view, span, values)
-        self._fill(view, span, values, has_events)
-        # The span carries a usable agentopz.prompt.version of ours already (it is then the version read).
-        if "prompt_version" in values and OWN_VERSION_ATTRIBUTE in keys:
-            view.version_attribute = any(
-                attributes[index].value.string_value for index, key in enumerate(keys) if key == OWN_VERSION_ATTRIBUTE
-            )
-        return view
 
     def _remember(self, keys: tuple[str, ...], plan: ReadPlan) -> None:
         """Keep a plan for spans of the same shape, within MAX_PLANS and MAX_PLAN_KEY_CHARS (the oldest
@@ -138,7 +167,7 @@ class Normalizer:
         output_tokens = get("output_tokens")
         kind = get("kind")
         if kind is None:
-            kind = LLM if model and (input_tokens is not None or output_tokens is not None) else OTHER
+            kind = _inferred_kind(values)
         view.agent = get("agent")
         if kind == AGENT_NAMED_BY_SPAN:
             if "graph_node" in values:
@@ -203,13 +232,11 @@ class Normalizer:
             _evaluator_span(view, span, values)
         elif has_events or "annotation.0.name" in values:
             view.evaluations = span_evaluations(span, values, view.response_id)
-        error_type = get("error_type")
-        if (
-            error_type is not None
-            or span.status.code == SPAN_STATUS_ERROR
-            or ("tool_status" in values and values["tool_status"].lower() in FAILED_TOOL_STATUSES)
-        ):
-            view.status = classify_failure(span, error_type, get("http_status")) if kind != TOOL else STATUS_ERROR
+
+
+def _inferred_kind(values: dict[str, Any]) -> str:
+    """The kind of a span no attribute gives one: an LLM call when it names a model and counts tokens."""
+    return LLM if values.get("model") and ("input_tokens" in values or "output_tokens" in values) else OTHER
 
 
 def _joined_parts(values: dict[str, Any], field: str) -> str:

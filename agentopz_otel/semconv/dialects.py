@@ -6,7 +6,10 @@ This is data: normalize applies it, and a new dialect or alias is a new row or n
 
 from __future__ import annotations
 
-from ..model import AGENT, EVALUATOR, LLM, TOOL
+from collections.abc import Collection
+from typing import NamedTuple
+
+from ..model import AGENT, EVALUATOR, LLM, OTHER, TOOL
 from .values import (
     Converter,
     as_first_text,
@@ -212,9 +215,72 @@ def build_attribute_table(rows=DIALECT_TABLE) -> dict[str, tuple[str, int, Conve
 
 ATTRIBUTE_TABLE = build_attribute_table()
 
-# What to read of a span whose attribute keys come in a given order: per field present, the positions of
-# its attributes with their converters, highest priority first (ties in attribute order).
-ReadPlan = tuple[tuple[str, tuple[tuple[int, Converter], ...]], ...]
+
+def _fields_starting(*prefixes: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(field for field, _, _ in DIALECT_TABLE if field.startswith(prefixes)))
+
+
+# The fields a span of each kind is read for (what normalize's SpanView keeps of it); the span's other
+# known attributes are left unread. A span with no kind attribute is read for INFERENCE_FIELDS first: a
+# model and token counts make it an LLM call, else it is OTHER and its GenAI attributes are not read.
+# ON_FAILURE_FIELDS are read only for a call that failed.
+_COMMON_FIELDS = (
+    "kind",
+    "model",
+    "agent",
+    "error_type",
+    "tool_status",
+    *_fields_starting("annotation."),
+)
+_CONTENT_FIELDS = (
+    "prompt_version",
+    "system_source",
+    "first_role",
+    "first_content",
+    "output",
+    "input",
+    *_fields_starting("system_part.", "output_part."),
+)
+INFERENCE_FIELDS = ("model", "input_tokens", "output_tokens")
+ON_FAILURE_FIELDS = ("http_status",)
+FIELDS_BY_KIND: dict[str, frozenset[str]] = {
+    LLM: frozenset(
+        (
+            *_COMMON_FIELDS,
+            *INFERENCE_FIELDS,
+            "provider",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "reported_cost",
+            "finish_reason",
+            "response_id",
+            "enriched",
+            *_CONTENT_FIELDS,
+        )
+    ),
+    AGENT: frozenset((*_COMMON_FIELDS, "entity_name", *_CONTENT_FIELDS)),
+    AGENT_NAMED_BY_SPAN: frozenset((*_COMMON_FIELDS, "entity_name", "graph_node", *_CONTENT_FIELDS)),
+    TOOL: frozenset((*_COMMON_FIELDS, "tool", "entity_name")),
+    EVALUATOR: frozenset((*_COMMON_FIELDS, "evaluator_name", "evaluator_score", "evaluator_label")),
+    OTHER: frozenset(_COMMON_FIELDS),
+}
+
+# Per field present, the positions of its attributes with their converters, highest priority first (ties
+# in attribute order).
+FieldPlans = tuple[tuple[str, tuple[tuple[int, Converter], ...]], ...]
+
+
+class ReadPlan(NamedTuple):
+    """What to read of a span whose attribute keys come in a given order."""
+
+    kind: FieldPlans
+    inference: FieldPlans  # read when no kind attribute says the kind
+    by_kind: dict[str, FieldPlans]  # the rest, per kind (not the kind field)
+    after_inference: dict[str, FieldPlans]  # the rest when the inference fields told the kind (LLM or OTHER)
+    on_failure: FieldPlans
+
+
 # The priority-0 name of prompt_version: a span carrying it was enriched by this service already.
 OWN_VERSION_ATTRIBUTE = DIALECT_TABLE[[row[0] for row in DIALECT_TABLE].index("prompt_version")][2][0]
 
@@ -228,7 +294,19 @@ def read_plan(keys: tuple[str, ...], table: dict[str, tuple[str, int, Converter]
         if entry is not None:
             field, priority, converter = entry
             candidates.setdefault(field, []).append((priority, index, converter))
-    return tuple(
+    fields = tuple(
         (field, tuple((index, converter) for _, index, converter in sorted(found, key=lambda c: c[:2])))
         for field, found in candidates.items()
+    )
+
+    def among(wanted: Collection[str]) -> FieldPlans:
+        return tuple(plan for plan in fields if plan[0] in wanted)
+
+    by_kind = {kind: among(wanted - {"kind"}) for kind, wanted in FIELDS_BY_KIND.items()}
+    return ReadPlan(
+        kind=among(("kind",)),
+        inference=among(INFERENCE_FIELDS),
+        by_kind=by_kind,
+        after_inference={kind: among(FIELDS_BY_KIND[kind] - {"kind", *INFERENCE_FIELDS}) for kind in (LLM, OTHER)},
+        on_failure=among(ON_FAILURE_FIELDS),
     )
