@@ -46,7 +46,7 @@ log = logging.getLogger("agentopz_otel.normalize")
 
 # Read plans kept, one per order of attribute keys (an instrumentation's span of one kind has one or a
 # few); a shape whose keys are longer than MAX_PLAN_KEY_CHARS together is planned anew each time.
-MAX_PLANS = 1024
+MAX_PLANS = 256  # at most about 33 KB each (4,096 characters of known keys): about 8 MiB
 MAX_PLAN_KEY_CHARS = 4096
 _KEY = attrgetter("key")
 
