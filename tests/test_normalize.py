@@ -469,9 +469,11 @@ def test_the_read_plan_lists_each_fields_attributes_best_first_for_each_kind():
     assert fields_of(plan.by_kind[OTHER]) == []
     assert fields_of(plan.after_inference[LLM]) == fields_of(plan.after_inference[OTHER]) == []
     assert fields_of(plan.on_failure) == [("http_status", [5])]
+    assert plan.size == 7
     assert read_plan(("http.request.method", "url.path")) == ReadPlan(
-        (), (), dict.fromkeys(FIELDS_BY_KIND, ()), {LLM: (), OTHER: ()}, ()
+        (), (), dict.fromkeys(FIELDS_BY_KIND, ()), {LLM: (), OTHER: ()}, (), 2, ()
     )
+    assert read_plan(("agentopz.prompt.version", "x", "agentopz.prompt.version")).own_version == (0, 2)
 
 
 def test_every_field_of_the_dialect_table_is_read_for_some_kind():
@@ -527,7 +529,7 @@ def test_spans_of_one_shape_share_a_plan_not_their_values(normalizer):
     first = view_of(normalizer, {**shape, "gen_ai.usage.input_tokens": 10})
     second = view_of(normalizer, {**shape, "gen_ai.usage.input_tokens": 20})
     assert (first.input_tokens, second.input_tokens) == (10, 20)
-    assert list(norm._plans) == [("gen_ai.operation.name", "gen_ai.request.model", "gen_ai.usage.input_tokens")]
+    assert list(norm._plans) == ["gen_ai.operation.name\x00gen_ai.request.model\x00gen_ai.usage.input_tokens"]
 
 
 def test_plans_kept_are_bounded_in_number_and_key_length(normalizer, monkeypatch):
@@ -535,10 +537,10 @@ def test_plans_kept_are_bounded_in_number_and_key_length(normalizer, monkeypatch
     monkeypatch.setattr(normalize, "MAX_PLANS", 3)
     for index in range(5):
         assert view_of(normalizer, {"gen_ai.request.model": "m", f"key{index}": 1}).model == "m"
-    assert [keys[1] for keys in norm._plans] == ["key2", "key3", "key4"]  # the oldest went first
+    assert [shape.split("\x00")[1] for shape in norm._plans] == ["key2", "key3", "key4"]  # the oldest went first
     long_key = "k" * (normalize.MAX_PLAN_KEY_CHARS - len("gen_ai.request.model") + 1)
     assert view_of(normalizer, {"gen_ai.request.model": "m", long_key: 1}).model == "m"
-    assert [keys[1] for keys in norm._plans] == ["key2", "key3", "key4"]  # read, not kept
+    assert [shape.split("\x00")[1] for shape in norm._plans] == ["key2", "key3", "key4"]  # read, not kept
 
 
 @pytest.mark.parametrize(
@@ -555,3 +557,15 @@ def test_an_unusable_value_is_counted_when_it_is_the_one_read_whatever_the_order
     assert view.input_tokens == 100
     invalid = registry.metric("agentopz_invalid_attributes_total")
     assert {labels: series.value for labels, series in invalid.items()} == counted
+
+
+def test_keys_that_join_like_a_kept_shape_get_their_own_reading(normalizer):
+    norm, _ = normalizer
+    assert view_of(normalizer, {"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 5}).kind == LLM
+    # One key spelled as the two joined: not the kept plan's two attributes.
+    view = view_of(normalizer, {"gen_ai.request.model\x00gen_ai.usage.input_tokens": "m"})
+    assert (view.kind, view.model, view.input_tokens) == (OTHER, "", None)
+    # Keys holding the separator are not kept, so they can never stand for another span's keys.
+    view = view_of(normalizer, {"gen_ai.request.model": "m", "a\x00b": 1, "gen_ai.usage.input_tokens": 5})
+    assert (view.kind, view.model, view.input_tokens) == (LLM, "m", 5)
+    assert list(norm._plans) == ["gen_ai.request.model\x00gen_ai.usage.input_tokens"]

@@ -279,6 +279,8 @@ class ReadPlan(NamedTuple):
     by_kind: dict[str, FieldPlans]  # the rest, per kind (not the kind field)
     after_inference: dict[str, FieldPlans]  # the rest when the inference fields told the kind (LLM or OTHER)
     on_failure: FieldPlans
+    size: int  # the number of attributes it is for
+    own_version: tuple[int, ...]  # positions of OWN_VERSION_ATTRIBUTE
 
 
 # The priority-0 name of prompt_version: a span carrying it was enriched by this service already.
@@ -309,4 +311,6 @@ def read_plan(keys: tuple[str, ...], table: dict[str, tuple[str, int, Converter]
         by_kind=by_kind,
         after_inference={kind: among(FIELDS_BY_KIND[kind] - {"kind", *INFERENCE_FIELDS}) for kind in (LLM, OTHER)},
         on_failure=among(ON_FAILURE_FIELDS),
+        size=len(keys),
+        own_version=tuple(index for index, key in enumerate(keys) if key == OWN_VERSION_ATTRIBUTE),
     )
