@@ -10,6 +10,7 @@ from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL, tokens_of
 from agentopz_otel.processors import normalize
 from agentopz_otel.processors.normalize import FACTORY, Normalizer
+from agentopz_otel.semconv import dialects
 from agentopz_otel.semconv.dialects import (
     DIALECT_TABLE,
     FIELDS_BY_KIND,
@@ -474,6 +475,13 @@ def test_the_read_plan_lists_each_fields_attributes_best_first_for_each_kind():
         (), (), dict.fromkeys(FIELDS_BY_KIND, ()), {LLM: (), OTHER: ()}, (), 2, ()
     )
     assert read_plan(("agentopz.prompt.version", "x", "agentopz.prompt.version")).own_version == (0, 2)
+
+
+def test_every_kind_a_kind_attribute_names_has_its_fields():
+    kinds = {*dialects._SEMCONV_OPERATIONS.values(), *dialects._OPENINFERENCE_KINDS.values()}
+    kinds |= {*dialects._TRACELOOP_KINDS.values(), *dialects._TRACELOOP_REQUEST_TYPES.values()}
+    kinds |= set(dialects._VERCEL_OPERATIONS.values())
+    assert kinds | {OTHER} == set(FIELDS_BY_KIND)
 
 
 def test_every_field_of_the_dialect_table_is_read_for_some_kind():

@@ -1,9 +1,11 @@
 """Normalize: read each span once into a SpanView, whatever instrumentation dialect produced it.
 
 The dialects are data (`semconv.dialects.DIALECT_TABLE`): per canonical field, the attribute names that
-carry it in priority order (newest convention first). A span is scanned once; for each field the
-highest-priority attribute present wins, so duplicate and deprecated names are never added up. This
-module is the component: its config, its factory and the Normalizer that applies the table.
+carry it in priority order (newest convention first). A span's attribute keys are read once; the read
+plan for that order of keys (`semconv.dialects.read_plan`, kept per order) says which attributes to
+read for each field the span's kind uses, and the highest-priority one with a usable value wins, so
+duplicate and deprecated names are never added up. This module is the component: its config, its
+factory and the Normalizer that applies the table.
 """
 
 from __future__ import annotations
