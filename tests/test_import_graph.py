@@ -42,6 +42,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             }
         ),
     ),
+    # The GenAI semantic conventions as data and pure functions: read by components, never reaching one.
+    ("semantic conventions", frozenset({"semconv"})),
     ("component model", frozenset({"components"})),
     ("pipeline components", frozenset({"receivers", "processors", "exporters"})),
     ("extensions", frozenset({"extensions"})),

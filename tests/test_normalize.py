@@ -8,7 +8,17 @@ from support.otlp_proto import make_request, make_span
 from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import AGENT, LLM, OTHER, TOOL, tokens_of
-from agentopz_otel.processors.normalize import DIALECT_TABLE, FACTORY, Normalizer
+from agentopz_otel.processors import normalize
+from agentopz_otel.processors.normalize import FACTORY, Normalizer
+from agentopz_otel.semconv import dialects
+from agentopz_otel.semconv.dialects import (
+    DIALECT_TABLE,
+    FIELDS_BY_KIND,
+    INFERENCE_FIELDS,
+    ON_FAILURE_FIELDS,
+    ReadPlan,
+    read_plan,
+)
 
 
 @pytest.fixture
@@ -436,3 +446,134 @@ def test_a_metric_is_capped_as_a_whole_past_its_series_limit():
 def test_the_start_of_a_run_input_comes_from_each_dialect(normalizer, attrs, expected):
     view = view_of(normalizer, attrs)
     assert (input_text(view.input) if view.input is not None else None) == expected
+
+
+def fields_of(plans) -> list[tuple[str, list[int]]]:
+    return [(field, [index for index, _ in candidates]) for field, candidates in plans]
+
+
+def test_the_read_plan_lists_each_fields_attributes_best_first_for_each_kind():
+    keys = (
+        "http.request.method",  # no dialect's: not read
+        "gen_ai.usage.prompt_tokens",
+        "gen_ai.operation.name",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.tool.name",
+        "http.response.status_code",
+        "gen_ai.usage.prompt_tokens",  # sent twice: after the first
+    )
+    plan = read_plan(keys)
+    assert fields_of(plan.kind) == [("kind", [2])]
+    assert fields_of(plan.inference) == [("input_tokens", [3, 1, 6])]
+    assert fields_of(plan.by_kind[LLM]) == [("input_tokens", [3, 1, 6])]
+    assert fields_of(plan.by_kind[TOOL]) == [("tool", [4])]
+    assert fields_of(plan.by_kind[OTHER]) == []
+    assert fields_of(plan.after_inference[LLM]) == fields_of(plan.after_inference[OTHER]) == []
+    assert fields_of(plan.on_failure) == [("http_status", [5])]
+    assert plan.size == 7
+    assert read_plan(("http.request.method", "url.path")) == ReadPlan(
+        (), (), dict.fromkeys(FIELDS_BY_KIND, ()), {LLM: (), OTHER: ()}, (), 2, ()
+    )
+    assert read_plan(("agentopz.prompt.version", "x", "agentopz.prompt.version")).own_version == (0, 2)
+
+
+def test_every_kind_a_kind_attribute_names_has_its_fields():
+    kinds = {*dialects._SEMCONV_OPERATIONS.values(), *dialects._OPENINFERENCE_KINDS.values()}
+    kinds |= {*dialects._TRACELOOP_KINDS.values(), *dialects._TRACELOOP_REQUEST_TYPES.values()}
+    kinds |= set(dialects._VERCEL_OPERATIONS.values())
+    assert kinds | {OTHER} == set(FIELDS_BY_KIND)
+
+
+def test_every_field_of_the_dialect_table_is_read_for_some_kind():
+    read = set().union(*FIELDS_BY_KIND.values(), INFERENCE_FIELDS, ON_FAILURE_FIELDS)
+    assert {field for field, _, _ in DIALECT_TABLE} == read
+
+
+@pytest.mark.parametrize(
+    ("attrs", "kind", "counted"),
+    [
+        # A tool span's model and tokens are not its to report: not read, so not counted as unusable.
+        ({"gen_ai.operation.name": "execute_tool", "gen_ai.usage.input_tokens": -1}, TOOL, {}),
+        # No kind attribute, no model: not a call; past its model and tokens, its GenAI attributes are unread.
+        ({"gen_ai.usage.input_tokens": 5, "gen_ai.response.id": 7}, OTHER, {}),
+        # No kind attribute, a model and tokens: an LLM call, read as one.
+        (
+            {"gen_ai.request.model": "m", "gen_ai.usage.output_tokens": 3, "gen_ai.response.id": 7},
+            LLM,
+            {("gen_ai.response.id",): 1},
+        ),
+        ({"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": -1}, LLM, {("gen_ai.usage.input_tokens",): 1}),
+        # An unusable value is read and counted once, however many steps the reading takes.
+        ({"gen_ai.request.model": 4, "gen_ai.usage.input_tokens": 5}, OTHER, {("gen_ai.request.model",): 1}),
+    ],
+    ids=["tool", "no-kind-no-model", "no-kind-model-and-tokens", "chat", "no-kind-unusable-model"],
+)
+def test_a_span_is_read_for_the_fields_of_its_kind(normalizer, attrs, kind, counted):
+    _, registry = normalizer
+    assert view_of(normalizer, attrs).kind == kind
+    invalid = registry.metric("agentopz_invalid_attributes_total")
+    assert {labels: series.value for labels, series in invalid.items()} == counted
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "status", "counted"),
+    [
+        ("many", False, "ok", {}),  # not read: the call did not fail
+        ("many", True, "error", {("http.response.status_code",): 1}),
+        (429, True, "rate_limited", {}),
+    ],
+)
+def test_the_http_status_is_read_for_a_failed_call_only(normalizer, code, error, status, counted):
+    _, registry = normalizer
+    view = view_of(normalizer, {"gen_ai.operation.name": "chat", "http.response.status_code": code}, error=error)
+    assert view.status == status
+    invalid = registry.metric("agentopz_invalid_attributes_total")
+    assert {labels: series.value for labels, series in invalid.items()} == counted
+
+
+def test_spans_of_one_shape_share_a_plan_not_their_values(normalizer):
+    norm, _ = normalizer
+    shape = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o"}
+    first = view_of(normalizer, {**shape, "gen_ai.usage.input_tokens": 10})
+    second = view_of(normalizer, {**shape, "gen_ai.usage.input_tokens": 20})
+    assert (first.input_tokens, second.input_tokens) == (10, 20)
+    assert list(norm._plans) == ["gen_ai.operation.name\x00gen_ai.request.model\x00gen_ai.usage.input_tokens"]
+
+
+def test_plans_kept_are_bounded_in_number_and_key_length(normalizer, monkeypatch):
+    norm, _ = normalizer
+    monkeypatch.setattr(normalize, "MAX_PLANS", 3)
+    for index in range(5):
+        assert view_of(normalizer, {"gen_ai.request.model": "m", f"key{index}": 1}).model == "m"
+    assert [shape.split("\x00")[1] for shape in norm._plans] == ["key2", "key3", "key4"]  # the oldest went first
+    long_key = "k" * (normalize.MAX_PLAN_KEY_CHARS - len("gen_ai.request.model") + 1)
+    assert view_of(normalizer, {"gen_ai.request.model": "m", long_key: 1}).model == "m"
+    assert [shape.split("\x00")[1] for shape in norm._plans] == ["key2", "key3", "key4"]  # read, not kept
+
+
+@pytest.mark.parametrize(
+    ("attrs", "counted"),
+    [
+        ({"gen_ai.usage.prompt_tokens": -5, "gen_ai.usage.input_tokens": 100}, {}),
+        ({"gen_ai.usage.input_tokens": -5, "gen_ai.usage.prompt_tokens": 100}, {("gen_ai.usage.input_tokens",): 1}),
+    ],
+    ids=["unusable-deprecated-name-first", "unusable-newest-name-first"],
+)
+def test_an_unusable_value_is_counted_when_it_is_the_one_read_whatever_the_order(normalizer, attrs, counted):
+    _, registry = normalizer
+    view = view_of(normalizer, {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", **attrs})
+    assert view.input_tokens == 100
+    invalid = registry.metric("agentopz_invalid_attributes_total")
+    assert {labels: series.value for labels, series in invalid.items()} == counted
+
+
+def test_keys_that_join_like_a_kept_shape_get_their_own_reading(normalizer):
+    norm, _ = normalizer
+    assert view_of(normalizer, {"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 5}).kind == LLM
+    # One key spelled as the two joined: not the kept plan's two attributes.
+    view = view_of(normalizer, {"gen_ai.request.model\x00gen_ai.usage.input_tokens": "m"})
+    assert (view.kind, view.model, view.input_tokens) == (OTHER, "", None)
+    # Keys holding the separator are not kept, so they can never stand for another span's keys.
+    view = view_of(normalizer, {"gen_ai.request.model": "m", "a\x00b": 1, "gen_ai.usage.input_tokens": 5})
+    assert (view.kind, view.model, view.input_tokens) == (LLM, "m", 5)
+    assert list(norm._plans) == ["gen_ai.request.model\x00gen_ai.usage.input_tokens"]

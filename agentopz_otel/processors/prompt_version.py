@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..components import Context, Factory
 from ..content import system_text
 from ..model import AGENT, LLM, Batch, SpanView, add_attribute
-from .normalize import CONTENT_EVENTS, event_content, log_event_name
+from ..semconv.events import CONTENT_EVENTS, event_content, log_event_name
 
 UNKNOWN_VERSION = "unknown"
 VERSION_ATTRIBUTE = "agentopz.prompt.version"

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from ...metrics import Registry
 from ...model import SpanView
 from ...records import Evaluation
-from ..normalize import EVALUATION_EVENT, evaluation_from_attributes
+from ...semconv.events import EVALUATION_EVENT, evaluation_from_attributes
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import EvaluationRule, evaluation_verdict
 from .assembly import MAX_EVALUATIONS_PER_RUN, Group, TraceState

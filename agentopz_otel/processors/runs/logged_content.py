@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from ..normalize import CONTENT_EVENTS, event_content, log_event_name
+from ...semconv.events import CONTENT_EVENTS, event_content, log_event_name
 from ..prompt_version import FROM_HASH, VERSION_ATTRIBUTE
 from .assembly import Group
 

@@ -1,0 +1,146 @@
+"""Reading an OTLP attribute value as a field wants it: the converters the dialect table names.
+
+A converter returns the field's value, `SKIP` when the attribute says nothing about the field (an empty
+string, a kind this field does not map), or `INVALID` when the value is unusable (normalize counts it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from ..content import MAX_CONTENT_DEPTH
+
+# A token count above this is treated as invalid input, not priced (a hostile or broken sender
+# must not be able to put 2**63 tokens into a counter).
+MAX_TOKENS = 10**10
+MAX_REPORTED_COST_USD = 1e6
+
+INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
+SKIP: Any = object()  # the attribute is there but says nothing about this field
+
+Converter = Callable[[AnyValue], Any]
+
+
+def as_text(value: AnyValue) -> Any:
+    text = value.string_value  # read first: the common case needs no WhichOneof
+    if text:
+        return text
+    return SKIP if value.WhichOneof("value") in ("string_value", None) else INVALID
+
+
+def as_number(value: AnyValue) -> float | None:
+    which = value.WhichOneof("value")
+    if which == "int_value":
+        return value.int_value
+    if which == "double_value":
+        return value.double_value
+    if which == "string_value":
+        try:
+            return float(value.string_value)
+        except ValueError:
+            return None
+    return None
+
+
+def as_token_count(value: AnyValue) -> Any:
+    number = value.int_value  # the common case: a positive int
+    if 0 < number <= MAX_TOKENS:
+        return number
+    number = as_number(value)
+    if number is None or not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_TOKENS:
+        return INVALID
+    return int(number)
+
+
+def as_usd(value: AnyValue) -> Any:
+    number = as_number(value)
+    if number is None or not math.isfinite(number) or not 0 <= number <= MAX_REPORTED_COST_USD:
+        return INVALID
+    return float(number)
+
+
+def as_score(value: AnyValue) -> Any:
+    number = as_number(value)
+    return float(number) if number is not None and math.isfinite(number) else INVALID
+
+
+def as_integer(value: AnyValue) -> Any:
+    number = value.int_value  # the common case, read without WhichOneof
+    if number:
+        return number
+    number = as_number(value)
+    return int(number) if number is not None and math.isfinite(number) else INVALID
+
+
+def as_first_text(value: AnyValue) -> Any:
+    """A string, or the first string of an array (finish reasons come as either)."""
+    text = value.string_value  # the common case, read without WhichOneof
+    if text:
+        return text
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return SKIP  # an empty string
+    if which == "array_value":
+        for item in value.array_value.values:
+            if item.string_value:
+                return item.string_value
+        return SKIP
+    return INVALID
+
+
+def present(value: AnyValue) -> Any:
+    return True
+
+
+def contains(needle: str) -> Converter:
+    def convert(value: AnyValue) -> Any:
+        return True if needle in value.string_value else SKIP
+
+    return convert
+
+
+def one_of(mapping: Mapping[str, str]) -> Converter:
+    def convert(value: AnyValue) -> Any:
+        return mapping.get(value.string_value, SKIP)
+
+    return convert
+
+
+def tagged(tag: str) -> Converter:
+    def convert(value: AnyValue) -> Any:
+        text = value.string_value  # the common case, without a call
+        if text:
+            return (tag, text)
+        return as_text(value)  # SKIP or INVALID
+
+    return convert
+
+
+def any_value_text(value: AnyValue) -> str | None:
+    """A string value as it is; a structured one (kvlist, array) as JSON, the form content decoding reads."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which in ("kvlist_value", "array_value"):
+        return json.dumps(_plain(value, 0))
+    return None
+
+
+def _plain(value: AnyValue, depth: int) -> Any:
+    which = value.WhichOneof("value")
+    if which == "kvlist_value":
+        if depth >= MAX_CONTENT_DEPTH:
+            return None
+        return {kv.key: _plain(kv.value, depth + 1) for kv in value.kvlist_value.values}
+    if which == "array_value":
+        if depth >= MAX_CONTENT_DEPTH:
+            return None
+        return [_plain(item, depth + 1) for item in value.array_value.values]
+    if which == "bytes_value":
+        return None
+    return getattr(value, which) if which is not None else None
