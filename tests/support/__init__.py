@@ -6,3 +6,5 @@ from pathlib import Path
 
 # The repository's root: shipped files (dashboards, alert rules, collector configs) are read from it.
 ROOT = Path(__file__).resolve().parents[2]
+# The folder holding support/: a process a test starts puts it on sys.path to import these helpers.
+TESTS = Path(__file__).resolve().parent.parent
