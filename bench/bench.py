@@ -33,7 +33,7 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # The launcher the tests start their servers with (tests/support/processes.py): it picks the free ports
@@ -41,6 +41,7 @@ from pathlib import Path
 # and stops it. The other bench scripts import it from here.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.processes import Command, Launched, http_ok, launch, listening
+from support.rotel import rotel_command
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -889,30 +890,10 @@ class Bench:
         binary = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
 
         def command(ports: tuple[int, ...]) -> Command:
-            grpc_port, http_port = ports
-            argv = [
-                binary,
-                "start",
-                "--otlp-grpc-endpoint",
-                f"{LOOPBACK}:{grpc_port}",
-                "--otlp-http-endpoint",
-                f"{LOOPBACK}:{http_port}",
-                "--otlp-grpc-max-recv-msg-size-mib",
-                "64",
-                "--exporter",
-                "otlp",
-                "--otlp-exporter-endpoint",
-                f"http://{LOOPBACK}:{self.sink_port}",
-                "--otlp-exporter-protocol",
-                "grpc",
-                "--otlp-exporter-compression",
-                "none",
-                "--pid-file",
-                str(self.workdir / "rotel.pid"),
-                "--log-file",
-                str(self.workdir / "rotel-agent.log"),
-            ]
-            return Command(pinned(TARGET_CORE, argv), listening(grpc_port, http_port), cwd=self.workdir)
+            target = f"http://{LOOPBACK}:{self.sink_port}"
+            max_message = ("--otlp-grpc-max-recv-msg-size-mib", "64")
+            spec = rotel_command(binary, ports, target, "grpc", "none", self.workdir / "rotel", *max_message)
+            return replace(spec, argv=pinned(TARGET_CORE, spec.argv))
 
         launched = self.launch("rotel", command, "rotel.log", ports=2, timeout=30)
         process = launched.process

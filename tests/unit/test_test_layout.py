@@ -205,17 +205,18 @@ def test_conftest_holds_only_fixtures():
     assert non_fixtures(CONFTEST.read_text(encoding="utf-8")) == []
 
 
+def offenders(kind: str, uses: Callable[[str], list[str]]) -> dict[str, list[str]]:
+    """The files of a kind folder for which `uses` finds something, with what it found."""
+    files = kind_files(kind)
+    assert len(files) >= 10  # the folder was read
+    return {path.name: found for path in files if (found := uses(path.read_text(encoding="utf-8")))}
+
+
 def test_unit_tests_start_no_process():
     modules = support_closure(PROCESS_MODULES)
     fixtures = fixtures_using(CONFTEST.read_text(encoding="utf-8"), modules, lambda node: False)
     assert {"start_service", "service", "chromium"} <= fixtures
-    assert len(kind_files("unit")) >= 20
-    found = {
-        path.name: uses
-        for path in kind_files("unit")
-        if (uses := process_uses(path.read_text(encoding="utf-8"), modules, fixtures))
-    }
-    assert found == {}
+    assert offenders("unit", lambda source: process_uses(source, modules, fixtures)) == {}
 
 
 def test_service_tests_need_no_external_program():
@@ -223,13 +224,7 @@ def test_service_tests_need_no_external_program():
     assert {"support.prometheus", "support.alertmanager"} <= modules
     fixtures = fixtures_using(CONFTEST.read_text(encoding="utf-8"), modules, calls_external_program)
     assert fixtures == {"chromium"}
-    assert len(kind_files("service")) >= 10
-    found = {
-        path.name: uses
-        for path in kind_files("service")
-        if (uses := external_program_uses(path.read_text(encoding="utf-8"), modules, fixtures))
-    }
-    assert found == {}
+    assert offenders("service", lambda source: external_program_uses(source, modules, fixtures)) == {}
 
 
 def test_the_checks_find_what_they_forbid():
