@@ -1,6 +1,6 @@
 """Helpers shared by tests: builders of OTLP data, stand-in servers and sinks, the launcher of real
 processes, and clients of the service. Tests import from here, never from one another (checked by
-tests/test_test_layout.py); tests/conftest.py holds only fixtures."""
+tests/unit/test_test_layout.py); tests/conftest.py holds only fixtures."""
 
 from pathlib import Path
 
