@@ -197,8 +197,10 @@ def test_every_test_file_is_in_one_kind_folder_under_a_name_no_other_has():
     assert sorted({name for name in names if names.count(name) > 1}) == []
 
 
-def test_tests_dir_holds_only_conftest_and_shared_helpers_live_in_support():
+def test_tests_dir_holds_only_conftest_the_kind_folders_and_the_shared_ones():
     assert sorted(path.name for path in TESTS.glob("*.py")) == ["conftest.py"]
+    folders = sorted(path.name for path in TESTS.iterdir() if path.is_dir() and path.name != "__pycache__")
+    assert folders == sorted([*KINDS, SUPPORT, "golden"])
 
 
 def test_conftest_holds_only_fixtures():
