@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -33,7 +32,8 @@ import time
 import urllib.request
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agentopz_otel.fleet import (
@@ -51,6 +51,13 @@ from agentopz_otel.fleet import (
     tool_attributes,
     usage_attributes,
 )
+
+# The launcher the tests start their servers with (tests/support/processes.py): it picks the free ports
+# and starts the process again on new ones when one was taken meanwhile, waits for a readiness check,
+# and stops it. The other bench scripts import it from here.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.processes import Command, Launched, http_ok, launch, listening
+from support.rotel import rotel_command
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -409,12 +416,6 @@ def read_payloads(path: Path) -> tuple[bytes, list[tuple[bytes, int]]]:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
 def cpu_seconds(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -445,47 +446,6 @@ def scrape(url: str, names: tuple[str, ...]) -> dict[str, float]:
         if name in totals:
             totals[name] += float(line.rsplit(" ", 1)[1])
     return totals
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((LOOPBACK, port)) == 0:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not listening on port {port} after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {timeout:.0f}s")
-        time.sleep(0.1)
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def pinned(core: str, command: list[str]) -> list[str]:
@@ -723,24 +683,24 @@ class Bench:
         self.args = args
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[Launched] = []
         self.payload_file = workdir / "payloads.bin"
-        self.sink_port = free_port()
-        self.sink_http_port = free_port()
+        self.sink_port = self.sink_http_port = 0  # picked when the sink starts
 
-    def spawn(self, command: list[str], log_name: str, **kwargs) -> subprocess.Popen:
-        log = (self.workdir / log_name).open("w")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
-        self.processes.append(process)
-        return process
+    def launch(
+        self, name: str, command: Callable[[tuple[int, ...]], Command], log_name: str, ports: int, timeout: float
+    ) -> Launched:
+        launched = launch(name, command, self.workdir / log_name, ports=ports, timeout=timeout)
+        self.processes.append(launched)
+        return launched
 
     def log_tail(self, log_name: str, lines: int = 30) -> str:
         path = self.workdir / log_name
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def cleanup(self) -> None:
-        for process in reversed(self.processes):
-            stop_process(process, timeout=10)
+        for launched in reversed(self.processes):
+            launched.stop(timeout=10)
 
     def run_load(self, target_port: int, pid: int, metrics_url: str | None) -> dict:
         command = [
@@ -776,13 +736,14 @@ class Bench:
         return json.loads(completed.stdout.strip().splitlines()[-1])
 
     def start_sink(self) -> None:
-        command = [sys.executable, str(Path(__file__).resolve()), "--role", "sink", "--port", str(self.sink_port)]
-        command += ["--http-port", str(self.sink_http_port)]
-        process = self.spawn(pinned(LOAD_CORE, command), "sink.log")
-        wait_for_port(self.sink_port, process, 20, "sink")
+        def command(ports: tuple[int, ...]) -> Command:
+            port, http_port = ports
+            argv = [sys.executable, str(Path(__file__).resolve()), "--role", "sink", "--port", str(port)]
+            return Command(pinned(LOAD_CORE, [*argv, "--http-port", str(http_port)]), listening(port, http_port))
+
+        self.sink_port, self.sink_http_port = self.launch("sink", command, "sink.log", ports=2, timeout=20).ports
 
     def run_service(self) -> Outcome:
-        grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
         config = self.workdir / "agentopz.yaml"
         forward = None
         if self.args.forward == "grpc":
@@ -790,16 +751,20 @@ class Bench:
         elif self.args.forward == "http":
             forward = {"endpoint": f"http://{LOOPBACK}:{self.sink_http_port}/v1/traces", "protocol": "http/protobuf"}
         storage = self.workdir / "agentopz.sqlite" if self.args.persistent_queue else None
-        config.write_text(service_config(grpc_port, http_port, admin_port, forward, self.args.runs, storage))
         source = str(Path(self.args.source).resolve())
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (source, os.environ.get("PYTHONPATH"))))}
-        command = [self.args.python, "-m", "agentopz_otel", "run", "--config", str(config)]
-        process = self.spawn(pinned(TARGET_CORE, command), "agentopz.log", cwd=self.workdir, env=env)
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, (source, os.environ.get("PYTHONPATH"))))}
+
+        def command(ports: tuple[int, ...]) -> Command:
+            grpc_port, http_port, admin_port = ports
+            config.write_text(service_config(grpc_port, http_port, admin_port, forward, self.args.runs, storage))
+            argv = [self.args.python, "-m", "agentopz_otel", "run", "--config", str(config)]
+            ready = http_ok(f"http://{LOOPBACK}:{admin_port}/readyz")
+            return Command(pinned(TARGET_CORE, argv), ready, env=env, cwd=self.workdir)
+
+        launched = self.launch("agentopz-otel", command, "agentopz.log", ports=3, timeout=60)
+        process = launched.process
+        grpc_port, _, admin_port = launched.ports
         admin = f"http://{LOOPBACK}:{admin_port}"
-        try:
-            wait_ready(admin + "/readyz", process, 60, "agentopz-otel")
-        except RuntimeError as error:
-            raise RuntimeError(f"{error}\n{self.log_tail('agentopz.log')}") from None
         profiler = self.start_profiler(process.pid)
         try:
             load = self.run_load(grpc_port, process.pid, admin + "/metrics")
@@ -819,7 +784,7 @@ class Bench:
             proc_status_kib(process.pid, "VmRSS"),
             proc_status_kib(process.pid, "Threads"),
         )
-        stop_process(process)
+        launched.stop()
         if self.args.forward and not load.get("agentopz_exporter_sent_spans_total_per_second"):
             problems = [line for line in self.log_tail("agentopz.log", 400).splitlines() if "Error" in line]
             print(
@@ -856,35 +821,16 @@ class Bench:
             print("rotel is not installed: skipping the reference run", file=sys.stderr)
             return None
         binary = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
-        grpc_port, http_port = free_port(), free_port()
-        command = [
-            binary,
-            "start",
-            "--otlp-grpc-endpoint",
-            f"{LOOPBACK}:{grpc_port}",
-            "--otlp-http-endpoint",
-            f"{LOOPBACK}:{http_port}",
-            "--otlp-grpc-max-recv-msg-size-mib",
-            "64",
-            "--exporter",
-            "otlp",
-            "--otlp-exporter-endpoint",
-            f"http://{LOOPBACK}:{self.sink_port}",
-            "--otlp-exporter-protocol",
-            "grpc",
-            "--otlp-exporter-compression",
-            "none",
-            "--pid-file",
-            str(self.workdir / "rotel.pid"),
-            "--log-file",
-            str(self.workdir / "rotel-agent.log"),
-        ]
-        process = self.spawn(pinned(TARGET_CORE, command), "rotel.log", cwd=self.workdir)
-        try:
-            wait_for_port(grpc_port, process, 30, "rotel")
-        except RuntimeError as error:
-            raise RuntimeError(f"{error}\n{self.log_tail('rotel.log')}") from None
-        load = self.run_load(grpc_port, process.pid, None)
+
+        def command(ports: tuple[int, ...]) -> Command:
+            target = f"http://{LOOPBACK}:{self.sink_port}"
+            max_message = ("--otlp-grpc-max-recv-msg-size-mib", "64")
+            spec = rotel_command(binary, ports, target, "grpc", "none", self.workdir / "rotel", *max_message)
+            return replace(spec, argv=pinned(TARGET_CORE, spec.argv))
+
+        launched = self.launch("rotel", command, "rotel.log", ports=2, timeout=30)
+        process = launched.process
+        load = self.run_load(launched.ports[0], process.pid, None)
         outcome = Outcome(
             "rotel (pass-through)",
             load,
@@ -892,7 +838,7 @@ class Bench:
             proc_status_kib(process.pid, "VmRSS"),
             proc_status_kib(process.pid, "Threads"),
         )
-        stop_process(process)
+        launched.stop()
         return outcome
 
     def run(self) -> list[Outcome]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,12 +25,12 @@ from bench import (
     EXPORT_METHOD,
     LOOPBACK,
     REPO_ROOT,
+    Command,
     _set_attributes,
-    free_port,
+    http_ok,
+    launch,
     percentile,
     proc_status_kib,
-    stop_process,
-    wait_ready,
 )
 
 NS = 1_000_000_000
@@ -43,22 +42,23 @@ class ServiceProcess:
 
     def __init__(self, config: dict, workdir: Path | None = None) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="agentopz-bench-"))
-        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        config["receivers"]["otlp"]["protocols"] = {
-            "grpc": {"endpoint": f"{LOOPBACK}:{self.grpc_port}"},
-            "http": {"endpoint": f"{LOOPBACK}:{self.http_port}"},
-        }
-        config["service"]["admin"] = {"endpoint": f"{LOOPBACK}:{self.admin_port}"}
         path = self.workdir / "config.json"
-        path.write_text(json.dumps(config, indent=2))
+
+        def command(ports: tuple[int, ...]) -> Command:
+            grpc_port, http_port, admin_port = ports
+            config["receivers"]["otlp"]["protocols"] = {
+                "grpc": {"endpoint": f"{LOOPBACK}:{grpc_port}"},
+                "http": {"endpoint": f"{LOOPBACK}:{http_port}"},
+            }
+            config["service"]["admin"] = {"endpoint": f"{LOOPBACK}:{admin_port}"}
+            path.write_text(json.dumps(config, indent=2))
+            argv = [sys.executable, "-m", "agentopz_otel", "run", "--config", str(path)]
+            return Command(argv, http_ok(f"http://{LOOPBACK}:{admin_port}/readyz"), cwd=REPO_ROOT)
+
         self.log_path = self.workdir / "service.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agentopz_otel", "run", "--config", str(path)],
-            stdout=self.log_path.open("w"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
-        wait_ready(f"{self.metrics_url.rsplit('/', 1)[0]}/readyz", self.process, 30, "agentopz-otel")
+        self.launched = launch("agentopz-otel", command, self.log_path, ports=3, timeout=30)
+        self.process = self.launched.process
+        self.grpc_port, self.http_port, self.admin_port = self.launched.ports
 
     @property
     def metrics_url(self) -> str:
@@ -98,7 +98,7 @@ class ServiceProcess:
         return self.log_path.stat().st_size
 
     def stop(self) -> None:
-        stop_process(self.process, timeout=30)
+        self.launched.stop(timeout=30)
 
 
 def service_config(runs: dict | None = None, downstream: str | None = None, service: dict | None = None) -> dict:

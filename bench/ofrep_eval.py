@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +21,7 @@ from agentopz_otel.extensions.rollouts import RolloutsConfig, RolloutsExtension
 from agentopz_otel.extensions.rollouts.ofrep import bulk_response, single_response
 from agentopz_otel.extensions.storage import StorageConfig, StorageExtension
 from agentopz_otel.metrics import Registry
+from bench import Command, Launched, cpu_seconds, http_ok, launch, pinned
 
 AGENTS = 50
 JSON = {"Content-Type": "application/json"}
@@ -61,10 +59,12 @@ async def in_process(evaluations: int, directory: Path) -> None:
     )
 
 
-def start_service(directory: Path) -> tuple[subprocess.Popen, str]:
-    config = directory / "config.yaml"
-    config.write_text(
-        f"""
+def start_service(directory: Path) -> tuple[Launched, str]:
+    def command(ports: tuple[int, ...]) -> Command:
+        (admin_port,) = ports
+        config = directory / "config.yaml"
+        config.write_text(
+            f"""
 receivers:
   otlp:
     protocols:
@@ -78,38 +78,20 @@ extensions:
   rollouts: {{}}
 service:
   admin:
-    endpoint: 127.0.0.1:19473
+    endpoint: 127.0.0.1:{admin_port}
   extensions: [storage, rollouts]
   pipelines:
     traces:
       receivers: [otlp]
       exporters: [prometheus]
 """
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agentopz_otel", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        )
+        argv = [sys.executable, "-m", "agentopz_otel", "run", "--config", str(config)]
         # One core for the service, the other for this client.
-        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
-    )
-    url = "http://127.0.0.1:19473"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/readyz", timeout=1).close()
-            return process, url
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise SystemExit("the service did not start") from None
-            time.sleep(0.1)
+        return Command(pinned("0", argv), http_ok(f"http://127.0.0.1:{admin_port}/readyz"))
 
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    launched = launch("agentopz-otel", command, directory / "service.log", ports=1, timeout=20)
+    return launched, f"http://127.0.0.1:{launched.ports[0]}"
 
 
 async def over_http(url: str, pid: int, seconds: float, concurrency: int) -> None:
@@ -154,12 +136,9 @@ def main() -> None:
         directory = Path(temporary)
         asyncio.run(in_process(args.evaluations, directory))
         if args.http_seconds > 0:
-            process, url = start_service(directory)
-            try:
-                asyncio.run(over_http(url, process.pid, args.http_seconds, args.concurrency))
-            finally:
-                process.terminate()
-                process.wait(timeout=20)
+            service, url = start_service(directory)
+            with service:
+                asyncio.run(over_http(url, service.process.pid, args.http_seconds, args.concurrency))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The one launcher of the processes tests run as servers (the service, Prometheus, Alertmanager, rotel):
-start, wait until a readiness check passes, stop.
+"""The one launcher of the processes tests and benchmarks run as servers (the service, Prometheus,
+Alertmanager, rotel, the benchmark's sink): start, wait until a readiness check passes, stop. The bench/
+scripts import it too (through bench/bench.py), so it needs pytest only to skip a test.
 
 Ports: a free port is found by binding port 0 and closing the socket, so another process may take it
 before the launched one binds it. The launcher picks the ports itself and, when the process exits
@@ -20,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 # What the service, Go servers (Prometheus, Alertmanager) and Rust ones (rotel) print when a port is taken.
 PORT_TAKEN = re.compile(r"address already in use|port in use\?|cannot listen", re.IGNORECASE)
 STOP_SECONDS = 20.0
@@ -36,6 +35,8 @@ def free_port() -> int:
 
 def require_binary(name: str) -> str:
     """Path of an external binary; skips (or fails under CI) when it is not installed."""
+    import pytest
+
     path = shutil.which(name)
     if path is None:
         message = f"{name} not found: run scripts/test (installs it) or apt-get install the package providing it"

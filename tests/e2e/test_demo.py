@@ -30,7 +30,6 @@ from agentopz_otel.processors.runs import RunsConfig
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
 OUTCOMES = {"success", "quality_failure", "llm_error", "tool_error", "budget_exceeded", "timeout", "abandoned", "error"}
 SEED = 1
 RUNS = 600

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 from support.processes import require_binary
 
 from agentopz_otel.triage import (
@@ -22,7 +23,6 @@ from agentopz_otel.triage import (
     suspects,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert-rules"
 RULES = ALERT_RULES / "triage-rules.yaml"
 

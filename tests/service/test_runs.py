@@ -12,6 +12,7 @@ import time
 
 import pytest
 from opentelemetry.trace import Status, StatusCode
+from support import TESTS
 from support.otlp_proto import make_span
 from support.runs import agent_run, raw_run, run_records, runs_config, send, wait_runs
 from support.sdk_agent import chat_attributes, emit_chat, emit_tool, tracer
@@ -144,7 +145,7 @@ def test_a_second_process_contributes_tool_spans(runs_service):
             emit_chat(t)
             script = textwrap.dedent(f"""
                 import sys
-                sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+                sys.path.insert(0, {str(TESTS)!r})
                 from support.sdk_agent import emit_tool, tracer
                 from opentelemetry import trace
                 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags

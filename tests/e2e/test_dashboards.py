@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 from support.dashboards import DASHBOARDS, all_panels, dashboards, substitute
 from support.demo import demo_command, stack_body
 from support.otlp_proto import make_request, make_span
@@ -24,7 +25,6 @@ from support.processes import require_binary
 from support.prometheus import start_prometheus
 from support.service import DEFAULT_BODY
 
-ROOT = Path(__file__).resolve().parent.parent
 PROVISIONING = DASHBOARDS / "provisioning"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 DS = {"type": "prometheus", "uid": "${datasource}"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = "agentopz_otel"
-ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 
 # Lowest first. A module is in the layer of its first name under the package (`processors.runs.assembly`
 # is in `processors`'s). A module may import from its own layer and the ones below.

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from openfeature import api
+from support import ROOT
 from support.admin_api import Admin
 from support.alertmanager import WEBHOOK_TOKEN, alertmanager_config, running_alertmanager, running_recorder
 from support.canary import AGENT, FAST_RUNS, MAX_RUN_SECONDS, VERSIONS, Agent, run_until, wait_state
@@ -18,7 +18,7 @@ from support.prometheus import start_prometheus
 from support.sdk_agent import tracer
 from support.service import service_body
 
-ALERT_RULES = Path(__file__).resolve().parent.parent / "alert-rules" / "agentopz-alerts.yaml"
+ALERT_RULES = ROOT / "alert-rules" / "agentopz-alerts.yaml"
 RUNBOOKS = "http://localhost:9464/runbooks"
 
 

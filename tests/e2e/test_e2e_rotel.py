@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from genai_prices import Usage, calc_price
 from support.otlp_sinks import HttpSink, attribute_value, config_body
-from support.processes import Command, Launched, launch, listening
+from support.processes import Command, Launched, launch
+from support.rotel import rotel_command
 from support.sdk_agent import emit_chat, emit_tool, tracer
 
 pytestmark = pytest.mark.e2e
@@ -59,30 +60,9 @@ def start_rotel(tmp_path: Path) -> Iterator:
         index = len(started)
 
         def command(ports: tuple[int, ...]) -> Command:
-            grpc_port, http_port = ports
-            argv = [
-                binary,
-                "start",
-                "--otlp-grpc-endpoint",
-                f"127.0.0.1:{grpc_port}",
-                "--otlp-http-endpoint",
-                f"127.0.0.1:{http_port}",
-                "--exporter",
-                "otlp",
-                "--otlp-exporter-endpoint",
-                f"http://127.0.0.1:{target_port}",
-                "--otlp-exporter-protocol",
-                protocol,
-                "--otlp-exporter-compression",
-                compression,
-                "--batch-timeout",
-                "50ms",
-                "--pid-file",
-                str(tmp_path / f"rotel{index}.pid"),
-                "--log-file",
-                str(tmp_path / f"rotel{index}.file.log"),
-            ]
-            return Command(argv, listening(grpc_port, http_port), cwd=tmp_path)
+            target = f"http://127.0.0.1:{target_port}"
+            files = tmp_path / f"rotel{index}"
+            return rotel_command(binary, ports, target, protocol, compression, files, "--batch-timeout", "50ms")
 
         launched = launch("rotel", command, tmp_path / f"rotel{index}.log", ports=2, timeout=15)
         started.append(launched)

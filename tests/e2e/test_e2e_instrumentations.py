@@ -13,17 +13,15 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from genai_prices import Usage, calc_price
-from support import fake_openai
+from support import TESTS, fake_openai
 from support.fake_openai import FakeOpenAI
 from support.otlp_sinks import GrpcSink, attribute_value, config_body
 
 pytestmark = pytest.mark.e2e
 
-TESTS = Path(__file__).parent
 SYSTEM_PROMPT = "You are terse."
 
 AGENT_SCRIPT = r"""

@@ -3,7 +3,7 @@ with their own SDK exporters to the service started as a process.
 
 Each agent has a system prompt and one tool: two model calls (a tool call, then the answer), one tool
 call, 1200 input tokens (200 cached) and 300 output tokens per call. Each framework runs in its own
-environment (`.venv-frameworks/<name>`, `tests/frameworks/node/<dir>`), made by `scripts/install --test`.
+environment (`.venv-frameworks/<name>`, `tests/e2e/frameworks/node/<dir>`), made by `scripts/install --test`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from genai_prices import Usage, calc_price
-from support import fake_openai
+from support import ROOT, fake_openai
 from support.fake_openai import FakeOpenAI
 from support.otlp_sinks import GrpcSink, attribute_value
 from support.processes import require_binary
@@ -28,7 +28,6 @@ from support.service import service_body
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENTS = Path(__file__).parent / "agents"
 NODE = Path(__file__).parent / "node"
 SYSTEM_PROMPT = "You are a weather assistant. Call get_weather, then answer in one sentence."
@@ -39,7 +38,7 @@ CALLS = 2
 
 @dataclass(frozen=True)
 class Framework:
-    program: str  # in tests/frameworks/agents, or in the node directory
+    program: str  # in tests/e2e/frameworks/agents, or in the node directory
     environment: str  # .venv-frameworks/<environment>, node/<environment>, or "" for the test venv
     model: str = fake_openai.MODEL  # the model the spans report
     cost_source: str = "catalog"

@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import ROOT
 from support.alertmanager import alertmanager_config, running_alertmanager, running_recorder
 from support.processes import free_port
 from support.prometheus import start_prometheus
 from support.service import service_body
 
-ALERT_RULES = Path(__file__).resolve().parent.parent / "alert-rules" / "agentopz-alerts.yaml"
+ALERT_RULES = ROOT / "alert-rules" / "agentopz-alerts.yaml"
 RUNBOOK = "http://localhost:9464/runbooks/AgentUnreachable"
 
 

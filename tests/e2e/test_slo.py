@@ -7,10 +7,10 @@ import subprocess
 import sys
 import textwrap
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 from support.processes import require_binary
 
 from agentopz_otel.config import ConfigError, parse_config
@@ -25,7 +25,6 @@ from agentopz_otel.slo import (
     render_rules,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert-rules"
 EXAMPLES = ALERT_RULES / "tests" / "slo-examples"
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
 import yaml
+from support import ROOT as REPO
 from support.service import every_component_body
 
 from agentopz_otel.config import config_schema
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def leaf_errors(validator: jsonschema.Draft202012Validator, document: object) -> list:

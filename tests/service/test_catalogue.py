@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from support import ROOT as REPO
 from support.service import every_component_body
 
 from agentopz_otel import catalogue
@@ -47,7 +48,6 @@ from agentopz_otel.records import (
 from agentopz_otel.service import Service
 from agentopz_otel.slo import ALERT_NAMES
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "agentopz_otel"
 KINDS = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")

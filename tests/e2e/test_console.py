@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.trace import Status, StatusCode
+from support import ROOT
 from support.admin_api import Admin
 from support.browser import new_page
 from support.processes import free_port
@@ -26,7 +27,6 @@ from agentopz_otel.extensions.console.pages import money
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "console"
 TOKEN = "console-test-token-0123456789abcdef"
 TRACE_URL = "http://tempo.example/explore?traceId={trace_id}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 from support.processes import require_binary
 
 from agentopz_otel.runbooks import DEFAULT_RUNBOOK_BASE_URL, rebase
@@ -17,7 +18,6 @@ from agentopz_otel.slo import ALERT_NAMES as SLO_ALERT_NAMES
 from agentopz_otel.slo import load_spec
 from agentopz_otel.triage import suspect_annotation
 
-ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert-rules"
 UNIT_TESTS = sorted((ALERT_RULES / "tests").glob("*.yml"))
 RUNBOOKS = ROOT / "docs" / "runbooks"
