@@ -740,9 +740,12 @@ def in_storm(index: int) -> bool:
     return STORM_WINDOW[0] <= index % STORM_PERIOD < STORM_WINDOW[1]
 
 
-def plan_run(seed: int, index: int, pick_version: VersionPicker | None = None) -> RunPlan:
+def plan_run(
+    seed: int, index: int, pick_version: VersionPicker | None = None, conversations: Conversations | None = None
+) -> RunPlan:
     """The run with this index under this seed: always the same plan, but for support-triage's prompt
-    version when `pick_version` (called with the plan's agent and conversation id set) picks it."""
+    version when `pick_version` (called with the plan's agent and conversation id set) picks it, and for
+    the conversation id when `conversations` gives it (the next turn of the agent's conversation)."""
     rng = random.Random(f"agentopz-demo:{seed}:{index}")
     runaway = index % RUNAWAY_PERIOD == RUNAWAY_OFFSET
     if runaway:
@@ -753,7 +756,9 @@ def plan_run(seed: int, index: int, pick_version: VersionPicker | None = None) -
             if roll < agent.share:
                 break
             roll -= agent.share
-    conversation_id = f"conv-{rng.getrandbits(48):012x}"
+    conversation_id = f"conv-{rng.getrandbits(48):012x}"  # drawn either way: the rest of the plan stays
+    if conversations is not None:
+        conversation_id = conversations.next(agent.name).conversation_id
     plan = RunPlan(index, agent.service, agent.name, "normal", SUCCESS, conversation_id=conversation_id)
     plan.agent_version = agent.agent_version
     builder = _Builder(rng, plan, in_storm(index))

@@ -260,3 +260,21 @@ def test_bench_runs_take_the_fleets_latencies_and_a_failed_chat_ends_the_run():
     semconv = [conversation for conversation in conversations if conversation is not None]
     assert len(semconv) == 1200  # four of the five agents speak the GenAI conventions
     assert len(set(semconv)) < len(semconv) / 3  # runs come in conversations
+
+
+def test_plans_with_sticky_conversations_differ_only_in_their_conversation_ids():
+    conversations = fleet.Conversations(random.Random(9), fleet.fixed_runs(4))
+    sticky = [fleet.plan_run(1, index, conversations=conversations) for index in range(400)]
+    for plan, same in zip(sticky, PLANS, strict=False):
+        assert plan.conversation_id != same.conversation_id
+        plan.conversation_id = same.conversation_id
+        assert plan == same
+    again = fleet.Conversations(random.Random(9), fleet.fixed_runs(4))
+    ids = [fleet.plan_run(1, index, conversations=again).conversation_id for index in range(400)]
+    by_agent: dict[str, list[str]] = {}
+    for plan, conversation_id in zip(PLANS, ids, strict=False):
+        by_agent.setdefault(plan.agent, []).append(conversation_id)
+    for agent_ids in by_agent.values():
+        # Each agent's runs come four to a conversation, in turn.
+        assert agent_ids[::4] == list(dict.fromkeys(agent_ids))
+        assert all(agent_ids[index] == agent_ids[index - index % 4] for index in range(len(agent_ids)))
