@@ -285,19 +285,22 @@ class TraceFactory:
         openinference = AGENTS[agent].dialect == OPENINFERENCE
         root = self.openinference_agent(agent) if openinference else self.semconv_agent(agent, model, conversation)
         spans = [root]
+        chat = None
         for _ in range(rng.randint(2, 6)):
             call_model = model if rng.random() < 0.8 else rng.choice(PRICED_MODELS)
-            spans.append(self._chat(agent, call_model, conversation, openinference))
-            if spans[-1].error is not None:
+            chat = self._chat(agent, call_model, conversation, openinference)
+            spans.append(chat)
+            if chat.error is not None:
                 break
             for _ in range(rng.choice((0, 1, 1, 2))):
                 spans.append(self.openinference_tool(agent, 0) if openinference else self.semconv_tool(agent, 0))
         else:
             if rng.random() < 0.5:
                 # a final answer after the last tool results
-                spans.append(self._chat(agent, model, conversation, openinference))
-        if spans[-1].error is not None and spans[-1].kind == 3:
-            root.error = spans[-1].error
+                chat = self._chat(agent, model, conversation, openinference)
+                spans.append(chat)
+        if chat is not None and chat.error is not None:
+            root.error = chat.error
             root.attributes["error.type"] = root.error
         # Calls follow one another with the agent's own work between them.
         clock = rng.uniform(*THINK_SECONDS) * 1000

@@ -323,19 +323,21 @@ def test_demo_rejects_fewer_than_one_run_per_conversation():
     assert "--conversation-runs must be at least 1" in completed.stderr
 
 
-def demo_with_flags(service, runs: int, *extra: str) -> subprocess.CompletedProcess:
-    """The demo against `service`'s flags, `runs` runs played fast; it must exit 0."""
+def play_demo(runs: int, *args: str) -> subprocess.CompletedProcess:
+    """The demo with `args`, `runs` runs played fast; it must exit 0."""
     completed = subprocess.run(
-        demo_command(
-            *("--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url, *extra),
-            *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED)),
-        ),
+        demo_command(*args, *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED))),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     return completed
+
+
+def demo_with_flags(service, runs: int, *extra: str) -> subprocess.CompletedProcess:
+    """The demo against `service`'s flags, `runs` runs played fast; it must exit 0."""
+    return play_demo(runs, "--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url, *extra)
 
 
 def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service, tmp_path):
@@ -397,16 +399,7 @@ def test_demo_with_sticky_conversations_reuses_each_agents_conversation_ids():
     """--conversation-runs: the runs' spans carry the seed's sticky conversation ids, several runs each."""
     runs = 300
     with GrpcSink() as backend:
-        completed = subprocess.run(
-            demo_command(
-                *("--endpoint", backend.endpoint, "--conversation-runs", "5"),
-                *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED)),
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert completed.returncode == 0, completed.stderr
+        play_demo(runs, "--endpoint", backend.endpoint, "--conversation-runs", "5")
         conversations = sticky_conversations(SEED, 5)
         plans = [plan_run(SEED, index, conversations=conversations) for index in range(runs)]
         expected = {(plan.agent, plan.conversation_id) for plan in plans}
