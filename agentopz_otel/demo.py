@@ -436,8 +436,8 @@ def main(args: argparse.Namespace) -> int:
         if not getattr(args, name) > 0:
             print(f"agentopz-otel demo: --{name} must be greater than 0", file=sys.stderr)
             return 2
-    if args.conversation_runs is not None and not args.conversation_runs >= 1:
-        print("agentopz-otel demo: --conversation-runs must be at least 1", file=sys.stderr)
+    if args.conversation_runs is not None and not 1 <= args.conversation_runs < math.inf:
+        print("agentopz-otel demo: --conversation-runs must be a number of at least 1", file=sys.stderr)
         return 2
     protocol = "grpc" if args.protocol == "grpc" else "http"
     endpoint = args.endpoint or ("localhost:4317" if protocol == "grpc" else "localhost:4318")

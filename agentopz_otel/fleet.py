@@ -318,8 +318,8 @@ RunsDrawer = Callable[[random.Random], int]
 
 def geometric_runs(mean: float = CONVERSATION_MEAN_RUNS) -> RunsDrawer:
     """Draws a conversation's runs from the geometric distribution on 1, 2, ... with this mean."""
-    if mean < 1:
-        raise ValueError(f"a conversation has at least one run: mean {mean} < 1")
+    if not 1 <= mean < math.inf:
+        raise ValueError(f"a conversation has at least one run and a finite mean: {mean}")
     if mean == 1:
         return lambda rng: 1
     log_continue = math.log(1.0 - 1.0 / mean)

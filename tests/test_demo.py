@@ -317,10 +317,11 @@ def test_demo_rejects_bad_arguments(argument):
     assert "must be greater than 0" in completed.stderr
 
 
-def test_demo_rejects_fewer_than_one_run_per_conversation():
-    completed = subprocess.run(demo_command("--conversation-runs=0.9"), capture_output=True, text=True, timeout=30)
+@pytest.mark.parametrize("mean", ["0.9", "inf", "nan"])
+def test_demo_rejects_a_conversation_mean_that_is_not_a_number_of_at_least_one(mean):
+    completed = subprocess.run(demo_command(f"--conversation-runs={mean}"), capture_output=True, text=True, timeout=30)
     assert completed.returncode == 2
-    assert "--conversation-runs must be at least 1" in completed.stderr
+    assert "--conversation-runs must be a number of at least 1" in completed.stderr
 
 
 def play_demo(runs: int, *args: str) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ exact."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import random
 import statistics
 import sys
@@ -190,8 +191,9 @@ def test_runs_per_conversation_are_geometric_with_the_declared_mean():
     assert statistics.fmean(runs) == pytest.approx(6.0, abs=0.15)
     assert runs.count(1) / len(runs) == pytest.approx(1 / 6, abs=0.01)
     assert fleet.geometric_runs(1.0)(random.Random(0)) == 1
-    with pytest.raises(ValueError, match="at least one run"):
-        fleet.geometric_runs(0.5)
+    for mean in (0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="at least one run"):
+            fleet.geometric_runs(mean)
     with pytest.raises(ValueError, match="at least one run"):
         fleet.fixed_runs(0)
 
