@@ -54,10 +54,12 @@ from .fleet import (
     SUPPORT_CANARY,
     SUPPORT_VERSIONS,
     Call,
+    Conversations,
     RunPlan,
     VersionPicker,
     agent_attributes,
     call_attributes,
+    geometric_runs,
     plan_run,
 )
 
@@ -181,6 +183,11 @@ def _exporter(endpoint: str, protocol: str):
     if not url.rstrip("/").endswith("/v1/traces"):
         url = url.rstrip("/") + "/v1/traces"
     return HttpSpanExporter(endpoint=url)
+
+
+def sticky_conversations(seed: int, mean_runs: float) -> Conversations:
+    """The conversations `--conversation-runs` plays: drawn from the seed, so the same seed sends the same ids."""
+    return Conversations(random.Random(f"agentopz-demo-conversations:{seed}"), geometric_runs(mean_runs))
 
 
 def start_root(tracer, plan: RunPlan, wall_ns: int):
@@ -315,6 +322,7 @@ class Demo:
         drain: float = 120.0,
         log: Callable[[str], None] = lambda line: print(f"agentopz-otel demo: {line}", file=sys.stderr, flush=True),
         flags: PromptFlags | None = None,
+        conversation_runs: float | None = None,
     ) -> None:
         self.tracers = tracers
         self.flags = flags
@@ -329,6 +337,8 @@ class Demo:
         self.stopping = False
         self.abort = False
         self._arrivals = random.Random(f"agentopz-demo-arrivals:{seed}")
+        # None: every run is a conversation of its own, as the plan draws it.
+        self._conversations = None if conversation_runs is None else sticky_conversations(seed, conversation_runs)
 
     def _picker(self, wall_ns: int, roots: list) -> VersionPicker | None:
         """Picks the version over OpenFeature inside the run's agent span (started here, kept in `roots`),
@@ -374,7 +384,7 @@ class Demo:
             while not self.stopping and now >= next_arrival:
                 wall_ns = time.time_ns() - int((now - next_arrival) * 1e9)
                 roots: list = []
-                plan = plan_run(self.seed, index, self._picker(wall_ns, roots))
+                plan = plan_run(self.seed, index, self._picker(wall_ns, roots), self._conversations)
                 index += 1
                 tracer = self.tracers.tracers[plan.service]
                 execution = RunExecution(plan, tracer, next_arrival, wall_ns, roots[0] if roots else None)
@@ -426,10 +436,22 @@ def main(args: argparse.Namespace) -> int:
         if not getattr(args, name) > 0:
             print(f"agentopz-otel demo: --{name} must be greater than 0", file=sys.stderr)
             return 2
+    if args.conversation_runs is not None and not 1 <= args.conversation_runs < math.inf:
+        print("agentopz-otel demo: --conversation-runs must be a number of at least 1", file=sys.stderr)
+        return 2
     protocol = "grpc" if args.protocol == "grpc" else "http"
     endpoint = args.endpoint or ("localhost:4317" if protocol == "grpc" else "localhost:4318")
     tracers = Tracers(endpoint, protocol)
-    demo = Demo(tracers, args.rate, args.seed, args.speed, args.duration, args.runs, args.drain)
+    demo = Demo(
+        tracers,
+        args.rate,
+        args.seed,
+        args.speed,
+        args.duration,
+        args.runs,
+        args.drain,
+        conversation_runs=args.conversation_runs,
+    )
     if not args.no_rollout:
         demo.flags = _prompt_flags(args.flags_url, demo.log, args.canary_analysis)
 
@@ -509,6 +531,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--canary-analysis",
         action="store_true",
         help="start the canary under the service's canary analysis, which rolls the worse version back by itself",
+    )
+    parser.add_argument(
+        "--conversation-runs",
+        type=float,
+        metavar="MEAN",
+        help="sticky conversations: each agent's conversation id (the canary's targeting key) is reused for "
+        "MEAN runs on average, geometrically distributed (default: every run a conversation of its own)",
     )
     parser.add_argument(
         "--drain",

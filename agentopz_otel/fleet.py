@@ -11,14 +11,19 @@ fails, how often, retries), used by:
   shapes (`dialect`: the instrumentation their traces speak there);
 - the tests' span builders (tests/support), which start from `chat_attributes` and `tool_attributes`.
 
-Realistic shapes: a failed call answers fast (a 429 in tenths of a second), a successful one takes as
-long as its output tokens at the model's speed; retries back off exponentially with jitter; a rate-limit
-storm hits OpenAI for a window of runs; a runaway retry loop climbs past the budget.
+Realistic shapes: a failed call answers fast (a 429 in tenths of a second) unless it is a timeout,
+which takes its timeout; a successful chat call takes as long as its output tokens at the model's
+speed, a tool call its tool's declared seconds; retries back off exponentially with jitter; a
+rate-limit storm hits OpenAI for a window of runs; a runaway retry loop climbs past the budget. Runs
+come in sticky conversations (`Conversations`: ids per agent, runs per conversation geometric with a
+mean of CONVERSATION_MEAN_RUNS) for whoever wants a targeting key reused; the demo's plans draw one
+conversation id per run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,16 +35,21 @@ from .records import ABANDONED, BUDGET_EXCEEDED, ERROR, LLM_ERROR, QUALITY_FAILU
 
 # -- failure shapes, providers, models --------------------------------------------------------------
 
+# A failed call answers within this many seconds (a 429, an overload, a 404, a missing key): it ends
+# fast. A timeout takes its timeout, and a failure that does the work first (a failing test run) its work.
+FAILED_CALL_SECONDS = (0.08, 0.4)
+
 
 @dataclass(frozen=True)
 class Failure:
-    """How a failed call shows on its span: `error.type`, the status description, the HTTP status, and
-    the call status agentopz_llm_calls_total or agentopz_tool_calls_total counts it as."""
+    """How a failed call shows on its span: `error.type`, the status description, the HTTP status, the
+    call status agentopz_llm_calls_total or agentopz_tool_calls_total counts it as, and how long it takes."""
 
     type: str
     message: str
     http_status: int | None = None
     status: str = "error"
+    seconds: tuple[float, float] = FAILED_CALL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -126,16 +136,18 @@ PRICED_MODELS = tuple(model for model in MODELS.values() if model.priced)
 @dataclass(frozen=True)
 class Tool:
     name: str
+    seconds: tuple[float, float]  # how long an answered call takes
     failures: tuple[Failure, ...]  # how it fails, most common first
 
 
-KB_TIMEOUT = Failure("TimeoutError", "search_kb: backend did not answer within 1.5s")
+KB_TIMEOUT = Failure("TimeoutError", "search_kb: backend did not answer within 1.5s", seconds=(1.5, 1.55))
 KB_UNAVAILABLE = Failure("ServiceUnavailable", "search_kb: kb-search is unavailable", 503)
-CARRIER_TIMEOUT = Failure("TimeoutError", "carrier_api: read timed out after 30s")
+CARRIER_TIMEOUT = Failure("TimeoutError", "carrier_api: read timed out after 30s", seconds=(30.0, 30.5))
 SEARCH_UNAVAILABLE = Failure("HTTPError", "web_search: search backend unavailable", 503)
 PAGE_NOT_FOUND = Failure("HTTPError", "fetch_page: page not found", 404)
-TESTS_BROKEN = Failure("CalledProcessError", "run_tests: pytest exited with 2 (collection failed)")
-TEST_FLAKY = Failure("CalledProcessError", "run_tests: 1 failed (test_retry_backoff)")
+# A broken suite fails at collection, a flaky test at the end of a full run.
+TESTS_BROKEN = Failure("CalledProcessError", "run_tests: pytest exited with 2 (collection failed)", seconds=(4.0, 9.0))
+TEST_FLAKY = Failure("CalledProcessError", "run_tests: 1 failed (test_retry_backoff)", seconds=(3.0, 8.0))
 
 GENAI = "genai"  # the OpenTelemetry GenAI semantic conventions
 OPENINFERENCE = "openinference"
@@ -181,10 +193,22 @@ AGENTS = {
             GENAI,
             (GPT_4O_MINI, GPT_4O),
             (
-                Tool("search_kb", (KB_TIMEOUT, KB_UNAVAILABLE)),
-                Tool("lookup_customer", (Failure("KeyError", "lookup_customer: no customer with that email"),)),
-                Tool("create_ticket", (Failure("HTTPError", "create_ticket: ticketing API answered 502", 502),)),
-                Tool("escalate", (Failure("TimeoutError", "escalate: paging service timed out"),)),
+                Tool("search_kb", (0.08, 0.6), (KB_TIMEOUT, KB_UNAVAILABLE)),
+                Tool(
+                    "lookup_customer",
+                    (0.05, 0.3),
+                    (Failure("KeyError", "lookup_customer: no customer with that email"),),
+                ),
+                Tool(
+                    "create_ticket",
+                    (0.2, 0.8),
+                    (Failure("HTTPError", "create_ticket: ticketing API answered 502", 502),),
+                ),
+                Tool(
+                    "escalate",
+                    (0.3, 1.2),
+                    (Failure("TimeoutError", "escalate: paging service timed out", seconds=(10.0, 10.2)),),
+                ),
             ),
             (
                 "You are a customer support triage agent for Acme Cloud. Classify the request, look up the "
@@ -205,8 +229,8 @@ AGENTS = {
             GENAI,
             (GPT_4O_MINI, ADDRESS_PARSER),
             (
-                Tool("lookup_order", (Failure("KeyError", "lookup_order: no order with that id"),)),
-                Tool("carrier_api", (CARRIER_TIMEOUT,)),
+                Tool("lookup_order", (0.03, 0.25), (Failure("KeyError", "lookup_order: no order with that id"),)),
+                Tool("carrier_api", (0.2, 2.0), (CARRIER_TIMEOUT,)),
             ),
             (
                 "You track orders. Look the order up, ask the carrier for its status and answer with one JSON "
@@ -220,7 +244,7 @@ AGENTS = {
             0.15,
             OPENINFERENCE,
             (CLAUDE_SONNET,),
-            (Tool("web_search", (SEARCH_UNAVAILABLE,)), Tool("fetch_page", (PAGE_NOT_FOUND,))),
+            (Tool("web_search", (0.4, 1.6), (SEARCH_UNAVAILABLE,)), Tool("fetch_page", (0.3, 2.5), (PAGE_NOT_FOUND,))),
             (RESEARCH_SYSTEM,),
             limits={"max_cost_usd": 1.0, "max_steps": 30},
         ),
@@ -231,11 +255,11 @@ AGENTS = {
             GENAI,
             (GPT_4O,),
             (
-                Tool("read_file", (Failure("FileNotFoundError", "read_file: no such file"),)),
-                Tool("list_dir", (Failure("PermissionError", "list_dir: permission denied"),)),
-                Tool("run_tests", (TEST_FLAKY, TESTS_BROKEN)),
-                Tool("git_diff", (Failure("CalledProcessError", "git_diff: unknown revision"),)),
-                Tool("post_comment", (Failure("HTTPError", "post_comment: GitHub API answered 403", 403),)),
+                Tool("read_file", (0.02, 0.15), (Failure("FileNotFoundError", "read_file: no such file"),)),
+                Tool("list_dir", (0.01, 0.08), (Failure("PermissionError", "list_dir: permission denied"),)),
+                Tool("run_tests", (3.0, 8.0), (TEST_FLAKY, TESTS_BROKEN)),
+                Tool("git_diff", (0.05, 0.4), (Failure("CalledProcessError", "git_diff: unknown revision"),)),
+                Tool("post_comment", (0.2, 0.9), (Failure("HTTPError", "post_comment: GitHub API answered 403", 403),)),
             ),
             (
                 "You review pull requests. Read the diff, run the tests, and leave specific, actionable comments. "
@@ -252,10 +276,14 @@ AGENTS = {
             GENAI,
             (GPT_41_MINI, CLAUDE_HAIKU),
             (
-                Tool("list_tables", (Failure("TimeoutError", "list_tables: warehouse did not answer"),)),
-                Tool("describe_table", (Failure("ValueError", "describe_table: unknown table"),)),
-                Tool("run_query", (Failure("PermissionError", "run_query: read-only role cannot write"),)),
-                Tool("plot_chart", (Failure("ValueError", "plot_chart: no numeric column"),)),
+                Tool(
+                    "list_tables",
+                    (0.1, 0.6),
+                    (Failure("TimeoutError", "list_tables: warehouse did not answer", seconds=(20.0, 20.2)),),
+                ),
+                Tool("describe_table", (0.05, 0.4), (Failure("ValueError", "describe_table: unknown table"),)),
+                Tool("run_query", (0.5, 12.0), (Failure("PermissionError", "run_query: read-only role cannot write"),)),
+                Tool("plot_chart", (0.3, 1.5), (Failure("ValueError", "plot_chart: no numeric column"),)),
             ),
             (
                 "You translate business questions into read-only SQL over the warehouse. Inspect the schema "
@@ -270,14 +298,79 @@ LIMITS = {agent.name: agent.limits for agent in AGENTS.values() if agent.limits}
 # Runs whose index falls in [start, end) of every STORM_PERIOD runs hit an OpenAI rate-limit storm.
 STORM_PERIOD = 1200
 STORM_WINDOW = (300, 420)
-# A failed call answers within this many seconds (a 429, an overload); an answered one takes as long
-# as its output tokens at the model's speed, plus the time to the first token.
-FAILED_CALL_SECONDS = (0.08, 0.4)
+# An answered chat call takes as long as its output tokens at the model's speed, plus the time to the
+# first token (an unanswered one takes its failure's seconds).
 FIRST_TOKEN_SECONDS = (0.25, 0.6)
+# The agent's own work between two calls (parsing an answer, building the next prompt).
+THINK_SECONDS = (0.005, 0.05)
 # Run index % RUNAWAY_PERIOD == RUNAWAY_OFFSET: a research-assistant run stuck in a retry loop.
 RUNAWAY_PERIOD = 500
 RUNAWAY_OFFSET = 40
 RUNAWAY_ITERATIONS = (44, 50)
+
+# -- sticky conversations ---------------------------------------------------------------------------
+
+# A user asks again after a run with probability 1 - 1/CONVERSATION_MEAN_RUNS: runs per conversation
+# are geometric, most conversations short and a few long.
+CONVERSATION_MEAN_RUNS = 6.0
+RunsDrawer = Callable[[random.Random], int]
+
+
+def geometric_runs(mean: float = CONVERSATION_MEAN_RUNS) -> RunsDrawer:
+    """Draws a conversation's runs from the geometric distribution on 1, 2, ... with this mean."""
+    if not 1 <= mean < math.inf:
+        raise ValueError(f"a conversation has at least one run and a finite mean: {mean}")
+    if mean == 1:
+        return lambda rng: 1
+    log_continue = math.log(1.0 - 1.0 / mean)
+
+    def draw(rng: random.Random) -> int:
+        # Inverse CDF: P(runs > k) = (1 - 1/mean)^k; 1 - random() lies in (0, 1], so the log is finite.
+        return 1 + int(math.log(1.0 - rng.random()) / log_continue)
+
+    return draw
+
+
+def fixed_runs(runs: int) -> RunsDrawer:
+    """Every conversation has exactly `runs` runs."""
+    if runs < 1:
+        raise ValueError(f"a conversation has at least one run: {runs}")
+    return lambda rng: runs
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A run's place in its conversation."""
+
+    conversation_id: str  # gen_ai.conversation.id, and the run's targeting key for a rollout flag
+    index: int  # 0 for the conversation's first run
+    runs: int  # the conversation's runs in all
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.runs - 1
+
+
+class Conversations:
+    """Sticky conversations: each agent's runs come in conversations of several runs (as many as `runs`
+    draws), one after another, so a conversation id is the targeting key of all of them. The same rng
+    state gives the same ids and lengths; memory is one open conversation per agent."""
+
+    def __init__(self, rng: random.Random, runs: RunsDrawer | None = None) -> None:
+        self._rng = rng
+        self._runs = runs or geometric_runs()
+        self._open: dict[str, Turn] = {}
+
+    def next(self, agent: str) -> Turn:
+        """The agent's next run: the next turn of its open conversation, or the first of a new one."""
+        turn = self._open.get(agent)
+        if turn is None or turn.last:
+            turn = Turn(f"conv-{self._rng.getrandbits(48):012x}", 0, self._runs(self._rng))
+        else:
+            turn = Turn(turn.conversation_id, turn.index + 1, turn.runs)
+        self._open[agent] = turn
+        return turn
+
 
 # -- the demo's runs as data ------------------------------------------------------------------------
 
@@ -389,8 +482,8 @@ class _Builder:
         for attempt in range(attempts):
             if self.rng.random() < self._failure_rate(provider):
                 # The agent backs off before the next attempt.
-                end = self.t + self.rng.uniform(*FAILED_CALL_SECONDS)
                 failure = provider.failure
+                end = self.t + self.rng.uniform(*failure.seconds)
                 call = Call(
                     "chat",
                     self.t,
@@ -433,8 +526,10 @@ class _Builder:
         self.fail(last.error_type or "Error", last.error_message, LLM_ERROR)
         return False
 
-    def tool(self, name: str, low: float, high: float, error: Failure | None = None) -> None:
-        end = self.t + self.rng.uniform(low, high)
+    def tool(self, name: str, error: Failure | None = None) -> None:
+        """A tool call that takes the tool's declared seconds, or its failure's."""
+        seconds = AGENTS[self.plan.agent].tool(name).seconds if error is None else error.seconds
+        end = self.t + self.rng.uniform(*seconds)
         if error is None:
             self.plan.calls.append(Call("tool", self.t, end, name))
         else:
@@ -478,17 +573,17 @@ def _support(b: _Builder, rng: random.Random, pick_version: VersionPicker | None
         return
     b.think(0.005, 0.03)
     if tool_failure:
-        b.tool("search_kb", 0.2, 1.5, KB_TIMEOUT)
+        b.tool("search_kb", KB_TIMEOUT)
         b.think(0.02, 0.1)
-        b.tool("search_kb", 1.0, 2.5, KB_UNAVAILABLE)
+        b.tool("search_kb", KB_UNAVAILABLE)
         b.fail("ToolError", "search_kb failed twice; giving up", TOOL_ERROR)
         return
     if rng.random() < 0.04:  # a flaky search that works on the second try
-        b.tool("search_kb", 0.3, 1.5, KB_TIMEOUT)
+        b.tool("search_kb", KB_TIMEOUT)
         b.think(0.01, 0.05)
-    b.tool("search_kb", 0.08, 0.6)
+    b.tool("search_kb")
     if rng.random() < 0.5:
-        b.tool("lookup_customer", 0.05, 0.3)
+        b.tool("lookup_customer")
     b.think(0.005, 0.03)
     context = question + rng.randint(1800, 3200)
     answer = SUPPORT_REFUSAL if quality else rng.choice(SUPPORT_ANSWERS)
@@ -528,16 +623,16 @@ def _order(b: _Builder, rng: random.Random) -> None:
     if plan.scenario == "bug":
         b.fail("KeyError", "KeyError: 'tracking_number'", ERROR)
         return
-    b.tool("lookup_order", 0.03, 0.25)
+    b.tool("lookup_order")
     if plan.scenario == "crash":
         b.think(0.05, 0.2)
         plan.crashed = True
         plan.intended = ABANDONED
         return
     if plan.scenario == "carrier_hang":
-        b.tool("carrier_api", 30.0, 30.5, CARRIER_TIMEOUT)
+        b.tool("carrier_api", CARRIER_TIMEOUT)
     else:
-        b.tool("carrier_api", 0.2, 2.0)
+        b.tool("carrier_api")
     # A free-text address goes through the self-hosted parser.
     if rng.random() < 0.1 and not b.chat(ADDRESS_PARSER, rng.randint(150, 300), rng.randint(20, 40)):
         return
@@ -574,7 +669,7 @@ def _research(b: _Builder, rng: random.Random, runaway: bool) -> None:
         context = rng.randint(30000, 34000)
         b.chat(CLAUDE_SONNET, context, 300, cache_write=2200, system=RESEARCH_SYSTEM)
         for _ in range(rng.randint(*RUNAWAY_ITERATIONS)):
-            b.tool("web_search", 0.3, 0.9, SEARCH_UNAVAILABLE)
+            b.tool("web_search", SEARCH_UNAVAILABLE)
             context += rng.randint(1800, 2600)
             # The retries rewrite the scratchpad, so only the system prompt stays cached.
             b.chat(CLAUDE_SONNET, context, rng.randint(120, 250), cache_read=2200, system=RESEARCH_SYSTEM)
@@ -586,8 +681,8 @@ def _research(b: _Builder, rng: random.Random, runaway: bool) -> None:
     if not b.chat(CLAUDE_SONNET, context, rng.randint(120, 300), cache_write=2200, system=RESEARCH_SYSTEM):
         return
     for _ in range(rng.randint(2, 5)):
-        b.tool("web_search", 0.4, 1.6)
-        b.tool("fetch_page", 0.3, 2.5, None if rng.random() > 0.03 else PAGE_NOT_FOUND)
+        b.tool("web_search")
+        b.tool("fetch_page", None if rng.random() > 0.03 else PAGE_NOT_FOUND)
         context += rng.randint(1500, 4000)
         if not b.chat(CLAUDE_SONNET, context, rng.randint(150, 400), cache_read=context - 1500, system=RESEARCH_SYSTEM):
             return
@@ -618,17 +713,17 @@ def _code_review(b: _Builder, rng: random.Random) -> None:
     if not b.chat(GPT_4O, diff + 900, rng.randint(150, 300), cache_read=768):
         return
     for _ in range(rng.randint(2, 5)):
-        b.tool("read_file", 0.02, 0.15)
+        b.tool("read_file")
     context = diff + rng.randint(4000, 9000)
     if not b.chat(GPT_4O, context, rng.randint(200, 500), cache_read=diff):
         return
     if plan.scenario == "tests_broken":
-        b.tool("run_tests", 4.0, 9.0, TESTS_BROKEN)
+        b.tool("run_tests", TESTS_BROKEN)
         b.fail("ToolError", "cannot review: the test suite does not run", TOOL_ERROR)
         return
     if rng.random() < 0.08:  # a flaky test, green on the rerun
-        b.tool("run_tests", 3.0, 8.0, TEST_FLAKY)
-    b.tool("run_tests", 3.0, 8.0)
+        b.tool("run_tests", TEST_FLAKY)
+    b.tool("run_tests")
     quality = plan.scenario == "quality_failure"
     output = "" if quality else "LGTM with two suggestions: guard the empty-list case and add a test for it."
     if not b.chat(GPT_4O, context + 1500, 5 if quality else rng.randint(300, 700), context, output=output):
@@ -645,9 +740,12 @@ def in_storm(index: int) -> bool:
     return STORM_WINDOW[0] <= index % STORM_PERIOD < STORM_WINDOW[1]
 
 
-def plan_run(seed: int, index: int, pick_version: VersionPicker | None = None) -> RunPlan:
+def plan_run(
+    seed: int, index: int, pick_version: VersionPicker | None = None, conversations: Conversations | None = None
+) -> RunPlan:
     """The run with this index under this seed: always the same plan, but for support-triage's prompt
-    version when `pick_version` (called with the plan's agent and conversation id set) picks it."""
+    version when `pick_version` (called with the plan's agent and conversation id set) picks it, and for
+    the conversation id when `conversations` gives it (the next turn of the agent's conversation)."""
     rng = random.Random(f"agentopz-demo:{seed}:{index}")
     runaway = index % RUNAWAY_PERIOD == RUNAWAY_OFFSET
     if runaway:
@@ -658,7 +756,9 @@ def plan_run(seed: int, index: int, pick_version: VersionPicker | None = None) -
             if roll < agent.share:
                 break
             roll -= agent.share
-    conversation_id = f"conv-{rng.getrandbits(48):012x}"
+    conversation_id = f"conv-{rng.getrandbits(48):012x}"  # drawn either way: the rest of the plan stays
+    if conversations is not None:
+        conversation_id = conversations.next(agent.name).conversation_id
     plan = RunPlan(index, agent.service, agent.name, "normal", SUCCESS, conversation_id=conversation_id)
     plan.agent_version = agent.agent_version
     builder = _Builder(rng, plan, in_storm(index))

@@ -38,13 +38,16 @@ from pathlib import Path
 
 from agentopz_otel.fleet import (
     AGENTS,
-    FAILED_CALL_SECONDS,
     FIRST_TOKEN_SECONDS,
     OPENINFERENCE,
     PRICED_MODELS,
     PROVIDERS,
     SERVER_ERROR,
+    THINK_SECONDS,
+    Conversations,
+    Failure,
     Model,
+    Tool,
     agent_attributes,
     chat_attributes,
     otlp_attributes,
@@ -98,6 +101,7 @@ class SpanSpec:
     duration_ms: float
     error: str | None = None
     events: list = field(default_factory=list)
+    offset_ms: float = 0.0  # start, from the start of the trace's agent span
 
 
 class TraceFactory:
@@ -105,6 +109,7 @@ class TraceFactory:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
+        self.conversations = Conversations(rng)
 
     def _hex(self, digits: int) -> str:
         return f"{self.rng.getrandbits(digits * 4):0{digits}x}"
@@ -119,11 +124,15 @@ class TraceFactory:
             cached = rng.randrange(1024, input_tokens + 1, 128)
         return input_tokens, output_tokens, cached
 
-    def _chat_ms(self, model: Model, output_tokens: int, unanswered: bool) -> float:
-        """A failed call that got no answer returns fast; an answer takes its tokens at the model's speed."""
-        if unanswered:
-            return self.rng.uniform(*FAILED_CALL_SECONDS) * 1000
+    def _chat_ms(self, model: Model, output_tokens: int, failure: Failure | None) -> float:
+        """A failed call takes its failure's time (it ends fast); an answer its tokens at the model's speed."""
+        if failure is not None:
+            return self.rng.uniform(*failure.seconds) * 1000
         return (self.rng.uniform(*FIRST_TOKEN_SECONDS) + output_tokens / model.tokens_per_second) * 1000
+
+    def _tool_ms(self, tool: Tool, failure: Failure | None) -> float:
+        """An answered tool call takes the tool's declared time, a failed one its failure's (fast, or a timeout)."""
+        return self.rng.uniform(*(tool.seconds if failure is None else failure.seconds)) * 1000
 
     def _system_instructions(self, agent: str) -> str | None:
         prompts = AGENTS[agent].system_prompts
@@ -175,7 +184,7 @@ class TraceFactory:
             if failure is provider.failure:
                 for key in ("gen_ai.response.id", "gen_ai.response.finish_reasons", "gen_ai.usage.output_tokens"):
                     attributes.pop(key)
-        duration = self._chat_ms(model, output_tokens, failure is provider.failure)
+        duration = self._chat_ms(model, output_tokens, failure)
         return SpanSpec(f"chat {model.name}", 3, attributes, parent, duration, error, events)
 
     def semconv_tool(self, agent: str, parent: int) -> SpanSpec:
@@ -190,12 +199,12 @@ class TraceFactory:
             attributes["gen_ai.agent.name"] = agent
         error = None
         events = []
-        if rng.random() < 0.06:
-            failure = rng.choice(tool.failures)
+        failure = rng.choice(tool.failures) if rng.random() < 0.06 else None
+        if failure is not None:
             error = failure.type
             attributes["error.type"] = error
             events.append(("exception", {"exception.type": error, "exception.message": failure.message}))
-        return SpanSpec(f"execute_tool {tool.name}", 1, attributes, parent, rng.uniform(5, 2500), error, events)
+        return SpanSpec(f"execute_tool {tool.name}", 1, attributes, parent, self._tool_ms(tool, failure), error, events)
 
     def semconv_agent(self, agent: str, model: Model, conversation: str) -> SpanSpec:
         attributes = {
@@ -240,7 +249,7 @@ class TraceFactory:
         }
         if cached:
             attributes["llm.token_count.prompt_details.cache_read"] = cached
-        return SpanSpec("ChatCompletion", 1, attributes, parent, self._chat_ms(model, output_tokens, False))
+        return SpanSpec("ChatCompletion", 1, attributes, parent, self._chat_ms(model, output_tokens, None))
 
     def openinference_tool(self, agent: str, parent: int) -> SpanSpec:
         rng = self.rng
@@ -253,11 +262,11 @@ class TraceFactory:
             "output.value": "ok",
         }
         error = None
-        if rng.random() < 0.06:
-            failure = rng.choice(tool.failures)
+        failure = rng.choice(tool.failures) if rng.random() < 0.06 else None
+        if failure is not None:
             error = failure.type
             attributes["output.value"] = f"{error}: {failure.message}"
-        return SpanSpec(tool.name, 1, attributes, parent, rng.uniform(5, 2500), error)
+        return SpanSpec(tool.name, 1, attributes, parent, self._tool_ms(tool, failure), error)
 
     def openinference_agent(self, agent: str) -> SpanSpec:
         attributes = {
@@ -268,28 +277,44 @@ class TraceFactory:
         }
         return SpanSpec(agent, 1, attributes, None, 0.0)
 
+    def _chat(self, agent: str, model: Model, conversation: str, openinference: bool) -> SpanSpec:
+        if openinference:
+            return self.openinference_llm(agent, model, 0)
+        return self.semconv_chat(agent, model, 0, conversation)
+
     def trace(self, agent: str) -> list[SpanSpec]:
+        """One run: steps of a chat call and its tool calls, maybe a final answer. A failed chat call
+        (its client's retries spent) fails the run there, so a failed run lasts seconds and an answered
+        one the sum of its calls; a failed tool call is an answer the model works around."""
         rng = self.rng
-        conversation = "conv_" + self._hex(16)
+        conversation = self.conversations.next(agent).conversation_id
         model = rng.choice(PRICED_MODELS)
         openinference = AGENTS[agent].dialect == OPENINFERENCE
         root = self.openinference_agent(agent) if openinference else self.semconv_agent(agent, model, conversation)
         spans = [root]
+        chat = None
         for _ in range(rng.randint(2, 6)):
             call_model = model if rng.random() < 0.8 else rng.choice(PRICED_MODELS)
-            if openinference:
-                spans.append(self.openinference_llm(agent, call_model, 0))
-            else:
-                spans.append(self.semconv_chat(agent, call_model, 0, conversation))
+            chat = self._chat(agent, call_model, conversation, openinference)
+            spans.append(chat)
+            if chat.error is not None:
+                break
             for _ in range(rng.choice((0, 1, 1, 2))):
                 spans.append(self.openinference_tool(agent, 0) if openinference else self.semconv_tool(agent, 0))
-        if rng.random() < 0.5:
-            # a final answer after the last tool results
-            if openinference:
-                spans.append(self.openinference_llm(agent, model, 0))
-            else:
-                spans.append(self.semconv_chat(agent, model, 0, conversation))
-        spans[0].duration_ms = sum(span.duration_ms for span in spans[1:]) + rng.uniform(5, 50)
+        else:
+            if rng.random() < 0.5:
+                # a final answer after the last tool results
+                chat = self._chat(agent, model, conversation, openinference)
+                spans.append(chat)
+        if chat is not None and chat.error is not None:
+            root.error = chat.error
+            root.attributes["error.type"] = root.error
+        # Calls follow one another with the agent's own work between them.
+        clock = rng.uniform(*THINK_SECONDS) * 1000
+        for span in spans[1:]:
+            span.offset_ms = clock
+            clock += span.duration_ms + rng.uniform(*THINK_SECONDS) * 1000
+        root.duration_ms = clock
         return spans
 
 
@@ -360,7 +385,6 @@ def build_payloads(count: int, spans_per_request: int, seed: int, marker: bytes)
             trace_index += 1
             span_ids = [(rng.getrandbits(64) | 1).to_bytes(8, "big") for _ in specs]
             start = base_time + rng.randrange(3600 * NS)
-            cursor = start + int(rng.uniform(1, 20) * 1e6)
             for index, spec in enumerate(specs):
                 span = scope_spans.spans.add()
                 span.trace_id = trace_id
@@ -369,11 +393,7 @@ def build_payloads(count: int, spans_per_request: int, seed: int, marker: bytes)
                     span.parent_span_id = span_ids[spec.parent]
                 span.name = spec.name
                 span.kind = spec.kind
-                if index == 0:
-                    span.start_time_unix_nano = start
-                else:
-                    span.start_time_unix_nano = cursor
-                    cursor += int(spec.duration_ms * 1e6)
+                span.start_time_unix_nano = start + int(spec.offset_ms * 1e6)
                 span.end_time_unix_nano = span.start_time_unix_nano + int(spec.duration_ms * 1e6)
                 _set_attributes(span.attributes, spec.attributes)
                 for event_name, event_attributes in spec.events:

@@ -25,6 +25,7 @@ from support.demo import STACK_CONFIG, demo_command, stack_body
 from support.otlp_sinks import GrpcSink, attribute_value
 from support.service import service_body
 
+from agentopz_otel.demo import sticky_conversations
 from agentopz_otel.fleet import LIMITS, RESEARCH_SYSTEM, Call, RunPlan, plan_run
 from agentopz_otel.processors.runs import RunsConfig
 
@@ -315,19 +316,28 @@ def test_demo_rejects_bad_arguments(argument):
     assert "must be greater than 0" in completed.stderr
 
 
-def demo_with_flags(service, runs: int, *extra: str) -> subprocess.CompletedProcess:
-    """The demo against `service`'s flags, `runs` runs played fast; it must exit 0."""
+@pytest.mark.parametrize("mean", ["0.9", "inf", "nan"])
+def test_demo_rejects_a_conversation_mean_that_is_not_a_number_of_at_least_one(mean):
+    completed = subprocess.run(demo_command(f"--conversation-runs={mean}"), capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 2
+    assert "--conversation-runs must be a number of at least 1" in completed.stderr
+
+
+def play_demo(runs: int, *args: str) -> subprocess.CompletedProcess:
+    """The demo with `args`, `runs` runs played fast; it must exit 0."""
     completed = subprocess.run(
-        demo_command(
-            *("--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url, *extra),
-            *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED)),
-        ),
+        demo_command(*args, *("--runs", str(runs), "--rate", "200", "--speed", "50", "--seed", str(SEED))),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     return completed
+
+
+def demo_with_flags(service, runs: int, *extra: str) -> subprocess.CompletedProcess:
+    """The demo against `service`'s flags, `runs` runs played fast; it must exit 0."""
+    return play_demo(runs, "--endpoint", service.grpc_endpoint, "--flags-url", service.admin_url, *extra)
 
 
 def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service, tmp_path):
@@ -383,6 +393,26 @@ def test_demo_starts_a_canary_and_picks_versions_over_openfeature(start_service,
             assert attributes["feature_flag.result.variant"] == version
             assert attributes["feature_flag.result.reason"] == "split"
             assert attributes["feature_flag.context.id"].startswith("conv-")
+
+
+def test_demo_with_sticky_conversations_reuses_each_agents_conversation_ids():
+    """--conversation-runs: the runs' spans carry the seed's sticky conversation ids, several runs each."""
+    runs = 300
+    with GrpcSink() as backend:
+        play_demo(runs, "--endpoint", backend.endpoint, "--conversation-runs", "5")
+        conversations = sticky_conversations(SEED, 5)
+        plans = [plan_run(SEED, index, conversations=conversations) for index in range(runs)]
+        expected = {(plan.agent, plan.conversation_id) for plan in plans}
+        sent = set()
+        for _, _, span in backend.spans():
+            attributes = {kv.key: attribute_value(kv) for kv in span.attributes}
+            if "gen_ai.conversation.id" in attributes:
+                sent.add((attributes["gen_ai.agent.name"], attributes["gen_ai.conversation.id"]))
+    assert sent == expected
+    assert len(expected) < runs / 3
+    assert {plan.conversation_id for plan in plans}.isdisjoint(
+        plan_run(SEED, index).conversation_id for index in range(runs)
+    )
 
 
 @pytest.mark.timeout(300)

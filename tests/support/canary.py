@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from openfeature.evaluation_context import EvaluationContext
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from agentopz_otel import fleet
 from support.admin_api import Admin
 from support.sdk_agent import emit_chat
 
@@ -82,21 +84,23 @@ class Agent:
 
 
 class Conversations(Agent):
-    """Sticky users: five runs per conversation, each evaluating the flag with the conversation as its
-    targeting key through the OpenFeature TracingHook (the `feature_flag.evaluation` event on the run's
-    span carries `feature_flag.context.id`). Outcomes are shared within a conversation: one in ten of
-    each version's conversations fails in every run, the rest never do (both versions alike)."""
+    """Sticky users: the fleet's conversations of five runs each, each run evaluating the flag with the
+    conversation id as its targeting key through the OpenFeature TracingHook (the
+    `feature_flag.evaluation` event on the run's span carries `feature_flag.context.id`). Outcomes are
+    shared within a conversation: one in ten of each version's conversations fails in every run, the
+    rest never do (both versions alike)."""
 
     RUNS = 5
 
     def __init__(self, flags_url: str) -> None:
         super().__init__(flags_url, {})
         self.flags.add_hooks([TracingHook()])
+        self.turns = fleet.Conversations(random.Random(0), fleet.fixed_runs(self.RUNS))
         self.conversations: Counter[str] = Counter()
         self.failing: dict[str, bool] = {}
 
     def key(self) -> str:
-        return f"conversation-{(self.index - 1) // self.RUNS}"
+        return self.turns.next(AGENT).conversation_id
 
     def fails(self, version: str, key: str) -> bool:
         if key not in self.failing:

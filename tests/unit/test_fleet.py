@@ -4,8 +4,12 @@ exact."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import random
 import statistics
+import sys
+from pathlib import Path
 
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
@@ -133,3 +137,146 @@ def test_a_failed_demo_call_carries_its_failure_and_no_usage():
     assert attributes["http.response.status_code"] == 429
     assert attributes["server.address"] == "api.openai.com"
     assert not any(key.startswith("gen_ai.usage.") or key.startswith("gen_ai.response.") for key in attributes)
+
+
+def test_tool_calls_take_their_tools_declared_seconds_and_failures_end_fast():
+    assert fleet.AGENTS["support-triage"].tool("search_kb").seconds == (0.08, 0.6)
+    # A timeout takes its timeout; a failure that did the work first takes the work's time; the rest end fast.
+    assert fleet.KB_TIMEOUT.seconds == (1.5, 1.55)
+    assert fleet.CARRIER_TIMEOUT.seconds == (30.0, 30.5)
+    assert fleet.TESTS_BROKEN.seconds == (4.0, 9.0)
+    assert fleet.KB_UNAVAILABLE.seconds == fleet.PAGE_NOT_FOUND.seconds == fleet.FAILED_CALL_SECONDS
+    failures = {
+        failure.message: failure for agent in fleet.AGENTS.values() for tool in agent.tools for failure in tool.failures
+    }
+    seen = set()
+    for plan in PLANS:
+        for call in plan.calls:
+            if call.kind != "tool":
+                continue
+            tool = fleet.AGENTS[plan.agent].tool(call.name)
+            low, high = tool.seconds if call.status == "ok" else failures[call.error_message].seconds
+            assert low <= call.end - call.start <= high, (plan.index, call)
+            seen.add(call.error_message if call.status != "ok" else "ok")
+    assert seen == {
+        "ok",
+        fleet.KB_TIMEOUT.message,
+        fleet.KB_UNAVAILABLE.message,
+        fleet.CARRIER_TIMEOUT.message,
+        fleet.SEARCH_UNAVAILABLE.message,
+        fleet.PAGE_NOT_FOUND.message,
+        fleet.TESTS_BROKEN.message,
+        fleet.TEST_FLAKY.message,
+    }
+
+
+class _Uniform(random.Random):
+    """Returns one set value from random(): an inverse CDF's input, pinned."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_runs_per_conversation_are_geometric_with_the_declared_mean():
+    draw = fleet.geometric_runs()
+    assert fleet.CONVERSATION_MEAN_RUNS == 6.0
+    # P(runs > k) = (5/6)^k: a draw u gives 1 + floor(log(1 - u) / log(5/6)).
+    assert [draw(_Uniform(u)) for u in (0.0, 0.16, 0.17, 0.3, 0.31, 0.99)] == [1, 1, 2, 2, 3, 26]
+    runs = [draw(random.Random(f"conversations:{index}")) for index in range(20000)]
+    assert min(runs) == 1
+    assert statistics.fmean(runs) == pytest.approx(6.0, abs=0.15)
+    assert runs.count(1) / len(runs) == pytest.approx(1 / 6, abs=0.01)
+    assert fleet.geometric_runs(1.0)(random.Random(0)) == 1
+    for mean in (0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="at least one run"):
+            fleet.geometric_runs(mean)
+    with pytest.raises(ValueError, match="at least one run"):
+        fleet.fixed_runs(0)
+
+
+def test_conversations_are_sticky_per_agent_and_seeded():
+    conversations = fleet.Conversations(random.Random(3), fleet.fixed_runs(3))
+    turns = [(agent, conversations.next(agent)) for agent in ("a", "b", "a", "a", "a", "b", "b", "b")]
+    ids = {turn.conversation_id for _, turn in turns}
+    assert len(ids) == 4
+    assert all(len(id_) == 17 and id_.startswith("conv-") and int(id_[5:], 16) >= 0 for id_ in ids)
+    a = [turn for agent, turn in turns if agent == "a"]
+    b = [turn for agent, turn in turns if agent == "b"]
+    assert [(turn.index, turn.runs, turn.last) for turn in a] == [
+        (0, 3, False),
+        (1, 3, False),
+        (2, 3, True),
+        (0, 3, False),
+    ]
+    assert [turn.index for turn in b] == [0, 1, 2, 0]
+    assert a[0].conversation_id == a[1].conversation_id == a[2].conversation_id != a[3].conversation_id
+    assert b[0].conversation_id == b[2].conversation_id != b[3].conversation_id
+    assert a[0].conversation_id != b[0].conversation_id
+    # The same rng state draws the same conversations.
+    again = fleet.Conversations(random.Random(3), fleet.fixed_runs(3))
+    assert [again.next(agent) for agent, _ in turns] == [turn for _, turn in turns]
+    # Geometric by default: a conversation's turns run 0 .. runs - 1, then a new one opens.
+    sticky = fleet.Conversations(random.Random(4))
+    turns = [sticky.next("a") for _ in range(2000)]
+    starts = [turn for turn in turns if turn.index == 0]
+    assert len(starts) == len({turn.conversation_id for turn in turns})
+    assert len(turns) / len(starts) == pytest.approx(6.0, abs=0.6)
+
+
+def _bench():
+    """bench/bench.py, a script rather than a package module, loaded from its file."""
+    spec = importlib.util.spec_from_file_location("bench_script", Path(__file__).parent.parent / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_runs_take_the_fleets_latencies_and_a_failed_chat_ends_the_run():
+    factory = _bench().TraceFactory(random.Random(7))
+    traces = [factory.trace(agent) for _ in range(300) for agent in fleet.AGENTS]
+    failed = [spans for spans in traces if spans[0].error is not None]
+    assert len(failed) > 20
+    for spans in traces:
+        root, calls = spans[0], spans[1:]
+        # One call after another, the agent's own work between them, the run ending after the last.
+        previous_end = 0.0
+        for span in calls:
+            gap = span.offset_ms - previous_end
+            assert fleet.THINK_SECONDS[0] * 1000 <= gap <= fleet.THINK_SECONDS[1] * 1000
+            previous_end = span.offset_ms + span.duration_ms
+        assert fleet.THINK_SECONDS[0] * 1000 <= root.duration_ms - previous_end <= fleet.THINK_SECONDS[1] * 1000
+        chat_errors = [span for span in calls if span.kind == 3 and span.error is not None]
+        if root.error is None:
+            assert chat_errors == []
+        else:
+            # The failed chat call is the run's last span and its error is the run's.
+            assert chat_errors == [calls[-1]]
+            assert root.error == root.attributes["error.type"] == calls[-1].error
+            assert calls[-1].duration_ms <= fleet.FAILED_CALL_SECONDS[1] * 1000
+    conversations = [spans[0].attributes.get("gen_ai.conversation.id") for spans in traces]
+    semconv = [conversation for conversation in conversations if conversation is not None]
+    assert len(semconv) == 1200  # four of the five agents speak the GenAI conventions
+    assert len(set(semconv)) < len(semconv) / 3  # runs come in conversations
+
+
+def test_plans_with_sticky_conversations_differ_only_in_their_conversation_ids():
+    conversations = fleet.Conversations(random.Random(9), fleet.fixed_runs(4))
+    sticky = [fleet.plan_run(1, index, conversations=conversations) for index in range(400)]
+    for plan, same in zip(sticky, PLANS, strict=False):
+        assert plan.conversation_id != same.conversation_id
+        plan.conversation_id = same.conversation_id
+        assert plan == same
+    again = fleet.Conversations(random.Random(9), fleet.fixed_runs(4))
+    ids = [fleet.plan_run(1, index, conversations=again).conversation_id for index in range(400)]
+    by_agent: dict[str, list[str]] = {}
+    for plan, conversation_id in zip(PLANS, ids, strict=False):
+        by_agent.setdefault(plan.agent, []).append(conversation_id)
+    for agent_ids in by_agent.values():
+        # Each agent's runs come four to a conversation, in turn.
+        assert agent_ids[::4] == list(dict.fromkeys(agent_ids))
+        assert all(agent_ids[index] == agent_ids[index - index % 4] for index in range(len(agent_ids)))
