@@ -378,9 +378,9 @@ def test_a_healthy_candidate_with_sticky_correlated_conversations_is_promoted(
     assert rollout["state"] == "promoted"
     actions = analysis_actions(service)
     assert [entry["action"] for entry in actions] == ["advance", "advance", "advance", "promote"]
-    # Both versions failed in one conversation of ten, every run of it.
-    assert agent.failed["v2"] >= 5
-    assert agent.failed["v1"] % 5 == 0 and agent.failed["v1"] >= 5
+    # Both versions failed in one conversation of ten, every run of it (a conversation the split moved to
+    # the candidate, or cut short by the promotion, leaves part of its failed runs with each version).
+    assert agent.failed["v2"] >= 5 and agent.failed["v1"] >= 5
     quality = [entry["evidence"]["guards"]["quality"]["evidence"] for entry in actions]
     assert all(evidence["design_effect"] > 2 for evidence in quality)
 
