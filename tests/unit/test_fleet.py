@@ -9,10 +9,10 @@ import math
 import random
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from support import ROOT
 
 from agentopz_otel import fleet
 from agentopz_otel.records import BUDGET_EXCEEDED
@@ -229,7 +229,7 @@ def test_conversations_are_sticky_per_agent_and_seeded():
 
 def _bench():
     """bench/bench.py, a script rather than a package module, loaded from its file."""
-    spec = importlib.util.spec_from_file_location("bench_script", Path(__file__).parent.parent / "bench" / "bench.py")
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "bench" / "bench.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
