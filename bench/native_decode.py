@@ -1,0 +1,332 @@
+#!/usr/bin/env python
+"""Prototype figure for a native decoder: OTLP protobuf bytes straight into normalize's view fields.
+
+    .venv/bin/python bench/native_decode.py                                   # in-process figures
+    .venv/bin/python bench/bench.py --runs --duration 12 --warmup 3 --json /tmp/bench.json
+    .venv/bin/python bench/native_decode.py --bench-json /tmp/bench.json     # + end-to-end projection
+
+Compiles bench/native_decode/decode.c with the C compiler into a temporary directory (skips with a
+message when there is none) and loads it with ctypes. It decodes bench.py's own requests and checks
+that every span it decodes natively gives the same SpanView as the service's path (receiver parse,
+then Normalizer), field by field. Spans the prototype does not cover (another dialect's keys, events,
+a failed call, a value that is not the usual type) are marked by the decoder and read in Python, from
+their own bytes. It prints CPU µs per span (best of --repeat): protobuf parse + normalize as the
+service does it, the native decode alone, and the native decode with the SpanViews built from its
+output. Then it runs bench/pipeline_stages.py and substitutes the native figure for its receive and
+normalize stages; with --bench-json (bench.py's results of the same pipeline) it adds the measured
+gRPC and event-loop cost per span and sets the projection against rotel's spans per CPU-second.
+This is a measurement, not the service's code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from agentopz_otel.metrics import Registry
+from agentopz_otel.model import SpanView
+from agentopz_otel.processors.normalize import Normalizer
+from agentopz_otel.receivers.otlp import parse_protobuf_request, remove_invalid_spans
+from agentopz_otel.semconv.dialects import _SEMCONV_OPERATIONS, ATTRIBUTE_TABLE
+from agentopz_otel.semconv.values import as_first_text, as_token_count
+from bench import build_payloads
+
+SOURCE = Path(__file__).resolve().parent / "native_decode" / "decode.c"
+STAGES = Path(__file__).resolve().parent / "pipeline_stages.py"
+
+# Must match decode.c: conversions, span flags, header layout, slot markers.
+TEXT, COUNT, FIRST_TEXT = 0, 1, 2
+FALLBACK, INVALID_IDS = 1, 2
+(FLAGS, SPAN_OFFSET, SPAN_LENGTH, TRACE_ID, SPAN_ID, PARENT_ID, PARENT_LENGTH) = range(7)
+(NAME, NAME_LENGTH, START, END, SERVICE, SERVICE_LENGTH, HEADER) = range(7, 14)
+ABSENT, NUMBER = -1, -2
+PER_SLOT = 3  # value or offset, length or marker, the winning name's priority
+
+# The attributes decoded natively: the OpenTelemetry GenAI semantic conventions' names of the fields
+# normalize's view takes, with what turns the decoded text into the field's value (None: as it is).
+# Every other name of the dialect table makes its span fall back to Python.
+_tag: Callable[[str], Callable[[str], tuple[str, str]]] = lambda tag: lambda text: (tag, text)  # noqa: E731
+COVERED: dict[str, Callable[[Any], Any] | None] = {
+    "gen_ai.operation.name": _SEMCONV_OPERATIONS.get,
+    "gen_ai.provider.name": None,
+    "gen_ai.system": None,
+    "gen_ai.response.model": None,
+    "gen_ai.request.model": None,
+    "gen_ai.usage.input_tokens": None,
+    "gen_ai.usage.prompt_tokens": None,
+    "gen_ai.usage.output_tokens": None,
+    "gen_ai.usage.completion_tokens": None,
+    "gen_ai.usage.cache_read.input_tokens": None,
+    "gen_ai.usage.cache_read_input_tokens": None,
+    "gen_ai.usage.cache_write.input_tokens": None,
+    "gen_ai.usage.cache_creation.input_tokens": None,
+    "gen_ai.usage.cache_creation_input_tokens": None,
+    "gen_ai.usage.cache_write_input_tokens": None,
+    "gen_ai.usage.reasoning.output_tokens": None,
+    "gen_ai.usage.reasoning_tokens": None,
+    "gen_ai.usage.details.reasoning_tokens": None,
+    "gen_ai.agent.name": None,
+    "gen_ai.tool.name": None,
+    "gen_ai.response.finish_reasons": None,
+    "gen_ai.response.id": None,
+    "gen_ai.system_instructions": _tag("parts"),
+    "gen_ai.input.messages": _tag("messages"),
+    "gen_ai.output.messages": _tag("messages"),
+}
+# Read only for a failed call, which falls back: left out of the table, so never looked at.
+NOT_READ = frozenset({"http.response.status_code", "http.status_code"})
+
+
+class NativeSpan(NamedTuple):
+    """What SpanView and Normalizer._fill read of a span, from the decoder's output."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    name: str
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+
+
+class Decoder:
+    """The compiled decoder, configured with the key table."""
+
+    def __init__(self, library: Path) -> None:
+        self._lib = ctypes.CDLL(str(library))
+        self._lib.decode.restype = ctypes.c_int64
+        self._lib.decode.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int64)
+        fields = list(dict.fromkeys(ATTRIBUTE_TABLE[name][0] for name in COVERED))
+        # Per slot: (field, per priority: the conversion of the name with that priority).
+        self.slots: list[tuple[str, dict[int, Callable[[Any], Any] | None]]] = [(field, {}) for field in fields]
+        names, slot, priority, conversion = [], [], [], []
+        for name, (field, rank, converter) in ATTRIBUTE_TABLE.items():
+            if name in NOT_READ:
+                continue
+            names.append(name.encode())
+            priority.append(rank)
+            if name not in COVERED:
+                slot.append(-1)
+                conversion.append(TEXT)
+                continue
+            slot.append(fields.index(field))
+            self.slots[fields.index(field)][1][rank] = COVERED[name]
+            conversion.append(
+                COUNT if converter is as_token_count else FIRST_TEXT if converter is as_first_text else TEXT
+            )
+        self._keys = b"".join(names)  # the table points into these bytes: kept while the library is
+        ints = ctypes.c_int32 * len(names)
+        status = self._lib.configure(
+            self._keys,
+            ints(*map(len, names)),
+            ints(*slot),
+            ints(*priority),
+            ints(*conversion),
+            len(names),
+            len(fields),
+        )
+        if status != 0:
+            raise RuntimeError("the key table does not fit the decoder")
+        self.stride = HEADER + PER_SLOT * len(fields)
+        self._out = array("q", bytes(8 * self.stride * 1024))
+
+    def decode(self, body: bytes) -> list[int] | None:
+        """The decoder's numbers for each span in request order, or None when the bytes are malformed."""
+        while True:
+            address, _ = self._out.buffer_info()
+            capacity = len(self._out) // self.stride
+            count = self._lib.decode(body, len(body), address, capacity)
+            if count == -1:
+                return None
+            if count >= 0:
+                return self._out[: count * self.stride].tolist()
+            self._out = array("q", bytes(8 * self.stride * (-2 - count)))
+
+
+def native_views(body: bytes, decoder: Decoder, normalizer: Normalizer) -> list[SpanView] | None:
+    """The request's views from the native decoder's output; spans it left to Python are read there."""
+    numbers = decoder.decode(body)
+    if numbers is None:
+        return None
+    views: list[SpanView] = []
+    add = views.append
+    services: dict[int, str] = {}
+    slots = decoder.slots
+    fill = Normalizer._fill
+    for base in range(0, len(numbers), decoder.stride):
+        flags = numbers[base]
+        if flags & INVALID_IDS:
+            continue  # the receiver drops it
+        offset = numbers[base + SERVICE]
+        service = services.get(offset)
+        if service is None:
+            length = numbers[base + SERVICE_LENGTH]
+            service = services[offset] = body[offset : offset + length].decode() if length else "unknown_service"
+        if flags & FALLBACK:
+            offset = numbers[base + SPAN_OFFSET]
+            add(normalizer.view(Span.FromString(body[offset : offset + numbers[base + SPAN_LENGTH]]), service))
+            continue
+        values: dict[str, Any] = {}
+        at = base + HEADER
+        for field, conversions in slots:
+            length = numbers[at + 1]
+            if length != ABSENT:
+                value = numbers[at]
+                if length != NUMBER:
+                    value = body[value : value + length].decode()
+                convert = conversions[numbers[at + 2]]
+                if convert is None or (value := convert(value)) is not None:
+                    values[field] = value
+            at += PER_SLOT
+        trace, span_id, parent, name = (
+            numbers[base + TRACE_ID],
+            numbers[base + SPAN_ID],
+            numbers[base + PARENT_ID],
+            numbers[base + NAME],
+        )
+        span = NativeSpan(
+            body[trace : trace + 16],
+            body[span_id : span_id + 8],
+            body[parent : parent + numbers[base + PARENT_LENGTH]],
+            body[name : name + numbers[base + NAME_LENGTH]].decode(),
+            numbers[base + START],
+            numbers[base + END],
+        )
+        view = SpanView(span, service)  # type: ignore[arg-type]
+        fill(view, span, values, False)  # type: ignore[arg-type]
+        add(view)
+    return views
+
+
+def compile_decoder(directory: Path) -> Path | None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    library = directory / "decode.so"
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(SOURCE)], check=True)
+    return library
+
+
+def new_normalizer() -> Normalizer:
+    return Normalizer(Registry().metric("agentopz_invalid_attributes_total"))
+
+
+COMPARED = tuple(name for name in SpanView.__slots__ if name != "span")
+
+
+def compare(payloads: list[tuple[bytes, int]], decoder: Decoder) -> tuple[int, int, list[str]]:
+    """(spans decoded natively, spans left to Python, mismatches) against the service's path."""
+    native = fallback = 0
+    mismatches: list[str] = []
+    for body, _ in payloads:
+        request = parse_protobuf_request(body)
+        remove_invalid_spans(request)
+        expected = new_normalizer().views(request)
+        got = native_views(body, decoder, new_normalizer())
+        if got is None or len(got) != len(expected):
+            mismatches.append(f"request: {len(expected)} views expected, got {None if got is None else len(got)}")
+            continue
+        for want, have in zip(expected, got, strict=True):
+            if isinstance(have.span, Span):
+                fallback += 1
+                continue
+            native += 1
+            for name in COMPARED:
+                if getattr(want, name) != getattr(have, name):
+                    mismatches.append(f"{name}: {getattr(want, name)!r} != {getattr(have, name)!r}")
+    return native, fallback, mismatches
+
+
+def best_us_per_span(work: Callable[[bytes], object], payloads: list[tuple[bytes, int]], repeat: int) -> float:
+    spans = sum(count for _, count in payloads)
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        for body, _ in payloads:
+            work(body)
+        best = min(best, time.process_time() - started)
+    return best / spans * 1e6
+
+
+def python_path(body: bytes, normalizer: Normalizer) -> None:
+    request = parse_protobuf_request(body)
+    remove_invalid_spans(request)
+    normalizer.views(request)
+
+
+def pipeline_stages(no_runs: bool) -> dict[str, float]:
+    """bench/pipeline_stages.py's best µs per span, by stage."""
+    command = [sys.executable, str(STAGES), "--requests", "100"] + (["--no-runs"] if no_runs else [])
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    print(output, end="")
+    return {m[1].strip(): float(m[2]) for m in re.finditer(r"^(.+?)\s+([\d.]+)\s+[\d.]+$", output, re.MULTILINE)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions per figure; the best is printed")
+    parser.add_argument("--payloads", type=int, default=32)
+    parser.add_argument("--spans-per-request", type=int, default=512)
+    parser.add_argument("--no-runs", action="store_true", help="project the pipeline without the runs processor")
+    parser.add_argument("--bench-json", type=Path, help="bench.py --json results of the same pipeline and rotel")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as directory:
+        library = compile_decoder(Path(directory))
+        if library is None:
+            print("skipped: no C compiler (cc or gcc) on PATH to build bench/native_decode/decode.c")
+            return
+        decoder = Decoder(library)
+    payloads = build_payloads(args.payloads, args.spans_per_request, 7, b"\x01" * 8)
+    native, fallback, mismatches = compare(payloads, decoder)
+    print(f"decoded natively {native} spans, left to Python {fallback} ({fallback / (native + fallback):.1%})")
+    print(f"mismatches against receiver parse + Normalizer: {len(mismatches)}")
+    for line in mismatches[:20]:
+        print("  " + line)
+
+    gc.set_threshold(50_000, 50, 100)  # as the service runs
+    gc.freeze()
+    normalizer = new_normalizer()
+    python = best_us_per_span(lambda body: python_path(body, normalizer), payloads, args.repeat)
+    decode_only = best_us_per_span(decoder.decode, payloads, args.repeat)
+    with_views = best_us_per_span(lambda body: native_views(body, decoder, normalizer), payloads, args.repeat)
+    print(f"µs per span, best of {args.repeat}, {len(payloads)} requests x {args.spans_per_request} spans")
+    print(f"  protobuf parse + ids + normalize (Python) {python:8.2f}")
+    print(f"  native decode alone                       {decode_only:8.2f}")
+    print(f"  native decode + SpanViews (+ fallbacks)   {with_views:8.2f}")
+
+    stages = pipeline_stages(args.no_runs)
+    replaced = stages["receive (parse, ids)"] + stages["Normalizer"]
+    in_process = stages["total"] - replaced + with_views
+    print(f"projected in process: {stages['total']:.2f} - {replaced:.2f} + {with_views:.2f} = {in_process:.2f} µs")
+    print(f"  => {1e6 / in_process:,.0f} spans per CPU-second (no gRPC, no event loop)")
+    if args.bench_json is None:
+        print("(give --bench-json from bench.py of the same pipeline for the end-to-end projection against rotel)")
+        return
+    results = {entry["name"]: entry["load"] for entry in json.loads(args.bench_json.read_text())}
+    service = results["agentopz-otel"]["spans_per_cpu_second"]
+    rotel = results["rotel (pass-through)"]["spans_per_cpu_second"]
+    overhead = 1e6 / service - stages["total"]
+    projected = 1e6 / (in_process + overhead)
+    print(f"end to end now: {service:,.0f} spans per CPU-second = {1e6 / service:.2f} µs a span;")
+    print(f"  gRPC and event loop {overhead:.2f} µs a span beyond the in-process stages")
+    print(f"projected end to end: {in_process:.2f} + {overhead:.2f} µs => {projected:,.0f} spans per CPU-second")
+    print(f"rotel, same bench run: {rotel:,.0f} spans per CPU-second")
+    print(f"  ratio to rotel per CPU-second: now {service / rotel:.2f}x, projected {projected / rotel:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
