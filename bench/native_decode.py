@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,10 +39,10 @@ from typing import Any, NamedTuple
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import SpanView
+from agentopz_otel.model import EVALUATOR, SpanView
 from agentopz_otel.processors.normalize import Normalizer
 from agentopz_otel.receivers.otlp import parse_protobuf_request, remove_invalid_spans
-from agentopz_otel.semconv.dialects import _SEMCONV_OPERATIONS, ATTRIBUTE_TABLE
+from agentopz_otel.semconv.dialects import _OPENINFERENCE_KINDS, _SEMCONV_OPERATIONS, ATTRIBUTE_TABLE
 from agentopz_otel.semconv.values import as_first_text, as_token_count
 from bench import build_payloads
 
@@ -52,12 +53,13 @@ STAGES = Path(__file__).resolve().parent / "pipeline_stages.py"
 TEXT, COUNT, FIRST_TEXT = 0, 1, 2
 FALLBACK, INVALID_IDS = 1, 2
 (FLAGS, SPAN_OFFSET, SPAN_LENGTH, TRACE_ID, SPAN_ID, PARENT_ID, PARENT_LENGTH) = range(7)
-(NAME, NAME_LENGTH, START, END, SERVICE, SERVICE_LENGTH, HEADER) = range(7, 14)
-ABSENT, NUMBER = -1, -2
-PER_SLOT = 3  # value or offset, length or marker, the winning name's priority
+(NAME, NAME_LENGTH, START, END, SERVICE, SERVICE_LENGTH, PRESENT, HEADER) = range(7, 15)
+NUMBER = -2
+PER_SLOT = 3  # name (its position in the key table), value or offset, length or marker
 
-# The attributes decoded natively: the OpenTelemetry GenAI semantic conventions' names of the fields
-# normalize's view takes, with what turns the decoded text into the field's value (None: as it is).
+# The attributes decoded natively: the OpenTelemetry GenAI semantic conventions' and OpenInference's
+# names of the fields normalize's view takes, with what turns the decoded value into the field's (None:
+# as it is; a value that gives None leaves the span to Python, as an operation no kind is known for).
 # Every other name of the dialect table makes its span fall back to Python.
 _tag: Callable[[str], Callable[[str], tuple[str, str]]] = lambda tag: lambda text: (tag, text)  # noqa: E731
 COVERED: dict[str, Callable[[Any], Any] | None] = {
@@ -86,6 +88,21 @@ COVERED: dict[str, Callable[[Any], Any] | None] = {
     "gen_ai.system_instructions": _tag("parts"),
     "gen_ai.input.messages": _tag("messages"),
     "gen_ai.output.messages": _tag("messages"),
+    # OpenInference; an EVALUATOR span reads its links, which the prototype does not decode.
+    "openinference.span.kind": {name: kind for name, kind in _OPENINFERENCE_KINDS.items() if kind != EVALUATOR}.get,
+    "llm.provider": None,
+    "llm.system": None,
+    "llm.model_name": None,
+    "llm.token_count.prompt": None,
+    "llm.token_count.completion": None,
+    "llm.token_count.prompt_details.cache_read": None,
+    "agent.name": None,
+    "tool.name": None,
+    "llm.input_messages.0.message.role": None,
+    "llm.input_messages.0.message.content": None,
+    "llm.output_messages.0.message.content": _tag("text"),
+    "output.value": _tag("response"),
+    "input.value": _tag("json_or_text"),
 }
 # Read only for a failed call, which falls back: left out of the table, so never looked at.
 NOT_READ = frozenset({"http.response.status_code", "http.status_code"})
@@ -110,20 +127,20 @@ class Decoder:
         self._lib.decode.restype = ctypes.c_int64
         self._lib.decode.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int64)
         fields = list(dict.fromkeys(ATTRIBUTE_TABLE[name][0] for name in COVERED))
-        # Per slot: (field, per priority: the conversion of the name with that priority).
-        self.slots: list[tuple[str, dict[int, Callable[[Any], Any] | None]]] = [(field, {}) for field in fields]
+        # Per name of the key table: its field and what turns its decoded value into the field's.
+        self.names: list[tuple[str, Callable[[Any], Any] | None]] = []
         names, slot, priority, conversion = [], [], [], []
         for name, (field, rank, converter) in ATTRIBUTE_TABLE.items():
             if name in NOT_READ:
                 continue
             names.append(name.encode())
+            self.names.append((field, COVERED.get(name)))
             priority.append(rank)
             if name not in COVERED:
                 slot.append(-1)
                 conversion.append(TEXT)
                 continue
             slot.append(fields.index(field))
-            self.slots[fields.index(field)][1][rank] = COVERED[name]
             conversion.append(
                 COUNT if converter is as_token_count else FIRST_TEXT if converter is as_first_text else TEXT
             )
@@ -164,8 +181,7 @@ def native_views(body: bytes, decoder: Decoder, normalizer: Normalizer) -> list[
     views: list[SpanView] = []
     add = views.append
     services: dict[int, str] = {}
-    slots = decoder.slots
-    fill = Normalizer._fill
+    names = decoder.names
     for base in range(0, len(numbers), decoder.stride):
         flags = numbers[base]
         if flags & INVALID_IDS:
@@ -176,39 +192,50 @@ def native_views(body: bytes, decoder: Decoder, normalizer: Normalizer) -> list[
             length = numbers[base + SERVICE_LENGTH]
             service = services[offset] = body[offset : offset + length].decode() if length else "unknown_service"
         if flags & FALLBACK:
-            offset = numbers[base + SPAN_OFFSET]
-            add(normalizer.view(Span.FromString(body[offset : offset + numbers[base + SPAN_LENGTH]]), service))
+            add(python_view(body, numbers, base, service, normalizer))
             continue
         values: dict[str, Any] = {}
-        at = base + HEADER
-        for field, conversions in slots:
-            length = numbers[at + 1]
-            if length != ABSENT:
-                value = numbers[at]
-                if length != NUMBER:
-                    value = body[value : value + length].decode()
-                convert = conversions[numbers[at + 2]]
-                if convert is None or (value := convert(value)) is not None:
-                    values[field] = value
-            at += PER_SLOT
-        trace, span_id, parent, name = (
-            numbers[base + TRACE_ID],
-            numbers[base + SPAN_ID],
-            numbers[base + PARENT_ID],
-            numbers[base + NAME],
-        )
-        span = NativeSpan(
-            body[trace : trace + 16],
-            body[span_id : span_id + 8],
-            body[parent : parent + numbers[base + PARENT_LENGTH]],
-            body[name : name + numbers[base + NAME_LENGTH]].decode(),
-            numbers[base + START],
-            numbers[base + END],
-        )
-        view = SpanView(span, service)  # type: ignore[arg-type]
-        fill(view, span, values, False)  # type: ignore[arg-type]
-        add(view)
+        start = base + HEADER
+        for at in range(start, start + PER_SLOT * numbers[base + PRESENT], PER_SLOT):
+            field, convert = names[numbers[at]]
+            value, length = numbers[at + 1], numbers[at + 2]
+            if length != NUMBER:
+                value = body[value : value + length].decode()
+            if convert is not None and (value := convert(value)) is None:
+                break
+            values[field] = value
+        else:
+            add(native_view(body, numbers, base, service, values))
+            continue
+        add(python_view(body, numbers, base, service, normalizer))
     return views
+
+
+def python_view(body: bytes, numbers: list[int], base: int, service: str, normalizer: Normalizer) -> SpanView:
+    """A span the prototype leaves to Python, parsed from its own bytes."""
+    offset = numbers[base + SPAN_OFFSET]
+    return normalizer.view(Span.FromString(body[offset : offset + numbers[base + SPAN_LENGTH]]), service)
+
+
+def native_view(body: bytes, numbers: list[int], base: int, service: str, values: dict[str, Any]) -> SpanView:
+    """The view of a natively decoded span: SpanView and normalize's own filling, over a NativeSpan."""
+    trace, span_id, parent, name = (
+        numbers[base + TRACE_ID],
+        numbers[base + SPAN_ID],
+        numbers[base + PARENT_ID],
+        numbers[base + NAME],
+    )
+    span = NativeSpan(
+        body[trace : trace + 16],
+        body[span_id : span_id + 8],
+        body[parent : parent + numbers[base + PARENT_LENGTH]],
+        body[name : name + numbers[base + NAME_LENGTH]].decode(),
+        numbers[base + START],
+        numbers[base + END],
+    )
+    view = SpanView(span, service)  # type: ignore[arg-type]
+    Normalizer._fill(view, span, values, False)  # type: ignore[arg-type]
+    return view
 
 
 def compile_decoder(directory: Path) -> Path | None:
@@ -294,8 +321,8 @@ def main() -> None:
     native, fallback, mismatches = compare(payloads, decoder)
     print(f"decoded natively {native} spans, left to Python {fallback} ({fallback / (native + fallback):.1%})")
     print(f"mismatches against receiver parse + Normalizer: {len(mismatches)}")
-    for line in mismatches[:20]:
-        print("  " + line)
+    for field, count in Counter(line.partition(":")[0] for line in mismatches).most_common():
+        print(f"  {field}: {count}, first: {next(line for line in mismatches if line.startswith(field + ':'))}")
 
     gc.set_threshold(50_000, 50, 100)  # as the service runs
     gc.freeze()

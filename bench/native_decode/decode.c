@@ -6,9 +6,10 @@
  * with slot -1 is one this decoder does not cover: a span carrying it is marked FALLBACK, and the
  * caller reads that span in Python. Keys not in the table are skipped without looking at their values.
  *
- * Output: per span, SPAN_HEADER numbers then three per slot (a, b, priority): b >= 0 is a string of b bytes at
- * offset a of the request; b == NUMBER means a is an integer; b == ABSENT  means the span did not say;
- * priority is the winning name's, so the caller knows which name gave the value.
+ * Output: per span, SPAN_HEADER numbers then, for each slot the span gives a value (H_PRESENT of them,
+ * in slot order), three numbers (name, a, b): name is the winning key's position in the key table (the
+ * caller knows from it the field and how to read the value); b >= 0 is a string of b bytes at offset a
+ * of the request, b == NUMBER means a is an integer.
  * Strings are never copied: they stay offsets into the request bytes.
  */
 
@@ -20,10 +21,9 @@ enum { TEXT = 0, COUNT = 1, FIRST_TEXT = 2 };
 enum { FLAG_FALLBACK = 1, FLAG_INVALID_IDS = 2 };
 enum {
     H_FLAGS, H_SPAN_OFFSET, H_SPAN_LENGTH, H_TRACE_ID, H_SPAN_ID, H_PARENT_ID, H_PARENT_LENGTH,
-    H_NAME, H_NAME_LENGTH, H_START, H_END, H_SERVICE, H_SERVICE_LENGTH, SPAN_HEADER
+    H_NAME, H_NAME_LENGTH, H_START, H_END, H_SERVICE, H_SERVICE_LENGTH, H_PRESENT, SPAN_HEADER
 };
-#define PER_SLOT 3 /* value or offset, length or marker, the winning name's priority */
-#define ABSENT (-1)
+#define PER_SLOT 3 /* name, value or offset, length or marker */
 #define NUMBER (-2)
 #define MAX_TOKENS 10000000000LL
 #define MAX_SLOTS 32
@@ -36,6 +36,7 @@ typedef struct {
     int32_t slot;
     int32_t priority;
     int32_t conversion;
+    int32_t name; /* its position in the caller's key table */
 } Entry;
 
 static Entry table[TABLE_SIZE];
@@ -56,7 +57,7 @@ int configure(const uint8_t *keys, const int32_t *lengths, const int32_t *slot, 
     for (int i = 0; i < count; i++) {
         size_t h = hash(keys, lengths[i]) % TABLE_SIZE;
         while (table[h].key) h = (h + 1) % TABLE_SIZE;
-        table[h] = (Entry){keys, lengths[i], slot[i], priority[i], conversion[i]};
+        table[h] = (Entry){keys, lengths[i], slot[i], priority[i], conversion[i], i};
         keys += lengths[i];
     }
     return 0;
@@ -195,7 +196,7 @@ static int convert(const Entry *e, const Value *v, const uint8_t *base, int64_t 
 }
 
 /* One KeyValue of a span: fills its slot when it beats what the slot holds. */
-static int attribute(const uint8_t *p, size_t n, const uint8_t *base, int64_t *out, int32_t *best, int64_t *flags) {
+static int attribute(const uint8_t *p, size_t n, const uint8_t *base, int64_t *found, int32_t *best, int64_t *flags) {
     Reader r = {p, p + n};
     Field f;
     int status;
@@ -220,9 +221,9 @@ static int attribute(const uint8_t *p, size_t n, const uint8_t *base, int64_t *o
     int read = convert(e, &v, base, &a, &b);
     if (read < 0) *flags |= FLAG_FALLBACK;
     if (read > 0) {
-        out[SPAN_HEADER + PER_SLOT * e->slot] = a;
-        out[SPAN_HEADER + PER_SLOT * e->slot + 1] = b;
-        out[SPAN_HEADER + PER_SLOT * e->slot + 2] = e->priority;
+        found[3 * e->slot] = e->name;
+        found[3 * e->slot + 1] = a;
+        found[3 * e->slot + 2] = b;
         best[e->slot] = e->priority;
     }
     return 0;
@@ -235,12 +236,9 @@ static int all_zero(const uint8_t *p, size_t n) {
 }
 
 static int span(const uint8_t *p, size_t n, const uint8_t *base, int64_t *out, int64_t service, int64_t service_length) {
-    int32_t best[MAX_SLOTS];
-    for (int i = 0; i < slots; i++) {
-        best[i] = INT32_MAX;
-        out[SPAN_HEADER + PER_SLOT * i] = 0;
-        out[SPAN_HEADER + PER_SLOT * i + 1] = ABSENT;
-    }
+    int32_t best[MAX_SLOTS]; /* the priority of the value found per slot, INT32_MAX: none yet */
+    int64_t found[3 * MAX_SLOTS]; /* per slot: name, a, b */
+    for (int i = 0; i < slots; i++) best[i] = INT32_MAX;
     int64_t flags = 0;
     const uint8_t *trace = NULL, *id = NULL, *parent = NULL;
     size_t trace_length = 0, id_length = 0, parent_length = 0;
@@ -260,7 +258,7 @@ static int span(const uint8_t *p, size_t n, const uint8_t *base, int64_t *out, i
         case 7: out[H_START] = (int64_t)f.value; break;
         case 8: out[H_END] = (int64_t)f.value; break;
         case 9:
-            if (f.wire == 2 && attribute(f.data, f.length, base, out, best, &flags) < 0) return -1;
+            if (f.wire == 2 && attribute(f.data, f.length, base, found, best, &flags) < 0) return -1;
             break;
         case 11: flags |= FLAG_FALLBACK; break; /* events: content, flag evaluations, exceptions */
         case 15: {
@@ -286,6 +284,13 @@ static int span(const uint8_t *p, size_t n, const uint8_t *base, int64_t *out, i
     out[H_PARENT_LENGTH] = (int64_t)parent_length;
     out[H_SERVICE] = service;
     out[H_SERVICE_LENGTH] = service_length;
+    int64_t *entry = out + SPAN_HEADER;
+    for (int i = 0; i < slots; i++) {
+        if (best[i] == INT32_MAX) continue;
+        memcpy(entry, found + 3 * i, 3 * sizeof *entry);
+        entry += PER_SLOT;
+    }
+    out[H_PRESENT] = (entry - out - SPAN_HEADER) / PER_SLOT;
     return 0;
 }
 
