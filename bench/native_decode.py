@@ -337,22 +337,30 @@ def main() -> None:
 
     stages = pipeline_stages(args.no_runs)
     replaced = stages["receive (parse, ids)"] + stages["Normalizer"]
-    in_process = stages["total"] - replaced + with_views
-    print(f"projected in process: {stages['total']:.2f} - {replaced:.2f} + {with_views:.2f} = {in_process:.2f} µs")
-    print(f"  => {1e6 / in_process:,.0f} spans per CPU-second (no gRPC, no event loop)")
-    if args.bench_json is None:
-        print("(give --bench-json from bench.py of the same pipeline for the end-to-end projection against rotel)")
-        return
-    results = {entry["name"]: entry["load"] for entry in json.loads(args.bench_json.read_text())}
-    service = results["agentopz-otel"]["spans_per_cpu_second"]
-    rotel = results["rotel (pass-through)"]["spans_per_cpu_second"]
-    overhead = 1e6 / service - stages["total"]
-    projected = 1e6 / (in_process + overhead)
-    print(f"end to end now: {service:,.0f} spans per CPU-second = {1e6 / service:.2f} µs a span;")
-    print(f"  gRPC and event loop {overhead:.2f} µs a span beyond the in-process stages")
-    print(f"projected end to end: {in_process:.2f} + {overhead:.2f} µs => {projected:,.0f} spans per CPU-second")
-    print(f"rotel, same bench run: {rotel:,.0f} spans per CPU-second")
-    print(f"  ratio to rotel per CPU-second: now {service / rotel:.2f}x, projected {projected / rotel:.2f}x")
+    overhead = rotel = None
+    if args.bench_json is not None:
+        results = {entry["name"].partition(" ")[0]: entry["load"] for entry in json.loads(args.bench_json.read_text())}
+        service = results["agentopz-otel"]["spans_per_cpu_second"]
+        rotel = results["rotel"]["spans_per_cpu_second"]
+        overhead = 1e6 / service - stages["total"]
+        print(f"end to end now (bench.py): {service:,.0f} spans per CPU-second = {1e6 / service:.2f} µs a span,")
+        print(f"  of which gRPC and the event loop {overhead:.2f} µs beyond the in-process stages above;")
+        print(f"  rotel in the same run: {rotel:,.0f} spans per CPU-second, ratio now {service / rotel:.2f}x")
+    else:
+        print("(--bench-json from bench.py of the same pipeline adds the end-to-end projection against rotel)")
+    print(f"projected: the stages' total {stages['total']:.2f} µs - receive and normalize {replaced:.2f} + native")
+    print(f"{'variant':<44} {'native':>7} {'in process':>11} {'spans/CPU-s':>12} {'end to end':>11} {'ratio':>6}")
+    variants = (
+        ("native decode, SpanViews built in Python", with_views),
+        ("floor: SpanViews built natively too", decode_only),
+    )
+    for name, native_us in variants:
+        in_process = stages["total"] - replaced + native_us
+        line = f"{name:<44} {native_us:>7.2f} {in_process:>11.2f} {1e6 / in_process:>12,.0f}"
+        if overhead is not None and rotel is not None:
+            end_to_end = 1e6 / (in_process + overhead)
+            line += f" {end_to_end:>11,.0f} {end_to_end / rotel:>5.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ enum { STRING_VALUE = 1, INT_VALUE = 3, ARRAY_VALUE = 5 };
 /* Reads one attribute value into (a, b) as the entry's conversion says: 1 read, 0 nothing to read
  * (an empty string: the next candidate may say it), -1 a value this prototype leaves to Python. */
 static int convert(const Entry *e, const Value *v, const uint8_t *base, int64_t *a, int64_t *b) {
-    if (v->which == 0) return e->conversion == COUNT ? -1 : 0;
+    if (v->which == 0) return e->conversion == TEXT ? 0 : -1; /* no value: nothing said, or unusable */
     if (e->conversion == COUNT) {
         int64_t number = (int64_t)v->value;
         if (v->which != INT_VALUE || number < 0 || number > MAX_TOKENS) return -1;
