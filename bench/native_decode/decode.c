@@ -195,20 +195,29 @@ static int convert(const Entry *e, const Value *v, const uint8_t *base, int64_t 
     return -1;
 }
 
-/* One KeyValue of a span: fills its slot when it beats what the slot holds. */
-static int attribute(const uint8_t *p, size_t n, const uint8_t *base, int64_t *found, int32_t *best, int64_t *flags) {
+typedef struct {
+    const uint8_t *key, *value; /* NULL when absent */
+    size_t key_length, value_length;
+} KeyValue;
+
+static int key_value(const uint8_t *p, size_t n, KeyValue *kv) {
     Reader r = {p, p + n};
     Field f;
     int status;
-    const uint8_t *key = NULL, *value = NULL;
-    size_t key_length = 0, value_length = 0;
+    *kv = (KeyValue){0};
     FOR_FIELDS(r, f, status) {
         if (f.wire != 2) continue;
-        if (f.number == 1) key = f.data, key_length = f.length;
-        else if (f.number == 2) value = f.data, value_length = f.length;
+        if (f.number == 1) kv->key = f.data, kv->key_length = f.length;
+        else if (f.number == 2) kv->value = f.data, kv->value_length = f.length;
     }
-    if (status < 0) return -1;
-    const Entry *e = key ? lookup(key, key_length) : NULL;
+    return status;
+}
+
+/* One KeyValue of a span: fills its slot when it beats what the slot holds. */
+static int attribute(const uint8_t *p, size_t n, const uint8_t *base, int64_t *found, int32_t *best, int64_t *flags) {
+    KeyValue kv;
+    if (key_value(p, n, &kv) < 0) return -1;
+    const Entry *e = kv.key ? lookup(kv.key, kv.key_length) : NULL;
     if (e == NULL) return 0;
     if (e->slot < 0) {
         *flags |= FLAG_FALLBACK;
@@ -216,7 +225,7 @@ static int attribute(const uint8_t *p, size_t n, const uint8_t *base, int64_t *f
     }
     if (e->priority >= best[e->slot]) return 0; /* a better-placed name of the field was read already */
     Value v = {0};
-    if (value && any_value(value, value_length, &v) < 0) return -1;
+    if (kv.value && any_value(kv.value, kv.value_length, &v) < 0) return -1;
     int64_t a, b;
     int read = convert(e, &v, base, &a, &b);
     if (read < 0) *flags |= FLAG_FALLBACK;
@@ -302,20 +311,11 @@ static int service_name(const uint8_t *p, size_t n, const uint8_t *base, int64_t
     int status;
     FOR_FIELDS(r, f, status) {
         if (f.number != 1 || f.wire != 2) continue;
-        Reader kv = {f.data, f.data + f.length};
-        Field g;
-        int inner;
-        const uint8_t *key = NULL, *value = NULL;
-        size_t key_length = 0, value_length = 0;
-        FOR_FIELDS(kv, g, inner) {
-            if (g.wire != 2) continue;
-            if (g.number == 1) key = g.data, key_length = g.length;
-            else if (g.number == 2) value = g.data, value_length = g.length;
-        }
-        if (inner < 0) return -1;
-        if (key_length != sizeof NAME - 1 || memcmp(key, NAME, key_length) != 0) continue;
+        KeyValue kv;
+        if (key_value(f.data, f.length, &kv) < 0) return -1;
+        if (kv.key_length != sizeof NAME - 1 || memcmp(kv.key, NAME, kv.key_length) != 0) continue;
         Value v = {0};
-        if (value && any_value(value, value_length, &v) < 0) return -1;
+        if (kv.value && any_value(kv.value, kv.value_length, &v) < 0) return -1;
         if (v.which == STRING_VALUE) *offset = v.data - base, *length = (int64_t)v.length;
         return 0;
     }
