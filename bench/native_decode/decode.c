@@ -264,8 +264,11 @@ static int span(const uint8_t *p, size_t n, const uint8_t *base, int64_t *out, i
             out[H_NAME] = f.data - base;
             out[H_NAME_LENGTH] = (int64_t)f.length;
             break;
-        case 7: out[H_START] = (int64_t)f.value; break;
-        case 8: out[H_END] = (int64_t)f.value; break;
+        case 7:
+        case 8: /* fixed64, unsigned: past INT64_MAX it does not fit the output, Python reads it */
+            if (f.value > INT64_MAX) flags |= FLAG_FALLBACK;
+            out[f.number == 7 ? H_START : H_END] = (int64_t)f.value;
+            break;
         case 9:
             if (f.wire == 2 && attribute(f.data, f.length, base, found, best, &flags) < 0) return -1;
             break;
