@@ -256,6 +256,7 @@ static int span(const uint8_t *p, size_t n, const uint8_t *base, int64_t *out, i
     Field f;
     int status;
     FOR_FIELDS(r, f, status) {
+        if (f.wire != (f.number == 7 || f.number == 8 ? 1 : 2)) continue; /* as protobuf: an unknown field */
         switch (f.number) {
         case 1: trace = f.data, trace_length = f.length; break;
         case 2: id = f.data, id_length = f.length; break;
@@ -270,7 +271,7 @@ static int span(const uint8_t *p, size_t n, const uint8_t *base, int64_t *out, i
             out[f.number == 7 ? H_START : H_END] = (int64_t)f.value;
             break;
         case 9:
-            if (f.wire == 2 && attribute(f.data, f.length, base, found, best, &flags) < 0) return -1;
+            if (attribute(f.data, f.length, base, found, best, &flags) < 0) return -1;
             break;
         case 11: flags |= FLAG_FALLBACK; break; /* events: content, flag evaluations, exceptions */
         case 15: {
