@@ -42,7 +42,12 @@ from agentopz_otel.metrics import Registry
 from agentopz_otel.model import EVALUATOR, SpanView
 from agentopz_otel.processors.normalize import Normalizer
 from agentopz_otel.receivers.otlp import parse_protobuf_request, remove_invalid_spans
-from agentopz_otel.semconv.dialects import _OPENINFERENCE_KINDS, _SEMCONV_OPERATIONS, ATTRIBUTE_TABLE
+from agentopz_otel.semconv.dialects import (
+    _OPENINFERENCE_KINDS,
+    _SEMCONV_OPERATIONS,
+    ATTRIBUTE_TABLE,
+    ON_FAILURE_FIELDS,
+)
 from agentopz_otel.semconv.values import as_first_text, as_token_count
 from bench import build_payloads
 
@@ -105,7 +110,7 @@ COVERED: dict[str, Callable[[Any], Any] | None] = {
     "input.value": _tag("json_or_text"),
 }
 # Read only for a failed call, which falls back: left out of the table, so never looked at.
-NOT_READ = frozenset({"http.response.status_code", "http.status_code"})
+NOT_READ = frozenset(name for name, (field, _, _) in ATTRIBUTE_TABLE.items() if field in ON_FAILURE_FIELDS)
 
 
 class NativeSpan(NamedTuple):
