@@ -129,8 +129,8 @@ def test_a_wrong_conversion_is_caught_by_the_comparison(native):
 
 def test_mutated_requests_never_crash_and_never_disagree(native):
     """Random byte changes and truncations: the decoder rejects or reads them; where protobuf reads them
-    too, the views agree. (Bytes protobuf rejects and the decoder reads, such as a broken string, are
-    a gap the prototype leaves: see README, The way to 0.8x rotel.)"""
+    too, the views agree. (Bytes protobuf rejects and the decoder reads are a gap the prototype leaves:
+    see README, The way to 0.8x rotel.)"""
     module, decoder = native
     body, _ = module.build_payloads(1, 40, 7, b"\x01" * 8)[0]
     rng = random.Random(1)
