@@ -7,16 +7,16 @@ import importlib.util
 import random
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
+from support import ROOT
 
 from agentopz_otel.fleet import chat_attributes, otlp_attributes, tool_attributes, usage_attributes
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = ROOT / "bench"
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
 
 
@@ -150,4 +150,4 @@ def test_mutated_requests_never_crash_and_never_disagree(native):
         _, _, mismatches = module.compare([(bytes(mutated), 0)], decoder)
         assert mismatches == []
         outcomes["agreed"] += 1
-    assert outcomes == {"rejected": 187, "agreed": 61}  # the seed fixes the mutations
+    assert outcomes == {"rejected": 193, "agreed": 55}  # the seed fixes the mutations
