@@ -175,13 +175,13 @@ def test_the_memory_budget_evicts_the_oldest_open_runs_and_counts_them():
     runs, send, evicted = runs_processor(max_memory_bytes=2**20)
     for index in range(1, 1001):
         send(open_run(index))
-    kept = list(runs._traces)
+    kept = list(runs.assembler.traces)
     assert 400 < len(kept) < 1000
     assert kept == [index.to_bytes(16, "big") for index in range(1001 - len(kept), 1001)]  # the newest
     assert evicted("memory") == 1000 - len(kept) and evicted("capacity") == 0
-    assert runs._memory == sum(footprint(trace) for trace in runs._traces.values()) <= 2**20
+    assert runs.assembler.memory == sum(footprint(trace) for trace in runs.assembler.traces.values()) <= 2**20
     # One run less would fit: the budget is used, not left idle.
-    assert runs._memory + footprint(runs._traces[kept[0]]) > 2**20
+    assert runs.assembler.memory + footprint(runs.assembler.traces[kept[0]]) > 2**20
 
 
 def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evicted():
@@ -189,12 +189,12 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
     for index in range(1, 301):
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
-    assert len(runs._finished) == 300 and not runs._traces
+    assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
     for index in range(1001, 1401):
         send(open_run(index))
-    assert evicted("memory") == 0 and len(runs._traces) == 400
-    assert 0 < len(runs._finished) < 300  # the oldest went first, to make room
-    assert list(runs._finished)[-1] == (300).to_bytes(16, "big")
+    assert evicted("memory") == 0 and len(runs.assembler.traces) == 400
+    assert 0 < len(runs.assembler.finished) < 300  # the oldest went first, to make room
+    assert list(runs.assembler.finished)[-1] == (300).to_bytes(16, "big")
     for index in range(1401, 1601):
         send(open_run(index))
-    assert not runs._finished and evicted("memory") == 600 - len(runs._traces) > 0
+    assert not runs.assembler.finished and evicted("memory") == 600 - len(runs.assembler.traces) > 0

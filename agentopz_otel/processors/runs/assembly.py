@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...model import LLM, NO_TOKENS, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
-from ...records import Evaluation
+from ...records import Evaluation, RunRecord
 from ..prompt_version import FROM_FLAG, FROM_NOTHING, UNKNOWN_VERSION
 
 MAX_MODELS_PER_RUN = 8
@@ -38,6 +38,32 @@ class HeldRoot:
     schema_url: str
     span: Span
     size: int = 0  # serialized bytes of the span, its resource and scope: counted in the held-roots budget
+
+
+@dataclass(slots=True)
+class Output:
+    """What one call into the Assembler produced, in the order it happened."""
+
+    records: list[RunRecord] = field(default_factory=list)  # finished runs
+    # Root spans to forward: a finished run's with its record (its totals go onto the span), the rest as
+    # they came (record None).
+    roots: list[tuple[HeldRoot, RunRecord | None]] = field(default_factory=list)
+    # Held calls released to the call metrics, with the agent of their run (None: each call's own).
+    calls: list[tuple[list[Call], str | None]] = field(default_factory=list)
+    counts: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict)  # (metric, labels) -> increment
+    scores: list[tuple[tuple[str, ...], float]] = field(default_factory=list)  # agentopz_evaluation_score
+
+    def count(self, metric: str, labels: tuple[str, ...] = (), amount: float = 1) -> None:
+        key = (metric, labels)
+        self.counts[key] = self.counts.get(key, 0) + amount
+
+    def extend(self, other: Output) -> None:
+        self.records += other.records
+        self.roots += other.roots
+        self.calls += other.calls
+        for (metric, labels), amount in other.counts.items():
+            self.count(metric, labels, amount)
+        self.scores += other.scores
 
 
 # Calls and failed calls by name, flat: (name, calls, failed, name, calls, failed, ...).

@@ -3,7 +3,6 @@ finishes: log records and spans travel separately and either may arrive first.""
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -35,15 +34,15 @@ class LoggedContent:
         self._hold_seconds = hold_seconds
         self._max_output_chars = max_output_chars
 
-    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+    def process_logs(self, request: ExportLogsServiceRequest, now: float) -> None:
         for resource_logs in request.resource_logs:
             for scope_logs in resource_logs.scope_logs:
                 for log_record in scope_logs.log_records:
                     name = log_event_name(log_record)
                     if name in CONTENT_EVENTS and len(log_record.trace_id) == 16:
-                        self._keep(log_record, name)
+                        self._keep(log_record, name, now)
 
-    def _keep(self, log_record, name: str) -> None:
+    def _keep(self, log_record, name: str, now: float) -> None:
         version = next((kv.value.string_value for kv in log_record.attributes if kv.key == VERSION_ATTRIBUTE), None)
         output = dict(event_content(name, log_record.attributes, log_record.body)).get("output")
         if output is not None and len(output[1]) > self._max_output_chars:
@@ -52,7 +51,7 @@ class LoggedContent:
             return
         content = self._traces.get(log_record.trace_id)
         if content is None:
-            content = self._traces[log_record.trace_id] = TraceContent(time.monotonic())
+            content = self._traces[log_record.trace_id] = TraceContent(now)
             while len(self._traces) > self._max_traces:
                 self._traces.popitem(last=False)
         if version and content.prompt_version is None:
