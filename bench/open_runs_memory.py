@@ -93,7 +93,7 @@ def main() -> None:
     print(f"open runs:            {open_runs}")
     print(f"spans per open run:   {args.calls} LLM + {args.tools} tool (root not yet arrived)")
     print(f"bytes per open run:   {held / open_runs:,.0f}")
-    print(f"  as runs.max_memory_bytes estimates it: {runs.assembler.memory / open_runs:,.0f}")
+    print(f"  as runs.max_memory_bytes estimates it: {runs.assembler.held_bytes() / open_runs:,.0f}")
     print(f"memory for {open_runs:,} open runs: {held / 2**20:,.1f} MiB")
     resident_pages = int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[1])
     print(f"process RSS:          {resident_pages * os.sysconf('SC_PAGE_SIZE') / 2**20:,.0f} MiB")

@@ -192,6 +192,8 @@ class Assembler:
         out = self._start()
         self._evaluations.process_logs(request, now, out)
         self._logged_content.process_logs(request, now)
+        if self.held_bytes() > self.config.max_memory_bytes:
+            self._shed()
         return out
 
     # -- span intake ---------------------------------------------------------------------------
@@ -215,9 +217,14 @@ class Assembler:
                 self._measure(trace)
         if len(self.traces) > self.config.max_open_runs:
             self._evict(CAPACITY)
-        if self.memory > self.config.max_memory_bytes:
+        if self.held_bytes() > self.config.max_memory_bytes:
             self._shed()
         return out
+
+    def held_bytes(self) -> int:
+        """Estimated memory of everything held, against runs.max_memory_bytes: open and finished traces,
+        pending evaluations and remembered response ids, content sent as log records."""
+        return self.memory + self._evaluations.bytes + self._logged_content.bytes
 
     def _measure(self, trace: TraceState) -> None:
         size = footprint(trace)
@@ -225,11 +232,16 @@ class Assembler:
         trace.bytes = size
 
     def _shed(self) -> None:
-        """Over the memory budget: forget the oldest finished traces, then evict the oldest open runs."""
+        """Over the memory budget: forget the oldest finished traces, then content and evaluations still
+        waiting for their run, then evict the oldest open runs."""
         budget = self.config.max_memory_bytes
-        while self.memory > budget and self.finished:
+        while self.held_bytes() > budget and self.finished:
             self._forget(self.finished.popitem(last=False)[1][0])
-        if self.memory > budget:
+        if self.held_bytes() > budget:
+            self._logged_content.shed(self.held_bytes() - budget)
+        if self.held_bytes() > budget:
+            self._evaluations.shed(self.held_bytes() - budget, self._out)
+        if self.held_bytes() > budget:
             self._evict(MEMORY)
 
     def _take(self, view: SpanView, now: float, genai: set[bytes]) -> bool:
@@ -273,7 +285,7 @@ class Assembler:
             if view.tool is not None:
                 view.tool = self._shared(view.tool)
         parent_id = view.parent_span_id
-        if len(trace.nodes) >= self.config.max_spans_per_trace:
+        if trace.node_count() >= self.config.max_spans_per_trace:
             self._out.count(UNASSEMBLED_SPANS)
             return False
         own = trace.node(span_id)  # children that arrived first created a group under this id
@@ -310,7 +322,7 @@ class Assembler:
                 self._keep_input(group, view.input, 0)
             if view.evaluations:
                 self._evaluations.attach(group, view.evaluations, self._out)
-            trace.nodes[span_id] = group
+            trace.set_node(span_id, group)
             self._settle(group)
             return True
         if parent_id:
@@ -318,7 +330,7 @@ class Assembler:
             if group is None:
                 group = own or new_group(trace, parent_id, now)
                 group.top_parent = parent_id
-                trace.nodes[parent_id] = group
+                trace.set_node(parent_id, group)
             elif own is not None and own is not group:
                 if group.finished:
                     self._late_span(group, view)
@@ -332,7 +344,7 @@ class Assembler:
             self._late_span(group, view)
             return False
         if view.kind != LLM:  # LLM calls have no children: keep the node map small
-            trace.nodes[span_id] = group
+            trace.set_node(span_id, group)
         elif view.response_id:
             self._evaluations.remember_response(view.response_id, trace_id)
         group.add(view)
@@ -389,7 +401,8 @@ class Assembler:
             if len(self._call_labels) >= MAX_SHARED_LABELS:
                 self._call_labels.clear()
             shared = self._call_labels[labels] = labels
-        group.calls.add(call, shared)
+        if not group.calls.add(call, shared):
+            view.skip_call_metrics = False  # too many label tuples in this run: it counts as it comes
 
     def _remember(self, trace: TraceState, span_id: bytes) -> None:
         """Keep the span's id, within the budget: the oldest finished traces make room first."""
@@ -415,7 +428,7 @@ class Assembler:
         trace.forget_seen()
         # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
         # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
-        trace.nodes = {}
+        trace.nodes = bytearray()
         trace.groups = []
 
     def _settle(self, group: Group) -> None:
@@ -620,7 +633,7 @@ class Assembler:
         while self.traces and (
             len(self.traces) > self.config.max_open_runs
             if reason == CAPACITY
-            else self.memory > self.config.max_memory_bytes
+            else self.held_bytes() > self.config.max_memory_bytes
         ):
             _, trace = self.traces.popitem(last=False)
             for group in unfinished(trace):

@@ -13,11 +13,15 @@ from ...records import Evaluation
 from ..normalize import EVALUATION_EVENT, evaluation_from_attributes
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import EvaluationRule, evaluation_verdict
-from .assembly import MAX_EVALUATIONS_PER_RUN, Group, Output, TraceState
+from .assembly import MAX_EVALUATIONS_PER_RUN, Group, Output, TraceState, evaluation_bytes
 
 SCORE_BUCKETS = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 10)
 EVALUATIONS = "agentopz_evaluations_total"
 UNMATCHED = "agentopz_evaluations_unmatched_total"
+# Estimated memory, for runs.max_memory_bytes: a remembered response id beside its length, and a trace's
+# entry among the pending evaluations beside theirs.
+RESPONSE_BYTES = 180
+PENDING_TRACE_BYTES = 250
 
 
 class EvaluationRouter:
@@ -38,16 +42,41 @@ class EvaluationRouter:
         self._responses: OrderedDict[str, bytes] = OrderedDict()  # gen_ai.response.id -> trace id
         # Evaluations that arrived before any span of their trace: trace id -> (arrival, evaluations).
         self._pending: OrderedDict[bytes, tuple[float, list[Evaluation]]] = OrderedDict()
+        self.bytes = 0  # estimated memory of both
 
     def remember_response(self, response_id: str, trace_id: bytes) -> None:
+        if response_id not in self._responses:
+            self.bytes += RESPONSE_BYTES + len(response_id)
         self._responses[response_id] = trace_id
         if len(self._responses) > self._max_held:
-            self._responses.popitem(last=False)
+            self.bytes -= RESPONSE_BYTES + len(self._responses.popitem(last=False)[0])
 
     def take_pending(self, trace_id: bytes) -> list[Evaluation]:
         """Evaluations held for a trace whose first span has just come."""
         pending = self._pending.pop(trace_id, None)
-        return pending[1] if pending is not None else []
+        if pending is None:
+            return []
+        self._forget(pending[1])
+        return pending[1]
+
+    def _forget(self, evaluations: list[Evaluation]) -> None:
+        self.bytes -= PENDING_TRACE_BYTES + sum(map(evaluation_bytes, evaluations))
+
+    def _drop_oldest(self, out: Output) -> None:
+        """The oldest trace's pending evaluations go unmatched."""
+        evaluations = self._pending.popitem(last=False)[1][1]
+        self._forget(evaluations)
+        out.count(UNMATCHED, (), len(evaluations))
+
+    def shed(self, excess: int, out: Output) -> int:
+        """Drop the oldest pending evaluations, then the oldest response ids, until `excess` bytes are
+        free (or nothing is left); the bytes freed."""
+        before = self.bytes
+        while self._pending and before - self.bytes < excess:
+            self._drop_oldest(out)
+        while self._responses and before - self.bytes < excess:
+            self.bytes -= RESPONSE_BYTES + len(self._responses.popitem(last=False)[0])
+        return before - self.bytes
 
     def attach(self, group: Group, evaluations: Sequence[Evaluation], out: Output) -> None:
         """Evaluations of an open run count with it; a finished run's are counted but change nothing."""
@@ -90,7 +119,7 @@ class EvaluationRouter:
     def expire(self, now: float, out: Output) -> None:
         """Forget evaluations that never found their run."""
         while self._pending and now - next(iter(self._pending.values()))[0] > self._hold_seconds:
-            out.count(UNMATCHED, (), len(self._pending.popitem(last=False)[1][1]))
+            self._drop_oldest(out)
 
     def _route(
         self,
@@ -112,11 +141,15 @@ class EvaluationRouter:
 
     def _hold_evaluation(self, trace_id: bytes, evaluation: Evaluation, now: float, out: Output) -> None:
         """Keep an evaluation whose trace has not been seen yet (the judge can be faster than the spans)."""
-        _, waiting = self._pending.setdefault(trace_id, (now, []))
-        if len(waiting) < MAX_EVALUATIONS_PER_RUN:
-            waiting.append(evaluation)
+        pending = self._pending.get(trace_id)
+        if pending is None:
+            pending = self._pending[trace_id] = (now, [])
+            self.bytes += PENDING_TRACE_BYTES
+        if len(pending[1]) < MAX_EVALUATIONS_PER_RUN:
+            pending[1].append(evaluation)
+            self.bytes += evaluation_bytes(evaluation)
         while len(self._pending) > self._max_held:
-            out.count(UNMATCHED, (), len(self._pending.popitem(last=False)[1][1]))
+            self._drop_oldest(out)
 
     def _evaluated_run(self, trace_id: bytes, span_id: bytes, response_id: str | None) -> Group | None:
         if not trace_id and response_id:

@@ -13,10 +13,20 @@ from .assembly import Group
 
 # Traces whose content log records are held at once (each holds at most one output of max_output_chars).
 MAX_TRACES = 10_000
+# Estimated memory of a trace's content, for runs.max_memory_bytes: beside its output and version.
+TRACE_CONTENT_BYTES = 250
 
 
 class TraceContent:
     __slots__ = ("output", "output_time", "prompt_version", "seen")
+
+    @property
+    def bytes(self) -> int:
+        return (
+            TRACE_CONTENT_BYTES
+            + len(self.prompt_version or "")
+            + (len(self.output[1]) if self.output is not None else 0)
+        )
 
     def __init__(self, seen: float) -> None:
         self.seen = seen
@@ -33,6 +43,7 @@ class LoggedContent:
         self._max_traces = max_traces
         self._hold_seconds = hold_seconds
         self._max_output_chars = max_output_chars
+        self.bytes = 0  # estimated memory of what is held
 
     def process_logs(self, request: ExportLogsServiceRequest, now: float) -> None:
         for resource_logs in request.resource_logs:
@@ -53,22 +64,36 @@ class LoggedContent:
         if content is None:
             content = self._traces[log_record.trace_id] = TraceContent(now)
             while len(self._traces) > self._max_traces:
-                self._traces.popitem(last=False)
+                self._drop_oldest()
+        else:
+            self.bytes -= content.bytes
         if version and content.prompt_version is None:
             content.prompt_version = version
         record_time = log_record.time_unix_nano or log_record.observed_time_unix_nano
         if output is not None and record_time >= content.output_time:
             content.output, content.output_time = output, record_time
+        self.bytes += content.bytes
+
+    def _drop_oldest(self) -> None:
+        self.bytes -= self._traces.popitem(last=False)[1].bytes
+
+    def shed(self, excess: int) -> int:
+        """Forget the oldest traces' content until `excess` bytes are free (or none is left); the bytes freed."""
+        before = self.bytes
+        while self._traces and before - self.bytes < excess:
+            self._drop_oldest()
+        return before - self.bytes
 
     def apply(self, group: Group) -> None:
         """Give a finishing run the content its trace sent as log records, where its spans had none."""
         content = self._traces.pop(group.trace.trace_id, None)
         if content is None:
             return
+        self.bytes -= content.bytes
         group.offer_version(content.prompt_version, FROM_HASH)
         if group.output is None and content.output is not None:
             group.output = content.output
 
     def expire(self, now: float) -> None:
         while self._traces and now - next(iter(self._traces.values())).seen > self._hold_seconds:
-            self._traces.popitem(last=False)
+            self._drop_oldest()

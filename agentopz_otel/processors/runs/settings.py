@@ -32,8 +32,10 @@ class RunsConfig(BaseModel):
         default=256 * 2**20,
         ge=2**20,
         description="estimated memory of everything held for runs (open runs with their held calls, root "
-        "spans and content; finished traces kept for late spans; remembered span ids); past it the oldest "
-        "finished traces are forgotten, then the oldest open runs evicted (agentopz_evicted_runs_total"
+        "spans and content; finished traces kept for late spans; remembered span ids; evaluations and content "
+        "log records waiting for their run; remembered response ids); past it the oldest finished traces are "
+        "forgotten, then the oldest content and evaluations waiting for their run (counted in "
+        "agentopz_evaluations_unmatched_total), then the oldest open runs evicted (agentopz_evicted_runs_total"
         '{reason="memory"})',
     )
     max_spans_per_trace: int = Field(
