@@ -30,11 +30,14 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...content import input_text
-from ...model import AGENT, LLM, OTHER, STATUS_OK, TOOL, Batch, SpanView, call_of
+from ...model import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ...records import SUCCESS, RunRecord
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
+    NO_RARE,
+    NO_ROOT,
+    NODE_ENTRY,
     REMOTE_PARENT_FLAGS,
     CallLabels,
     Group,
@@ -77,40 +80,42 @@ def finish_run(
     results are for agentopz_quality_checks_total)."""
     service = group.service or "unknown_service"
     agent = group.agent or service
-    duration = (group.end_time - group.start_time) / 1e9 if group.root_span_id and not abandoned else None
+    rooted = group.rooted or NO_ROOT
+    rare = group.rare or NO_RARE
+    duration = (rooted.end_time - rooted.start_time) / 1e9 if rooted.root_span_id and not abandoned else None
     if duration is not None and duration < 0:
         duration = None
     record = RunRecord(
         trace_id=group.trace.trace_id.hex(),
-        root_span_id=group.root_span_id.hex(),
+        root_span_id=rooted.root_span_id.hex(),
         service=service,
         agent=agent,
         prompt_version=group.prompt_version or UNKNOWN_VERSION,
         outcome=SUCCESS,
-        started_at=group.start_time / 1e9 if group.start_time else 0.0,
-        finished_at=group.end_time / 1e9 if group.end_time else wall_now,
+        started_at=rooted.start_time / 1e9 if rooted.start_time else 0.0,
+        finished_at=rooted.end_time / 1e9 if rooted.end_time else wall_now,
         duration_seconds=duration,
         cost_usd=group.cost if group.llm_calls else 0.0,
-        cost_complete=group.unpriced_calls == 0,
+        cost_complete=rare.unpriced_calls == 0,
         tokens={
             "input": group.input_tokens,
             "output": group.output_tokens,
-            "cache_read": group.cache_read_tokens,
-            "cache_write": group.cache_write_tokens,
-            "reasoning": group.reasoning_tokens,
+            "cache_read": rare.cache_read_tokens,
+            "cache_write": rare.cache_write_tokens,
+            "reasoning": rare.reasoning_tokens,
         },
         steps=group.steps,
         llm_calls=group.llm_calls,
-        llm_errors=group.llm_errors,
+        llm_errors=rare.llm_errors,
         tool_calls=group.tool_calls,
-        tool_errors=group.tool_errors,
-        sub_agents=group.sub_agents,
+        tool_errors=rare.tool_errors,
+        sub_agents=rare.sub_agents,
         models=list(group.models[::3]),
         calls_by_model=counts_by_name(group.models),
         calls_by_tool=counts_by_name(group.tools),
-        input_start=group.input[1] if group.input is not None else None,
-        scores={e.name: float(e.score) for e in group.evaluations if e.score is not None},
-        targeting_key=group.targeting_key,
+        input_start=rare.input[1] if rare.input is not None else None,
+        scores={e.name: float(e.score) for e in rare.evaluations if e.score is not None},
+        targeting_key=rare.targeting_key,
     )
     if abandoned:
         group.root_span_id = b""
@@ -122,14 +127,14 @@ def finish_run(
             steps=group.steps,
             llm_calls=group.llm_calls,
             tool_calls=group.tool_calls,
-            tool_errors=group.tool_errors,
+            tool_errors=rare.tool_errors,
             cost_usd=record.cost_usd if record.cost_complete else None,
             duration_seconds=duration,
             tools=frozenset(group.tools[::3]),
             finish_reason=group.finish_reason,
-            output_source=group.output,
+            output_source=rare.output,
         ),
-        group.evaluations,
+        rare.evaluations,
     )
     record.quality_verdict = verdict.verdict
     record.failed_checks = verdict.failed_checks
@@ -285,7 +290,8 @@ class Assembler:
             if view.tool is not None:
                 view.tool = self._shared(view.tool)
         parent_id = view.parent_span_id
-        if trace.node_count() >= self.config.max_spans_per_trace:
+        nodes = trace.nodes  # (node_count, inline: this runs for every span)
+        if (len(nodes) if type(nodes) is dict else len(nodes) // NODE_ENTRY) >= self.config.max_spans_per_trace:
             self._out.count(UNASSEMBLED_SPANS)
             return False
         own = trace.node(span_id)  # children that arrived first created a group under this id
@@ -302,18 +308,16 @@ class Assembler:
                 self._emit_root(group.root)
                 group.root = None
             group.is_run = True
-            group.root_span_id = span_id
-            group.parent_id = parent_id
-            group.root_arrived = now
+            group.arrive(span_id, view, now)
+            rooted = group.root_fields()
+            rooted.parent_id = parent_id
+            rooted.named = view.agent is not None and not view.agent_is_span_name
             group.agent = view.agent or group.agent
-            group.named = view.agent is not None and not view.agent_is_span_name
             group.service = view.service
             # The agent's own version beats its calls' of the same rank.
             group.offer_version(view.prompt_version, view.prompt_version_from, replace_equal=True)
-            group.targeting_key = view.targeting_key or group.targeting_key
-            group.failed = view.status != STATUS_OK
-            group.start_time = view.span.start_time_unix_nano
-            group.end_time = view.end_time
+            if view.targeting_key:
+                group.targeting_key = view.targeting_key
             group.last_seen = now
             if view.output is not None:
                 group.output = view.output
@@ -358,11 +362,7 @@ class Assembler:
         if not parent_id or (remote_parent and group.top_parent == parent_id):
             # The trace root, or the top of this process's part of it (its parent is remote): the
             # root of a run if the trace has no agent span.
-            group.root_span_id = span_id
-            group.failed = view.status != STATUS_OK
-            group.start_time = view.span.start_time_unix_nano
-            group.end_time = view.end_time
-            group.root_arrived = now
+            group.arrive(span_id, view, now)
             return True
         return False
 
@@ -592,9 +592,10 @@ class Assembler:
             self._emit_root(group.root)
             group.root = None
         # Finished groups are remembered for late spans only: drop what is no longer needed.
-        group.output = None
-        group.input = None
-        group.evaluations = ()
+        if group.rare is not None:
+            group.output = None
+            group.input = None
+            group.evaluations = ()
 
     def _limit(self, service: str, agent: str) -> RunLimit | None:
         return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)

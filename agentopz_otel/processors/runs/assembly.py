@@ -142,53 +142,67 @@ class HeldCalls(bytearray):
 
 # Group fields most groups never set, kept in side records made on the first write of another value:
 # a slot costs 8 bytes in every group. Those set when a run's root span arrives (an open run is mostly
-# waiting for it: its agent span ends last), and those rarely set at all.
-ROOT_FIELDS = {
-    "end_time": 0,
-    "failed": False,
-    "named": False,  # run group: its agent span named the agent (not only by the span's own name)
-    "parent_id": b"",  # run group: the agent span's parent
-    "root": None,  # HeldRoot
-    "root_arrived": 0.0,
-    "root_span_id": b"",
-    "start_time": 0,
-}
-RARE_FIELDS = {
-    "cache_read_tokens": 0,
-    "cache_write_tokens": 0,
-    "evaluations": (),
-    # (rank, start of the run's input): the agent span's input (rank 0) beats the earliest LLM call's.
-    "input": None,
-    "last_llm_error": 0,
-    "last_tool_error": 0,
-    "llm_errors": 0,
-    "output": None,
-    "output_from_agent": False,
-    "reasoning_tokens": 0,
-    "sub_agents": 0,
-    "targeting_key": None,  # of the run's first flag evaluation that names one
-    "tool_errors": 0,
-    "unpriced_calls": 0,
-}
+# waiting for it: its agent span ends last), and those rarely set at all. The defaults are assigned one
+# by one (a loop of setattr made a group's first root span cost more than the rest of its intake).
 
 
-class _SideRecord:
-    __slots__ = ()
-    DEFAULTS: dict[str, Any] = {}
+class RootFields:
+    __slots__ = ("end_time", "failed", "named", "parent_id", "root", "root_arrived", "root_span_id", "start_time")
 
     def __init__(self) -> None:
-        for name, value in self.DEFAULTS.items():
-            setattr(self, name, value)
+        self.end_time = 0
+        self.failed = False
+        self.named = False  # run group: its agent span named the agent (not only by the span's own name)
+        self.parent_id = b""  # run group: the agent span's parent
+        self.root: HeldRoot | None = None
+        self.root_arrived = 0.0
+        self.root_span_id = b""
+        self.start_time = 0
 
 
-class RootFields(_SideRecord):
-    __slots__ = tuple(ROOT_FIELDS)
-    DEFAULTS = ROOT_FIELDS
+class RareFields:
+    __slots__ = (
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "evaluations",
+        "input",
+        "last_llm_error",
+        "last_tool_error",
+        "llm_errors",
+        "output",
+        "output_from_agent",
+        "reasoning_tokens",
+        "sub_agents",
+        "targeting_key",
+        "tool_errors",
+        "unpriced_calls",
+    )
+
+    def __init__(self) -> None:
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.evaluations: tuple[Evaluation, ...] = ()
+        # (rank, start of the run's input): the agent span's input (rank 0) beats the earliest LLM call's.
+        self.input: tuple[int, str] | None = None
+        self.last_llm_error = 0
+        self.last_tool_error = 0
+        self.llm_errors = 0
+        self.output: tuple[str, str] | None = None
+        self.output_from_agent = False
+        self.reasoning_tokens = 0
+        self.sub_agents = 0
+        self.targeting_key: str | None = None  # of the run's first flag evaluation that names one
+        self.tool_errors = 0
+        self.unpriced_calls = 0
 
 
-class RareFields(_SideRecord):
-    __slots__ = tuple(RARE_FIELDS)
-    DEFAULTS = RARE_FIELDS
+# Read-only stand-ins for a group's missing side records: code reading many of their fields at once
+# takes `group.rooted or NO_ROOT` and reads plain slots instead of going through the descriptors.
+NO_ROOT = RootFields()
+NO_RARE = RareFields()
+ROOT_FIELDS = {name: getattr(NO_ROOT, name) for name in RootFields.__slots__}
+RARE_FIELDS = {name: getattr(NO_RARE, name) for name in RareFields.__slots__}
+DEFAULTS: dict[type, dict[str, Any]] = {RootFields: ROOT_FIELDS, RareFields: RARE_FIELDS}
 
 
 class _Side:
@@ -196,13 +210,13 @@ class _Side:
 
     __slots__ = ("default", "kind", "name", "record")
 
-    def __init__(self, record: str, kind: type[_SideRecord]) -> None:
+    def __init__(self, record: str, kind: type[RootFields] | type[RareFields]) -> None:
         self.record = record
         self.kind = kind
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
-        self.default = self.kind.DEFAULTS[name]
+        self.default = DEFAULTS[self.kind][name]
 
     def __get__(self, group: Group | None, owner: type | None = None) -> Any:
         side = getattr(group, self.record)
@@ -308,6 +322,21 @@ class Group:
         self.finish_reason: str | None = None
         self.final_call_end = 0
 
+    def root_fields(self) -> RootFields:
+        """The side record of root fields, made if need be: for writing several at once."""
+        if self.rooted is None:
+            self.rooted = RootFields()
+        return self.rooted
+
+    def arrive(self, span_id: bytes, view: SpanView, now: float) -> None:
+        """The group's root span has come: `span_id`, described by `view`."""
+        rooted = self.root_fields()
+        rooted.root_span_id = span_id
+        rooted.failed = view.status != STATUS_OK
+        rooted.start_time = view.span.start_time_unix_nano
+        rooted.end_time = view.end_time
+        rooted.root_arrived = now
+
     def find(self) -> Group:
         group = self
         while group.merged_into is not None:
@@ -328,6 +357,8 @@ class Group:
             self.version_rank = rank
 
     def add(self, view: SpanView) -> None:
+        # Fields in side records are read and written only when the span has something for them: each
+        # access goes through a descriptor.
         if view.flag_version is not None:
             self.offer_version(view.flag_version, FROM_FLAG)
         if view.targeting_key is not None and self.targeting_key is None:
@@ -345,9 +376,12 @@ class Group:
                 self.unpriced_calls += 1
             self.input_tokens += view.input_tokens or 0
             self.output_tokens += view.output_tokens or 0
-            self.cache_read_tokens += view.cache_read_tokens or 0
-            self.cache_write_tokens += view.cache_write_tokens or 0
-            self.reasoning_tokens += view.reasoning_tokens or 0
+            if view.cache_read_tokens:
+                self.cache_read_tokens += view.cache_read_tokens
+            if view.cache_write_tokens:
+                self.cache_write_tokens += view.cache_write_tokens
+            if view.reasoning_tokens:
+                self.reasoning_tokens += view.reasoning_tokens
             if view.status in UPSTREAM_ERROR_STATUSES:
                 self.llm_errors += 1
                 self.last_llm_error = max(self.last_llm_error, view.end_time)
@@ -359,7 +393,7 @@ class Group:
             if view.end_time >= self.final_call_end:
                 self.final_call_end = view.end_time
                 self.finish_reason = view.finish_reason
-                if view.output is not None and not self.output_from_agent:
+                if view.output is not None and (self.rare is None or not self.rare.output_from_agent):
                     self.output = view.output
         elif view.kind == TOOL:
             self.tool_calls += 1
@@ -448,7 +482,8 @@ SPAN_ID_BYTES = 8
 TRACE_BYTES = 500  # the trace, its entry in the processor's map, its id, its group list, packed ids' headers
 GROUP_BYTES = 280  # a group with its own token counts and the parent id it waits for
 # A group's side records, when made; the root's with its span id and times.
-SIDE_RECORD_BYTES = {RootFields: 200, RareFields: 150}
+ROOT_FIELDS_BYTES = 200
+RARE_FIELDS_BYTES = 150
 CALL_COUNTS_BYTES = 40  # a group's calls by model or by tool, beside 8 bytes a field
 NODE_BYTES = 110  # a span id in the node map once it is a dict, with the id itself
 SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
@@ -461,7 +496,7 @@ PACKED_SPAN_IDS = 128
 # The node map likewise: span id and its group's position in the trace's groups, 9 bytes side by side,
 # until it has PACKED_NODES ids or its trace more groups than a byte can number; then a dict.
 PACKED_NODES = 128
-_NODE_ENTRY = SPAN_ID_BYTES + 1
+NODE_ENTRY = SPAN_ID_BYTES + 1
 _PACKED_GROUPS = 256
 
 
@@ -493,19 +528,28 @@ class TraceState:
         if isinstance(nodes, dict):
             group = nodes.get(span_id)
             return group.find() if group is not None else None
-        position = _find(nodes, span_id, _NODE_ENTRY)
-        return self.groups[nodes[position + SPAN_ID_BYTES]].find() if position >= 0 else None
+        position = nodes.find(span_id)
+        if position < 0:
+            return None
+        if position % NODE_ENTRY:  # found across two entries: look on
+            position = _find(nodes, span_id, NODE_ENTRY)
+            if position < 0:
+                return None
+        group = self.groups[nodes[position + SPAN_ID_BYTES]]
+        while group.merged_into is not None:
+            group = group.merged_into
+        return group
 
     def set_node(self, span_id: bytes, group: Group) -> None:
         nodes = self.nodes
         if isinstance(nodes, bytearray):
             number = self.groups.index(group)
             if number < _PACKED_GROUPS:
-                position = _find(nodes, span_id, _NODE_ENTRY)
+                position = _find(nodes, span_id, NODE_ENTRY)
                 if position >= 0:
                     nodes[position + SPAN_ID_BYTES] = number
                     return
-                if len(nodes) < PACKED_NODES * _NODE_ENTRY:
+                if len(nodes) < PACKED_NODES * NODE_ENTRY:
                     nodes += span_id
                     nodes.append(number)
                     return
@@ -518,12 +562,12 @@ class TraceState:
             return list(nodes.items())
         return [
             (bytes(nodes[start : start + SPAN_ID_BYTES]), self.groups[nodes[start + SPAN_ID_BYTES]])
-            for start in range(0, len(nodes), _NODE_ENTRY)
+            for start in range(0, len(nodes), NODE_ENTRY)
         ]
 
     def node_count(self) -> int:
         nodes = self.nodes
-        return len(nodes) if isinstance(nodes, dict) else len(nodes) // _NODE_ENTRY
+        return len(nodes) if isinstance(nodes, dict) else len(nodes) // NODE_ENTRY
 
     def nodes_bytes(self) -> int:
         nodes = self.nodes
@@ -567,21 +611,25 @@ def footprint(trace: TraceState) -> int:
     size = TRACE_BYTES + trace.nodes_bytes() + trace.seen_bytes()
     for group in trace.groups:
         size += GROUP_BYTES
-        for side in (group.rooted, group.rare):
-            if side is not None:
-                size += SIDE_RECORD_BYTES[type(side)]
-        for counts in (group.models, group.tools):
-            if counts:
-                size += CALL_COUNTS_BYTES + 8 * len(counts)
+        if group.models:
+            size += CALL_COUNTS_BYTES + 8 * len(group.models)
+        if group.tools:
+            size += CALL_COUNTS_BYTES + 8 * len(group.tools)
         if group.calls is not None:
             size += HELD_CALLS_BYTES + len(group.calls)
-        if group.root is not None:
-            size += HELD_ROOT_BYTES + 2 * group.root.span.ByteSize()
-        if group.output is not None:
-            size += len(group.output[1])
-        if group.input is not None:
-            size += len(group.input[1])
-        size += sum(map(evaluation_bytes, group.evaluations))
+        rooted = group.rooted
+        if rooted is not None:
+            size += ROOT_FIELDS_BYTES
+            if rooted.root is not None:
+                size += HELD_ROOT_BYTES + 2 * rooted.root.span.ByteSize()
+        rare = group.rare
+        if rare is not None:
+            size += RARE_FIELDS_BYTES
+            if rare.output is not None:
+                size += len(rare.output[1])
+            if rare.input is not None:
+                size += len(rare.input[1])
+            size += sum(map(evaluation_bytes, rare.evaluations))
     return size
 
 
