@@ -30,7 +30,6 @@ from dataclasses import dataclass, fields
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from pydantic import BaseModel, ConfigDict, Field
 
 from ...model import LLM, NO_TOKENS, Call
 from ...records import Evaluation
@@ -53,13 +52,6 @@ _plain_values = operator.attrgetter(*_PLAIN)
 _LISTS = frozenset(name for name in _PLAIN if isinstance(getattr(Group(TraceState(b"", 0.0), b"", 0.0), name), list))
 _LIST_POSITIONS = tuple(position for position, name in enumerate(_PLAIN) if name in _LISTS)
 _EVALUATION_FIELDS = tuple(field.name for field in fields(Evaluation))
-
-
-class CheckpointConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    storage: str = Field(description="id of a storage extension")
-    interval_seconds: float = Field(default=30.0, gt=0, description="a crash loses at most this much run assembly")
 
 
 @dataclass

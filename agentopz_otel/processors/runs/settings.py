@@ -5,9 +5,24 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..quality import QualityConfig
-from .checkpoint import CheckpointConfig
 from .outcome import RunLimit
-from .publishing import RUN_COST_BUCKETS, RUN_DURATION_BUCKETS, RunLogConfig
+
+RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
+
+
+class RunLogConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(default=None, description="JSON lines file; '-' for stdout; unset: no file")
+    otlp: bool = Field(default=True, description="also send each record as an OTLP log record to OTLP exporters")
+
+
+class CheckpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    storage: str = Field(description="id of a storage extension")
+    interval_seconds: float = Field(default=30.0, gt=0, description="a crash loses at most this much run assembly")
 
 
 class RunsConfig(BaseModel):
