@@ -350,3 +350,19 @@ def test_content_and_evaluations_waiting_for_their_run_count_in_the_memory_budge
     out = send((40 - unmatched) * one_evaluation // per_run + 5)
     assert assembler.held_bytes() - assembler.memory == 0 < out.counts[(EVICTED_RUNS, (MEMORY,))]
     assert assembler.held_bytes() <= budget
+
+
+def test_each_span_id_is_in_the_node_map_once_even_when_a_span_names_itself_its_parent():
+    assembler = Assembler(RunsConfig())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(5) * 2
+    tool = make_span("execute_tool t", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id)
+    tool.parent_span_id = tool.span_id
+    child = make_span(
+        "execute_tool u", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id, parent=tool.span_id
+    )
+    batch = Batch(make_request([tool, child]), 2)
+    normalize.process(batch)
+    assembler.intake(batch, 0.0)
+    trace = assembler.traces[trace_id]
+    assert [span for span, _ in trace.node_items()] == [tool.span_id, child.span_id]

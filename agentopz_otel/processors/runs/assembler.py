@@ -161,6 +161,9 @@ class Assembler:
         self._names: dict[str, str] = {}
         # Where the call in progress writes what happened (set by each public method).
         self._out = Output()
+        # The open trace of the last span taken in the intake in progress, and its id.
+        self._recent_id: bytes | None = None
+        self._recent: TraceState | None = None
 
     def _start(self) -> Output:
         self._out = Output()
@@ -207,6 +210,7 @@ class Assembler:
         """Account the batch's spans; with `hold_roots`, move run roots out of the request until their
         run finishes (to be forwarded with its totals)."""
         out = self._start()
+        self._recent_id = None
         held: list[SpanView] = []
         # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
         # A flag evaluation (the prompt version a run was served) counts too: it often ends first.
@@ -214,6 +218,7 @@ class Assembler:
         for view in batch.views:
             if self._take(view, now, genai):
                 held.append(view)
+        self._recent_id, self._recent = None, None
         if held and hold_roots:
             self._hold_roots(batch, held)
         for trace_id in {view.trace_id for view in batch.views}:
@@ -258,6 +263,16 @@ class Assembler:
             return False
         trace_id = view.trace_id
         span_id = view.span_id
+        if trace_id == self._recent_id:
+            # The trace of the span before (senders send a trace's spans together): open, at the end of
+            # the map and stamped `now` already. Nothing removes an open trace during an intake.
+            trace = self._recent
+            assert trace is not None
+            if trace.has_seen(span_id):
+                self._out.count(DUPLICATE_SPANS)
+                self._route_call(view, None)
+                return False
+            return self._assemble(view, trace, now)
         trace = self.traces.get(trace_id)
         known = trace or self.finished.get(trace_id, (None,))[0]
         if known is not None and known.has_seen(span_id):
@@ -280,6 +295,12 @@ class Assembler:
         else:
             self.traces.move_to_end(trace_id)
             trace.last_seen = now
+        self._recent_id, self._recent = trace_id, trace
+        return self._assemble(view, trace, now)
+
+    def _assemble(self, view: SpanView, trace: TraceState, now: float) -> bool:
+        """`view` into the groups of its open `trace`; True when it is a run root to hold back."""
+        span_id = view.span_id
         if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
             self._remember(trace, span_id)
             # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
@@ -326,7 +347,7 @@ class Assembler:
                 self._keep_input(group, view.input, 0)
             if view.evaluations:
                 self._evaluations.attach(group, view.evaluations, self._out)
-            trace.set_node(span_id, group)
+            trace.set_node(span_id, group, new=own is None and span_id != parent_id)
             self._settle(group)
             return True
         if parent_id:
@@ -334,7 +355,7 @@ class Assembler:
             if group is None:
                 group = own or new_group(trace, parent_id, now)
                 group.top_parent = parent_id
-                trace.set_node(parent_id, group)
+                trace.set_node(parent_id, group, new=True)
             elif own is not None and own is not group:
                 if group.finished:
                     self._late_span(group, view)
@@ -348,9 +369,9 @@ class Assembler:
             self._late_span(group, view)
             return False
         if view.kind != LLM:  # LLM calls have no children: keep the node map small
-            trace.set_node(span_id, group)
+            trace.set_node(span_id, group, new=own is None and span_id != parent_id)
         elif view.response_id:
-            self._evaluations.remember_response(view.response_id, trace_id)
+            self._evaluations.remember_response(view.response_id, trace.trace_id)
         group.add(view)
         if self._input_chars and view.input is not None and view.kind == LLM:
             self._keep_input(group, view.input, 1 + view.span.start_time_unix_nano)

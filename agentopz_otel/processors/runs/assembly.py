@@ -540,12 +540,14 @@ class TraceState:
             group = group.merged_into
         return group
 
-    def set_node(self, span_id: bytes, group: Group) -> None:
+    def set_node(self, span_id: bytes, group: Group, new: bool = False) -> None:
+        """`span_id` belongs to `group` (`new`: the caller knows the id is not in the map yet)."""
         nodes = self.nodes
         if isinstance(nodes, bytearray):
-            number = self.groups.index(group)
+            groups = self.groups
+            number = len(groups) - 1 if groups[-1] is group else groups.index(group)
             if number < _PACKED_GROUPS:
-                position = _find(nodes, span_id, NODE_ENTRY)
+                position = -1 if new else _find(nodes, span_id, NODE_ENTRY)
                 if position >= 0:
                     nodes[position + SPAN_ID_BYTES] = number
                     return
@@ -577,7 +579,10 @@ class TraceState:
         seen = self.seen
         if isinstance(seen, set):
             return span_id in seen
-        return _find(seen, span_id, SPAN_ID_BYTES) >= 0
+        index = seen.find(span_id)
+        if index < 0:
+            return False
+        return index % SPAN_ID_BYTES == 0 or _find(seen, span_id, SPAN_ID_BYTES) >= 0
 
     def add_seen(self, span_id: bytes) -> None:
         seen = self.seen
