@@ -272,35 +272,30 @@ class Assembler:
                 self._out.count(DUPLICATE_SPANS)
                 self._route_call(view, None)
                 return False
-            return self._assemble(view, trace, now)
-        trace = self.traces.get(trace_id)
-        known = trace or self.finished.get(trace_id, (None,))[0]
-        if known is not None and known.has_seen(span_id):
-            self._out.count(DUPLICATE_SPANS)
-            self._route_call(view, None)
-            return False
-        if trace is None:
-            lingering = self.finished.pop(trace_id, None)
-            if lingering is not None:
-                trace = lingering[0]
-            elif trace_id not in genai:
-                return False  # a span of a trace with no GenAI work (yet): nothing to assemble
-            else:
-                trace = TraceState(trace_id, now)
-            trace.last_seen = now
-            self.traces[trace_id] = trace
-            pending = self._evaluations.take_pending(trace_id)
-            if pending:
-                view.evaluations = [*(view.evaluations or ()), *pending]
         else:
-            self.traces.move_to_end(trace_id)
-            trace.last_seen = now
-        self._recent_id, self._recent = trace_id, trace
-        return self._assemble(view, trace, now)
-
-    def _assemble(self, view: SpanView, trace: TraceState, now: float) -> bool:
-        """`view` into the groups of its open `trace`; True when it is a run root to hold back."""
-        span_id = view.span_id
+            trace = self.traces.get(trace_id)
+            known = trace or self.finished.get(trace_id, (None,))[0]
+            if known is not None and known.has_seen(span_id):
+                self._out.count(DUPLICATE_SPANS)
+                self._route_call(view, None)
+                return False
+            if trace is None:
+                lingering = self.finished.pop(trace_id, None)
+                if lingering is not None:
+                    trace = lingering[0]
+                elif trace_id not in genai:
+                    return False  # a span of a trace with no GenAI work (yet): nothing to assemble
+                else:
+                    trace = TraceState(trace_id, now)
+                trace.last_seen = now
+                self.traces[trace_id] = trace
+                pending = self._evaluations.take_pending(trace_id)
+                if pending:
+                    view.evaluations = [*(view.evaluations or ()), *pending]
+            else:
+                self.traces.move_to_end(trace_id)
+                trace.last_seen = now
+            self._recent_id, self._recent = trace_id, trace
         if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
             self._remember(trace, span_id)
             # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
@@ -371,7 +366,7 @@ class Assembler:
         if view.kind != LLM:  # LLM calls have no children: keep the node map small
             trace.set_node(span_id, group, new=own is None and span_id != parent_id)
         elif view.response_id:
-            self._evaluations.remember_response(view.response_id, trace.trace_id)
+            self._evaluations.remember_response(view.response_id, trace_id)
         group.add(view)
         if self._input_chars and view.input is not None and view.kind == LLM:
             self._keep_input(group, view.input, 1 + view.span.start_time_unix_nano)

@@ -45,9 +45,10 @@ class EvaluationRouter:
         self.bytes = 0  # estimated memory of both
 
     def remember_response(self, response_id: str, trace_id: bytes) -> None:
-        if response_id not in self._responses:
-            self.bytes += RESPONSE_BYTES + len(response_id)
+        held = len(self._responses)
         self._responses[response_id] = trace_id
+        if len(self._responses) > held:  # a new id (one seen before only points elsewhere)
+            self.bytes += RESPONSE_BYTES + len(response_id)
         if len(self._responses) > self._max_held:
             self.bytes -= RESPONSE_BYTES + len(self._responses.popitem(last=False)[0])
 
