@@ -71,12 +71,12 @@ def main() -> None:
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    open_runs = sum(1 for trace in runs._traces.values() for g in trace.groups if g.merged_into is None)
+    open_runs = sum(1 for trace in runs.assembler.traces.values() for g in trace.groups if g.merged_into is None)
     assert open_runs == args.runs, open_runs
     print(f"open runs:            {open_runs}")
     print(f"spans per open run:   {args.calls} LLM + {args.tools} tool (root not yet arrived)")
     print(f"bytes per open run:   {held / open_runs:,.0f}")
-    print(f"  as runs.max_memory_bytes estimates it: {runs._memory / open_runs:,.0f}")
+    print(f"  as runs.max_memory_bytes estimates it: {runs.assembler.held_bytes() / open_runs:,.0f}")
     print(f"memory for {open_runs:,} open runs: {held / 2**20:,.1f} MiB")
     resident_pages = int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[1])
     print(f"process RSS:          {resident_pages * os.sysconf('SC_PAGE_SIZE') / 2**20:,.0f} MiB")
@@ -86,7 +86,7 @@ def main() -> None:
     gc.freeze()
     with sqlite3.connect(":memory:") as connection:
         checkpoint = RunCheckpoint(connection, "runs")
-        state = RunState(runs._traces, runs._finished)
+        state = RunState(runs.assembler.traces, runs.assembler.finished)
         started = time.process_time()
         for trace in state.traces.values():
             pack_trace(trace)

@@ -1,10 +1,12 @@
 """Golden cases for run assembly and outcome: spans in (OTLP JSON, tests/golden/runs/<case>.json), run
 records out (<case>.expected.json).
 
-The real pipeline processors run in process (normalize, cost, prompt_version, runs) on a fake clock: each
-step of a case happens at `at` seconds: a request of spans, a tick that finishes the runs that are done,
-or a flush (shutdown). Out come the run records published, a few counters, the per-call metrics (whose
-`agent` label is the agent of the call's run) and the run roots forwarded with the attributes added.
+The real pipeline processors (normalize, cost, prompt_version) make the views; the runs processor's
+`Assembler` is driven directly, on a fake clock: each step of a case happens at `at` seconds: a request of
+spans, a tick that finishes the runs that are done, or a flush (shutdown). Out come the run records, a
+few counters, the per-call metrics (whose `agent` label is the agent of the call's run, counted by the real
+Prometheus exporter from the views and the released calls) and the run roots forwarded with the
+attributes added.
 The wall clock (abandoned runs' finish time) is WALL_EPOCH + `at`. A case's `config` is the runs
 processor's; `processors` may give the others' by type. `UPDATE_GOLDEN=1` rewrites
 the expected files; review them against DESIGN.md before committing."""
@@ -20,13 +22,17 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from support import golden
 from support.otlp_json import plain, trace_request
 
+from agentopz_otel import catalogue
 from agentopz_otel.components import Context
 from agentopz_otel.exporters.prometheus import PrometheusExporter
 from agentopz_otel.metrics import Registry
 from agentopz_otel.model import Batch
 from agentopz_otel.processors import cost, normalize, prompt_version
-from agentopz_otel.processors.runs import RunsConfig, RunsProcessor
-from agentopz_otel.records import OUTCOMES, RunFeed, RunRecord
+from agentopz_otel.processors.runs import RunsConfig
+from agentopz_otel.processors.runs.assembler import Assembler
+from agentopz_otel.processors.runs.assembly import Output
+from agentopz_otel.processors.runs.publishing import add_totals
+from agentopz_otel.records import OUTCOMES, RunRecord
 
 CASES = golden.cases("runs")
 WALL_EPOCH = 1_800_000_000.0
@@ -37,17 +43,6 @@ COUNTERS = (
     "agentopz_evicted_runs_total",
     "agentopz_unassembled_spans_total",
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return WALL_EPOCH + self.now
 
 
 def published(at: float, record: RunRecord) -> dict[str, Any]:
@@ -67,59 +62,62 @@ def forwarded_root(at: float, span: Span) -> dict[str, Any]:
     return {"forwarded_at": at, "span": span.name, "attributes": added}
 
 
-def counter_values(registry: Registry, names: tuple[str, ...]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in names:
-        family = registry.metric(name)
-        if family.labelnames:
-            values[name] = {",".join(labels): series.value for labels, series in family.items()}
-        else:
-            values[name] = family.series(()).value
-    return values
+def metric_values(registry: Registry, names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        name: {",".join(labels): series.value for labels, series in registry.metric(name).items()} for name in names
+    }
 
 
 def run_case(document: dict[str, Any]) -> dict[str, Any]:
     registry = Registry()
     context = Context(metrics=registry)
-    clock = FakeClock()
-    feed = RunFeed()
-    records: list[dict[str, Any]] = []
-    feed.subscribe(lambda finished: records.extend(published(clock.now, record) for record in finished))
     configs = document.get("processors", {})
     pipeline = [
         factory.create(factory.type, factory.config_type(**configs.get(factory.type, {})), context)
         for factory in (normalize.FACTORY, cost.FACTORY, prompt_version.FACTORY)
     ]
-    runs = RunsProcessor(
-        "runs", RunsConfig(**document["config"]), registry, feed, clock=clock.monotonic, wall_clock=clock.wall
-    )
+    assembler = Assembler(RunsConfig(**document["config"]))
     exporter = PrometheusExporter(registry)
+    records: list[dict[str, Any]] = []
     roots: list[dict[str, Any]] = []
+    counts: dict[str, dict[str, float]] = {name: {} for name in COUNTERS}
+    now = 0.0
 
-    def forward(batch: Batch) -> None:  # what the runs processor hands to the rest of the pipeline
-        exporter.export(batch)
-        roots.extend(forwarded_root(clock.now, span) for span in spans_of(batch))
+    def route(out: Output) -> None:  # what the runs processor does with the Assembler's output
+        records.extend(published(now, record) for record in out.records)
+        for root, record in out.roots:
+            if record is not None:
+                add_totals(root.span, record)
+            roots.append(forwarded_root(now, root.span))
+        for calls, agent in out.calls:
+            exporter.export_calls(calls, agent)
+        for (name, labels), amount in out.counts.items():
+            if name in counts:
+                key = ",".join(labels)
+                counts[name][key] = counts[name].get(key, 0.0) + amount
 
-    runs.connect(forward, lambda request, count: None, exporter.export_calls)
     for step in document["steps"]:
-        assert step["at"] >= clock.now, "steps go forward in time"
-        clock.now = step["at"]
+        assert step["at"] >= now, "steps go forward in time"
+        now = step["at"]
         if "spans" in step:
             request = trace_request(step["spans"])
             batch = Batch(request, 0)
             batch.span_count = len(spans_of(batch))
             for processor in pipeline:
                 processor.process(batch)
-            runs.process(batch)
+            route(assembler.intake(batch, now))
             exporter.export(batch)
         elif step.get("flush"):
-            runs.flush()  # what shutdown does without a checkpoint
+            route(assembler.flush(now, WALL_EPOCH + now))  # what shutdown does without a checkpoint
         else:
-            runs.tick(clock.now)
+            route(assembler.tick(now, WALL_EPOCH + now))
     return {
         "runs": records,
-        "counters": counter_values(registry, COUNTERS),
-        "call_metrics": counter_values(registry, CALL_METRICS),
+        # A family without labels shows its one value (0 when nothing was counted).
+        "counters": {
+            name: values if catalogue.metric(name).labels else values.get("", 0.0) for name, values in counts.items()
+        },
+        "call_metrics": metric_values(registry, CALL_METRICS),
         "forwarded_roots": roots,
     }
 

@@ -141,6 +141,33 @@ def test_the_component_model_imports_no_component():
     assert {area(target) for target in graph[f"{PACKAGE}.components"]} <= LAYERS[0][1]
 
 
+def test_the_runs_assembler_reaches_no_metric_no_publishing_and_no_event_loop():
+    """The runs processor's pure core: none of the runs modules it imports, directly or not, records a
+    metric, sends on, saves a checkpoint or runs on the event loop (the shell, runs/processor.py, does).
+    (Constants it takes from other processors' modules bring their imports along: not checked here.)"""
+    graph = import_graph()
+    runs = f"{PACKAGE}.processors.runs"
+    reached: set[str] = set()
+    todo = [f"{runs}.assembler"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(target for target in graph[module] if target.startswith(runs))
+    assert reached & {f"{runs}.{name}" for name in ("processor", "publishing", "checkpoint")} == set()
+    assert not any(f"{PACKAGE}.metrics" in graph[module] for module in reached)
+    files = {module_name(path, ROOT): path for path in ROOT.rglob("*.py")}
+    with_asyncio = {
+        module
+        for module in reached
+        for node in ast.walk(ast.parse(files[module].read_text(encoding="utf-8")))
+        if (isinstance(node, ast.Import) and any(alias.name == "asyncio" for alias in node.names))
+        or (isinstance(node, ast.ImportFrom) and node.module == "asyncio")
+    }
+    assert with_asyncio == set()
+    assert {f"{runs}.assembler", f"{runs}.assembly", f"{runs}.settings"} <= reached
+
+
 def test_a_circle_or_an_upward_import_is_found(tmp_path):
     """The checks themselves: a planted upward import through a lazy import, and a planted circle."""
     package = tmp_path / PACKAGE

@@ -3,31 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import sqlite3
 import time
+from array import array
 from collections import OrderedDict
 
 import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from support.otlp_proto import make_request, make_span
+from support.otlp_proto import attributes, make_request, make_span
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Counter, Registry
 from agentopz_otel.model import NO_TOKENS, Batch, Call
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 from agentopz_otel.processors.runs import FACTORY as RUNS
+from agentopz_otel.processors.runs import RunsConfig, assembly
+from agentopz_otel.processors.runs.assembler import EVICTED_RUNS, MEMORY, Assembler
 from agentopz_otel.processors.runs.assembly import (
+    EVALUATION_BYTES,
+    GROUP_FIELDS,
+    NODE_BYTES,
+    PACKED_NODES,
     PACKED_SPAN_IDS,
+    RARE_FIELDS,
+    ROOT_FIELDS,
     Group,
     HeldCalls,
+    Output,
+    RareFields,
+    RootFields,
     TraceState,
     count_call,
     counts_by_name,
     footprint,
     merge_counts,
+    new_group,
 )
 from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace
+from agentopz_otel.processors.runs.evaluations import PENDING_TRACE_BYTES, UNMATCHED
+from agentopz_otel.processors.runs.logged_content import TRACE_CONTENT_BYTES
 
 
 def span_id(number: int) -> bytes:
@@ -59,6 +76,63 @@ def test_span_ids_move_to_a_set_past_the_packed_limit_and_keep_every_id():
     assert trace.seen_count() == 0 and not trace.has_seen(span_id(1))
 
 
+def test_the_node_map_is_packed_until_it_outgrows_a_byte_or_its_limit():
+    trace = TraceState(bytes(16), 0.0)
+    first, second = new_group(trace, b"", 0.0), new_group(trace, b"", 0.0)
+    trace.set_node(bytes.fromhex("00000000000000aa"), first)
+    trace.set_node(bytes.fromhex("bbbbbbbbbbbbbbbb"), second)
+    assert isinstance(trace.nodes, bytearray) and len(trace.nodes) == 2 * 9 == trace.nodes_bytes()
+    # 8 bytes across the two entries (an id's tail, a group number, the next id's head) are no id.
+    assert trace.node(bytes.fromhex("000000aa00bbbbbb")) is None
+    assert trace.node(bytes.fromhex("bbbbbbbbbbbbbbbb")) is second
+    trace.set_node(bytes.fromhex("bbbbbbbbbbbbbbbb"), first)  # an id seen first as a parent, then arrived
+    assert trace.node(bytes.fromhex("bbbbbbbbbbbbbbbb")) is first and trace.node_count() == 2
+    second.merged_into = first
+    for number in range(3, PACKED_NODES + 1):
+        trace.set_node(span_id(number), second)
+    assert isinstance(trace.nodes, bytearray) and trace.node_count() == PACKED_NODES
+    assert trace.node(span_id(PACKED_NODES)) is first  # a merged group answers with the one it joined
+    trace.set_node(span_id(PACKED_NODES + 1), second)
+    assert isinstance(trace.nodes, dict) and trace.node_count() == PACKED_NODES + 1
+    assert trace.nodes_bytes() == (PACKED_NODES + 1) * NODE_BYTES
+    assert trace.node(span_id(3)) is first and trace.node(span_id(PACKED_NODES + 1)) is first
+
+
+def test_a_node_map_whose_trace_has_more_groups_than_a_byte_numbers_becomes_a_dict():
+    trace = TraceState(bytes(16), 0.0)
+    groups = [new_group(trace, b"", 0.0) for _ in range(257)]
+    trace.set_node(span_id(1), groups[255])
+    assert isinstance(trace.nodes, bytearray)
+    trace.set_node(span_id(2), groups[256])
+    assert isinstance(trace.nodes, dict)
+    assert trace.node_items() == [(span_id(1), groups[255]), (span_id(2), groups[256])]
+
+
+def test_a_group_makes_a_side_record_only_for_a_field_set_to_another_value_than_its_default():
+    group = Group(TraceState(bytes(16), 0.0), b"", 0.0)
+    group.failed = False
+    group.evaluations = ()
+    group.llm_errors += 0
+    assert group.rooted is None and group.rare is None
+    assert (group.root_span_id, group.failed, group.evaluations, group.output) == (b"", False, (), None)
+    group.root_span_id = span_id(1)
+    group.llm_errors += 2
+    assert isinstance(group.rooted, RootFields) and isinstance(group.rare, RareFields)
+    assert (group.root_span_id, group.end_time, group.llm_errors, group.tool_errors) == (span_id(1), 0, 2, 0)
+    group.root_span_id = b""  # set back: the record stays, holding the default
+    assert group.root_span_id == b"" and group.rooted is not None
+    assert set(GROUP_FIELDS) == {*Group.__slots__, *ROOT_FIELDS, *RARE_FIELDS} - {"rooted", "rare"}
+
+
+def test_a_run_with_more_label_tuples_than_a_row_can_number_holds_no_more(monkeypatch):
+    monkeypatch.setattr(assembly, "MAX_CALL_LABELS", 2)
+    held = HeldCalls()
+    assert held.add(LLM_CALL, LLM_CALL[:6]) and held.add(TOOL_CALL, TOOL_CALL[:6])
+    assert not held.add(UNPRICED, UNPRICED[:6])
+    assert held.add(LLM_CALL, LLM_CALL[:6])  # a label tuple it has still fits
+    assert held.calls() == [LLM_CALL, TOOL_CALL, LLM_CALL]
+
+
 LLM_CALL = Call("llm", "svc", None, "openai", "gpt-4o", "ok", (1200, 300, 200, None, 0), 0.00575, 1.25)
 UNPRICED = Call("llm", "svc", "inner", "vllm", "llama", "rate_limited", (None,) * 5, None, None)
 TOOL_CALL = Call("tool", "svc", None, "", "search", "error", NO_TOKENS, None, 0.5)
@@ -70,7 +144,8 @@ def test_held_calls_come_back_exactly_as_they_were_held():
         held.add(call, call[:6])
     assert held.calls() == [LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED]
     assert len(held.labels) == 3  # each distinct label tuple once
-    assert len(held) == 8 + 2 + 8 + 8  # numbers; a tool call keeps its duration only
+    # A row per call: 3 bytes, then 8 a number the span gave (a tool call has its duration only).
+    assert len(held) == (3 + 6 * 8) + (3 + 8) + (3 + 6 * 8) + 3
     other = HeldCalls()
     other.add(TOOL_CALL, TOOL_CALL[:6])
     held.merge(other)
@@ -91,7 +166,7 @@ def test_a_checkpoint_of_the_previous_format_still_loads():
     trace = TraceState(span_id(7) * 2, 0.0)
     group = Group(trace, b"", 0.0)
     trace.groups.append(group)
-    trace.nodes[span_id(1)] = group
+    trace.set_node(span_id(1), group)
     trace.add_seen(span_id(2))
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     plain = list(groups[0][0])
@@ -108,6 +183,25 @@ def test_a_checkpoint_of_the_previous_format_still_loads():
     assert counts_by_name(loaded.models) == {"gpt-4o": [3, 1]} and loaded.tools == ()
     assert loaded.calls is not None and loaded.calls.calls() == [LLM_CALL, TOOL_CALL]
     assert state.traces[trace_id].has_seen(span_id(2))
+
+
+def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
+    """Format 4 kept every held call as doubles: its labels' position, then an LLM call's five token
+    counts, cost and duration (NaN: not given) or a tool call's duration."""
+    trace = TraceState(span_id(8) * 2, 0.0)
+    trace.groups.append(Group(trace, b"", 0.0))
+    trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
+    numbers = array("d", [0, 1200, 300, 200, math.nan, 0, 0.00575, 1.25, 1, 0.5, 2, *[math.nan] * 7])
+    labels = (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])
+    old_group = (groups[0][0], -1, None, (labels, numbers.tobytes()), ())
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(pickle.dumps((4, 0.0, _PLAIN, [(trace_id, last_seen, (old_group,), nodes, seen)], [])))
+        state = checkpoint.load()
+    assert state is not None
+    held = state.traces[trace_id].groups[0].calls
+    assert held is not None and held.calls() == [LLM_CALL, TOOL_CALL, UNPRICED]
+    assert len(held) == (3 + 6 * 8) + (3 + 8) + 3
 
 
 @pytest.mark.parametrize("calls", [None, (LLM_CALL, TOOL_CALL)])
@@ -175,13 +269,13 @@ def test_the_memory_budget_evicts_the_oldest_open_runs_and_counts_them():
     runs, send, evicted = runs_processor(max_memory_bytes=2**20)
     for index in range(1, 1001):
         send(open_run(index))
-    kept = list(runs._traces)
+    kept = list(runs.assembler.traces)
     assert 400 < len(kept) < 1000
     assert kept == [index.to_bytes(16, "big") for index in range(1001 - len(kept), 1001)]  # the newest
     assert evicted("memory") == 1000 - len(kept) and evicted("capacity") == 0
-    assert runs._memory == sum(footprint(trace) for trace in runs._traces.values()) <= 2**20
+    assert runs.assembler.memory == sum(footprint(trace) for trace in runs.assembler.traces.values()) <= 2**20
     # One run less would fit: the budget is used, not left idle.
-    assert runs._memory + footprint(runs._traces[kept[0]]) > 2**20
+    assert runs.assembler.memory + footprint(runs.assembler.traces[kept[0]]) > 2**20
 
 
 def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evicted():
@@ -189,12 +283,86 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
     for index in range(1, 301):
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
-    assert len(runs._finished) == 300 and not runs._traces
-    for index in range(1001, 1401):
+    assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
+    for index in range(1001, 1601):
         send(open_run(index))
-    assert evicted("memory") == 0 and len(runs._traces) == 400
-    assert 0 < len(runs._finished) < 300  # the oldest went first, to make room
-    assert list(runs._finished)[-1] == (300).to_bytes(16, "big")
-    for index in range(1401, 1601):
+    assert evicted("memory") == 0 and len(runs.assembler.traces) == 600
+    assert 0 < len(runs.assembler.finished) < 300  # the oldest went first, to make room
+    assert list(runs.assembler.finished)[-1] == (300).to_bytes(16, "big")
+    for index in range(1601, 1901):
         send(open_run(index))
-    assert not runs._finished and evicted("memory") == 600 - len(runs._traces) > 0
+    assert not runs.assembler.finished and evicted("memory") == 900 - len(runs.assembler.traces) > 0
+
+
+def log_request(trace_number: int, event: str, values: dict) -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    log_record = (
+        request.resource_logs.add()
+        .scope_logs.add()
+        .log_records.add(event_name=event, trace_id=trace_number.to_bytes(16, "big"), span_id=span_id(1))
+    )
+    log_record.attributes.extend(attributes(values))
+    return request
+
+
+def test_content_and_evaluations_waiting_for_their_run_count_in_the_memory_budget():
+    """Shed in order: content log records, then evaluations (unmatched), before any open run."""
+    budget = 2**20
+    assembler = Assembler(RunsConfig(max_memory_bytes=budget))
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    content = {"gen_ai.completion": "c" * 5_000}
+    evaluation = {"gen_ai.evaluation.name": "tone", "gen_ai.evaluation.explanation": "e" * 1_000}
+    for number in range(1, 101):
+        assert assembler.process_logs(log_request(number, "gen_ai.content.completion", content), 0.0) == Output()
+    for number in range(101, 141):
+        assert assembler.process_logs(log_request(number, "gen_ai.evaluation.result", evaluation), 0.0) == Output()
+    one_content = TRACE_CONTENT_BYTES + 5_000
+    one_evaluation = PENDING_TRACE_BYTES + EVALUATION_BYTES + 1_000
+    assert assembler.held_bytes() == 100 * one_content + 40 * one_evaluation and assembler.memory == 0
+
+    sent = 0
+
+    def send(runs: int) -> Output:
+        nonlocal sent
+        outputs = Output()
+        for number in range(sent, sent + runs):
+            batch = Batch(open_run(1000 + number), 6)
+            normalize.process(batch)
+            outputs.extend(assembler.intake(batch, 0.0))
+        sent += runs
+        return outputs
+
+    assert send(1) == Output()
+    per_run = assembler.memory
+    # Past the budget by 10 runs: the oldest content goes, as much as makes room.
+    out = send((budget - assembler.held_bytes()) // per_run + 10)
+    assert out.counts == {} and len(assembler.traces) == sent
+    assert budget - one_content < assembler.held_bytes() <= budget
+    assert assembler.held_bytes() - assembler.memory - 40 * one_evaluation == assembler._logged_content.bytes > 0
+    # Past it by 20 runs more than the content: then the oldest evaluations go, unmatched.
+    out = send(assembler._logged_content.bytes // per_run + 20)
+    unmatched = out.counts[(UNMATCHED, ())]
+    assert out.counts == {(UNMATCHED, ()): unmatched} and 0 < unmatched < 40 and len(assembler.traces) == sent
+    assert assembler._logged_content.bytes == 0
+    assert assembler.held_bytes() - assembler.memory == (40 - unmatched) * one_evaluation
+    assert budget - one_evaluation < assembler.held_bytes() <= budget
+    # At last open runs are evicted.
+    out = send((40 - unmatched) * one_evaluation // per_run + 5)
+    assert assembler.held_bytes() - assembler.memory == 0 < out.counts[(EVICTED_RUNS, (MEMORY,))]
+    assert assembler.held_bytes() <= budget
+
+
+def test_each_span_id_is_in_the_node_map_once_even_when_a_span_names_itself_its_parent():
+    assembler = Assembler(RunsConfig())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(5) * 2
+    tool = make_span("execute_tool t", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id)
+    tool.parent_span_id = tool.span_id
+    child = make_span(
+        "execute_tool u", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id, parent=tool.span_id
+    )
+    batch = Batch(make_request([tool, child]), 2)
+    normalize.process(batch)
+    assembler.intake(batch, 0.0)
+    trace = assembler.traces[trace_id]
+    assert [span for span, _ in trace.node_items()] == [tool.span_id, child.span_id]

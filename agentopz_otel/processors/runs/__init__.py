@@ -6,8 +6,9 @@ matches external verdicts to their runs, `processor` drives it all from span int
 """
 
 from .outcome import RunLimit, decide_outcome
-from .processor import FACTORY, RunsConfig, RunsProcessor
-from .publishing import RunLogConfig, run_log_request
+from .processor import FACTORY, RunsProcessor
+from .publishing import run_log_request
+from .settings import RunLogConfig, RunsConfig
 
 __all__ = [
     "FACTORY",

@@ -10,16 +10,16 @@ itself for the grace period, so it can be forwarded carrying the run totals.
 
 from __future__ import annotations
 
-import math
-from array import array
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...model import LLM, NO_TOKENS, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
-from ...records import Evaluation
+from ...records import Evaluation, RunRecord
 from ..prompt_version import FROM_FLAG, FROM_NOTHING, UNKNOWN_VERSION
 
 MAX_MODELS_PER_RUN = 8
@@ -40,49 +40,78 @@ class HeldRoot:
     size: int = 0  # serialized bytes of the span, its resource and scope: counted in the held-roots budget
 
 
+@dataclass(slots=True)
+class Output:
+    """What one call into the Assembler produced, in the order it happened."""
+
+    records: list[RunRecord] = field(default_factory=list)  # finished runs
+    # Root spans to forward: a finished run's with its record (its totals go onto the span), the rest as
+    # they came (record None).
+    roots: list[tuple[HeldRoot, RunRecord | None]] = field(default_factory=list)
+    # Held calls released to the call metrics, with the agent of their run (None: each call's own).
+    calls: list[tuple[list[Call], str | None]] = field(default_factory=list)
+    counts: dict[tuple[str, tuple[str, ...]], float] = field(default_factory=dict)  # (metric, labels) -> increment
+    scores: list[tuple[tuple[str, ...], float]] = field(default_factory=list)  # agentopz_evaluation_score
+
+    def count(self, metric: str, labels: tuple[str, ...] = (), amount: float = 1) -> None:
+        key = (metric, labels)
+        self.counts[key] = self.counts.get(key, 0) + amount
+
+    def extend(self, other: Output) -> None:
+        self.records += other.records
+        self.roots += other.roots
+        self.calls += other.calls
+        for (metric, labels), amount in other.counts.items():
+            self.count(metric, labels, amount)
+        self.scores += other.scores
+
+
 # Calls and failed calls by name, flat: (name, calls, failed, name, calls, failed, ...).
 CallCounts = tuple
 
 # A call's labels: kind, service, the call's own agent, provider, model or tool, status.
 CallLabels = tuple[str, str, str | None, str, str, str]
-# Numbers kept per held call, after its labels' position: an LLM call's five token counts, cost and
-# duration; a tool call's duration. NaN: the span did not say.
-_LLM_NUMBERS = 8
-_TOOL_NUMBERS = 2
-_NAN = math.nan
+# A held call's row: its labels' position among the run's label tuples, a mask of the numbers the span
+# gave (bits 0-4 an LLM call's five token counts, 5 its cost, 6 its duration), then those numbers.
+_ROW = struct.Struct("<HB")
+_NUMBER = struct.Struct("<d")
+_TOKENS = 5
+MAX_CALL_LABELS = 2**16  # label tuples a run's held calls may use; past it, calls count as they come
 
 
-def _number(value: float | None) -> float:
-    return _NAN if value is None else value
-
-
-def _value(number: float) -> float | None:
-    return None if math.isnan(number) else number
-
-
-class HeldCalls(array):
-    """Calls held back from the call metrics until their run's agent is known: their numbers in this
-    array of doubles and each distinct label tuple once in `labels`, about 60 bytes a call where a
-    `Call` tuple took 200 (with its own copies of the label strings)."""
+class HeldCalls(bytearray):
+    """Calls held back from the call metrics until their run's agent is known: one row per call of only
+    the numbers its span gave (3 bytes and 8 a number: 27 bytes for an LLM call with two token counts
+    and a duration), and each distinct label tuple once in `labels` (a tuple shared between runs)."""
 
     __slots__ = ("labels",)
 
-    def __new__(cls) -> HeldCalls:
-        held = super().__new__(cls, "d")
-        held.labels = ()
-        return held
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: tuple[CallLabels, ...] = ()
 
-    def add(self, call: Call, labels: CallLabels) -> None:
-        """Hold `call`, whose first six fields are `labels` (a tuple shared between runs)."""
+    def add(self, call: Call, labels: CallLabels) -> bool:
+        """Hold `call`, whose first six fields are `labels`; False when the run has too many label tuples
+        to hold it."""
         try:
             position = self.labels.index(labels)
         except ValueError:
             position = len(self.labels)
+            if position >= MAX_CALL_LABELS:
+                return False
             self.labels = (*self.labels, labels)
-        if call.kind == LLM:
-            self.extend((position, *map(_number, call.tokens), _number(call.cost), _number(call.duration)))
-        else:
-            self.extend((position, _number(call.duration)))
+        numbers = (*call.tokens, call.cost, call.duration) if call.kind == LLM else (call.duration,)
+        bits = range(7) if call.kind == LLM else (6,)
+        mask = 0
+        given = []
+        for bit, number in zip(bits, numbers, strict=True):
+            if number is not None:
+                mask |= 1 << bit
+                given.append(number)
+        self += _ROW.pack(position, mask)
+        if given:
+            self += struct.pack(f"<{len(given)}d", *given)
+        return True
 
     def merge(self, other: HeldCalls) -> None:
         for call in other.calls():
@@ -91,17 +120,124 @@ class HeldCalls(array):
     def calls(self) -> list[Call]:
         found = []
         start = 0
-        while start < len(self):
-            labels = self.labels[int(self[start])]
+        end = len(self)
+        while start < end:
+            position, mask = _ROW.unpack_from(self, start)
+            start += _ROW.size
+            values: list[float | None] = []
+            for bit in range(7):
+                if mask & 1 << bit:
+                    values.append(_NUMBER.unpack_from(self, start)[0])
+                    start += _NUMBER.size
+                else:
+                    values.append(None)
+            labels = self.labels[position]
             if labels[0] == LLM:
-                tokens = tuple(None if math.isnan(n) else int(n) for n in self[start + 1 : start + 6])
-                cost, duration = _value(self[start + 6]), _value(self[start + 7])
-                start += _LLM_NUMBERS
+                tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
+                found.append(Call(*labels, tokens, values[5], values[6]))
             else:
-                tokens, cost, duration = NO_TOKENS, None, _value(self[start + 1])
-                start += _TOOL_NUMBERS
-            found.append(Call(*labels, tokens, cost, duration))
+                found.append(Call(*labels, NO_TOKENS, None, values[6]))
         return found
+
+
+# Group fields most groups never set, kept in side records made on the first write of another value:
+# a slot costs 8 bytes in every group. Those set when a run's root span arrives (an open run is mostly
+# waiting for it: its agent span ends last), and those rarely set at all. The defaults are assigned one
+# by one (a loop of setattr made a group's first root span cost more than the rest of its intake).
+
+
+class RootFields:
+    __slots__ = ("end_time", "failed", "named", "parent_id", "root", "root_arrived", "root_span_id", "start_time")
+
+    def __init__(self) -> None:
+        self.end_time = 0
+        self.failed = False
+        self.named = False  # run group: its agent span named the agent (not only by the span's own name)
+        self.parent_id = b""  # run group: the agent span's parent
+        self.root: HeldRoot | None = None
+        self.root_arrived = 0.0
+        self.root_span_id = b""
+        self.start_time = 0
+
+
+class RareFields:
+    __slots__ = (
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "evaluations",
+        "input",
+        "last_llm_error",
+        "last_tool_error",
+        "llm_errors",
+        "output",
+        "output_from_agent",
+        "reasoning_tokens",
+        "sub_agents",
+        "targeting_key",
+        "tool_errors",
+        "unpriced_calls",
+    )
+
+    def __init__(self) -> None:
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.evaluations: tuple[Evaluation, ...] = ()
+        # (rank, start of the run's input): the agent span's input (rank 0) beats the earliest LLM call's.
+        self.input: tuple[int, str] | None = None
+        self.last_llm_error = 0
+        self.last_tool_error = 0
+        self.llm_errors = 0
+        self.output: tuple[str, str] | None = None
+        self.output_from_agent = False
+        self.reasoning_tokens = 0
+        self.sub_agents = 0
+        self.targeting_key: str | None = None  # of the run's first flag evaluation that names one
+        self.tool_errors = 0
+        self.unpriced_calls = 0
+
+
+# Read-only stand-ins for a group's missing side records: code reading many of their fields at once
+# takes `group.rooted or NO_ROOT` and reads plain slots instead of going through the descriptors.
+NO_ROOT = RootFields()
+NO_RARE = RareFields()
+ROOT_FIELDS = {name: getattr(NO_ROOT, name) for name in RootFields.__slots__}
+RARE_FIELDS = {name: getattr(NO_RARE, name) for name in RareFields.__slots__}
+DEFAULTS: dict[type, dict[str, Any]] = {RootFields: ROOT_FIELDS, RareFields: RARE_FIELDS}
+
+
+class _Side:
+    """A Group field kept in one of the group's side records (the slot `record`, made as `kind`)."""
+
+    __slots__ = ("default", "kind", "name", "record")
+
+    def __init__(self, record: str, kind: type[RootFields] | type[RareFields]) -> None:
+        self.record = record
+        self.kind = kind
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.default = DEFAULTS[self.kind][name]
+
+    def __get__(self, group: Group | None, owner: type | None = None) -> Any:
+        side = getattr(group, self.record)
+        return self.default if side is None else getattr(side, self.name)
+
+    def __set__(self, group: Group, value: Any) -> None:
+        side = getattr(group, self.record)
+        if side is None:
+            if value == self.default:
+                return
+            side = self.kind()
+            setattr(group, self.record, side)
+        setattr(side, self.name, value)
+
+
+def _rooted() -> Any:
+    return _Side("rooted", RootFields)
+
+
+def _rare() -> Any:
+    return _Side("rare", RareFields)
 
 
 class Group:
@@ -110,100 +246,96 @@ class Group:
     __slots__ = (
         "agent",
         "agent_known",
-        "cache_read_tokens",
-        "cache_write_tokens",
         "calls",
         "cost",
-        "end_time",
-        "evaluations",
-        "failed",
         "final_call_end",
         "finish_reason",
         "finished",
-        "input",
         "input_tokens",
         "is_run",
-        "last_llm_error",
         "last_seen",
-        "last_tool_error",
         "llm_calls",
-        "llm_errors",
         "merged_into",
         "models",
-        "named",
-        "output",
-        "output_from_agent",
         "output_tokens",
-        "parent_id",
         "prompt_version",
-        "reasoning_tokens",
-        "root",
-        "root_arrived",
-        "root_span_id",
+        "rare",
+        "rooted",
         "service",
-        "start_time",
         "steps",
-        "sub_agents",
-        "targeting_key",
         "tool_calls",
-        "tool_errors",
         "tools",
         "top_parent",
         "trace",
-        "unpriced_calls",
         "version_rank",
     )
+    end_time: int = _rooted()
+    failed: bool = _rooted()
+    named: bool = _rooted()
+    parent_id: bytes = _rooted()
+    root_arrived: float = _rooted()
+    root_span_id: bytes = _rooted()
+    start_time: int = _rooted()
+    cache_read_tokens: int = _rare()
+    cache_write_tokens: int = _rare()
+    evaluations: tuple[Evaluation, ...] = _rare()
+    input: tuple[int, str] | None = _rare()
+    last_llm_error: int = _rare()
+    last_tool_error: int = _rare()
+    llm_errors: int = _rare()
+    output: tuple[str, str] | None = _rare()
+    output_from_agent: bool = _rare()
+    reasoning_tokens: int = _rare()
+    root: HeldRoot | None = _rooted()
+    sub_agents: int = _rare()
+    targeting_key: str | None = _rare()
+    tool_errors: int = _rare()
+    unpriced_calls: int = _rare()
 
     def __init__(self, trace: TraceState, top_parent: bytes, now: float) -> None:
         self.trace = trace
         self.top_parent = top_parent  # loose group: parent id of its topmost span (b"" = trace root)
         self.merged_into: Group | None = None
+        self.rooted: RootFields | None = None
+        self.rare: RareFields | None = None
         self.is_run = False
         self.finished = False
-        self.root: HeldRoot | None = None
-        self.root_arrived = 0.0
-        self.root_span_id = b""
-        self.parent_id = b""  # run group: the agent span's parent
         self.service = ""
         self.agent: str | None = None
-        self.named = False  # run group: its agent span named the agent (not only by the span's own name)
         # The run's agent can no longer change: its calls count in the call metrics as they come.
         self.agent_known = False
         # Calls held back from the call metrics until the agent of their run is known.
         self.calls: HeldCalls | None = None
         self.prompt_version: str | None = None
         self.version_rank = FROM_NOTHING  # where prompt_version came from (prompt_version.FROM_*)
-        self.targeting_key: str | None = None  # of the run's first flag evaluation that names one
-        self.failed = False
-        self.start_time = 0
-        self.end_time = 0
         self.last_seen = now
         self.cost = 0.0
-        self.unpriced_calls = 0
         self.input_tokens = 0
         self.output_tokens = 0
-        self.cache_read_tokens = 0
-        self.cache_write_tokens = 0
-        self.reasoning_tokens = 0
         self.llm_calls = 0
-        self.llm_errors = 0
         self.steps = 0
-        self.sub_agents = 0
         self.tool_calls = 0
-        self.tool_errors = 0
-        self.last_llm_error = 0
-        self.last_tool_error = 0
         # Calls and failed calls by model and by tool, as flat tuples (`CallCounts`): a dict of lists took
         # 300 bytes a run more; the empty tuples are shared, as the empty evaluations tuple is.
         self.models: CallCounts = ()
         self.tools: CallCounts = ()
-        self.evaluations: tuple[Evaluation, ...] = ()
-        self.output: tuple[str, str] | None = None
-        self.output_from_agent = False
-        # (rank, start of the run's input): the agent span's input (rank 0) beats the earliest LLM call's.
-        self.input: tuple[int, str] | None = None
         self.finish_reason: str | None = None
         self.final_call_end = 0
+
+    def root_fields(self) -> RootFields:
+        """The side record of root fields, made if need be: for writing several at once."""
+        if self.rooted is None:
+            self.rooted = RootFields()
+        return self.rooted
+
+    def arrive(self, span_id: bytes, view: SpanView, now: float) -> None:
+        """The group's root span has come: `span_id`, described by `view`."""
+        rooted = self.root_fields()
+        rooted.root_span_id = span_id
+        rooted.failed = view.status != STATUS_OK
+        rooted.start_time = view.span.start_time_unix_nano
+        rooted.end_time = view.end_time
+        rooted.root_arrived = now
 
     def find(self) -> Group:
         group = self
@@ -225,6 +357,8 @@ class Group:
             self.version_rank = rank
 
     def add(self, view: SpanView) -> None:
+        # Fields in side records are read and written only when the span has something for them: each
+        # access goes through a descriptor.
         if view.flag_version is not None:
             self.offer_version(view.flag_version, FROM_FLAG)
         if view.targeting_key is not None and self.targeting_key is None:
@@ -242,9 +376,12 @@ class Group:
                 self.unpriced_calls += 1
             self.input_tokens += view.input_tokens or 0
             self.output_tokens += view.output_tokens or 0
-            self.cache_read_tokens += view.cache_read_tokens or 0
-            self.cache_write_tokens += view.cache_write_tokens or 0
-            self.reasoning_tokens += view.reasoning_tokens or 0
+            if view.cache_read_tokens:
+                self.cache_read_tokens += view.cache_read_tokens
+            if view.cache_write_tokens:
+                self.cache_write_tokens += view.cache_write_tokens
+            if view.reasoning_tokens:
+                self.reasoning_tokens += view.reasoning_tokens
             if view.status in UPSTREAM_ERROR_STATUSES:
                 self.llm_errors += 1
                 self.last_llm_error = max(self.last_llm_error, view.end_time)
@@ -256,7 +393,7 @@ class Group:
             if view.end_time >= self.final_call_end:
                 self.final_call_end = view.end_time
                 self.finish_reason = view.finish_reason
-                if view.output is not None and not self.output_from_agent:
+                if view.output is not None and (self.rare is None or not self.rare.output_from_agent):
                     self.output = view.output
         elif view.kind == TOOL:
             self.tool_calls += 1
@@ -313,6 +450,10 @@ class Group:
         other.root = None
 
 
+# Every field of a group by name, as a checkpoint keeps them (side records are how they are held).
+GROUP_FIELDS = (*(name for name in Group.__slots__ if name not in ("rare", "rooted")), *ROOT_FIELDS, *RARE_FIELDS)
+
+
 def count_call(counts: CallCounts, name: str, failed: bool, limit: int, calls: int = 1) -> CallCounts:
     """`counts` with `calls` more calls of `name` (`failed` of them failed); at most `limit` names."""
     try:
@@ -338,15 +479,35 @@ def counts_by_name(counts: CallCounts) -> dict[str, list[int]]:
 SPAN_ID_BYTES = 8
 # Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
-TRACE_BYTES = 600  # the trace, its entry in the processor's map, its id, empty node map and lists
-GROUP_BYTES = 420  # a group and its small tuples (call counts by model and tool)
-NODE_BYTES = 110  # a span id in the node map, with the id itself
+TRACE_BYTES = 500  # the trace, its entry in the processor's map, its id, its group list, packed ids' headers
+GROUP_BYTES = 280  # a group with its own token counts and the parent id it waits for
+# A group's side records, when made; the root's with its span id and times.
+ROOT_FIELDS_BYTES = 200
+RARE_FIELDS_BYTES = 150
+CALL_COUNTS_BYTES = 40  # a group's calls by model or by tool, beside 8 bytes a field
+NODE_BYTES = 110  # a span id in the node map once it is a dict, with the id itself
 SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
-HELD_CALLS_BYTES = 200  # a run's held calls beside their numbers: the array, its spare room, labels
+HELD_CALLS_BYTES = 170  # a run's held calls beside their rows: the bytearray, its spare room, labels
 HELD_ROOT_BYTES = 600  # a held root's resource and scope copies and wrappers, beside 2x its encoded size
+EVALUATION_BYTES = 400  # an evaluation held with its run or waiting for it, beside its explanation
 # Span ids a trace remembers side by side in one bytearray (8 bytes each, found with bytes.find) before
 # it moves them to a set: a set costs ~90 bytes an id, and the many small traces are what count.
 PACKED_SPAN_IDS = 128
+# The node map likewise: span id and its group's position in the trace's groups, 9 bytes side by side,
+# until it has PACKED_NODES ids or its trace more groups than a byte can number; then a dict.
+PACKED_NODES = 128
+NODE_ENTRY = SPAN_ID_BYTES + 1
+_PACKED_GROUPS = 256
+
+
+def _find(packed: bytearray, span_id: bytes, stride: int) -> int:
+    """Where `span_id` starts in `packed`, entries `stride` bytes apart; -1 if it is not there."""
+    index = packed.find(span_id)
+    while index >= 0:
+        if index % stride == 0:  # a match across two entries is no match
+            return index
+        index = packed.find(span_id, index + 1)
+    return -1
 
 
 class TraceState:
@@ -354,7 +515,8 @@ class TraceState:
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
-        self.nodes: dict[bytes, Group] = {}  # span id (arrived, or awaited as a parent) -> group
+        # Span id (arrived, or awaited as a parent) -> group: packed (see PACKED_NODES), or a dict.
+        self.nodes: bytearray | dict[bytes, Group] = bytearray()
         # Ids of the spans received, so a span sent again counts once: packed, or a set past PACKED_SPAN_IDS.
         self.seen: bytearray | set[bytes] = bytearray()
         self.groups: list[Group] = []
@@ -362,19 +524,65 @@ class TraceState:
         self.bytes = 0  # its share of RunsProcessor's memory estimate, when it was last taken
 
     def node(self, span_id: bytes) -> Group | None:
-        group = self.nodes.get(span_id)
-        return group.find() if group is not None else None
+        nodes = self.nodes
+        if isinstance(nodes, dict):
+            group = nodes.get(span_id)
+            return group.find() if group is not None else None
+        position = nodes.find(span_id)
+        if position < 0:
+            return None
+        if position % NODE_ENTRY:  # found across two entries: look on
+            position = _find(nodes, span_id, NODE_ENTRY)
+            if position < 0:
+                return None
+        group = self.groups[nodes[position + SPAN_ID_BYTES]]
+        while group.merged_into is not None:
+            group = group.merged_into
+        return group
+
+    def set_node(self, span_id: bytes, group: Group, new: bool = False) -> None:
+        """`span_id` belongs to `group` (`new`: the caller knows the id is not in the map yet)."""
+        nodes = self.nodes
+        if isinstance(nodes, bytearray):
+            groups = self.groups
+            number = len(groups) - 1 if groups[-1] is group else groups.index(group)
+            if number < _PACKED_GROUPS:
+                position = -1 if new else _find(nodes, span_id, NODE_ENTRY)
+                if position >= 0:
+                    nodes[position + SPAN_ID_BYTES] = number
+                    return
+                if len(nodes) < PACKED_NODES * NODE_ENTRY:
+                    nodes += span_id
+                    nodes.append(number)
+                    return
+            self.nodes = nodes = dict(self.node_items())
+        nodes[span_id] = group
+
+    def node_items(self) -> list[tuple[bytes, Group]]:
+        nodes = self.nodes
+        if isinstance(nodes, dict):
+            return list(nodes.items())
+        return [
+            (bytes(nodes[start : start + SPAN_ID_BYTES]), self.groups[nodes[start + SPAN_ID_BYTES]])
+            for start in range(0, len(nodes), NODE_ENTRY)
+        ]
+
+    def node_count(self) -> int:
+        nodes = self.nodes
+        return len(nodes) if isinstance(nodes, dict) else len(nodes) // NODE_ENTRY
+
+    def nodes_bytes(self) -> int:
+        nodes = self.nodes
+        return len(nodes) * NODE_BYTES if isinstance(nodes, dict) else len(nodes)
 
     def has_seen(self, span_id: bytes) -> bool:
         seen = self.seen
         if isinstance(seen, set):
             return span_id in seen
         index = seen.find(span_id)
-        while index >= 0:
-            if index % SPAN_ID_BYTES == 0:  # a match across two ids is no match
-                return True
-            index = seen.find(span_id, index + 1)
-        return False
+        if index < 0:
+            return False
+        return index % SPAN_ID_BYTES == 0 or _find(seen, span_id, SPAN_ID_BYTES) >= 0
 
     def add_seen(self, span_id: bytes) -> None:
         seen = self.seen
@@ -405,20 +613,33 @@ class TraceState:
 
 def footprint(trace: TraceState) -> int:
     """Estimated bytes `trace` holds: see TRACE_BYTES."""
-    size = TRACE_BYTES + NODE_BYTES * len(trace.nodes) + trace.seen_bytes()
+    size = TRACE_BYTES + trace.nodes_bytes() + trace.seen_bytes()
     for group in trace.groups:
         size += GROUP_BYTES
+        if group.models:
+            size += CALL_COUNTS_BYTES + 8 * len(group.models)
+        if group.tools:
+            size += CALL_COUNTS_BYTES + 8 * len(group.tools)
         if group.calls is not None:
-            size += HELD_CALLS_BYTES + 8 * len(group.calls)
-        if group.root is not None:
-            size += HELD_ROOT_BYTES + 2 * group.root.span.ByteSize()
-        if group.output is not None:
-            size += len(group.output[1])
-        if group.input is not None:
-            size += len(group.input[1])
-        for evaluation in group.evaluations:
-            size += GROUP_BYTES + len(evaluation.explanation or "")
+            size += HELD_CALLS_BYTES + len(group.calls)
+        rooted = group.rooted
+        if rooted is not None:
+            size += ROOT_FIELDS_BYTES
+            if rooted.root is not None:
+                size += HELD_ROOT_BYTES + 2 * rooted.root.span.ByteSize()
+        rare = group.rare
+        if rare is not None:
+            size += RARE_FIELDS_BYTES
+            if rare.output is not None:
+                size += len(rare.output[1])
+            if rare.input is not None:
+                size += len(rare.input[1])
+            size += sum(map(evaluation_bytes, rare.evaluations))
     return size
+
+
+def evaluation_bytes(evaluation: Evaluation) -> int:
+    return EVALUATION_BYTES + len(evaluation.explanation or "")
 
 
 def unfinished(trace: TraceState) -> list[Group]:
@@ -427,7 +648,10 @@ def unfinished(trace: TraceState) -> list[Group]:
 
 def new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
     group = Group(trace, top_parent, now)
-    trace.groups.append(group)
+    if trace.groups:
+        trace.groups.append(group)
+    else:
+        trace.groups = [group]  # a list made by append keeps room for four: most traces have one group
     return group
 
 

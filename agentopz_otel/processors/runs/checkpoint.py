@@ -18,44 +18,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import operator
 import pickle
 import sqlite3
 import time
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from pydantic import BaseModel, ConfigDict, Field
 
-from ...model import Call
+from ...model import LLM, NO_TOKENS, Call
 from ...records import Evaluation
-from .assembly import Group, HeldCalls, HeldRoot, TraceState
+from .assembly import GROUP_FIELDS, Group, HeldCalls, HeldRoot, TraceState
 
 log = logging.getLogger("agentopz_otel.runs")
 
-FORMAT_VERSION = 4  # 4: held calls as numbers; 3: groups count calls per model and per tool, may hold the input
-READABLE_VERSIONS = (3, 4)
+# 5: held calls as rows of the numbers given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call;
+# 3: groups count calls per model and per tool, may hold the input.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (3, 4, 5)
 SLICE = 2000  # traces packed between two yields to the event loop
 _SCHEMA = "CREATE TABLE IF NOT EXISTS run_checkpoint (owner TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB)"
 # Group fields that are references, packed apart; every other field is a plain value.
 _REFERENCES = ("trace", "merged_into", "root", "calls", "evaluations")
-_PLAIN = tuple(name for name in Group.__slots__ if name not in _REFERENCES)
+_PLAIN = tuple(name for name in GROUP_FIELDS if name not in _REFERENCES)
 _plain_values = operator.attrgetter(*_PLAIN)
 # Plain fields holding lists: copied when packed, since the pack is pickled on another thread while
 # intake goes on, and lists again when unpacked.
 _LISTS = frozenset(name for name in _PLAIN if isinstance(getattr(Group(TraceState(b"", 0.0), b"", 0.0), name), list))
 _LIST_POSITIONS = tuple(position for position, name in enumerate(_PLAIN) if name in _LISTS)
 _EVALUATION_FIELDS = tuple(field.name for field in fields(Evaluation))
-
-
-class CheckpointConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    storage: str = Field(description="id of a storage extension")
-    interval_seconds: float = Field(default=30.0, gt=0, description="a crash loses at most this much run assembly")
 
 
 @dataclass
@@ -85,16 +81,34 @@ def _unpacked(name: str, value: object) -> object:
     return value
 
 
-def _held_calls(packed: tuple) -> HeldCalls:
-    """Format 4: (labels, numbers as bytes); format 3: one tuple per call, as `Call`."""
+def _format_4_calls(labels: tuple, numbers: bytes) -> list[Call]:
+    """Format 4's held calls: per call its labels' position, then an LLM call's five token counts, cost
+    and duration, or a tool call's duration, all doubles (NaN: not given)."""
+    values = array("d", numbers)
+    calls = []
+    start = 0
+    while start < len(values):
+        kept = labels[int(values[start])]
+        given = [None if math.isnan(n) else n for n in values[start + 1 : start + (8 if kept[0] == LLM else 2)]]
+        if kept[0] == LLM:
+            tokens = tuple(None if n is None else int(n) for n in given[:5])
+            calls.append(Call(*kept, tokens, given[5], given[6]))
+            start += 8
+        else:
+            calls.append(Call(*kept, NO_TOKENS, None, given[0]))
+            start += 2
+    return calls
+
+
+def _held_calls(packed: tuple, version: int) -> HeldCalls:
+    """Formats 4 and 5: (labels, the rows as bytes); format 3: one tuple per call, as `Call`."""
     calls = HeldCalls()
-    if len(packed) == 2 and isinstance(packed[1], bytes):
-        calls.labels, numbers = packed
-        calls.frombytes(numbers)
-    else:
-        for values in packed:
-            call = Call(*values)
-            calls.add(call, call[:6])
+    if version == FORMAT_VERSION:
+        calls.labels, rows = packed
+        calls += rows
+        return calls
+    for call in _format_4_calls(*packed) if version == 4 else [Call(*values) for values in packed]:
+        calls.add(call, call[:6])
     return calls
 
 
@@ -115,15 +129,15 @@ def pack_trace(trace: TraceState) -> tuple:
                     root.schema_url,
                     root.span.SerializeToString(),
                 ),
-                None if group.calls is None else (group.calls.labels, group.calls.tobytes()),
+                None if group.calls is None else (group.calls.labels, bytes(group.calls)),
                 tuple(tuple(getattr(e, name) for name in _EVALUATION_FIELDS) for e in group.evaluations),
             )
         )
-    nodes = {span_id: index[id(group)] for span_id, group in trace.nodes.items()}
+    nodes = {span_id: index[id(group)] for span_id, group in trace.node_items()}
     return trace.trace_id, trace.last_seen, tuple(groups), nodes, tuple(trace.seen_ids())
 
 
-def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float) -> TraceState:
+def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float, version: int = FORMAT_VERSION) -> TraceState:
     trace_id, last_seen, packed_groups, nodes, seen = packed
     trace = TraceState(trace_id, last_seen + shift)
     for span_id in seen:
@@ -146,14 +160,15 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float) -> TraceSt
                 Span.FromString(span),
                 len(resource) + len(scope) + len(span),
             )
-        group.calls = None if calls is None else _held_calls(calls)
+        group.calls = None if calls is None else _held_calls(calls, version)
         group.evaluations = tuple(Evaluation(**dict(zip(_EVALUATION_FIELDS, e, strict=True))) for e in evaluations)
         trace.groups.append(group)
         merged.append(merged_into)
     for group, merged_into in zip(trace.groups, merged, strict=True):
         if merged_into >= 0:
             group.merged_into = trace.groups[merged_into]
-    trace.nodes = {span_id: trace.groups[number] for span_id, number in nodes.items()}
+    for span_id, number in nodes.items():
+        trace.set_node(span_id, trace.groups[number])
     return trace
 
 
@@ -175,10 +190,10 @@ class RunCheckpoint:
             shift = time.monotonic() - saved_monotonic
             state = RunState(OrderedDict(), OrderedDict())
             for packed in traces:
-                trace = unpack_trace(packed, names, shift)
+                trace = unpack_trace(packed, names, shift, version)
                 state.traces[trace.trace_id] = trace
             for packed, finished_at in finished:
-                trace = unpack_trace(packed, names, shift)
+                trace = unpack_trace(packed, names, shift, version)
                 state.finished[trace.trace_id] = (trace, finished_at + shift)
         except Exception as error:  # written by another version of the code, or damaged
             log.warning("%s: the run checkpoint cannot be read (%s); starting without it", self._owner, error)

@@ -3,7 +3,6 @@ finishes: log records and spans travel separately and either may arrive first.""
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -14,10 +13,20 @@ from .assembly import Group
 
 # Traces whose content log records are held at once (each holds at most one output of max_output_chars).
 MAX_TRACES = 10_000
+# Estimated memory of a trace's content, for runs.max_memory_bytes: beside its output and version.
+TRACE_CONTENT_BYTES = 250
 
 
 class TraceContent:
     __slots__ = ("output", "output_time", "prompt_version", "seen")
+
+    @property
+    def bytes(self) -> int:
+        return (
+            TRACE_CONTENT_BYTES
+            + len(self.prompt_version or "")
+            + (len(self.output[1]) if self.output is not None else 0)
+        )
 
     def __init__(self, seen: float) -> None:
         self.seen = seen
@@ -34,16 +43,17 @@ class LoggedContent:
         self._max_traces = max_traces
         self._hold_seconds = hold_seconds
         self._max_output_chars = max_output_chars
+        self.bytes = 0  # estimated memory of what is held
 
-    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+    def process_logs(self, request: ExportLogsServiceRequest, now: float) -> None:
         for resource_logs in request.resource_logs:
             for scope_logs in resource_logs.scope_logs:
                 for log_record in scope_logs.log_records:
                     name = log_event_name(log_record)
                     if name in CONTENT_EVENTS and len(log_record.trace_id) == 16:
-                        self._keep(log_record, name)
+                        self._keep(log_record, name, now)
 
-    def _keep(self, log_record, name: str) -> None:
+    def _keep(self, log_record, name: str, now: float) -> None:
         version = next((kv.value.string_value for kv in log_record.attributes if kv.key == VERSION_ATTRIBUTE), None)
         output = dict(event_content(name, log_record.attributes, log_record.body)).get("output")
         if output is not None and len(output[1]) > self._max_output_chars:
@@ -52,24 +62,38 @@ class LoggedContent:
             return
         content = self._traces.get(log_record.trace_id)
         if content is None:
-            content = self._traces[log_record.trace_id] = TraceContent(time.monotonic())
+            content = self._traces[log_record.trace_id] = TraceContent(now)
             while len(self._traces) > self._max_traces:
-                self._traces.popitem(last=False)
+                self._drop_oldest()
+        else:
+            self.bytes -= content.bytes
         if version and content.prompt_version is None:
             content.prompt_version = version
         record_time = log_record.time_unix_nano or log_record.observed_time_unix_nano
         if output is not None and record_time >= content.output_time:
             content.output, content.output_time = output, record_time
+        self.bytes += content.bytes
+
+    def _drop_oldest(self) -> None:
+        self.bytes -= self._traces.popitem(last=False)[1].bytes
+
+    def shed(self, excess: int) -> int:
+        """Forget the oldest traces' content until `excess` bytes are free (or none is left); the bytes freed."""
+        before = self.bytes
+        while self._traces and before - self.bytes < excess:
+            self._drop_oldest()
+        return before - self.bytes
 
     def apply(self, group: Group) -> None:
         """Give a finishing run the content its trace sent as log records, where its spans had none."""
         content = self._traces.pop(group.trace.trace_id, None)
         if content is None:
             return
+        self.bytes -= content.bytes
         group.offer_version(content.prompt_version, FROM_HASH)
         if group.output is None and content.output is not None:
             group.output = content.output
 
     def expire(self, now: float) -> None:
         while self._traces and now - next(iter(self._traces.values())).seen > self._hold_seconds:
-            self._traces.popitem(last=False)
+            self._drop_oldest()

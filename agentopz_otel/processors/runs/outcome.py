@@ -19,6 +19,7 @@ from ...records import (
     TOOL_ERROR,
     RunRecord,
 )
+from .assembly import NO_RARE, NO_ROOT
 
 if TYPE_CHECKING:
     from .assembly import Group
@@ -41,7 +42,9 @@ class RunLimit(BaseModel):
 
 def decide_outcome(group: Group, record: RunRecord, limit: RunLimit | None, quality_verdict: str) -> str:
     """Exactly one outcome per run, most specific cause first."""
-    if group.root is None and not group.root_span_id:
+    rooted = group.rooted or NO_ROOT
+    rare = group.rare or NO_RARE
+    if rooted.root is None and not rooted.root_span_id:
         return ABANDONED
     if limit is not None:
         if limit.max_cost_usd is not None and group.cost > limit.max_cost_usd:
@@ -54,11 +57,11 @@ def decide_outcome(group: Group, record: RunRecord, limit: RunLimit | None, qual
         if limit.max_duration_seconds is not None and duration is not None and duration > limit.max_duration_seconds:
             record.limit_exceeded = "max_duration_seconds"
             return TIMEOUT
-    if group.failed:
+    if rooted.failed:
         # The failure closest to the end explains it: a recovered earlier error does not.
-        if group.last_llm_error and group.last_llm_error >= group.last_tool_error:
+        if rare.last_llm_error and rare.last_llm_error >= rare.last_tool_error:
             return LLM_ERROR
-        if group.last_tool_error:
+        if rare.last_tool_error:
             return TOOL_ERROR
         return ERROR
     if quality_verdict == FAIL:

@@ -1,136 +1,57 @@
-"""The runs processor: span intake into run assembly, and finishing runs when they are done.
+"""The runs processor: the shell around the `Assembler` (assembler.py), which makes every decision.
 
-A run is the outermost agent span of a trace with everything beneath it; a trace with LLM calls and
-no agent span is one run of its root. How spans are grouped is in `assembly`, how an outcome is
-decided in `outcome`, where finished runs go in `publishing`, how evaluations find their run in
-`evaluations`.
-
-Two things reach beyond the runs themselves. Per-call metrics carry the agent of the call's run:
-a call whose run's agent is not known yet is marked so the exporters skip it, held as a `Call`, and
-handed to the exporters' call metrics (`emit_calls`) once the agent is known or the run finishes.
-And a span received again (same trace and span id) while its id is remembered is counted nowhere.
+It holds the processor's config, runs the finishing ticker and the checkpoint on the event loop, and
+routes what the Assembler reports: finished runs to the run log, the feed and the run metrics, root
+spans (with the run totals) to the rest of the pipeline, released calls to the exporters' call
+metrics, counters to the registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...components import Context, Factory, Storage
-from ...content import input_text
 from ...metrics import Registry
-from ...model import AGENT, LLM, OTHER, STATUS_OK, TOOL, Batch, Call, SpanView, call_of
-from ...records import SUCCESS, InFlightRuns, RunFeed, RunRecord
-from ..prompt_version import UNKNOWN_VERSION
-from ..quality import FinishedRun, QualityConfig, QualityEvaluator
-from .assembly import (
-    REMOTE_PARENT_FLAGS,
-    CallLabels,
-    Group,
-    HeldCalls,
-    HeldRoot,
-    TraceState,
-    counts_by_name,
-    footprint,
-    known_top_level,
-    new_group,
-    outer_run,
-    unfinished,
+from ...model import Batch, Call
+from ...records import InFlightRuns, RunFeed
+from .assembler import (
+    DUPLICATE_SPANS,
+    EVICTED_RUNS,
+    LATE_SPANS,
+    QUALITY_CHECKS,
+    SHUTDOWN,
+    UNASSEMBLED_SPANS,
+    UNHELD_ROOTS,
+    Assembler,
 )
-from .checkpoint import CheckpointConfig, RunCheckpoint, RunState
-from .evaluations import EvaluationRouter
-from .logged_content import LoggedContent
-from .outcome import RunLimit, decide_outcome
-from .publishing import (
-    RUN_COST_BUCKETS,
-    RUN_DURATION_BUCKETS,
-    RunLogConfig,
-    RunMetrics,
-    RunPublisher,
-    add_totals,
-    in_flight_runs,
-)
+from .assembly import Output
+from .checkpoint import RunCheckpoint, RunState
+from .evaluations import EVALUATIONS, SCORE_BUCKETS, UNMATCHED
+from .publishing import RunMetrics, RunPublisher, add_totals, in_flight_runs
+from .settings import RunsConfig
 
 log = logging.getLogger("agentopz_otel.runs")
 
 FINISH_SLICE = 200  # quiet traces handled between two yields to the event loop
-# agentopz_evicted_runs_total{reason}: the open-run cap, the memory budget, the service stopping.
-CAPACITY = "capacity"
-MEMORY = "memory"
-SHUTDOWN = "shutdown"
-# Distinct names and label tuples of held calls shared across runs; past it, sharing starts over.
-MAX_SHARED_NAMES = 4096
-MAX_SHARED_LABELS = 4096
+# The counters an Output's `counts` may name.
+COUNTED = (
+    DUPLICATE_SPANS,
+    EVICTED_RUNS,
+    LATE_SPANS,
+    QUALITY_CHECKS,
+    UNASSEMBLED_SPANS,
+    UNHELD_ROOTS,
+    EVALUATIONS,
+    UNMATCHED,
+)
 
-
-class RunsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    grace_seconds: float = Field(default=5.0, gt=0, description="quiet time after the root arrived")
-    root_wait_seconds: float = Field(
-        default=30.0, gt=0, description="how long a finished agent span waits for a parent that may be an agent"
-    )
-    abandon_after_seconds: float = Field(
-        default=300.0, gt=0, description="quiet time after which a run whose root never came is abandoned"
-    )
-    late_window_seconds: float = Field(default=300.0, ge=0, description="how long finished runs are remembered")
-    max_open_runs: int = Field(default=100_000, ge=1)
-    max_held_root_bytes: int = Field(
-        default=128 * 1024 * 1024,
-        ge=0,
-        description="run root spans held until their run finishes, in serialized bytes; past it a root goes on "
-        "at once, without the run's totals",
-    )
-    max_memory_bytes: int = Field(
-        default=256 * 2**20,
-        ge=2**20,
-        description="estimated memory of everything held for runs (open runs with their held calls, root "
-        "spans and content; finished traces kept for late spans; remembered span ids); past it the oldest "
-        "finished traces are forgotten, then the oldest open runs evicted (agentopz_evicted_runs_total"
-        '{reason="memory"})',
-    )
-    max_spans_per_trace: int = Field(
-        default=10_000, ge=1, description="span ids remembered per trace; spans past it skip run assembly"
-    )
-    max_remembered_span_ids: int = Field(
-        default=500_000,
-        ge=0,
-        description="span ids kept so a span received again (an exporter's retry) is not counted twice, over "
-        "open traces and finished ones in their late window; past it the oldest finished traces are forgotten",
-    )
-    tick_seconds: float = Field(default=0.5, gt=0)
-    duration_buckets: list[float] = Field(default_factory=lambda: list(RUN_DURATION_BUCKETS))
-    cost_buckets: list[float] = Field(default_factory=lambda: list(RUN_COST_BUCKETS))
-    limits: list[RunLimit] = Field(default_factory=list)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-    run_log: RunLogConfig = Field(default_factory=RunLogConfig)
-    slo_file: str | None = Field(
-        default=None, description="SLO file whose latency and cost thresholds are added as bucket boundaries"
-    )
-    checkpoint: CheckpointConfig | None = Field(
-        default=None, description="keep open runs across restarts in a storage extension; unset: a restart loses them"
-    )
-
-    @model_validator(mode="after")
-    def _slo_buckets(self) -> RunsConfig:
-        if self.slo_file:
-            from ...slo import cost_thresholds, latency_thresholds, load_spec
-
-            spec = load_spec(self.slo_file)
-            self.duration_buckets = sorted({*self.duration_buckets, *latency_thresholds(spec)})
-            self.cost_buckets = sorted({*self.cost_buckets, *cost_thresholds(spec)})
-        return self
+__all__ = ["FACTORY", "RunsConfig", "RunsProcessor"]
 
 
 class RunsProcessor:
@@ -150,39 +71,19 @@ class RunsProcessor:
         self._clock = clock
         self._wall_clock = wall_clock
         self.config = config
+        self.assembler = Assembler(config, input_chars)
         self._storage = storage
         self._checkpoint: RunCheckpoint | None = None
         self._checkpoint_task: asyncio.Task | None = None
-        self._input_chars = input_chars
-        self._quality = QualityEvaluator(config.quality)
-        self._traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
-        # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
-        self._finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
         self._tick_task: asyncio.Task | None = None
         self._publisher = RunPublisher(config.run_log, feed)
-        self._metrics = RunMetrics(registry, config.duration_buckets, config.cost_buckets, self._open_groups)
-        self._evaluations = EvaluationRouter(
-            registry,
-            config.quality.evaluations,
-            config.max_open_runs,
-            config.abandon_after_seconds,
-            self._find_trace,
-        )
-        self._logged_content = LoggedContent(config.abandon_after_seconds, config.quality.max_output_chars)
-        self._evicted = registry.metric("agentopz_evicted_runs_total")
-        self._unassembled = registry.metric("agentopz_unassembled_spans_total")
-        self._late = registry.metric("agentopz_late_spans_total")
-        self._duplicates = registry.metric("agentopz_duplicate_spans_total")
+        self._metrics = RunMetrics(registry, config.duration_buckets, config.cost_buckets, self.assembler.open_groups)
+        self._counters = {name: registry.metric(name) for name in COUNTED}
+        self._scores = registry.metric("agentopz_evaluation_score", SCORE_BUCKETS)
         # Root spans are held until their run finishes only to be forwarded carrying the run totals:
         # the pipeline turns this off when no exporter reads the spans (service.Pipeline).
         self.enrich_spans = True
-        self._memory = 0  # estimated bytes held by open and finished traces (runs.max_memory_bytes)
-        self._remembered = 0  # span ids in the `seen` sets of open and finished traces
-        self._held_root_bytes = 0  # HeldRoot.size of every root held, against max_held_root_bytes
-        self._unheld_roots = registry.metric("agentopz_unheld_run_roots_total")
         self._emit_calls: Callable[[list[Call], str | None], None] | None = None
-        self._call_labels: dict[tuple, CallLabels] = {}
-        self._names: dict[str, str] = {}
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -197,19 +98,32 @@ class RunsProcessor:
         self._publisher.connect(emit_spans, emit_logs)
         self._emit_calls = emit_calls
 
+    def _route(self, out: Output) -> None:
+        """Send on what the Assembler reported."""
+        for root, record in out.roots:
+            if record is not None:
+                add_totals(root.span, record)
+            self._publisher.emit_root(root)
+        if self._emit_calls is not None:
+            for calls, agent in out.calls:
+                self._emit_calls(calls, agent)
+        for (name, labels), amount in out.counts.items():
+            self._counters[name].series(labels).value += amount
+        for labels, score in out.scores:
+            self._scores.series(labels).observe(score)
+        for record in out.records:
+            self._metrics.record(record)
+        if out.records:
+            self._publisher.publish(out.records)
+
     async def start(self) -> None:
         self._publisher.open()
         if self._storage is not None:
             self._checkpoint = RunCheckpoint(self._storage.connect(self.id), self.id)
             state = self._checkpoint.load()
             if state is not None:
-                self._traces, self._finished = state.traces, state.finished
-                traces = [*self._traces.values(), *(trace for trace, _ in self._finished.values())]
-                self._remembered = sum(trace.seen_count() for trace in traces)
-                self._held_root_bytes = sum(g.root.size for trace in traces for g in trace.groups if g.root)
-                for trace in traces:
-                    self._measure(trace)
-                open_runs = sum(1 for _ in self._open_groups())
+                self.assembler.restore(state.traces, state.finished)
+                open_runs = sum(1 for _ in self.assembler.open_groups())
                 log.info("%s: %d open runs restored from the checkpoint", self.id, open_runs)
             self._checkpoint_task = asyncio.create_task(self._checkpointer())
         self._tick_task = asyncio.create_task(self._ticker())
@@ -223,13 +137,14 @@ class RunsProcessor:
         if self._checkpoint is not None:
             # Open runs stay open: the next start picks them up where they are.
             await self._checkpoint.save(self._state())
-            log.info("%s: %d open runs saved for the next start", self.id, sum(1 for _ in self._open_groups()))
+            open_runs = sum(1 for _ in self.assembler.open_groups())
+            log.info("%s: %d open runs saved for the next start", self.id, open_runs)
         else:
             self.flush()
         self._publisher.close()
 
     def _state(self) -> RunState:
-        return RunState(self._traces, self._finished)
+        return RunState(self.assembler.traces, self.assembler.finished)
 
     async def _checkpointer(self) -> None:
         assert self._checkpoint is not None and self.config.checkpoint is not None
@@ -243,536 +158,44 @@ class RunsProcessor:
             try:
                 # Finish runs in slices so a burst of finished runs does not stall the receivers.
                 now = self._clock()
-                quiet = self._quiet_traces(now)
+                quiet = self.assembler.quiet_traces(now)
                 for start in range(0, len(quiet), FINISH_SLICE):
-                    self._finish_quiet(quiet[start : start + FINISH_SLICE], now)
+                    self._route(
+                        self.assembler.finish_quiet(quiet[start : start + FINISH_SLICE], now, self._wall_clock())
+                    )
                     await asyncio.sleep(0)
-                self._expire(now)
+                self._route(self.assembler.expire(now))
             except Exception:
                 log.exception("finishing runs failed; continuing")
 
-    def _find_trace(self, trace_id: bytes) -> TraceState | None:
-        """An open trace, or a finished one still in the late window."""
-        trace = self._traces.get(trace_id)
-        if trace is None and trace_id in self._finished:
-            trace = self._finished[trace_id][0]
-        return trace
-
-    def _open_groups(self) -> Iterator[Group]:
-        # Over a copy: the in-flight gauges read it in slices, with intake running in between.
-        for trace in list(self._traces.values()):
-            yield from unfinished(trace)
-
-    def process_logs(self, request: ExportLogsServiceRequest) -> None:
-        """Evaluation results sent as log records, matched to their run by span or response id; content
-        events sent as log records, kept for their trace's run."""
-        self._evaluations.process_logs(request)
-        self._logged_content.process_logs(request)
-
-    # -- span intake ---------------------------------------------------------------------------
+    # -- data ----------------------------------------------------------------------------------
 
     def process(self, batch: Batch) -> None:
-        now = self._clock()
-        held: list[SpanView] = []
-        # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
-        # A flag evaluation (the prompt version a run was served) counts too: it often ends first.
-        genai = {view.trace_id for view in batch.views if view.kind != OTHER or view.flag_version is not None}
-        for view in batch.views:
-            if self._take(view, now, genai):
-                held.append(view)
-        if held and self.enrich_spans:
-            self._hold_roots(batch, held)
-        for trace_id in {view.trace_id for view in batch.views}:
-            trace = self._traces.get(trace_id)
-            if trace is not None:
-                self._measure(trace)
-        if len(self._traces) > self.config.max_open_runs:
-            self._evict(CAPACITY)
-        if self._memory > self.config.max_memory_bytes:
-            self._shed()
+        self._route(self.assembler.intake(batch, self._clock(), self.enrich_spans))
 
-    def _measure(self, trace: TraceState) -> None:
-        size = footprint(trace)
-        self._memory += size - trace.bytes
-        trace.bytes = size
-
-    def _shed(self) -> None:
-        """Over the memory budget: forget the oldest finished traces, then evict the oldest open runs."""
-        budget = self.config.max_memory_bytes
-        while self._memory > budget and self._finished:
-            self._forget(self._finished.popitem(last=False)[1][0])
-        if self._memory > budget:
-            self._evict(MEMORY)
-
-    def _take(self, view: SpanView, now: float, genai: set[bytes]) -> bool:
-        """Account one span; True when it is a run root to hold back until the run finishes."""
-        if view.output is not None and len(view.output[1]) > self.config.quality.max_output_chars:
-            view.output = None  # too large to hold until the run ends: content checks say unknown
-        if view.evaluation_target is not None:
-            self._evaluations.evaluate_target(view)
-            return False
-        trace_id = view.trace_id
-        span_id = view.span_id
-        trace = self._traces.get(trace_id)
-        known = trace or self._finished.get(trace_id, (None,))[0]
-        if known is not None and known.has_seen(span_id):
-            self._duplicates.series(()).value += 1
-            view.skip_call_metrics = True
-            return False
-        if trace is None:
-            lingering = self._finished.pop(trace_id, None)
-            if lingering is not None:
-                trace = lingering[0]
-            elif trace_id not in genai:
-                return False  # a span of a trace with no GenAI work (yet): nothing to assemble
-            else:
-                trace = TraceState(trace_id, now)
-            trace.last_seen = now
-            self._traces[trace_id] = trace
-            pending = self._evaluations.take_pending(trace_id)
-            if pending:
-                view.evaluations = [*(view.evaluations or ()), *pending]
-        else:
-            self._traces.move_to_end(trace_id)
-            trace.last_seen = now
-        if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
-            self._remember(trace, span_id)
-            # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
-            view.service = self._shared(view.service)
-            view.model = self._shared(view.model)
-            if view.agent is not None:
-                view.agent = self._shared(view.agent)
-            if view.tool is not None:
-                view.tool = self._shared(view.tool)
-        parent_id = view.parent_span_id
-        if len(trace.nodes) >= self.config.max_spans_per_trace:
-            self._unassembled.series(()).value += 1
-            return False
-        own = trace.node(span_id)  # children that arrived first created a group under this id
-        if own is not None and own.finished:
-            self._late_span(own, view)  # includes an agent span delivered again after its run finished
-            return False
-        if view.kind == AGENT:
-            group = own if own is not None and not own.is_run else None
-            if group is None:
-                group = new_group(trace, b"", now)
-                if own is not None:  # a run already sits under this id: cannot happen for valid traces
-                    self._merge(group, own)
-            if group.root is not None:  # a local root held below this agent goes on as it came
-                self._emit_root(group.root)
-                group.root = None
-            group.is_run = True
-            group.root_span_id = span_id
-            group.parent_id = parent_id
-            group.root_arrived = now
-            group.agent = view.agent or group.agent
-            group.named = view.agent is not None and not view.agent_is_span_name
-            group.service = view.service
-            # The agent's own version beats its calls' of the same rank.
-            group.offer_version(view.prompt_version, view.prompt_version_from, replace_equal=True)
-            group.targeting_key = view.targeting_key or group.targeting_key
-            group.failed = view.status != STATUS_OK
-            group.start_time = view.span.start_time_unix_nano
-            group.end_time = view.end_time
-            group.last_seen = now
-            if view.output is not None:
-                group.output = view.output
-                group.output_from_agent = True
-            if self._input_chars and view.input is not None:
-                self._keep_input(group, view.input, 0)
-            if view.evaluations:
-                self._evaluations.attach(group, view.evaluations)
-            trace.nodes[span_id] = group
-            self._settle(group)
-            return True
-        if parent_id:
-            group = trace.node(parent_id)
-            if group is None:
-                group = own or new_group(trace, parent_id, now)
-                group.top_parent = parent_id
-                trace.nodes[parent_id] = group
-            elif own is not None and own is not group:
-                if group.finished:
-                    self._late_span(group, view)
-                    self._close(own, group.agent)  # children that came in time belong to the finished run
-                    return False
-                self._merge(group, own)
-        else:
-            group = own or new_group(trace, b"", now)
-            group.top_parent = b""
-        if group.finished:
-            self._late_span(group, view)
-            return False
-        if view.kind != LLM:  # LLM calls have no children: keep the node map small
-            trace.nodes[span_id] = group
-        elif view.response_id:
-            self._evaluations.remember_response(view.response_id, trace_id)
-        group.add(view)
-        if self._input_chars and view.input is not None and view.kind == LLM:
-            self._keep_input(group, view.input, 1 + view.span.start_time_unix_nano)
-        if view.evaluations:
-            self._evaluations.attach(group, view.evaluations)
-        group.last_seen = now
-        if view.kind == LLM or view.kind == TOOL:
-            self._hold_call(group, view)
-        remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
-        if not parent_id or (remote_parent and group.top_parent == parent_id):
-            # The trace root, or the top of this process's part of it (its parent is remote): the
-            # root of a run if the trace has no agent span.
-            group.root_span_id = span_id
-            group.failed = view.status != STATUS_OK
-            group.start_time = view.span.start_time_unix_nano
-            group.end_time = view.end_time
-            group.root_arrived = now
-            return True
-        return False
-
-    def _late_span(self, group: Group, view: SpanView) -> None:
-        self._late.series(()).value += 1
-        if group.agent_known:
-            view.agent = group.agent  # a call after its run finished counts with the finished run's agent
-        if view.evaluations:
-            self._evaluations.attach(group, view.evaluations)
-
-    def _remember(self, trace: TraceState, span_id: bytes) -> None:
-        """Keep the span's id, within the budget: the oldest finished traces make room first."""
-        if self._remembered >= self.config.max_remembered_span_ids:
-            if not self._finished or not self.config.max_remembered_span_ids:
-                return  # open traces hold the whole budget (or there is none): a copy would count again
-            self._forget(self._finished.popitem(last=False)[1][0])
-        trace.add_seen(span_id)
-        self._remembered += 1
-
-    def _shared(self, text: str) -> str:
-        found = self._names.get(text)
-        if found is None:
-            if len(self._names) >= MAX_SHARED_NAMES:
-                self._names.clear()
-            found = self._names[text] = text
-        return found
-
-    def _forget(self, trace: TraceState) -> None:
-        self._memory -= trace.bytes
-        trace.bytes = 0
-        self._remembered -= trace.seen_count()
-        trace.forget_seen()
-        # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
-        # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
-        trace.nodes = {}
-        trace.groups = []
-
-    def _hold_call(self, group: Group, view: SpanView) -> None:
-        """The call metrics carry the agent of the call's run: at once when it is known, else later."""
-        if not group.agent_known:
-            self._settle(group)
-        if group.agent_known:
-            view.agent = group.agent
-            return
-        view.skip_call_metrics = True
-        if group.calls is None:
-            group.calls = HeldCalls()
-        call = call_of(view)
-        labels = call[:6]
-        # One tuple of label strings for all runs' calls alike (each span's strings are its own copies).
-        shared = self._call_labels.get(labels)
-        if shared is None:
-            if len(self._call_labels) >= MAX_SHARED_LABELS:
-                self._call_labels.clear()
-            shared = self._call_labels[labels] = labels
-        group.calls.add(call, shared)
-
-    def _settle(self, group: Group) -> None:
-        """A run whose agent can no longer change (named by its agent span, not inside another run)
-        releases its held calls now, and its later calls count as they come."""
-        if group.is_run and group.named and known_top_level(group):
-            group.agent_known = True
-            self._release(group, group.agent)
-
-    def _release(self, group: Group, agent: str | None) -> None:
-        """Held calls to the call metrics, with the agent of their run (None: each call's own, as
-        outside any run)."""
-        calls, group.calls = group.calls, None
-        if calls and self._emit_calls is not None:
-            self._emit_calls(calls.calls(), agent)
-
-    def _merge(self, into: Group, other: Group) -> None:
-        """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
-        if other.root is not None:
-            self._emit_root(other.root)
-        into.absorb(other)
-
-    def _emit_root(self, root: HeldRoot) -> None:
-        self._held_root_bytes -= root.size
-        self._publisher.emit_root(root)
-
-    def _hold_roots(self, batch: Batch, roots: list[SpanView]) -> None:
-        """Move root spans out of the request; they are forwarded when their run finishes, or at once
-        (as they came) when the held roots have reached their byte budget."""
-        budget = self.config.max_held_root_bytes
-        by_id = {(view.trace_id, view.span_id): view for view in roots}
-        for resource_spans in batch.request.resource_spans:
-            resource: Resource | None = None
-            for scope_spans in resource_spans.scope_spans:
-                scope: InstrumentationScope | None = None
-                spans = scope_spans.spans
-                for index in range(len(spans) - 1, -1, -1):
-                    span = spans[index]
-                    view = by_id.get((span.trace_id, span.span_id))
-                    if view is None:
-                        continue
-                    group = self._traces[view.trace_id].node(view.span_id)
-                    if group is None or group.finished:
-                        continue
-                    size = span.ByteSize() + resource_spans.resource.ByteSize() + scope_spans.scope.ByteSize()
-                    if self._held_root_bytes + size > budget:
-                        self._unheld_roots.series(()).value += 1
-                        continue
-                    # Copies, once per resource and scope: a reference into the request would keep the
-                    # whole request's memory alive for as long as the run is open.
-                    if resource is None:
-                        resource = Resource()
-                        resource.CopyFrom(resource_spans.resource)
-                    if scope is None:
-                        scope = InstrumentationScope()
-                        scope.CopyFrom(scope_spans.scope)
-                    copy = Span()
-                    copy.CopyFrom(span)
-                    group.root = HeldRoot(resource, scope, resource_spans.schema_url, copy, size)
-                    self._held_root_bytes += size
-                    del spans[index]
-                    batch.span_count -= 1
-
-    # -- finishing -----------------------------------------------------------------------------
-
-    def _nest_sub_agents(self, trace: TraceState, now: float) -> None:
-        """Fold runs whose ancestor is another run into it, as sub-agent steps."""
-        for group in unfinished(trace):
-            if group.is_run and isinstance(outer := outer_run(group, now, self.config.root_wait_seconds), Group):
-                if outer.finished:
-                    self._late.series(()).value += 1
-                    self._close(group, outer.agent)
-                    continue
-                self._merge(outer, group)
-                if not outer.named and (group.named or outer.agent is None) and group.agent:
-                    # A wrapper without a name of its own (a workflow span): the run is the named agent's.
-                    outer.agent, outer.named = group.agent, group.named
-                elif not (group.agent == outer.agent and group.parent_id == outer.root_span_id):
-                    # (An agent span directly inside one of the same agent, as OpenLLMetry's LangGraph
-                    # workflow span inside invoke_agent, is that agent, not a sub-agent.)
-                    outer.sub_agents += 1
+    def process_logs(self, request: ExportLogsServiceRequest) -> None:
+        """Evaluation results and content events sent as log records."""
+        self._route(self.assembler.process_logs(request, self._clock()))
 
     def tick(self, now: float) -> None:
         """Finish every run that is done."""
-        self._finish_quiet(self._quiet_traces(now), now)
-        self._expire(now)
-
-    def _quiet_traces(self, now: float) -> list[TraceState]:
-        """Traces with no new span for the grace period (the dict is ordered by activity)."""
-        grace = self.config.grace_seconds
-        return list(itertools.takewhile(lambda trace: now - trace.last_seen >= grace, self._traces.values()))
-
-    def _finish_quiet(self, traces: list[TraceState], now: float) -> None:
-        grace = self.config.grace_seconds
-        finished: list[tuple[Group, bool]] = []
-        quiet: list[TraceState] = []
-        for trace in traces:
-            if self._traces.get(trace.trace_id) is not trace or now - trace.last_seen < grace:
-                continue  # retired, evicted or active again since the slice was taken
-            quiet.append(trace)
-            self._nest_sub_agents(trace, now)
-            has_run = any(g.is_run for g in trace.groups)
-            for group in unfinished(trace):
-                if now - group.last_seen < grace:
-                    continue
-                if group.is_run:
-                    if outer_run(group, now, self.config.root_wait_seconds) is None:
-                        finished.append((group, False))
-                elif group.top_parent and group.root_span_id:  # a local root; its parent is remote
-                    if now - group.root_arrived >= self.config.root_wait_seconds:
-                        if group.llm_calls and not has_run:
-                            finished.append((group, False))
-                        else:
-                            self._close(group)
-                elif group.top_parent:  # its root has not come
-                    if now - group.last_seen >= self.config.abandon_after_seconds:
-                        if group.has_work:
-                            finished.append((group, True))
-                        else:
-                            self._close(group)  # e.g. spans under a parent in a service not sending here
-                elif group.llm_calls and not has_run:  # LLM calls and no agent span: a run of the root
-                    finished.append((group, False))
-                else:
-                    self._close(group)  # the trace root's own subtree, outside any run
-        records = [self._finish(group, abandoned, self._wall_clock()) for group, abandoned in finished]
-        for trace in quiet:
-            if not unfinished(trace):
-                self._retire(trace, now)
-        if records:
-            self._publisher.publish(records)
-
-    def _expire(self, now: float) -> None:
-        """Forget evaluations that never found their run, and finished traces past the late window."""
-        self._evaluations.expire(now)
-        self._logged_content.expire(now)
-        window = self.config.late_window_seconds
-        while self._finished and (
-            now - next(iter(self._finished.values()))[1] > window or len(self._finished) > self.config.max_open_runs
-        ):
-            self._forget(self._finished.popitem(last=False)[1][0])
-
-    def _retire(self, trace: TraceState, now: float) -> None:
-        del self._traces[trace.trace_id]
-        if self.config.late_window_seconds:
-            self._finished[trace.trace_id] = (trace, now)
-            self._measure(trace)  # its content and held root are gone
-        else:
-            self._forget(trace)
-
-    def _close(self, group: Group, agent: str | None = None) -> None:
-        """Finish a group that is not a run; its held root (a plain trace root) is forwarded unchanged,
-        its held calls count with `agent` (the finished run they turned out to be part of) or their own."""
-        group.finished = True
-        self._release(group, agent)
-        if group.root is not None:
-            self._emit_root(group.root)
-            group.root = None
-        # Finished groups are remembered for late spans only: drop what is no longer needed.
-        group.output = None
-        group.input = None
-        group.evaluations = ()
-
-    def _limit(self, service: str, agent: str) -> RunLimit | None:
-        return next((limit for limit in self.config.limits if limit.matches(service, agent)), None)
-
-    def _keep_input(self, group: Group, source: tuple[str, str], rank: int) -> None:
-        if group.input is not None and group.input[0] <= rank and rank:
-            return
-        text = input_text(source)
-        if text:
-            group.input = (rank, text[: self._input_chars])
+        self._route(self.assembler.tick(now, self._wall_clock()))
 
     def in_flight(self) -> dict[tuple[str, str], InFlightRuns]:
         """Runs in progress by (service, agent), for `Context.in_flight`."""
-        return in_flight_runs(self._open_groups())
-
-    def _finish(self, group: Group, abandoned: bool, wall_now: float) -> RunRecord:
-        self._logged_content.apply(group)
-        service = group.service or "unknown_service"
-        agent = group.agent or service
-        duration = (group.end_time - group.start_time) / 1e9 if group.root_span_id and not abandoned else None
-        if duration is not None and duration < 0:
-            duration = None
-        record = RunRecord(
-            trace_id=group.trace.trace_id.hex(),
-            root_span_id=group.root_span_id.hex(),
-            service=service,
-            agent=agent,
-            prompt_version=group.prompt_version or UNKNOWN_VERSION,
-            outcome=SUCCESS,
-            started_at=group.start_time / 1e9 if group.start_time else 0.0,
-            finished_at=group.end_time / 1e9 if group.end_time else wall_now,
-            duration_seconds=duration,
-            cost_usd=group.cost if group.llm_calls else 0.0,
-            cost_complete=group.unpriced_calls == 0,
-            tokens={
-                "input": group.input_tokens,
-                "output": group.output_tokens,
-                "cache_read": group.cache_read_tokens,
-                "cache_write": group.cache_write_tokens,
-                "reasoning": group.reasoning_tokens,
-            },
-            steps=group.steps,
-            llm_calls=group.llm_calls,
-            llm_errors=group.llm_errors,
-            tool_calls=group.tool_calls,
-            tool_errors=group.tool_errors,
-            sub_agents=group.sub_agents,
-            models=list(group.models[::3]),
-            calls_by_model=counts_by_name(group.models),
-            calls_by_tool=counts_by_name(group.tools),
-            input_start=group.input[1] if group.input is not None else None,
-            scores={e.name: float(e.score) for e in group.evaluations if e.score is not None},
-            targeting_key=group.targeting_key,
-        )
-        if abandoned:
-            group.root_span_id = b""
-        verdict = self._quality.judge(
-            FinishedRun(
-                service=service,
-                agent=agent,
-                prompt_version=record.prompt_version,
-                steps=group.steps,
-                llm_calls=group.llm_calls,
-                tool_calls=group.tool_calls,
-                tool_errors=group.tool_errors,
-                cost_usd=record.cost_usd if record.cost_complete else None,
-                duration_seconds=duration,
-                tools=frozenset(group.tools[::3]),
-                finish_reason=group.finish_reason,
-                output_source=group.output,
-            ),
-            group.evaluations,
-        )
-        record.quality_verdict = verdict.verdict
-        record.failed_checks = verdict.failed_checks
-        record.outcome = decide_outcome(group, record, self._limit(service, agent), verdict.verdict)
-        labels = (service, agent, record.prompt_version)
-        for check, check_verdict in verdict.results:
-            self._metrics.checks.series((*labels, check, check_verdict)).value += 1
-        self._evaluations.count(service, agent, record.prompt_version, group.evaluations)
-        group.agent = agent
-        group.agent_known = True
-        group.prompt_version = record.prompt_version
-        group.service = service
-        self._metrics.record(record)
-        if group.root is not None:
-            add_totals(group.root.span, record)
-        self._close(group, agent)
-        return record
-
-    def _evict(self, reason: str) -> None:
-        """Drop the oldest open traces while over the open-run cap (`capacity`) or the memory budget
-        (`memory`); their held roots go on as they came, their held calls count with what is known."""
-        while self._traces and (
-            len(self._traces) > self.config.max_open_runs
-            if reason == CAPACITY
-            else self._memory > self.config.max_memory_bytes
-        ):
-            _, trace = self._traces.popitem(last=False)
-            for group in unfinished(trace):
-                if group.has_work:
-                    self._evicted.series((reason,)).value += 1
-                if group.root is not None:
-                    self._emit_root(group.root)
-                self._release(group, group.agent if group.is_run else None)
-            self._forget(trace)
+        return in_flight_runs(self.assembler.open_groups())
 
     def flush(self) -> None:
         """At shutdown: finish every run whose root arrived; count the rest as evicted."""
-        far_future = self._clock() + 10 * (self.config.grace_seconds + self.config.root_wait_seconds)
-        records = []
-        lost = 0
-        for trace in self._traces.values():
-            self._nest_sub_agents(trace, far_future)
-            has_run = any(g.is_run for g in trace.groups)
-            for group in unfinished(trace):
-                if group.is_run or (group.root_span_id and group.llm_calls and not has_run):
-                    records.append(self._finish(group, False, self._wall_clock()))
-                    continue
-                if group.has_work:
-                    lost += 1
-                self._close(group)
-            self._forget(trace)
-        self._traces.clear()
+        out = self.assembler.flush(self._clock(), self._wall_clock())
+        self._route(out)
+        lost = out.counts.get((EVICTED_RUNS, (SHUTDOWN,)), 0)
         if lost:
-            self._evicted.series((SHUTDOWN,)).value += lost
             log.warning(
                 "%s: %d runs waiting for their root at shutdown are lost (runs.checkpoint would keep them)",
                 self.id,
                 lost,
             )
-        if records:
-            self._publisher.publish(records)
 
 
 def _create(component_id: str, config: RunsConfig, context: Context) -> RunsProcessor:

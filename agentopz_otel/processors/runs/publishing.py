@@ -13,24 +13,15 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_NUMBER_WARN
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-from pydantic import BaseModel, ConfigDict, Field
 
 from ...metrics import Registry
 from ...model import Batch, add_attribute
 from ...records import OUTCOMES, SUCCESS, InFlightRuns, RunFeed, RunRecord
 from .assembly import Group, HeldRoot
+from .settings import RunLogConfig
 
-RUN_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
-RUN_COST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 RUN_COUNT_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
 IN_FLIGHT_SLICE = 2_000  # open runs read between two yields to the event loop
-
-
-class RunLogConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path: str | None = Field(default=None, description="JSON lines file; '-' for stdout; unset: no file")
-    otlp: bool = Field(default=True, description="also send each record as an OTLP log record to OTLP exporters")
 
 
 def run_log_request(records: list[RunRecord]) -> ExportLogsServiceRequest:
