@@ -22,8 +22,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from pydantic import BaseModel
 
 from .metrics import Registry
-from .model import Batch, Call
 from .records import InFlightRuns, RunFeed
+from .spans import Batch, Call
 
 if TYPE_CHECKING:
     from aiohttp import web

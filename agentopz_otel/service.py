@@ -21,7 +21,7 @@ from .config import ComponentConfig, Config
 from .exposition import metrics_handler
 from .httpserver import ConnectionGuard, serve
 from .metrics import Registry
-from .model import Batch, Call
+from .spans import Batch, Call
 
 log = logging.getLogger("agentopz_otel")
 

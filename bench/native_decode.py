@@ -39,7 +39,6 @@ from typing import Any, NamedTuple
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import EVALUATOR, SpanView
 from agentopz_otel.processors.normalize import Normalizer
 from agentopz_otel.receivers.otlp import parse_protobuf_request, remove_invalid_spans
 from agentopz_otel.semconv.dialects import (
@@ -49,6 +48,7 @@ from agentopz_otel.semconv.dialects import (
     ON_FAILURE_FIELDS,
 )
 from agentopz_otel.semconv.values import as_first_text, as_token_count
+from agentopz_otel.spans import EVALUATOR, SpanView
 from bench import build_payloads
 
 SOURCE = Path(__file__).resolve().parent / "native_decode" / "decode.c"

@@ -22,10 +22,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from agentopz_otel.components import Context
 from agentopz_otel.fleet import chat_attributes, otlp_attributes, tool_attributes, usage_attributes
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import Batch
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 from agentopz_otel.processors.runs import FACTORY as RUNS
 from agentopz_otel.processors.runs.checkpoint import SLICE, RunCheckpoint, RunState, pack_trace
+from agentopz_otel.spans import Batch
 
 
 def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRequest:

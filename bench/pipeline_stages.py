@@ -21,9 +21,9 @@ import time
 from collections import defaultdict
 
 from agentopz_otel.config import parse_config
-from agentopz_otel.model import Batch
 from agentopz_otel.receivers.otlp import parse_protobuf_request, remove_invalid_spans
 from agentopz_otel.service import Service
+from agentopz_otel.spans import Batch
 from bench import build_payloads, service_config
 
 RECEIVE = "receive (parse, ids)"

@@ -14,9 +14,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from agentopz_otel.components import Context
 from agentopz_otel.fleet import agent_attributes, otlp_attributes, usage_attributes
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import Batch
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 from agentopz_otel.processors.runs import FACTORY as RUNS
+from agentopz_otel.spans import Batch
 
 SCHEMA = {
     "type": "object",

@@ -30,7 +30,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ..components import Context, Factory, Storage
 from ..metrics import Registry
-from ..model import Batch
+from ..spans import Batch
 from .stored_queue import StoredQueue
 
 log = logging.getLogger("agentopz_otel.exporter.otlp")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from .. import catalogue
 from ..components import Context, Factory
 from ..metrics import CALL_DURATION_BUCKETS, Counter, Family, Histogram, Registry
-from ..model import LLM, TOOL, Batch, Call, tokens_of
+from ..spans import LLM, TOOL, Batch, Call, tokens_of
 
 UNKNOWN_LABEL = "unknown"
 

@@ -27,7 +27,7 @@ from .. import catalogue
 from ..bounded_log import BoundedLog
 from ..components import Context, Factory
 from ..metrics import Counter, Family
-from ..model import LLM, Batch, SpanView
+from ..spans import LLM, Batch, SpanView
 
 # agentopz.cost.source values. catalog_model_only: priced from the price catalogue by the model name
 # alone, the span named no provider the price catalogue knows.

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict
 from ..bounded_log import BoundedLog
 from ..components import Context, Factory
 from ..metrics import Counter, Family
-from ..model import AGENT, EVALUATOR, LLM, OTHER, STATUS_ERROR, TOOL, Batch, SpanView
 from ..records import Evaluation
 from ..semconv.dialects import (
     AGENT_NAMED_BY_SPAN,
@@ -42,6 +41,7 @@ from ..semconv.events import (
 from ..semconv.failures import FAILED_TOOL_STATUSES, SPAN_STATUS_ERROR, classify_failure
 from ..semconv.providers import canonical_provider, split_model_prefix
 from ..semconv.values import INVALID, MAX_TOKENS, SKIP, as_text, as_token_count
+from ..spans import AGENT, EVALUATOR, LLM, OTHER, STATUS_ERROR, TOOL, Batch, SpanView
 
 log = logging.getLogger("agentopz_otel.normalize")
 

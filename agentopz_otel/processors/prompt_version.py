@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..components import Context, Factory
 from ..content import system_text
-from ..model import AGENT, LLM, Batch, SpanView, add_attribute
 from ..semconv.events import CONTENT_EVENTS, event_content, log_event_name
+from ..spans import AGENT, LLM, Batch, SpanView, add_attribute
 
 UNKNOWN_VERSION = "unknown"
 VERSION_ATTRIBUTE = "agentopz.prompt.version"

@@ -45,8 +45,8 @@ from ..bearer import TokenConfig, bearer_credentials, token_matches
 from ..components import Consumer, Context, Factory
 from ..httpserver import ConnectionGuard, HttpServerConfig, serve
 from ..metrics import Counter, Family
-from ..model import Batch
 from ..netaddr import Endpoint, parse_endpoint
+from ..spans import Batch
 
 log = logging.getLogger("agentopz_otel.receiver")
 

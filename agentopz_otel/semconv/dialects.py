@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import NamedTuple
 
-from ..model import AGENT, EVALUATOR, LLM, OTHER, TOOL
+from ..spans import AGENT, EVALUATOR, LLM, OTHER, TOOL
 from .values import (
     Converter,
     as_first_text,

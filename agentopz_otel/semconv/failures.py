@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from ..model import STATUS_CLIENT_ERROR, STATUS_ERROR, STATUS_RATE_LIMITED, STATUS_SERVER_ERROR, STATUS_TIMEOUT
+from ..spans import STATUS_CLIENT_ERROR, STATUS_ERROR, STATUS_RATE_LIMITED, STATUS_SERVER_ERROR, STATUS_TIMEOUT
 
 # Failed calls by HTTP status, then by words in error.type / status message / exception type.
 _HTTP_STATUS_CLASSES = {429: STATUS_RATE_LIMITED, 408: STATUS_TIMEOUT, 504: STATUS_TIMEOUT}

@@ -26,14 +26,6 @@ from agentopz_otel.extensions.canary_analysis.engine import GUARDS
 from agentopz_otel.extensions.rollouts.extension import GAUGE_STATES
 from agentopz_otel.extensions.rollouts.model import ACTOR_KINDS
 from agentopz_otel.metrics import Counter, Gauge, Histogram, Registry
-from agentopz_otel.model import (
-    STATUS_CLIENT_ERROR,
-    STATUS_ERROR,
-    STATUS_OK,
-    STATUS_RATE_LIMITED,
-    STATUS_SERVER_ERROR,
-    STATUS_TIMEOUT,
-)
 from agentopz_otel.processors import cost
 from agentopz_otel.records import (
     ABANDONED,
@@ -47,6 +39,14 @@ from agentopz_otel.records import (
 )
 from agentopz_otel.service import Service
 from agentopz_otel.slo import ALERT_NAMES
+from agentopz_otel.spans import (
+    STATUS_CLIENT_ERROR,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_RATE_LIMITED,
+    STATUS_SERVER_ERROR,
+    STATUS_TIMEOUT,
+)
 
 PACKAGE = REPO / "agentopz_otel"
 KINDS = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}

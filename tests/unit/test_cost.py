@@ -11,9 +11,9 @@ from support.otlp_proto import make_request, make_span, span_attributes
 from agentopz_otel.components import Context
 from agentopz_otel.config import ConfigError, parse_config
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import Batch
 from agentopz_otel.processors.cost import FACTORY as COST
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
+from agentopz_otel.spans import Batch
 
 
 def run_cost(attrs: dict, config: dict | None = None, registry: Registry | None = None):

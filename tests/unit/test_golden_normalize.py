@@ -14,8 +14,8 @@ from support.otlp_json import trace_request
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import SpanView
 from agentopz_otel.processors.normalize import FACTORY
+from agentopz_otel.spans import SpanView
 
 CASES = golden.cases("normalize")
 

@@ -26,13 +26,13 @@ from agentopz_otel import catalogue
 from agentopz_otel.components import Context
 from agentopz_otel.exporters.prometheus import PrometheusExporter
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import Batch
 from agentopz_otel.processors import cost, normalize, prompt_version
 from agentopz_otel.processors.runs import RunsConfig
 from agentopz_otel.processors.runs.assembler import Assembler
 from agentopz_otel.processors.runs.assembly import Output
 from agentopz_otel.processors.runs.publishing import add_totals
 from agentopz_otel.records import OUTCOMES, RunRecord
+from agentopz_otel.spans import Batch
 
 CASES = golden.cases("runs")
 WALL_EPOCH = 1_800_000_000.0

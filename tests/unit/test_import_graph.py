@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "fleet",
                 "httpserver",
                 "metrics",
-                "model",
+                "spans",
                 "netaddr",
                 "records",
                 "runbooks",

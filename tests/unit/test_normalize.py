@@ -7,7 +7,6 @@ from support.otlp_proto import make_request, make_span
 
 from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import AGENT, LLM, OTHER, TOOL, tokens_of
 from agentopz_otel.processors import normalize
 from agentopz_otel.processors.normalize import FACTORY, Normalizer
 from agentopz_otel.semconv import dialects
@@ -19,6 +18,7 @@ from agentopz_otel.semconv.dialects import (
     ReadPlan,
     read_plan,
 )
+from agentopz_otel.spans import AGENT, LLM, OTHER, TOOL, tokens_of
 
 
 @pytest.fixture

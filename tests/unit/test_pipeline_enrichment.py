@@ -8,8 +8,8 @@ import json
 from support.otlp_proto import make_request, make_span, span_attributes
 
 from agentopz_otel.config import parse_config
-from agentopz_otel.model import Batch
 from agentopz_otel.service import Service
+from agentopz_otel.spans import Batch
 
 ENRICHMENT = {"agentopz.cost.usd", "agentopz.cost.source", "agentopz.prompt.version"}
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from agentopz_otel.exporters.prometheus import PrometheusExporter
 from agentopz_otel.exposition import BUILD_PAUSE_FACTOR, SLOW_BUILD_SECONDS, metrics_handler, next_build_at
 from agentopz_otel.metrics import CardinalityConfig, Registry
-from agentopz_otel.model import NO_TOKENS, Call
+from agentopz_otel.spans import NO_TOKENS, Call
 
 
 def values(registry: Registry, name: str) -> dict:

@@ -10,9 +10,9 @@ from support.otlp_proto import make_request, make_span, span_attributes
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import Batch
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 from agentopz_otel.processors.prompt_version import FACTORY as PROMPT_VERSION
+from agentopz_otel.spans import Batch
 
 SYSTEM = "You are a support agent. Answer in JSON."
 SYSTEM_HASH = "sha-" + hashlib.sha256(SYSTEM.encode()).hexdigest()[:8]

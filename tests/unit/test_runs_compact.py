@@ -17,7 +17,6 @@ from support.otlp_proto import attributes, make_request, make_span
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Counter, Registry
-from agentopz_otel.model import NO_TOKENS, Batch, Call
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 from agentopz_otel.processors.runs import FACTORY as RUNS
 from agentopz_otel.processors.runs import RunsConfig, assembly
@@ -45,6 +44,7 @@ from agentopz_otel.processors.runs.assembly import (
 from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace
 from agentopz_otel.processors.runs.evaluations import PENDING_TRACE_BYTES, UNMATCHED
 from agentopz_otel.processors.runs.logged_content import TRACE_CONTENT_BYTES
+from agentopz_otel.spans import NO_TOKENS, Batch, Call
 
 
 def span_id(number: int) -> bytes:

@@ -13,9 +13,9 @@ from support.sdk_agent import chat_attributes
 
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Registry
-from agentopz_otel.model import Batch
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 from agentopz_otel.processors.runs import FACTORY as RUNS
+from agentopz_otel.spans import Batch
 
 
 def test_forgotten_traces_leave_no_garbage_for_the_cyclic_gc():

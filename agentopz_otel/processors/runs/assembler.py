@@ -30,8 +30,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...content import input_text
-from ...model import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ...records import SUCCESS, RunRecord
+from ...spans import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (

@@ -18,8 +18,8 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from ...model import LLM, NO_TOKENS, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
 from ...records import Evaluation, RunRecord
+from ...spans import LLM, NO_TOKENS, STATUS_OK, TOOL, UPSTREAM_ERROR_STATUSES, Call, SpanView
 from ..prompt_version import FROM_FLAG, FROM_NOTHING, UNKNOWN_VERSION
 
 MAX_MODELS_PER_RUN = 8

@@ -31,8 +31,8 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from ...model import LLM, NO_TOKENS, Call
 from ...records import Evaluation
+from ...spans import LLM, NO_TOKENS, Call
 from .assembly import GROUP_FIELDS, Group, HeldCalls, HeldRoot, TraceState
 
 log = logging.getLogger("agentopz_otel.runs")

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from ...model import SpanView
 from ...records import Evaluation
 from ...semconv.events import EVALUATION_EVENT, evaluation_from_attributes
+from ...spans import SpanView
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import EvaluationRule, evaluation_verdict
 from .assembly import MAX_EVALUATIONS_PER_RUN, Group, Output, TraceState, evaluation_bytes

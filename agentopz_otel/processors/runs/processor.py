@@ -18,8 +18,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from ...components import Context, Factory, Storage
 from ...metrics import Registry
-from ...model import Batch, Call
 from ...records import InFlightRuns, RunFeed
+from ...spans import Batch, Call
 from .assembler import (
     DUPLICATE_SPANS,
     EVICTED_RUNS,

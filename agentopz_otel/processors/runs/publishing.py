@@ -15,8 +15,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_INFO, SEVERITY_
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ...metrics import Registry
-from ...model import Batch, add_attribute
 from ...records import OUTCOMES, SUCCESS, InFlightRuns, RunFeed, RunRecord
+from ...spans import Batch, add_attribute
 from .assembly import Group, HeldRoot
 from .settings import RunLogConfig
 
