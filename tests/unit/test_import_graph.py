@@ -174,19 +174,19 @@ def test_a_circle_or_an_upward_import_is_found(tmp_path):
     (package / "processors").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "processors" / "__init__.py").write_text("")
-    (package / "model.py").write_text("def f():\n    from .processors.quality import Evaluation\n")
-    (package / "processors" / "quality.py").write_text("from ..model import f\n")
-    (package / "records.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from . import model\n")
+    (package / "spans.py").write_text("def f():\n    from .processors.quality import Evaluation\n")
+    (package / "processors" / "quality.py").write_text("from ..spans import f\n")
+    (package / "records.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from . import spans\n")
     graph = import_graph(package)
     assert graph == {
         PACKAGE: set(),
-        f"{PACKAGE}.model": {f"{PACKAGE}.processors.quality"},
+        f"{PACKAGE}.spans": {f"{PACKAGE}.processors.quality"},
         f"{PACKAGE}.processors": set(),
-        f"{PACKAGE}.processors.quality": {f"{PACKAGE}.model"},
-        f"{PACKAGE}.records": {f"{PACKAGE}.model"},
+        f"{PACKAGE}.processors.quality": {f"{PACKAGE}.spans"},
+        f"{PACKAGE}.records": {f"{PACKAGE}.spans"},
     }
     assert violations(graph) == [
-        f"{PACKAGE}.model (ground floor) imports {PACKAGE}.processors.quality (pipeline components)"
+        f"{PACKAGE}.spans (ground floor) imports {PACKAGE}.processors.quality (pipeline components)"
     ]
     with pytest.raises(graphlib.CycleError):
         list(graphlib.TopologicalSorter(graph).static_order())
