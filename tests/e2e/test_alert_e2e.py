@@ -60,7 +60,6 @@ def alertmanager_alerts(url: str, alertname: str) -> list[dict]:
         return json.load(response)
 
 
-@pytest.mark.e2e
 def test_slow_runs_page_through_prometheus_and_alertmanager(tmp_path, start_service, recorder, alertmanager):
     spec_path = tmp_path / "slos.yaml"
     spec_path.write_text(SLO_SPEC)

@@ -34,7 +34,6 @@ def rules_without_wait(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_an_unreachable_agent_pages_with_its_runbook(start_service, tmp_path, recorder):
     probes = {

@@ -50,7 +50,6 @@ def rollout_service(start_service, tmp_path, analysis: dict):
     return service, admin
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_an_automatic_rollback_pages_with_its_runbook(start_service, tmp_path, recorder, openfeature_domain):
     analysis = {"interval_seconds": 0.3, "defaults": {"max_run_seconds": MAX_RUN_SECONDS}}
@@ -113,7 +112,6 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_a_regression_alert_from_alertmanager_rolls_the_candidate_back(
     start_service, tmp_path, recorder, openfeature_domain
