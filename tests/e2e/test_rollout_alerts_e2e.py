@@ -12,7 +12,7 @@ import pytest
 from openfeature import api
 from support import ROOT
 from support.admin_api import Admin
-from support.alertmanager import WEBHOOK_TOKEN, alertmanager_config, running_alertmanager, running_recorder
+from support.alertmanager import WEBHOOK_TOKEN, alertmanager_config, running_alertmanager
 from support.canary import AGENT, FAST_RUNS, MAX_RUN_SECONDS, VERSIONS, Agent, run_until, wait_state
 from support.prometheus import start_prometheus
 from support.sdk_agent import tracer
@@ -20,12 +20,6 @@ from support.service import service_body
 
 ALERT_RULES = ROOT / "alert-rules" / "agentopz-alerts.yaml"
 RUNBOOKS = "http://localhost:9464/runbooks"
-
-
-@pytest.fixture
-def recorder():
-    with running_recorder() as server:
-        yield server
 
 
 @pytest.fixture
