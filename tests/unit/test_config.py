@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from agentopz_otel.config import ConfigError, load_config, parse_config
+import pytest
+from support import ROOT
+
+from agentopz_otel.config import ConfigError, config_schema, load_config, parse_config
 
 BASE = """
 receivers:
@@ -91,3 +94,17 @@ def test_environment_references_are_substituted(monkeypatch):
     assert config.exporters["otlp/tempo"].config.endpoint == "http://tempo:4317"
     with pytest.raises(ConfigError, match="environment variable MISSING is not set"):
         parse_config(BASE.replace("http://localhost:4317", "${env:MISSING}"))
+
+
+def named_in(text: str, key: str) -> bool:
+    """`key` written as a config key: `key`, `key:`, `key=`, `.key` or inside a YAML flow mapping."""
+    return re.search(rf"(`{key}`|\b{key}:|[`.{{, ]{key}[`:=])", text) is not None
+
+
+def test_every_config_key_is_named_in_the_readme():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    keys = {key for model in config_schema()["$defs"].values() for key in model.get("properties", {})}
+    assert len(keys) > 150  # every built-in component's models were read
+    assert sorted(key for key in keys if not named_in(readme, key)) == []
+    assert not named_in("keep the first input_chars (200)", "input_chars")
+    assert named_in("{path: x, busy_timeout_seconds: 5}", "busy_timeout_seconds")
