@@ -54,7 +54,24 @@ def test_an_unknown_extension_type_names_the_known_ones():
 
 def test_a_full_config_parses():
     config = parse_config(BASE)
-    assert config.exporters["otlp/tempo"].config.endpoint == "http://localhost:4317"
+    kinds = (config.receivers, config.processors, config.exporters, config.extensions)
+    assert [{id_: component.factory.type for id_, component in kind.items()} for kind in kinds] == [
+        {"otlp": "otlp"},
+        {"normalize": "normalize", "cost": "cost"},
+        {"prometheus": "prometheus", "otlp/tempo": "otlp"},
+        {},
+    ]
+    tempo = config.exporters["otlp/tempo"].config
+    assert tempo.endpoint == "http://localhost:4317"
+    # What the file leaves out comes from the models' defaults.
+    assert (tempo.protocol, tempo.compression, tempo.senders, tempo.sending_queue.max_spans) == (
+        "grpc",
+        "none",
+        2,
+        200_000,
+    )
+    assert config.receivers["otlp"].config.max_request_bytes == 64 * 1024 * 1024
+    assert config.service.shutdown_timeout_seconds == 10.0
 
 
 @pytest.mark.parametrize(
