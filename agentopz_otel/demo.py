@@ -64,6 +64,8 @@ from .fleet import (
 )
 
 CANARY_STEPS = [5, 25, 50, 100]
+# A tenth of the SDK's default batching delay, so a run's spans reach the service soon after it ends.
+EXPORT_DELAY_MS = 500
 # The demo's support runs last seconds: their start intervals are evidence a minute after they end.
 DEMO_ANALYSIS = {"max_run_seconds": 60, "step_min_seconds": 60}
 
@@ -137,7 +139,7 @@ class PromptFlags:
 class Tracers:
     """One TracerProvider (with a batching OTLP exporter) per service of the agents the demo plays."""
 
-    def __init__(self, endpoint: str, protocol: str, export_delay_ms: int = 500) -> None:
+    def __init__(self, endpoint: str, protocol: str) -> None:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -160,7 +162,7 @@ class Tracers:
                     _exporter(endpoint, protocol),
                     max_queue_size=65536,
                     max_export_batch_size=1024,
-                    schedule_delay_millis=export_delay_ms,
+                    schedule_delay_millis=EXPORT_DELAY_MS,
                 )
             )
             self.providers[service] = provider

@@ -38,7 +38,6 @@ PROMPT_VERSION = "prompt_version"
 TOOL = "tool"
 UPSTREAM = "upstream"
 ORCHESTRATION = "orchestration"
-SUSPECTS = (PROMPT_VERSION, TOOL, UPSTREAM, ORCHESTRATION)
 
 # The run outcomes each suspect explains.
 SUSPECT_OUTCOMES: dict[str, tuple[str, ...]] = {

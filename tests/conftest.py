@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.alertmanager import Recorder, running_recorder
 from support.browser import CHROMIUM_ARGS
 from support.processes import Command, http_ok, launch, require_binary
 from support.service import DEFAULT_BODY, RunningService, default_config_env, write_config
@@ -57,3 +58,10 @@ def chromium() -> Iterator:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    """A webhook receiver on a free loopback port that keeps every notification posted to it."""
+    with running_recorder() as server:
+        yield server

@@ -37,6 +37,7 @@ from ..admin_auth import JSON_TYPE, TokenConfig, bearer_token, require_admin, to
 from ..components import Context, Factory
 from ..httpserver import read_limited
 from .rollouts import Rollout, RolloutError, RolloutsExtension
+from .rollouts.extension import MAX_ACTOR_LENGTH, MAX_REASON_LENGTH
 from .rollouts.model import MODEL
 
 log = logging.getLogger("agentopz_otel.alertmanager_webhook")
@@ -48,7 +49,6 @@ FALLBACK_MODEL = "fallback_model"
 # The label (or annotation) of a fallback_model alert naming the model the agent should use.
 FALLBACK_MODEL_KEY = "agentopz_fallback_model"
 OUTCOMES = catalogue.enum("webhook_outcome")
-MAX_ACTOR_LENGTH = 128
 MAX_EVIDENCE_VALUE = 1000
 
 
@@ -157,7 +157,7 @@ class AlertmanagerWebhookExtension:
         if action not in LABEL_ACTIONS:
             return outcome("ignored", f"{ACTION_LABEL} {action!r} is not one of {', '.join(LABEL_ACTIONS)}")
         assert self._rollouts is not None
-        reason = f"alert {alertname}: {annotations.get('summary') or 'firing'}"[:2000]
+        reason = f"alert {alertname}: {annotations.get('summary') or 'firing'}"[:MAX_REASON_LENGTH]
         actor = alertname[:MAX_ACTOR_LENGTH] or "alertmanager"
         evidence = {
             "alert": {

@@ -287,12 +287,12 @@ class ReadPlan(NamedTuple):
 OWN_VERSION_ATTRIBUTE = DIALECT_TABLE[[row[0] for row in DIALECT_TABLE].index("prompt_version")][2][0]
 
 
-def read_plan(keys: tuple[str, ...], table: dict[str, tuple[str, int, Converter]] = ATTRIBUTE_TABLE) -> ReadPlan:
+def read_plan(keys: tuple[str, ...]) -> ReadPlan:
     """The plan for a span whose attributes have these keys, in this order. Attributes no dialect names
     are left out, so a span with no known attribute has nothing to read."""
     candidates: dict[str, list[tuple[int, int, Converter]]] = {}
     for index, key in enumerate(keys):
-        entry = table.get(key)
+        entry = ATTRIBUTE_TABLE.get(key)
         if entry is not None:
             field, priority, converter = entry
             candidates.setdefault(field, []).append((priority, index, converter))

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 from opentelemetry import trace
-from support.alertmanager import alertmanager_config, running_alertmanager, running_recorder
+from support.alertmanager import alertmanager_config, running_alertmanager
 from support.prometheus import start_prometheus
 from support.sdk_agent import emit_chat, tracer
 from support.service import service_body
@@ -27,12 +27,6 @@ slos:
     sli: {kind: latency, threshold_seconds: 7.5}
     min_runs: 1
 """
-
-
-@pytest.fixture
-def recorder():
-    with running_recorder() as server:
-        yield server
 
 
 @pytest.fixture
@@ -60,7 +54,6 @@ def alertmanager_alerts(url: str, alertname: str) -> list[dict]:
         return json.load(response)
 
 
-@pytest.mark.e2e
 def test_slow_runs_page_through_prometheus_and_alertmanager(tmp_path, start_service, recorder, alertmanager):
     spec_path = tmp_path / "slos.yaml"
     spec_path.write_text(SLO_SPEC)

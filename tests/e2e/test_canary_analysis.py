@@ -169,7 +169,6 @@ def test_a_healthy_candidate_walks_the_steps_and_is_promoted(start_service, tmp_
     assert service.value("agentopz_rollout_analysis_decisions_total", agent=AGENT, decision="promote") == 1
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_prometheus_source_analyses_what_every_replica_saw(start_service, tmp_path, openfeature_domain):
     """Two replicas each get part of the traces; every failed run goes to the second. The first replica
@@ -453,7 +452,6 @@ def test_an_outage_failing_both_versions_does_not_roll_back_a_healthy_candidate(
     assert history["baseline_shifted"] is False
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_the_prometheus_source_reads_the_baselines_history_at_the_rollouts_start(
     start_service, tmp_path, openfeature_domain

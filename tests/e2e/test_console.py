@@ -25,8 +25,6 @@ from support.service import RunningService, service_body
 
 from agentopz_otel.extensions.console.pages import money
 
-pytestmark = pytest.mark.e2e
-
 SCREENSHOTS = ROOT / "test-artifacts" / "console"
 TOKEN = "console-test-token-0123456789abcdef"
 TRACE_URL = "http://tempo.example/explore?traceId={trace_id}"

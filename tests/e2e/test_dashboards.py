@@ -338,7 +338,6 @@ def finite(results: list[dict]) -> bool:
     return any(math.isfinite(float(result["value"][1])) for result in results)
 
 
-@pytest.mark.e2e
 def test_every_panel_and_variable_query_returns_data_from_demo_traffic(scraped_demo):
     prometheus = scraped_demo
     passes = [

@@ -29,8 +29,6 @@ from agentopz_otel.demo import sticky_conversations
 from agentopz_otel.fleet import LIMITS, RESEARCH_SYSTEM, Call, RunPlan, plan_run
 from agentopz_otel.processors.runs import RunsConfig
 
-pytestmark = pytest.mark.e2e
-
 OUTCOMES = {"success", "quality_failure", "llm_error", "tool_error", "budget_exceeded", "timeout", "abandoned", "error"}
 SEED = 1
 RUNS = 600

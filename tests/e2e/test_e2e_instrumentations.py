@@ -20,8 +20,6 @@ from support import TESTS, fake_openai
 from support.fake_openai import FakeOpenAI
 from support.otlp_sinks import GrpcSink, attribute_value, config_body
 
-pytestmark = pytest.mark.e2e
-
 SYSTEM_PROMPT = "You are terse."
 
 AGENT_SCRIPT = r"""

@@ -16,8 +16,6 @@ from support.processes import Command, Launched, launch
 from support.rotel import rotel_command
 from support.sdk_agent import emit_chat, emit_tool, tracer
 
-pytestmark = pytest.mark.e2e
-
 
 def rotel_binary() -> str:
     """Path of the rotel-agent binary shipped in the rotel wheel; skips (fails under CI) when it cannot run."""

@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 from support import ROOT
-from support.alertmanager import alertmanager_config, running_alertmanager, running_recorder
+from support.alertmanager import alertmanager_config, running_alertmanager
 from support.processes import free_port
 from support.prometheus import start_prometheus
 from support.service import service_body
 
 ALERT_RULES = ROOT / "alert-rules" / "agentopz-alerts.yaml"
 RUNBOOK = "http://localhost:9464/runbooks/AgentUnreachable"
-
-
-@pytest.fixture
-def recorder():
-    with running_recorder() as server:
-        yield server
 
 
 def rules_without_wait(tmp_path: Path) -> Path:
@@ -34,7 +28,6 @@ def rules_without_wait(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_an_unreachable_agent_pages_with_its_runbook(start_service, tmp_path, recorder):
     probes = {

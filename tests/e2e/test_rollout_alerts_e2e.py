@@ -12,7 +12,7 @@ import pytest
 from openfeature import api
 from support import ROOT
 from support.admin_api import Admin
-from support.alertmanager import WEBHOOK_TOKEN, alertmanager_config, running_alertmanager, running_recorder
+from support.alertmanager import WEBHOOK_TOKEN, alertmanager_config, running_alertmanager
 from support.canary import AGENT, FAST_RUNS, MAX_RUN_SECONDS, VERSIONS, Agent, run_until, wait_state
 from support.prometheus import start_prometheus
 from support.sdk_agent import tracer
@@ -20,12 +20,6 @@ from support.service import service_body
 
 ALERT_RULES = ROOT / "alert-rules" / "agentopz-alerts.yaml"
 RUNBOOKS = "http://localhost:9464/runbooks"
-
-
-@pytest.fixture
-def recorder():
-    with running_recorder() as server:
-        yield server
 
 
 @pytest.fixture
@@ -50,7 +44,6 @@ def rollout_service(start_service, tmp_path, analysis: dict):
     return service, admin
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_an_automatic_rollback_pages_with_its_runbook(start_service, tmp_path, recorder, openfeature_domain):
     analysis = {"interval_seconds": 0.3, "defaults": {"max_run_seconds": MAX_RUN_SECONDS}}
@@ -113,7 +106,6 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_a_regression_alert_from_alertmanager_rolls_the_candidate_back(
     start_service, tmp_path, recorder, openfeature_domain

@@ -63,7 +63,6 @@ def node_answers(base_url: str, keys: list[str]) -> list[tuple]:
     return [(line["value"], line["variant"], line["reason"], line["errorCode"]) for line in lines]
 
 
-@pytest.mark.e2e
 def test_python_and_node_agents_get_their_versions_through_a_rollout(start_service, tmp_path):
     service = start_service(rollouts_body(tmp_path / "agentopz.sqlite"))
     admin = Admin(service.admin_url, actor="alice")
@@ -127,7 +126,6 @@ async def bulk_evaluations(base_url: str, keys: list[str], connections: int = 16
         return await asyncio.gather(*(evaluate(key) for key in keys))
 
 
-@pytest.mark.e2e
 def test_exported_flag_set_gives_every_key_the_same_variant_in_flagd(start_service, tmp_path):
     service = start_service(rollouts_body(tmp_path / "agentopz.sqlite"))
     admin = Admin(service.admin_url)
@@ -196,7 +194,6 @@ def python_component_answers(client, flag: str, kind: str, default: object) -> t
     return (details.value, details.variant, str(details.reason), details.error_code)
 
 
-@pytest.mark.e2e
 def test_component_flags_route_around_a_tool_and_a_model_in_python_node_and_flagd(
     start_service, tmp_path, capsys, monkeypatch
 ):

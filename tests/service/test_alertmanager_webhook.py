@@ -159,6 +159,18 @@ def test_agentopz_action_labels_pause_and_disable(admin):
     assert (evaluation.status, evaluation.body["reason"]) == (200, "DISABLED")
 
 
+def test_a_long_alert_name_and_summary_are_cut_to_the_rollouts_actor_and_reason_limits(admin):
+    service = admin()
+    # Labels and annotations are cut to 1,000 characters first, so these two give a reason of 2,008.
+    name = "CanaryErrorsUp" + "x" * 986
+    firing = alert(name, "support", "v2", agentopz_action="pause")
+    firing["annotations"]["summary"] = "s" * 3000
+    assert outcomes(hook(service, firing)[1])[0][0] == "acted"
+    [entry] = [entry for entry in history(service) if entry["action"] == "pause"]
+    assert entry["actor"] == name[:128]
+    assert entry["reason"] == f"alert {name}: " + "s" * (2000 - len(f"alert {name}: "))
+
+
 def test_fallback_model_sets_the_agents_model_flag_once(admin):
     """An alert labelled agentopz_action: fallback_model moves the agent to the model it names, with or
     without a rollout; repeats and a second alert asking for the same model change nothing."""

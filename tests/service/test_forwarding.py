@@ -29,8 +29,6 @@ from support.processes import free_port
 from support.sdk_agent import chat_attributes, exporter
 from support.service import post_http
 
-pytestmark = pytest.mark.e2e
-
 
 def price(model: str, input_tokens: int = 1200, output_tokens: int = 300, cache_read: int = 200) -> float:
     usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read)

@@ -7,15 +7,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from support.otlp_proto import make_request, make_span
 from support.otlp_sinks import GrpcSink, attribute_value, config_body
 from support.processes import free_port
 from support.sdk_agent import chat_attributes
 from support.service import post_http
-
-pytestmark = pytest.mark.e2e
 
 
 def persistent_body(sink_port: int, storage: Path, **queue) -> str:

@@ -29,6 +29,7 @@ from agentopz_otel.extensions.probes.core import (
     SUCCESS,
     Answer,
     Expectation,
+    SentProbe,
     SentProbes,
     check_answer,
     run_reason,
@@ -126,7 +127,8 @@ def test_a_probe_whose_run_arrived_in_time_is_not_late_and_arrived_ids_do_not_pi
     for index in range(10):
         trace_id = f"{index:032x}"
         sent.add(trace_id, "a", now=index, wait=5)
-        assert sent.arrived(trace_id) is not None
+        # Forgotten at the later of its wait and remember_seconds; it waited until now + 5.
+        assert sent.arrived(trace_id) == SentProbe("a", index, index + 100, index + 5)
     assert len(sent._deadlines) <= 4  # rebuilt from the waiting probes past twice the limit
     assert sent.expire(100) == []
     sent.add("f" * 32, "a", now=100, wait=5)

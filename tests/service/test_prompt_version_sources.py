@@ -19,8 +19,6 @@ from opentelemetry.sdk.resources import Resource
 from support.sdk_agent import chat_attributes, emit_chat, tracer
 from support.service import service_body
 
-pytestmark = pytest.mark.e2e
-
 SYSTEM = "You are a weather assistant."
 SYSTEM_HASH = "sha-" + hashlib.sha256(SYSTEM.encode()).hexdigest()[:8]
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "weather_agent"}

@@ -29,6 +29,14 @@ def storage(tmp_path: Path) -> Path:
     return tmp_path / "state" / "agentopz.sqlite"
 
 
+def test_an_actor_header_is_cut_to_the_audit_logs_limit_and_a_blank_one_is_user(start_service, storage):
+    service = start_service(rollouts_body(storage))
+    Admin(service.admin_url, actor="a" * 300).define("support-bot", VERSIONS, "v1")
+    Admin(service.admin_url, actor="   ").define("other-bot", VERSIONS, "v1")
+    entries = Admin(service.admin_url).ok("GET", "/api/v1/history")["entries"]
+    assert [(e["agent"], e["actor"]) for e in entries] == [("other-bot", "user"), ("support-bot", "a" * 128)]
+
+
 def test_rollout_moves_through_its_steps_and_every_change_is_audited(start_service, storage):
     service = start_service(rollouts_body(storage))
     admin = Admin(service.admin_url, actor="alice")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from agentopz_otel.config import ConfigError, load_config, parse_config
+import pytest
+from support import ROOT
+
+from agentopz_otel.config import ConfigError, config_schema, load_config, parse_config
 
 BASE = """
 receivers:
@@ -51,7 +54,24 @@ def test_an_unknown_extension_type_names_the_known_ones():
 
 def test_a_full_config_parses():
     config = parse_config(BASE)
-    assert config.exporters["otlp/tempo"].config.endpoint == "http://localhost:4317"
+    kinds = (config.receivers, config.processors, config.exporters, config.extensions)
+    assert [{id_: component.factory.type for id_, component in kind.items()} for kind in kinds] == [
+        {"otlp": "otlp"},
+        {"normalize": "normalize", "cost": "cost"},
+        {"prometheus": "prometheus", "otlp/tempo": "otlp"},
+        {},
+    ]
+    tempo = config.exporters["otlp/tempo"].config
+    assert tempo.endpoint == "http://localhost:4317"
+    # What the file leaves out comes from the models' defaults.
+    assert (tempo.protocol, tempo.compression, tempo.senders, tempo.sending_queue.max_spans) == (
+        "grpc",
+        "none",
+        2,
+        200_000,
+    )
+    assert config.receivers["otlp"].config.max_request_bytes == 64 * 1024 * 1024
+    assert config.service.shutdown_timeout_seconds == 10.0
 
 
 @pytest.mark.parametrize(
@@ -91,3 +111,17 @@ def test_environment_references_are_substituted(monkeypatch):
     assert config.exporters["otlp/tempo"].config.endpoint == "http://tempo:4317"
     with pytest.raises(ConfigError, match="environment variable MISSING is not set"):
         parse_config(BASE.replace("http://localhost:4317", "${env:MISSING}"))
+
+
+def named_in(text: str, key: str) -> bool:
+    """`key` written as a config key: `key`, `key:`, `key=`, `.key` or inside a YAML flow mapping."""
+    return re.search(rf"(`{key}`|\b{key}:|[`.{{, ]{key}[`:=])", text) is not None
+
+
+def test_every_config_key_is_named_in_the_readme():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    keys = {key for model in config_schema()["$defs"].values() for key in model.get("properties", {})}
+    assert len(keys) > 150  # every built-in component's models were read
+    assert sorted(key for key in keys if not named_in(readme, key)) == []
+    assert not named_in("keep the first input_chars (200)", "input_chars")
+    assert named_in("{path: x, busy_timeout_seconds: 5}", "busy_timeout_seconds")

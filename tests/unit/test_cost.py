@@ -12,8 +12,13 @@ from agentopz_otel.components import Context
 from agentopz_otel.config import ConfigError, parse_config
 from agentopz_otel.metrics import Registry
 from agentopz_otel.processors.cost import FACTORY as COST
+from agentopz_otel.processors.cost import Rates
 from agentopz_otel.processors.normalize import FACTORY as NORMALIZE
 from agentopz_otel.spans import Batch
+
+# The catalogue's rates in USD per token: input, output, cache read, cache write, reasoning.
+GPT_4O = Rates(2.5e-06, 1e-05, 1.25e-06, 2.5e-06, 1e-05, "catalog")
+GPT_4O_MINI = Rates(1.5e-07, 6e-07, 7.5e-08, 1.5e-07, 6e-07, "catalog")
 
 
 def run_cost(attrs: dict, config: dict | None = None, registry: Registry | None = None):
@@ -129,7 +134,7 @@ def test_unknown_names_do_not_push_known_ones_out_of_the_cache():
 
     processor = CostProcessor(CostConfig(max_cached_models=2), Registry().counter("x", "x", ("provider", "model")))
     known = processor.pricer("openai", "gpt-4o")
-    assert known is not None
+    assert known == GPT_4O
     for index in range(5):
         assert processor.pricer("acme", f"mystery-{index}") is None
     assert processor.pricer("openai", "gpt-4o") is known  # the same object: no second lookup
@@ -142,8 +147,8 @@ def test_past_the_lookup_rate_a_new_name_is_priced_when_it_comes_again():
     assert processor.pricer("acme", "mystery") is None  # the one lookup of this second
     assert processor.pricer("openai", "gpt-4o") is None  # deferred
     assert processor.pricer("openai", "gpt-4o-mini") is None  # deferred
-    assert processor.pricer("openai", "gpt-4o") is not None
-    assert processor.pricer("openai", "gpt-4o-mini") is not None
+    assert processor.pricer("openai", "gpt-4o") == GPT_4O
+    assert processor.pricer("openai", "gpt-4o-mini") == GPT_4O_MINI
     assert processor.pricer("acme", "mystery") is None  # cached
 
 
@@ -160,7 +165,7 @@ def test_the_catalogues_own_memo_stays_bounded():
     snapshot = data_snapshot.get_snapshot()
     assert len(snapshot._provider_cache) <= CATALOGUE_MEMO_LIMIT
     assert len(snapshot._provider_misses) <= CATALOGUE_MEMO_LIMIT
-    assert processor.pricer("openai", "gpt-4o") is not None
+    assert processor.pricer("openai", "gpt-4o") == GPT_4O
 
 
 def test_a_name_too_long_to_cache_is_warned_about_once_and_clipped(caplog):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from ...admin_auth import require_admin
 from ...components import Context, Factory
 from ...httpserver import read_limited
-from .extension import RolloutsConfig, RolloutsExtension
+from .extension import MAX_ACTOR_LENGTH, RolloutsConfig, RolloutsExtension
 from .model import ACTIONS, MAX_STEPS, MODEL, TOOL, RolloutError
 from .ofrep import bulk_response, dumps, etag_matches, single_response
 
@@ -67,7 +67,7 @@ def _error(status: int, message: str) -> web.Response:
 
 def _actor(request: web.Request) -> str:
     actor = "".join(ch for ch in request.headers.get(ACTOR_HEADER, "") if ch.isprintable()).strip()
-    return actor[:128] or "user"
+    return actor[:MAX_ACTOR_LENGTH] or "user"
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:

@@ -26,8 +26,6 @@ from support.otlp_sinks import GrpcSink, attribute_value
 from support.processes import require_binary
 from support.service import service_body
 
-pytestmark = pytest.mark.e2e
-
 AGENTS = Path(__file__).parent / "agents"
 NODE = Path(__file__).parent / "node"
 SYSTEM_PROMPT = "You are a weather assistant. Call get_weather, then answer in one sentence."
