@@ -25,15 +25,16 @@ from agentopz_otel.processors.runs.assembly import (
     EVALUATION_BYTES,
     GROUP_FIELDS,
     NODE_BYTES,
-    PACKED_NODES,
-    PACKED_SPAN_IDS,
+    PACKED_IDS,
     RARE_FIELDS,
     ROOT_FIELDS,
+    SET_SPAN_ID_BYTES,
     Group,
     HeldCalls,
     Output,
     RareFields,
     RootFields,
+    SpanIds,
     TraceState,
     count_call,
     counts_by_name,
@@ -64,48 +65,92 @@ def test_span_ids_are_found_only_at_their_own_offset():
 
 def test_span_ids_move_to_a_set_past_the_packed_limit_and_keep_every_id():
     trace = TraceState(bytes(16), 0.0)
-    for number in range(1, PACKED_SPAN_IDS + 1):
+    for number in range(1, PACKED_IDS + 1):
         trace.add_seen(span_id(number))
-    assert isinstance(trace.seen, bytearray) and len(trace.seen) == 8 * PACKED_SPAN_IDS
-    trace.add_seen(span_id(PACKED_SPAN_IDS + 1))
-    assert isinstance(trace.seen, set)
-    assert trace.seen_count() == PACKED_SPAN_IDS + 1
-    assert all(trace.has_seen(span_id(n)) for n in range(1, PACKED_SPAN_IDS + 2))
-    assert not trace.has_seen(span_id(PACKED_SPAN_IDS + 2))
-    trace.forget_seen()
+    assert isinstance(trace.ids, bytearray) and len(trace.ids) == 9 * PACKED_IDS == trace.ids_bytes()
+    assert trace.seen_count() == PACKED_IDS and trace.node_count() == 0
+    trace.add_seen(span_id(PACKED_IDS + 1))
+    assert isinstance(trace.ids, SpanIds)
+    assert trace.seen_count() == PACKED_IDS + 1 and trace.ids_bytes() == (PACKED_IDS + 1) * SET_SPAN_ID_BYTES
+    assert all(trace.has_seen(span_id(n)) for n in range(1, PACKED_IDS + 2))
+    assert not trace.has_seen(span_id(PACKED_IDS + 2))
+    trace.forget_ids()
     assert trace.seen_count() == 0 and not trace.has_seen(span_id(1))
 
 
-def test_the_node_map_is_packed_until_it_outgrows_a_byte_or_its_limit():
+def test_received_ids_and_the_node_map_share_one_entry_per_id():
+    trace = TraceState(bytes(16), 0.0)
+    first, second = new_group(trace, b"", 0.0), new_group(trace, b"", 0.0)
+    trace.set_node(span_id(1), second)  # awaited as a parent: in the node map, not received
+    trace.add_seen(span_id(2))  # an LLM call: received, not in the node map
+    trace.add_seen(span_id(1))  # the parent arrives
+    trace.set_node(span_id(2), first)
+    assert bytes(trace.ids) == span_id(1) + bytes([0x80 | 2]) + span_id(2) + bytes([0x80 | 1])
+    assert trace.seen_count() == 2 and trace.node_count() == 2 and trace.entry_count() == 2
+    trace.set_node(span_id(3), first)
+    assert trace.seen_count() == 2 and trace.node_count() == 3 and not trace.has_seen(span_id(3))
+    assert trace.seen_ids() == [span_id(1), span_id(2)]
+    assert trace.node_items() == [(span_id(1), second), (span_id(2), first), (span_id(3), first)]
+
+
+def test_the_node_map_is_packed_until_it_outgrows_the_tag_or_its_limit():
     trace = TraceState(bytes(16), 0.0)
     first, second = new_group(trace, b"", 0.0), new_group(trace, b"", 0.0)
     trace.set_node(bytes.fromhex("00000000000000aa"), first)
     trace.set_node(bytes.fromhex("bbbbbbbbbbbbbbbb"), second)
-    assert isinstance(trace.nodes, bytearray) and len(trace.nodes) == 2 * 9 == trace.nodes_bytes()
-    # 8 bytes across the two entries (an id's tail, a group number, the next id's head) are no id.
-    assert trace.node(bytes.fromhex("000000aa00bbbbbb")) is None
+    assert isinstance(trace.ids, bytearray) and len(trace.ids) == 2 * 9 == trace.ids_bytes()
+    # 8 bytes across the two entries (an id's tail, a tag, the next id's head) are no id.
+    assert trace.node(bytes.fromhex("000000aa02bbbbbb")) is None
+    assert not trace.has_seen(bytes.fromhex("000000aa02bbbbbb"))
     assert trace.node(bytes.fromhex("bbbbbbbbbbbbbbbb")) is second
     trace.set_node(bytes.fromhex("bbbbbbbbbbbbbbbb"), first)  # an id seen first as a parent, then arrived
     assert trace.node(bytes.fromhex("bbbbbbbbbbbbbbbb")) is first and trace.node_count() == 2
     second.merged_into = first
-    for number in range(3, PACKED_NODES + 1):
+    for number in range(3, PACKED_IDS + 1):
         trace.set_node(span_id(number), second)
-    assert isinstance(trace.nodes, bytearray) and trace.node_count() == PACKED_NODES
-    assert trace.node(span_id(PACKED_NODES)) is first  # a merged group answers with the one it joined
-    trace.set_node(span_id(PACKED_NODES + 1), second)
-    assert isinstance(trace.nodes, dict) and trace.node_count() == PACKED_NODES + 1
-    assert trace.nodes_bytes() == (PACKED_NODES + 1) * NODE_BYTES
-    assert trace.node(span_id(3)) is first and trace.node(span_id(PACKED_NODES + 1)) is first
+    assert isinstance(trace.ids, bytearray) and trace.node_count() == PACKED_IDS
+    assert trace.node(span_id(PACKED_IDS)) is first  # a merged group answers with the one it joined
+    trace.set_node(span_id(PACKED_IDS + 1), second)
+    assert isinstance(trace.ids, SpanIds) and trace.node_count() == PACKED_IDS + 1
+    assert trace.ids_bytes() == (PACKED_IDS + 1) * NODE_BYTES
+    assert trace.node(span_id(3)) is first and trace.node(span_id(PACKED_IDS + 1)) is first
 
 
-def test_a_node_map_whose_trace_has_more_groups_than_a_byte_numbers_becomes_a_dict():
+def test_a_node_map_whose_trace_has_more_groups_than_the_tag_numbers_moves_to_a_dict():
     trace = TraceState(bytes(16), 0.0)
-    groups = [new_group(trace, b"", 0.0) for _ in range(257)]
-    trace.set_node(span_id(1), groups[255])
-    assert isinstance(trace.nodes, bytearray)
-    trace.set_node(span_id(2), groups[256])
-    assert isinstance(trace.nodes, dict)
-    assert trace.node_items() == [(span_id(1), groups[255]), (span_id(2), groups[256])]
+    groups = [new_group(trace, b"", 0.0) for _ in range(128)]
+    trace.add_seen(span_id(3))
+    trace.set_node(span_id(1), groups[126])  # the 127th group: the last the 7-bit tag numbers
+    assert isinstance(trace.ids, bytearray) and trace.node(span_id(1)) is groups[126]
+    trace.set_node(span_id(2), groups[127])
+    assert isinstance(trace.ids, SpanIds)
+    assert trace.node_items() == [(span_id(1), groups[126]), (span_id(2), groups[127])]
+    assert trace.seen_ids() == [span_id(3)] and trace.node(span_id(3)) is None
+
+
+def test_the_span_limit_counts_the_node_map_not_every_id_received():
+    assembler = Assembler(RunsConfig(max_spans_per_trace=2))
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(6) * 2
+    agent = make_span("invoke_agent a", {"gen_ai.operation.name": "invoke_agent"}, trace_id=trace_id)
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"}
+    calls = [make_span("chat m", chat, trace_id=trace_id, parent=agent.span_id) for _ in range(3)]
+    tool = make_span(
+        "execute_tool t", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id, parent=agent.span_id
+    )
+    batch = Batch(make_request([*calls, tool]), 4)
+    normalize.process(batch)
+    out = assembler.intake(batch, 0.0)
+    trace = assembler.traces[trace_id]
+    # Three calls and a tool received; the node map holds the awaited agent and the tool: at the limit.
+    assert trace.seen_count() == 4 and trace.node_count() == 2 and not out.counts
+    later = make_span(
+        "execute_tool u", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id, parent=agent.span_id
+    )
+    batch = Batch(make_request([later]), 1)
+    normalize.process(batch)
+    out = assembler.intake(batch, 1.0)
+    assert out.counts == {("agentopz_unassembled_spans_total", ()): 1}
 
 
 def test_a_group_makes_a_side_record_only_for_a_field_set_to_another_value_than_its_default():
@@ -284,14 +329,14 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
     assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
-    for index in range(1001, 1601):
+    for index in range(1001, 1701):
         send(open_run(index))
-    assert evicted("memory") == 0 and len(runs.assembler.traces) == 600
+    assert evicted("memory") == 0 and len(runs.assembler.traces) == 700
     assert 0 < len(runs.assembler.finished) < 300  # the oldest went first, to make room
     assert list(runs.assembler.finished)[-1] == (300).to_bytes(16, "big")
-    for index in range(1601, 1901):
+    for index in range(1701, 2001):
         send(open_run(index))
-    assert not runs.assembler.finished and evicted("memory") == 900 - len(runs.assembler.traces) > 0
+    assert not runs.assembler.finished and evicted("memory") == 1000 - len(runs.assembler.traces) > 0
 
 
 def log_request(trace_number: int, event: str, values: dict) -> ExportLogsServiceRequest:

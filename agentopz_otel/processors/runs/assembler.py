@@ -37,7 +37,6 @@ from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
     NO_RARE,
     NO_ROOT,
-    NODE_ENTRY,
     REMOTE_PARENT_FLAGS,
     CallLabels,
     Group,
@@ -155,7 +154,7 @@ class Assembler:
         )
         self._logged_content = LoggedContent(config.abandon_after_seconds, config.quality.max_output_chars)
         self.memory = 0  # estimated bytes held by open and finished traces (runs.max_memory_bytes)
-        self._remembered = 0  # span ids in the `seen` sets of open and finished traces
+        self._remembered = 0  # span ids received, remembered by open and finished traces
         self._held_root_bytes = 0  # HeldRoot.size of every root held, against max_held_root_bytes
         self._call_labels: dict[tuple, CallLabels] = {}
         self._names: dict[str, str] = {}
@@ -211,6 +210,8 @@ class Assembler:
         run finishes (to be forwarded with its totals)."""
         out = self._start()
         self._recent_id = None
+        if len(self._names) >= MAX_SHARED_NAMES:  # past it, sharing starts over (a batch adds 4 a span at most)
+            self._names.clear()
         held: list[SpanView] = []
         # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
         # A flag evaluation (the prompt version a run was served) counts too: it often ends first.
@@ -297,17 +298,23 @@ class Assembler:
                 trace.last_seen = now
             self._recent_id, self._recent = trace_id, trace
         if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
-            self._remember(trace, span_id)
+            if self._remembered < self.config.max_remembered_span_ids:  # (`_remember`'s common case, inline)
+                trace.add_seen(span_id)
+                self._remembered += 1
+            else:
+                self._remember(trace, span_id)
             # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
-            view.service = self._shared(view.service)
-            view.model = self._shared(view.model)
+            # Their number is bounded once a batch (`intake`).
+            names = self._names
+            view.service = names.setdefault(view.service, view.service)
+            view.model = names.setdefault(view.model, view.model)
             if view.agent is not None:
-                view.agent = self._shared(view.agent)
+                view.agent = names.setdefault(view.agent, view.agent)
             if view.tool is not None:
-                view.tool = self._shared(view.tool)
+                view.tool = names.setdefault(view.tool, view.tool)
         parent_id = view.parent_span_id
-        nodes = trace.nodes  # (node_count, inline: this runs for every span)
-        if (len(nodes) if type(nodes) is dict else len(nodes) // NODE_ENTRY) >= self.config.max_spans_per_trace:
+        limit = self.config.max_spans_per_trace
+        if trace.entry_count() >= limit and trace.node_count() >= limit:  # (the exact count only near it)
             self._out.count(UNASSEMBLED_SPANS)
             return False
         own = trace.node(span_id)  # children that arrived first created a group under this id
@@ -342,7 +349,7 @@ class Assembler:
                 self._keep_input(group, view.input, 0)
             if view.evaluations:
                 self._evaluations.attach(group, view.evaluations, self._out)
-            trace.set_node(span_id, group, new=own is None and span_id != parent_id)
+            trace.set_node(span_id, group)
             self._settle(group)
             return True
         if parent_id:
@@ -350,7 +357,7 @@ class Assembler:
             if group is None:
                 group = own or new_group(trace, parent_id, now)
                 group.top_parent = parent_id
-                trace.set_node(parent_id, group, new=True)
+                trace.set_node(parent_id, group)
             elif own is not None and own is not group:
                 if group.finished:
                     self._late_span(group, view)
@@ -364,7 +371,7 @@ class Assembler:
             self._late_span(group, view)
             return False
         if view.kind != LLM:  # LLM calls have no children: keep the node map small
-            trace.set_node(span_id, group, new=own is None and span_id != parent_id)
+            trace.set_node(span_id, group)
         elif view.response_id:
             self._evaluations.remember_response(view.response_id, trace_id)
         group.add(view)
@@ -373,7 +380,11 @@ class Assembler:
         if view.evaluations:
             self._evaluations.attach(group, view.evaluations, self._out)
         group.last_seen = now
-        self._route_call(view, group)
+        if group.agent_known:  # (the common case of `_route_call`, inline)
+            if view.kind == LLM or view.kind == TOOL:
+                view.agent = group.agent
+        else:
+            self._route_call(view, group)
         remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
         if not parent_id or (remote_parent and group.top_parent == parent_id):
             # The trace root, or the top of this process's part of it (its parent is remote): the
@@ -429,22 +440,13 @@ class Assembler:
         trace.add_seen(span_id)
         self._remembered += 1
 
-    def _shared(self, text: str) -> str:
-        found = self._names.get(text)
-        if found is None:
-            if len(self._names) >= MAX_SHARED_NAMES:
-                self._names.clear()
-            found = self._names[text] = text
-        return found
-
     def _forget(self, trace: TraceState) -> None:
         self.memory -= trace.bytes
         trace.bytes = 0
         self._remembered -= trace.seen_count()
-        trace.forget_seen()
         # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
         # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
-        trace.nodes = bytearray()
+        trace.forget_ids()
         trace.groups = []
 
     def _settle(self, group: Group) -> None:

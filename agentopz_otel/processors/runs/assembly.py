@@ -479,7 +479,7 @@ def counts_by_name(counts: CallCounts) -> dict[str, list[int]]:
 SPAN_ID_BYTES = 8
 # Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
-TRACE_BYTES = 500  # the trace, its entry in the processor's map, its id, its group list, packed ids' headers
+TRACE_BYTES = 430  # the trace, its entry in the processor's map, its id, its group list, its id table's header
 GROUP_BYTES = 280  # a group with its own token counts and the parent id it waits for
 # A group's side records, when made; the root's with its span id and times.
 ROOT_FIELDS_BYTES = 200
@@ -490,130 +490,174 @@ SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
 HELD_CALLS_BYTES = 170  # a run's held calls beside their rows: the bytearray, its spare room, labels
 HELD_ROOT_BYTES = 600  # a held root's resource and scope copies and wrappers, beside 2x its encoded size
 EVALUATION_BYTES = 400  # an evaluation held with its run or waiting for it, beside its explanation
-# Span ids a trace remembers side by side in one bytearray (8 bytes each, found with bytes.find) before
-# it moves them to a set: a set costs ~90 bytes an id, and the many small traces are what count.
-PACKED_SPAN_IDS = 128
-# The node map likewise: span id and its group's position in the trace's groups, 9 bytes side by side,
-# until it has PACKED_NODES ids or its trace more groups than a byte can number; then a dict.
-PACKED_NODES = 128
-NODE_ENTRY = SPAN_ID_BYTES + 1
-_PACKED_GROUPS = 256
+# Span ids a trace knows, received (remembered so a span sent again counts once) or awaited as a parent
+# (the node map: span id -> its group), in one table of 9-byte entries found with bytes.find: the id,
+# then a tag whose top bit says it was received and whose low 7 bits number its group in the trace's
+# groups plus one (0: not in the node map; LLM calls have no children and stay out of it). A set and a
+# dict cost ~90 and ~110 bytes an id, and the many small traces are what count, so the table moves to
+# them (`SpanIds`) only past PACKED_IDS entries or a group numbered past what the tag holds.
+PACKED_IDS = 128
+ID_ENTRY = SPAN_ID_BYTES + 1
+SEEN_TAG = 0x80
+_PACKED_GROUPS = SEEN_TAG - 1
+# bytes.translate deletion tables: what is left of a table's tags counts its nodes, its received ids.
+_NOT_NODE = bytes((0, SEEN_TAG))
+_NOT_SEEN = bytes(range(SEEN_TAG))
 
 
-def _find(packed: bytearray, span_id: bytes, stride: int) -> int:
-    """Where `span_id` starts in `packed`, entries `stride` bytes apart; -1 if it is not there."""
+def _find(packed: bytearray, span_id: bytes) -> int:
+    """Where `span_id`'s entry starts in the packed table; -1 if it is not there."""
     index = packed.find(span_id)
     while index >= 0:
-        if index % stride == 0:  # a match across two entries is no match
+        if index % ID_ENTRY == 0:  # a match across two entries is no match
             return index
         index = packed.find(span_id, index + 1)
     return -1
 
 
+class SpanIds:
+    """A trace's span ids past the packed table: the node map and the received ids apart."""
+
+    __slots__ = ("nodes", "seen")
+
+    def __init__(self, nodes: dict[bytes, Group], seen: set[bytes]) -> None:
+        self.nodes = nodes
+        self.seen = seen
+
+
 class TraceState:
-    __slots__ = ("bytes", "groups", "last_seen", "nodes", "seen", "trace_id")
+    __slots__ = ("bytes", "groups", "ids", "last_seen", "trace_id")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
-        # Span id (arrived, or awaited as a parent) -> group: packed (see PACKED_NODES), or a dict.
-        self.nodes: bytearray | dict[bytes, Group] = bytearray()
-        # Ids of the spans received, so a span sent again counts once: packed, or a set past PACKED_SPAN_IDS.
-        self.seen: bytearray | set[bytes] = bytearray()
+        self.ids: bytearray | SpanIds = bytearray()  # see PACKED_IDS
         self.groups: list[Group] = []
         self.last_seen = now
         self.bytes = 0  # its share of RunsProcessor's memory estimate, when it was last taken
 
+    def _unpack(self) -> SpanIds:
+        ids = self.ids
+        if isinstance(ids, SpanIds):
+            return ids
+        self.ids = unpacked = SpanIds(dict(self.node_items()), set(self.seen_ids()))
+        return unpacked
+
     def node(self, span_id: bytes) -> Group | None:
-        nodes = self.nodes
-        if isinstance(nodes, dict):
-            group = nodes.get(span_id)
-            return group.find() if group is not None else None
-        position = nodes.find(span_id)
-        if position < 0:
-            return None
-        if position % NODE_ENTRY:  # found across two entries: look on
-            position = _find(nodes, span_id, NODE_ENTRY)
+        ids = self.ids
+        if type(ids) is not bytearray:
+            group = ids.nodes.get(span_id)
+        else:
+            position = ids.find(span_id)
             if position < 0:
                 return None
-        group = self.groups[nodes[position + SPAN_ID_BYTES]]
+            if position % ID_ENTRY:  # found across two entries: look on
+                position = _find(ids, span_id)
+                if position < 0:
+                    return None
+            number = ids[position + SPAN_ID_BYTES] & _PACKED_GROUPS
+            if not number:
+                return None
+            group = self.groups[number - 1]
+        if group is None:
+            return None
         while group.merged_into is not None:
             group = group.merged_into
         return group
 
-    def set_node(self, span_id: bytes, group: Group, new: bool = False) -> None:
-        """`span_id` belongs to `group` (`new`: the caller knows the id is not in the map yet)."""
-        nodes = self.nodes
-        if isinstance(nodes, bytearray):
+    def set_node(self, span_id: bytes, group: Group) -> None:
+        """`span_id` belongs to `group`."""
+        ids = self.ids
+        if type(ids) is bytearray:
             groups = self.groups
-            number = len(groups) - 1 if groups[-1] is group else groups.index(group)
-            if number < _PACKED_GROUPS:
-                position = -1 if new else _find(nodes, span_id, NODE_ENTRY)
+            number = len(groups) if groups[-1] is group else groups.index(group) + 1
+            if number <= _PACKED_GROUPS:
+                position = _find(ids, span_id)
                 if position >= 0:
-                    nodes[position + SPAN_ID_BYTES] = number
+                    tag = position + SPAN_ID_BYTES
+                    ids[tag] = ids[tag] & SEEN_TAG | number
                     return
-                if len(nodes) < PACKED_NODES * NODE_ENTRY:
-                    nodes += span_id
-                    nodes.append(number)
+                if len(ids) < PACKED_IDS * ID_ENTRY:
+                    ids += span_id
+                    ids.append(number)
                     return
-            self.nodes = nodes = dict(self.node_items())
-        nodes[span_id] = group
+        self._unpack().nodes[span_id] = group
 
     def node_items(self) -> list[tuple[bytes, Group]]:
-        nodes = self.nodes
-        if isinstance(nodes, dict):
-            return list(nodes.items())
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return list(ids.nodes.items())
         return [
-            (bytes(nodes[start : start + SPAN_ID_BYTES]), self.groups[nodes[start + SPAN_ID_BYTES]])
-            for start in range(0, len(nodes), NODE_ENTRY)
+            (bytes(ids[start : start + SPAN_ID_BYTES]), self.groups[(ids[start + SPAN_ID_BYTES] & _PACKED_GROUPS) - 1])
+            for start in range(0, len(ids), ID_ENTRY)
+            if ids[start + SPAN_ID_BYTES] & _PACKED_GROUPS
         ]
 
-    def node_count(self) -> int:
-        nodes = self.nodes
-        return len(nodes) if isinstance(nodes, dict) else len(nodes) // NODE_ENTRY
+    def entry_count(self) -> int:
+        """An upper bound of node_count, cheap: the packed table's entries (every id it knows)."""
+        ids = self.ids
+        return len(ids) // ID_ENTRY if type(ids) is bytearray else len(ids.nodes)
 
-    def nodes_bytes(self) -> int:
-        nodes = self.nodes
-        return len(nodes) * NODE_BYTES if isinstance(nodes, dict) else len(nodes)
+    def node_count(self) -> int:
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return len(ids.nodes)
+        return len(ids[SPAN_ID_BYTES::ID_ENTRY].translate(None, _NOT_NODE))
+
+    def ids_bytes(self) -> int:
+        ids = self.ids
+        if type(ids) is bytearray:
+            return len(ids)
+        return len(ids.nodes) * NODE_BYTES + len(ids.seen) * SET_SPAN_ID_BYTES
 
     def has_seen(self, span_id: bytes) -> bool:
-        seen = self.seen
-        if isinstance(seen, set):
-            return span_id in seen
-        index = seen.find(span_id)
-        if index < 0:
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return span_id in ids.seen
+        position = ids.find(span_id)
+        if position < 0:
             return False
-        return index % SPAN_ID_BYTES == 0 or _find(seen, span_id, SPAN_ID_BYTES) >= 0
+        if position % ID_ENTRY:
+            position = _find(ids, span_id)
+            if position < 0:
+                return False
+        return ids[position + SPAN_ID_BYTES] >= SEEN_TAG
 
     def add_seen(self, span_id: bytes) -> None:
-        seen = self.seen
-        if isinstance(seen, set):
-            seen.add(span_id)
-        elif len(seen) < PACKED_SPAN_IDS * SPAN_ID_BYTES:
-            seen += span_id
-        else:
-            self.seen = {*self.seen_ids(), span_id}
-
-    def seen_bytes(self) -> int:
-        seen = self.seen
-        return len(seen) * SET_SPAN_ID_BYTES if isinstance(seen, set) else len(seen)
+        ids = self.ids
+        if type(ids) is bytearray:
+            position = _find(ids, span_id)
+            if position >= 0:
+                ids[position + SPAN_ID_BYTES] |= SEEN_TAG
+                return
+            if len(ids) < PACKED_IDS * ID_ENTRY:
+                ids += span_id
+                ids.append(SEEN_TAG)
+                return
+        self._unpack().seen.add(span_id)
 
     def seen_count(self) -> int:
-        seen = self.seen
-        return len(seen) if isinstance(seen, set) else len(seen) // SPAN_ID_BYTES
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return len(ids.seen)
+        return len(ids[SPAN_ID_BYTES::ID_ENTRY].translate(None, _NOT_SEEN))
 
     def seen_ids(self) -> list[bytes]:
-        seen = self.seen
-        if isinstance(seen, set):
-            return list(seen)
-        return [bytes(seen[start : start + SPAN_ID_BYTES]) for start in range(0, len(seen), SPAN_ID_BYTES)]
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return list(ids.seen)
+        return [
+            bytes(ids[start : start + SPAN_ID_BYTES])
+            for start in range(0, len(ids), ID_ENTRY)
+            if ids[start + SPAN_ID_BYTES] >= SEEN_TAG
+        ]
 
-    def forget_seen(self) -> None:
-        self.seen = bytearray()
+    def forget_ids(self) -> None:
+        self.ids = bytearray()
 
 
 def footprint(trace: TraceState) -> int:
     """Estimated bytes `trace` holds: see TRACE_BYTES."""
-    size = TRACE_BYTES + trace.nodes_bytes() + trace.seen_bytes()
+    size = TRACE_BYTES + trace.ids_bytes()
     for group in trace.groups:
         size += GROUP_BYTES
         if group.models:
