@@ -23,7 +23,9 @@ from agentopz_otel.processors.runs import RunsConfig, assembly
 from agentopz_otel.processors.runs.assembler import EVICTED_RUNS, MEMORY, Assembler
 from agentopz_otel.processors.runs.assembly import (
     EVALUATION_BYTES,
+    EXACT_ROWS,
     GROUP_FIELDS,
+    NO_CALLS,
     NODE_BYTES,
     PACKED_IDS,
     RARE_FIELDS,
@@ -39,7 +41,10 @@ from agentopz_otel.processors.runs.assembly import (
     count_call,
     counts_by_name,
     footprint,
+    held_calls,
+    hold_call,
     merge_counts,
+    merge_held,
     new_group,
 )
 from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace
@@ -171,11 +176,10 @@ def test_a_group_makes_a_side_record_only_for_a_field_set_to_another_value_than_
 
 def test_a_run_with_more_label_tuples_than_a_row_can_number_holds_no_more(monkeypatch):
     monkeypatch.setattr(assembly, "MAX_CALL_LABELS", 2)
-    held = HeldCalls()
-    assert held.add(LLM_CALL, LLM_CALL[:6]) and held.add(TOOL_CALL, TOOL_CALL[:6])
-    assert not held.add(UNPRICED, UNPRICED[:6])
-    assert held.add(LLM_CALL, LLM_CALL[:6])  # a label tuple it has still fits
-    assert held.calls() == [LLM_CALL, TOOL_CALL, LLM_CALL]
+    held = hold_call(hold_call(NO_CALLS, LLM_CALL, LLM_CALL[:6]), TOOL_CALL, TOOL_CALL[:6])
+    assert held is not None and hold_call(held, UNPRICED, UNPRICED[:6]) is None
+    held = hold_call(held, LLM_CALL, LLM_CALL[:6])  # a label tuple it has still fits
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL]
 
 
 LLM_CALL = Call("llm", "svc", None, "openai", "gpt-4o", "ok", (1200, 300, 200, None, 0), 0.00575, 1.25)
@@ -183,18 +187,37 @@ UNPRICED = Call("llm", "svc", "inner", "vllm", "llama", "rate_limited", (None,) 
 TOOL_CALL = Call("tool", "svc", None, "", "search", "error", NO_TOKENS, None, 0.5)
 
 
+def hold(calls: list[Call]) -> HeldCalls:
+    held = NO_CALLS
+    for call in calls:
+        held = hold_call(held, call, call[:6]) or held
+    return held
+
+
 def test_held_calls_come_back_exactly_as_they_were_held():
-    held = HeldCalls()
-    for call in (LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED):
-        held.add(call, call[:6])
-    assert held.calls() == [LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED]
-    assert len(held.labels) == 3  # each distinct label tuple once
+    held = hold([LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED])
+    assert held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED]
+    assert held[1:] == (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])  # each distinct label tuple once
     # A row per call: 3 bytes, then 8 a number the span gave (a tool call has its duration only).
-    assert len(held) == (3 + 6 * 8) + (3 + 8) + (3 + 6 * 8) + 3
-    other = HeldCalls()
-    other.add(TOOL_CALL, TOOL_CALL[:6])
-    held.merge(other)
-    assert held.calls()[-1] == TOOL_CALL and len(held.calls()) == 5 and len(held.labels) == 3
+    assert type(held[0]) is bytes and len(held[0]) == (3 + 6 * 8) + (3 + 8) + (3 + 6 * 8) + 3
+    held = merge_held(held, hold([TOOL_CALL]))
+    assert held_calls(held)[-1] == TOOL_CALL and len(held_calls(held)) == 5 and len(held) == 4
+
+
+def test_held_rows_are_exact_bytes_until_their_limit_then_grow_in_place():
+    # Rows of 11 bytes (a tool call's duration) and 3 (a call with no numbers): 92 * 11 + 4 * 3 = 1024.
+    assert EXACT_ROWS == 1024
+    below = hold([TOOL_CALL] * 92 + [UNPRICED] * 3)
+    assert len(below[0]) == EXACT_ROWS - 3
+    below = hold_call(below, TOOL_CALL, TOOL_CALL[:6])
+    assert below is not None and type(below[0]) is bytes  # it was short of the limit: still exact
+    held = hold([TOOL_CALL] * 92 + [UNPRICED] * 4)
+    assert type(held[0]) is bytes and len(held[0]) == EXACT_ROWS and len(held) == 3
+    grown = hold_call(held, TOOL_CALL, TOOL_CALL[:6])
+    assert grown is not None and type(grown[0]) is bytearray and len(grown[0]) == EXACT_ROWS + 11
+    again = hold_call(grown, LLM_CALL, LLM_CALL[:6])  # a new label tuple: a new tuple, the same rows
+    assert again is not None and again[0] is grown[0] and again[1:] == (TOOL_CALL[:6], UNPRICED[:6], LLM_CALL[:6])
+    assert held_calls(again) == [TOOL_CALL] * 92 + [UNPRICED] * 4 + [TOOL_CALL, LLM_CALL]
 
 
 def test_call_counts_by_name_keep_order_and_stop_at_the_limit():
@@ -226,7 +249,7 @@ def test_a_checkpoint_of_the_previous_format_still_loads():
     assert isinstance(state, RunState) and list(state.traces) == [trace_id]
     loaded = state.traces[trace_id].groups[0]
     assert counts_by_name(loaded.models) == {"gpt-4o": [3, 1]} and loaded.tools == ()
-    assert loaded.calls is not None and loaded.calls.calls() == [LLM_CALL, TOOL_CALL]
+    assert loaded.calls is not None and held_calls(loaded.calls) == [LLM_CALL, TOOL_CALL]
     assert state.traces[trace_id].has_seen(span_id(2))
 
 
@@ -245,8 +268,8 @@ def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
         state = checkpoint.load()
     assert state is not None
     held = state.traces[trace_id].groups[0].calls
-    assert held is not None and held.calls() == [LLM_CALL, TOOL_CALL, UNPRICED]
-    assert len(held) == (3 + 6 * 8) + (3 + 8) + 3
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, UNPRICED]
+    assert len(held[0]) == (3 + 6 * 8) + (3 + 8) + 3
 
 
 @pytest.mark.parametrize("calls", [None, (LLM_CALL, TOOL_CALL)])
@@ -255,9 +278,7 @@ def test_the_current_checkpoint_format_round_trips_held_calls(calls):
     group = Group(trace, b"", 0.0)
     trace.groups.append(group)
     if calls:
-        group.calls = HeldCalls()
-        for call in calls:
-            group.calls.add(call, call[:6])
+        group.calls = hold(list(calls))
     with sqlite3.connect(":memory:") as connection:
         checkpoint = RunCheckpoint(connection, "runs")
         checkpoint.write(
@@ -265,7 +286,7 @@ def test_the_current_checkpoint_format_round_trips_held_calls(calls):
         )
         state = checkpoint.load()
     loaded = state.traces[trace.trace_id].groups[0]
-    assert (None if loaded.calls is None else loaded.calls.calls()) == (None if calls is None else list(calls))
+    assert (None if loaded.calls is None else held_calls(loaded.calls)) == (None if calls is None else list(calls))
 
 
 def open_run(index: int) -> ExportTraceServiceRequest:

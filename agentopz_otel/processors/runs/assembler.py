@@ -35,17 +35,19 @@ from ...spans import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
+    NO_CALLS,
     NO_RARE,
     NO_ROOT,
     REMOTE_PARENT_FLAGS,
     CallLabels,
     Group,
-    HeldCalls,
     HeldRoot,
     Output,
     TraceState,
     counts_by_name,
     footprint,
+    held_calls,
+    hold_call,
     known_top_level,
     new_group,
     outer_run,
@@ -418,8 +420,6 @@ class Assembler:
             view.agent = group.agent
             return
         view.skip_call_metrics = True
-        if group.calls is None:
-            group.calls = HeldCalls()
         call = call_of(view)
         labels = call[:6]
         # One tuple of label strings for all runs' calls alike (each span's strings are its own copies).
@@ -428,8 +428,11 @@ class Assembler:
             if len(self._call_labels) >= MAX_SHARED_LABELS:
                 self._call_labels.clear()
             shared = self._call_labels[labels] = labels
-        if not group.calls.add(call, shared):
+        held = hold_call(group.calls or NO_CALLS, call, shared)
+        if held is None:
             view.skip_call_metrics = False  # too many label tuples in this run: it counts as it comes
+        else:
+            group.calls = held
 
     def _remember(self, trace: TraceState, span_id: bytes) -> None:
         """Keep the span's id, within the budget: the oldest finished traces make room first."""
@@ -461,7 +464,7 @@ class Assembler:
         outside any run)."""
         calls, group.calls = group.calls, None
         if calls:
-            self._out.calls.append((calls.calls(), agent))
+            self._out.calls.append((held_calls(calls), agent))
 
     def _merge(self, into: Group, other: Group) -> None:
         """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""

@@ -79,65 +79,74 @@ _TOKENS = 5
 MAX_CALL_LABELS = 2**16  # label tuples a run's held calls may use; past it, calls count as they come
 
 
-class HeldCalls(bytearray):
-    """Calls held back from the call metrics until their run's agent is known: one row per call of only
-    the numbers its span gave (3 bytes and 8 a number: 27 bytes for an LLM call with two token counts
-    and a duration), and each distinct label tuple once in `labels` (a tuple shared between runs)."""
+# A run's held calls, made anew for each call held so that it is exactly its size: (rows, then each
+# distinct label tuple once, tuples shared between runs). A row holds only the numbers its span gave
+# (3 bytes and 8 a number: 27 bytes for an LLM call with two token counts and a duration).
+HeldCalls = tuple
+NO_CALLS: HeldCalls = (b"",)
+# Rows past it grow in place in a bytearray (with its spare room): copying them whole for each call held
+# would take time growing with the square of a run's calls.
+EXACT_ROWS = 1024
+_NUMBERS = [struct.Struct(f"<{count}d") for count in range(8)]
 
-    __slots__ = ("labels",)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.labels: tuple[CallLabels, ...] = ()
+def hold_call(calls: HeldCalls, call: Call, labels: CallLabels) -> HeldCalls | None:
+    """`calls` and `call` (whose first six fields are `labels`); None when the run has too many label
+    tuples to hold it."""
+    try:
+        position = calls.index(labels, 1) - 1
+    except ValueError:
+        position = len(calls) - 1
+        if position >= MAX_CALL_LABELS:
+            return None
+        calls = (*calls, labels)
+    if call.kind == LLM:
+        numbers: tuple[float | int | None, ...] = (*call.tokens, call.cost, call.duration)
+        first = 0
+    else:
+        numbers, first = (call.duration,), 6
+    mask = 0
+    given = []
+    for bit, number in enumerate(numbers, first):
+        if number is not None:
+            mask |= 1 << bit
+            given.append(number)
+    row = _ROW.pack(position, mask) + _NUMBERS[len(given)].pack(*given)
+    rows = calls[0]
+    if type(rows) is bytearray:
+        rows += row
+        return calls
+    return (bytearray(rows) + row if len(rows) >= EXACT_ROWS else rows + row, *calls[1:])
 
-    def add(self, call: Call, labels: CallLabels) -> bool:
-        """Hold `call`, whose first six fields are `labels`; False when the run has too many label tuples
-        to hold it."""
-        try:
-            position = self.labels.index(labels)
-        except ValueError:
-            position = len(self.labels)
-            if position >= MAX_CALL_LABELS:
-                return False
-            self.labels = (*self.labels, labels)
-        numbers = (*call.tokens, call.cost, call.duration) if call.kind == LLM else (call.duration,)
-        bits = range(7) if call.kind == LLM else (6,)
-        mask = 0
-        given = []
-        for bit, number in zip(bits, numbers, strict=True):
-            if number is not None:
-                mask |= 1 << bit
-                given.append(number)
-        self += _ROW.pack(position, mask)
-        if given:
-            self += struct.pack(f"<{len(given)}d", *given)
-        return True
 
-    def merge(self, other: HeldCalls) -> None:
-        for call in other.calls():
-            self.add(call, call[:6])
+def merge_held(calls: HeldCalls, other: HeldCalls) -> HeldCalls:
+    for call in held_calls(other):
+        calls = hold_call(calls, call, call[:6]) or calls
+    return calls
 
-    def calls(self) -> list[Call]:
-        found = []
-        start = 0
-        end = len(self)
-        while start < end:
-            position, mask = _ROW.unpack_from(self, start)
-            start += _ROW.size
-            values: list[float | None] = []
-            for bit in range(7):
-                if mask & 1 << bit:
-                    values.append(_NUMBER.unpack_from(self, start)[0])
-                    start += _NUMBER.size
-                else:
-                    values.append(None)
-            labels = self.labels[position]
-            if labels[0] == LLM:
-                tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
-                found.append(Call(*labels, tokens, values[5], values[6]))
+
+def held_calls(calls: HeldCalls) -> list[Call]:
+    rows = calls[0]
+    found = []
+    start = 0
+    end = len(rows)
+    while start < end:
+        position, mask = _ROW.unpack_from(rows, start)
+        start += _ROW.size
+        values: list[float | None] = []
+        for bit in range(7):
+            if mask & 1 << bit:
+                values.append(_NUMBER.unpack_from(rows, start)[0])
+                start += _NUMBER.size
             else:
-                found.append(Call(*labels, NO_TOKENS, None, values[6]))
-        return found
+                values.append(None)
+        labels = calls[position + 1]
+        if labels[0] == LLM:
+            tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
+            found.append(Call(*labels, tokens, values[5], values[6]))
+        else:
+            found.append(Call(*labels, NO_TOKENS, None, values[6]))
+    return found
 
 
 # Group fields most groups never set, kept in side records made on the first write of another value:
@@ -436,10 +445,7 @@ class Group:
         if self.agent is None and not self.is_run:
             self.agent = other.agent
         if other.calls:
-            if self.calls:
-                self.calls.merge(other.calls)
-            else:
-                self.calls = other.calls
+            self.calls = merge_held(self.calls, other.calls) if self.calls else other.calls
             other.calls = None
         self.offer_version(other.prompt_version, other.version_rank)
         if other.input is not None and (self.input is None or other.input[0] < self.input[0]):
@@ -487,7 +493,7 @@ RARE_FIELDS_BYTES = 150
 CALL_COUNTS_BYTES = 40  # a group's calls by model or by tool, beside 8 bytes a field
 NODE_BYTES = 110  # a span id in the node map once it is a dict, with the id itself
 SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
-HELD_CALLS_BYTES = 170  # a run's held calls beside their rows: the bytearray, its spare room, labels
+HELD_CALLS_BYTES = 110  # a run's held calls beside their rows: the tuple, the header of the rows
 HELD_ROOT_BYTES = 600  # a held root's resource and scope copies and wrappers, beside 2x its encoded size
 EVALUATION_BYTES = 400  # an evaluation held with its run or waiting for it, beside its explanation
 # Span ids a trace knows, received (remembered so a span sent again counts once) or awaited as a parent
@@ -665,7 +671,7 @@ def footprint(trace: TraceState) -> int:
         if group.tools:
             size += CALL_COUNTS_BYTES + 8 * len(group.tools)
         if group.calls is not None:
-            size += HELD_CALLS_BYTES + len(group.calls)
+            size += HELD_CALLS_BYTES + len(group.calls[0])
         rooted = group.rooted
         if rooted is not None:
             size += ROOT_FIELDS_BYTES

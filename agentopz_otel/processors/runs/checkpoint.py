@@ -33,7 +33,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...records import Evaluation
 from ...spans import LLM, NO_TOKENS, Call
-from .assembly import GROUP_FIELDS, Group, HeldCalls, HeldRoot, TraceState
+from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call
 
 log = logging.getLogger("agentopz_otel.runs")
 
@@ -102,13 +102,12 @@ def _format_4_calls(labels: tuple, numbers: bytes) -> list[Call]:
 
 def _held_calls(packed: tuple, version: int) -> HeldCalls:
     """Formats 4 and 5: (labels, the rows as bytes); format 3: one tuple per call, as `Call`."""
-    calls = HeldCalls()
     if version == FORMAT_VERSION:
-        calls.labels, rows = packed
-        calls += rows
-        return calls
+        labels, rows = packed
+        return (rows, *labels)
+    calls = NO_CALLS
     for call in _format_4_calls(*packed) if version == 4 else [Call(*values) for values in packed]:
-        calls.add(call, call[:6])
+        calls = hold_call(calls, call, call[:6]) or calls
     return calls
 
 
@@ -129,7 +128,7 @@ def pack_trace(trace: TraceState) -> tuple:
                     root.schema_url,
                     root.span.SerializeToString(),
                 ),
-                None if group.calls is None else (group.calls.labels, bytes(group.calls)),
+                None if group.calls is None else (group.calls[1:], bytes(group.calls[0])),
                 tuple(tuple(getattr(e, name) for name in _EVALUATION_FIELDS) for e in group.evaluations),
             )
         )
