@@ -25,6 +25,8 @@ from agentopz_otel.processors.runs.assembly import (
     EVALUATION_BYTES,
     EXACT_ROWS,
     GROUP_FIELDS,
+    MAX_MODELS_PER_RUN,
+    MAX_TOOLS_PER_RUN,
     NO_CALLS,
     NODE_BYTES,
     PACKED_IDS,
@@ -39,13 +41,18 @@ from agentopz_otel.processors.runs.assembly import (
     SpanIds,
     TraceState,
     count_call,
+    count_run_call,
     counts_by_name,
     footprint,
     held_calls,
     hold_call,
     merge_counts,
     merge_held,
+    merge_run_counts,
+    models_of,
     new_group,
+    run_counts,
+    tools_of,
 )
 from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace
 from agentopz_otel.processors.runs.evaluations import PENDING_TRACE_BYTES, UNMATCHED
@@ -229,6 +236,46 @@ def test_call_counts_by_name_keep_order_and_stop_at_the_limit():
     assert counts_by_name(merged) == {"a": [3, 1], "b": [1, 1], "c": [1, 1]}
 
 
+def old_fields(plain: tuple, models: object, tools: object) -> tuple[tuple, tuple]:
+    """A group's field names and values as formats 3 to 5 kept them: calls by model and by tool apart."""
+    by_name = dict(zip(_PLAIN, plain, strict=True))
+    names = (*(name for name in _PLAIN if name != "counts"), "models", "tools")
+    return names, (*(by_name[name] for name in names[:-2]), models, tools)
+
+
+def test_calls_by_model_and_tool_share_one_tuple_models_first_each_within_its_limit():
+    counts = ()
+    for tool, name, failed in ((True, "search", True), (False, "m1", False), (True, "search", False)):
+        counts = count_run_call(counts, tool, name, failed)
+    assert counts == (1, "m1", 1, 0, "search", 2, 1)
+    for number in range(2, MAX_MODELS_PER_RUN + 2):
+        counts = count_run_call(counts, False, f"m{number}", True)
+    assert counts[0] == MAX_MODELS_PER_RUN and models_of(counts)[-3:] == (f"m{MAX_MODELS_PER_RUN}", 1, 1)
+    assert tools_of(counts) == ("search", 2, 1)
+    for number in range(MAX_TOOLS_PER_RUN):
+        counts = count_run_call(counts, True, f"t{number}", False)
+    assert len(tools_of(counts)) == 3 * MAX_TOOLS_PER_RUN and tools_of(counts)[-3:] == ("t62", 1, 0)
+    counts = count_run_call(counts, False, "m1", True, calls=2)  # a known model still counts past the limit
+    assert models_of(counts)[:3] == ("m1", 3, 1) and counts[0] == MAX_MODELS_PER_RUN
+    merged = merge_run_counts(run_counts(("m1", 1, 0), ()), run_counts(("m2", 2, 1), ("t", 1, 1)))
+    assert merged == (2, "m1", 1, 0, "m2", 2, 1, "t", 1, 1)
+    assert run_counts((), ()) == () and models_of(()) == () and tools_of(()) == ()
+
+
+def test_calls_by_model_and_tool_of_a_format_5_checkpoint_load_into_one_tuple():
+    trace = TraceState(span_id(10) * 2, 0.0)
+    trace.groups.append(Group(trace, b"", 0.0))
+    trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
+    names, plain = old_fields(groups[0][0], ("gpt-4o", 2, 0), ("search", 1, 1))
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(
+            pickle.dumps((5, 0.0, names, [(trace_id, last_seen, ((plain, -1, None, None, ()),), nodes, seen)], []))
+        )
+        state = checkpoint.load()
+    assert state is not None and state.traces[trace_id].groups[0].counts == (1, "gpt-4o", 2, 0, "search", 1, 1)
+
+
 def test_a_checkpoint_of_the_previous_format_still_loads():
     """Format 3 kept held calls as Call tuples and counts as dicts of [calls, failed] (or None)."""
     trace = TraceState(span_id(7) * 2, 0.0)
@@ -237,18 +284,16 @@ def test_a_checkpoint_of_the_previous_format_still_loads():
     trace.set_node(span_id(1), group)
     trace.add_seen(span_id(2))
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
-    plain = list(groups[0][0])
-    plain[_PLAIN.index("models")] = {"gpt-4o": (3, 1)}
-    plain[_PLAIN.index("tools")] = None
-    old_group = (tuple(plain), -1, None, (tuple(LLM_CALL), tuple(TOOL_CALL)), ())
+    names, plain = old_fields(groups[0][0], {"gpt-4o": (3, 1)}, None)
+    old_group = (plain, -1, None, (tuple(LLM_CALL), tuple(TOOL_CALL)), ())
     old = (trace_id, last_seen, (old_group,), nodes, frozenset(seen))
     with sqlite3.connect(":memory:") as connection:
         checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(pickle.dumps((3, 0.0, _PLAIN, [old], [])))
+        checkpoint.write(pickle.dumps((3, 0.0, names, [old], [])))
         state = checkpoint.load()
     assert isinstance(state, RunState) and list(state.traces) == [trace_id]
     loaded = state.traces[trace_id].groups[0]
-    assert counts_by_name(loaded.models) == {"gpt-4o": [3, 1]} and loaded.tools == ()
+    assert loaded.counts == (1, "gpt-4o", 3, 1)
     assert loaded.calls is not None and held_calls(loaded.calls) == [LLM_CALL, TOOL_CALL]
     assert state.traces[trace_id].has_seen(span_id(2))
 

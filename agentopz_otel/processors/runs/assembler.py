@@ -49,8 +49,10 @@ from .assembly import (
     held_calls,
     hold_call,
     known_top_level,
+    models_of,
     new_group,
     outer_run,
+    tools_of,
     unfinished,
 )
 from .evaluations import EvaluationRouter
@@ -81,6 +83,7 @@ def finish_run(
     results are for agentopz_quality_checks_total)."""
     service = group.service or "unknown_service"
     agent = group.agent or service
+    models, tools = models_of(group.counts), tools_of(group.counts)
     rooted = group.rooted or NO_ROOT
     rare = group.rare or NO_RARE
     duration = (rooted.end_time - rooted.start_time) / 1e9 if rooted.root_span_id and not abandoned else None
@@ -111,9 +114,9 @@ def finish_run(
         tool_calls=group.tool_calls,
         tool_errors=rare.tool_errors,
         sub_agents=rare.sub_agents,
-        models=list(group.models[::3]),
-        calls_by_model=counts_by_name(group.models),
-        calls_by_tool=counts_by_name(group.tools),
+        models=list(models[::3]),
+        calls_by_model=counts_by_name(models),
+        calls_by_tool=counts_by_name(tools),
         input_start=rare.input[1] if rare.input is not None else None,
         scores={e.name: float(e.score) for e in rare.evaluations if e.score is not None},
         targeting_key=rare.targeting_key,
@@ -131,7 +134,7 @@ def finish_run(
             tool_errors=rare.tool_errors,
             cost_usd=record.cost_usd if record.cost_complete else None,
             duration_seconds=duration,
-            tools=frozenset(group.tools[::3]),
+            tools=frozenset(tools[::3]),
             finish_reason=group.finish_reason,
             output_source=rare.output,
         ),

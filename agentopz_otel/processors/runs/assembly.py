@@ -257,6 +257,7 @@ class Group:
         "agent_known",
         "calls",
         "cost",
+        "counts",
         "final_call_end",
         "finish_reason",
         "finished",
@@ -265,7 +266,6 @@ class Group:
         "last_seen",
         "llm_calls",
         "merged_into",
-        "models",
         "output_tokens",
         "prompt_version",
         "rare",
@@ -273,7 +273,6 @@ class Group:
         "service",
         "steps",
         "tool_calls",
-        "tools",
         "top_parent",
         "trace",
         "version_rank",
@@ -324,10 +323,9 @@ class Group:
         self.llm_calls = 0
         self.steps = 0
         self.tool_calls = 0
-        # Calls and failed calls by model and by tool, as flat tuples (`CallCounts`): a dict of lists took
-        # 300 bytes a run more; the empty tuples are shared, as the empty evaluations tuple is.
-        self.models: CallCounts = ()
-        self.tools: CallCounts = ()
+        # Calls and failed calls by model and by tool in one flat tuple (`RunCounts`): a dict of lists took
+        # 300 bytes a run more, two tuples a header more; the empty tuple is shared.
+        self.counts: RunCounts = ()
         self.finish_reason: str | None = None
         self.final_call_end = 0
 
@@ -397,7 +395,7 @@ class Group:
             elif view.status != STATUS_OK:
                 self.llm_errors += 1
             if view.model:
-                self.models = count_call(self.models, view.model, view.status != STATUS_OK, MAX_MODELS_PER_RUN)
+                self.counts = count_run_call(self.counts, False, view.model, view.status != STATUS_OK)
             self.offer_version(view.prompt_version, view.prompt_version_from)
             if view.end_time >= self.final_call_end:
                 self.final_call_end = view.end_time
@@ -407,7 +405,7 @@ class Group:
         elif view.kind == TOOL:
             self.tool_calls += 1
             if view.tool:
-                self.tools = count_call(self.tools, view.tool, view.status != STATUS_OK, MAX_TOOLS_PER_RUN)
+                self.counts = count_run_call(self.counts, True, view.tool, view.status != STATUS_OK)
             if view.status != STATUS_OK:
                 self.tool_errors += 1
                 self.last_tool_error = max(self.last_tool_error, view.end_time)
@@ -432,8 +430,7 @@ class Group:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.last_llm_error = max(self.last_llm_error, other.last_llm_error)
         self.last_tool_error = max(self.last_tool_error, other.last_tool_error)
-        self.models = merge_counts(self.models, other.models, MAX_MODELS_PER_RUN)
-        self.tools = merge_counts(self.tools, other.tools, MAX_TOOLS_PER_RUN)
+        self.counts = merge_run_counts(self.counts, other.counts)
         if self.targeting_key is None:
             self.targeting_key = other.targeting_key
         self.evaluations = (*self.evaluations, *other.evaluations)[:MAX_EVALUATIONS_PER_RUN]
@@ -480,6 +477,51 @@ def merge_counts(counts: CallCounts, other: CallCounts, limit: int) -> CallCount
 def counts_by_name(counts: CallCounts) -> dict[str, list[int]]:
     """{name: [calls, failed calls]}, in the order the names came."""
     return {counts[index]: [counts[index + 1], counts[index + 2]] for index in range(0, len(counts), 3)}
+
+
+# A run's calls by model and by tool in one flat tuple: how many models, then (model, calls, failed) for
+# each, then (tool, calls, failed) for each; () for none.
+RunCounts = tuple
+
+
+def models_of(counts: RunCounts) -> CallCounts:
+    return counts[1 : 1 + 3 * counts[0]] if counts else ()
+
+
+def tools_of(counts: RunCounts) -> CallCounts:
+    return counts[1 + 3 * counts[0] :] if counts else ()
+
+
+def run_counts(models: CallCounts, tools: CallCounts) -> RunCounts:
+    return (len(models) // 3, *models, *tools) if models or tools else ()
+
+
+def count_run_call(counts: RunCounts, tool: bool, name: str, failed: bool, calls: int = 1) -> RunCounts:
+    """`counts` with `calls` more calls of the model or tool `name`; at most MAX_MODELS_PER_RUN models and
+    MAX_TOOLS_PER_RUN tools (made in one tuple: this runs for every call)."""
+    models = counts[0] if counts else 0
+    start, end = (1 + 3 * models, len(counts)) if tool else (1, 1 + 3 * models)
+    for index in range(start, end, 3):
+        if counts[index] == name:
+            return (
+                *counts[:index],
+                name,
+                counts[index + 1] + calls,
+                counts[index + 2] + int(failed),
+                *counts[index + 3 :],
+            )
+    if end - start >= 3 * (MAX_TOOLS_PER_RUN if tool else MAX_MODELS_PER_RUN):
+        return counts
+    if tool:
+        return (models, *counts[1:], name, calls, int(failed)) if counts else (0, name, calls, int(failed))
+    return (models + 1, *counts[1:end], name, calls, int(failed), *counts[end:])
+
+
+def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
+    for tool, found in ((False, models_of(other)), (True, tools_of(other))):
+        for index in range(0, len(found), 3):
+            counts = count_run_call(counts, tool, found[index], found[index + 2], found[index + 1])
+    return counts
 
 
 SPAN_ID_BYTES = 8
@@ -666,10 +708,8 @@ def footprint(trace: TraceState) -> int:
     size = TRACE_BYTES + trace.ids_bytes()
     for group in trace.groups:
         size += GROUP_BYTES
-        if group.models:
-            size += CALL_COUNTS_BYTES + 8 * len(group.models)
-        if group.tools:
-            size += CALL_COUNTS_BYTES + 8 * len(group.tools)
+        if group.counts:
+            size += CALL_COUNTS_BYTES + 8 * len(group.counts)
         if group.calls is not None:
             size += HELD_CALLS_BYTES + len(group.calls[0])
         rooted = group.rooted

@@ -33,14 +33,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...records import Evaluation
 from ...spans import LLM, NO_TOKENS, Call
-from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call
+from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call, run_counts
 
 log = logging.getLogger("agentopz_otel.runs")
 
-# 5: held calls as rows of the numbers given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call;
-# 3: groups count calls per model and per tool, may hold the input.
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (3, 4, 5)
+# 6: a group's calls by model and by tool in one tuple (`counts`); 5: held calls as rows of the numbers
+# given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call; 3: groups count calls per model and per
+# tool, may hold the input.
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)
 SLICE = 2000  # traces packed between two yields to the event loop
 _SCHEMA = "CREATE TABLE IF NOT EXISTS run_checkpoint (owner TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB)"
 # Group fields that are references, packed apart; every other field is a plain value.
@@ -62,8 +63,9 @@ class RunState:
     finished: OrderedDict[bytes, tuple[TraceState, float]]
 
 
-# Calls and failed calls by model and by tool: flat tuples; format 3 had dicts of [calls, failed] (or None).
-_COUNTS = frozenset(("models", "tools"))
+# Formats 3 to 5 kept calls and failed calls by model and by tool apart: flat tuples, in format 3 dicts
+# of [calls, failed] (or None).
+_COUNTS = ("models", "tools")
 
 
 def _plain(group: Group) -> tuple:
@@ -102,7 +104,7 @@ def _format_4_calls(labels: tuple, numbers: bytes) -> list[Call]:
 
 def _held_calls(packed: tuple, version: int) -> HeldCalls:
     """Formats 4 and 5: (labels, the rows as bytes); format 3: one tuple per call, as `Call`."""
-    if version == FORMAT_VERSION:
+    if version >= 5:
         labels, rows = packed
         return (rows, *labels)
     calls = NO_CALLS
@@ -145,9 +147,13 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float, version: i
     merged = []
     for values, merged_into, root, calls, evaluations in packed_groups:
         group = Group(trace, b"", 0.0)  # the defaults, for fields the checkpoint does not have
-        for name, value in zip(names, values, strict=True):
+        by_name = dict(zip(names, values, strict=True))
+        for name, value in by_name.items():
             if name in known:
                 setattr(group, name, _unpacked(name, value))
+        if version < 6:
+            models, tools = (_unpacked(name, by_name.get(name)) for name in _COUNTS)
+            group.counts = run_counts(models, tools)  # type: ignore[arg-type]
         group.last_seen += shift
         group.root_arrived += shift
         if root is not None:
