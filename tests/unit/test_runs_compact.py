@@ -395,14 +395,14 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
     assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
-    for index in range(1001, 1701):
+    for index in range(1001, 1801):
         send(open_run(index))
-    assert evicted("memory") == 0 and len(runs.assembler.traces) == 700
+    assert evicted("memory") == 0 and len(runs.assembler.traces) == 800
     assert 0 < len(runs.assembler.finished) < 300  # the oldest went first, to make room
     assert list(runs.assembler.finished)[-1] == (300).to_bytes(16, "big")
-    for index in range(1701, 2001):
+    for index in range(1801, 2101):
         send(open_run(index))
-    assert not runs.assembler.finished and evicted("memory") == 1000 - len(runs.assembler.traces) > 0
+    assert not runs.assembler.finished and evicted("memory") == 1100 - len(runs.assembler.traces) > 0
 
 
 def log_request(trace_number: int, event: str, values: dict) -> ExportLogsServiceRequest:

@@ -74,6 +74,7 @@ SHUTDOWN = "shutdown"
 # Distinct names and label tuples of held calls shared across runs; past it, sharing starts over.
 MAX_SHARED_NAMES = 4096
 MAX_SHARED_LABELS = 4096
+EVICT_CHUNK = 256  # oldest open traces looked up at once when evicting
 
 
 def finish_run(
@@ -151,7 +152,9 @@ class Assembler:
         self.config = config
         self._input_chars = input_chars
         self._quality = QualityEvaluator(config.quality)
-        self.traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
+        # By last activity, oldest first: a plain dict, moved to the end by taking out and putting back
+        # (an OrderedDict's links cost ~40 bytes an open run).
+        self.traces: dict[bytes, TraceState] = {}
         # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
         self.finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
         self._evaluations = EvaluationRouter(
@@ -175,11 +178,9 @@ class Assembler:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def restore(
-        self, traces: OrderedDict[bytes, TraceState], finished: OrderedDict[bytes, tuple[TraceState, float]]
-    ) -> None:
+    def restore(self, traces: dict[bytes, TraceState], finished: OrderedDict[bytes, tuple[TraceState, float]]) -> None:
         """Take over open and finished traces read from a checkpoint."""
-        self.traces, self.finished = traces, finished
+        self.traces, self.finished = dict(traces), finished
         every = [*traces.values(), *(trace for trace, _ in finished.values())]
         self._remembered = sum(trace.seen_count() for trace in every)
         self._held_root_bytes = sum(g.root.size for trace in every for g in trace.groups if g.root)
@@ -299,7 +300,8 @@ class Assembler:
                 if pending:
                     view.evaluations = [*(view.evaluations or ()), *pending]
             else:
-                self.traces.move_to_end(trace_id)
+                del self.traces[trace_id]
+                self.traces[trace_id] = trace
                 trace.last_seen = now
             self._recent_id, self._recent = trace_id, trace
         if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
@@ -655,19 +657,27 @@ class Assembler:
     def _evict(self, reason: str) -> None:
         """Drop the oldest open traces while over the open-run cap (`capacity`) or the memory budget
         (`memory`); their held roots go on as they came, their held calls count with what is known."""
-        while self.traces and (
-            len(self.traces) > self.config.max_open_runs
-            if reason == CAPACITY
-            else self.held_bytes() > self.config.max_memory_bytes
-        ):
-            _, trace = self.traces.popitem(last=False)
-            for group in unfinished(trace):
-                if group.has_work:
-                    self._out.count(EVICTED_RUNS, (reason,))
-                if group.root is not None:
-                    self._emit_root(group.root)
-                self._release(group, group.agent if group.is_run else None)
-            self._forget(trace)
+        traces = self.traces
+
+        def over() -> bool:
+            if reason == CAPACITY:
+                return len(traces) > self.config.max_open_runs
+            return self.held_bytes() > self.config.max_memory_bytes
+
+        while traces and over():
+            # The oldest, a chunk at a time: a dict finds its first entry past the ones deleted before
+            # it, so taking them one by one would scan those again for each.
+            for trace_id in list(itertools.islice(traces, EVICT_CHUNK)):
+                if not over():
+                    return
+                trace = traces.pop(trace_id)
+                for group in unfinished(trace):
+                    if group.has_work:
+                        self._out.count(EVICTED_RUNS, (reason,))
+                    if group.root is not None:
+                        self._emit_root(group.root)
+                    self._release(group, group.agent if group.is_run else None)
+                self._forget(trace)
 
     def flush(self, now: float, wall_now: float) -> Output:
         """At shutdown: finish every run whose root arrived; count the rest as evicted (`shutdown`)."""

@@ -527,7 +527,7 @@ def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
 SPAN_ID_BYTES = 8
 # Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
-TRACE_BYTES = 430  # the trace, its entry in the processor's map, its id, its group list, its id table's header
+TRACE_BYTES = 385  # the trace, its entry in the processor's map, its id, its group list, its id table's header
 GROUP_BYTES = 280  # a group with its own token counts and the parent id it waits for
 # A group's side records, when made; the root's with its span id and times.
 ROOT_FIELDS_BYTES = 200

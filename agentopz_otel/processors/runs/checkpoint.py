@@ -59,7 +59,7 @@ _EVALUATION_FIELDS = tuple(field.name for field in fields(Evaluation))
 class RunState:
     """Open traces by last activity, and finished ones with when they finished (monotonic)."""
 
-    traces: OrderedDict[bytes, TraceState]
+    traces: dict[bytes, TraceState]
     finished: OrderedDict[bytes, tuple[TraceState, float]]
 
 
@@ -193,7 +193,7 @@ class RunCheckpoint:
             if version not in READABLE_VERSIONS:
                 raise ValueError(f"format {version}, not {FORMAT_VERSION}")
             shift = time.monotonic() - saved_monotonic
-            state = RunState(OrderedDict(), OrderedDict())
+            state = RunState({}, OrderedDict())
             for packed in traces:
                 trace = unpack_trace(packed, names, shift, version)
                 state.traces[trace.trace_id] = trace
