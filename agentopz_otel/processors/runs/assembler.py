@@ -35,6 +35,7 @@ from ...spans import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
+    ID_ENTRY,
     NO_CALLS,
     NO_RARE,
     NO_ROOT,
@@ -321,7 +322,10 @@ class Assembler:
                 view.tool = names.setdefault(view.tool, view.tool)
         parent_id = view.parent_span_id
         limit = self.config.max_spans_per_trace
-        if trace.entry_count() >= limit and trace.node_count() >= limit:  # (the exact count only near it)
+        ids = trace.ids  # (entry_count, inline: this runs for every span; the exact count only near the limit)
+        if (
+            len(ids) // ID_ENTRY if type(ids) is bytearray else len(ids.nodes)
+        ) >= limit and trace.node_count() >= limit:
             self._out.count(UNASSEMBLED_SPANS)
             return False
         own = trace.node(span_id)  # children that arrived first created a group under this id

@@ -501,20 +501,15 @@ def count_run_call(counts: RunCounts, tool: bool, name: str, failed: bool, calls
     MAX_TOOLS_PER_RUN tools (made in one tuple: this runs for every call)."""
     models = counts[0] if counts else 0
     start, end = (1 + 3 * models, len(counts)) if tool else (1, 1 + 3 * models)
-    for index in range(start, end, 3):
-        if counts[index] == name:
-            return (
-                *counts[:index],
-                name,
-                counts[index + 1] + calls,
-                counts[index + 2] + int(failed),
-                *counts[index + 3 :],
-            )
-    if end - start >= 3 * (MAX_TOOLS_PER_RUN if tool else MAX_MODELS_PER_RUN):
-        return counts
-    if tool:
-        return (models, *counts[1:], name, calls, int(failed)) if counts else (0, name, calls, int(failed))
-    return (models + 1, *counts[1:end], name, calls, int(failed), *counts[end:])
+    try:
+        index = counts.index(name, start, end)  # (only names are strings: a match is a name's place)
+    except ValueError:
+        if end - start >= 3 * (MAX_TOOLS_PER_RUN if tool else MAX_MODELS_PER_RUN):
+            return counts
+        if tool:
+            return (models, *counts[1:], name, calls, int(failed)) if counts else (0, name, calls, int(failed))
+        return (models + 1, *counts[1:end], name, calls, int(failed), *counts[end:])
+    return (*counts[:index], name, counts[index + 1] + calls, counts[index + 2] + int(failed), *counts[index + 3 :])
 
 
 def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
@@ -619,8 +614,8 @@ class TraceState:
             groups = self.groups
             number = len(groups) if groups[-1] is group else groups.index(group) + 1
             if number <= _PACKED_GROUPS:
-                position = _find(ids, span_id)
-                if position >= 0:
+                position = ids.find(span_id)
+                if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
                     tag = position + SPAN_ID_BYTES
                     ids[tag] = ids[tag] & SEEN_TAG | number
                     return
@@ -673,8 +668,8 @@ class TraceState:
     def add_seen(self, span_id: bytes) -> None:
         ids = self.ids
         if type(ids) is bytearray:
-            position = _find(ids, span_id)
-            if position >= 0:
+            position = ids.find(span_id)  # (mostly not there: `_find` only when found)
+            if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
                 ids[position + SPAN_ID_BYTES] |= SEEN_TAG
                 return
             if len(ids) < PACKED_IDS * ID_ENTRY:
