@@ -23,23 +23,36 @@ from agentopz_otel.processors.runs import RunsConfig, assembly
 from agentopz_otel.processors.runs.assembler import EVICTED_RUNS, MEMORY, Assembler
 from agentopz_otel.processors.runs.assembly import (
     EVALUATION_BYTES,
+    EXACT_ROWS,
     GROUP_FIELDS,
+    MAX_MODELS_PER_RUN,
+    MAX_TOOLS_PER_RUN,
+    NO_CALLS,
     NODE_BYTES,
-    PACKED_NODES,
-    PACKED_SPAN_IDS,
+    PACKED_IDS,
     RARE_FIELDS,
     ROOT_FIELDS,
+    SET_SPAN_ID_BYTES,
     Group,
     HeldCalls,
     Output,
     RareFields,
     RootFields,
+    SpanIds,
     TraceState,
     count_call,
+    count_run_call,
     counts_by_name,
     footprint,
+    held_calls,
+    hold_call,
     merge_counts,
+    merge_held,
+    merge_run_counts,
+    models_of,
     new_group,
+    run_counts,
+    tools_of,
 )
 from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace
 from agentopz_otel.processors.runs.evaluations import PENDING_TRACE_BYTES, UNMATCHED
@@ -64,48 +77,92 @@ def test_span_ids_are_found_only_at_their_own_offset():
 
 def test_span_ids_move_to_a_set_past_the_packed_limit_and_keep_every_id():
     trace = TraceState(bytes(16), 0.0)
-    for number in range(1, PACKED_SPAN_IDS + 1):
+    for number in range(1, PACKED_IDS + 1):
         trace.add_seen(span_id(number))
-    assert isinstance(trace.seen, bytearray) and len(trace.seen) == 8 * PACKED_SPAN_IDS
-    trace.add_seen(span_id(PACKED_SPAN_IDS + 1))
-    assert isinstance(trace.seen, set)
-    assert trace.seen_count() == PACKED_SPAN_IDS + 1
-    assert all(trace.has_seen(span_id(n)) for n in range(1, PACKED_SPAN_IDS + 2))
-    assert not trace.has_seen(span_id(PACKED_SPAN_IDS + 2))
-    trace.forget_seen()
+    assert isinstance(trace.ids, bytearray) and len(trace.ids) == 9 * PACKED_IDS == trace.ids_bytes()
+    assert trace.seen_count() == PACKED_IDS and trace.node_count() == 0
+    trace.add_seen(span_id(PACKED_IDS + 1))
+    assert isinstance(trace.ids, SpanIds)
+    assert trace.seen_count() == PACKED_IDS + 1 and trace.ids_bytes() == (PACKED_IDS + 1) * SET_SPAN_ID_BYTES
+    assert all(trace.has_seen(span_id(n)) for n in range(1, PACKED_IDS + 2))
+    assert not trace.has_seen(span_id(PACKED_IDS + 2))
+    trace.forget_ids()
     assert trace.seen_count() == 0 and not trace.has_seen(span_id(1))
 
 
-def test_the_node_map_is_packed_until_it_outgrows_a_byte_or_its_limit():
+def test_received_ids_and_the_node_map_share_one_entry_per_id():
+    trace = TraceState(bytes(16), 0.0)
+    first, second = new_group(trace, b"", 0.0), new_group(trace, b"", 0.0)
+    trace.set_node(span_id(1), second)  # awaited as a parent: in the node map, not received
+    trace.add_seen(span_id(2))  # an LLM call: received, not in the node map
+    trace.add_seen(span_id(1))  # the parent arrives
+    trace.set_node(span_id(2), first)
+    assert bytes(trace.ids) == span_id(1) + bytes([0x80 | 2]) + span_id(2) + bytes([0x80 | 1])
+    assert trace.seen_count() == 2 and trace.node_count() == 2 and trace.entry_count() == 2
+    trace.set_node(span_id(3), first)
+    assert trace.seen_count() == 2 and trace.node_count() == 3 and not trace.has_seen(span_id(3))
+    assert trace.seen_ids() == [span_id(1), span_id(2)]
+    assert trace.node_items() == [(span_id(1), second), (span_id(2), first), (span_id(3), first)]
+
+
+def test_the_node_map_is_packed_until_it_outgrows_the_tag_or_its_limit():
     trace = TraceState(bytes(16), 0.0)
     first, second = new_group(trace, b"", 0.0), new_group(trace, b"", 0.0)
     trace.set_node(bytes.fromhex("00000000000000aa"), first)
     trace.set_node(bytes.fromhex("bbbbbbbbbbbbbbbb"), second)
-    assert isinstance(trace.nodes, bytearray) and len(trace.nodes) == 2 * 9 == trace.nodes_bytes()
-    # 8 bytes across the two entries (an id's tail, a group number, the next id's head) are no id.
-    assert trace.node(bytes.fromhex("000000aa00bbbbbb")) is None
+    assert isinstance(trace.ids, bytearray) and len(trace.ids) == 2 * 9 == trace.ids_bytes()
+    # 8 bytes across the two entries (an id's tail, a tag, the next id's head) are no id.
+    assert trace.node(bytes.fromhex("000000aa02bbbbbb")) is None
+    assert not trace.has_seen(bytes.fromhex("000000aa02bbbbbb"))
     assert trace.node(bytes.fromhex("bbbbbbbbbbbbbbbb")) is second
     trace.set_node(bytes.fromhex("bbbbbbbbbbbbbbbb"), first)  # an id seen first as a parent, then arrived
     assert trace.node(bytes.fromhex("bbbbbbbbbbbbbbbb")) is first and trace.node_count() == 2
     second.merged_into = first
-    for number in range(3, PACKED_NODES + 1):
+    for number in range(3, PACKED_IDS + 1):
         trace.set_node(span_id(number), second)
-    assert isinstance(trace.nodes, bytearray) and trace.node_count() == PACKED_NODES
-    assert trace.node(span_id(PACKED_NODES)) is first  # a merged group answers with the one it joined
-    trace.set_node(span_id(PACKED_NODES + 1), second)
-    assert isinstance(trace.nodes, dict) and trace.node_count() == PACKED_NODES + 1
-    assert trace.nodes_bytes() == (PACKED_NODES + 1) * NODE_BYTES
-    assert trace.node(span_id(3)) is first and trace.node(span_id(PACKED_NODES + 1)) is first
+    assert isinstance(trace.ids, bytearray) and trace.node_count() == PACKED_IDS
+    assert trace.node(span_id(PACKED_IDS)) is first  # a merged group answers with the one it joined
+    trace.set_node(span_id(PACKED_IDS + 1), second)
+    assert isinstance(trace.ids, SpanIds) and trace.node_count() == PACKED_IDS + 1
+    assert trace.ids_bytes() == (PACKED_IDS + 1) * NODE_BYTES
+    assert trace.node(span_id(3)) is first and trace.node(span_id(PACKED_IDS + 1)) is first
 
 
-def test_a_node_map_whose_trace_has_more_groups_than_a_byte_numbers_becomes_a_dict():
+def test_a_node_map_whose_trace_has_more_groups_than_the_tag_numbers_moves_to_a_dict():
     trace = TraceState(bytes(16), 0.0)
-    groups = [new_group(trace, b"", 0.0) for _ in range(257)]
-    trace.set_node(span_id(1), groups[255])
-    assert isinstance(trace.nodes, bytearray)
-    trace.set_node(span_id(2), groups[256])
-    assert isinstance(trace.nodes, dict)
-    assert trace.node_items() == [(span_id(1), groups[255]), (span_id(2), groups[256])]
+    groups = [new_group(trace, b"", 0.0) for _ in range(128)]
+    trace.add_seen(span_id(3))
+    trace.set_node(span_id(1), groups[126])  # the 127th group: the last the 7-bit tag numbers
+    assert isinstance(trace.ids, bytearray) and trace.node(span_id(1)) is groups[126]
+    trace.set_node(span_id(2), groups[127])
+    assert isinstance(trace.ids, SpanIds)
+    assert trace.node_items() == [(span_id(1), groups[126]), (span_id(2), groups[127])]
+    assert trace.seen_ids() == [span_id(3)] and trace.node(span_id(3)) is None
+
+
+def test_the_span_limit_counts_the_node_map_not_every_id_received():
+    assembler = Assembler(RunsConfig(max_spans_per_trace=2))
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(6) * 2
+    agent = make_span("invoke_agent a", {"gen_ai.operation.name": "invoke_agent"}, trace_id=trace_id)
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"}
+    calls = [make_span("chat m", chat, trace_id=trace_id, parent=agent.span_id) for _ in range(3)]
+    tool = make_span(
+        "execute_tool t", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id, parent=agent.span_id
+    )
+    batch = Batch(make_request([*calls, tool]), 4)
+    normalize.process(batch)
+    out = assembler.intake(batch, 0.0)
+    trace = assembler.traces[trace_id]
+    # Three calls and a tool received; the node map holds the awaited agent and the tool: at the limit.
+    assert trace.seen_count() == 4 and trace.node_count() == 2 and not out.counts
+    later = make_span(
+        "execute_tool u", {"gen_ai.operation.name": "execute_tool"}, trace_id=trace_id, parent=agent.span_id
+    )
+    batch = Batch(make_request([later]), 1)
+    normalize.process(batch)
+    out = assembler.intake(batch, 1.0)
+    assert out.counts == {("agentopz_unassembled_spans_total", ()): 1}
 
 
 def test_a_group_makes_a_side_record_only_for_a_field_set_to_another_value_than_its_default():
@@ -126,11 +183,10 @@ def test_a_group_makes_a_side_record_only_for_a_field_set_to_another_value_than_
 
 def test_a_run_with_more_label_tuples_than_a_row_can_number_holds_no_more(monkeypatch):
     monkeypatch.setattr(assembly, "MAX_CALL_LABELS", 2)
-    held = HeldCalls()
-    assert held.add(LLM_CALL, LLM_CALL[:6]) and held.add(TOOL_CALL, TOOL_CALL[:6])
-    assert not held.add(UNPRICED, UNPRICED[:6])
-    assert held.add(LLM_CALL, LLM_CALL[:6])  # a label tuple it has still fits
-    assert held.calls() == [LLM_CALL, TOOL_CALL, LLM_CALL]
+    held = hold_call(hold_call(NO_CALLS, LLM_CALL, LLM_CALL[:6]), TOOL_CALL, TOOL_CALL[:6])
+    assert held is not None and hold_call(held, UNPRICED, UNPRICED[:6]) is None
+    held = hold_call(held, LLM_CALL, LLM_CALL[:6])  # a label tuple it has still fits
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL]
 
 
 LLM_CALL = Call("llm", "svc", None, "openai", "gpt-4o", "ok", (1200, 300, 200, None, 0), 0.00575, 1.25)
@@ -138,18 +194,37 @@ UNPRICED = Call("llm", "svc", "inner", "vllm", "llama", "rate_limited", (None,) 
 TOOL_CALL = Call("tool", "svc", None, "", "search", "error", NO_TOKENS, None, 0.5)
 
 
+def hold(calls: list[Call]) -> HeldCalls:
+    held = NO_CALLS
+    for call in calls:
+        held = hold_call(held, call, call[:6]) or held
+    return held
+
+
 def test_held_calls_come_back_exactly_as_they_were_held():
-    held = HeldCalls()
-    for call in (LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED):
-        held.add(call, call[:6])
-    assert held.calls() == [LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED]
-    assert len(held.labels) == 3  # each distinct label tuple once
+    held = hold([LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED])
+    assert held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED]
+    assert held[1:] == (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])  # each distinct label tuple once
     # A row per call: 3 bytes, then 8 a number the span gave (a tool call has its duration only).
-    assert len(held) == (3 + 6 * 8) + (3 + 8) + (3 + 6 * 8) + 3
-    other = HeldCalls()
-    other.add(TOOL_CALL, TOOL_CALL[:6])
-    held.merge(other)
-    assert held.calls()[-1] == TOOL_CALL and len(held.calls()) == 5 and len(held.labels) == 3
+    assert type(held[0]) is bytes and len(held[0]) == (3 + 6 * 8) + (3 + 8) + (3 + 6 * 8) + 3
+    held = merge_held(held, hold([TOOL_CALL]))
+    assert held_calls(held)[-1] == TOOL_CALL and len(held_calls(held)) == 5 and len(held) == 4
+
+
+def test_held_rows_are_exact_bytes_until_their_limit_then_grow_in_place():
+    # Rows of 11 bytes (a tool call's duration) and 3 (a call with no numbers): 92 * 11 + 4 * 3 = 1024.
+    assert EXACT_ROWS == 1024
+    below = hold([TOOL_CALL] * 92 + [UNPRICED] * 3)
+    assert len(below[0]) == EXACT_ROWS - 3
+    below = hold_call(below, TOOL_CALL, TOOL_CALL[:6])
+    assert below is not None and type(below[0]) is bytes  # it was short of the limit: still exact
+    held = hold([TOOL_CALL] * 92 + [UNPRICED] * 4)
+    assert type(held[0]) is bytes and len(held[0]) == EXACT_ROWS and len(held) == 3
+    grown = hold_call(held, TOOL_CALL, TOOL_CALL[:6])
+    assert grown is not None and type(grown[0]) is bytearray and len(grown[0]) == EXACT_ROWS + 11
+    again = hold_call(grown, LLM_CALL, LLM_CALL[:6])  # a new label tuple: a new tuple, the same rows
+    assert again is not None and again[0] is grown[0] and again[1:] == (TOOL_CALL[:6], UNPRICED[:6], LLM_CALL[:6])
+    assert held_calls(again) == [TOOL_CALL] * 92 + [UNPRICED] * 4 + [TOOL_CALL, LLM_CALL]
 
 
 def test_call_counts_by_name_keep_order_and_stop_at_the_limit():
@@ -161,6 +236,46 @@ def test_call_counts_by_name_keep_order_and_stop_at_the_limit():
     assert counts_by_name(merged) == {"a": [3, 1], "b": [1, 1], "c": [1, 1]}
 
 
+def old_fields(plain: tuple, models: object, tools: object) -> tuple[tuple, tuple]:
+    """A group's field names and values as formats 3 to 5 kept them: calls by model and by tool apart."""
+    by_name = dict(zip(_PLAIN, plain, strict=True))
+    names = (*(name for name in _PLAIN if name != "counts"), "models", "tools")
+    return names, (*(by_name[name] for name in names[:-2]), models, tools)
+
+
+def test_calls_by_model_and_tool_share_one_tuple_models_first_each_within_its_limit():
+    counts = ()
+    for tool, name, failed in ((True, "search", True), (False, "m1", False), (True, "search", False)):
+        counts = count_run_call(counts, tool, name, failed)
+    assert counts == (1, "m1", 1, 0, "search", 2, 1)
+    for number in range(2, MAX_MODELS_PER_RUN + 2):
+        counts = count_run_call(counts, False, f"m{number}", True)
+    assert counts[0] == MAX_MODELS_PER_RUN and models_of(counts)[-3:] == (f"m{MAX_MODELS_PER_RUN}", 1, 1)
+    assert tools_of(counts) == ("search", 2, 1)
+    for number in range(MAX_TOOLS_PER_RUN):
+        counts = count_run_call(counts, True, f"t{number}", False)
+    assert len(tools_of(counts)) == 3 * MAX_TOOLS_PER_RUN and tools_of(counts)[-3:] == ("t62", 1, 0)
+    counts = count_run_call(counts, False, "m1", True, calls=2)  # a known model still counts past the limit
+    assert models_of(counts)[:3] == ("m1", 3, 1) and counts[0] == MAX_MODELS_PER_RUN
+    merged = merge_run_counts(run_counts(("m1", 1, 0), ()), run_counts(("m2", 2, 1), ("t", 1, 1)))
+    assert merged == (2, "m1", 1, 0, "m2", 2, 1, "t", 1, 1)
+    assert run_counts((), ()) == () and models_of(()) == () and tools_of(()) == ()
+
+
+def test_calls_by_model_and_tool_of_a_format_5_checkpoint_load_into_one_tuple():
+    trace = TraceState(span_id(10) * 2, 0.0)
+    trace.groups.append(Group(trace, b"", 0.0))
+    trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
+    names, plain = old_fields(groups[0][0], ("gpt-4o", 2, 0), ("search", 1, 1))
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(
+            pickle.dumps((5, 0.0, names, [(trace_id, last_seen, ((plain, -1, None, None, ()),), nodes, seen)], []))
+        )
+        state = checkpoint.load()
+    assert state is not None and state.traces[trace_id].groups[0].counts == (1, "gpt-4o", 2, 0, "search", 1, 1)
+
+
 def test_a_checkpoint_of_the_previous_format_still_loads():
     """Format 3 kept held calls as Call tuples and counts as dicts of [calls, failed] (or None)."""
     trace = TraceState(span_id(7) * 2, 0.0)
@@ -169,19 +284,17 @@ def test_a_checkpoint_of_the_previous_format_still_loads():
     trace.set_node(span_id(1), group)
     trace.add_seen(span_id(2))
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
-    plain = list(groups[0][0])
-    plain[_PLAIN.index("models")] = {"gpt-4o": (3, 1)}
-    plain[_PLAIN.index("tools")] = None
-    old_group = (tuple(plain), -1, None, (tuple(LLM_CALL), tuple(TOOL_CALL)), ())
+    names, plain = old_fields(groups[0][0], {"gpt-4o": (3, 1)}, None)
+    old_group = (plain, -1, None, (tuple(LLM_CALL), tuple(TOOL_CALL)), ())
     old = (trace_id, last_seen, (old_group,), nodes, frozenset(seen))
     with sqlite3.connect(":memory:") as connection:
         checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(pickle.dumps((3, 0.0, _PLAIN, [old], [])))
+        checkpoint.write(pickle.dumps((3, 0.0, names, [old], [])))
         state = checkpoint.load()
     assert isinstance(state, RunState) and list(state.traces) == [trace_id]
     loaded = state.traces[trace_id].groups[0]
-    assert counts_by_name(loaded.models) == {"gpt-4o": [3, 1]} and loaded.tools == ()
-    assert loaded.calls is not None and loaded.calls.calls() == [LLM_CALL, TOOL_CALL]
+    assert loaded.counts == (1, "gpt-4o", 3, 1)
+    assert loaded.calls is not None and held_calls(loaded.calls) == [LLM_CALL, TOOL_CALL]
     assert state.traces[trace_id].has_seen(span_id(2))
 
 
@@ -200,8 +313,8 @@ def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
         state = checkpoint.load()
     assert state is not None
     held = state.traces[trace_id].groups[0].calls
-    assert held is not None and held.calls() == [LLM_CALL, TOOL_CALL, UNPRICED]
-    assert len(held) == (3 + 6 * 8) + (3 + 8) + 3
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, UNPRICED]
+    assert len(held[0]) == (3 + 6 * 8) + (3 + 8) + 3
 
 
 @pytest.mark.parametrize("calls", [None, (LLM_CALL, TOOL_CALL)])
@@ -210,9 +323,7 @@ def test_the_current_checkpoint_format_round_trips_held_calls(calls):
     group = Group(trace, b"", 0.0)
     trace.groups.append(group)
     if calls:
-        group.calls = HeldCalls()
-        for call in calls:
-            group.calls.add(call, call[:6])
+        group.calls = hold(list(calls))
     with sqlite3.connect(":memory:") as connection:
         checkpoint = RunCheckpoint(connection, "runs")
         checkpoint.write(
@@ -220,7 +331,7 @@ def test_the_current_checkpoint_format_round_trips_held_calls(calls):
         )
         state = checkpoint.load()
     loaded = state.traces[trace.trace_id].groups[0]
-    assert (None if loaded.calls is None else loaded.calls.calls()) == (None if calls is None else list(calls))
+    assert (None if loaded.calls is None else held_calls(loaded.calls)) == (None if calls is None else list(calls))
 
 
 def open_run(index: int) -> ExportTraceServiceRequest:
@@ -284,14 +395,14 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
     assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
-    for index in range(1001, 1601):
+    for index in range(1001, 1801):
         send(open_run(index))
-    assert evicted("memory") == 0 and len(runs.assembler.traces) == 600
+    assert evicted("memory") == 0 and len(runs.assembler.traces) == 800
     assert 0 < len(runs.assembler.finished) < 300  # the oldest went first, to make room
     assert list(runs.assembler.finished)[-1] == (300).to_bytes(16, "big")
-    for index in range(1601, 1901):
+    for index in range(1801, 2101):
         send(open_run(index))
-    assert not runs.assembler.finished and evicted("memory") == 900 - len(runs.assembler.traces) > 0
+    assert not runs.assembler.finished and evicted("memory") == 1100 - len(runs.assembler.traces) > 0
 
 
 def log_request(trace_number: int, event: str, values: dict) -> ExportLogsServiceRequest:

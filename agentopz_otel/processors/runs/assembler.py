@@ -35,21 +35,25 @@ from ...spans import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
+    ID_ENTRY,
+    NO_CALLS,
     NO_RARE,
     NO_ROOT,
-    NODE_ENTRY,
     REMOTE_PARENT_FLAGS,
     CallLabels,
     Group,
-    HeldCalls,
     HeldRoot,
     Output,
     TraceState,
     counts_by_name,
     footprint,
+    held_calls,
+    hold_call,
     known_top_level,
+    models_of,
     new_group,
     outer_run,
+    tools_of,
     unfinished,
 )
 from .evaluations import EvaluationRouter
@@ -71,6 +75,7 @@ SHUTDOWN = "shutdown"
 # Distinct names and label tuples of held calls shared across runs; past it, sharing starts over.
 MAX_SHARED_NAMES = 4096
 MAX_SHARED_LABELS = 4096
+EVICT_CHUNK = 256  # oldest open traces looked up at once when evicting
 
 
 def finish_run(
@@ -80,6 +85,7 @@ def finish_run(
     results are for agentopz_quality_checks_total)."""
     service = group.service or "unknown_service"
     agent = group.agent or service
+    models, tools = models_of(group.counts), tools_of(group.counts)
     rooted = group.rooted or NO_ROOT
     rare = group.rare or NO_RARE
     duration = (rooted.end_time - rooted.start_time) / 1e9 if rooted.root_span_id and not abandoned else None
@@ -110,9 +116,9 @@ def finish_run(
         tool_calls=group.tool_calls,
         tool_errors=rare.tool_errors,
         sub_agents=rare.sub_agents,
-        models=list(group.models[::3]),
-        calls_by_model=counts_by_name(group.models),
-        calls_by_tool=counts_by_name(group.tools),
+        models=list(models[::3]),
+        calls_by_model=counts_by_name(models),
+        calls_by_tool=counts_by_name(tools),
         input_start=rare.input[1] if rare.input is not None else None,
         scores={e.name: float(e.score) for e in rare.evaluations if e.score is not None},
         targeting_key=rare.targeting_key,
@@ -130,7 +136,7 @@ def finish_run(
             tool_errors=rare.tool_errors,
             cost_usd=record.cost_usd if record.cost_complete else None,
             duration_seconds=duration,
-            tools=frozenset(group.tools[::3]),
+            tools=frozenset(tools[::3]),
             finish_reason=group.finish_reason,
             output_source=rare.output,
         ),
@@ -147,7 +153,9 @@ class Assembler:
         self.config = config
         self._input_chars = input_chars
         self._quality = QualityEvaluator(config.quality)
-        self.traces: OrderedDict[bytes, TraceState] = OrderedDict()  # by last activity, oldest first
+        # By last activity, oldest first: a plain dict, moved to the end by taking out and putting back
+        # (an OrderedDict's links cost ~40 bytes an open run).
+        self.traces: dict[bytes, TraceState] = {}
         # Traces whose runs all finished, kept for late_window_seconds so late spans are recognised.
         self.finished: OrderedDict[bytes, tuple[TraceState, float]] = OrderedDict()
         self._evaluations = EvaluationRouter(
@@ -155,7 +163,7 @@ class Assembler:
         )
         self._logged_content = LoggedContent(config.abandon_after_seconds, config.quality.max_output_chars)
         self.memory = 0  # estimated bytes held by open and finished traces (runs.max_memory_bytes)
-        self._remembered = 0  # span ids in the `seen` sets of open and finished traces
+        self._remembered = 0  # span ids received, remembered by open and finished traces
         self._held_root_bytes = 0  # HeldRoot.size of every root held, against max_held_root_bytes
         self._call_labels: dict[tuple, CallLabels] = {}
         self._names: dict[str, str] = {}
@@ -171,11 +179,9 @@ class Assembler:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def restore(
-        self, traces: OrderedDict[bytes, TraceState], finished: OrderedDict[bytes, tuple[TraceState, float]]
-    ) -> None:
+    def restore(self, traces: dict[bytes, TraceState], finished: OrderedDict[bytes, tuple[TraceState, float]]) -> None:
         """Take over open and finished traces read from a checkpoint."""
-        self.traces, self.finished = traces, finished
+        self.traces, self.finished = dict(traces), finished
         every = [*traces.values(), *(trace for trace, _ in finished.values())]
         self._remembered = sum(trace.seen_count() for trace in every)
         self._held_root_bytes = sum(g.root.size for trace in every for g in trace.groups if g.root)
@@ -211,6 +217,8 @@ class Assembler:
         run finishes (to be forwarded with its totals)."""
         out = self._start()
         self._recent_id = None
+        if len(self._names) >= MAX_SHARED_NAMES:  # past it, sharing starts over (a batch adds 4 a span at most)
+            self._names.clear()
         held: list[SpanView] = []
         # Traces with GenAI work in this batch: their other spans (an HTTP root listed first) count too.
         # A flag evaluation (the prompt version a run was served) counts too: it often ends first.
@@ -293,21 +301,31 @@ class Assembler:
                 if pending:
                     view.evaluations = [*(view.evaluations or ()), *pending]
             else:
-                self.traces.move_to_end(trace_id)
+                del self.traces[trace_id]
+                self.traces[trace_id] = trace
                 trace.last_seen = now
             self._recent_id, self._recent = trace_id, trace
         if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
-            self._remember(trace, span_id)
+            if self._remembered < self.config.max_remembered_span_ids:  # (`_remember`'s common case, inline)
+                trace.add_seen(span_id)
+                self._remembered += 1
+            else:
+                self._remember(trace, span_id)
             # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
-            view.service = self._shared(view.service)
-            view.model = self._shared(view.model)
+            # Their number is bounded once a batch (`intake`).
+            names = self._names
+            view.service = names.setdefault(view.service, view.service)
+            view.model = names.setdefault(view.model, view.model)
             if view.agent is not None:
-                view.agent = self._shared(view.agent)
+                view.agent = names.setdefault(view.agent, view.agent)
             if view.tool is not None:
-                view.tool = self._shared(view.tool)
+                view.tool = names.setdefault(view.tool, view.tool)
         parent_id = view.parent_span_id
-        nodes = trace.nodes  # (node_count, inline: this runs for every span)
-        if (len(nodes) if type(nodes) is dict else len(nodes) // NODE_ENTRY) >= self.config.max_spans_per_trace:
+        limit = self.config.max_spans_per_trace
+        ids = trace.ids  # (entry_count, inline: this runs for every span; the exact count only near the limit)
+        if (
+            len(ids) // ID_ENTRY if type(ids) is bytearray else len(ids.nodes)
+        ) >= limit and trace.node_count() >= limit:
             self._out.count(UNASSEMBLED_SPANS)
             return False
         own = trace.node(span_id)  # children that arrived first created a group under this id
@@ -342,7 +360,7 @@ class Assembler:
                 self._keep_input(group, view.input, 0)
             if view.evaluations:
                 self._evaluations.attach(group, view.evaluations, self._out)
-            trace.set_node(span_id, group, new=own is None and span_id != parent_id)
+            trace.set_node(span_id, group)
             self._settle(group)
             return True
         if parent_id:
@@ -350,7 +368,7 @@ class Assembler:
             if group is None:
                 group = own or new_group(trace, parent_id, now)
                 group.top_parent = parent_id
-                trace.set_node(parent_id, group, new=True)
+                trace.set_node(parent_id, group)
             elif own is not None and own is not group:
                 if group.finished:
                     self._late_span(group, view)
@@ -364,7 +382,7 @@ class Assembler:
             self._late_span(group, view)
             return False
         if view.kind != LLM:  # LLM calls have no children: keep the node map small
-            trace.set_node(span_id, group, new=own is None and span_id != parent_id)
+            trace.set_node(span_id, group)
         elif view.response_id:
             self._evaluations.remember_response(view.response_id, trace_id)
         group.add(view)
@@ -373,7 +391,11 @@ class Assembler:
         if view.evaluations:
             self._evaluations.attach(group, view.evaluations, self._out)
         group.last_seen = now
-        self._route_call(view, group)
+        if group.agent_known:  # (the common case of `_route_call`, inline)
+            if view.kind == LLM or view.kind == TOOL:
+                view.agent = group.agent
+        else:
+            self._route_call(view, group)
         remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
         if not parent_id or (remote_parent and group.top_parent == parent_id):
             # The trace root, or the top of this process's part of it (its parent is remote): the
@@ -407,8 +429,6 @@ class Assembler:
             view.agent = group.agent
             return
         view.skip_call_metrics = True
-        if group.calls is None:
-            group.calls = HeldCalls()
         call = call_of(view)
         labels = call[:6]
         # One tuple of label strings for all runs' calls alike (each span's strings are its own copies).
@@ -417,8 +437,11 @@ class Assembler:
             if len(self._call_labels) >= MAX_SHARED_LABELS:
                 self._call_labels.clear()
             shared = self._call_labels[labels] = labels
-        if not group.calls.add(call, shared):
+        held = hold_call(group.calls or NO_CALLS, call, shared)
+        if held is None:
             view.skip_call_metrics = False  # too many label tuples in this run: it counts as it comes
+        else:
+            group.calls = held
 
     def _remember(self, trace: TraceState, span_id: bytes) -> None:
         """Keep the span's id, within the budget: the oldest finished traces make room first."""
@@ -429,22 +452,13 @@ class Assembler:
         trace.add_seen(span_id)
         self._remembered += 1
 
-    def _shared(self, text: str) -> str:
-        found = self._names.get(text)
-        if found is None:
-            if len(self._names) >= MAX_SHARED_NAMES:
-                self._names.clear()
-            found = self._names[text] = text
-        return found
-
     def _forget(self, trace: TraceState) -> None:
         self.memory -= trace.bytes
         trace.bytes = 0
         self._remembered -= trace.seen_count()
-        trace.forget_seen()
         # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
         # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
-        trace.nodes = bytearray()
+        trace.forget_ids()
         trace.groups = []
 
     def _settle(self, group: Group) -> None:
@@ -459,7 +473,7 @@ class Assembler:
         outside any run)."""
         calls, group.calls = group.calls, None
         if calls:
-            self._out.calls.append((calls.calls(), agent))
+            self._out.calls.append((held_calls(calls), agent))
 
     def _merge(self, into: Group, other: Group) -> None:
         """`other` is a subtree of `into`: its span, if held as a local root, goes on as it came."""
@@ -647,19 +661,27 @@ class Assembler:
     def _evict(self, reason: str) -> None:
         """Drop the oldest open traces while over the open-run cap (`capacity`) or the memory budget
         (`memory`); their held roots go on as they came, their held calls count with what is known."""
-        while self.traces and (
-            len(self.traces) > self.config.max_open_runs
-            if reason == CAPACITY
-            else self.held_bytes() > self.config.max_memory_bytes
-        ):
-            _, trace = self.traces.popitem(last=False)
-            for group in unfinished(trace):
-                if group.has_work:
-                    self._out.count(EVICTED_RUNS, (reason,))
-                if group.root is not None:
-                    self._emit_root(group.root)
-                self._release(group, group.agent if group.is_run else None)
-            self._forget(trace)
+        traces = self.traces
+
+        def over() -> bool:
+            if reason == CAPACITY:
+                return len(traces) > self.config.max_open_runs
+            return self.held_bytes() > self.config.max_memory_bytes
+
+        while traces and over():
+            # The oldest, a chunk at a time: a dict finds its first entry past the ones deleted before
+            # it, so taking them one by one would scan those again for each.
+            for trace_id in list(itertools.islice(traces, EVICT_CHUNK)):
+                if not over():
+                    return
+                trace = traces.pop(trace_id)
+                for group in unfinished(trace):
+                    if group.has_work:
+                        self._out.count(EVICTED_RUNS, (reason,))
+                    if group.root is not None:
+                        self._emit_root(group.root)
+                    self._release(group, group.agent if group.is_run else None)
+                self._forget(trace)
 
     def flush(self, now: float, wall_now: float) -> Output:
         """At shutdown: finish every run whose root arrived; count the rest as evicted (`shutdown`)."""

@@ -79,65 +79,74 @@ _TOKENS = 5
 MAX_CALL_LABELS = 2**16  # label tuples a run's held calls may use; past it, calls count as they come
 
 
-class HeldCalls(bytearray):
-    """Calls held back from the call metrics until their run's agent is known: one row per call of only
-    the numbers its span gave (3 bytes and 8 a number: 27 bytes for an LLM call with two token counts
-    and a duration), and each distinct label tuple once in `labels` (a tuple shared between runs)."""
+# A run's held calls, made anew for each call held so that it is exactly its size: (rows, then each
+# distinct label tuple once, tuples shared between runs). A row holds only the numbers its span gave
+# (3 bytes and 8 a number: 27 bytes for an LLM call with two token counts and a duration).
+HeldCalls = tuple
+NO_CALLS: HeldCalls = (b"",)
+# Rows past it grow in place in a bytearray (with its spare room): copying them whole for each call held
+# would take time growing with the square of a run's calls.
+EXACT_ROWS = 1024
+_NUMBERS = [struct.Struct(f"<{count}d") for count in range(8)]
 
-    __slots__ = ("labels",)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.labels: tuple[CallLabels, ...] = ()
+def hold_call(calls: HeldCalls, call: Call, labels: CallLabels) -> HeldCalls | None:
+    """`calls` and `call` (whose first six fields are `labels`); None when the run has too many label
+    tuples to hold it."""
+    try:
+        position = calls.index(labels, 1) - 1
+    except ValueError:
+        position = len(calls) - 1
+        if position >= MAX_CALL_LABELS:
+            return None
+        calls = (*calls, labels)
+    if call.kind == LLM:
+        numbers: tuple[float | int | None, ...] = (*call.tokens, call.cost, call.duration)
+        first = 0
+    else:
+        numbers, first = (call.duration,), 6
+    mask = 0
+    given = []
+    for bit, number in enumerate(numbers, first):
+        if number is not None:
+            mask |= 1 << bit
+            given.append(number)
+    row = _ROW.pack(position, mask) + _NUMBERS[len(given)].pack(*given)
+    rows = calls[0]
+    if type(rows) is bytearray:
+        rows += row
+        return calls
+    return (bytearray(rows) + row if len(rows) >= EXACT_ROWS else rows + row, *calls[1:])
 
-    def add(self, call: Call, labels: CallLabels) -> bool:
-        """Hold `call`, whose first six fields are `labels`; False when the run has too many label tuples
-        to hold it."""
-        try:
-            position = self.labels.index(labels)
-        except ValueError:
-            position = len(self.labels)
-            if position >= MAX_CALL_LABELS:
-                return False
-            self.labels = (*self.labels, labels)
-        numbers = (*call.tokens, call.cost, call.duration) if call.kind == LLM else (call.duration,)
-        bits = range(7) if call.kind == LLM else (6,)
-        mask = 0
-        given = []
-        for bit, number in zip(bits, numbers, strict=True):
-            if number is not None:
-                mask |= 1 << bit
-                given.append(number)
-        self += _ROW.pack(position, mask)
-        if given:
-            self += struct.pack(f"<{len(given)}d", *given)
-        return True
 
-    def merge(self, other: HeldCalls) -> None:
-        for call in other.calls():
-            self.add(call, call[:6])
+def merge_held(calls: HeldCalls, other: HeldCalls) -> HeldCalls:
+    for call in held_calls(other):
+        calls = hold_call(calls, call, call[:6]) or calls
+    return calls
 
-    def calls(self) -> list[Call]:
-        found = []
-        start = 0
-        end = len(self)
-        while start < end:
-            position, mask = _ROW.unpack_from(self, start)
-            start += _ROW.size
-            values: list[float | None] = []
-            for bit in range(7):
-                if mask & 1 << bit:
-                    values.append(_NUMBER.unpack_from(self, start)[0])
-                    start += _NUMBER.size
-                else:
-                    values.append(None)
-            labels = self.labels[position]
-            if labels[0] == LLM:
-                tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
-                found.append(Call(*labels, tokens, values[5], values[6]))
+
+def held_calls(calls: HeldCalls) -> list[Call]:
+    rows = calls[0]
+    found = []
+    start = 0
+    end = len(rows)
+    while start < end:
+        position, mask = _ROW.unpack_from(rows, start)
+        start += _ROW.size
+        values: list[float | None] = []
+        for bit in range(7):
+            if mask & 1 << bit:
+                values.append(_NUMBER.unpack_from(rows, start)[0])
+                start += _NUMBER.size
             else:
-                found.append(Call(*labels, NO_TOKENS, None, values[6]))
-        return found
+                values.append(None)
+        labels = calls[position + 1]
+        if labels[0] == LLM:
+            tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
+            found.append(Call(*labels, tokens, values[5], values[6]))
+        else:
+            found.append(Call(*labels, NO_TOKENS, None, values[6]))
+    return found
 
 
 # Group fields most groups never set, kept in side records made on the first write of another value:
@@ -248,6 +257,7 @@ class Group:
         "agent_known",
         "calls",
         "cost",
+        "counts",
         "final_call_end",
         "finish_reason",
         "finished",
@@ -256,7 +266,6 @@ class Group:
         "last_seen",
         "llm_calls",
         "merged_into",
-        "models",
         "output_tokens",
         "prompt_version",
         "rare",
@@ -264,7 +273,6 @@ class Group:
         "service",
         "steps",
         "tool_calls",
-        "tools",
         "top_parent",
         "trace",
         "version_rank",
@@ -315,10 +323,9 @@ class Group:
         self.llm_calls = 0
         self.steps = 0
         self.tool_calls = 0
-        # Calls and failed calls by model and by tool, as flat tuples (`CallCounts`): a dict of lists took
-        # 300 bytes a run more; the empty tuples are shared, as the empty evaluations tuple is.
-        self.models: CallCounts = ()
-        self.tools: CallCounts = ()
+        # Calls and failed calls by model and by tool in one flat tuple (`RunCounts`): a dict of lists took
+        # 300 bytes a run more, two tuples a header more; the empty tuple is shared.
+        self.counts: RunCounts = ()
         self.finish_reason: str | None = None
         self.final_call_end = 0
 
@@ -388,7 +395,7 @@ class Group:
             elif view.status != STATUS_OK:
                 self.llm_errors += 1
             if view.model:
-                self.models = count_call(self.models, view.model, view.status != STATUS_OK, MAX_MODELS_PER_RUN)
+                self.counts = count_run_call(self.counts, False, view.model, view.status != STATUS_OK)
             self.offer_version(view.prompt_version, view.prompt_version_from)
             if view.end_time >= self.final_call_end:
                 self.final_call_end = view.end_time
@@ -398,7 +405,7 @@ class Group:
         elif view.kind == TOOL:
             self.tool_calls += 1
             if view.tool:
-                self.tools = count_call(self.tools, view.tool, view.status != STATUS_OK, MAX_TOOLS_PER_RUN)
+                self.counts = count_run_call(self.counts, True, view.tool, view.status != STATUS_OK)
             if view.status != STATUS_OK:
                 self.tool_errors += 1
                 self.last_tool_error = max(self.last_tool_error, view.end_time)
@@ -423,8 +430,7 @@ class Group:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.last_llm_error = max(self.last_llm_error, other.last_llm_error)
         self.last_tool_error = max(self.last_tool_error, other.last_tool_error)
-        self.models = merge_counts(self.models, other.models, MAX_MODELS_PER_RUN)
-        self.tools = merge_counts(self.tools, other.tools, MAX_TOOLS_PER_RUN)
+        self.counts = merge_run_counts(self.counts, other.counts)
         if self.targeting_key is None:
             self.targeting_key = other.targeting_key
         self.evaluations = (*self.evaluations, *other.evaluations)[:MAX_EVALUATIONS_PER_RUN]
@@ -436,10 +442,7 @@ class Group:
         if self.agent is None and not self.is_run:
             self.agent = other.agent
         if other.calls:
-            if self.calls:
-                self.calls.merge(other.calls)
-            else:
-                self.calls = other.calls
+            self.calls = merge_held(self.calls, other.calls) if self.calls else other.calls
             other.calls = None
         self.offer_version(other.prompt_version, other.version_rank)
         if other.input is not None and (self.input is None or other.input[0] < self.input[0]):
@@ -476,10 +479,50 @@ def counts_by_name(counts: CallCounts) -> dict[str, list[int]]:
     return {counts[index]: [counts[index + 1], counts[index + 2]] for index in range(0, len(counts), 3)}
 
 
+# A run's calls by model and by tool in one flat tuple: how many models, then (model, calls, failed) for
+# each, then (tool, calls, failed) for each; () for none.
+RunCounts = tuple
+
+
+def models_of(counts: RunCounts) -> CallCounts:
+    return counts[1 : 1 + 3 * counts[0]] if counts else ()
+
+
+def tools_of(counts: RunCounts) -> CallCounts:
+    return counts[1 + 3 * counts[0] :] if counts else ()
+
+
+def run_counts(models: CallCounts, tools: CallCounts) -> RunCounts:
+    return (len(models) // 3, *models, *tools) if models or tools else ()
+
+
+def count_run_call(counts: RunCounts, tool: bool, name: str, failed: bool, calls: int = 1) -> RunCounts:
+    """`counts` with `calls` more calls of the model or tool `name`; at most MAX_MODELS_PER_RUN models and
+    MAX_TOOLS_PER_RUN tools (made in one tuple: this runs for every call)."""
+    models = counts[0] if counts else 0
+    start, end = (1 + 3 * models, len(counts)) if tool else (1, 1 + 3 * models)
+    try:
+        index = counts.index(name, start, end)  # (only names are strings: a match is a name's place)
+    except ValueError:
+        if end - start >= 3 * (MAX_TOOLS_PER_RUN if tool else MAX_MODELS_PER_RUN):
+            return counts
+        if tool:
+            return (models, *counts[1:], name, calls, int(failed)) if counts else (0, name, calls, int(failed))
+        return (models + 1, *counts[1:end], name, calls, int(failed), *counts[end:])
+    return (*counts[:index], name, counts[index + 1] + calls, counts[index + 2] + int(failed), *counts[index + 3 :])
+
+
+def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
+    for tool, found in ((False, models_of(other)), (True, tools_of(other))):
+        for index in range(0, len(found), 3):
+            counts = count_run_call(counts, tool, found[index], found[index + 2], found[index + 1])
+    return counts
+
+
 SPAN_ID_BYTES = 8
 # Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
-TRACE_BYTES = 500  # the trace, its entry in the processor's map, its id, its group list, packed ids' headers
+TRACE_BYTES = 385  # the trace, its entry in the processor's map, its id, its group list, its id table's header
 GROUP_BYTES = 280  # a group with its own token counts and the parent id it waits for
 # A group's side records, when made; the root's with its span id and times.
 ROOT_FIELDS_BYTES = 200
@@ -487,141 +530,183 @@ RARE_FIELDS_BYTES = 150
 CALL_COUNTS_BYTES = 40  # a group's calls by model or by tool, beside 8 bytes a field
 NODE_BYTES = 110  # a span id in the node map once it is a dict, with the id itself
 SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
-HELD_CALLS_BYTES = 170  # a run's held calls beside their rows: the bytearray, its spare room, labels
+HELD_CALLS_BYTES = 110  # a run's held calls beside their rows: the tuple, the header of the rows
 HELD_ROOT_BYTES = 600  # a held root's resource and scope copies and wrappers, beside 2x its encoded size
 EVALUATION_BYTES = 400  # an evaluation held with its run or waiting for it, beside its explanation
-# Span ids a trace remembers side by side in one bytearray (8 bytes each, found with bytes.find) before
-# it moves them to a set: a set costs ~90 bytes an id, and the many small traces are what count.
-PACKED_SPAN_IDS = 128
-# The node map likewise: span id and its group's position in the trace's groups, 9 bytes side by side,
-# until it has PACKED_NODES ids or its trace more groups than a byte can number; then a dict.
-PACKED_NODES = 128
-NODE_ENTRY = SPAN_ID_BYTES + 1
-_PACKED_GROUPS = 256
+# Span ids a trace knows, received (remembered so a span sent again counts once) or awaited as a parent
+# (the node map: span id -> its group), in one table of 9-byte entries found with bytes.find: the id,
+# then a tag whose top bit says it was received and whose low 7 bits number its group in the trace's
+# groups plus one (0: not in the node map; LLM calls have no children and stay out of it). A set and a
+# dict cost ~90 and ~110 bytes an id, and the many small traces are what count, so the table moves to
+# them (`SpanIds`) only past PACKED_IDS entries or a group numbered past what the tag holds.
+PACKED_IDS = 128
+ID_ENTRY = SPAN_ID_BYTES + 1
+SEEN_TAG = 0x80
+_PACKED_GROUPS = SEEN_TAG - 1
+# bytes.translate deletion tables: what is left of a table's tags counts its nodes, its received ids.
+_NOT_NODE = bytes((0, SEEN_TAG))
+_NOT_SEEN = bytes(range(SEEN_TAG))
 
 
-def _find(packed: bytearray, span_id: bytes, stride: int) -> int:
-    """Where `span_id` starts in `packed`, entries `stride` bytes apart; -1 if it is not there."""
+def _find(packed: bytearray, span_id: bytes) -> int:
+    """Where `span_id`'s entry starts in the packed table; -1 if it is not there."""
     index = packed.find(span_id)
     while index >= 0:
-        if index % stride == 0:  # a match across two entries is no match
+        if index % ID_ENTRY == 0:  # a match across two entries is no match
             return index
         index = packed.find(span_id, index + 1)
     return -1
 
 
+class SpanIds:
+    """A trace's span ids past the packed table: the node map and the received ids apart."""
+
+    __slots__ = ("nodes", "seen")
+
+    def __init__(self, nodes: dict[bytes, Group], seen: set[bytes]) -> None:
+        self.nodes = nodes
+        self.seen = seen
+
+
 class TraceState:
-    __slots__ = ("bytes", "groups", "last_seen", "nodes", "seen", "trace_id")
+    __slots__ = ("bytes", "groups", "ids", "last_seen", "trace_id")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
-        # Span id (arrived, or awaited as a parent) -> group: packed (see PACKED_NODES), or a dict.
-        self.nodes: bytearray | dict[bytes, Group] = bytearray()
-        # Ids of the spans received, so a span sent again counts once: packed, or a set past PACKED_SPAN_IDS.
-        self.seen: bytearray | set[bytes] = bytearray()
+        self.ids: bytearray | SpanIds = bytearray()  # see PACKED_IDS
         self.groups: list[Group] = []
         self.last_seen = now
         self.bytes = 0  # its share of RunsProcessor's memory estimate, when it was last taken
 
+    def _unpack(self) -> SpanIds:
+        ids = self.ids
+        if isinstance(ids, SpanIds):
+            return ids
+        self.ids = unpacked = SpanIds(dict(self.node_items()), set(self.seen_ids()))
+        return unpacked
+
     def node(self, span_id: bytes) -> Group | None:
-        nodes = self.nodes
-        if isinstance(nodes, dict):
-            group = nodes.get(span_id)
-            return group.find() if group is not None else None
-        position = nodes.find(span_id)
-        if position < 0:
-            return None
-        if position % NODE_ENTRY:  # found across two entries: look on
-            position = _find(nodes, span_id, NODE_ENTRY)
+        ids = self.ids
+        if type(ids) is not bytearray:
+            group = ids.nodes.get(span_id)
+        else:
+            position = ids.find(span_id)
             if position < 0:
                 return None
-        group = self.groups[nodes[position + SPAN_ID_BYTES]]
+            if position % ID_ENTRY:  # found across two entries: look on
+                position = _find(ids, span_id)
+                if position < 0:
+                    return None
+            number = ids[position + SPAN_ID_BYTES] & _PACKED_GROUPS
+            if not number:
+                return None
+            group = self.groups[number - 1]
+        if group is None:
+            return None
         while group.merged_into is not None:
             group = group.merged_into
         return group
 
-    def set_node(self, span_id: bytes, group: Group, new: bool = False) -> None:
-        """`span_id` belongs to `group` (`new`: the caller knows the id is not in the map yet)."""
-        nodes = self.nodes
-        if isinstance(nodes, bytearray):
+    def set_node(self, span_id: bytes, group: Group) -> None:
+        """`span_id` belongs to `group`."""
+        ids = self.ids
+        if type(ids) is bytearray:
             groups = self.groups
-            number = len(groups) - 1 if groups[-1] is group else groups.index(group)
-            if number < _PACKED_GROUPS:
-                position = -1 if new else _find(nodes, span_id, NODE_ENTRY)
-                if position >= 0:
-                    nodes[position + SPAN_ID_BYTES] = number
+            number = len(groups) if groups[-1] is group else groups.index(group) + 1
+            if number <= _PACKED_GROUPS:
+                position = ids.find(span_id)
+                if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
+                    tag = position + SPAN_ID_BYTES
+                    ids[tag] = ids[tag] & SEEN_TAG | number
                     return
-                if len(nodes) < PACKED_NODES * NODE_ENTRY:
-                    nodes += span_id
-                    nodes.append(number)
+                if len(ids) < PACKED_IDS * ID_ENTRY:
+                    ids += span_id
+                    ids.append(number)
                     return
-            self.nodes = nodes = dict(self.node_items())
-        nodes[span_id] = group
+        self._unpack().nodes[span_id] = group
 
     def node_items(self) -> list[tuple[bytes, Group]]:
-        nodes = self.nodes
-        if isinstance(nodes, dict):
-            return list(nodes.items())
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return list(ids.nodes.items())
         return [
-            (bytes(nodes[start : start + SPAN_ID_BYTES]), self.groups[nodes[start + SPAN_ID_BYTES]])
-            for start in range(0, len(nodes), NODE_ENTRY)
+            (bytes(ids[start : start + SPAN_ID_BYTES]), self.groups[(ids[start + SPAN_ID_BYTES] & _PACKED_GROUPS) - 1])
+            for start in range(0, len(ids), ID_ENTRY)
+            if ids[start + SPAN_ID_BYTES] & _PACKED_GROUPS
         ]
 
-    def node_count(self) -> int:
-        nodes = self.nodes
-        return len(nodes) if isinstance(nodes, dict) else len(nodes) // NODE_ENTRY
+    def entry_count(self) -> int:
+        """An upper bound of node_count, cheap: the packed table's entries (every id it knows)."""
+        ids = self.ids
+        return len(ids) // ID_ENTRY if type(ids) is bytearray else len(ids.nodes)
 
-    def nodes_bytes(self) -> int:
-        nodes = self.nodes
-        return len(nodes) * NODE_BYTES if isinstance(nodes, dict) else len(nodes)
+    def node_count(self) -> int:
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return len(ids.nodes)
+        return len(ids[SPAN_ID_BYTES::ID_ENTRY].translate(None, _NOT_NODE))
+
+    def ids_bytes(self) -> int:
+        ids = self.ids
+        if type(ids) is bytearray:
+            return len(ids)
+        return len(ids.nodes) * NODE_BYTES + len(ids.seen) * SET_SPAN_ID_BYTES
 
     def has_seen(self, span_id: bytes) -> bool:
-        seen = self.seen
-        if isinstance(seen, set):
-            return span_id in seen
-        index = seen.find(span_id)
-        if index < 0:
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return span_id in ids.seen
+        position = ids.find(span_id)
+        if position < 0:
             return False
-        return index % SPAN_ID_BYTES == 0 or _find(seen, span_id, SPAN_ID_BYTES) >= 0
+        if position % ID_ENTRY:
+            position = _find(ids, span_id)
+            if position < 0:
+                return False
+        return ids[position + SPAN_ID_BYTES] >= SEEN_TAG
 
     def add_seen(self, span_id: bytes) -> None:
-        seen = self.seen
-        if isinstance(seen, set):
-            seen.add(span_id)
-        elif len(seen) < PACKED_SPAN_IDS * SPAN_ID_BYTES:
-            seen += span_id
-        else:
-            self.seen = {*self.seen_ids(), span_id}
-
-    def seen_bytes(self) -> int:
-        seen = self.seen
-        return len(seen) * SET_SPAN_ID_BYTES if isinstance(seen, set) else len(seen)
+        ids = self.ids
+        if type(ids) is bytearray:
+            position = ids.find(span_id)  # (mostly not there: `_find` only when found)
+            if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
+                ids[position + SPAN_ID_BYTES] |= SEEN_TAG
+                return
+            if len(ids) < PACKED_IDS * ID_ENTRY:
+                ids += span_id
+                ids.append(SEEN_TAG)
+                return
+        self._unpack().seen.add(span_id)
 
     def seen_count(self) -> int:
-        seen = self.seen
-        return len(seen) if isinstance(seen, set) else len(seen) // SPAN_ID_BYTES
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return len(ids.seen)
+        return len(ids[SPAN_ID_BYTES::ID_ENTRY].translate(None, _NOT_SEEN))
 
     def seen_ids(self) -> list[bytes]:
-        seen = self.seen
-        if isinstance(seen, set):
-            return list(seen)
-        return [bytes(seen[start : start + SPAN_ID_BYTES]) for start in range(0, len(seen), SPAN_ID_BYTES)]
+        ids = self.ids
+        if type(ids) is not bytearray:
+            return list(ids.seen)
+        return [
+            bytes(ids[start : start + SPAN_ID_BYTES])
+            for start in range(0, len(ids), ID_ENTRY)
+            if ids[start + SPAN_ID_BYTES] >= SEEN_TAG
+        ]
 
-    def forget_seen(self) -> None:
-        self.seen = bytearray()
+    def forget_ids(self) -> None:
+        self.ids = bytearray()
 
 
 def footprint(trace: TraceState) -> int:
     """Estimated bytes `trace` holds: see TRACE_BYTES."""
-    size = TRACE_BYTES + trace.nodes_bytes() + trace.seen_bytes()
+    size = TRACE_BYTES + trace.ids_bytes()
     for group in trace.groups:
         size += GROUP_BYTES
-        if group.models:
-            size += CALL_COUNTS_BYTES + 8 * len(group.models)
-        if group.tools:
-            size += CALL_COUNTS_BYTES + 8 * len(group.tools)
+        if group.counts:
+            size += CALL_COUNTS_BYTES + 8 * len(group.counts)
         if group.calls is not None:
-            size += HELD_CALLS_BYTES + len(group.calls)
+            size += HELD_CALLS_BYTES + len(group.calls[0])
         rooted = group.rooted
         if rooted is not None:
             size += ROOT_FIELDS_BYTES

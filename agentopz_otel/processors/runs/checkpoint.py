@@ -33,14 +33,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...records import Evaluation
 from ...spans import LLM, NO_TOKENS, Call
-from .assembly import GROUP_FIELDS, Group, HeldCalls, HeldRoot, TraceState
+from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call, run_counts
 
 log = logging.getLogger("agentopz_otel.runs")
 
-# 5: held calls as rows of the numbers given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call;
-# 3: groups count calls per model and per tool, may hold the input.
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (3, 4, 5)
+# 6: a group's calls by model and by tool in one tuple (`counts`); 5: held calls as rows of the numbers
+# given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call; 3: groups count calls per model and per
+# tool, may hold the input.
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)
 SLICE = 2000  # traces packed between two yields to the event loop
 _SCHEMA = "CREATE TABLE IF NOT EXISTS run_checkpoint (owner TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB)"
 # Group fields that are references, packed apart; every other field is a plain value.
@@ -58,12 +59,13 @@ _EVALUATION_FIELDS = tuple(field.name for field in fields(Evaluation))
 class RunState:
     """Open traces by last activity, and finished ones with when they finished (monotonic)."""
 
-    traces: OrderedDict[bytes, TraceState]
+    traces: dict[bytes, TraceState]
     finished: OrderedDict[bytes, tuple[TraceState, float]]
 
 
-# Calls and failed calls by model and by tool: flat tuples; format 3 had dicts of [calls, failed] (or None).
-_COUNTS = frozenset(("models", "tools"))
+# Formats 3 to 5 kept calls and failed calls by model and by tool apart: flat tuples, in format 3 dicts
+# of [calls, failed] (or None).
+_COUNTS = ("models", "tools")
 
 
 def _plain(group: Group) -> tuple:
@@ -102,13 +104,12 @@ def _format_4_calls(labels: tuple, numbers: bytes) -> list[Call]:
 
 def _held_calls(packed: tuple, version: int) -> HeldCalls:
     """Formats 4 and 5: (labels, the rows as bytes); format 3: one tuple per call, as `Call`."""
-    calls = HeldCalls()
-    if version == FORMAT_VERSION:
-        calls.labels, rows = packed
-        calls += rows
-        return calls
+    if version >= 5:
+        labels, rows = packed
+        return (rows, *labels)
+    calls = NO_CALLS
     for call in _format_4_calls(*packed) if version == 4 else [Call(*values) for values in packed]:
-        calls.add(call, call[:6])
+        calls = hold_call(calls, call, call[:6]) or calls
     return calls
 
 
@@ -129,7 +130,7 @@ def pack_trace(trace: TraceState) -> tuple:
                     root.schema_url,
                     root.span.SerializeToString(),
                 ),
-                None if group.calls is None else (group.calls.labels, bytes(group.calls)),
+                None if group.calls is None else (group.calls[1:], bytes(group.calls[0])),
                 tuple(tuple(getattr(e, name) for name in _EVALUATION_FIELDS) for e in group.evaluations),
             )
         )
@@ -146,9 +147,13 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float, version: i
     merged = []
     for values, merged_into, root, calls, evaluations in packed_groups:
         group = Group(trace, b"", 0.0)  # the defaults, for fields the checkpoint does not have
-        for name, value in zip(names, values, strict=True):
+        by_name = dict(zip(names, values, strict=True))
+        for name, value in by_name.items():
             if name in known:
                 setattr(group, name, _unpacked(name, value))
+        if version < 6:
+            models, tools = (_unpacked(name, by_name.get(name)) for name in _COUNTS)
+            group.counts = run_counts(models, tools)  # type: ignore[arg-type]
         group.last_seen += shift
         group.root_arrived += shift
         if root is not None:
@@ -188,7 +193,7 @@ class RunCheckpoint:
             if version not in READABLE_VERSIONS:
                 raise ValueError(f"format {version}, not {FORMAT_VERSION}")
             shift = time.monotonic() - saved_monotonic
-            state = RunState(OrderedDict(), OrderedDict())
+            state = RunState({}, OrderedDict())
             for packed in traces:
                 trace = unpack_trace(packed, names, shift, version)
                 state.traces[trace.trace_id] = trace
