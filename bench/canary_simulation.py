@@ -130,20 +130,21 @@ class Replicas:
         self.times: dict[tuple, list[float]] = defaultdict(list)
         self.totals: dict[tuple, list[int]] = defaultdict(list)
 
-    def _count(self, at: float, key: tuple) -> None:
+    def _count(self, at: float, key: tuple, step: int = 1) -> None:
         totals = self.totals[key]
         self.times[key].append(at)
-        totals.append((totals[-1] if totals else 0) + 1)
+        totals.append((totals[-1] if totals else 0) + step)
 
     def add(self, at: float, record: Record, index: int) -> None:
         replica = "a" if index % 2 else ("b" if at < self.replace_at else "c")
         version = record.prompt_version
         self._count(at, (replica, "agentopz_runs_total", version, (("outcome", record.outcome),)))
+        # A histogram's series has every bucket from its first observation on, as the service exports it.
         for name, score in record.scores.items():
             for bound in (*SCORE_BUCKETS, math.inf):
-                if score <= bound:
-                    le = "+Inf" if bound == math.inf else str(float(bound))
-                    self._count(at, (replica, SCORE_BUCKET_METRIC, version, (("evaluation", name), ("le", le))))
+                le = "+Inf" if bound == math.inf else str(float(bound))
+                key = (replica, SCORE_BUCKET_METRIC, version, (("evaluation", name), ("le", le)))
+                self._count(at, key, int(score <= bound))
 
     def answer(self, query: str, at: float) -> list[dict[str, Any]]:
         metric = query.split("{", 1)[0]

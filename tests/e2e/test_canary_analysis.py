@@ -419,6 +419,7 @@ def test_a_worse_candidate_is_weighed_against_the_baselines_history(start_servic
     assert (rollout["state"], rollout["analysis_status"]["history_runs"]) == ("rolled_back", 300)
     assert rollout["analysis_status"]["budget"].endswith(
         "; quality's 3.00%: 2.40% against the baseline's history (300 runs), 0.60% against its concurrent runs"
+        "; hard_limits's 0.50%: 0.40% against the baseline's history (300 runs), 0.10% against its concurrent runs"
     )
     quality = analysis_entry(service, "rollback")["evidence"]["guards"]["quality"]
     history = quality["evidence"]["history"]
