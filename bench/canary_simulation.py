@@ -13,8 +13,9 @@ but what the extension saves after each look (the analysis and the source's open
 JSON), loses the runs that finished since, and continues. The Prometheus row runs the real
 `PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout); the sticky
 Prometheus row estimates the design effect from replica a's own runs, as the extension does. Every
-rollout starts with the baseline's history (a week at `--rate` and 2% failures, through the real
-`BaselineHistory`); the outage row fails both versions' runs at 15% for 30 minutes mid-rollout.
+rollout starts with the baseline's history (a week at `--rate`, 2% failures and the shape's share of
+`budget_exceeded`, through the real `BaselineHistory`); the outage row fails both versions' runs at 15%
+for 30 minutes mid-rollout.
 
 Printed per traffic shape: false rollbacks of a healthy candidate walking 5, 25, 50, 100 and held a
 day at 5%; for a worse candidate (3x failures, 3x cost) the extra failed runs users saw before the
@@ -186,9 +187,11 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
     # The baseline's week before the rollout, through the real tally: its runs at its 2% failures.
     history = BaselineHistory(HISTORY_HOURS, 10)
     before = int(rng.poisson(rate * HISTORY_HOURS * 3600))
-    failed_before = int(rng.binomial(before, BASE_FAILURE))
-    history.add(AGENT, BASELINE, "success", -3600.0, 0.0, before - failed_before)
+    over_before = int(rng.binomial(before, shape.budget_exceeded))
+    failed_before = int(rng.binomial(before - over_before, BASE_FAILURE))
+    history.add(AGENT, BASELINE, "success", -3600.0, 0.0, before - over_before - failed_before)
     history.add(AGENT, BASELINE, "llm_error", -3600.0, 0.0, failed_before)
+    history.add(AGENT, BASELINE, "budget_exceeded", -3600.0, 0.0, over_before)
     analysis.set_history(history.snapshot(AGENT, BASELINE, 0.0))
     base_failure = BASE_FAILURE
     factor = case.failure_factor

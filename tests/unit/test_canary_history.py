@@ -308,3 +308,21 @@ def test_a_shift_of_the_hard_limits_outcome_in_both_versions_is_vetoed() -> None
     unvetoed = 40 * one_sample_log_likelihood_ratio(200, 1, analysis.limits_history.rate_upper, 1.0, 5.0)
     assert unvetoed == pytest.approx(20.3018, abs=1e-4)
     assert unvetoed > 3 * math.log(1 / 0.0036)
+
+
+def test_an_outcome_the_history_never_had_showing_in_both_versions_is_a_shift() -> None:
+    """A week without a run over its budget, then both versions show one in 1,000 (a budget lowered
+    for every version): the baseline's shift is measured against half a run in the history, so the
+    candidate's runs over their budget are vetoed, not weighed against a rate bound near 0."""
+    analysis = RolloutAnalysis(AnalysisConfig())
+    analysis.set_history({"success": 100_000})
+    result = analysis.observe([_limits((1000, 1), (1000, 1)) for _ in range(10)], step_index=0)["hard_limits"]
+    assert analysis.limits_history is not None
+    assert analysis.limits_history.rate == 0.0
+    # The first interval moves the shift to ln 5 + 999 ln(1 - 4 x 5e-6) = 1.5895 (under ln 20), the
+    # second over it: both are vetoed (the first was still pending), and every later one.
+    first = one_sample_log_likelihood_ratio(1000, 1, 0.5 / 100_001, 1.0, 5.0)
+    assert first == pytest.approx(1.5895, abs=1e-4)
+    assert first < SHIFT_THRESHOLD <= 2 * first
+    assert (analysis.limits_history.vetoed_runs, analysis.limits_history.log_likelihood_ratio) == (10_000, 0.0)
+    assert result.verdict == "pass"
