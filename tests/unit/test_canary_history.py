@@ -326,3 +326,14 @@ def test_an_outcome_the_history_never_had_showing_in_both_versions_is_a_shift() 
     assert first < SHIFT_THRESHOLD <= 2 * first
     assert (analysis.limits_history.vetoed_runs, analysis.limits_history.log_likelihood_ratio) == (10_000, 0.0)
     assert result.verdict == "pass"
+
+
+@pytest.mark.parametrize("disabled", ["quality", "hard_limits"])
+def test_a_disabled_rate_guard_has_no_tests_and_no_verdict(disabled: str) -> None:
+    config = merged(AnalysisConfig(), {disabled: {"enabled": False}})
+    analysis = RolloutAnalysis(config)
+    analysis.set_history({"success": 9800, "llm_error": 200})
+    results = analysis.observe([_cohort((10, 0), (190, 4))], step_index=0)
+    assert sorted(results) == sorted({"quality", "cost", "duration", "hard_limits"} - {disabled})
+    assert analysis.rate_alphas(disabled) == ((0.0, 0.0), (0.0, 0.0))
+    assert {"quality": analysis.history, "hard_limits": analysis.limits_history}[disabled] is None

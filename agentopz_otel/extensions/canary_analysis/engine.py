@@ -151,7 +151,7 @@ class RolloutAnalysis:
         """(threshold alpha, bound delta) of a rate guard's two-sample test and of its one-sample test
         against the history: the guard's alpha split by `history_share` (all to the two-sample test
         without a history), each part's BASELINE_BOUND_PART spent on its baseline rate's upper bound."""
-        alpha = self.config.alphas()[name]
+        alpha = self.config.alphas().get(name, 0.0)  # 0: the guard is disabled
         guard: HistoryTest = getattr(self.config, name)
         part = guard.history_share if self._histories()[name] is not None else 0.0
         two, one = alpha * (1 - part), alpha * part
