@@ -13,8 +13,9 @@ but what the extension saves after each look (the analysis and the source's open
 JSON), loses the runs that finished since, and continues. The Prometheus row runs the real
 `PrometheusRuns` windows over two simulated replicas' counters (one replaced mid-rollout); the sticky
 Prometheus row estimates the design effect from replica a's own runs, as the extension does. Every
-rollout starts with the baseline's history (a week at `--rate` and 2% failures, through the real
-`BaselineHistory`); the outage row fails both versions' runs at 15% for 30 minutes mid-rollout.
+rollout starts with the baseline's history (a week at `--rate`, 2% failures and the shape's share of
+`budget_exceeded`, through the real `BaselineHistory`); the outage row fails both versions' runs at 15%
+for 30 minutes mid-rollout.
 
 Printed per traffic shape: false rollbacks of a healthy candidate walking 5, 25, 50, 100 and held a
 day at 5%; for a worse candidate (3x failures, 3x cost) the extra failed runs users saw before the
@@ -44,6 +45,7 @@ from agentopz_otel.extensions.canary_analysis.config import AnalysisConfig, Prom
 from agentopz_otel.extensions.canary_analysis.engine import GUARDS, RolloutAnalysis
 from agentopz_otel.extensions.canary_analysis.history import BaselineHistory
 from agentopz_otel.extensions.canary_analysis.sources import LocalRuns, PrometheusRuns
+from agentopz_otel.processors.runs.evaluations import SCORE_BUCKETS
 
 DAY = 86_400.0
 AGENT = "agent"
@@ -52,6 +54,7 @@ STEPS = (5, 25, 50, 100)
 SCORED, SCORE_MEAN, SCORE_SD = "helpfulness", 0.7, 0.15
 BASE_FAILURE = 0.02
 HISTORY_HOURS = 168.0
+SCORE_BUCKET_METRIC = "agentopz_evaluation_score_bucket"
 
 
 class Record(NamedTuple):
@@ -118,32 +121,42 @@ class Outcome:
 
 
 class Replicas:
-    """Two replicas' `agentopz_runs_total` counters as Prometheus answers instant queries; at `replace_at`
-    replica b goes away (its series vanish) and replica c takes its traces, its series from 0."""
+    """Two replicas' `agentopz_runs_total` counters and `agentopz_evaluation_score_bucket` histograms as
+    Prometheus answers instant queries; at `replace_at` replica b goes away (its series vanish) and
+    replica c takes its traces, its series from 0."""
 
     def __init__(self, replace_at: float) -> None:
         self.replace_at = replace_at
+        # By (replica, metric, version, the series' other labels): the times and running totals.
         self.times: dict[tuple, list[float]] = defaultdict(list)
         self.totals: dict[tuple, list[int]] = defaultdict(list)
 
-    def add(self, at: float, version: str, outcome: str, index: int) -> None:
-        replica = "a" if index % 2 else ("b" if at < self.replace_at else "c")
-        key = (replica, version, outcome)
+    def _count(self, at: float, key: tuple, step: int = 1) -> None:
         totals = self.totals[key]
         self.times[key].append(at)
-        totals.append((totals[-1] if totals else 0) + 1)
+        totals.append((totals[-1] if totals else 0) + step)
+
+    def add(self, at: float, record: Record, index: int) -> None:
+        replica = "a" if index % 2 else ("b" if at < self.replace_at else "c")
+        version = record.prompt_version
+        self._count(at, (replica, "agentopz_runs_total", version, (("outcome", record.outcome),)))
+        # A histogram's series has every bucket from its first observation on, as the service exports it.
+        for name, score in record.scores.items():
+            for bound in (*SCORE_BUCKETS, math.inf):
+                le = "+Inf" if bound == math.inf else str(float(bound))
+                key = (replica, SCORE_BUCKET_METRIC, version, (("evaluation", name), ("le", le)))
+                self._count(at, key, int(score <= bound))
 
     def answer(self, query: str, at: float) -> list[dict[str, Any]]:
-        if not query.startswith("agentopz_runs_total"):
-            return []
+        metric = query.split("{", 1)[0]
         found = []
         for key, times in self.times.items():
-            replica, version, outcome = key
+            replica, series_metric, version, labels = key
             position = bisect.bisect_right(times, at)
-            if position == 0 or (replica == "b" and at >= self.replace_at):
+            if series_metric != metric or position == 0 or (replica == "b" and at >= self.replace_at):
                 continue
-            labels = {"instance": replica, "agent": AGENT, "prompt_version": version, "outcome": outcome}
-            found.append({"metric": labels, "value": [at, str(self.totals[key][position - 1])]})
+            metric_labels = {"instance": replica, "agent": AGENT, "prompt_version": version, **dict(labels)}
+            found.append({"metric": metric_labels, "value": [at, str(self.totals[key][position - 1])]})
         return found
 
 
@@ -170,12 +183,15 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
         if isinstance(local, LocalRuns):
             local.track(AGENT, rollout.id, (BASELINE, CANDIDATE), 0.0)
     analysis = RolloutAnalysis(config)
+    evaluation = config.score.evaluation if config.score.enabled else ""
     # The baseline's week before the rollout, through the real tally: its runs at its 2% failures.
     history = BaselineHistory(HISTORY_HOURS, 10)
     before = int(rng.poisson(rate * HISTORY_HOURS * 3600))
-    failed_before = int(rng.binomial(before, BASE_FAILURE))
-    history.add(AGENT, BASELINE, "success", -3600.0, 0.0, before - failed_before)
+    over_before = int(rng.binomial(before, shape.budget_exceeded))
+    failed_before = int(rng.binomial(before - over_before, BASE_FAILURE))
+    history.add(AGENT, BASELINE, "success", -3600.0, 0.0, before - over_before - failed_before)
     history.add(AGENT, BASELINE, "llm_error", -3600.0, 0.0, failed_before)
+    history.add(AGENT, BASELINE, "budget_exceeded", -3600.0, 0.0, over_before)
     analysis.set_history(history.snapshot(AGENT, BASELINE, 0.0))
     base_failure = BASE_FAILURE
     factor = case.failure_factor
@@ -247,7 +263,7 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
             restart = shape.restart_hours and now - last_restart >= shape.restart_hours * 3600
             if replicas is not None and keys is not None:
                 for index, (finished, record) in enumerate(sorted(delivered)):
-                    replicas.add(finished, record.prompt_version, record.outcome, index)
+                    replicas.add(finished, record, index)
                 keys.on_runs([record for index, (_, record) in enumerate(sorted(delivered)) if index % 2])
             elif not restart:
                 source.on_runs([record for _, record in delivered])
@@ -258,7 +274,7 @@ def simulate(case: Case, config: AnalysisConfig, interval: float, rng, rate: flo
                 source = LocalRuns(2000, interval)
                 source.restore(rollout, saved["source"])
                 analysis = RolloutAnalysis.from_dict(config, saved["analysis"])
-            cohorts = loop.run_until_complete(source.cohorts(rollout, max_run, now))
+            cohorts = loop.run_until_complete(source.cohorts(rollout, max_run, now, evaluation))
             clustering = loop.run_until_complete(keys.cohorts(rollout, max_run, now)) if keys else None
             analysis.observe(cohorts, step_index, rollout.step_started_at, clustering)
             step_age = -1.0 if case.hold else now - rollout.step_started_at
@@ -347,11 +363,20 @@ def main() -> None:
         Shape("budget_exceeded 1 in 1,000", budget_exceeded=1e-3),
         Shape("budget_exceeded 1 in 10,000", budget_exceeded=1e-4),
         Shape("outage: both 2% -> 15% for 30 min from 20 min", outage=(1200.0, 3000.0, 0.15)),
-        # The simulated Prometheus serves agentopz_runs_total only: the rate guards.
+        # The simulated Prometheus serves agentopz_runs_total and the scores' histogram: no cost or duration.
         Shape(
             "Prometheus, a replica replaced at 30 min",
             prometheus=True,
             analysis={"cost": {"enabled": False}, "duration": {"enabled": False}},
+        ),
+        Shape(
+            "score guard on, Prometheus (bucket midpoints)",
+            prometheus=True,
+            analysis={
+                "cost": {"enabled": False},
+                "duration": {"enabled": False},
+                "score": {"enabled": True, "evaluation": SCORED},
+            },
         ),
         # Traces spread over the replicas by trace ID: replica a sees about half of each key's runs.
         Shape(
@@ -369,7 +394,7 @@ def main() -> None:
     )
     print(f"budget: {base.budget_text()}")
     print(
-        "shape                                   case                 n   rolled back  undecided  extra failed p50/p90"
+        f"{'shape':45s} case                 n   rolled back  undecided  extra failed p50/p90"
         "  cand. runs p50/p90  at 100% min p50/max  by guard"
     )
     rng = np.random.default_rng(args.seed)
@@ -385,7 +410,7 @@ def main() -> None:
             ]
         if shape.name.startswith("Prometheus, sticky"):
             cases.append(("3x failures", Case(shape, failure_factor=3.0), walks))
-        if shape.name == "score guard on":
+        if "score guard on" in shape.name:
             cases += [
                 ("3x f., score -0.5sd", Case(shape, failure_factor=3.0, score_shift=0.5), walks),
                 ("3x f., score -1sd", Case(shape, failure_factor=3.0, score_shift=1.0), walks),
@@ -397,7 +422,7 @@ def main() -> None:
             s = summarize([simulate(case, config, args.interval, rng, args.rate) for _ in range(count)])
             guards = " ".join(f"{g} {v}" for g, v in s["by_guard"].items() if v)
             print(
-                f"{shape.name:39s} {name:19s} {s['n']:4d} {s['rolled_back']:11.1%} {s['undecided']:9.1%}"
+                f"{shape.name:45s} {name:19s} {s['n']:4d} {s['rolled_back']:11.1%} {s['undecided']:9.1%}"
                 f"  {s['extra_p50']:9.1f}/{s['extra_p90']:<9.1f}  {s['runs_p50']:8.0f}/{s['runs_p90']:<8.0f}"
                 f"  {s['at_100_p50']:7.1f}/{s['at_100_max']:<7.1f}  {guards}"
                 + (f"  restarts {s['restarts']}" if s["restarts"] else ""),

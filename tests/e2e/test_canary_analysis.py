@@ -7,6 +7,7 @@ reads a fleet's runs from a real Prometheus, and pauses when Prometheus cannot b
 from __future__ import annotations
 
 import heapq
+import math
 import subprocess
 import sys
 import time
@@ -417,6 +418,7 @@ def test_a_worse_candidate_is_weighed_against_the_baselines_history(start_servic
     assert (rollout["state"], rollout["analysis_status"]["history_runs"]) == ("rolled_back", 300)
     assert rollout["analysis_status"]["budget"].endswith(
         "; quality's 3.00%: 2.40% against the baseline's history (300 runs), 0.60% against its concurrent runs"
+        "; hard_limits's 0.50%: 0.40% against the baseline's history (300 runs), 0.10% against its concurrent runs"
     )
     quality = analysis_entry(service, "rollback")["evidence"]["guards"]["quality"]
     history = quality["evidence"]["history"]
@@ -501,5 +503,58 @@ def test_the_prometheus_source_reads_the_baselines_history_at_the_rollouts_start
         # `increase` extrapolates a series born inside the window towards its ends, so a little more.
         assert history["success"] >= 81 and history["llm_error"] >= 9
         assert 0.08 <= history["llm_error"] / (history["success"] + history["llm_error"]) <= 0.12
+    finally:
+        prometheus.stop()
+
+
+SCORE_VALUE = "gen_ai.evaluation.score.value"
+
+
+class Scored(Agent):
+    """Runs that never fail, each with an evaluator score on its root span (`gen_ai.evaluation.result`):
+    the baseline's cycle through the buckets 0.6 to 1.0, the candidate's 0.4 lower."""
+
+    SCORES = (0.65, 0.75, 0.85, 0.95)
+    DROP = {"v1": 0.0, "v2": 0.4}
+
+    def finish(self, root: trace.Span, end_time: int, failed: bool) -> None:
+        version = root.attributes["agentopz.prompt.version"]
+        score = self.SCORES[self.runs[version] % len(self.SCORES)] - self.DROP[version]
+        root.add_event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": "helpfulness", SCORE_VALUE: score})
+        super().finish(root, end_time, failed)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_the_score_guard_rolls_back_a_candidate_whose_scores_drop_from_prometheus(
+    start_service, tmp_path, openfeature_domain
+):
+    """The score guard with a Prometheus source reads `agentopz_evaluation_score_bucket` at bucket
+    midpoints: the candidate's scores 0.4 lower (about 3.6 of the baseline's standard deviations) roll
+    it back after its first `min_runs` scores, before the quality guard could decide (no run fails)."""
+    prometheus_port = free_port()
+    service = analysis_service(start_service, tmp_path, "score", f"http://127.0.0.1:{prometheus_port}")
+    prometheus = start_prometheus(tmp_path, [f"127.0.0.1:{service.admin_port}"], port=prometheus_port)
+    try:
+        prometheus.wait_for('up{job="agentopz"} == 1', timeout=30)
+        score = {"enabled": True, "evaluation": "helpfulness", "min_baseline_runs": 20}
+        start_rollout(service, {"score": score})
+        agent = Scored(service.admin_url, {"v1": 0, "v2": 0})
+        with tracer("grpc", service.grpc_endpoint, service="support-svc", batch=True) as run_tracer:
+            run_until(agent, lambda failed: run_tracer, lambda: rollout_state(service)["state"] != "progressing", 4000)
+        rollout = wait_state(service, "rolled_back")
+        assert (rollout["state"], rollout["weight"]) == ("rolled_back", 0)
+        evidence = analysis_entry(service, "rollback")["evidence"]
+        assert (evidence["source"], evidence["failed_guards"]) == ("prometheus", ["score"])
+        guard = evidence["guards"]["score"]
+        assert guard["verdict"] == "fail"
+        assert guard["statistic"] >= guard["threshold"]
+        # alpha: 5% x 0.3 / 1.3 (the score guard's share of the budget).
+        assert guard["threshold"] == pytest.approx(math.log(1.3 / (0.05 * 0.3)), abs=1e-4)
+        details = guard["evidence"]
+        # The baseline's scores at their buckets' midpoints: 0.65, 0.75, 0.85, 0.95 in turn.
+        assert 0.75 <= details["baseline_mean"] <= 0.85
+        assert details["candidate_runs"] >= 10  # the guard's min_runs
+        assert evidence["guards"]["quality"]["verdict"] != "fail"
     finally:
         prometheus.stop()

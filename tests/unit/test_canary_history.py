@@ -129,9 +129,9 @@ def test_the_quality_guard_fails_on_the_history_where_the_two_sample_test_cannot
     alone = RolloutAnalysis(config)
     alone.set_history({"success": 99, "llm_error": 1})  # under history_min_runs: not used
     assert (with_history.history is not None, alone.history, alone.history_runs) == (True, None, 100)
-    (two, two_delta), (one, one_delta) = with_history.quality_alphas()
+    (two, two_delta), (one, one_delta) = with_history.rate_alphas("quality")
     assert (two, two_delta, one, one_delta) == pytest.approx((0.0135, 0.0015, 0.0135, 0.0015), rel=1e-12)
-    assert alone.quality_alphas() == ((pytest.approx(0.027), pytest.approx(0.003)), (0.0, 0.0))
+    assert alone.rate_alphas("quality") == ((pytest.approx(0.027), pytest.approx(0.003)), (0.0, 0.0))
     # 5% step: the candidate fails 4 of 10 runs per interval, the baseline as its history says.
     cohorts = [_cohort((10, 4), (190, 4)) for _ in range(3 + HISTORY_DELAY)]
     result = with_history.observe(cohorts, step_index=0)["quality"]
@@ -237,3 +237,103 @@ def test_the_extension_keeps_the_history_in_storage_across_a_restart(tmp_path) -
     second.save_history(now + 3 * HOUR)
     assert second._db.execute("SELECT count(*) FROM canary_analysis_history").fetchone() == (0,)
     assert second.history.series() == 0
+
+
+def _limits(candidate: tuple[int, int], baseline: tuple[int, int]) -> Cohort:
+    """An interval's runs with `budget_exceeded` ones (the hard limits' default outcome)."""
+
+    def sample(runs: int, over: int) -> VersionSample:
+        return VersionSample({"success": runs - over, "budget_exceeded": over} if over else {"success": runs})
+
+    return Cohort(sample(*baseline), sample(*candidate))
+
+
+def test_the_hard_limits_weigh_the_candidate_against_the_history_as_the_quality_guard_does() -> None:
+    """At 100% the two-sample test has only the rollout's own baseline runs (1,000 here, one over its
+    budget: too few for a rare outcome); the history's 100,000 runs know the rate, so the same
+    candidate fails on the one-sample test against them."""
+    history = {"success": 99_000, "llm_error": 900, "budget_exceeded": 100}
+    config = AnalysisConfig()
+    analyses = {share: RolloutAnalysis(merged(config, {"hard_limits": {"history_share": share}})) for share in (0.8, 0)}
+    for analysis in analyses.values():
+        analysis.set_history(history)
+        analysis.observe([_limits((50, 0), (950, 1))], step_index=0)
+    with_history, alone = analyses[0.8], analyses[0]
+    assert config.hard_limits.history_share == 0.8
+    assert (with_history.limits_history is not None, alone.limits_history) == (True, None)
+    # hard_limits' 0.5% split 0.8 / 0.2, a tenth of each part spent on its rate bound.
+    (two, two_delta), (one, one_delta) = with_history.rate_alphas("hard_limits")
+    assert (two, two_delta, one, one_delta) == pytest.approx((0.0009, 0.0001, 0.0036, 0.0004), rel=1e-12)
+    (two, two_delta), (one, one_delta) = alone.rate_alphas("hard_limits")
+    assert (two, two_delta, one, one_delta) == pytest.approx((0.0045, 0.0005, 0.0, 0.0), rel=1e-12)
+    # The 100% step: 1,000 candidate runs an interval, 5 over their budget (5x the history's 0.1%).
+    at_100 = [_limits((1000, 5), (0, 0)) for _ in range(3 + HISTORY_DELAY)]
+    result = with_history.observe(at_100, step_index=3)["hard_limits"]
+    # The history's rate at its 1 - 0.0004 Clopper-Pearson upper bound, H1 its odds times 5.
+    upper = beta_law.ppf(1 - 0.0004, 101, 100_000 - 100)
+    odds = 5 * upper / (1 - upper)
+    rate_h1 = odds / (1 + odds)
+    per_interval = 5 * math.log(rate_h1 / upper) + 995 * math.log((1 - rate_h1) / (1 - upper))
+    assert per_interval == pytest.approx(2.5377, abs=1e-4)
+    # Committed: the 5% step's 50 runs none over and three intervals at 100% (the last HISTORY_DELAY
+    # wait for the veto): 7.3377 over ln(1/0.0036) = 5.6268.
+    expected = 50 * math.log((1 - rate_h1) / (1 - upper)) + 3 * per_interval
+    assert (result.verdict, result.statistic) == ("fail", pytest.approx(expected, abs=1e-4))
+    assert (result.statistic, result.threshold) == (7.3377, 5.6268)
+    assert result.evidence["history"]["candidate_runs"] == 3050
+    assert result.evidence["history"]["history_failure_share"] == 0.001
+    # The two-sample test saw no runs at 100% with a history; without one it falls back and passes.
+    assert with_history.limits.candidate_runs == 50
+    fallback = alone.observe(at_100, step_index=3)["hard_limits"]
+    assert (fallback.verdict, fallback.evidence["history_runs"]) == ("pass", 100_000)
+    assert alone.limits.candidate_runs == 50 + 5000
+    assert with_history.budget_text().endswith(
+        "; hard_limits's 0.50%: 0.40% against the baseline's history (100000 runs), 0.10% against its concurrent runs"
+    )
+    continued = RolloutAnalysis.from_dict(with_history.config, json.loads(json.dumps(with_history.to_dict())))
+    assert continued.limits_history == with_history.limits_history
+
+
+def test_a_shift_of_the_hard_limits_outcome_in_both_versions_is_vetoed() -> None:
+    """Both versions run over their budget 5x as often as the history (a provider's slower answers):
+    the baseline's concurrent runs show the shift, so the candidate's evidence of it does not count."""
+    analysis = RolloutAnalysis(AnalysisConfig())
+    analysis.set_history({"success": 99_900, "budget_exceeded": 100})
+    result = analysis.observe([_limits((200, 1), (1000, 5)) for _ in range(40)], step_index=0)["hard_limits"]
+    assert result.verdict == "pass"
+    assert analysis.limits_history is not None
+    # Shifted from the first interval on (the baseline's ratio is over ln 20 at once): every one vetoed.
+    assert (analysis.limits_history.vetoed_runs, analysis.limits_history.log_likelihood_ratio) == (8000, 0.0)
+    # Unvetoed, the candidate's 40 intervals would have failed the one-sample test many times over.
+    unvetoed = 40 * one_sample_log_likelihood_ratio(200, 1, analysis.limits_history.rate_upper, 1.0, 5.0)
+    assert unvetoed == pytest.approx(20.3018, abs=1e-4)
+    assert unvetoed > 3 * math.log(1 / 0.0036)
+
+
+def test_an_outcome_the_history_never_had_showing_in_both_versions_is_a_shift() -> None:
+    """A week without a run over its budget, then both versions show one in 1,000 (a budget lowered
+    for every version): the baseline's shift is measured against half a run in the history, so the
+    candidate's runs over their budget are vetoed, not weighed against a rate bound near 0."""
+    analysis = RolloutAnalysis(AnalysisConfig())
+    analysis.set_history({"success": 100_000})
+    result = analysis.observe([_limits((1000, 1), (1000, 1)) for _ in range(10)], step_index=0)["hard_limits"]
+    assert analysis.limits_history is not None
+    assert analysis.limits_history.rate == 0.0
+    # The first interval moves the shift to ln 5 + 999 ln(1 - 4 x 5e-6) = 1.5895 (under ln 20), the
+    # second over it: both are vetoed (the first was still pending), and every later one.
+    first = one_sample_log_likelihood_ratio(1000, 1, 0.5 / 100_001, 1.0, 5.0)
+    assert first == pytest.approx(1.5895, abs=1e-4)
+    assert first < SHIFT_THRESHOLD <= 2 * first
+    assert (analysis.limits_history.vetoed_runs, analysis.limits_history.log_likelihood_ratio) == (10_000, 0.0)
+    assert result.verdict == "pass"
+
+
+@pytest.mark.parametrize("disabled", ["quality", "hard_limits"])
+def test_a_disabled_rate_guard_has_no_tests_and_no_verdict(disabled: str) -> None:
+    config = merged(AnalysisConfig(), {disabled: {"enabled": False}})
+    analysis = RolloutAnalysis(config)
+    analysis.set_history({"success": 9800, "llm_error": 200})
+    results = analysis.observe([_cohort((10, 0), (190, 4))], step_index=0)
+    assert sorted(results) == sorted({"quality", "cost", "duration", "hard_limits"} - {disabled})
+    assert analysis.rate_alphas(disabled) == ((0.0, 0.0), (0.0, 0.0))
+    assert {"quality": analysis.history, "hard_limits": analysis.limits_history}[disabled] is None

@@ -15,7 +15,17 @@ QUALITY_FAILURE = "quality_failure"
 BUDGETED = ("quality", "cost", "duration", "hard_limits", "score")
 
 
-class QualityGuard(BaseModel):
+class HistoryTest(BaseModel):
+    """A rate guard's one-sample test of the candidate against the baseline's history before the
+    rollout (at every step, beside the two-sample test against the concurrent baseline)."""
+
+    # The part of the guard's alpha for that test; 0: no history test.
+    history_share: float = Field(default=0.8, ge=0.0, lt=1.0)
+    # A history of fewer baseline runs is not used (its rate's upper bound would be too loose to help).
+    history_min_runs: int = Field(default=200, ge=1)
+
+
+class QualityGuard(HistoryTest):
     """The share of failed runs, by a one-sided SPRT on the odds ratio against the concurrent baseline."""
 
     model_config = ConfigDict(extra="forbid")
@@ -38,11 +48,6 @@ class QualityGuard(BaseModel):
     # inflation, 1 + (runs per key - 1) x within-key correlation. Unset: estimated from the runs'
     # targeting keys (runs without one, and every run read from Prometheus, count as independent).
     design_effect: float | None = Field(default=None, ge=1.0)
-    # The part of the guard's alpha for the one-sample test of the candidate against the baseline's
-    # history before the rollout (at every step, beside the two-sample test); 0: no history test.
-    history_share: float = Field(default=0.8, ge=0.0, lt=1.0)
-    # A history of fewer baseline runs is not used (its rate's upper bound would be too loose to help).
-    history_min_runs: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> QualityGuard:
@@ -66,7 +71,7 @@ class RankGuard(BaseModel):
     growth: float = Field(default=1.5, gt=1.0)
 
 
-class HardLimits(BaseModel):
+class HardLimits(HistoryTest):
     """Outcomes (a run over its budget) the candidate may not show more often than the baseline does:
     a one-sided SPRT on the odds ratio against the baseline, and an optional absolute cap."""
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from ... import catalogue
 from ...records import SUCCESS
-from .config import NOT_SUCCESS, AnalysisConfig
+from .config import NOT_SUCCESS, AnalysisConfig, HistoryTest
 from .statistics import (
     FAIL,
     INCONCLUSIVE,
@@ -46,6 +46,8 @@ CORRELATION_Z = 1.645
 # Of a rate guard's alpha, the part spent on the baseline rate's upper bound at the 100% step (the
 # chance it is below the true rate); the rest is the SPRT's threshold.
 BASELINE_BOUND_PART = 0.1
+# The guards whose failure-share tests run against the concurrent baseline and the baseline's history.
+RATE_GUARDS = ("quality", "hard_limits")
 
 
 def failures(outcomes: Mapping[str, int], count: str) -> int:
@@ -110,9 +112,10 @@ class RolloutAnalysis:
         self.cost = RankLooks()
         self.duration = RankLooks()
         self.score = ScoreEvidence()
-        # The quality guard's one-sample test against the baseline's pre-rollout history (set_history);
-        # None without a usable history, and then the two-sample test has the guard's whole alpha.
+        # The quality and hard-limit guards' one-sample tests against the baseline's pre-rollout history
+        # (set_history); None without a usable history, and then the two-sample test has the whole alpha.
         self.history: HistoryEvidence | None = None
+        self.limits_history: HistoryEvidence | None = None
         self.history_runs = 0
         # Runs whose keys fed the design effect when they are not the test's own (Prometheus): 0 else.
         self.clustered_runs = 0
@@ -129,18 +132,28 @@ class RolloutAnalysis:
 
     def set_history(self, outcomes: Mapping[str, int]) -> None:
         """The baseline's runs by outcome before the rollout started (its snapshot, taken once)."""
-        quality = self.config.quality
+        quality, limits = self.config.quality, self.config.hard_limits
         self.history_runs = sum(outcomes.values())
-        if quality.history_share > 0 and self.history_runs >= quality.history_min_runs:
-            delta = self.config.alphas()["quality"] * quality.history_share * BASELINE_BOUND_PART
-            self.history = HistoryEvidence.of(self.history_runs, failures(outcomes, quality.count), delta)
+        self.history = self._history_test("quality", quality, failures(outcomes, quality.count))
+        counted = sum(outcomes.get(outcome, 0) for outcome in limits.outcomes)
+        self.limits_history = self._history_test("hard_limits", limits, counted)
 
-    def quality_alphas(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """(threshold alpha, bound delta) of the two-sample test and of the one-sample test against the
-        history: the guard's alpha split by `history_share` (all to the two-sample test without a
-        history), each part's BASELINE_BOUND_PART spent on its baseline rate's upper bound."""
-        alpha = self.config.alphas()["quality"]
-        part = self.config.quality.history_share if self.history is not None else 0.0
+    def _history_test(self, name: str, guard: HistoryTest, counted: int) -> HistoryEvidence | None:
+        if not guard.history_share > 0 or self.history_runs < guard.history_min_runs:
+            return None
+        delta = self.config.alphas().get(name, 0.0) * guard.history_share * BASELINE_BOUND_PART
+        return HistoryEvidence.of(self.history_runs, counted, delta) if delta > 0 else None
+
+    def _histories(self) -> dict[str, HistoryEvidence | None]:
+        return {"quality": self.history, "hard_limits": self.limits_history}
+
+    def rate_alphas(self, name: str) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(threshold alpha, bound delta) of a rate guard's two-sample test and of its one-sample test
+        against the history: the guard's alpha split by `history_share` (all to the two-sample test
+        without a history), each part's BASELINE_BOUND_PART spent on its baseline rate's upper bound."""
+        alpha = self.config.alphas().get(name, 0.0)  # 0: the guard is disabled
+        guard: HistoryTest = getattr(self.config, name)
+        part = guard.history_share if self._histories()[name] is not None else 0.0
         two, one = alpha * (1 - part), alpha * part
         return (
             (two * (1 - BASELINE_BOUND_PART), two * BASELINE_BOUND_PART),
@@ -164,7 +177,8 @@ class RolloutAnalysis:
             self._step_index = step_index
             self._step_runs = 0
         quality, limits, score = config.quality, config.hard_limits, config.score
-        (two_alpha, two_delta), (history_alpha, _) = self.quality_alphas()
+        (two_alpha, two_delta), (history_alpha, _) = self.rate_alphas("quality")
+        (limits_alpha, limits_delta), (limits_history_alpha, _) = self.rate_alphas("hard_limits")
         for cohort in cohorts:
             baseline, candidate = cohort.baseline, cohort.candidate
             self.cohorts += 1
@@ -173,18 +187,23 @@ class RolloutAnalysis:
                 self._step_runs += candidate.runs
             self.baseline_runs += baseline.runs
             if quality.enabled:
-                self._add_quality(candidate, baseline, two_delta)
+                counts = IntervalCounts(
+                    candidate.runs, candidate.failures(quality.count), baseline.runs, baseline.failures(quality.count)
+                )
+                self.rate, self.history = add_rate(
+                    self.rate, self.history, counts, quality.tolerance, quality.detect_ratio, two_delta
+                )
                 if clustering is None:
                     self._add_clusters(cohort)
             if limits.enabled:
-                self.limits = self.limits.add(
+                counts = IntervalCounts(
                     candidate.runs,
                     candidate.counted(limits.outcomes),
                     baseline.runs,
                     baseline.counted(limits.outcomes),
-                    1.0,
-                    limits.detect_ratio,
-                    alphas["hard_limits"] * BASELINE_BOUND_PART,
+                )
+                self.limits, self.limits_history = add_rate(
+                    self.limits, self.limits_history, counts, 1.0, limits.detect_ratio, limits_delta
                 )
                 for outcome in limits.outcomes:
                     self.limit_counts[outcome] += candidate.outcomes.get(outcome, 0)
@@ -227,24 +246,16 @@ class RolloutAnalysis:
             results[name] = looks.last
         if limits.enabled:
             counts = {outcome: self.limit_counts[outcome] for outcome in limits.outcomes}
-            alpha = alphas["hard_limits"] * (1 - BASELINE_BOUND_PART)
-            results["hard_limits"] = hard_limit_verdict("hard_limits", self.limits, counts, alpha, limits.max_runs)
+            result = hard_limit_verdict("hard_limits", self.limits, counts, limits_alpha, limits.max_runs)
+            # The guard passes unless it fails: only the history test's fail counts (its beta and
+            # minimum runs are the quality guard's, for the evidence's pass and wait only).
+            results["hard_limits"] = with_history(
+                result, self.limits_history, limits_history_alpha, quality.beta, 1, 1.0, self.history_runs
+            )
         if score.enabled:
             results["score"] = score_verdict("score", self.score, alphas["score"], score.beta, score.min_runs)
         self.results = results
         return results
-
-    def _add_quality(self, candidate: VersionSample, baseline: VersionSample, delta: float) -> None:
-        quality = self.config.quality
-        counts = IntervalCounts(
-            candidate.runs, candidate.failures(quality.count), baseline.runs, baseline.failures(quality.count)
-        )
-        # With a history, a step without concurrent baseline runs (100%) is the one-sample test's alone:
-        # it keeps the baseline's last shift state, which the two-sample test's fallback would not.
-        if self.history is None or baseline.runs > 0:
-            self.rate = self.rate.add(*counts, quality.tolerance, quality.detect_ratio, delta)
-        if self.history is not None:
-            self.history = self.history.add(counts, quality.tolerance, quality.detect_ratio)
 
     def _add_clusters(self, cohort: Cohort) -> None:
         count = self.config.quality.count
@@ -252,20 +263,12 @@ class RolloutAnalysis:
             self.clusters.add(role, sample.keyed(count), sample.runs, sample.failures(count))
 
     def _quality_verdict(self, two_alpha: float, history_alpha: float) -> GuardResult:
-        """Fails when either test fails, each within its own part of the guard's alpha (so the union
-        stays within the guard's alpha); else passes when either test accepts, inconclusive otherwise."""
         quality = self.config.quality
         design_effect = self.design_effect()
         result = rate_verdict("quality", self.rate, two_alpha, quality.beta, quality.min_runs, design_effect)
-        if self.history is None:
-            return replace(result, evidence={**result.evidence, "history_runs": self.history_runs})
-        verdict, details = history_verdict(self.history, history_alpha, quality.beta, quality.min_runs, design_effect)
-        evidence = {**result.evidence, "history": details}
-        if result.verdict != FAIL and verdict == FAIL:
-            return GuardResult("quality", FAIL, details["statistic"], details["threshold"], evidence)
-        if result.verdict == INCONCLUSIVE and verdict == PASS:
-            return replace(result, verdict=PASS, evidence=evidence)
-        return replace(result, evidence=evidence)
+        return with_history(
+            result, self.history, history_alpha, quality.beta, quality.min_runs, design_effect, self.history_runs
+        )
 
     def design_effect(self) -> float:
         """The quality guard's `design_effect` when set, else the one its runs' targeting keys show.
@@ -281,17 +284,19 @@ class RolloutAnalysis:
         return self.clusters.design_effect(CORRELATION_Z, scale)
 
     def budget_text(self) -> str:
-        """The budget's split as the console shows it, with the quality guard's own split when a
-        history test shares its alpha."""
+        """The budget's split as the console shows it, with a rate guard's own split when a history
+        test shares its alpha."""
         text = self.config.budget_text()
-        if self.history is None:
-            return text
-        part = self.config.quality.history_share
-        alpha = self.config.alphas()["quality"]
-        return (
-            f"{text}; quality's {alpha:.2%}: {alpha * part:.2%} against the baseline's history "
-            f"({self.history_runs} runs), {alpha * (1 - part):.2%} against its concurrent runs"
-        )
+        alphas = self.config.alphas()
+        for name, history in self._histories().items():
+            if history is None or name not in alphas:
+                continue
+            part, alpha = getattr(self.config, name).history_share, alphas[name]
+            text += (
+                f"; {name}'s {alpha:.2%}: {alpha * part:.2%} against the baseline's history "
+                f"({self.history_runs} runs), {alpha * (1 - part):.2%} against its concurrent runs"
+            )
+        return text
 
     def step_runs(self) -> int:
         return self._step_runs
@@ -323,6 +328,7 @@ class RolloutAnalysis:
             "duration": self.duration.to_dict(),
             "score": self.score.to_dict(),
             "history": None if self.history is None else self.history.to_dict(),
+            "limits_history": None if self.limits_history is None else self.limits_history.to_dict(),
             "history_runs": self.history_runs,
             "clustered_runs": self.clustered_runs,
             "values": {
@@ -352,6 +358,8 @@ class RolloutAnalysis:
         # Saved before histories were kept: the two-sample test goes on alone.
         if body.get("history") is not None:
             analysis.history = HistoryEvidence.from_dict(body["history"])
+        if body.get("limits_history") is not None:
+            analysis.limits_history = HistoryEvidence.from_dict(body["limits_history"])
         analysis.history_runs = body.get("history_runs", 0)
         analysis.clustered_runs = body.get("clustered_runs", 0)
         for role, kinds in body["values"].items():
@@ -364,3 +372,44 @@ class RolloutAnalysis:
         analysis._step_index = body["step_index"]
         analysis._step_runs = body["step_runs"]
         return analysis
+
+
+def add_rate(
+    rate: RateEvidence,
+    history: HistoryEvidence | None,
+    counts: IntervalCounts,
+    tolerance: float,
+    detect_ratio: float,
+    delta: float,
+) -> tuple[RateEvidence, HistoryEvidence | None]:
+    """A rate guard's two tests plus one interval. With a history, a step without concurrent baseline
+    runs (100%) is the one-sample test's alone: it keeps the baseline's last shift state, which the
+    two-sample test's fallback (the rollout's own earlier baseline runs) would not."""
+    if history is None or counts.baseline_runs > 0:
+        rate = rate.add(*counts, tolerance, detect_ratio, delta)
+    if history is not None:
+        history = history.add(counts, tolerance, detect_ratio)
+    return rate, history
+
+
+def with_history(
+    result: GuardResult,
+    history: HistoryEvidence | None,
+    alpha: float,
+    beta: float,
+    min_runs: int,
+    design_effect: float,
+    history_runs: int,
+) -> GuardResult:
+    """A rate guard's verdict: fails when either test fails, each within its own part of the guard's
+    alpha (so the union stays within the guard's alpha); else passes when either test accepts,
+    inconclusive otherwise."""
+    if history is None:
+        return replace(result, evidence={**result.evidence, "history_runs": history_runs})
+    verdict, details = history_verdict(history, alpha, beta, min_runs, design_effect)
+    evidence = {**result.evidence, "history": details}
+    if result.verdict != FAIL and verdict == FAIL:
+        return GuardResult(result.guard, FAIL, details["statistic"], details["threshold"], evidence)
+    if result.verdict == INCONCLUSIVE and verdict == PASS:
+        return replace(result, verdict=PASS, evidence=evidence)
+    return replace(result, evidence=evidence)

@@ -259,7 +259,11 @@ class HistoryEvidence:
     def add(self, counts: IntervalCounts, tolerance: float, detect_ratio: float) -> HistoryEvidence:
         """This evidence plus one interval's runs by version."""
         candidate_runs, candidate_failures, baseline_runs, baseline_failures = counts
-        baseline_ratio = one_sample_log_likelihood_ratio(baseline_runs, baseline_failures, self.rate, 1.0, detect_ratio)
+        # A history without one failure (a rare outcome such as budget_exceeded) has rate 0, against
+        # which the baseline's ratio is undefined and the shift would never move: half a failure stands
+        # in, so a baseline that starts showing the outcome is a shift, not the candidate's evidence.
+        rate = self.rate or 0.5 / (self.history_runs + 1)
+        baseline_ratio = one_sample_log_likelihood_ratio(baseline_runs, baseline_failures, rate, 1.0, detect_ratio)
         shift = min(SHIFT_CAP, max(0.0, self.shift + baseline_ratio))
         if shift >= SHIFT_THRESHOLD:
             dropped = (*self.pending, (0.0, candidate_runs, candidate_failures))
