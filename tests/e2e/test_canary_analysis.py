@@ -524,7 +524,6 @@ class Scored(Agent):
         super().finish(root, end_time, failed)
 
 
-@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_the_score_guard_rolls_back_a_candidate_whose_scores_drop_from_prometheus(
     start_service, tmp_path, openfeature_domain
