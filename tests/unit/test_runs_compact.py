@@ -6,6 +6,7 @@ import asyncio
 import math
 import pickle
 import sqlite3
+import struct
 import time
 from array import array
 from collections import OrderedDict
@@ -54,7 +55,7 @@ from agentopz_otel.processors.runs.assembly import (
     run_counts,
     tools_of,
 )
-from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace
+from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace, unpack_trace
 from agentopz_otel.processors.runs.evaluations import PENDING_TRACE_BYTES, UNMATCHED
 from agentopz_otel.processors.runs.logged_content import TRACE_CONTENT_BYTES
 from agentopz_otel.spans import NO_TOKENS, Batch, Call
@@ -165,6 +166,33 @@ def test_the_span_limit_counts_the_node_map_not_every_id_received():
     assert out.counts == {("agentopz_unassembled_spans_total", ()): 1}
 
 
+def test_a_group_waits_for_its_parent_by_its_entry_in_the_packed_table_and_by_id_past_it():
+    assembler = Assembler(RunsConfig())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(12) * 2
+    remote, local_root = span_id(900), span_id(901)
+    call = make_span("chat m", {"gen_ai.operation.name": "chat"}, trace_id=trace_id, parent=local_root)
+    root = make_span("handle", trace_id=trace_id, parent=remote)
+    root.span_id, root.flags = local_root, 0x300  # its parent is in another process
+    batch = Batch(make_request([call]), 1)
+    normalize.process(batch)
+    assembler.intake(batch, 0.0)
+    trace = assembler.traces[trace_id]
+    (group,) = trace.groups
+    assert (group.top_parent, group.top_parent_id()) == (2, local_root)  # entry 1 is the call's id
+    batch = Batch(make_request([root]), 1)
+    normalize.process(batch)
+    assert assembler.intake(batch, 1.0, hold_roots=False) == Output()
+    # The local root arrived: its remote parent is awaited now, and it is the root of the group.
+    assert (group.top_parent, group.top_parent_id(), group.root_span_id) == (3, remote, local_root)
+    restored = unpack_trace(pack_trace(trace), _PLAIN, 0.0)
+    assert pack_trace(trace)[2][0][0][_PLAIN.index("top_parent")] == remote  # checkpointed as the id
+    assert (restored.groups[0].top_parent, restored.groups[0].top_parent_id()) == (3, remote)
+    for number in range(PACKED_IDS):
+        trace.add_seen(span_id(1000 + number))
+    assert isinstance(trace.ids, SpanIds) and (group.top_parent, group.top_parent_id()) == (remote, remote)
+
+
 def test_a_group_makes_a_side_record_only_for_a_field_set_to_another_value_than_its_default():
     group = Group(TraceState(bytes(16), 0.0), b"", 0.0)
     group.failed = False
@@ -205,10 +233,27 @@ def test_held_calls_come_back_exactly_as_they_were_held():
     held = hold([LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED])
     assert held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED]
     assert held[1:] == (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])  # each distinct label tuple once
-    # A row per call: 3 bytes, then 8 a number the span gave (a tool call has its duration only).
-    assert type(held[0]) is bytes and len(held[0]) == (3 + 6 * 8) + (3 + 8) + (3 + 6 * 8) + 3
+    # A row per call: 3 bytes, then 4 a token count and 8 another number the span gave (a tool call has
+    # its duration only).
+    assert type(held[0]) is bytes and len(held[0]) == (3 + 4 * 4 + 2 * 8) + (3 + 8) + (3 + 4 * 4 + 2 * 8) + 3
     held = merge_held(held, hold([TOOL_CALL]))
     assert held_calls(held)[-1] == TOOL_CALL and len(held_calls(held)) == 5 and len(held) == 4
+
+
+@pytest.mark.parametrize(
+    ("tokens", "row_bytes"),
+    [
+        ((0, 2**32 - 1, None, None, None), 3 + 2 * 4 + 8),  # both fit 4 bytes
+        ((0, 2**32, None, None, None), 3 + 2 * 8 + 8),  # one does not: all as doubles
+        ((-1, 5, None, None, None), 3 + 2 * 8 + 8),
+        ((None,) * 5, 3 + 8),
+    ],
+)
+def test_held_token_counts_take_4_bytes_each_when_all_of_them_fit(tokens, row_bytes):
+    call = LLM_CALL._replace(tokens=tokens, cost=None)
+    held = hold([call])
+    assert len(held[0]) == row_bytes and held[0][2] & assembly.WHOLE_TOKENS == (row_bytes == 3 + 2 * 4 + 8) * 0x80
+    assert held_calls(held) == [call]
 
 
 def test_held_rows_are_exact_bytes_until_their_limit_then_grow_in_place():
@@ -314,7 +359,27 @@ def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
     assert state is not None
     held = state.traces[trace_id].groups[0].calls
     assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, UNPRICED]
-    assert len(held[0]) == (3 + 6 * 8) + (3 + 8) + 3
+    assert len(held[0]) == (3 + 4 * 4 + 2 * 8) + (3 + 8) + 3
+
+
+def test_held_calls_of_a_format_6_checkpoint_load_as_they_were():
+    """Format 6 kept every number of a held call's row as a double, token counts too."""
+    trace = TraceState(span_id(11) * 2, 0.0)
+    trace.groups.append(Group(trace, b"", 0.0))
+    trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
+    # LLM_CALL: four token counts (bits 0-2 and 4), cost and duration; TOOL_CALL: its duration.
+    rows = struct.pack("<HB6d", 0, 0x77, 1200, 300, 200, 0, 0.00575, 1.25) + struct.pack("<HBd", 1, 0x40, 0.5)
+    old_group = (groups[0][0], -1, None, ((LLM_CALL[:6], TOOL_CALL[:6]), rows), ())
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(pickle.dumps((6, 0.0, _PLAIN, [(trace_id, last_seen, (old_group,), nodes, seen)], [])))
+        state = checkpoint.load()
+    assert state is not None
+    held = state.traces[trace_id].groups[0].calls
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL] and held[0] == rows
+    held = hold_call(held, LLM_CALL, LLM_CALL[:6])  # held after the restart: the compact row
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL]
+    assert len(held[0]) == len(rows) + 3 + 4 * 4 + 2 * 8
 
 
 @pytest.mark.parametrize("calls", [None, (LLM_CALL, TOOL_CALL)])
@@ -378,12 +443,12 @@ def runs_processor(**config):
 
 def test_the_memory_budget_evicts_the_oldest_open_runs_and_counts_them():
     runs, send, evicted = runs_processor(max_memory_bytes=2**20)
-    for index in range(1, 1001):
+    for index in range(1, 2001):
         send(open_run(index))
     kept = list(runs.assembler.traces)
-    assert 400 < len(kept) < 1000
-    assert kept == [index.to_bytes(16, "big") for index in range(1001 - len(kept), 1001)]  # the newest
-    assert evicted("memory") == 1000 - len(kept) and evicted("capacity") == 0
+    assert 800 < len(kept) < 2000
+    assert kept == [index.to_bytes(16, "big") for index in range(2001 - len(kept), 2001)]  # the newest
+    assert evicted("memory") == 2000 - len(kept) and evicted("capacity") == 0
     assert runs.assembler.memory == sum(footprint(trace) for trace in runs.assembler.traces.values()) <= 2**20
     # One run less would fit: the budget is used, not left idle.
     assert runs.assembler.memory + footprint(runs.assembler.traces[kept[0]]) > 2**20
@@ -395,14 +460,14 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
     assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
-    for index in range(1001, 1801):
+    for index in range(1001, 1901):
         send(open_run(index))
-    assert evicted("memory") == 0 and len(runs.assembler.traces) == 800
+    assert evicted("memory") == 0 and len(runs.assembler.traces) == 900
     assert 0 < len(runs.assembler.finished) < 300  # the oldest went first, to make room
     assert list(runs.assembler.finished)[-1] == (300).to_bytes(16, "big")
-    for index in range(1801, 2101):
+    for index in range(1901, 2201):
         send(open_run(index))
-    assert not runs.assembler.finished and evicted("memory") == 1100 - len(runs.assembler.traces) > 0
+    assert not runs.assembler.finished and evicted("memory") == 1200 - len(runs.assembler.traces) > 0
 
 
 def log_request(trace_number: int, event: str, values: dict) -> ExportLogsServiceRequest:

@@ -36,6 +36,7 @@ from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
     ID_ENTRY,
+    MEMORY_UNIT,
     NO_CALLS,
     NO_RARE,
     NO_ROOT,
@@ -245,9 +246,9 @@ class Assembler:
         return self.memory + self._evaluations.bytes + self._logged_content.bytes
 
     def _measure(self, trace: TraceState) -> None:
-        size = footprint(trace)
-        self.memory += size - trace.bytes
-        trace.bytes = size
+        units = footprint(trace) // MEMORY_UNIT
+        self.memory += (units - trace.units) * MEMORY_UNIT
+        trace.units = units
 
     def _shed(self) -> None:
         """Over the memory budget: forget the oldest finished traces, then content and evaluations still
@@ -367,8 +368,7 @@ class Assembler:
             group = trace.node(parent_id)
             if group is None:
                 group = own or new_group(trace, parent_id, now)
-                group.top_parent = parent_id
-                trace.set_node(parent_id, group)
+                group.top_parent = trace.set_node(parent_id, group) or parent_id
             elif own is not None and own is not group:
                 if group.finished:
                     self._late_span(group, view)
@@ -397,7 +397,7 @@ class Assembler:
         else:
             self._route_call(view, group)
         remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
-        if not parent_id or (remote_parent and group.top_parent == parent_id):
+        if not parent_id or (remote_parent and group.top_parent_id() == parent_id):
             # The trace root, or the top of this process's part of it (its parent is remote): the
             # root of a run if the trace has no agent span.
             group.arrive(span_id, view, now)
@@ -453,8 +453,8 @@ class Assembler:
         self._remembered += 1
 
     def _forget(self, trace: TraceState) -> None:
-        self.memory -= trace.bytes
-        trace.bytes = 0
+        self.memory -= trace.units * MEMORY_UNIT
+        trace.units = 0
         self._remembered -= trace.seen_count()
         # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
         # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.

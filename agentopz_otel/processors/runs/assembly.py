@@ -72,22 +72,31 @@ CallCounts = tuple
 # A call's labels: kind, service, the call's own agent, provider, model or tool, status.
 CallLabels = tuple[str, str, str | None, str, str, str]
 # A held call's row: its labels' position among the run's label tuples, a mask of the numbers the span
-# gave (bits 0-4 an LLM call's five token counts, 5 its cost, 6 its duration), then those numbers.
+# gave (bits 0-4 an LLM call's five token counts, 5 its cost, 6 its duration), then those numbers:
+# doubles, but token counts as 4-byte unsigned ints when all of them fit (bit 7 of the mask).
 _ROW = struct.Struct("<HB")
 _NUMBER = struct.Struct("<d")
+_WHOLE = struct.Struct("<I")
 _TOKENS = 5
+WHOLE_TOKENS = 0x80
+_MAX_WHOLE = 2**32 - 1
+# Rows by whether token counts are whole, how many were given, how many other numbers (cost, duration).
+_ROWS = [
+    [[struct.Struct(f"<HB{tokens}{'I' if whole else 'd'}{others}d") for others in range(3)] for tokens in range(6)]
+    for whole in (False, True)
+]
 MAX_CALL_LABELS = 2**16  # label tuples a run's held calls may use; past it, calls count as they come
 
 
 # A run's held calls, made anew for each call held so that it is exactly its size: (rows, then each
 # distinct label tuple once, tuples shared between runs). A row holds only the numbers its span gave
-# (3 bytes and 8 a number: 27 bytes for an LLM call with two token counts and a duration).
+# (3 bytes, 4 a token count and 8 another number: 19 bytes for an LLM call with two token counts and a
+# duration).
 HeldCalls = tuple
 NO_CALLS: HeldCalls = (b"",)
 # Rows past it grow in place in a bytearray (with its spare room): copying them whole for each call held
 # would take time growing with the square of a run's calls.
 EXACT_ROWS = 1024
-_NUMBERS = [struct.Struct(f"<{count}d") for count in range(8)]
 
 
 def hold_call(calls: HeldCalls, call: Call, labels: CallLabels) -> HeldCalls | None:
@@ -100,18 +109,26 @@ def hold_call(calls: HeldCalls, call: Call, labels: CallLabels) -> HeldCalls | N
         if position >= MAX_CALL_LABELS:
             return None
         calls = (*calls, labels)
-    if call.kind == LLM:
-        numbers: tuple[float | int | None, ...] = (*call.tokens, call.cost, call.duration)
-        first = 0
-    else:
-        numbers, first = (call.duration,), 6
     mask = 0
+    tokens = []
+    if call.kind == LLM:
+        for bit, count in enumerate(call.tokens):
+            if count is not None:
+                mask |= 1 << bit
+                tokens.append(count)
+        others: tuple[float | None, ...] = (call.cost, call.duration)
+        first = _TOKENS
+    else:
+        others, first = (call.duration,), 6
     given = []
-    for bit, number in enumerate(numbers, first):
+    for bit, number in enumerate(others, first):
         if number is not None:
             mask |= 1 << bit
             given.append(number)
-    row = _ROW.pack(position, mask) + _NUMBERS[len(given)].pack(*given)
+    whole = all(type(count) is int and 0 <= count <= _MAX_WHOLE for count in tokens)
+    if whole and tokens:
+        mask |= WHOLE_TOKENS
+    row = _ROWS[whole][len(tokens)][len(given)].pack(position, mask, *tokens, *given)
     rows = calls[0]
     if type(rows) is bytearray:
         rows += row
@@ -133,11 +150,13 @@ def held_calls(calls: HeldCalls) -> list[Call]:
     while start < end:
         position, mask = _ROW.unpack_from(rows, start)
         start += _ROW.size
+        count = _WHOLE if mask & WHOLE_TOKENS else _NUMBER
         values: list[float | None] = []
         for bit in range(7):
             if mask & 1 << bit:
-                values.append(_NUMBER.unpack_from(rows, start)[0])
-                start += _NUMBER.size
+                number = count if bit < _TOKENS else _NUMBER
+                values.append(number.unpack_from(rows, start)[0])
+                start += number.size
             else:
                 values.append(None)
         labels = calls[position + 1]
@@ -302,7 +321,10 @@ class Group:
 
     def __init__(self, trace: TraceState, top_parent: bytes, now: float) -> None:
         self.trace = trace
-        self.top_parent = top_parent  # loose group: parent id of its topmost span (b"" = trace root)
+        # Loose group: the parent id of its topmost span (b"" = trace root), or while the trace's id table
+        # is packed, the number of the id's entry there (the id is in the table anyway; a number below 257
+        # is shared, an id would be a bytes object of 41 bytes). Read as an id with `top_parent_id`.
+        self.top_parent: bytes | int = top_parent
         self.merged_into: Group | None = None
         self.rooted: RootFields | None = None
         self.rare: RareFields | None = None
@@ -343,6 +365,13 @@ class Group:
         rooted.start_time = view.span.start_time_unix_nano
         rooted.end_time = view.end_time
         rooted.root_arrived = now
+
+    def top_parent_id(self) -> bytes:
+        top_parent = self.top_parent
+        if type(top_parent) is int:
+            start = (top_parent - 1) * ID_ENTRY
+            return bytes(self.trace.ids[start : start + SPAN_ID_BYTES])  # type: ignore[index]
+        return top_parent  # type: ignore[return-value]
 
     def find(self) -> Group:
         group = self
@@ -520,10 +549,11 @@ def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
 
 
 SPAN_ID_BYTES = 8
+MEMORY_UNIT = 16  # a trace's share of the estimate is kept in units of this many bytes (TraceState.units)
 # Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
-TRACE_BYTES = 385  # the trace, its entry in the processor's map, its id, its group list, its id table's header
-GROUP_BYTES = 280  # a group with its own token counts and the parent id it waits for
+TRACE_BYTES = 353  # the trace, its entry in the processor's map, its id, its group list, its id table's header
+GROUP_BYTES = 240  # a group with its own token counts
 # A group's side records, when made; the root's with its span id and times.
 ROOT_FIELDS_BYTES = 200
 RARE_FIELDS_BYTES = 150
@@ -569,19 +599,23 @@ class SpanIds:
 
 
 class TraceState:
-    __slots__ = ("bytes", "groups", "ids", "last_seen", "trace_id")
+    __slots__ = ("groups", "ids", "last_seen", "trace_id", "units")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
         self.ids: bytearray | SpanIds = bytearray()  # see PACKED_IDS
         self.groups: list[Group] = []
         self.last_seen = now
-        self.bytes = 0  # its share of RunsProcessor's memory estimate, when it was last taken
+        # Its share of RunsProcessor's memory estimate when it was last taken, in MEMORY_UNITs: a number
+        # of bytes would be an int object of 32 bytes of its own, a number below 257 is shared.
+        self.units = 0
 
     def _unpack(self) -> SpanIds:
         ids = self.ids
         if isinstance(ids, SpanIds):
             return ids
+        for group in self.groups:  # entry numbers mean nothing past the packed table
+            group.top_parent = group.top_parent_id()
         self.ids = unpacked = SpanIds(dict(self.node_items()), set(self.seen_ids()))
         return unpacked
 
@@ -607,8 +641,9 @@ class TraceState:
             group = group.merged_into
         return group
 
-    def set_node(self, span_id: bytes, group: Group) -> None:
-        """`span_id` belongs to `group`."""
+    def set_node(self, span_id: bytes, group: Group) -> int:
+        """`span_id` belongs to `group`; the number of its entry in the packed table (from 1), or 0 once
+        the table is unpacked."""
         ids = self.ids
         if type(ids) is bytearray:
             groups = self.groups
@@ -618,12 +653,13 @@ class TraceState:
                 if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
                     tag = position + SPAN_ID_BYTES
                     ids[tag] = ids[tag] & SEEN_TAG | number
-                    return
+                    return position // ID_ENTRY + 1
                 if len(ids) < PACKED_IDS * ID_ENTRY:
                     ids += span_id
                     ids.append(number)
-                    return
+                    return len(ids) // ID_ENTRY
         self._unpack().nodes[span_id] = group
+        return 0
 
     def node_items(self) -> list[tuple[bytes, Group]]:
         ids = self.ids
@@ -699,7 +735,7 @@ class TraceState:
 
 
 def footprint(trace: TraceState) -> int:
-    """Estimated bytes `trace` holds: see TRACE_BYTES."""
+    """Estimated bytes `trace` holds, to the nearest MEMORY_UNIT: see TRACE_BYTES."""
     size = TRACE_BYTES + trace.ids_bytes()
     for group in trace.groups:
         size += GROUP_BYTES
@@ -720,7 +756,7 @@ def footprint(trace: TraceState) -> int:
             if rare.input is not None:
                 size += len(rare.input[1])
             size += sum(map(evaluation_bytes, rare.evaluations))
-    return size
+    return (size + MEMORY_UNIT // 2) // MEMORY_UNIT * MEMORY_UNIT
 
 
 def evaluation_bytes(evaluation: Evaluation) -> int:
