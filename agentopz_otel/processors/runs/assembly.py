@@ -75,15 +75,14 @@ CallLabels = tuple[str, str, str | None, str, str, str]
 # gave (bits 0-4 an LLM call's five token counts, 5 its cost, 6 its duration), then those numbers:
 # doubles, but token counts as 4-byte unsigned ints when all of them fit (bit 7 of the mask).
 _ROW = struct.Struct("<HB")
-_NUMBER = struct.Struct("<d")
-_WHOLE = struct.Struct("<I")
 _TOKENS = 5
+_COST, _DURATION = 1 << 5, 1 << 6
 WHOLE_TOKENS = 0x80
 _MAX_WHOLE = 2**32 - 1
-# Rows by whether token counts are whole, how many were given, how many other numbers (cost, duration).
+# A row's whole layout by its mask, for packing and unpacking it in one call.
 _ROWS = [
-    [[struct.Struct(f"<HB{tokens}{'I' if whole else 'd'}{others}d") for others in range(3)] for tokens in range(6)]
-    for whole in (False, True)
+    struct.Struct(f"<HB{(mask & 0x1F).bit_count()}{'I' if mask & WHOLE_TOKENS else 'd'}{(mask & 0x60).bit_count()}d")
+    for mask in range(256)
 ]
 MAX_CALL_LABELS = 2**16  # label tuples a run's held calls may use; past it, calls count as they come
 
@@ -110,25 +109,24 @@ def hold_call(calls: HeldCalls, call: Call, labels: CallLabels) -> HeldCalls | N
             return None
         calls = (*calls, labels)
     mask = 0
-    tokens = []
+    given: list[float] = []
     if call.kind == LLM:
+        whole = WHOLE_TOKENS
         for bit, count in enumerate(call.tokens):
             if count is not None:
                 mask |= 1 << bit
-                tokens.append(count)
-        others: tuple[float | None, ...] = (call.cost, call.duration)
-        first = _TOKENS
-    else:
-        others, first = (call.duration,), 6
-    given = []
-    for bit, number in enumerate(others, first):
-        if number is not None:
-            mask |= 1 << bit
-            given.append(number)
-    whole = all(type(count) is int and 0 <= count <= _MAX_WHOLE for count in tokens)
-    if whole and tokens:
-        mask |= WHOLE_TOKENS
-    row = _ROWS[whole][len(tokens)][len(given)].pack(position, mask, *tokens, *given)
+                given.append(count)
+                if type(count) is not int or not 0 <= count <= _MAX_WHOLE:
+                    whole = 0
+        if mask:
+            mask |= whole
+        if call.cost is not None:
+            mask |= _COST
+            given.append(call.cost)
+    if call.duration is not None:
+        mask |= _DURATION
+        given.append(call.duration)
+    row = _ROWS[mask].pack(position, mask, *given)
     rows = calls[0]
     if type(rows) is bytearray:
         rows += row
@@ -148,17 +146,11 @@ def held_calls(calls: HeldCalls) -> list[Call]:
     start = 0
     end = len(rows)
     while start < end:
-        position, mask = _ROW.unpack_from(rows, start)
-        start += _ROW.size
-        count = _WHOLE if mask & WHOLE_TOKENS else _NUMBER
-        values: list[float | None] = []
-        for bit in range(7):
-            if mask & 1 << bit:
-                number = count if bit < _TOKENS else _NUMBER
-                values.append(number.unpack_from(rows, start)[0])
-                start += number.size
-            else:
-                values.append(None)
+        layout = _ROWS[rows[start + 2]]
+        position, mask, *numbers = layout.unpack_from(rows, start)
+        start += layout.size
+        given = iter(numbers)
+        values = [next(given) if mask & 1 << bit else None for bit in range(7)]
         labels = calls[position + 1]
         if labels[0] == LLM:
             tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
