@@ -34,6 +34,7 @@ from agentopz_otel.processors.runs.assembly import (
     RARE_FIELDS,
     ROOT_FIELDS,
     SET_SPAN_ID_BYTES,
+    TUPLE_GROUPS,
     Group,
     HeldCalls,
     Output,
@@ -139,6 +140,17 @@ def test_a_node_map_whose_trace_has_more_groups_than_the_tag_numbers_moves_to_a_
     assert isinstance(trace.ids, SpanIds)
     assert trace.node_items() == [(span_id(1), groups[126]), (span_id(2), groups[127])]
     assert trace.seen_ids() == [span_id(3)] and trace.node(span_id(3)) is None
+
+
+def test_a_trace_keeps_its_first_groups_in_a_tuple_then_in_a_list():
+    trace = TraceState(bytes(16), 0.0)
+    groups = [new_group(trace, b"", 0.0) for _ in range(TUPLE_GROUPS)]
+    assert type(trace.groups) is tuple and list(trace.groups) == groups
+    trace.set_node(span_id(1), groups[1])
+    groups += [new_group(trace, b"", 0.0) for _ in range(2)]
+    assert type(trace.groups) is list and trace.groups == groups
+    trace.set_node(span_id(2), groups[-1])
+    assert trace.node_items() == [(span_id(1), groups[1]), (span_id(2), groups[-1])]
 
 
 def test_the_span_limit_counts_the_node_map_not_every_id_received():
@@ -309,7 +321,7 @@ def test_calls_by_model_and_tool_share_one_tuple_models_first_each_within_its_li
 
 def test_calls_by_model_and_tool_of_a_format_5_checkpoint_load_into_one_tuple():
     trace = TraceState(span_id(10) * 2, 0.0)
-    trace.groups.append(Group(trace, b"", 0.0))
+    new_group(trace, b"", 0.0)
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     names, plain = old_fields(groups[0][0], ("gpt-4o", 2, 0), ("search", 1, 1))
     with sqlite3.connect(":memory:") as connection:
@@ -324,8 +336,7 @@ def test_calls_by_model_and_tool_of_a_format_5_checkpoint_load_into_one_tuple():
 def test_a_checkpoint_of_the_previous_format_still_loads():
     """Format 3 kept held calls as Call tuples and counts as dicts of [calls, failed] (or None)."""
     trace = TraceState(span_id(7) * 2, 0.0)
-    group = Group(trace, b"", 0.0)
-    trace.groups.append(group)
+    group = new_group(trace, b"", 0.0)
     trace.set_node(span_id(1), group)
     trace.add_seen(span_id(2))
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
@@ -347,7 +358,7 @@ def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
     """Format 4 kept every held call as doubles: its labels' position, then an LLM call's five token
     counts, cost and duration (NaN: not given) or a tool call's duration."""
     trace = TraceState(span_id(8) * 2, 0.0)
-    trace.groups.append(Group(trace, b"", 0.0))
+    new_group(trace, b"", 0.0)
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     numbers = array("d", [0, 1200, 300, 200, math.nan, 0, 0.00575, 1.25, 1, 0.5, 2, *[math.nan] * 7])
     labels = (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])
@@ -365,7 +376,7 @@ def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
 def test_held_calls_of_a_format_6_checkpoint_load_as_they_were():
     """Format 6 kept every number of a held call's row as a double, token counts too."""
     trace = TraceState(span_id(11) * 2, 0.0)
-    trace.groups.append(Group(trace, b"", 0.0))
+    new_group(trace, b"", 0.0)
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     # LLM_CALL: four token counts (bits 0-2 and 4), cost and duration; TOOL_CALL: its duration.
     rows = struct.pack("<HB6d", 0, 0x77, 1200, 300, 200, 0, 0.00575, 1.25) + struct.pack("<HBd", 1, 0x40, 0.5)
@@ -385,8 +396,7 @@ def test_held_calls_of_a_format_6_checkpoint_load_as_they_were():
 @pytest.mark.parametrize("calls", [None, (LLM_CALL, TOOL_CALL)])
 def test_the_current_checkpoint_format_round_trips_held_calls(calls):
     trace = TraceState(span_id(9) * 2, 0.0)
-    group = Group(trace, b"", 0.0)
-    trace.groups.append(group)
+    group = new_group(trace, b"", 0.0)
     if calls:
         group.calls = hold(list(calls))
     with sqlite3.connect(":memory:") as connection:

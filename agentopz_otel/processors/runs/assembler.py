@@ -459,7 +459,7 @@ class Assembler:
         # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
         # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
         trace.forget_ids()
-        trace.groups = []
+        trace.groups = ()
 
     def _settle(self, group: Group) -> None:
         """A run whose agent can no longer change (named by its agent span, not inside another run)

@@ -544,7 +544,7 @@ SPAN_ID_BYTES = 8
 MEMORY_UNIT = 16  # a trace's share of the estimate is kept in units of this many bytes (TraceState.units)
 # Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
-TRACE_BYTES = 353  # the trace, its entry in the processor's map, its id, its group list, its id table's header
+TRACE_BYTES = 337  # the trace, its entry in the processor's map, its id, its group list, its id table's header
 GROUP_BYTES = 240  # a group with its own token counts
 # A group's side records, when made; the root's with its span id and times.
 ROOT_FIELDS_BYTES = 200
@@ -552,7 +552,7 @@ RARE_FIELDS_BYTES = 150
 CALL_COUNTS_BYTES = 40  # a group's calls by model or by tool, beside 8 bytes a field
 NODE_BYTES = 110  # a span id in the node map once it is a dict, with the id itself
 SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
-HELD_CALLS_BYTES = 110  # a run's held calls beside their rows: the tuple, the header of the rows
+HELD_CALLS_BYTES = 105  # a run's held calls beside their rows: the tuple, the header of the rows
 HELD_ROOT_BYTES = 600  # a held root's resource and scope copies and wrappers, beside 2x its encoded size
 EVALUATION_BYTES = 400  # an evaluation held with its run or waiting for it, beside its explanation
 # Span ids a trace knows, received (remembered so a span sent again counts once) or awaited as a parent
@@ -590,13 +590,19 @@ class SpanIds:
         self.seen = seen
 
 
+# A trace's groups are a tuple made anew for each group while it has at most this many (most traces have
+# one: a tuple of one is 16 bytes less than a list), then a list, so that a trace with many groups does
+# not copy them all for each.
+TUPLE_GROUPS = 4
+
+
 class TraceState:
     __slots__ = ("groups", "ids", "last_seen", "trace_id", "units")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
         self.ids: bytearray | SpanIds = bytearray()  # see PACKED_IDS
-        self.groups: list[Group] = []
+        self.groups: tuple[Group, ...] | list[Group] = ()  # see TUPLE_GROUPS
         self.last_seen = now
         # Its share of RunsProcessor's memory estimate when it was last taken, in MEMORY_UNITs: a number
         # of bytes would be an int object of 32 bytes of its own, a number below 257 is shared.
@@ -761,10 +767,13 @@ def unfinished(trace: TraceState) -> list[Group]:
 
 def new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
     group = Group(trace, top_parent, now)
-    if trace.groups:
-        trace.groups.append(group)
+    groups = trace.groups
+    if type(groups) is list:
+        groups.append(group)
+    elif len(groups) < TUPLE_GROUPS:
+        trace.groups = (*groups, group)
     else:
-        trace.groups = [group]  # a list made by append keeps room for four: most traces have one group
+        trace.groups = [*groups, group]
     return group
 
 

@@ -33,7 +33,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...records import Evaluation
 from ...spans import LLM, NO_TOKENS, Call
-from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call, run_counts
+from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call, new_group, run_counts
 
 log = logging.getLogger("agentopz_otel.runs")
 
@@ -149,7 +149,7 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float, version: i
     known = set(_PLAIN)
     merged = []
     for values, merged_into, root, calls, evaluations in packed_groups:
-        group = Group(trace, b"", 0.0)  # the defaults, for fields the checkpoint does not have
+        group = new_group(trace, b"", 0.0)  # the defaults, for fields the checkpoint does not have
         by_name = dict(zip(names, values, strict=True))
         for name, value in by_name.items():
             if name in known:
@@ -170,7 +170,6 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float, version: i
             )
         group.calls = None if calls is None else _held_calls(calls, version)
         group.evaluations = tuple(Evaluation(**dict(zip(_EVALUATION_FIELDS, e, strict=True))) for e in evaluations)
-        trace.groups.append(group)
         merged.append(merged_into)
     for group, merged_into in zip(trace.groups, merged, strict=True):
         if merged_into >= 0:
