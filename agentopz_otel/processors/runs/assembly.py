@@ -84,6 +84,7 @@ _ROWS = [
     struct.Struct(f"<HB{(mask & 0x1F).bit_count()}{'I' if mask & WHOLE_TOKENS else 'd'}{(mask & 0x60).bit_count()}d")
     for mask in range(256)
 ]
+_GIVEN = [tuple(bit for bit in range(7) if mask & 1 << bit) for mask in range(256)]  # the numbers' places
 MAX_CALL_LABELS = 2**16  # label tuples a run's held calls may use; past it, calls count as they come
 
 
@@ -149,8 +150,9 @@ def held_calls(calls: HeldCalls) -> list[Call]:
         layout = _ROWS[rows[start + 2]]
         position, mask, *numbers = layout.unpack_from(rows, start)
         start += layout.size
-        given = iter(numbers)
-        values = [next(given) if mask & 1 << bit else None for bit in range(7)]
+        values: list[float | None] = [None] * 7
+        for bit, number in zip(_GIVEN[mask], numbers, strict=True):
+            values[bit] = number
         labels = calls[position + 1]
         if labels[0] == LLM:
             tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
