@@ -26,12 +26,15 @@ from agentopz_otel.processors.runs.assembly import (
     EVALUATION_BYTES,
     EXACT_ROWS,
     GROUP_FIELDS,
+    KNOWN_ID,
     MAX_MODELS_PER_RUN,
     MAX_TOOLS_PER_RUN,
+    NEW_ID,
     NO_CALLS,
     NODE_BYTES,
     PACKED_IDS,
     RARE_FIELDS,
+    RECEIVED_ID,
     ROOT_FIELDS,
     SET_SPAN_ID_BYTES,
     TUPLE_GROUPS,
@@ -140,6 +143,36 @@ def test_a_node_map_whose_trace_has_more_groups_than_the_tag_numbers_moves_to_a_
     assert isinstance(trace.ids, SpanIds)
     assert trace.node_items() == [(span_id(1), groups[126]), (span_id(2), groups[127])]
     assert trace.seen_ids() == [span_id(3)] and trace.node(span_id(3)) is None
+
+
+def test_receiving_an_id_tells_a_new_entry_from_an_awaited_parent_and_a_copy():
+    trace = TraceState(bytes(16), 0.0)
+    group = new_group(trace, b"", 0.0)
+    trace.set_node(span_id(1), group)
+    assert trace.receive(span_id(2)) == NEW_ID and trace.node(span_id(2)) is None
+    assert trace.receive(span_id(1)) == KNOWN_ID and trace.node(span_id(1)) is group
+    assert trace.receive(span_id(1)) == trace.receive(span_id(2)) == RECEIVED_ID
+    assert trace.seen_ids() == [span_id(1), span_id(2)]
+    for number in range(3, PACKED_IDS + 2):  # past the packed table: a set, where every id may be a node
+        trace.receive(span_id(number))
+    assert isinstance(trace.ids, SpanIds) and trace.receive(span_id(PACKED_IDS + 2)) == KNOWN_ID
+    assert trace.receive(span_id(PACKED_IDS + 2)) == RECEIVED_ID
+
+
+def test_a_span_sent_twice_in_one_batch_counts_once():
+    assembler = Assembler(RunsConfig())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(13) * 2
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"}
+    call = make_span("chat m", chat, trace_id=trace_id, parent=span_id(99))
+    other = make_span("chat m", chat, trace_id=trace_id, parent=span_id(99))
+    batch = Batch(make_request([call, other, call]), 3)
+    normalize.process(batch)
+    out = assembler.intake(batch, 0.0)
+    assert out.counts == {("agentopz_duplicate_spans_total", ()): 1}
+    (group,) = assembler.traces[trace_id].groups
+    assert group.llm_calls == 2 and assembler._remembered == 2
+    assert [view.skip_call_metrics for view in batch.views] == [True, True, True]  # held, held, counted nowhere
 
 
 def test_a_trace_keeps_its_first_groups_in_a_tuple_then_in_a_list():

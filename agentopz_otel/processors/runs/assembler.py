@@ -37,9 +37,11 @@ from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
     ID_ENTRY,
     MEMORY_UNIT,
+    NEW_ID,
     NO_CALLS,
     NO_RARE,
     NO_ROOT,
+    RECEIVED_ID,
     REMOTE_PARENT_FLAGS,
     CallLabels,
     Group,
@@ -272,12 +274,22 @@ class Assembler:
             return False
         trace_id = view.trace_id
         span_id = view.span_id
+        counted = view.kind != OTHER or view.evaluations  # the spans that count in a metric
+        found = None  # what `TraceState.receive` found of the span's id, once it is remembered
         if trace_id == self._recent_id:
             # The trace of the span before (senders send a trace's spans together): open, at the end of
             # the map and stamped `now` already. Nothing removes an open trace during an intake.
             trace = self._recent
             assert trace is not None
-            if trace.has_seen(span_id):
+            if counted and self._remembered < self.config.max_remembered_span_ids:
+                # (`_remember`'s common case, inline: looked up once for the copy check and to remember it)
+                found = trace.receive(span_id)
+                if found == RECEIVED_ID:
+                    self._out.count(DUPLICATE_SPANS)
+                    self._route_call(view, None)
+                    return False
+                self._remembered += 1
+            elif trace.has_seen(span_id):
                 self._out.count(DUPLICATE_SPANS)
                 self._route_call(view, None)
                 return False
@@ -306,12 +318,13 @@ class Assembler:
                 self.traces[trace_id] = trace
                 trace.last_seen = now
             self._recent_id, self._recent = trace_id, trace
-        if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
-            if self._remembered < self.config.max_remembered_span_ids:  # (`_remember`'s common case, inline)
-                trace.add_seen(span_id)
-                self._remembered += 1
-            else:
-                self._remember(trace, span_id)
+        if counted:
+            if found is None:  # (not remembered above)
+                if self._remembered < self.config.max_remembered_span_ids:  # (`_remember`'s common case)
+                    found = trace.receive(span_id)
+                    self._remembered += 1
+                else:
+                    self._remember(trace, span_id)
             # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
             # Their number is bounded once a batch (`intake`).
             names = self._names
@@ -329,7 +342,8 @@ class Assembler:
         ) >= limit and trace.node_count() >= limit:
             self._out.count(UNASSEMBLED_SPANS)
             return False
-        own = trace.node(span_id)  # children that arrived first created a group under this id
+        # Children that arrived first created a group under this id (none if its entry was made just now).
+        own = None if found == NEW_ID else trace.node(span_id)
         if own is not None and own.finished:
             self._late_span(own, view)  # includes an agent span delivered again after its run finished
             return False

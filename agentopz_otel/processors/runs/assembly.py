@@ -567,6 +567,8 @@ PACKED_IDS = 128
 ID_ENTRY = SPAN_ID_BYTES + 1
 SEEN_TAG = 0x80
 _PACKED_GROUPS = SEEN_TAG - 1
+# What `TraceState.receive` found of a span id.
+NEW_ID, KNOWN_ID, RECEIVED_ID = 0, 1, 2
 # bytes.translate deletion tables: what is left of a table's tags counts its nodes, its received ids.
 _NOT_NODE = bytes((0, SEEN_TAG))
 _NOT_SEEN = bytes(range(SEEN_TAG))
@@ -701,18 +703,31 @@ class TraceState:
                 return False
         return ids[position + SPAN_ID_BYTES] >= SEEN_TAG
 
-    def add_seen(self, span_id: bytes) -> None:
+    def receive(self, span_id: bytes) -> int:
+        """`has_seen` and `add_seen` in one search of the table: RECEIVED_ID when `span_id` was received
+        before; else it is marked received, NEW_ID when that made its entry (it is in no group), KNOWN_ID
+        when it had one (awaited as a parent: `node` knows its group)."""
         ids = self.ids
         if type(ids) is bytearray:
             position = ids.find(span_id)  # (mostly not there: `_find` only when found)
             if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
-                ids[position + SPAN_ID_BYTES] |= SEEN_TAG
-                return
+                tag = position + SPAN_ID_BYTES
+                if ids[tag] >= SEEN_TAG:
+                    return RECEIVED_ID
+                ids[tag] |= SEEN_TAG
+                return KNOWN_ID
             if len(ids) < PACKED_IDS * ID_ENTRY:
                 ids += span_id
                 ids.append(SEEN_TAG)
-                return
-        self._unpack().seen.add(span_id)
+                return NEW_ID
+        seen = self._unpack().seen
+        if span_id in seen:
+            return RECEIVED_ID
+        seen.add(span_id)
+        return KNOWN_ID
+
+    def add_seen(self, span_id: bytes) -> None:
+        self.receive(span_id)
 
     def seen_count(self) -> int:
         ids = self.ids
