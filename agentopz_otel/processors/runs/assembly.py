@@ -480,6 +480,15 @@ class Group:
 GROUP_FIELDS = (*(name for name in Group.__slots__ if name not in ("rare", "rooted")), *ROOT_FIELDS, *RARE_FIELDS)
 
 
+def _counted(counts: tuple, index: int, calls: int, failed: bool) -> tuple:
+    """`counts` with `calls` more calls of the name at `index`, `failed` of them failed (through a list:
+    cheaper than slicing the tuple around the two numbers)."""
+    found = list(counts)
+    found[index + 1] += calls
+    found[index + 2] += int(failed)
+    return tuple(found)
+
+
 def count_call(counts: CallCounts, name: str, failed: bool, limit: int, calls: int = 1) -> CallCounts:
     """`counts` with `calls` more calls of `name` (`failed` of them failed); at most `limit` names."""
     try:
@@ -488,7 +497,7 @@ def count_call(counts: CallCounts, name: str, failed: bool, limit: int, calls: i
         if len(counts) >= 3 * limit:
             return counts
         return (*counts, name, calls, int(failed))
-    return (*counts[:index], name, counts[index + 1] + calls, counts[index + 2] + int(failed), *counts[index + 3 :])
+    return _counted(counts, index, calls, failed)
 
 
 def merge_counts(counts: CallCounts, other: CallCounts, limit: int) -> CallCounts:
@@ -532,7 +541,7 @@ def count_run_call(counts: RunCounts, tool: bool, name: str, failed: bool, calls
         if tool:
             return (models, *counts[1:], name, calls, int(failed)) if counts else (0, name, calls, int(failed))
         return (models + 1, *counts[1:end], name, calls, int(failed), *counts[end:])
-    return (*counts[:index], name, counts[index + 1] + calls, counts[index + 2] + int(failed), *counts[index + 3 :])
+    return _counted(counts, index, calls, failed)
 
 
 def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
