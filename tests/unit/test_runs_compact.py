@@ -25,6 +25,7 @@ from agentopz_otel.processors.runs.assembler import EVICTED_RUNS, MEMORY, Assemb
 from agentopz_otel.processors.runs.assembly import (
     EVALUATION_BYTES,
     EXACT_ROWS,
+    FINISHED_TRACE_BYTES,
     GROUP_FIELDS,
     KNOWN_ID,
     MAX_MODELS_PER_RUN,
@@ -503,6 +504,11 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
     assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
+    finished = [trace for trace, _ in runs.assembler.finished.values()]
+    assert runs.assembler.memory == sum(footprint(trace) + FINISHED_TRACE_BYTES for trace in finished)
+    restored = Assembler(runs.config)  # as read from a checkpoint
+    restored.restore({}, OrderedDict((t.trace_id, (unpack_trace(pack_trace(t), _PLAIN, 0.0), 0.0)) for t in finished))
+    assert restored.memory == runs.assembler.memory
     for index in range(1001, 1901):
         send(open_run(index))
     assert evicted("memory") == 0 and len(runs.assembler.traces) == 900

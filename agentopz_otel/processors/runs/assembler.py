@@ -35,6 +35,7 @@ from ...spans import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
+    FINISHED_TRACE_BYTES,
     ID_ENTRY,
     MEMORY_UNIT,
     NEW_ID,
@@ -188,8 +189,10 @@ class Assembler:
         every = [*traces.values(), *(trace for trace, _ in finished.values())]
         self._remembered = sum(trace.seen_count() for trace in every)
         self._held_root_bytes = sum(g.root.size for trace in every for g in trace.groups if g.root)
-        for trace in every:
+        for trace in traces.values():
             self._measure(trace)
+        for trace, _ in finished.values():
+            self._measure(trace, FINISHED_TRACE_BYTES)
 
     def _find_trace(self, trace_id: bytes) -> TraceState | None:
         """An open trace, or a finished one still in the late window."""
@@ -247,8 +250,8 @@ class Assembler:
         pending evaluations and remembered response ids, content sent as log records."""
         return self.memory + self._evaluations.bytes + self._logged_content.bytes
 
-    def _measure(self, trace: TraceState) -> None:
-        units = footprint(trace) // MEMORY_UNIT
+    def _measure(self, trace: TraceState, extra: int = 0) -> None:
+        units = (footprint(trace) + extra) // MEMORY_UNIT
         self.memory += (units - trace.units) * MEMORY_UNIT
         trace.units = units
 
@@ -623,7 +626,7 @@ class Assembler:
         del self.traces[trace.trace_id]
         if self.config.late_window_seconds:
             self.finished[trace.trace_id] = (trace, now)
-            self._measure(trace)  # its content and held root are gone
+            self._measure(trace, FINISHED_TRACE_BYTES)  # its content and held root are gone
         else:
             self._forget(trace)
 

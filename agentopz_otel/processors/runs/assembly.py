@@ -557,6 +557,8 @@ MEMORY_UNIT = 16  # a trace's share of the estimate is kept in units of this man
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
 TRACE_BYTES = 337  # the trace, its entry in the processor's map, its id, its group list, its id table's header
 GROUP_BYTES = 240  # a group with its own token counts
+# A finished trace's entry in the late window (the ordered map, its (trace, time) pair) beside an open one's.
+FINISHED_TRACE_BYTES = 64
 # A group's side records, when made; the root's with its span id and times.
 ROOT_FIELDS_BYTES = 200
 RARE_FIELDS_BYTES = 150
