@@ -19,6 +19,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -31,13 +32,17 @@ from agentopz_otel.processors.runs.checkpoint import SLICE, RunCheckpoint, RunSt
 from agentopz_otel.spans import Batch
 
 
-def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRequest:
-    """The children of one run whose agent span has not ended yet."""
+def trace_request(index: int) -> tuple[ExportTraceServiceRequest, Any, bytes]:
+    """A request for trace `index` of one of five services: the request, its span list, the trace id."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.extend(otlp_attributes({"service.name": f"svc-{index % 5}"}))
-    spans = resource_spans.scope_spans.add().spans
-    trace_id = index.to_bytes(16, "big")
+    return request, resource_spans.scope_spans.add().spans, index.to_bytes(16, "big")
+
+
+def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRequest:
+    """The children of one run whose agent span has not ended yet."""
+    request, spans, trace_id = trace_request(index)
     root_id = (index * 64 + 1).to_bytes(8, "big")
     for call in range(calls):
         span = spans.add(trace_id=trace_id, span_id=(index * 64 + 2 + call).to_bytes(8, "big"), parent_span_id=root_id)
@@ -51,11 +56,7 @@ def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRe
 
 def finished_run_request(index: int) -> ExportTraceServiceRequest:
     """A run of an agent span and one LLM call, complete."""
-    request = ExportTraceServiceRequest()
-    resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.extend(otlp_attributes({"service.name": f"svc-{index % 5}"}))
-    spans = resource_spans.scope_spans.add().spans
-    trace_id = index.to_bytes(16, "big")
+    request, spans, trace_id = trace_request(index)
     agent_id = (index * 64 + 1).to_bytes(8, "big")
     agent = spans.add(trace_id=trace_id, span_id=agent_id, start_time_unix_nano=1, end_time_unix_nano=3)
     agent.attributes.extend(otlp_attributes({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "a"}))

@@ -327,6 +327,14 @@ def test_call_counts_by_name_keep_order_and_stop_at_the_limit():
     assert counts_by_name(merged) == {"a": [3, 1], "b": [1, 1], "c": [1, 1]}
 
 
+def load_checkpoint(version: int, names: tuple, packed_trace: tuple) -> RunState | None:
+    """A checkpoint of one open trace, as an older format wrote it, written and read back."""
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(pickle.dumps((version, 0.0, names, [packed_trace], [])))
+        return checkpoint.load()
+
+
 def old_fields(plain: tuple, models: object, tools: object) -> tuple[tuple, tuple]:
     """A group's field names and values as formats 3 to 5 kept them: calls by model and by tool apart."""
     by_name = dict(zip(_PLAIN, plain, strict=True))
@@ -358,12 +366,7 @@ def test_calls_by_model_and_tool_of_a_format_5_checkpoint_load_into_one_tuple():
     new_group(trace, b"", 0.0)
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     names, plain = old_fields(groups[0][0], ("gpt-4o", 2, 0), ("search", 1, 1))
-    with sqlite3.connect(":memory:") as connection:
-        checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(
-            pickle.dumps((5, 0.0, names, [(trace_id, last_seen, ((plain, -1, None, None, ()),), nodes, seen)], []))
-        )
-        state = checkpoint.load()
+    state = load_checkpoint(5, names, (trace_id, last_seen, ((plain, -1, None, None, ()),), nodes, seen))
     assert state is not None and state.traces[trace_id].groups[0].counts == (1, "gpt-4o", 2, 0, "search", 1, 1)
 
 
@@ -377,10 +380,7 @@ def test_a_checkpoint_of_the_previous_format_still_loads():
     names, plain = old_fields(groups[0][0], {"gpt-4o": (3, 1)}, None)
     old_group = (plain, -1, None, (tuple(LLM_CALL), tuple(TOOL_CALL)), ())
     old = (trace_id, last_seen, (old_group,), nodes, frozenset(seen))
-    with sqlite3.connect(":memory:") as connection:
-        checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(pickle.dumps((3, 0.0, names, [old], [])))
-        state = checkpoint.load()
+    state = load_checkpoint(3, names, old)
     assert isinstance(state, RunState) and list(state.traces) == [trace_id]
     loaded = state.traces[trace_id].groups[0]
     assert loaded.counts == (1, "gpt-4o", 3, 1)
@@ -397,10 +397,7 @@ def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
     numbers = array("d", [0, 1200, 300, 200, math.nan, 0, 0.00575, 1.25, 1, 0.5, 2, *[math.nan] * 7])
     labels = (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])
     old_group = (groups[0][0], -1, None, (labels, numbers.tobytes()), ())
-    with sqlite3.connect(":memory:") as connection:
-        checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(pickle.dumps((4, 0.0, _PLAIN, [(trace_id, last_seen, (old_group,), nodes, seen)], [])))
-        state = checkpoint.load()
+    state = load_checkpoint(4, _PLAIN, (trace_id, last_seen, (old_group,), nodes, seen))
     assert state is not None
     held = state.traces[trace_id].groups[0].calls
     assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, UNPRICED]
@@ -415,10 +412,7 @@ def test_held_calls_of_a_format_6_checkpoint_load_as_they_were():
     # LLM_CALL: four token counts (bits 0-2 and 4), cost and duration; TOOL_CALL: its duration.
     rows = struct.pack("<HB6d", 0, 0x77, 1200, 300, 200, 0, 0.00575, 1.25) + struct.pack("<HBd", 1, 0x40, 0.5)
     old_group = (groups[0][0], -1, None, ((LLM_CALL[:6], TOOL_CALL[:6]), rows), ())
-    with sqlite3.connect(":memory:") as connection:
-        checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(pickle.dumps((6, 0.0, _PLAIN, [(trace_id, last_seen, (old_group,), nodes, seen)], [])))
-        state = checkpoint.load()
+    state = load_checkpoint(6, _PLAIN, (trace_id, last_seen, (old_group,), nodes, seen))
     assert state is not None
     held = state.traces[trace_id].groups[0].calls
     assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL] and held[0] == rows
