@@ -361,6 +361,8 @@ class Group:
         rooted.root_arrived = now
 
     def top_parent_id(self) -> bytes:
+        """The id of the parent its topmost span waits for (b"": the trace root), read back from the
+        trace's id table when `top_parent` numbers its entry there."""
         top_parent = self.top_parent
         if type(top_parent) is int:
             start = (top_parent - 1) * ID_ENTRY
