@@ -2,8 +2,10 @@
 
 Prints bytes per open run and the total for the requested number of open runs, and what a
 checkpoint of them (runs.checkpoint) costs: its size, the time the event loop spends taking it, and
-the time to restore it.
+the time to restore it. With --finished, the bytes per finished trace of an agent span and a call,
+kept for late spans (runs.late_window_seconds), instead.
     .venv/bin/python bench/open_runs_memory.py --runs 100000 --calls 4 --tools 2
+    .venv/bin/python bench/open_runs_memory.py --runs 10000 --finished
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import asyncio
 import gc
 import os
 import sqlite3
+import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -28,13 +32,17 @@ from agentopz_otel.processors.runs.checkpoint import SLICE, RunCheckpoint, RunSt
 from agentopz_otel.spans import Batch
 
 
-def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRequest:
-    """The children of one run whose agent span has not ended yet."""
+def trace_request(index: int) -> tuple[ExportTraceServiceRequest, Any, bytes]:
+    """A request for trace `index` of one of five services: the request, its span list, the trace id."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.extend(otlp_attributes({"service.name": f"svc-{index % 5}"}))
-    spans = resource_spans.scope_spans.add().spans
-    trace_id = index.to_bytes(16, "big")
+    return request, resource_spans.scope_spans.add().spans, index.to_bytes(16, "big")
+
+
+def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRequest:
+    """The children of one run whose agent span has not ended yet."""
+    request, spans, trace_id = trace_request(index)
     root_id = (index * 64 + 1).to_bytes(8, "big")
     for call in range(calls):
         span = spans.add(trace_id=trace_id, span_id=(index * 64 + 2 + call).to_bytes(8, "big"), parent_span_id=root_id)
@@ -46,17 +54,33 @@ def open_run_request(index: int, calls: int, tools: int) -> ExportTraceServiceRe
     return request
 
 
+def finished_run_request(index: int) -> ExportTraceServiceRequest:
+    """A run of an agent span and one LLM call, complete."""
+    request, spans, trace_id = trace_request(index)
+    agent_id = (index * 64 + 1).to_bytes(8, "big")
+    agent = spans.add(trace_id=trace_id, span_id=agent_id, start_time_unix_nano=1, end_time_unix_nano=3)
+    agent.attributes.extend(otlp_attributes({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "a"}))
+    call = spans.add(trace_id=trace_id, span_id=(index * 64 + 2).to_bytes(8, "big"), parent_span_id=agent_id)
+    call.start_time_unix_nano, call.end_time_unix_nano = 1, 2
+    call.attributes.extend(otlp_attributes({**chat_attributes("gpt-4o", "openai"), **usage_attributes(1200, 300)}))
+    return request
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=4, help="LLM calls per open run")
     parser.add_argument("--tools", type=int, default=2, help="tool calls per open run")
+    parser.add_argument("--finished", action="store_true", help="finished traces kept for late spans instead")
     args = parser.parse_args()
 
     context = Context(metrics=Registry())
     normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), context)
     runs = RUNS.create("runs", RUNS.config_type(max_open_runs=args.runs), context)
-    requests = [open_run_request(i, args.calls, args.tools) for i in range(args.runs)]
+    if args.finished:
+        requests = [finished_run_request(i) for i in range(args.runs)]
+    else:
+        requests = [open_run_request(i, args.calls, args.tools) for i in range(args.runs)]
 
     # Traced from before normalize: what the runs processor keeps of a view (ids, label strings) was
     # allocated there, and counts as much as what the processor allocates itself.
@@ -68,9 +92,17 @@ def main() -> None:
         normalize.process(batch)
         runs.process(batch)
     del batch, requests
+    if args.finished:
+        runs.tick(time.monotonic() + 3600)  # every run finishes: its trace is kept for late spans
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
+    if args.finished:
+        assert len(runs.assembler.finished) == args.runs and not runs.assembler.traces
+        print(f"finished traces:      {args.runs} (an agent span and an LLM call each)")
+        print(f"bytes per trace:      {held / args.runs:,.0f}")
+        print(f"  as runs.max_memory_bytes estimates it: {runs.assembler.held_bytes() / args.runs:,.0f}")
+        sys.exit()
     open_runs = sum(1 for trace in runs.assembler.traces.values() for g in trace.groups if g.merged_into is None)
     assert open_runs == args.runs, open_runs
     print(f"open runs:            {open_runs}")

@@ -6,6 +6,7 @@ import asyncio
 import math
 import pickle
 import sqlite3
+import struct
 import time
 from array import array
 from collections import OrderedDict
@@ -24,15 +25,20 @@ from agentopz_otel.processors.runs.assembler import EVICTED_RUNS, MEMORY, Assemb
 from agentopz_otel.processors.runs.assembly import (
     EVALUATION_BYTES,
     EXACT_ROWS,
+    FINISHED_TRACE_BYTES,
     GROUP_FIELDS,
+    KNOWN_ID,
     MAX_MODELS_PER_RUN,
     MAX_TOOLS_PER_RUN,
+    NEW_ID,
     NO_CALLS,
     NODE_BYTES,
     PACKED_IDS,
     RARE_FIELDS,
+    RECEIVED_ID,
     ROOT_FIELDS,
     SET_SPAN_ID_BYTES,
+    TUPLE_GROUPS,
     Group,
     HeldCalls,
     Output,
@@ -54,7 +60,7 @@ from agentopz_otel.processors.runs.assembly import (
     run_counts,
     tools_of,
 )
-from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace
+from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace, unpack_trace
 from agentopz_otel.processors.runs.evaluations import PENDING_TRACE_BYTES, UNMATCHED
 from agentopz_otel.processors.runs.logged_content import TRACE_CONTENT_BYTES
 from agentopz_otel.spans import NO_TOKENS, Batch, Call
@@ -140,6 +146,47 @@ def test_a_node_map_whose_trace_has_more_groups_than_the_tag_numbers_moves_to_a_
     assert trace.seen_ids() == [span_id(3)] and trace.node(span_id(3)) is None
 
 
+def test_receiving_an_id_tells_a_new_entry_from_an_awaited_parent_and_a_copy():
+    trace = TraceState(bytes(16), 0.0)
+    group = new_group(trace, b"", 0.0)
+    trace.set_node(span_id(1), group)
+    assert trace.receive(span_id(2)) == NEW_ID and trace.node(span_id(2)) is None
+    assert trace.receive(span_id(1)) == KNOWN_ID and trace.node(span_id(1)) is group
+    assert trace.receive(span_id(1)) == trace.receive(span_id(2)) == RECEIVED_ID
+    assert trace.seen_ids() == [span_id(1), span_id(2)]
+    for number in range(3, PACKED_IDS + 2):  # past the packed table: a set, where every id may be a node
+        trace.receive(span_id(number))
+    assert isinstance(trace.ids, SpanIds) and trace.receive(span_id(PACKED_IDS + 2)) == KNOWN_ID
+    assert trace.receive(span_id(PACKED_IDS + 2)) == RECEIVED_ID
+
+
+def test_a_span_sent_twice_in_one_batch_counts_once():
+    assembler = Assembler(RunsConfig())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(13) * 2
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"}
+    call = make_span("chat m", chat, trace_id=trace_id, parent=span_id(99))
+    other = make_span("chat m", chat, trace_id=trace_id, parent=span_id(99))
+    batch = Batch(make_request([call, other, call]), 3)
+    normalize.process(batch)
+    out = assembler.intake(batch, 0.0)
+    assert out.counts == {("agentopz_duplicate_spans_total", ()): 1}
+    (group,) = assembler.traces[trace_id].groups
+    assert group.llm_calls == 2 and assembler._remembered == 2
+    assert [view.skip_call_metrics for view in batch.views] == [True, True, True]  # held, held, counted nowhere
+
+
+def test_a_trace_keeps_its_first_groups_in_a_tuple_then_in_a_list():
+    trace = TraceState(bytes(16), 0.0)
+    groups = [new_group(trace, b"", 0.0) for _ in range(TUPLE_GROUPS)]
+    assert type(trace.groups) is tuple and list(trace.groups) == groups
+    trace.set_node(span_id(1), groups[1])
+    groups += [new_group(trace, b"", 0.0) for _ in range(2)]
+    assert type(trace.groups) is list and trace.groups == groups
+    trace.set_node(span_id(2), groups[-1])
+    assert trace.node_items() == [(span_id(1), groups[1]), (span_id(2), groups[-1])]
+
+
 def test_the_span_limit_counts_the_node_map_not_every_id_received():
     assembler = Assembler(RunsConfig(max_spans_per_trace=2))
     normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
@@ -163,6 +210,33 @@ def test_the_span_limit_counts_the_node_map_not_every_id_received():
     normalize.process(batch)
     out = assembler.intake(batch, 1.0)
     assert out.counts == {("agentopz_unassembled_spans_total", ()): 1}
+
+
+def test_a_group_waits_for_its_parent_by_its_entry_in_the_packed_table_and_by_id_past_it():
+    assembler = Assembler(RunsConfig())
+    normalize = NORMALIZE.create("normalize", NORMALIZE.config_type(), Context(metrics=Registry()))
+    trace_id = span_id(12) * 2
+    remote, local_root = span_id(900), span_id(901)
+    call = make_span("chat m", {"gen_ai.operation.name": "chat"}, trace_id=trace_id, parent=local_root)
+    root = make_span("handle", trace_id=trace_id, parent=remote)
+    root.span_id, root.flags = local_root, 0x300  # its parent is in another process
+    batch = Batch(make_request([call]), 1)
+    normalize.process(batch)
+    assembler.intake(batch, 0.0)
+    trace = assembler.traces[trace_id]
+    (group,) = trace.groups
+    assert (group.top_parent, group.top_parent_id()) == (2, local_root)  # entry 1 is the call's id
+    batch = Batch(make_request([root]), 1)
+    normalize.process(batch)
+    assert assembler.intake(batch, 1.0, hold_roots=False) == Output()
+    # The local root arrived: its remote parent is awaited now, and it is the root of the group.
+    assert (group.top_parent, group.top_parent_id(), group.root_span_id) == (3, remote, local_root)
+    restored = unpack_trace(pack_trace(trace), _PLAIN, 0.0)
+    assert pack_trace(trace)[2][0][0][_PLAIN.index("top_parent")] == remote  # checkpointed as the id
+    assert (restored.groups[0].top_parent, restored.groups[0].top_parent_id()) == (3, remote)
+    for number in range(PACKED_IDS):
+        trace.add_seen(span_id(1000 + number))
+    assert isinstance(trace.ids, SpanIds) and (group.top_parent, group.top_parent_id()) == (remote, remote)
 
 
 def test_a_group_makes_a_side_record_only_for_a_field_set_to_another_value_than_its_default():
@@ -205,10 +279,27 @@ def test_held_calls_come_back_exactly_as_they_were_held():
     held = hold([LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED])
     assert held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL, UNPRICED]
     assert held[1:] == (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])  # each distinct label tuple once
-    # A row per call: 3 bytes, then 8 a number the span gave (a tool call has its duration only).
-    assert type(held[0]) is bytes and len(held[0]) == (3 + 6 * 8) + (3 + 8) + (3 + 6 * 8) + 3
+    # A row per call: 3 bytes, then 4 a token count and 8 another number the span gave (a tool call has
+    # its duration only).
+    assert type(held[0]) is bytes and len(held[0]) == (3 + 4 * 4 + 2 * 8) + (3 + 8) + (3 + 4 * 4 + 2 * 8) + 3
     held = merge_held(held, hold([TOOL_CALL]))
     assert held_calls(held)[-1] == TOOL_CALL and len(held_calls(held)) == 5 and len(held) == 4
+
+
+@pytest.mark.parametrize(
+    ("tokens", "row_bytes"),
+    [
+        ((0, 2**32 - 1, None, None, None), 3 + 2 * 4 + 8),  # both fit 4 bytes
+        ((0, 2**32, None, None, None), 3 + 2 * 8 + 8),  # one does not: all as doubles
+        ((-1, 5, None, None, None), 3 + 2 * 8 + 8),
+        ((None,) * 5, 3 + 8),
+    ],
+)
+def test_held_token_counts_take_4_bytes_each_when_all_of_them_fit(tokens, row_bytes):
+    call = LLM_CALL._replace(tokens=tokens, cost=None)
+    held = hold([call])
+    assert len(held[0]) == row_bytes and held[0][2] & assembly.WHOLE_TOKENS == (row_bytes == 3 + 2 * 4 + 8) * 0x80
+    assert held_calls(held) == [call]
 
 
 def test_held_rows_are_exact_bytes_until_their_limit_then_grow_in_place():
@@ -234,6 +325,14 @@ def test_call_counts_by_name_keep_order_and_stop_at_the_limit():
     assert counts_by_name(counts) == {"a": [2, 1], "b": [1, 1]}
     merged = merge_counts(counts, count_call(count_call((), "c", True, 2), "a", False, 2), limit=3)
     assert counts_by_name(merged) == {"a": [3, 1], "b": [1, 1], "c": [1, 1]}
+
+
+def load_checkpoint(version: int, names: tuple, packed_trace: tuple) -> RunState | None:
+    """A checkpoint of one open trace, as an older format wrote it, written and read back."""
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(pickle.dumps((version, 0.0, names, [packed_trace], [])))
+        return checkpoint.load()
 
 
 def old_fields(plain: tuple, models: object, tools: object) -> tuple[tuple, tuple]:
@@ -264,33 +363,24 @@ def test_calls_by_model_and_tool_share_one_tuple_models_first_each_within_its_li
 
 def test_calls_by_model_and_tool_of_a_format_5_checkpoint_load_into_one_tuple():
     trace = TraceState(span_id(10) * 2, 0.0)
-    trace.groups.append(Group(trace, b"", 0.0))
+    new_group(trace, b"", 0.0)
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     names, plain = old_fields(groups[0][0], ("gpt-4o", 2, 0), ("search", 1, 1))
-    with sqlite3.connect(":memory:") as connection:
-        checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(
-            pickle.dumps((5, 0.0, names, [(trace_id, last_seen, ((plain, -1, None, None, ()),), nodes, seen)], []))
-        )
-        state = checkpoint.load()
+    state = load_checkpoint(5, names, (trace_id, last_seen, ((plain, -1, None, None, ()),), nodes, seen))
     assert state is not None and state.traces[trace_id].groups[0].counts == (1, "gpt-4o", 2, 0, "search", 1, 1)
 
 
 def test_a_checkpoint_of_the_previous_format_still_loads():
     """Format 3 kept held calls as Call tuples and counts as dicts of [calls, failed] (or None)."""
     trace = TraceState(span_id(7) * 2, 0.0)
-    group = Group(trace, b"", 0.0)
-    trace.groups.append(group)
+    group = new_group(trace, b"", 0.0)
     trace.set_node(span_id(1), group)
     trace.add_seen(span_id(2))
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     names, plain = old_fields(groups[0][0], {"gpt-4o": (3, 1)}, None)
     old_group = (plain, -1, None, (tuple(LLM_CALL), tuple(TOOL_CALL)), ())
     old = (trace_id, last_seen, (old_group,), nodes, frozenset(seen))
-    with sqlite3.connect(":memory:") as connection:
-        checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(pickle.dumps((3, 0.0, names, [old], [])))
-        state = checkpoint.load()
+    state = load_checkpoint(3, names, old)
     assert isinstance(state, RunState) and list(state.traces) == [trace_id]
     loaded = state.traces[trace_id].groups[0]
     assert loaded.counts == (1, "gpt-4o", 3, 1)
@@ -302,26 +392,39 @@ def test_held_calls_of_a_format_4_checkpoint_load_as_rows():
     """Format 4 kept every held call as doubles: its labels' position, then an LLM call's five token
     counts, cost and duration (NaN: not given) or a tool call's duration."""
     trace = TraceState(span_id(8) * 2, 0.0)
-    trace.groups.append(Group(trace, b"", 0.0))
+    new_group(trace, b"", 0.0)
     trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
     numbers = array("d", [0, 1200, 300, 200, math.nan, 0, 0.00575, 1.25, 1, 0.5, 2, *[math.nan] * 7])
     labels = (LLM_CALL[:6], TOOL_CALL[:6], UNPRICED[:6])
     old_group = (groups[0][0], -1, None, (labels, numbers.tobytes()), ())
-    with sqlite3.connect(":memory:") as connection:
-        checkpoint = RunCheckpoint(connection, "runs")
-        checkpoint.write(pickle.dumps((4, 0.0, _PLAIN, [(trace_id, last_seen, (old_group,), nodes, seen)], [])))
-        state = checkpoint.load()
+    state = load_checkpoint(4, _PLAIN, (trace_id, last_seen, (old_group,), nodes, seen))
     assert state is not None
     held = state.traces[trace_id].groups[0].calls
     assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, UNPRICED]
-    assert len(held[0]) == (3 + 6 * 8) + (3 + 8) + 3
+    assert len(held[0]) == (3 + 4 * 4 + 2 * 8) + (3 + 8) + 3
+
+
+def test_held_calls_of_a_format_6_checkpoint_load_as_they_were():
+    """Format 6 kept every number of a held call's row as a double, token counts too."""
+    trace = TraceState(span_id(11) * 2, 0.0)
+    new_group(trace, b"", 0.0)
+    trace_id, last_seen, groups, nodes, seen = pack_trace(trace)
+    # LLM_CALL: four token counts (bits 0-2 and 4), cost and duration; TOOL_CALL: its duration.
+    rows = struct.pack("<HB6d", 0, 0x77, 1200, 300, 200, 0, 0.00575, 1.25) + struct.pack("<HBd", 1, 0x40, 0.5)
+    old_group = (groups[0][0], -1, None, ((LLM_CALL[:6], TOOL_CALL[:6]), rows), ())
+    state = load_checkpoint(6, _PLAIN, (trace_id, last_seen, (old_group,), nodes, seen))
+    assert state is not None
+    held = state.traces[trace_id].groups[0].calls
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL] and held[0] == rows
+    held = hold_call(held, LLM_CALL, LLM_CALL[:6])  # held after the restart: the compact row
+    assert held is not None and held_calls(held) == [LLM_CALL, TOOL_CALL, LLM_CALL]
+    assert len(held[0]) == len(rows) + 3 + 4 * 4 + 2 * 8
 
 
 @pytest.mark.parametrize("calls", [None, (LLM_CALL, TOOL_CALL)])
 def test_the_current_checkpoint_format_round_trips_held_calls(calls):
     trace = TraceState(span_id(9) * 2, 0.0)
-    group = Group(trace, b"", 0.0)
-    trace.groups.append(group)
+    group = new_group(trace, b"", 0.0)
     if calls:
         group.calls = hold(list(calls))
     with sqlite3.connect(":memory:") as connection:
@@ -378,12 +481,12 @@ def runs_processor(**config):
 
 def test_the_memory_budget_evicts_the_oldest_open_runs_and_counts_them():
     runs, send, evicted = runs_processor(max_memory_bytes=2**20)
-    for index in range(1, 1001):
+    for index in range(1, 2001):
         send(open_run(index))
     kept = list(runs.assembler.traces)
-    assert 400 < len(kept) < 1000
-    assert kept == [index.to_bytes(16, "big") for index in range(1001 - len(kept), 1001)]  # the newest
-    assert evicted("memory") == 1000 - len(kept) and evicted("capacity") == 0
+    assert 800 < len(kept) < 2000
+    assert kept == [index.to_bytes(16, "big") for index in range(2001 - len(kept), 2001)]  # the newest
+    assert evicted("memory") == 2000 - len(kept) and evicted("capacity") == 0
     assert runs.assembler.memory == sum(footprint(trace) for trace in runs.assembler.traces.values()) <= 2**20
     # One run less would fit: the budget is used, not left idle.
     assert runs.assembler.memory + footprint(runs.assembler.traces[kept[0]]) > 2**20
@@ -395,14 +498,19 @@ def test_over_the_budget_finished_traces_are_forgotten_before_open_runs_are_evic
         send(finished_run(index))
     runs.tick(time.monotonic() + 3600)
     assert len(runs.assembler.finished) == 300 and not runs.assembler.traces
-    for index in range(1001, 1801):
+    finished = [trace for trace, _ in runs.assembler.finished.values()]
+    assert runs.assembler.memory == sum(footprint(trace) + FINISHED_TRACE_BYTES for trace in finished)
+    restored = Assembler(runs.config)  # as read from a checkpoint
+    restored.restore({}, OrderedDict((t.trace_id, (unpack_trace(pack_trace(t), _PLAIN, 0.0), 0.0)) for t in finished))
+    assert restored.memory == runs.assembler.memory
+    for index in range(1001, 1901):
         send(open_run(index))
-    assert evicted("memory") == 0 and len(runs.assembler.traces) == 800
+    assert evicted("memory") == 0 and len(runs.assembler.traces) == 900
     assert 0 < len(runs.assembler.finished) < 300  # the oldest went first, to make room
     assert list(runs.assembler.finished)[-1] == (300).to_bytes(16, "big")
-    for index in range(1801, 2101):
+    for index in range(1901, 2201):
         send(open_run(index))
-    assert not runs.assembler.finished and evicted("memory") == 1100 - len(runs.assembler.traces) > 0
+    assert not runs.assembler.finished and evicted("memory") == 1200 - len(runs.assembler.traces) > 0
 
 
 def log_request(trace_number: int, event: str, values: dict) -> ExportLogsServiceRequest:

@@ -35,10 +35,14 @@ from ...spans import AGENT, LLM, OTHER, TOOL, Batch, SpanView, call_of
 from ..prompt_version import UNKNOWN_VERSION
 from ..quality import FinishedRun, QualityEvaluator, Verdict
 from .assembly import (
+    FINISHED_TRACE_BYTES,
     ID_ENTRY,
+    MEMORY_UNIT,
+    NEW_ID,
     NO_CALLS,
     NO_RARE,
     NO_ROOT,
+    RECEIVED_ID,
     REMOTE_PARENT_FLAGS,
     CallLabels,
     Group,
@@ -185,8 +189,10 @@ class Assembler:
         every = [*traces.values(), *(trace for trace, _ in finished.values())]
         self._remembered = sum(trace.seen_count() for trace in every)
         self._held_root_bytes = sum(g.root.size for trace in every for g in trace.groups if g.root)
-        for trace in every:
+        for trace in traces.values():
             self._measure(trace)
+        for trace, _ in finished.values():
+            self._measure(trace, FINISHED_TRACE_BYTES)
 
     def _find_trace(self, trace_id: bytes) -> TraceState | None:
         """An open trace, or a finished one still in the late window."""
@@ -244,10 +250,10 @@ class Assembler:
         pending evaluations and remembered response ids, content sent as log records."""
         return self.memory + self._evaluations.bytes + self._logged_content.bytes
 
-    def _measure(self, trace: TraceState) -> None:
-        size = footprint(trace)
-        self.memory += size - trace.bytes
-        trace.bytes = size
+    def _measure(self, trace: TraceState, extra: int = 0) -> None:
+        units = (footprint(trace) + extra) // MEMORY_UNIT
+        self.memory += (units - trace.units) * MEMORY_UNIT
+        trace.units = units
 
     def _shed(self) -> None:
         """Over the memory budget: forget the oldest finished traces, then content and evaluations still
@@ -271,12 +277,22 @@ class Assembler:
             return False
         trace_id = view.trace_id
         span_id = view.span_id
+        counted = view.kind != OTHER or view.evaluations  # the spans that count in a metric
+        found = None  # what `TraceState.receive` found of the span's id, once it is remembered
         if trace_id == self._recent_id:
             # The trace of the span before (senders send a trace's spans together): open, at the end of
             # the map and stamped `now` already. Nothing removes an open trace during an intake.
             trace = self._recent
             assert trace is not None
-            if trace.has_seen(span_id):
+            if counted and self._remembered < self.config.max_remembered_span_ids:
+                # (`_remember`'s common case, inline: looked up once for the copy check and to remember it)
+                found = trace.receive(span_id)
+                if found == RECEIVED_ID:
+                    self._out.count(DUPLICATE_SPANS)
+                    self._route_call(view, None)
+                    return False
+                self._remembered += 1
+            elif trace.has_seen(span_id):
                 self._out.count(DUPLICATE_SPANS)
                 self._route_call(view, None)
                 return False
@@ -305,12 +321,13 @@ class Assembler:
                 self.traces[trace_id] = trace
                 trace.last_seen = now
             self._recent_id, self._recent = trace_id, trace
-        if view.kind != OTHER or view.evaluations:  # the spans that count in a metric
-            if self._remembered < self.config.max_remembered_span_ids:  # (`_remember`'s common case, inline)
-                trace.add_seen(span_id)
-                self._remembered += 1
-            else:
-                self._remember(trace, span_id)
+        if counted:
+            if found is None:  # (not remembered above)
+                if self._remembered < self.config.max_remembered_span_ids:  # (`_remember`'s common case)
+                    found = trace.receive(span_id)
+                    self._remembered += 1
+                else:
+                    self._remember(trace, span_id)
             # Names a run keeps (service, agent, model, tool): one string for all runs, not one per span.
             # Their number is bounded once a batch (`intake`).
             names = self._names
@@ -328,7 +345,8 @@ class Assembler:
         ) >= limit and trace.node_count() >= limit:
             self._out.count(UNASSEMBLED_SPANS)
             return False
-        own = trace.node(span_id)  # children that arrived first created a group under this id
+        # Children that arrived first created a group under this id (none if its entry was made just now).
+        own = None if found == NEW_ID else trace.node(span_id)
         if own is not None and own.finished:
             self._late_span(own, view)  # includes an agent span delivered again after its run finished
             return False
@@ -367,8 +385,7 @@ class Assembler:
             group = trace.node(parent_id)
             if group is None:
                 group = own or new_group(trace, parent_id, now)
-                group.top_parent = parent_id
-                trace.set_node(parent_id, group)
+                group.top_parent = trace.set_node(parent_id, group) or parent_id
             elif own is not None and own is not group:
                 if group.finished:
                     self._late_span(group, view)
@@ -397,7 +414,7 @@ class Assembler:
         else:
             self._route_call(view, group)
         remote_parent = view.span.flags & REMOTE_PARENT_FLAGS == REMOTE_PARENT_FLAGS
-        if not parent_id or (remote_parent and group.top_parent == parent_id):
+        if not parent_id or (remote_parent and group.top_parent_id() == parent_id):
             # The trace root, or the top of this process's part of it (its parent is remote): the
             # root of a run if the trace has no agent span.
             group.arrive(span_id, view, now)
@@ -453,13 +470,13 @@ class Assembler:
         self._remembered += 1
 
     def _forget(self, trace: TraceState) -> None:
-        self.memory -= trace.bytes
-        trace.bytes = 0
+        self.memory -= trace.units * MEMORY_UNIT
+        trace.units = 0
         self._remembered -= trace.seen_count()
         # A trace and its groups refer to each other. Emptied, it is freed by reference counting at
         # once: the cyclic GC, tuned to run rarely (service.py), would let finished traces pile up.
         trace.forget_ids()
-        trace.groups = []
+        trace.groups = ()
 
     def _settle(self, group: Group) -> None:
         """A run whose agent can no longer change (named by its agent span, not inside another run)
@@ -609,7 +626,7 @@ class Assembler:
         del self.traces[trace.trace_id]
         if self.config.late_window_seconds:
             self.finished[trace.trace_id] = (trace, now)
-            self._measure(trace)  # its content and held root are gone
+            self._measure(trace, FINISHED_TRACE_BYTES)  # its content and held root are gone
         else:
             self._forget(trace)
 

@@ -72,22 +72,31 @@ CallCounts = tuple
 # A call's labels: kind, service, the call's own agent, provider, model or tool, status.
 CallLabels = tuple[str, str, str | None, str, str, str]
 # A held call's row: its labels' position among the run's label tuples, a mask of the numbers the span
-# gave (bits 0-4 an LLM call's five token counts, 5 its cost, 6 its duration), then those numbers.
+# gave (bits 0-4 an LLM call's five token counts, 5 its cost, 6 its duration), then those numbers:
+# doubles, but token counts as 4-byte unsigned ints when all of them fit (bit 7 of the mask).
 _ROW = struct.Struct("<HB")
-_NUMBER = struct.Struct("<d")
 _TOKENS = 5
+_COST, _DURATION = 1 << 5, 1 << 6
+WHOLE_TOKENS = 0x80
+_MAX_WHOLE = 2**32 - 1
+# A row's whole layout by its mask, for packing and unpacking it in one call.
+_ROWS = [
+    struct.Struct(f"<HB{(mask & 0x1F).bit_count()}{'I' if mask & WHOLE_TOKENS else 'd'}{(mask & 0x60).bit_count()}d")
+    for mask in range(256)
+]
+_GIVEN = [tuple(bit for bit in range(7) if mask & 1 << bit) for mask in range(256)]  # the numbers' places
 MAX_CALL_LABELS = 2**16  # label tuples a run's held calls may use; past it, calls count as they come
 
 
 # A run's held calls, made anew for each call held so that it is exactly its size: (rows, then each
 # distinct label tuple once, tuples shared between runs). A row holds only the numbers its span gave
-# (3 bytes and 8 a number: 27 bytes for an LLM call with two token counts and a duration).
+# (3 bytes, 4 a token count and 8 another number: 19 bytes for an LLM call with two token counts and a
+# duration).
 HeldCalls = tuple
 NO_CALLS: HeldCalls = (b"",)
 # Rows past it grow in place in a bytearray (with its spare room): copying them whole for each call held
 # would take time growing with the square of a run's calls.
 EXACT_ROWS = 1024
-_NUMBERS = [struct.Struct(f"<{count}d") for count in range(8)]
 
 
 def hold_call(calls: HeldCalls, call: Call, labels: CallLabels) -> HeldCalls | None:
@@ -100,18 +109,25 @@ def hold_call(calls: HeldCalls, call: Call, labels: CallLabels) -> HeldCalls | N
         if position >= MAX_CALL_LABELS:
             return None
         calls = (*calls, labels)
-    if call.kind == LLM:
-        numbers: tuple[float | int | None, ...] = (*call.tokens, call.cost, call.duration)
-        first = 0
-    else:
-        numbers, first = (call.duration,), 6
     mask = 0
-    given = []
-    for bit, number in enumerate(numbers, first):
-        if number is not None:
-            mask |= 1 << bit
-            given.append(number)
-    row = _ROW.pack(position, mask) + _NUMBERS[len(given)].pack(*given)
+    given: list[float] = []
+    if call.kind == LLM:
+        whole = WHOLE_TOKENS
+        for bit, count in enumerate(call.tokens):
+            if count is not None:
+                mask |= 1 << bit
+                given.append(count)
+                if type(count) is not int or not 0 <= count <= _MAX_WHOLE:
+                    whole = 0
+        if mask:
+            mask |= whole
+        if call.cost is not None:
+            mask |= _COST
+            given.append(call.cost)
+    if call.duration is not None:
+        mask |= _DURATION
+        given.append(call.duration)
+    row = _ROWS[mask].pack(position, mask, *given)
     rows = calls[0]
     if type(rows) is bytearray:
         rows += row
@@ -131,15 +147,12 @@ def held_calls(calls: HeldCalls) -> list[Call]:
     start = 0
     end = len(rows)
     while start < end:
-        position, mask = _ROW.unpack_from(rows, start)
-        start += _ROW.size
-        values: list[float | None] = []
-        for bit in range(7):
-            if mask & 1 << bit:
-                values.append(_NUMBER.unpack_from(rows, start)[0])
-                start += _NUMBER.size
-            else:
-                values.append(None)
+        layout = _ROWS[rows[start + 2]]
+        position, mask, *numbers = layout.unpack_from(rows, start)
+        start += layout.size
+        values: list[float | None] = [None] * 7
+        for bit, number in zip(_GIVEN[mask], numbers, strict=True):
+            values[bit] = number
         labels = calls[position + 1]
         if labels[0] == LLM:
             tokens = tuple(None if n is None else int(n) for n in values[:_TOKENS])
@@ -302,7 +315,10 @@ class Group:
 
     def __init__(self, trace: TraceState, top_parent: bytes, now: float) -> None:
         self.trace = trace
-        self.top_parent = top_parent  # loose group: parent id of its topmost span (b"" = trace root)
+        # Loose group: the parent id of its topmost span (b"" = trace root), or while the trace's id table
+        # is packed, the number of the id's entry there (the id is in the table anyway; a number below 257
+        # is shared, an id would be a bytes object of 41 bytes). Read as an id with `top_parent_id`.
+        self.top_parent: bytes | int = top_parent
         self.merged_into: Group | None = None
         self.rooted: RootFields | None = None
         self.rare: RareFields | None = None
@@ -343,6 +359,15 @@ class Group:
         rooted.start_time = view.span.start_time_unix_nano
         rooted.end_time = view.end_time
         rooted.root_arrived = now
+
+    def top_parent_id(self) -> bytes:
+        """The id of the parent its topmost span waits for (b"": the trace root), read back from the
+        trace's id table when `top_parent` numbers its entry there."""
+        top_parent = self.top_parent
+        if type(top_parent) is int:
+            start = (top_parent - 1) * ID_ENTRY
+            return bytes(self.trace.ids[start : start + SPAN_ID_BYTES])  # type: ignore[index]
+        return top_parent  # type: ignore[return-value]
 
     def find(self) -> Group:
         group = self
@@ -457,6 +482,15 @@ class Group:
 GROUP_FIELDS = (*(name for name in Group.__slots__ if name not in ("rare", "rooted")), *ROOT_FIELDS, *RARE_FIELDS)
 
 
+def _counted(counts: tuple, index: int, calls: int, failed: bool) -> tuple:
+    """`counts` with `calls` more calls of the name at `index`, `failed` of them failed (through a list:
+    cheaper than slicing the tuple around the two numbers)."""
+    found = list(counts)
+    found[index + 1] += calls
+    found[index + 2] += int(failed)
+    return tuple(found)
+
+
 def count_call(counts: CallCounts, name: str, failed: bool, limit: int, calls: int = 1) -> CallCounts:
     """`counts` with `calls` more calls of `name` (`failed` of them failed); at most `limit` names."""
     try:
@@ -465,7 +499,7 @@ def count_call(counts: CallCounts, name: str, failed: bool, limit: int, calls: i
         if len(counts) >= 3 * limit:
             return counts
         return (*counts, name, calls, int(failed))
-    return (*counts[:index], name, counts[index + 1] + calls, counts[index + 2] + int(failed), *counts[index + 3 :])
+    return _counted(counts, index, calls, failed)
 
 
 def merge_counts(counts: CallCounts, other: CallCounts, limit: int) -> CallCounts:
@@ -509,7 +543,7 @@ def count_run_call(counts: RunCounts, tool: bool, name: str, failed: bool, calls
         if tool:
             return (models, *counts[1:], name, calls, int(failed)) if counts else (0, name, calls, int(failed))
         return (models + 1, *counts[1:end], name, calls, int(failed), *counts[end:])
-    return (*counts[:index], name, counts[index + 1] + calls, counts[index + 2] + int(failed), *counts[index + 3 :])
+    return _counted(counts, index, calls, failed)
 
 
 def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
@@ -520,17 +554,20 @@ def merge_run_counts(counts: RunCounts, other: RunCounts) -> RunCounts:
 
 
 SPAN_ID_BYTES = 8
+MEMORY_UNIT = 16  # a trace's share of the estimate is kept in units of this many bytes (TraceState.units)
 # Memory an open or finished trace holds, as measured with tracemalloc (bench/open_runs_memory.py): the
 # estimate the runs processor keeps under runs.max_memory_bytes. Content and root spans count by size.
-TRACE_BYTES = 385  # the trace, its entry in the processor's map, its id, its group list, its id table's header
-GROUP_BYTES = 280  # a group with its own token counts and the parent id it waits for
+TRACE_BYTES = 337  # the trace, its entry in the processor's map, its id, its group list, its id table's header
+GROUP_BYTES = 240  # a group with its own token counts
+# A finished trace's entry in the late window (the ordered map, its (trace, time) pair) beside an open one's.
+FINISHED_TRACE_BYTES = 64
 # A group's side records, when made; the root's with its span id and times.
 ROOT_FIELDS_BYTES = 200
 RARE_FIELDS_BYTES = 150
 CALL_COUNTS_BYTES = 40  # a group's calls by model or by tool, beside 8 bytes a field
 NODE_BYTES = 110  # a span id in the node map once it is a dict, with the id itself
 SET_SPAN_ID_BYTES = 90  # a remembered span id once a trace keeps them in a set
-HELD_CALLS_BYTES = 110  # a run's held calls beside their rows: the tuple, the header of the rows
+HELD_CALLS_BYTES = 105  # a run's held calls beside their rows: the tuple, the header of the rows
 HELD_ROOT_BYTES = 600  # a held root's resource and scope copies and wrappers, beside 2x its encoded size
 EVALUATION_BYTES = 400  # an evaluation held with its run or waiting for it, beside its explanation
 # Span ids a trace knows, received (remembered so a span sent again counts once) or awaited as a parent
@@ -543,6 +580,8 @@ PACKED_IDS = 128
 ID_ENTRY = SPAN_ID_BYTES + 1
 SEEN_TAG = 0x80
 _PACKED_GROUPS = SEEN_TAG - 1
+# What `TraceState.receive` found of a span id.
+NEW_ID, KNOWN_ID, RECEIVED_ID = 0, 1, 2
 # bytes.translate deletion tables: what is left of a table's tags counts its nodes, its received ids.
 _NOT_NODE = bytes((0, SEEN_TAG))
 _NOT_SEEN = bytes(range(SEEN_TAG))
@@ -568,20 +607,30 @@ class SpanIds:
         self.seen = seen
 
 
+# A trace's groups are a tuple made anew for each group while it has at most this many (most traces have
+# one: a tuple of one is 16 bytes less than a list), then a list, so that a trace with many groups does
+# not copy them all for each.
+TUPLE_GROUPS = 4
+
+
 class TraceState:
-    __slots__ = ("bytes", "groups", "ids", "last_seen", "trace_id")
+    __slots__ = ("groups", "ids", "last_seen", "trace_id", "units")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
         self.ids: bytearray | SpanIds = bytearray()  # see PACKED_IDS
-        self.groups: list[Group] = []
+        self.groups: tuple[Group, ...] | list[Group] = ()  # see TUPLE_GROUPS
         self.last_seen = now
-        self.bytes = 0  # its share of RunsProcessor's memory estimate, when it was last taken
+        # Its share of RunsProcessor's memory estimate when it was last taken, in MEMORY_UNITs: a number
+        # of bytes would be an int object of 32 bytes of its own, a number below 257 is shared.
+        self.units = 0
 
     def _unpack(self) -> SpanIds:
         ids = self.ids
         if isinstance(ids, SpanIds):
             return ids
+        for group in self.groups:  # entry numbers mean nothing past the packed table
+            group.top_parent = group.top_parent_id()
         self.ids = unpacked = SpanIds(dict(self.node_items()), set(self.seen_ids()))
         return unpacked
 
@@ -607,8 +656,9 @@ class TraceState:
             group = group.merged_into
         return group
 
-    def set_node(self, span_id: bytes, group: Group) -> None:
-        """`span_id` belongs to `group`."""
+    def set_node(self, span_id: bytes, group: Group) -> int:
+        """`span_id` belongs to `group`; the number of its entry in the packed table (from 1), or 0 once
+        the table is unpacked."""
         ids = self.ids
         if type(ids) is bytearray:
             groups = self.groups
@@ -618,12 +668,13 @@ class TraceState:
                 if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
                     tag = position + SPAN_ID_BYTES
                     ids[tag] = ids[tag] & SEEN_TAG | number
-                    return
+                    return position // ID_ENTRY + 1
                 if len(ids) < PACKED_IDS * ID_ENTRY:
                     ids += span_id
                     ids.append(number)
-                    return
+                    return len(ids) // ID_ENTRY
         self._unpack().nodes[span_id] = group
+        return 0
 
     def node_items(self) -> list[tuple[bytes, Group]]:
         ids = self.ids
@@ -665,18 +716,31 @@ class TraceState:
                 return False
         return ids[position + SPAN_ID_BYTES] >= SEEN_TAG
 
-    def add_seen(self, span_id: bytes) -> None:
+    def receive(self, span_id: bytes) -> int:
+        """`has_seen` and `add_seen` in one search of the table: RECEIVED_ID when `span_id` was received
+        before; else it is marked received, NEW_ID when that made its entry (it is in no group), KNOWN_ID
+        when it had one (awaited as a parent: `node` knows its group)."""
         ids = self.ids
         if type(ids) is bytearray:
             position = ids.find(span_id)  # (mostly not there: `_find` only when found)
             if position >= 0 and (position % ID_ENTRY == 0 or (position := _find(ids, span_id)) >= 0):
-                ids[position + SPAN_ID_BYTES] |= SEEN_TAG
-                return
+                tag = position + SPAN_ID_BYTES
+                if ids[tag] >= SEEN_TAG:
+                    return RECEIVED_ID
+                ids[tag] |= SEEN_TAG
+                return KNOWN_ID
             if len(ids) < PACKED_IDS * ID_ENTRY:
                 ids += span_id
                 ids.append(SEEN_TAG)
-                return
-        self._unpack().seen.add(span_id)
+                return NEW_ID
+        seen = self._unpack().seen
+        if span_id in seen:
+            return RECEIVED_ID
+        seen.add(span_id)
+        return KNOWN_ID
+
+    def add_seen(self, span_id: bytes) -> None:
+        self.receive(span_id)
 
     def seen_count(self) -> int:
         ids = self.ids
@@ -699,7 +763,7 @@ class TraceState:
 
 
 def footprint(trace: TraceState) -> int:
-    """Estimated bytes `trace` holds: see TRACE_BYTES."""
+    """Estimated bytes `trace` holds, to the nearest MEMORY_UNIT: see TRACE_BYTES."""
     size = TRACE_BYTES + trace.ids_bytes()
     for group in trace.groups:
         size += GROUP_BYTES
@@ -720,7 +784,7 @@ def footprint(trace: TraceState) -> int:
             if rare.input is not None:
                 size += len(rare.input[1])
             size += sum(map(evaluation_bytes, rare.evaluations))
-    return size
+    return (size + MEMORY_UNIT // 2) // MEMORY_UNIT * MEMORY_UNIT
 
 
 def evaluation_bytes(evaluation: Evaluation) -> int:
@@ -733,10 +797,13 @@ def unfinished(trace: TraceState) -> list[Group]:
 
 def new_group(trace: TraceState, top_parent: bytes, now: float) -> Group:
     group = Group(trace, top_parent, now)
-    if trace.groups:
-        trace.groups.append(group)
+    groups = trace.groups
+    if type(groups) is list:
+        groups.append(group)
+    elif len(groups) < TUPLE_GROUPS:
+        trace.groups = (*groups, group)
     else:
-        trace.groups = [group]  # a list made by append keeps room for four: most traces have one group
+        trace.groups = [*groups, group]
     return group
 
 

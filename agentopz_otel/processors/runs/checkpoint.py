@@ -33,15 +33,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ...records import Evaluation
 from ...spans import LLM, NO_TOKENS, Call
-from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call, run_counts
+from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call, new_group, run_counts
 
 log = logging.getLogger("agentopz_otel.runs")
 
-# 6: a group's calls by model and by tool in one tuple (`counts`); 5: held calls as rows of the numbers
-# given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call; 3: groups count calls per model and per
-# tool, may hold the input.
-FORMAT_VERSION = 6
-READABLE_VERSIONS = (3, 4, 5, 6)
+# 7: held calls' token counts as 4-byte ints when they fit (a bit of the row's mask says so; rows of
+# formats 5 and 6 read the same); 6: a group's calls by model and by tool in one tuple (`counts`); 5:
+# held calls as rows of the numbers given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call; 3:
+# groups count calls per model and per tool, may hold the input.
+FORMAT_VERSION = 7
+READABLE_VERSIONS = (3, 4, 5, 6, 7)
 SLICE = 2000  # traces packed between two yields to the event loop
 _SCHEMA = "CREATE TABLE IF NOT EXISTS run_checkpoint (owner TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB)"
 # Group fields that are references, packed apart; every other field is a plain value.
@@ -52,6 +53,7 @@ _plain_values = operator.attrgetter(*_PLAIN)
 # intake goes on, and lists again when unpacked.
 _LISTS = frozenset(name for name in _PLAIN if isinstance(getattr(Group(TraceState(b"", 0.0), b"", 0.0), name), list))
 _LIST_POSITIONS = tuple(position for position, name in enumerate(_PLAIN) if name in _LISTS)
+_TOP_PARENT = _PLAIN.index("top_parent")  # kept as the id (in memory maybe its entry's number)
 _EVALUATION_FIELDS = tuple(field.name for field in fields(Evaluation))
 
 
@@ -72,6 +74,7 @@ def _plain(group: Group) -> tuple:
     copied = list(_plain_values(group))
     for position in _LIST_POSITIONS:
         copied[position] = tuple(copied[position])
+    copied[_TOP_PARENT] = group.top_parent_id()
     return tuple(copied)
 
 
@@ -146,7 +149,7 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float, version: i
     known = set(_PLAIN)
     merged = []
     for values, merged_into, root, calls, evaluations in packed_groups:
-        group = Group(trace, b"", 0.0)  # the defaults, for fields the checkpoint does not have
+        group = new_group(trace, b"", 0.0)  # the defaults, for fields the checkpoint does not have
         by_name = dict(zip(names, values, strict=True))
         for name, value in by_name.items():
             if name in known:
@@ -167,13 +170,14 @@ def unpack_trace(packed: tuple, names: tuple[str, ...], shift: float, version: i
             )
         group.calls = None if calls is None else _held_calls(calls, version)
         group.evaluations = tuple(Evaluation(**dict(zip(_EVALUATION_FIELDS, e, strict=True))) for e in evaluations)
-        trace.groups.append(group)
         merged.append(merged_into)
     for group, merged_into in zip(trace.groups, merged, strict=True):
         if merged_into >= 0:
             group.merged_into = trace.groups[merged_into]
-    for span_id, number in nodes.items():
-        trace.set_node(span_id, trace.groups[number])
+    entries = {span_id: trace.set_node(span_id, trace.groups[number]) for span_id, number in nodes.items()}
+    if type(trace.ids) is bytearray:  # the parents awaited by their entry's number, as intake keeps them
+        for group in trace.groups:
+            group.top_parent = entries.get(group.top_parent) or group.top_parent  # type: ignore[call-overload]
     return trace
 
 
