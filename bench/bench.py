@@ -933,6 +933,15 @@ def print_outcome(outcome: Outcome) -> None:
         print(f"  errors                 {load['errors']}  rejected spans: {load['rejected_spans']}")
 
 
+def print_ratios(title: str, pairs: list[tuple[Outcome, Outcome]], figure: str) -> None:
+    ratios = [s.load[figure] / r.load[figure] for s, r in pairs if s.load.get(figure) and r.load.get(figure)]
+    if len(ratios) == 1:
+        print(f"{title}: {ratios[0]:.3f}")
+    elif ratios:
+        listed = ", ".join(f"{ratio:.3f}" for ratio in ratios)
+        print(f"{title}: median {statistics.median(ratios):.3f} of {listed}")
+
+
 def print_summary(outcomes: list[Outcome], args: argparse.Namespace) -> None:
     header = (
         f"{'target':<24} {'spans/s acked':>14} {'spans/s metric':>15} {'p50 ms':>8} {'p99 ms':>8} "
@@ -952,15 +961,10 @@ def print_summary(outcomes: list[Outcome], args: argparse.Namespace) -> None:
         )
     services = [o for o in outcomes if o.name.startswith("agentopz")]
     references = [o for o in outcomes if o.name.startswith("rotel")]
-    ratios = [
-        service.load["acked_spans_per_second"] / reference.load["acked_spans_per_second"]
-        for service, reference in zip(services, references, strict=False)  # a failed rotel run has no pair
-    ]
-    if len(ratios) == 1:
-        print(f"\nservice / rotel throughput ratio: {ratios[0]:.3f}")
-    elif ratios:
-        listed = ", ".join(f"{ratio:.3f}" for ratio in ratios)
-        print(f"\nservice / rotel throughput ratio: median {statistics.median(ratios):.3f} of {listed}")
+    pairs = list(zip(services, references, strict=False))  # a failed rotel run has no pair
+    print()
+    print_ratios("service / rotel throughput ratio", pairs, "acked_spans_per_second")
+    print_ratios("service / rotel spans per CPU-second", pairs, "spans_per_cpu_second")
     if any((reference.load.get("cpu_utilization") or 0) < 0.9 for reference in references):
         print(
             "note: rotel's core was not saturated, so its figure is bounded by the load generator "
