@@ -10,9 +10,12 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY agentopz_otel ./agentopz_otel
-RUN pip install ".[demo]" && rm -rf /src
+# gcc compiles the hot path (setup.py) and leaves with the build; the image runs the extensions.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install ".[demo]" \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* /src
 
 COPY collector-config/agentopz.yaml /etc/agentopz/agentopz.yaml
 RUN useradd --system --uid 10001 --no-create-home agentopz

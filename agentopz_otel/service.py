@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .admin_auth import ADMIN_AUTH, AdminAuth, admin_guard
+from .compiled import compiled_modules
 from .components import CallsExporter, Context, EmitsLater, Flushing, Lifecycle, LogsExporter, LogsProcessor
 from .config import ComponentConfig, Config
 from .exposition import metrics_handler
@@ -189,10 +190,12 @@ class Service:
         gc.set_threshold(50_000, 50, 100)
         gc.freeze()
         self._ready = True
+        compiled = compiled_modules()
         log.info(
-            "agentopz-otel ready: admin on %s, pipelines %s",
+            "agentopz-otel ready: admin on %s, pipelines %s, %s",
             self.config.service.admin.endpoint,
             ", ".join(p.name for p in self.pipelines),
+            f"{len(compiled)} hot modules compiled" if compiled else "pure Python",
         )
 
     async def shutdown(self) -> None:

@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/bench.py            # 20 s measured per target, after a warm-up
     .venv/bin/python bench/bench.py --quick    # 5 s measured per target
+    .venv/bin/python bench/bench.py --runs --rounds 3  # the built-in default and rotel, alternated 3 times
     .venv/bin/python bench/bench.py --forward  # the service also forwards enriched spans to the sink
     .venv/bin/python bench/bench.py --forward --persistent-queue  # ... through a queue kept in SQLite
 
@@ -24,6 +25,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -879,23 +881,27 @@ class Bench:
         )
         self.start_sink()
         outcomes = []
-        if not args.skip_service:
-            print(
-                "\n== agentopz-otel (normalize, cost, prompt_version"
-                + (", runs" if args.runs else "")
-                + ", prometheus"
-                + (f", otlp/{args.forward}" if args.forward else "")
-                + ")"
-            )
-            outcome = self.run_service()
-            print_outcome(outcome)
-            outcomes.append(outcome)
-        if not args.skip_rotel:
-            print("\n== rotel (otlp receiver -> otlp exporter, no processing)")
-            outcome = self.run_rotel()
-            if outcome is not None:
+        # Rounds alternate the two targets, so a change in the machine's speed reaches both alike.
+        for round_number in range(1, args.rounds + 1):
+            suffix = f" (round {round_number} of {args.rounds})" if args.rounds > 1 else ""
+            if not args.skip_service:
+                print(
+                    "\n== agentopz-otel (normalize, cost, prompt_version"
+                    + (", runs" if args.runs else "")
+                    + ", prometheus"
+                    + (f", otlp/{args.forward}" if args.forward else "")
+                    + ")"
+                    + suffix
+                )
+                outcome = self.run_service()
                 print_outcome(outcome)
                 outcomes.append(outcome)
+            if not args.skip_rotel:
+                print("\n== rotel (otlp receiver -> otlp exporter, no processing)" + suffix)
+                outcome = self.run_rotel()
+                if outcome is not None:
+                    print_outcome(outcome)
+                    outcomes.append(outcome)
         return outcomes
 
 
@@ -927,6 +933,15 @@ def print_outcome(outcome: Outcome) -> None:
         print(f"  errors                 {load['errors']}  rejected spans: {load['rejected_spans']}")
 
 
+def print_ratios(title: str, pairs: list[tuple[Outcome, Outcome]], figure: str) -> None:
+    ratios = [s.load[figure] / r.load[figure] for s, r in pairs if s.load.get(figure) and r.load.get(figure)]
+    if len(ratios) == 1:
+        print(f"{title}: {ratios[0]:.3f}")
+    elif ratios:
+        listed = ", ".join(f"{ratio:.3f}" for ratio in ratios)
+        print(f"{title}: median {statistics.median(ratios):.3f} of {listed}")
+
+
 def print_summary(outcomes: list[Outcome], args: argparse.Namespace) -> None:
     header = (
         f"{'target':<24} {'spans/s acked':>14} {'spans/s metric':>15} {'p50 ms':>8} {'p99 ms':>8} "
@@ -944,16 +959,17 @@ def print_summary(outcomes: list[Outcome], args: argparse.Namespace) -> None:
             f"{load['latency_p50_ms']:>8.1f} {load['latency_p99_ms']:>8.1f} "
             f"{_fmt(load.get('cpu_utilization'), '>5.0%')} {_fmt(peak, '>13.1f')} {errors:>7}"
         )
-    service = next((o for o in outcomes if o.name.startswith("agentopz")), None)
-    reference = next((o for o in outcomes if o.name.startswith("rotel")), None)
-    if service and reference:
-        ratio = service.load["acked_spans_per_second"] / reference.load["acked_spans_per_second"]
-        print(f"\nservice / rotel throughput ratio: {ratio:.3f}")
-        if (reference.load.get("cpu_utilization") or 0) < 0.9:
-            print(
-                "note: rotel's core was not saturated, so its figure is bounded by the load generator "
-                "(a lower bound on rotel's capacity)"
-            )
+    services = [o for o in outcomes if o.name.startswith("agentopz")]
+    references = [o for o in outcomes if o.name.startswith("rotel")]
+    pairs = list(zip(services, references, strict=False))  # a failed rotel run has no pair
+    print()
+    print_ratios("service / rotel throughput ratio", pairs, "acked_spans_per_second")
+    print_ratios("service / rotel spans per CPU-second", pairs, "spans_per_cpu_second")
+    if any((reference.load.get("cpu_utilization") or 0) < 0.9 for reference in references):
+        print(
+            "note: rotel's core was not saturated, so its figure is bounded by the load generator "
+            "(a lower bound on rotel's capacity)"
+        )
     print(
         f"({args.duration:g}s measured per target, {args.concurrency} requests in flight, "
         f"{args.spans_per_request} spans per request)"
@@ -991,6 +1007,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--payloads", type=int, default=32, help="distinct pre-built requests (default 32)")
     parser.add_argument("--spans-per-request", type=int, default=512)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the targets this many times (default 1)")
     parser.add_argument("--source", default=str(REPO_ROOT), help="checkout whose agentopz_otel package is run")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the service")
     parser.add_argument("--skip-rotel", action="store_true", help="benchmark only the service")

@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "bearer",
                 "bounded_log",
                 "catalogue",
+                "compiled",
                 "content",
                 "exposition",
                 "fleet",

@@ -1,0 +1,45 @@
+"""The optional compiled hot path: the modules every span goes through, compiled unchanged by Cython.
+
+Each is built into an extension module beside its source, which Python imports ahead of the source
+(`agentopz_otel.compiled` says when it doesn't, and AGENTOPZ_PURE_PYTHON turns them off). Nothing here
+is required: without Cython or a C compiler the package installs as pure Python and runs the same code.
+A module here must hold no pydantic model with methods: pydantic does not take compiled functions as
+methods of a model.
+"""
+
+from setuptools import Extension, setup
+
+HOT_MODULES = (
+    "agentopz_otel.spans",
+    "agentopz_otel.metrics",
+    "agentopz_otel.receivers.otlp",
+    "agentopz_otel.semconv.dialects",
+    "agentopz_otel.semconv.events",
+    "agentopz_otel.semconv.failures",
+    "agentopz_otel.semconv.providers",
+    "agentopz_otel.semconv.values",
+    "agentopz_otel.processors.normalize",
+    "agentopz_otel.processors.prompt_version",
+    "agentopz_otel.processors.runs.assembler",
+    "agentopz_otel.processors.runs.assembly",
+    "agentopz_otel.processors.runs.publishing",
+    "agentopz_otel.exporters.prometheus",
+)
+
+
+def compiled_extensions() -> list[Extension]:
+    try:
+        from Cython.Build import cythonize
+    except ImportError:  # a build without isolation, in an environment without Cython
+        return []
+
+    extensions = [
+        Extension(name, [name.replace(".", "/") + ".py"], optional=True)  # a failed compile leaves the source
+        for name in HOT_MODULES
+    ]
+    # Annotations are left as documentation: compiled code accepts what the source does.
+    directives = {"language_level": 3, "annotation_typing": False}
+    return cythonize(extensions, compiler_directives=directives, build_dir="build/cython", quiet=True, nthreads=2)
+
+
+setup(ext_modules=compiled_extensions(), options={"build_ext": {"parallel": 2}})

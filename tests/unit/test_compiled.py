@@ -1,0 +1,93 @@
+"""The compiled hot path: which build of a module is imported, and that the install compiled them all."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, SourceFileLoader
+from pathlib import Path
+
+import pytest
+import support
+
+from agentopz_otel.compiled import PURE_PYTHON_ENV, SourceWhenStale, compiled_modules
+
+
+def hot_modules() -> list[str]:
+    """setup.py's HOT_MODULES, read from its source (setup.py runs setup() when imported)."""
+    tree = ast.parse((support.ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "HOT_MODULES":
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("setup.py declares no HOT_MODULES")
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    """A package `hot` with a module `walk` as source and as a (never loaded) extension beside it."""
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    (folder / "walk.py").write_text("")
+    (folder / f"walk{EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    return folder
+
+
+def times(package: Path, source: float, extension: float) -> None:
+    os.utime(package / "walk.py", (source, source))
+    os.utime(package / f"walk{EXTENSION_SUFFIXES[0]}", (extension, extension))
+
+
+def loader_of(finder: SourceWhenStale, package: Path) -> type:
+    spec = finder.find_spec("hot.walk", [str(package)])
+    assert spec is not None
+    return type(spec.loader)
+
+
+def test_the_extension_is_imported_when_it_was_built_after_its_source(package: Path) -> None:
+    times(package, source=1_000, extension=2_000)
+    assert loader_of(SourceWhenStale("hot.", False, []), package) is ExtensionFileLoader
+
+
+def test_an_extension_as_old_as_its_source_is_still_current(package: Path) -> None:
+    times(package, source=1_000, extension=1_000)
+    assert loader_of(SourceWhenStale("hot.", False, []), package) is ExtensionFileLoader
+
+
+def test_a_source_edited_after_the_build_is_imported_as_edited(package: Path) -> None:
+    times(package, source=1_001, extension=1_000)
+    spec = SourceWhenStale("hot.", False, []).find_spec("hot.walk", [str(package)])
+    assert isinstance(spec.loader, SourceFileLoader)
+    assert spec.origin == str(package / "walk.py")
+
+
+def test_an_installed_package_is_never_stale_whatever_order_its_files_were_unpacked_in(package: Path) -> None:
+    times(package, source=1_001, extension=1_000)
+    assert loader_of(SourceWhenStale("hot.", False, [package.parent]), package) is ExtensionFileLoader
+
+
+def test_pure_python_imports_the_source_even_beside_a_current_extension(package: Path) -> None:
+    times(package, source=1_000, extension=2_000)
+    assert loader_of(SourceWhenStale("hot.", True, []), package) is SourceFileLoader
+
+
+def test_other_packages_and_plain_sources_are_left_to_the_usual_finders(package: Path) -> None:
+    finder = SourceWhenStale("hot.", True, [])
+    assert finder.find_spec("cold.walk", [str(package)]) is None
+    (package / "plain.py").write_text("")
+    assert type(finder.find_spec("hot.plain", [str(package)]).loader) is SourceFileLoader
+    assert finder.find_spec("hot.missing", [str(package)]) is None
+
+
+def test_every_hot_module_is_compiled_unless_pure_python_is_asked_for() -> None:
+    """Under CI the install must have compiled each of setup.py's HOT_MODULES; with AGENTOPZ_PURE_PYTHON
+    none is (the whole unit suite also runs that way: tests/service/test_pure_python.py)."""
+    for name in hot_modules():
+        importlib.import_module(name)
+    compiled = compiled_modules()
+    if os.environ.get(PURE_PYTHON_ENV):
+        assert compiled == []
+    elif os.environ.get("AGENTOPZ_REQUIRE_ALL"):
+        assert compiled == sorted(hot_modules())
+    else:
+        assert set(compiled) <= set(hot_modules())
