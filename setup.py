@@ -33,13 +33,13 @@ def compiled_extensions() -> list[Extension]:
     except ImportError:  # a build without isolation, in an environment without Cython
         return []
 
-    extensions = [
-        Extension(name, [name.replace(".", "/") + ".py"], optional=True)  # a failed compile leaves the source
-        for name in HOT_MODULES
-    ]
+    sources = [Extension(name, [name.replace(".", "/") + ".py"]) for name in HOT_MODULES]
     # Annotations are left as documentation: compiled code accepts what the source does.
     directives = {"language_level": 3, "annotation_typing": False}
-    return cythonize(extensions, compiler_directives=directives, build_dir="build/cython", quiet=True, nthreads=2)
+    extensions = cythonize(sources, compiler_directives=directives, build_dir="build/cython", quiet=True, nthreads=2)
+    for extension in extensions:
+        extension.optional = True  # a failed compile leaves the source (cythonize does not carry this over)
+    return extensions
 
 
 setup(ext_modules=compiled_extensions(), options={"build_ext": {"parallel": 2}})

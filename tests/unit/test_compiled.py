@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
 import os
 from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, SourceFileLoader
 from pathlib import Path
 
 import pytest
-import support
+from support.build import hot_modules
 
 from agentopz_otel.compiled import PURE_PYTHON_ENV, SourceWhenStale, compiled_modules
-
-
-def hot_modules() -> list[str]:
-    """setup.py's HOT_MODULES, read from its source (setup.py runs setup() when imported)."""
-    tree = ast.parse((support.ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "HOT_MODULES":
-            return list(ast.literal_eval(node.value))
-    raise AssertionError("setup.py declares no HOT_MODULES")
 
 
 @pytest.fixture
