@@ -3,7 +3,8 @@
 Python imports an extension module ahead of the source beside it. Two exceptions are made here: with
 AGENTOPZ_PURE_PYTHON set, every module of the package comes from its source; and in a checkout (not a
 site-packages install) an extension older than its source is passed over, so a source edited after the
-last build runs as edited instead of being silently shadowed.
+last build runs as edited instead of being silently shadowed. A C module (setup.py's NATIVE_MODULES)
+has no Python source: then the import fails, and its caller takes its pure-Python way.
 """
 
 from __future__ import annotations
@@ -36,14 +37,21 @@ class SourceWhenStale:
         if spec is None or not isinstance(spec.loader, ExtensionFileLoader) or spec.origin is None:
             return spec
         extension = Path(spec.origin)
-        source = extension.with_name(name.rpartition(".")[2] + ".py")
-        if source.exists() and (self._pure_python or self._stale(extension, source)):
+        stem = name.rpartition(".")[2]
+        source = extension.with_name(stem + ".py")
+        if not (
+            self._pure_python
+            or self._stale(extension, source)
+            or self._stale(extension, extension.with_name(stem + ".c"))
+        ):
+            return spec
+        if source.exists():
             return spec_from_file_location(name, source, loader=SourceFileLoader(name, str(source)))
-        return spec
+        raise ModuleNotFoundError(f"{name}: its extension is turned off or older than its C source", name=name)
 
     def _stale(self, extension: Path, source: Path) -> bool:
         # An installed package is never edited, and its files' times are those of unpacking, in any order.
-        if any(extension.is_relative_to(root) for root in self._installed_under):
+        if not source.exists() or any(extension.is_relative_to(root) for root in self._installed_under):
             return False
         return source.stat().st_mtime > extension.stat().st_mtime
 

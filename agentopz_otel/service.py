@@ -99,7 +99,7 @@ class FanOut:
         for pipeline in self.pipelines[1:]:
             request = ExportTraceServiceRequest()
             request.CopyFrom(batch.request)
-            pipeline.consume(Batch(request, batch.span_count))
+            pipeline.consume(Batch(request, batch.span_count, batch.wire))
         self.pipelines[0].consume(batch)
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> None:

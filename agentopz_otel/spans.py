@@ -201,4 +201,7 @@ class Batch:
 
     request: ExportTraceServiceRequest
     span_count: int
+    # The protobuf bytes `request` was parsed from, when they still describe it (normalize reads the
+    # attributes from them); None for OTLP/JSON, or once a span was taken out.
+    wire: bytes | None = None
     views: list[SpanView] = field(default_factory=list)

@@ -61,10 +61,10 @@ def main() -> None:
             clock = time.process_time
             started = clock()
             request = parse_protobuf_request(body)
-            total, _ = remove_invalid_spans(request)
+            total, removed = remove_invalid_spans(request)
             spent[RECEIVE] += clock() - started
             spans += total
-            batch = Batch(request, total)
+            batch = Batch(request, total - removed, None if removed else body)  # as the receiver makes it
             for name, stage in stages:
                 started = clock()
                 stage(batch)

@@ -296,7 +296,7 @@ class OtlpReceiver:
         message = f"{removed} log record(s) rejected: trace_id must be 16 bytes and span_id 8" if removed else ""
         return Accepted(removed, message)
 
-    def accept(self, request: ExportTraceServiceRequest, transport: str) -> Accepted:
+    def accept(self, request: ExportTraceServiceRequest, transport: str, wire: bytes | None = None) -> Accepted:
         assert self._consumer is not None
         total, removed = remove_invalid_spans(request)
         self._received.series((transport,)).value += total
@@ -308,7 +308,7 @@ class OtlpReceiver:
             if retry_after is not None:
                 self._rejected.series(("backpressure",)).value += kept
                 raise Backpressure(max(retry_after, self._config.retry_after_seconds))
-            self._consumer.consume(Batch(request, kept))
+            self._consumer.consume(Batch(request, kept, None if removed else wire))
         message = (
             f"{removed} span(s) rejected: trace_id must be 16 bytes and span_id 8, not all zero" if removed else ""
         )
@@ -317,8 +317,9 @@ class OtlpReceiver:
     def _authorized(self, header: str | None) -> bool:
         return self._secret is None or token_matches(bearer_credentials(header), self._secret)
 
-    def _accept(self, signal: Signal, request: Message, transport: str) -> Message:
-        accepted = self.accept(request, transport) if signal is TRACES else self.accept_logs(request, transport)
+    def _accept(self, signal: Signal, request: Message, transport: str, wire: bytes | None) -> Message:
+        """`wire`: the protobuf bytes the request was parsed from (None for JSON)."""
+        accepted = self.accept(request, transport, wire) if signal is TRACES else self.accept_logs(request, transport)
         response = signal.response_type()
         if accepted.rejected:
             setattr(response.partial_success, signal.rejected_field, accepted.rejected)
@@ -382,7 +383,7 @@ class OtlpReceiver:
         try:
             if self._inflight_bytes > self._config.max_inflight_bytes:
                 raise Backpressure(self._config.retry_after_seconds)
-            response = self._accept(signal, parse_protobuf_request(body, signal), "grpc")
+            response = self._accept(signal, parse_protobuf_request(body, signal), "grpc", body)
             await self._stored()
         except RequestError as error:
             self._rejected_requests.series(("grpc", "decode")).value += 1
@@ -474,7 +475,7 @@ class OtlpReceiver:
             if encoding == "gzip":
                 body = gunzip(body, self._config.max_request_bytes)
             parsed = parse_json_request(body, signal) if json_body else parse_protobuf_request(body, signal)
-            response = self._accept(signal, parsed, "http")
+            response = self._accept(signal, parsed, "http", None if json_body else body)
             await self._stored()
         except RequestError as error:
             reason = "too_large" if error.http_status == 413 else "decode"

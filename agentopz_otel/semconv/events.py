@@ -10,7 +10,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ..records import Evaluation
 from .dialects import MAX_ANNOTATIONS
-from .values import INVALID, SKIP, any_value_text, as_score, as_text
+from .values import INVALID, SKIP, any_value_text, as_score, as_text, decoded
 
 MAX_EXPLANATION_CHARS = 1024  # evaluations may wait for their run: keep them small
 EVALUATION_EVENT = "gen_ai.evaluation.result"
@@ -96,9 +96,9 @@ def evaluation_from_attributes(attributes, response_id: str | None = None) -> Ev
     for attribute in attributes:
         key = attribute.key
         if key == "gen_ai.evaluation.score.value":
-            values["score"] = as_score(attribute.value)
+            values["score"] = as_score(decoded(attribute.value))
         elif key in _EVALUATION_TEXT_FIELDS:
-            text = as_text(attribute.value)
+            text = as_text(decoded(attribute.value))
             if text is not INVALID and text is not SKIP:
                 values[_EVALUATION_TEXT_FIELDS[key]] = text
     if "name" not in values:

@@ -23,69 +23,81 @@ MAX_REPORTED_COST_USD = 1e6
 INVALID: Any = object()  # the attribute is there but its value is unusable (counted)
 SKIP: Any = object()  # the attribute is there but says nothing about this field
 
-Converter = Callable[[AnyValue], Any]
+# A converter takes an attribute's value as `decoded` gives it.
+Converter = Callable[[Any], Any]
 
 
-def as_text(value: AnyValue) -> Any:
-    text = value.string_value  # read first: the common case needs no WhichOneof
-    if text:
-        return text
-    return SKIP if value.WhichOneof("value") in ("string_value", None) else INVALID
+_STRUCTURED = frozenset({"array_value", "kvlist_value", "bytes_value"})
 
 
-def as_number(value: AnyValue) -> float | None:
+def decoded(value: AnyValue) -> Any:
+    """An attribute's value as converters take it: a str, bool, int or float as it is, None when unset,
+    and the AnyValue itself when it is an array, a key-value list or bytes (normalize's native read
+    gives the same, see processors/normalize_wire.c)."""
     which = value.WhichOneof("value")
-    if which == "int_value":
-        return value.int_value
-    if which == "double_value":
-        return value.double_value
-    if which == "string_value":
+    if which is None:
+        return None
+    if which in _STRUCTURED:
+        return value
+    return getattr(value, which)
+
+
+def _text(value: Any) -> str:
+    """The value's string, "" when it is not one (as protobuf's string_value reads)."""
+    return value if type(value) is str else ""
+
+
+def as_text(value: Any) -> Any:
+    if type(value) is str:
+        return value or SKIP
+    return SKIP if value is None else INVALID
+
+
+def as_number(value: Any) -> float | None:
+    kind = type(value)
+    if kind is int or kind is float:
+        return value
+    if kind is str:
         try:
-            return float(value.string_value)
+            return float(value)
         except ValueError:
             return None
     return None
 
 
-def as_token_count(value: AnyValue) -> Any:
-    number = value.int_value  # the common case: a positive int
-    if 0 < number <= MAX_TOKENS:
-        return number
+def as_token_count(value: Any) -> Any:
+    if type(value) is int and 0 < value <= MAX_TOKENS:  # the common case: a positive int
+        return value
     number = as_number(value)
     if number is None or not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_TOKENS:
         return INVALID
     return int(number)
 
 
-def as_usd(value: AnyValue) -> Any:
+def as_usd(value: Any) -> Any:
     number = as_number(value)
     if number is None or not math.isfinite(number) or not 0 <= number <= MAX_REPORTED_COST_USD:
         return INVALID
     return float(number)
 
 
-def as_score(value: AnyValue) -> Any:
+def as_score(value: Any) -> Any:
     number = as_number(value)
     return float(number) if number is not None and math.isfinite(number) else INVALID
 
 
-def as_integer(value: AnyValue) -> Any:
-    number = value.int_value  # the common case, read without WhichOneof
-    if number:
-        return number
+def as_integer(value: Any) -> Any:
+    if type(value) is int and value:  # the common case
+        return value
     number = as_number(value)
     return int(number) if number is not None and math.isfinite(number) else INVALID
 
 
-def as_first_text(value: AnyValue) -> Any:
+def as_first_text(value: Any) -> Any:
     """A string, or the first string of an array (finish reasons come as either)."""
-    text = value.string_value  # the common case, read without WhichOneof
-    if text:
-        return text
-    which = value.WhichOneof("value")
-    if which == "string_value":
-        return SKIP  # an empty string
-    if which == "array_value":
+    if type(value) is str:
+        return value or SKIP
+    if isinstance(value, AnyValue) and value.WhichOneof("value") == "array_value":
         for item in value.array_value.values:
             if item.string_value:
                 return item.string_value
@@ -93,29 +105,28 @@ def as_first_text(value: AnyValue) -> Any:
     return INVALID
 
 
-def present(value: AnyValue) -> Any:
+def present(value: Any) -> Any:
     return True
 
 
 def contains(needle: str) -> Converter:
-    def convert(value: AnyValue) -> Any:
-        return True if needle in value.string_value else SKIP
+    def convert(value: Any) -> Any:
+        return True if needle in _text(value) else SKIP
 
     return convert
 
 
 def one_of(mapping: Mapping[str, str]) -> Converter:
-    def convert(value: AnyValue) -> Any:
-        return mapping.get(value.string_value, SKIP)
+    def convert(value: Any) -> Any:
+        return mapping.get(_text(value), SKIP)
 
     return convert
 
 
 def tagged(tag: str) -> Converter:
-    def convert(value: AnyValue) -> Any:
-        text = value.string_value  # the common case, without a call
-        if text:
-            return (tag, text)
+    def convert(value: Any) -> Any:
+        if type(value) is str and value:
+            return (tag, value)
         return as_text(value)  # SKIP or INVALID
 
     return convert

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import support
-from support.build import hot_modules
+from support.build import hot_modules, native_modules
 
 from agentopz_otel.compiled import PURE_PYTHON_ENV
 
@@ -31,8 +31,8 @@ def test_the_unit_suite_passes_on_the_pure_python_path() -> None:
 
 
 def test_without_a_c_compiler_the_package_is_left_as_pure_python(tmp_path: Path) -> None:
-    """Every hot module's compile fails (CC=false): the build still succeeds, warns once for each, leaves
-    no extension, and the package imports from its sources."""
+    """Every compile fails (CC=false): the build still succeeds, warns once for each hot and each C module,
+    leaves no extension, and the package imports from its sources (normalize without its native scan)."""
     shutil.copy(support.ROOT / "setup.py", tmp_path / "setup.py")
     shutil.copytree(
         support.ROOT / "agentopz_otel",
@@ -50,14 +50,18 @@ def test_without_a_c_compiler_the_package_is_left_as_pure_python(tmp_path: Path)
     )
     assert build.returncode == 0, build.stderr[-4000:]
     failed = sorted(re.findall(r'building extension "([\w.]+)" failed', build.stderr))
-    assert failed == sorted(hot_modules())
+    assert failed == sorted(hot_modules() + native_modules())
     assert list(tmp_path.rglob("*.so")) == []
     imported = subprocess.run(
-        [sys.executable, "-c", "import agentopz_otel.processors.normalize as module; print(module.__file__)"],
+        [
+            sys.executable,
+            "-c",
+            "import agentopz_otel.processors.normalize as module; print(module.__file__, module.scan)",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert imported.stdout.strip() == str(tmp_path / "agentopz_otel" / "processors" / "normalize.py")
+    assert imported.stdout.strip() == f"{tmp_path / 'agentopz_otel' / 'processors' / 'normalize.py'} None"

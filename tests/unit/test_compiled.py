@@ -8,7 +8,7 @@ from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, SourceF
 from pathlib import Path
 
 import pytest
-from support.build import hot_modules
+from support.build import hot_modules, native_modules
 
 from agentopz_otel.compiled import PURE_PYTHON_ENV, SourceWhenStale, compiled_modules
 
@@ -61,6 +61,26 @@ def test_pure_python_imports_the_source_even_beside_a_current_extension(package:
     assert loader_of(SourceWhenStale("hot.", True, []), package) is SourceFileLoader
 
 
+def test_a_c_module_is_not_imported_in_pure_python_or_when_its_c_source_is_newer(tmp_path: Path) -> None:
+    """A NATIVE_MODULES extension has no Python source: turned off, its import fails (its caller then
+    takes the pure-Python way)."""
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    extension, source = folder / f"scan{EXTENSION_SUFFIXES[0]}", folder / "scan.c"
+    extension.write_bytes(b"")
+    source.write_text("")
+    os.utime(source, (1_000, 1_000))
+    os.utime(extension, (1_000, 1_000))
+    assert type(SourceWhenStale("hot.", False, []).find_spec("hot.scan", [str(folder)]).loader) is ExtensionFileLoader
+    with pytest.raises(ModuleNotFoundError):
+        SourceWhenStale("hot.", True, []).find_spec("hot.scan", [str(folder)])
+    os.utime(source, (1_001, 1_001))
+    with pytest.raises(ModuleNotFoundError):
+        SourceWhenStale("hot.", False, []).find_spec("hot.scan", [str(folder)])
+    installed = SourceWhenStale("hot.", False, [tmp_path])
+    assert type(installed.find_spec("hot.scan", [str(folder)]).loader) is ExtensionFileLoader
+
+
 def test_other_packages_and_plain_sources_are_left_to_the_usual_finders(package: Path) -> None:
     finder = SourceWhenStale("hot.", True, [])
     assert finder.find_spec("cold.walk", [str(package)]) is None
@@ -70,14 +90,16 @@ def test_other_packages_and_plain_sources_are_left_to_the_usual_finders(package:
 
 
 def test_every_hot_module_is_compiled_unless_pure_python_is_asked_for() -> None:
-    """Under CI the install must have compiled each of setup.py's HOT_MODULES; with AGENTOPZ_PURE_PYTHON
-    none is (the whole unit suite also runs that way: tests/service/test_pure_python.py)."""
+    """Under CI the install must have compiled each of setup.py's HOT_MODULES and built its NATIVE_MODULES;
+    with AGENTOPZ_PURE_PYTHON none is (the whole unit suite also runs that way:
+    tests/service/test_pure_python.py)."""
     for name in hot_modules():
         importlib.import_module(name)
+    built = sorted(hot_modules() + native_modules())
     compiled = compiled_modules()
     if os.environ.get(PURE_PYTHON_ENV):
         assert compiled == []
     elif os.environ.get("AGENTOPZ_REQUIRE_ALL"):
-        assert compiled == sorted(hot_modules())
+        assert compiled == built
     else:
-        assert set(compiled) <= set(hot_modules())
+        assert set(compiled) <= set(built)

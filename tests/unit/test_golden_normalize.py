@@ -63,12 +63,15 @@ def test_every_dialect_of_the_reference_has_a_case() -> None:
     } <= names
 
 
+@pytest.mark.parametrize("from_bytes", [False, True], ids=["protobuf", "bytes"])
 @pytest.mark.parametrize("case", CASES, ids=golden.name)
-def test_golden_views(case: Path) -> None:
+def test_golden_views(case: Path, from_bytes: bool) -> None:
+    """Both ways normalize reads attributes: through protobuf, and from the request's bytes."""
     document = golden.load(case)
     registry = Registry()
     normalizer = FACTORY.create("normalize", FACTORY.config_type(), Context(metrics=registry))
-    views = normalizer.views(trace_request(document["request"]))
+    request = trace_request(document["request"])
+    views = normalizer.views(request, request.SerializeToString() if from_bytes else None)
     invalid = registry.metric("agentopz_invalid_attributes_total")
     actual = {
         "views": [canonical(view) for view in views],

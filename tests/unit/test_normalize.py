@@ -8,7 +8,7 @@ from support.otlp_proto import make_request, make_span
 from agentopz_otel.content import input_text
 from agentopz_otel.metrics import Registry
 from agentopz_otel.processors import normalize
-from agentopz_otel.processors.normalize import FACTORY, Normalizer
+from agentopz_otel.processors.normalize import Normalizer
 from agentopz_otel.semconv import dialects
 from agentopz_otel.semconv.dialects import (
     DIALECT_TABLE,
@@ -21,12 +21,18 @@ from agentopz_otel.semconv.dialects import (
 from agentopz_otel.spans import AGENT, LLM, OTHER, TOOL, tokens_of
 
 
-@pytest.fixture
-def normalizer() -> tuple[Normalizer, Registry]:
-    from agentopz_otel.components import Context
+class FromBytes(Normalizer):
+    """Reads each request's attributes from its protobuf bytes, as the receiver hands them over."""
 
+    def views(self, request, wire=None):
+        return super().views(request, request.SerializeToString())
+
+
+@pytest.fixture(params=[Normalizer, FromBytes], ids=["protobuf", "bytes"])
+def normalizer(request) -> tuple[Normalizer, Registry]:
+    """Every test here runs both ways normalize reads attributes (the native one when it is built)."""
     registry = Registry()
-    return FACTORY.create("normalize", FACTORY.config_type(), Context(metrics=registry)), registry
+    return request.param(registry.metric("agentopz_invalid_attributes_total")), registry
 
 
 def view_of(normalizer, attrs, name="span", error=False, service="svc"):
