@@ -73,14 +73,24 @@ class SpanView:
         "version_attribute",
     )
 
-    def __init__(self, span: Span, service: str) -> None:
+    def __init__(
+        self,
+        span: Span,
+        service: str,
+        trace_id: bytes,
+        span_id: bytes,
+        parent_span_id: bytes,
+        start_time: int,
+        end_time: int,
+    ) -> None:
+        # The ids and times are the span's own, passed in: normalize may have read them from its bytes.
         self.span = span
         self.service = service
-        self.trace_id: bytes = span.trace_id
-        self.span_id: bytes = span.span_id
-        self.parent_span_id: bytes = span.parent_span_id
-        end_time = self.end_time = span.end_time_unix_nano
-        elapsed = end_time - span.start_time_unix_nano
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.end_time = end_time
+        elapsed = end_time - start_time
         self.duration: float | None = elapsed / 1e9 if elapsed >= 0 else None
         self.kind = OTHER
         self.status = STATUS_OK

@@ -51,6 +51,10 @@ except ImportError:  # not built (no C compiler) or turned off (AGENTOPZ_PURE_PY
 log = logging.getLogger("agentopz_otel.normalize")
 # What the native scan gives for a value protobuf must read (an array, a key-value list, bytes).
 STRUCTURED = object()
+# What the native scan gives per span: the attribute keys joined by _SEPARATOR, their values (see
+# `_decoded_at`), the trace, span and parent span ids, the start and end times, the status code and
+# the number of events.
+Scanned = tuple[str, tuple[Any, ...], bytes, bytes, bytes, int, int, int, int]
 
 # Read plans kept, one per order of attribute keys (an instrumentation's span of one kind has one or a
 # few); a shape whose keys are longer than MAX_PLAN_KEY_CHARS together is planned anew each time.
@@ -89,17 +93,30 @@ class Normalizer:
                     add(view(span, service, next(scanned, None) if scanned is not None else None))
         return views
 
-    def view(self, span: Span, service: str, scanned: tuple[str, tuple[Any, ...]] | None = None) -> SpanView:
+    def view(self, span: Span, service: str, scanned: Scanned | None = None) -> SpanView:
         # The protobuf objects are most of the cost: each attribute is walked once for its key, and only
         # the values the plan for this order of keys names are read, best first, until one is usable.
         # Plans are kept by the keys joined into one string: a tuple of the keys for each span costs as
         # much CPU, and measured, it left the process about 3 MiB larger after a few hundred requests.
-        # `scanned` is the same shape and the decoded values, read from the request's bytes.
+        # `scanned` is the same read from the request's bytes, without protobuf objects.
         if scanned is None:
             attributes: list[Any] = span.attributes[:]
             shape = _SEPARATOR.join(map(_KEY, attributes))
+            view = SpanView(
+                span,
+                service,
+                span.trace_id,
+                span.span_id,
+                span.parent_span_id,
+                span.start_time_unix_nano,
+                span.end_time_unix_nano,
+            )
+            status_code = span.status.code
+            has_events = len(span.events) > 0
         else:
-            shape, attributes = scanned
+            shape, attributes, trace_id, span_id, parent_span_id, start, end, status_code, events = scanned
+            view = SpanView(span, service, trace_id, span_id, parent_span_id, start, end)
+            has_events = events > 0
         plan = self._plans.get(shape)
         if plan is None or plan.size != len(attributes):
             keys = tuple(map(_KEY, span.attributes))
@@ -115,15 +132,13 @@ class Normalizer:
         else:
             read(span, attributes, native, plan.inference, values)
             read(span, attributes, native, plan.after_inference[_inferred_kind(values)], values)
-        view = SpanView(span, service)
-        has_events = len(span.events) > 0
         if has_events:
             _read_events(view, span, values)
         self._fill(view, span, values, has_events)
         error_type = values.get("error_type")
         if (
             error_type is not None
-            or span.status.code == SPAN_STATUS_ERROR
+            or status_code == SPAN_STATUS_ERROR
             or ("tool_status" in values and values["tool_status"].lower() in FAILED_TOOL_STATUSES)
         ):
             if view.kind == TOOL:

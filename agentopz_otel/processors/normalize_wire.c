@@ -2,10 +2,12 @@
 
    Reading attributes through protobuf's Python objects makes a wrapper object for every key-value
    pair and every value; that was about half of normalize's cost. scan() walks the bytes once and
-   gives, per span in the order the request lists them, what normalize reads: the span's attribute
-   keys joined by "\0" (the shape its read plans are kept by) and a tuple of the values, each as the
-   Python value protobuf would give (str, bool, int, float; None when the value is unset) or the
-   caller's `structured` marker for an array, a key-value list or bytes (read from protobuf then).
+   gives, per span in the order the request lists them, what normalize reads, as a tuple (see
+   `Scanned` in normalize.py): the span's attribute keys joined by "\0" (the shape its read plans are
+   kept by); a tuple of the values, each as the Python value protobuf would give (str, bool, int,
+   float; None when the value is unset) or the caller's `structured` marker for an array, a key-value
+   list or bytes (read from protobuf then); the trace, span and parent span ids, the start and end
+   times, the status code and the number of events.
 
    It runs only on bytes protobuf has already parsed, so it is not a validator: anything it does not
    expect (a field with another wire type than the schema's, a key or value given twice, a string that
@@ -76,6 +78,13 @@ static int read_field(Reader *reader, uint32_t *number, int *wire_type, Reader *
     }
 }
 
+/* A little-endian 8-byte field. */
+static uint64_t fixed64(const uint8_t *at) {
+    uint64_t bits = 0;
+    for (int index = 7; index >= 0; index--) bits = (bits << 8) | at[index];
+    return bits;
+}
+
 /* One AnyValue as a new reference; NULL without an exception set when the value is unexpected. */
 static PyObject *any_value(Reader reader, Scan *scan) {
     PyObject *value = NULL;
@@ -98,8 +107,7 @@ static PyObject *any_value(Reader reader, Scan *scan) {
             value = number == 2 ? PyBool_FromLong(varint != 0) : PyLong_FromLongLong((long long)(int64_t)varint);
         } else if (number == 4 && wire_type == FIXED64) {
             double number_value;
-            uint64_t bits = 0;
-            for (int index = 7; index >= 0; index--) bits = (bits << 8) | inner.at[index];
+            uint64_t bits = fixed64(inner.at);
             memcpy(&number_value, &bits, sizeof number_value);
             value = PyFloat_FromDouble(number_value);
         } else if (number >= 5 && wire_type == LEN) {
@@ -135,18 +143,67 @@ static int append_key(Scan *scan, Py_ssize_t *used, const uint8_t *key, Py_ssize
     return 0;
 }
 
+/* Span.status's code (Status.code = 3); -1 when the status is not as expected. */
+static int64_t status_code(Reader reader) {
+    int64_t code = 0;
+    int given = 0;
+    while (reader.at < reader.end) {
+        uint32_t number;
+        int wire_type;
+        Reader inner;
+        uint64_t varint;
+        if (read_field(&reader, &number, &wire_type, &inner, &varint) < 0) return -1;
+        if (number == 3) {
+            if (wire_type != VARINT || given++) return -1;
+            code = (int32_t)varint;
+            if (code < 0) return -1;
+        } else if (number == 2 && wire_type != LEN) {
+            return -1;
+        }
+    }
+    return code;
+}
+
+static const char NO_BYTES[] = "";
+
 /* Returns 0 when done, 1 when the request is left to protobuf, -1 on an exception. */
 static int span(Reader reader, Scan *scan) {
     PyObject *values = PyList_New(0);
     if (values == NULL) return -1;
-    Py_ssize_t used = 0;
+    Py_ssize_t used = 0, events = 0;
     int result = 1;
+    /* Span fields 1 trace_id, 2 span_id, 4 parent_span_id (bytes), 7 and 8 the times (fixed64),
+       15 status: each at most once here (protobuf would keep the last, or merge a status). */
+    Reader ids[5] = {{NULL, NULL}};
+    Reader times[9] = {{NULL, NULL}};
+    int seen[16] = {0};
+    uint64_t start = 0, end = 0;
+    int64_t code = 0;
     while (reader.at < reader.end) {
         uint32_t number;
         int wire_type;
         Reader inner;
         uint64_t varint;
         if (read_field(&reader, &number, &wire_type, &inner, &varint) < 0) goto done;
+        if (number == 1 || number == 2 || number == 4) {
+            if (wire_type != LEN || seen[number]++) goto done;
+            ids[number] = inner;
+            continue;
+        }
+        if (number == 7 || number == 8) {
+            if (wire_type != FIXED64 || seen[number]++) goto done;
+            times[number] = inner;
+            continue;
+        }
+        if (number == 11) {
+            if (wire_type != LEN) goto done;
+            events++;
+            continue;
+        }
+        if (number == 15) {
+            if (wire_type != LEN || seen[number]++ || (code = status_code(inner)) < 0) goto done;
+            continue;
+        }
         if (number != 9) continue;
         if (wire_type != LEN) goto done;
         /* One KeyValue: its key and value, each at most once. */
@@ -192,7 +249,14 @@ static int span(Reader reader, Scan *scan) {
             if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear(); else result = -1;
             goto done;
         }
-        PyObject *entry = Py_BuildValue("(NN)", shape, PyList_AsTuple(values));
+        start = times[7].at == NULL ? 0 : fixed64(times[7].at);
+        end = times[8].at == NULL ? 0 : fixed64(times[8].at);
+        PyObject *entry = Py_BuildValue(
+            "(NNy#y#y#KKLn)", shape, PyList_AsTuple(values),
+            ids[1].at ? (const char *)ids[1].at : NO_BYTES, (Py_ssize_t)(ids[1].end - ids[1].at),
+            ids[2].at ? (const char *)ids[2].at : NO_BYTES, (Py_ssize_t)(ids[2].end - ids[2].at),
+            ids[4].at ? (const char *)ids[4].at : NO_BYTES, (Py_ssize_t)(ids[4].end - ids[4].at),
+            (unsigned long long)start, (unsigned long long)end, (long long)code, events);
         if (entry == NULL || PyList_Append(scan->spans, entry) < 0) {
             Py_XDECREF(entry);
             result = -1;

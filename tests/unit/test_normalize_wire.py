@@ -58,7 +58,7 @@ def test_each_kind_of_value_is_given_as_protobuf_gives_it() -> None:
         KeyValue(key="no value"),
         KeyValue(value=AnyValue(string_value="no key")),
     )
-    [(shape, values)] = scanned(request)
+    [(shape, values, *_)] = scanned(request)
     keys = ["text", "empty", "yes", "no", "small", "least", "most", "zero", "half", "array", "list", "bytes"]
     assert shape == "\x00".join([*keys, "unset", "no value", ""])
     assert values == (
@@ -78,7 +78,7 @@ def test_spans_come_in_request_order_across_resources_and_scopes_and_without_att
             spans = resource_spans.scope_spans.add().spans
             spans.add(name="bare")
             spans.add().attributes.add(key=f"k{resource}{scope}").value.int_value = 10 * resource + scope
-    assert scanned(request) == [
+    assert [entry[:2] for entry in scanned(request)] == [
         ("", ()),
         ("k00", (0,)),
         ("", ()),
@@ -91,9 +91,37 @@ def test_spans_come_in_request_order_across_resources_and_scopes_and_without_att
     assert scanned(b"") == []
 
 
+@needs_native
+def test_the_ids_times_status_and_event_count_are_the_spans() -> None:
+    span = Span(
+        trace_id=b"\x01" * 16,
+        span_id=b"\x02" * 8,
+        parent_span_id=b"\x03" * 8,
+        start_time_unix_nano=2**64 - 2,
+        end_time_unix_nano=1_700_000_000_123_456_789,
+        status=Status(code=Status.STATUS_CODE_ERROR, message="boom"),
+    )
+    span.events.add(name="a")
+    span.events.add(name="b")
+    bare = Span()
+    assert [entry[2:] for entry in scanned(make_request([span, bare]))] == [
+        (b"\x01" * 16, b"\x02" * 8, b"\x03" * 8, 2**64 - 2, 1_700_000_000_123_456_789, 2, 2),
+        (b"", b"", b"", 0, 0, 0, 0),
+    ]
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(number & 0x7F | (0x80 if number > 0x7F else 0))
+        number >>= 7
+        if not number:
+            return bytes(out)
+
+
 def _field(number: int, wire_type: int, payload: bytes) -> bytes:
-    tag = bytes([number << 3 | wire_type])
-    return tag + (bytes([len(payload)]) + payload if wire_type == 2 else payload)
+    tag = _varint(number << 3 | wire_type)
+    return tag + (_varint(len(payload)) + payload if wire_type == 2 else payload)
 
 
 def _request_with_span(span: bytes) -> bytes:
@@ -118,6 +146,15 @@ def _pair(*fields: bytes) -> bytes:
         (_pair(_field(1, 2, b"a"), _field(2, 2, _field(1, 2, b"\xc3"))), "a value that is not UTF-8"),
         (b"\x4a\x05\x0a", "a length past the end"),
         (b"\x4b", "a group"),
+        (_field(1, 2, b"\x01" * 16) * 2, "a trace id given twice"),
+        (_field(4, 0, b"\x01"), "a parent id with a varint's wire type"),
+        (_field(7, 0, b"\x01"), "a start time with a varint's wire type"),
+        (_field(8, 1, b"\x00" * 8) * 2, "an end time given twice"),
+        (_field(15, 2, b"") * 2, "a status given twice (protobuf merges)"),
+        (_field(15, 2, _field(3, 0, b"\x02") * 2), "a status code given twice"),
+        (_field(15, 2, _field(3, 2, b"")), "a status code with a string's wire type"),
+        (_field(15, 2, _field(3, 0, b"\xff" * 9 + b"\x01")), "a negative status code"),
+        (_field(11, 0, b"\x01"), "events with a varint's wire type"),
     ],
 )
 def test_what_it_does_not_expect_is_left_to_protobuf(span: bytes, why: str) -> None:
@@ -126,11 +163,12 @@ def test_what_it_does_not_expect_is_left_to_protobuf(span: bytes, why: str) -> N
 
 @needs_native
 def test_fields_the_schema_does_not_know_are_passed_over() -> None:
-    unknown = _field(15, 0, b"\x07") + _field(14, 5, b"\x00" * 4) + _field(13, 1, b"\x00" * 8)
+    unknown = _field(20, 0, b"\x07") + _field(21, 5, b"\x00" * 4) + _field(22, 1, b"\x00" * 8) + _field(23, 2, b"x")
     value = _field(2, 2, unknown + _field(1, 2, b"v"))
-    span = unknown + _pair(unknown, _field(1, 2, b"k"), value) + _field(5, 2, b"name")
+    others = _field(5, 2, b"name") + _field(6, 0, b"\x03") + _field(16, 5, b"\x00\x03\x00\x00") + _field(3, 2, b"ts")
+    span = unknown + _pair(unknown, _field(1, 2, b"k"), value) + others
     wire = _request_with_span(span)
-    assert scanned(wire) == [("k", ("v",))]
+    assert [entry[:2] for entry in scanned(wire)] == [("k", ("v",))]
     [attribute] = ExportTraceServiceRequest.FromString(wire).resource_spans[0].scope_spans[0].spans[0].attributes
     assert (attribute.key, attribute.value.string_value) == ("k", "v")
 
