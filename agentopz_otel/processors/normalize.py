@@ -83,7 +83,8 @@ class Normalizer:
         """One view per span; with the request's protobuf bytes (`Batch.wire`) and the native module
         built, the attributes are read from the bytes, which gives the same views at a fraction of the
         cost (both ways are tested against each other)."""
-        scanned = iter(scan(wire, STRUCTURED) or ()) if scan is not None and wire is not None else None
+        entries = scan(wire, STRUCTURED) if scan is not None and wire is not None else None
+        scanned = iter(entries) if entries is not None else None
         views: list[SpanView] = []
         add, view = views.append, self.view
         for resource_spans in request.resource_spans:
@@ -91,6 +92,8 @@ class Normalizer:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     add(view(span, service, next(scanned, None) if scanned is not None else None))
+        if entries is not None and len(entries) != len(views):
+            return self.views(request)  # bytes that are not the request's: no view is read from them
         return views
 
     def view(self, span: Span, service: str, scanned: Scanned | None = None) -> SpanView:

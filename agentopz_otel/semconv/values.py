@@ -34,6 +34,9 @@ def decoded(value: AnyValue) -> Any:
     """An attribute's value as converters take it: a str, bool, int or float as it is, None when unset,
     and the AnyValue itself when it is an array, a key-value list or bytes (normalize's native read
     gives the same, see processors/normalize_wire.c)."""
+    text = value.string_value  # the common case, with one read: a string that is not empty
+    if text:
+        return text
     which = value.WhichOneof("value")
     if which is None:
         return None

@@ -9,6 +9,7 @@ import random
 import struct
 
 import pytest
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -282,15 +283,19 @@ def test_randomized_spans_of_every_dialect_give_the_same_views_from_the_bytes(se
     assert len(scanned(request)) == 250  # read from the bytes, not left to protobuf
     protobuf_views, wire_views, protobuf_invalid, wire_invalid = both_ways(request)
     assert len(wire_views) == 250
-    differing = [
+    assert differing(protobuf_views, wire_views) == []
+    assert wire_invalid == protobuf_invalid
+    assert sum(wire_invalid.values()) > 0  # the randomized values do reach the invalid counts
+
+
+def differing(protobuf_views: list[dict], wire_views: list[dict]) -> list[tuple]:
+    """(span index, slot, protobuf's value, the bytes' value) wherever the two differ."""
+    return [
         (index, slot, one[slot], other[slot])
         for index, (one, other) in enumerate(zip(protobuf_views, wire_views, strict=True))
         for slot in _SLOTS
         if not _same(one[slot], other[slot])
     ]
-    assert differing == []
-    assert wire_invalid == protobuf_invalid
-    assert sum(wire_invalid.values()) > 0  # the randomized values do reach the invalid counts
 
 
 def _same(one, other) -> bool:
@@ -312,3 +317,44 @@ def test_a_request_the_scan_leaves_alone_is_read_through_protobuf() -> None:
     assert scanned(wire) is None
     [view] = Normalizer(Registry().metric("agentopz_invalid_attributes_total")).views(request, wire)
     assert (view.kind, view.model, view.input_tokens) == ("llm", "gpt-4o", 5)
+
+
+def test_bytes_of_another_request_are_not_read() -> None:
+    """Bytes that are not the request's (another span first): every view is read through protobuf."""
+    rng = random.Random(5)
+    spans = [_random_span(rng, sorted(ATTRIBUTE_TABLE)) for _ in range(3)]
+    request, other = make_request(spans[:2]), make_request(spans[::-1])
+    normalizer = Normalizer(Registry().metric("agentopz_invalid_attributes_total"))
+    protobuf_views = [{slot: getattr(view, slot) for slot in _SLOTS} for view in normalizer.views(request)]
+    mismatched = normalizer.views(request, other.SerializeToString())
+    assert differing(protobuf_views, [{slot: getattr(view, slot) for slot in _SLOTS} for view in mismatched]) == []
+
+
+@needs_native
+def test_randomly_damaged_requests_never_crash_the_scan_and_never_change_a_view() -> None:
+    """Bytes changed at random and truncations: where protobuf still reads the request, the views read
+    from the bytes equal protobuf's (or the scan declined); where protobuf rejects it (the receiver
+    answers 400 before normalize), the scan still returns without a crash."""
+    rng = random.Random(3)
+    wire = make_request([_random_span(rng, sorted(ATTRIBUTE_TABLE)) for _ in range(30)]).SerializeToString()
+    outcomes = {"protobuf rejects": 0, "scan declines": 0, "same views": 0}
+    for _ in range(600):
+        damaged = bytearray(wire)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            damaged = damaged[: rng.randrange(len(damaged) // 2, len(damaged) + 1)]
+        result = scanned(bytes(damaged))
+        try:
+            request = ExportTraceServiceRequest.FromString(bytes(damaged))
+        except DecodeError:
+            outcomes["protobuf rejects"] += 1
+            continue
+        if result is None:
+            outcomes["scan declines"] += 1
+            continue
+        protobuf_views, wire_views, protobuf_invalid, wire_invalid = both_ways(request)
+        assert differing(protobuf_views, wire_views) == []
+        assert wire_invalid == protobuf_invalid
+        outcomes["same views"] += 1
+    assert outcomes == {"protobuf rejects": 524, "scan declines": 0, "same views": 76}  # the seed fixes the damage
