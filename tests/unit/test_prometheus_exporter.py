@@ -87,9 +87,9 @@ def test_after_a_quick_build_every_scrape_is_fresh_at_once():
     ("began", "ended", "next_at"),
     [
         (0.0, 0.0999, 0.0999),  # quicker than slow_build_seconds: at once
-        (0.0, 0.1, 0.5),  # exactly slow: four times 0.1 s after it ended
-        (10.0, 11.0, 15.0),
+        (0.0, 0.1, 0.7),  # exactly slow: six times 0.1 s after it ended
+        (10.0, 11.0, 17.0),
     ],
 )
-def test_the_next_build_waits_four_times_a_slow_build(began, ended, next_at):
+def test_the_next_build_waits_six_times_a_slow_build(began, ended, next_at):
     assert next_build_at(began, ended, SLOW_BUILD_SECONDS, BUILD_PAUSE_FACTOR) == pytest.approx(next_at)
