@@ -11,11 +11,12 @@ factory and the Normalizer that applies the table.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict
 
@@ -43,18 +44,27 @@ from ..semconv.providers import canonical_provider, split_model_prefix
 from ..semconv.values import INVALID, MAX_TOKENS, SKIP, as_text, as_token_count, decoded
 from ..spans import AGENT, EVALUATOR, LLM, OTHER, STATUS_ERROR, TOOL, Batch, SpanView
 
-try:
-    from .normalize_wire import scan
-except ImportError:  # not built (no C compiler) or turned off (AGENTOPZ_PURE_PYTHON): read through protobuf
-    scan = None
+
+def _native_scan() -> Callable[[bytes, object], list[Scanned] | None] | None:
+    """normalize_wire.scan when it is built (not without a C compiler, nor under AGENTOPZ_PURE_PYTHON)
+    and knows every member of this opentelemetry-proto's AnyValue; else None: read through protobuf."""
+    try:
+        from .normalize_wire import ANY_VALUE_FIELDS, scan
+    except ImportError:
+        return None
+    members = {field.number for field in AnyValue.DESCRIPTOR.oneofs_by_name["value"].fields}
+    return scan if members <= set(ANY_VALUE_FIELDS) else None
+
 
 log = logging.getLogger("agentopz_otel.normalize")
-# What the native scan gives for a value protobuf must read (an array, a key-value list, bytes).
+# What the native scan gives for a value protobuf must read (an array, a key-value list, bytes, a
+# string-table index).
 STRUCTURED = object()
 # What the native scan gives per span: the attribute keys joined by _SEPARATOR, their values (see
 # `_decoded_at`), the trace, span and parent span ids, the start and end times, the status code and
 # the number of events.
 Scanned = tuple[str, tuple[Any, ...], bytes, bytes, bytes, int, int, int, int]
+scan = _native_scan()
 
 # Read plans kept, one per order of attribute keys (an instrumentation's span of one kind has one or a
 # few); a shape whose keys are longer than MAX_PLAN_KEY_CHARS together is planned anew each time.
@@ -84,6 +94,12 @@ class Normalizer:
         built, the attributes are read from the bytes, which gives the same views at a fraction of the
         cost (both ways are tested against each other)."""
         entries = scan(wire, STRUCTURED) if scan is not None and wire is not None else None
+        if entries is not None and len(entries) != sum(
+            len(scope_spans.spans)
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+        ):
+            entries = None  # bytes that are not the request's: no view is read from them
         scanned = iter(entries) if entries is not None else None
         views: list[SpanView] = []
         add, view = views.append, self.view
@@ -92,8 +108,6 @@ class Normalizer:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     add(view(span, service, next(scanned, None) if scanned is not None else None))
-        if entries is not None and len(entries) != len(views):
-            return self.views(request)  # bytes that are not the request's: no view is read from them
         return views
 
     def view(self, span: Span, service: str, scanned: Scanned | None = None) -> SpanView:

@@ -21,6 +21,11 @@
 
 enum { VARINT = 0, FIXED64 = 1, LEN = 2, FIXED32 = 5 };
 
+/* AnyValue's oneof members are fields 1 to 8 (8: string_value_strindex). The module exports them as
+   ANY_VALUE_FIELDS: normalize does not use the scan with an opentelemetry-proto whose AnyValue has a
+   member more, which this code would pass over where protobuf reads it. */
+#define ANY_VALUE_LAST_FIELD 8
+
 typedef struct {
     const uint8_t *at;
     const uint8_t *end;
@@ -95,8 +100,8 @@ static PyObject *any_value(Reader reader, Scan *scan) {
         Reader inner;
         uint64_t varint;
         if (read_field(&reader, &number, &wire_type, &inner, &varint) < 0) goto unexpected;
-        if (number < 1 || number > 7) continue; /* unknown to the schema: protobuf ignores it too */
-        if (++members > 1) goto unexpected;     /* a oneof given twice: rare, left to protobuf */
+        if (number < 1 || number > ANY_VALUE_LAST_FIELD) continue; /* unknown: protobuf ignores it too */
+        if (++members > 1) goto unexpected; /* a oneof given twice: rare, left to protobuf */
         if (number == 1 && wire_type == LEN) {
             value = PyUnicode_DecodeUTF8((const char *)inner.at, inner.end - inner.at, NULL);
             if (value == NULL) {
@@ -110,7 +115,8 @@ static PyObject *any_value(Reader reader, Scan *scan) {
             uint64_t bits = fixed64(inner.at);
             memcpy(&number_value, &bits, sizeof number_value);
             value = PyFloat_FromDouble(number_value);
-        } else if (number >= 5 && wire_type == LEN) {
+        } else if ((number >= 5 && number <= 7 && wire_type == LEN) || (number == 8 && wire_type == VARINT)) {
+            /* an array, a key-value list, bytes, or an index into a string table */
             Py_INCREF(scan->structured);
             value = scan->structured;
         } else {
@@ -316,4 +322,18 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "normalize_wire", NULL, 0, methods};
 
-PyMODINIT_FUNC PyInit_normalize_wire(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_normalize_wire(void) {
+    PyObject *created = PyModule_Create(&module);
+    if (created == NULL) return NULL;
+    PyObject *fields = PyTuple_New(ANY_VALUE_LAST_FIELD);
+    for (Py_ssize_t index = 0; fields != NULL && index < ANY_VALUE_LAST_FIELD; index++) {
+        PyObject *number = PyLong_FromSsize_t(index + 1);
+        if (number == NULL) Py_CLEAR(fields); else PyTuple_SET_ITEM(fields, index, number);
+    }
+    if (fields == NULL || PyModule_AddObject(created, "ANY_VALUE_FIELDS", fields) < 0) {
+        Py_XDECREF(fields);
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
+}

@@ -27,22 +27,20 @@ SKIP: Any = object()  # the attribute is there but says nothing about this field
 Converter = Callable[[Any], Any]
 
 
-_STRUCTURED = frozenset({"array_value", "kvlist_value", "bytes_value"})
+_SCALARS = frozenset({"string_value", "bool_value", "int_value", "double_value"})
 
 
 def decoded(value: AnyValue) -> Any:
     """An attribute's value as converters take it: a str, bool, int or float as it is, None when unset,
-    and the AnyValue itself when it is an array, a key-value list or bytes (normalize's native read
-    gives the same, see processors/normalize_wire.c)."""
+    and the AnyValue itself for anything else (an array, a key-value list, bytes, an index into a
+    string table); normalize's native read gives the same (processors/normalize_wire.c)."""
     text = value.string_value  # the common case, with one read: a string that is not empty
     if text:
         return text
     which = value.WhichOneof("value")
     if which is None:
         return None
-    if which in _STRUCTURED:
-        return value
-    return getattr(value, which)
+    return getattr(value, which) if which in _SCALARS else value
 
 
 def _text(value: Any) -> str:

@@ -17,6 +17,7 @@ from support import golden
 from support.otlp_json import trace_request
 from support.otlp_proto import make_request, make_span
 
+from agentopz_otel.compiled import compiled_modules
 from agentopz_otel.components import Context
 from agentopz_otel.metrics import Registry
 from agentopz_otel.processors import normalize
@@ -24,6 +25,19 @@ from agentopz_otel.processors.normalize import STRUCTURED, Normalizer
 from agentopz_otel.receivers.otlp import OtlpReceiver, OtlpReceiverConfig
 from agentopz_otel.semconv.dialects import ATTRIBUTE_TABLE
 from agentopz_otel.semconv.events import FLAG_EVALUATION_EVENT
+from agentopz_otel.semconv.values import (
+    INVALID,
+    SKIP,
+    as_first_text,
+    as_integer,
+    as_number,
+    as_score,
+    as_text,
+    as_token_count,
+    as_usd,
+    decoded,
+    one_of,
+)
 from agentopz_otel.spans import Batch, SpanView
 
 needs_native = pytest.mark.skipif(normalize.scan is None, reason="the native module is not built (pure Python)")
@@ -55,16 +69,17 @@ def test_each_kind_of_value_is_given_as_protobuf_gives_it() -> None:
         KeyValue(key="array", value=AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="a")]))),
         KeyValue(key="list", value=AnyValue(kvlist_value=KeyValueList())),
         KeyValue(key="bytes", value=AnyValue(bytes_value=b"\x00")),
+        KeyValue(key="index", value=AnyValue(string_value_strindex=5)),
         KeyValue(key="unset", value=AnyValue()),
         KeyValue(key="no value"),
         KeyValue(value=AnyValue(string_value="no key")),
     )
     [(shape, values, *_)] = scanned(request)
     keys = ["text", "empty", "yes", "no", "small", "least", "most", "zero", "half", "array", "list", "bytes"]
-    assert shape == "\x00".join([*keys, "unset", "no value", ""])
+    assert shape == "\x00".join([*keys, "index", "unset", "no value", ""])
     assert values == (
         *("héllo", "", True, False, -1, -(2**63), 2**63 - 1, 0, 0.5),
-        *(STRUCTURED, STRUCTURED, STRUCTURED, None, None, "no key"),
+        *(STRUCTURED, STRUCTURED, STRUCTURED, STRUCTURED, None, None, "no key"),
     )
     assert [type(value) for value in values[:9]] == [str, str, bool, bool, int, int, int, int, float]
 
@@ -156,6 +171,11 @@ def _pair(*fields: bytes) -> bytes:
         (_field(15, 2, _field(3, 2, b"")), "a status code with a string's wire type"),
         (_field(15, 2, _field(3, 0, b"\xff" * 9 + b"\x01")), "a negative status code"),
         (_field(11, 0, b"\x01"), "events with a varint's wire type"),
+        (
+            _pair(_field(1, 2, b"a"), _field(2, 2, _field(1, 2, b"x") + _field(8, 0, b"\x05"))),
+            "a string, then an index",
+        ),
+        (_pair(_field(1, 2, b"a"), _field(2, 2, _field(8, 2, b"\x05"))), "an index with a string's wire type"),
     ],
 )
 def test_what_it_does_not_expect_is_left_to_protobuf(span: bytes, why: str) -> None:
@@ -358,3 +378,38 @@ def test_randomly_damaged_requests_never_crash_the_scan_and_never_change_a_view(
         assert wire_invalid == protobuf_invalid
         outcomes["same views"] += 1
     assert outcomes == {"protobuf rejects": 524, "scan declines": 0, "same views": 76}  # the seed fixes the damage
+
+
+def test_the_scan_is_not_used_with_an_any_value_member_it_does_not_know(monkeypatch) -> None:
+    """An opentelemetry-proto whose AnyValue has a member more than the C knows: read through protobuf."""
+    if normalize.scan is None:
+        pytest.skip("the native module is not built (pure Python)")
+    from agentopz_otel.processors import normalize_wire
+
+    assert normalize._native_scan() is normalize_wire.scan
+    monkeypatch.setattr(normalize_wire, "ANY_VALUE_FIELDS", tuple(range(1, 8)))
+    assert normalize._native_scan() is None
+
+
+def test_wherever_the_module_is_built_normalize_uses_it() -> None:
+    """So the tests above never skip for a scan turned off by mistake (under CI the module must be built:
+    tests/unit/test_compiled.py)."""
+    if "agentopz_otel.processors.normalize_wire" in compiled_modules():
+        assert normalize.scan is not None
+
+
+@pytest.mark.parametrize(
+    "value, converted",
+    [
+        (AnyValue(string_value_strindex=5), (INVALID, None, INVALID, INVALID, INVALID, INVALID, INVALID, SKIP)),
+        (AnyValue(int_value=5), (INVALID, 5, 5, 5, 5.0, 5.0, INVALID, SKIP)),
+        (AnyValue(bool_value=True), (INVALID, None, INVALID, INVALID, INVALID, INVALID, INVALID, SKIP)),
+        (AnyValue(string_value="7"), ("7", 7.0, 7, 7, 7.0, 7.0, "7", "x")),
+        (AnyValue(), (SKIP, None, INVALID, INVALID, INVALID, INVALID, INVALID, SKIP)),
+    ],
+)
+def test_a_string_table_index_is_not_a_number(value: AnyValue, converted: tuple) -> None:
+    """(as_text, as_number, as_token_count, as_integer, as_usd, as_score, as_first_text, one_of) of a value
+    as both ways decode it: an index into a string table is no text and no number."""
+    converters = (as_text, as_number, as_token_count, as_integer, as_usd, as_score, as_first_text, one_of({"7": "x"}))
+    assert tuple(convert(decoded(value)) for convert in converters) == converted
