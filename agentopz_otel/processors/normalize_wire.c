@@ -31,6 +31,14 @@ typedef struct {
     const uint8_t *end;
 } Reader;
 
+/* One field as read_field() found it. */
+typedef struct {
+    uint32_t number;
+    int wire_type;
+    Reader contents; /* a LEN or FIXED64 field's bytes */
+    uint64_t varint; /* a VARINT field's value */
+} Field;
+
 typedef struct {
     PyObject *spans;      /* the result list */
     PyObject *structured; /* the marker for values protobuf must read */
@@ -52,26 +60,25 @@ static int read_varint(Reader *reader, uint64_t *value) {
     return -1;
 }
 
-/* The next field's number and wire type; `inner` is a LEN or FIXED64 field's contents, `varint` a
-   VARINT field's value. */
-static int read_field(Reader *reader, uint32_t *number, int *wire_type, Reader *inner, uint64_t *varint) {
+/* The next field of `reader`. */
+static int read_field(Reader *reader, Field *field) {
     uint64_t tag, length;
     if (read_varint(reader, &tag) < 0) return -1;
-    *number = (uint32_t)(tag >> 3);
-    *wire_type = (int)(tag & 7);
-    switch (*wire_type) {
+    field->number = (uint32_t)(tag >> 3);
+    field->wire_type = (int)(tag & 7);
+    switch (field->wire_type) {
     case VARINT:
-        return read_varint(reader, varint);
+        return read_varint(reader, &field->varint);
     case FIXED64:
         if (reader->end - reader->at < 8) return -1;
-        inner->at = reader->at;
-        inner->end = reader->at + 8;
+        field->contents.at = reader->at;
+        field->contents.end = reader->at + 8;
         reader->at += 8;
         return 0;
     case LEN:
         if (read_varint(reader, &length) < 0 || length > (uint64_t)(reader->end - reader->at)) return -1;
-        inner->at = reader->at;
-        inner->end = reader->at + length;
+        field->contents.at = reader->at;
+        field->contents.end = reader->at + length;
         reader->at += length;
         return 0;
     case FIXED32:
@@ -95,27 +102,28 @@ static PyObject *any_value(Reader reader, Scan *scan) {
     PyObject *value = NULL;
     int members = 0;
     while (reader.at < reader.end) {
-        uint32_t number;
-        int wire_type;
-        Reader inner;
-        uint64_t varint;
-        if (read_field(&reader, &number, &wire_type, &inner, &varint) < 0) goto unexpected;
-        if (number < 1 || number > ANY_VALUE_LAST_FIELD) continue; /* unknown: protobuf ignores it too */
+        Field field;
+        if (read_field(&reader, &field) < 0) goto unexpected;
+        if (field.number < 1 || field.number > ANY_VALUE_LAST_FIELD) continue; /* protobuf ignores it too */
         if (++members > 1) goto unexpected; /* a oneof given twice: rare, left to protobuf */
-        if (number == 1 && wire_type == LEN) {
-            value = PyUnicode_DecodeUTF8((const char *)inner.at, inner.end - inner.at, NULL);
+        if (field.number == 1 && field.wire_type == LEN) {
+            Reader text = field.contents;
+            value = PyUnicode_DecodeUTF8((const char *)text.at, text.end - text.at, NULL);
             if (value == NULL) {
-                PyErr_Clear();
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return NULL;
+                PyErr_Clear(); /* not UTF-8: left to protobuf */
                 goto unexpected;
             }
-        } else if ((number == 2 || number == 3) && wire_type == VARINT) {
-            value = number == 2 ? PyBool_FromLong(varint != 0) : PyLong_FromLongLong((long long)(int64_t)varint);
-        } else if (number == 4 && wire_type == FIXED64) {
+        } else if ((field.number == 2 || field.number == 3) && field.wire_type == VARINT) {
+            value = field.number == 2 ? PyBool_FromLong(field.varint != 0)
+                                      : PyLong_FromLongLong((long long)(int64_t)field.varint);
+        } else if (field.number == 4 && field.wire_type == FIXED64) {
             double number_value;
-            uint64_t bits = fixed64(inner.at);
+            uint64_t bits = fixed64(field.contents.at);
             memcpy(&number_value, &bits, sizeof number_value);
             value = PyFloat_FromDouble(number_value);
-        } else if ((number >= 5 && number <= 7 && wire_type == LEN) || (number == 8 && wire_type == VARINT)) {
+        } else if ((field.number >= 5 && field.number <= 7 && field.wire_type == LEN) ||
+                   (field.number == 8 && field.wire_type == VARINT)) {
             /* an array, a key-value list, bytes, or an index into a string table */
             Py_INCREF(scan->structured);
             value = scan->structured;
@@ -154,16 +162,13 @@ static int64_t status_code(Reader reader) {
     int64_t code = 0;
     int given = 0;
     while (reader.at < reader.end) {
-        uint32_t number;
-        int wire_type;
-        Reader inner;
-        uint64_t varint;
-        if (read_field(&reader, &number, &wire_type, &inner, &varint) < 0) return -1;
-        if (number == 3) {
-            if (wire_type != VARINT || given++) return -1;
-            code = (int32_t)varint;
+        Field field;
+        if (read_field(&reader, &field) < 0) return -1;
+        if (field.number == 3) {
+            if (field.wire_type != VARINT || given++) return -1;
+            code = (int32_t)field.varint;
             if (code < 0) return -1;
-        } else if (number == 2 && wire_type != LEN) {
+        } else if (field.number == 2 && field.wire_type != LEN) {
             return -1;
         }
     }
@@ -186,47 +191,44 @@ static int span(Reader reader, Scan *scan) {
     uint64_t start = 0, end = 0;
     int64_t code = 0;
     while (reader.at < reader.end) {
-        uint32_t number;
-        int wire_type;
-        Reader inner;
-        uint64_t varint;
-        if (read_field(&reader, &number, &wire_type, &inner, &varint) < 0) goto done;
-        if (number == 1 || number == 2 || number == 4) {
-            if (wire_type != LEN || seen[number]++) goto done;
-            ids[number] = inner;
+        Field field;
+        if (read_field(&reader, &field) < 0) goto done;
+        if (field.number == 1 || field.number == 2 || field.number == 4) {
+            if (field.wire_type != LEN || seen[field.number]++) goto done;
+            ids[field.number] = field.contents;
             continue;
         }
-        if (number == 7 || number == 8) {
-            if (wire_type != FIXED64 || seen[number]++) goto done;
-            times[number] = inner;
+        if (field.number == 7 || field.number == 8) {
+            if (field.wire_type != FIXED64 || seen[field.number]++) goto done;
+            times[field.number] = field.contents;
             continue;
         }
-        if (number == 11) {
-            if (wire_type != LEN) goto done;
+        if (field.number == 11) {
+            if (field.wire_type != LEN) goto done;
             events++;
             continue;
         }
-        if (number == 15) {
-            if (wire_type != LEN || seen[number]++ || (code = status_code(inner)) < 0) goto done;
+        if (field.number == 15) {
+            if (field.wire_type != LEN || seen[field.number]++) goto done;
+            if ((code = status_code(field.contents)) < 0) goto done;
             continue;
         }
-        if (number != 9) continue;
-        if (wire_type != LEN) goto done;
+        if (field.number != 9) continue;
+        if (field.wire_type != LEN) goto done;
         /* One KeyValue: its key and value, each at most once. */
         Reader key = {NULL, NULL};
         PyObject *value = NULL;
         int keys = 0, given = 0;
-        while (inner.at < inner.end) {
-            uint32_t kv_number;
-            int kv_wire_type;
-            Reader field;
-            if (read_field(&inner, &kv_number, &kv_wire_type, &field, &varint) < 0) goto bad_pair;
-            if (kv_number == 1) {
-                if (kv_wire_type != LEN || keys++) goto bad_pair;
-                key = field;
-            } else if (kv_number == 2) {
-                if (kv_wire_type != LEN || given++) goto bad_pair;
-                value = any_value(field, scan);
+        Reader pair = field.contents;
+        while (pair.at < pair.end) {
+            Field member;
+            if (read_field(&pair, &member) < 0) goto bad_pair;
+            if (member.number == 1) {
+                if (member.wire_type != LEN || keys++) goto bad_pair;
+                key = member.contents;
+            } else if (member.number == 2) {
+                if (member.wire_type != LEN || given++) goto bad_pair;
+                value = any_value(member.contents, scan);
                 if (value == NULL) {
                     if (PyErr_Occurred()) result = -1;
                     goto bad_pair;
@@ -276,18 +278,15 @@ done:
     return result;
 }
 
-/* Walks the repeated message field `field` of each message in `reader`; 0, 1 or -1 as span(). */
-static int nested(Reader reader, Scan *scan, uint32_t field, int depth) {
+/* Walks the repeated message field `wanted` of each message in `reader`; 0, 1 or -1 as span(). */
+static int nested(Reader reader, Scan *scan, uint32_t wanted, int depth) {
     while (reader.at < reader.end) {
-        uint32_t number;
-        int wire_type;
-        Reader inner;
-        uint64_t varint;
-        if (read_field(&reader, &number, &wire_type, &inner, &varint) < 0) return 1;
-        if (number != field) continue;
-        if (wire_type != LEN) return 1;
+        Field field;
+        if (read_field(&reader, &field) < 0) return 1;
+        if (field.number != wanted) continue;
+        if (field.wire_type != LEN) return 1;
         /* ExportTraceServiceRequest.resource_spans = 1, ResourceSpans.scope_spans = 2, ScopeSpans.spans = 2 */
-        int result = depth == 2 ? span(inner, scan) : nested(inner, scan, 2, depth + 1);
+        int result = depth == 2 ? span(field.contents, scan) : nested(field.contents, scan, 2, depth + 1);
         if (result != 0) return result;
     }
     return 0;
