@@ -63,7 +63,7 @@ STRUCTURED = object()
 # What the native scan gives per span: the attribute keys joined by _SEPARATOR, their values (see
 # `_decoded_at`), the trace, span and parent span ids, the start and end times, the status code and
 # the number of events.
-Scanned = tuple[str, tuple[Any, ...], bytes, bytes, bytes, int, int, int, int]
+Scanned = tuple[str, list[Any], bytes, bytes, bytes, int, int, int, int]
 scan = _native_scan()
 
 # Read plans kept, one per order of attribute keys (an instrumentation's span of one kind has one or a
@@ -294,7 +294,7 @@ class Normalizer:
 
 def _decoded_at(span: Span, attributes: list[Any], native: bool, index: int) -> Any:
     """The attribute's value as converters take it: from the span's KeyValues, or as scanned natively
-    (where an array, a key-value list or bytes is left to protobuf)."""
+    (where what is not a str, bool, int or float is left to protobuf: see `decoded`)."""
     value = attributes[index]
     if not native:
         return decoded(value.value)

@@ -4,15 +4,15 @@
    pair and every value; that was about half of normalize's cost. scan() walks the bytes once and
    gives, per span in the order the request lists them, what normalize reads, as a tuple (see
    `Scanned` in normalize.py): the span's attribute keys joined by "\0" (the shape its read plans are
-   kept by); a tuple of the values, each as the Python value protobuf would give (str, bool, int,
+   kept by); a list of the values, each as the Python value protobuf would give (str, bool, int,
    float; None when the value is unset) or the caller's `structured` marker for an array, a key-value
-   list or bytes (read from protobuf then); the trace, span and parent span ids, the start and end
-   times, the status code and the number of events.
+   list, bytes or a string-table index (read from protobuf then); the trace, span and parent span ids,
+   the start and end times, the status code and the number of events.
 
    It runs only on bytes protobuf has already parsed, so it is not a validator: anything it does not
-   expect (a field with another wire type than the schema's, a key or value given twice, a string that
-   is not UTF-8, a length past the end) makes it return None, and normalize reads that request through
-   protobuf as it always could. */
+   expect (a field with another wire type than the schema's, a key, value, id, time or status given
+   twice, a string that is not UTF-8, a length past the end) makes it return None, and normalize reads
+   that request through protobuf as it always could. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -260,7 +260,7 @@ static int span(Reader reader, Scan *scan) {
         start = times[7].at == NULL ? 0 : fixed64(times[7].at);
         end = times[8].at == NULL ? 0 : fixed64(times[8].at);
         PyObject *entry = Py_BuildValue(
-            "(NNy#y#y#KKLn)", shape, PyList_AsTuple(values),
+            "(NOy#y#y#KKLn)", shape, values,
             ids[1].at ? (const char *)ids[1].at : NO_BYTES, (Py_ssize_t)(ids[1].end - ids[1].at),
             ids[2].at ? (const char *)ids[2].at : NO_BYTES, (Py_ssize_t)(ids[2].end - ids[2].at),
             ids[4].at ? (const char *)ids[4].at : NO_BYTES, (Py_ssize_t)(ids[4].end - ids[4].at),
