@@ -4,9 +4,10 @@
    pair and every value; that was about half of normalize's cost. scan() walks the bytes once and
    gives, per span in the order the request lists them, what normalize reads, as a tuple (see
    `Scanned` in normalize.py): the span's attribute keys joined by "\0" (the shape its read plans are
-   kept by); a list of the values, each as the Python value protobuf would give (str, bool, int,
-   float; None when the value is unset) or the caller's `structured` marker for an array, a key-value
-   list, bytes or a string-table index (read from protobuf then); the trace, span and parent span ids,
+   kept by); a list of the values, each as values.decoded gives it (str, bool, int, float; None when
+   the value is unset; a tuple of those for an array of them) or the caller's `structured` marker for
+   any other array, a key-value list, bytes or a string-table index (read from protobuf then); the
+   trace, span and parent span ids,
    the start and end times, the status code and the number of events.
 
    It runs only on bytes protobuf has already parsed, so it is not a validator: anything it does not
@@ -63,6 +64,7 @@ static int read_varint(Reader *reader, uint64_t *value) {
 /* The next field of `reader`. */
 static int read_field(Reader *reader, Field *field) {
     uint64_t tag, length;
+    field->varint = 0; /* set for every wire type, so no path reads it unset */
     if (read_varint(reader, &tag) < 0) return -1;
     field->number = (uint32_t)(tag >> 3);
     field->wire_type = (int)(tag & 7);
@@ -97,8 +99,11 @@ static uint64_t fixed64(const uint8_t *at) {
     return bits;
 }
 
-/* One AnyValue as a new reference; NULL without an exception set when the value is unexpected. */
-static PyObject *any_value(Reader reader, Scan *scan) {
+static PyObject *array_value(Reader reader, Scan *scan);
+
+/* One AnyValue as a new reference; NULL without an exception set when the value is unexpected. An
+   array is read only outside an array (`in_array` 0): one nested in another is left to protobuf. */
+static PyObject *any_value(Reader reader, Scan *scan, int in_array) {
     PyObject *value = NULL;
     int members = 0;
     while (reader.at < reader.end) {
@@ -122,20 +127,56 @@ static PyObject *any_value(Reader reader, Scan *scan) {
             uint64_t bits = fixed64(field.contents.at);
             memcpy(&number_value, &bits, sizeof number_value);
             value = PyFloat_FromDouble(number_value);
+        } else if (field.number == 5 && field.wire_type == LEN && !in_array) {
+            value = array_value(field.contents, scan);
         } else if ((field.number >= 5 && field.number <= 7 && field.wire_type == LEN) ||
                    (field.number == 8 && field.wire_type == VARINT)) {
-            /* an array, a key-value list, bytes, or an index into a string table */
+            /* a nested array, a key-value list, bytes, or an index into a string table */
             Py_INCREF(scan->structured);
             value = scan->structured;
         } else {
             goto unexpected;
         }
-        if (value == NULL) return NULL; /* out of memory: the exception stands */
+        if (value == NULL) return NULL; /* out of memory (the exception stands), or an unexpected array */
     }
     if (value == NULL) Py_RETURN_NONE;
     return value;
 unexpected:
     Py_XDECREF(value);
+    return NULL;
+}
+
+/* Longer arrays are left to protobuf, which reads them only where a field wants them: an embedding
+   vector of 1,536 floats is not made into objects for nothing. */
+#define MAX_ARRAY_ITEMS 8
+
+/* An ArrayValue (values = 1) of at most MAX_ARRAY_ITEMS items as a tuple of them when each is a str,
+   bool, int, float or unset (finish reasons are an array of strings); else the structured marker.
+   NULL as any_value(). */
+static PyObject *array_value(Reader reader, Scan *scan) {
+    PyObject *items = PyList_New(0);
+    if (items == NULL) return NULL;
+    while (reader.at < reader.end) {
+        Field field;
+        if (read_field(&reader, &field) < 0) goto unexpected;
+        if (field.number != 1) continue; /* protobuf ignores it too */
+        if (field.wire_type != LEN) goto unexpected;
+        PyObject *item = PyList_GET_SIZE(items) < MAX_ARRAY_ITEMS ? any_value(field.contents, scan, 1)
+                                                                   : Py_NewRef(scan->structured);
+        if (item == NULL) goto unexpected; /* an exception, if one is set, stands */
+        if (item == scan->structured) {
+            Py_DECREF(items);
+            return item;
+        }
+        int appended = PyList_Append(items, item);
+        Py_DECREF(item);
+        if (appended < 0) goto unexpected;
+    }
+    PyObject *tuple = PyList_AsTuple(items);
+    Py_DECREF(items);
+    return tuple;
+unexpected:
+    Py_DECREF(items);
     return NULL;
 }
 
@@ -228,7 +269,7 @@ static int span(Reader reader, Scan *scan) {
                 key = member.contents;
             } else if (member.number == 2) {
                 if (member.wire_type != LEN || given++) goto bad_pair;
-                value = any_value(member.contents, scan);
+                value = any_value(member.contents, scan, 0);
                 if (value == NULL) {
                     if (PyErr_Occurred()) result = -1;
                     goto bad_pair;

@@ -32,15 +32,18 @@ _SCALARS = frozenset({"string_value", "bool_value", "int_value", "double_value"}
 
 def decoded(value: AnyValue) -> Any:
     """An attribute's value as converters take it: a str, bool, int or float as it is, None when unset,
-    and the AnyValue itself for anything else (an array, a key-value list, bytes, an index into a
-    string table); normalize's native read gives the same (processors/normalize_wire.c)."""
+    an array as a tuple of its items decoded, and the AnyValue itself for anything else (a key-value
+    list, bytes, an index into a string table); normalize's native read gives the same
+    (processors/normalize_wire.c)."""
     text = value.string_value  # the common case, with one read: a string that is not empty
     if text:
         return text
     which = value.WhichOneof("value")
     if which is None:
         return None
-    return getattr(value, which) if which in _SCALARS else value
+    if which in _SCALARS:
+        return getattr(value, which)
+    return tuple(map(decoded, value.array_value.values)) if which == "array_value" else value
 
 
 def _text(value: Any) -> str:
@@ -98,10 +101,10 @@ def as_first_text(value: Any) -> Any:
     """A string, or the first string of an array (finish reasons come as either)."""
     if type(value) is str:
         return value or SKIP
-    if isinstance(value, AnyValue) and value.WhichOneof("value") == "array_value":
-        for item in value.array_value.values:
-            if item.string_value:
-                return item.string_value
+    if type(value) is tuple:
+        for item in value:
+            if type(item) is str and item:
+                return item
         return SKIP
     return INVALID
 
