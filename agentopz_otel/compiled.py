@@ -2,9 +2,10 @@
 
 Python imports an extension module ahead of the source beside it. Two exceptions are made here: with
 AGENTOPZ_PURE_PYTHON set, every module of the package comes from its source; and in a checkout (not a
-site-packages install) an extension older than its source is passed over, so a source edited after the
-last build runs as edited instead of being silently shadowed. A C module (setup.py's NATIVE_MODULES)
-has no Python source: then the import fails, and its caller takes its pure-Python way.
+site-packages install) an extension older than its source (or the .pxd that declares its types) is
+passed over, so a source edited after the last build runs as edited instead of being silently
+shadowed. A C module (setup.py's NATIVE_MODULES) has no Python source: then the import fails, and its
+caller takes its pure-Python way.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ class SourceWhenStale:
         source = extension.with_name(stem + ".py")
         if not (
             self._pure_python
-            or self._stale(extension, source)
-            or self._stale(extension, extension.with_name(stem + ".c"))
+            or any(self._stale(extension, extension.with_name(stem + suffix)) for suffix in (".py", ".pxd", ".c"))
         ):
             return spec
         if source.exists():

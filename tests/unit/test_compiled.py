@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, SourceFileLoader
 from pathlib import Path
 
 import pytest
 from support.build import hot_modules, native_modules
 
+from agentopz_otel import spans
 from agentopz_otel.compiled import PURE_PYTHON_ENV, SourceWhenStale, compiled_modules
 
 
@@ -54,6 +56,24 @@ def test_a_source_edited_after_the_build_is_imported_as_edited(package: Path) ->
 def test_an_installed_package_is_never_stale_whatever_order_its_files_were_unpacked_in(package: Path) -> None:
     times(package, source=1_001, extension=1_000)
     assert loader_of(SourceWhenStale("hot.", False, [package.parent]), package) is ExtensionFileLoader
+
+
+def test_a_pxd_edited_after_the_build_makes_the_extension_stale(package: Path) -> None:
+    """A .pxd declares the compiled types of the module beside it (spans.pxd): edited, the build is old."""
+    times(package, source=1_000, extension=1_000)
+    (package / "walk.pxd").write_text("")
+    os.utime(package / "walk.pxd", (1_000, 1_000))
+    assert loader_of(SourceWhenStale("hot.", False, []), package) is ExtensionFileLoader
+    os.utime(package / "walk.pxd", (1_001, 1_001))
+    assert loader_of(SourceWhenStale("hot.", False, []), package) is SourceFileLoader
+
+
+def test_the_compiled_span_view_declares_exactly_the_fields_of_its_source() -> None:
+    """spans.pxd makes SpanView an extension type; its fields must be SpanView.__slots__, no more, no fewer
+    (a field missing there would fail only where it is set, at run time)."""
+    declared = re.findall(r"cdef public object (\w+)", (Path(spans.__file__).with_name("spans.pxd")).read_text())
+    assert sorted(declared) == sorted(spans.SpanView.__slots__)
+    assert len(declared) == 37
 
 
 def test_pure_python_imports_the_source_even_beside_a_current_extension(package: Path) -> None:
