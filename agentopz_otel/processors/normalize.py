@@ -151,7 +151,7 @@ class Normalizer:
             read(span, attributes, native, plan.after_inference[_inferred_kind(values)], values)
         if has_events:
             _read_events(view, span, values)
-        self._fill(view, span, values, has_events)
+        _fill(view, span, values, has_events)
         error_type = values.get("error_type")
         if (
             error_type is not None
@@ -217,80 +217,81 @@ class Normalizer:
             getattr(attribute.value, which) if which else None,
         )
 
-    @staticmethod
-    def _fill(view: SpanView, span: Span, values: dict[str, Any], has_events: bool) -> None:
-        get = values.get
-        model = view.model = get("model", "")
-        input_tokens = get("input_tokens")
-        output_tokens = get("output_tokens")
-        kind = get("kind")
-        if kind is None:
-            kind = _inferred_kind(values)
-        view.agent = get("agent")
-        if kind == AGENT_NAMED_BY_SPAN:
-            if "graph_node" in values:
-                kind = OTHER  # a node of a framework's graph (LangGraph), not an agent of its own
-            else:
-                kind = AGENT
-                if view.agent is None and span.name:
-                    view.agent = span.name
-                    view.agent_is_span_name = True
-        view.kind = kind
-        if kind == LLM:
-            provider = canonical_provider(get("provider", ""))
-            if "/" in model:
-                provider, model = split_model_prefix(provider, model)
-                view.model = model
-            view.provider = provider
-            cache_read = get("cache_read_tokens")
-            cache_write = get("cache_write_tokens")
-            reasoning = get("reasoning_tokens")
-            # Some providers report cache and reasoning tokens beside the input/output counts rather
-            # than inside them; the canonical view always includes them.
-            if cache_read is not None or cache_write is not None:
-                cached = (cache_read or 0) + (cache_write or 0)
-                if input_tokens is None or input_tokens < cached:
-                    input_tokens = (input_tokens or 0) + cached
-            if reasoning and (output_tokens is None or output_tokens < reasoning):
-                output_tokens = (output_tokens or 0) + reasoning
-            view.input_tokens = input_tokens
-            view.output_tokens = output_tokens
-            view.cache_read_tokens = cache_read
-            view.cache_write_tokens = cache_write
-            view.reasoning_tokens = reasoning
-            view.reported_cost = get("reported_cost")
-            view.finish_reason = get("finish_reason")
-            view.response_id = get("response_id")
-            view.enriched = "enriched" in values
-        elif kind == AGENT:
-            if view.agent is None:
-                view.agent = get("entity_name") or _name_after(span.name, "invoke_agent ")
-        elif kind == TOOL:
-            view.tool = get("tool") or get("entity_name") or _name_after(span.name, "execute_tool ") or span.name
-        if kind in (LLM, AGENT):
-            view.prompt_version = get("prompt_version")
-            system_source = get("system_source")
-            if system_source is None and get("first_role") == "system":
-                if "first_content" in values:
-                    system_source = ("text", values["first_content"])
-                elif "system_part.0" in values:
-                    system_source = ("text", _joined_parts(values, "system_part"))
-            view.system_source = system_source
-            output = get("output")
-            if output is None and "output_part.0" in values:
-                output = ("text", _joined_parts(values, "output_part"))
-            view.output = output
-            view.input = get("input")
-            if view.input is None:
-                if system_source is not None and system_source[0] in ("messages", "vercel_prompt"):
-                    view.input = system_source  # the same messages carry the user's request
-                elif get("first_role") == "user" and "first_content" in values:
-                    view.input = ("text", values["first_content"])
-        if kind == EVALUATOR:
-            _evaluator_span(view, span, values)
-        elif has_events or "annotation.0.name" in values:
-            view.evaluations = span_evaluations(span, values, view.response_id)
 
+
+def _fill(view: SpanView, span: Span, values: dict[str, Any], has_events: bool) -> None:
+    """The view's fields from the values read (compiled, the view's fields are set directly: normalize.pxd)."""
+    get = values.get
+    model = view.model = get("model", "")
+    input_tokens = get("input_tokens")
+    output_tokens = get("output_tokens")
+    kind = get("kind")
+    if kind is None:
+        kind = _inferred_kind(values)
+    view.agent = get("agent")
+    if kind == AGENT_NAMED_BY_SPAN:
+        if "graph_node" in values:
+            kind = OTHER  # a node of a framework's graph (LangGraph), not an agent of its own
+        else:
+            kind = AGENT
+            if view.agent is None and span.name:
+                view.agent = span.name
+                view.agent_is_span_name = True
+    view.kind = kind
+    if kind == LLM:
+        provider = canonical_provider(get("provider", ""))
+        if "/" in model:
+            provider, model = split_model_prefix(provider, model)
+            view.model = model
+        view.provider = provider
+        cache_read = get("cache_read_tokens")
+        cache_write = get("cache_write_tokens")
+        reasoning = get("reasoning_tokens")
+        # Some providers report cache and reasoning tokens beside the input/output counts rather
+        # than inside them; the canonical view always includes them.
+        if cache_read is not None or cache_write is not None:
+            cached = (cache_read or 0) + (cache_write or 0)
+            if input_tokens is None or input_tokens < cached:
+                input_tokens = (input_tokens or 0) + cached
+        if reasoning and (output_tokens is None or output_tokens < reasoning):
+            output_tokens = (output_tokens or 0) + reasoning
+        view.input_tokens = input_tokens
+        view.output_tokens = output_tokens
+        view.cache_read_tokens = cache_read
+        view.cache_write_tokens = cache_write
+        view.reasoning_tokens = reasoning
+        view.reported_cost = get("reported_cost")
+        view.finish_reason = get("finish_reason")
+        view.response_id = get("response_id")
+        view.enriched = "enriched" in values
+    elif kind == AGENT:
+        if view.agent is None:
+            view.agent = get("entity_name") or _name_after(span.name, "invoke_agent ")
+    elif kind == TOOL:
+        view.tool = get("tool") or get("entity_name") or _name_after(span.name, "execute_tool ") or span.name
+    if kind in (LLM, AGENT):
+        view.prompt_version = get("prompt_version")
+        system_source = get("system_source")
+        if system_source is None and get("first_role") == "system":
+            if "first_content" in values:
+                system_source = ("text", values["first_content"])
+            elif "system_part.0" in values:
+                system_source = ("text", _joined_parts(values, "system_part"))
+        view.system_source = system_source
+        output = get("output")
+        if output is None and "output_part.0" in values:
+            output = ("text", _joined_parts(values, "output_part"))
+        view.output = output
+        view.input = get("input")
+        if view.input is None:
+            if system_source is not None and system_source[0] in ("messages", "vercel_prompt"):
+                view.input = system_source  # the same messages carry the user's request
+            elif get("first_role") == "user" and "first_content" in values:
+                view.input = ("text", values["first_content"])
+    if kind == EVALUATOR:
+        _evaluator_span(view, span, values)
+    elif has_events or "annotation.0.name" in values:
+        view.evaluations = span_evaluations(span, values, view.response_id)
 
 def _decoded_at(span: Span, attributes: list[Any], native: bool, index: int) -> Any:
     """The attribute's value as converters take it: from the span's KeyValues, or as scanned natively
