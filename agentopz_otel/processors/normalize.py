@@ -218,7 +218,6 @@ class Normalizer:
         )
 
 
-
 def _fill(view: SpanView, span: Span, values: dict[str, Any], has_events: bool) -> None:
     """The view's fields from the values read (compiled, the view's fields are set directly: normalize.pxd)."""
     get = values.get
@@ -292,6 +291,7 @@ def _fill(view: SpanView, span: Span, values: dict[str, Any], has_events: bool) 
         _evaluator_span(view, span, values)
     elif has_events or "annotation.0.name" in values:
         view.evaluations = span_evaluations(span, values, view.response_id)
+
 
 def _decoded_at(span: Span, attributes: list[Any], native: bool, index: int) -> Any:
     """The attribute's value as converters take it: from the span's KeyValues, or as scanned natively

@@ -49,6 +49,7 @@ from .assembly import (
     HeldRoot,
     Output,
     TraceState,
+    add_span,
     counts_by_name,
     footprint,
     held_calls,
@@ -402,7 +403,7 @@ class Assembler:
             trace.set_node(span_id, group)
         elif view.response_id:
             self._evaluations.remember_response(view.response_id, trace_id)
-        group.add(view)
+        add_span(group, view)
         if self._input_chars and view.input is not None and view.kind == LLM:
             self._keep_input(group, view.input, 1 + view.span.start_time_unix_nano)
         if view.evaluations:

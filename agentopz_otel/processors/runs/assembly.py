@@ -388,53 +388,6 @@ class Group:
             self.prompt_version = version
             self.version_rank = rank
 
-    def add(self, view: SpanView) -> None:
-        # Fields in side records are read and written only when the span has something for them: each
-        # access goes through a descriptor.
-        if view.flag_version is not None:
-            self.offer_version(view.flag_version, FROM_FLAG)
-        if view.targeting_key is not None and self.targeting_key is None:
-            self.targeting_key = view.targeting_key
-        if view.agent and self.agent is None:
-            self.agent = view.agent
-        if not self.service:
-            self.service = view.service
-        if view.kind == LLM:
-            self.llm_calls += 1
-            self.steps += 1
-            if view.cost is not None:
-                self.cost += view.cost
-            elif view.cost_source is not None:
-                self.unpriced_calls += 1
-            self.input_tokens += view.input_tokens or 0
-            self.output_tokens += view.output_tokens or 0
-            if view.cache_read_tokens:
-                self.cache_read_tokens += view.cache_read_tokens
-            if view.cache_write_tokens:
-                self.cache_write_tokens += view.cache_write_tokens
-            if view.reasoning_tokens:
-                self.reasoning_tokens += view.reasoning_tokens
-            if view.status in UPSTREAM_ERROR_STATUSES:
-                self.llm_errors += 1
-                self.last_llm_error = max(self.last_llm_error, view.end_time)
-            elif view.status != STATUS_OK:
-                self.llm_errors += 1
-            if view.model:
-                self.counts = count_run_call(self.counts, False, view.model, view.status != STATUS_OK)
-            self.offer_version(view.prompt_version, view.prompt_version_from)
-            if view.end_time >= self.final_call_end:
-                self.final_call_end = view.end_time
-                self.finish_reason = view.finish_reason
-                if view.output is not None and (self.rare is None or not self.rare.output_from_agent):
-                    self.output = view.output
-        elif view.kind == TOOL:
-            self.tool_calls += 1
-            if view.tool:
-                self.counts = count_run_call(self.counts, True, view.tool, view.status != STATUS_OK)
-            if view.status != STATUS_OK:
-                self.tool_errors += 1
-                self.last_tool_error = max(self.last_tool_error, view.end_time)
-
     def absorb(self, other: Group) -> None:
         """Take over `other`'s accumulators (other is a subtree of this group)."""
         for name in (
@@ -476,6 +429,56 @@ class Group:
         self.last_seen = max(self.last_seen, other.last_seen)
         other.merged_into = self
         other.root = None
+
+
+def add_span(group: Group, view: SpanView) -> None:
+    """Count a span in its group (a function, not a Group method: compiled, it reads the view through
+    SpanView's C struct, assembly.pxd)."""
+    # Fields in side records are read and written only when the span has something for them: each
+    # access goes through a descriptor.
+    if view.flag_version is not None:
+        group.offer_version(view.flag_version, FROM_FLAG)
+    if view.targeting_key is not None and group.targeting_key is None:
+        group.targeting_key = view.targeting_key
+    if view.agent and group.agent is None:
+        group.agent = view.agent
+    if not group.service:
+        group.service = view.service
+    if view.kind == LLM:
+        group.llm_calls += 1
+        group.steps += 1
+        if view.cost is not None:
+            group.cost += view.cost
+        elif view.cost_source is not None:
+            group.unpriced_calls += 1
+        group.input_tokens += view.input_tokens or 0
+        group.output_tokens += view.output_tokens or 0
+        if view.cache_read_tokens:
+            group.cache_read_tokens += view.cache_read_tokens
+        if view.cache_write_tokens:
+            group.cache_write_tokens += view.cache_write_tokens
+        if view.reasoning_tokens:
+            group.reasoning_tokens += view.reasoning_tokens
+        if view.status in UPSTREAM_ERROR_STATUSES:
+            group.llm_errors += 1
+            group.last_llm_error = max(group.last_llm_error, view.end_time)
+        elif view.status != STATUS_OK:
+            group.llm_errors += 1
+        if view.model:
+            group.counts = count_run_call(group.counts, False, view.model, view.status != STATUS_OK)
+        group.offer_version(view.prompt_version, view.prompt_version_from)
+        if view.end_time >= group.final_call_end:
+            group.final_call_end = view.end_time
+            group.finish_reason = view.finish_reason
+            if view.output is not None and (group.rare is None or not group.rare.output_from_agent):
+                group.output = view.output
+    elif view.kind == TOOL:
+        group.tool_calls += 1
+        if view.tool:
+            group.counts = count_run_call(group.counts, True, view.tool, view.status != STATUS_OK)
+        if view.status != STATUS_OK:
+            group.tool_errors += 1
+            group.last_tool_error = max(group.last_tool_error, view.end_time)
 
 
 # Every field of a group by name, as a checkpoint keeps them (side records are how they are held).
