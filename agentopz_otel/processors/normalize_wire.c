@@ -7,8 +7,7 @@
    kept by); a list of the values, each as values.decoded gives it (str, bool, int, float; None when
    the value is unset; a tuple of those for an array of them) or the caller's `structured` marker for
    any other array, a key-value list, bytes or a string-table index (read from protobuf then); the
-   trace, span and parent span ids,
-   the start and end times, the status code and the number of events.
+   trace, span and parent span ids, the start and end times, the status code and the number of events.
 
    It runs only on bytes protobuf has already parsed, so it is not a validator: anything it does not
    expect (a field with another wire type than the schema's, a key, value, id, time or status given
