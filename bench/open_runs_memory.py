@@ -1,9 +1,9 @@
 """Memory held per open run: runs in flight (children arrived, root not yet) kept by the runs processor.
 
-Prints bytes per open run and the total for the requested number of open runs, and what a
-checkpoint of them (runs.checkpoint) costs: its size, the time the event loop spends taking it, and
-the time to restore it. With --finished, the bytes per finished trace of an agent span and a call,
-kept for late spans (runs.late_window_seconds), instead.
+Prints bytes per open run and the total for the requested number of open runs, the pause of a full
+garbage collection with them open, and what a checkpoint of them (runs.checkpoint) costs: its size,
+the time the event loop spends taking it, and the time to restore it. With --finished, the bytes per
+finished trace of an agent span and a call, kept for late spans (runs.late_window_seconds), instead.
     .venv/bin/python bench/open_runs_memory.py --runs 100000 --calls 4 --tools 2
     .venv/bin/python bench/open_runs_memory.py --runs 10000 --finished
 """
@@ -113,9 +113,12 @@ def main() -> None:
     resident_pages = int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[1])
     print(f"process RSS:          {resident_pages * os.sysconf('SC_PAGE_SIZE') / 2**20:,.0f} MiB")
 
-    # The service's collector settings (service.start), so the figures below are the service's.
-    gc.set_threshold(50_000, 50, 100)
-    gc.freeze()
+    # The pause of the service's full collection (garbage.FULL_SECONDS apart) with these runs open; its
+    # automatic collector is off, so the figures below are the service's.
+    started = time.process_time()
+    gc.collect()
+    print(f"full garbage collection: {(time.process_time() - started) * 1000:,.0f} cpu ms")
+    gc.disable()
     with sqlite3.connect(":memory:") as connection:
         checkpoint = RunCheckpoint(connection, "runs")
         state = RunState(runs.assembler.traces, runs.assembler.finished)

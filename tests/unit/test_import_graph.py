@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "content",
                 "exposition",
                 "fleet",
+                "garbage",
                 "httpserver",
                 "metrics",
                 "spans",
