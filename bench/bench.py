@@ -663,6 +663,7 @@ class Outcome:
     peak_rss_kib: int | None = None
     rss_kib: int | None = None
     threads: int | None = None
+    paced_at: float | None = None  # with --rate-fraction: the rate offered, a fraction of the one sustained
 
 
 def service_config(
@@ -724,7 +725,7 @@ class Bench:
         for launched in reversed(self.processes):
             launched.stop(timeout=10)
 
-    def run_load(self, target_port: int, pid: int, metrics_url: str | None) -> dict:
+    def run_load(self, target_port: int, pid: int, metrics_url: str | None, rate: float | None) -> dict:
         command = [
             sys.executable,
             str(Path(__file__).resolve()),
@@ -747,8 +748,8 @@ class Bench:
             "--seed",
             str(self.args.seed),
         ]
-        if self.args.rate:
-            command += ["--rate", str(self.args.rate)]
+        if rate:
+            command += ["--rate", str(rate)]
         if metrics_url:
             command += ["--metrics-url", metrics_url]
         limit = self.args.warmup + self.args.duration + 120
@@ -765,7 +766,7 @@ class Bench:
 
         self.sink_port, self.sink_http_port = self.launch("sink", command, "sink.log", ports=2, timeout=20).ports
 
-    def run_service(self) -> Outcome:
+    def run_service(self, rate: float | None) -> Outcome:
         config = self.workdir / "agentopz.yaml"
         forward = None
         if self.args.forward == "grpc":
@@ -789,7 +790,7 @@ class Bench:
         admin = f"http://{LOOPBACK}:{admin_port}"
         profiler = self.start_profiler(process.pid)
         try:
-            load = self.run_load(grpc_port, process.pid, admin + "/metrics")
+            load = self.run_load(grpc_port, process.pid, admin + "/metrics", rate)
         except Exception:
             print(self.log_tail("agentopz.log"), file=sys.stderr)
             raise
@@ -852,7 +853,7 @@ class Bench:
 
         launched = self.launch("rotel", command, "rotel.log", ports=2, timeout=30)
         process = launched.process
-        load = self.run_load(launched.ports[0], process.pid, None)
+        load = self.run_load(launched.ports[0], process.pid, None, self.args.rate)
         outcome = Outcome(
             "rotel (pass-through)",
             load,
@@ -893,9 +894,16 @@ class Bench:
                     + ")"
                     + suffix
                 )
-                outcome = self.run_service()
+                outcome = self.run_service(args.rate)
                 print_outcome(outcome)
                 outcomes.append(outcome)
+                if args.rate_fraction:
+                    # Latency below saturation, against what the service sustained a minute before.
+                    rate = args.rate_fraction * outcome.load["acked_spans_per_second"]
+                    print(f"\n== the same at {args.rate_fraction:.0%} of that: {rate:,.0f} spans/s offered{suffix}")
+                    paced = replace(self.run_service(rate), paced_at=rate)
+                    print_outcome(paced)
+                    outcomes.append(paced)
             if not args.skip_rotel:
                 print("\n== rotel (otlp receiver -> otlp exporter, no processing)" + suffix)
                 outcome = self.run_rotel()
@@ -959,12 +967,17 @@ def print_summary(outcomes: list[Outcome], args: argparse.Namespace) -> None:
             f"{load['latency_p50_ms']:>8.1f} {load['latency_p99_ms']:>8.1f} "
             f"{_fmt(load.get('cpu_utilization'), '>5.0%')} {_fmt(peak, '>13.1f')} {errors:>7}"
         )
-    services = [o for o in outcomes if o.name.startswith("agentopz")]
+    services = [o for o in outcomes if o.name.startswith("agentopz") and o.paced_at is None]
     references = [o for o in outcomes if o.name.startswith("rotel")]
     pairs = list(zip(services, references, strict=False))  # a failed rotel run has no pair
     print()
     print_ratios("service / rotel throughput ratio", pairs, "acked_spans_per_second")
     print_ratios("service / rotel spans per CPU-second", pairs, "spans_per_cpu_second")
+    paced = [o.load["latency_p99_ms"] for o in outcomes if o.paced_at is not None]
+    if paced:
+        listed = ", ".join(f"{p99:.1f}" for p99 in paced)
+        median = statistics.median(paced)
+        print(f"p99 at {args.rate_fraction:.0%} of the rate sustained just before: median {median:.1f} ms of {listed}")
     if any((reference.load.get("cpu_utilization") or 0) < 0.9 for reference in references):
         print(
             "note: rotel's core was not saturated, so its figure is bounded by the load generator "
@@ -988,6 +1001,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="offer this many spans/s on a fixed schedule (an open loop; latency counts from when each "
         "request was due) instead of as fast as the target answers",
+    )
+    parser.add_argument(
+        "--rate-fraction",
+        type=float,
+        default=None,
+        help="after each service run as fast as it answers, run it again offered this fraction of the rate it "
+        "sustained (e.g. 0.8: p99 below saturation, measured in the same minutes as the rate it is a share of)",
     )
     parser.add_argument(
         "--forward",
@@ -1024,6 +1044,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rate_fraction is not None and (args.rate or not 0 < args.rate_fraction < 1):
+        parser.error("--rate-fraction takes a fraction between 0 and 1, and not with --rate")
     if args.quick:
         args.duration = 5.0
     if args.warmup is None:
