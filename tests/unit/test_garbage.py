@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from collections import deque
 
+from agentopz_otel.config import parse_config
 from agentopz_otel.garbage import FULL, YOUNG, CollectionSchedule, GarbageCollection
+from agentopz_otel.service import Service
 
 
 class Run:
@@ -63,6 +66,34 @@ def test_under_steady_churn_the_young_generation_holds_only_what_one_interval_ma
         assert gc.isenabled()  # given back when the service stops
         # An interval of 0.02 s makes at most 10 steps' runs (2 ms of sleep a step).
         assert young < live // 4
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_the_service_turns_the_automatic_collector_off_while_it_runs_and_back_on_when_it_stops():
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0"}}}},
+        "exporters": {"prometheus": {}},
+        "service": {
+            "admin": {"endpoint": "127.0.0.1:0"},
+            "pipelines": {"traces": {"receivers": ["otlp"], "processors": [], "exporters": ["prometheus"]}},
+        },
+    }
+
+    async def run() -> tuple[bool, bool]:
+        service = Service(parse_config(json.dumps(config)))
+        await service.start()
+        try:
+            return gc.isenabled(), service._garbage._task is not None and not service._garbage._task.done()
+        finally:
+            await service.shutdown()
+
+    try:
+        enabled, collecting = asyncio.run(run())
+        assert not enabled
+        assert collecting
+        assert gc.isenabled()
     finally:
         gc.unfreeze()
         gc.enable()
