@@ -153,18 +153,23 @@ class RunsProcessor:
             await self._checkpoint.save(self._state())
 
     async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self.config.tick_seconds
+        due = loop.time() + tick
         while True:
-            await asyncio.sleep(self.config.tick_seconds)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            began = loop.time()
+            due = began + tick
             try:
-                # Finish runs in slices so a burst of finished runs does not stall the receivers.
-                now = self._clock()
-                quiet = self.assembler.quiet_traces(now)
-                for start in range(0, len(quiet), FINISH_SLICE):
-                    self._route(
-                        self.assembler.finish_quiet(quiet[start : start + FINISH_SLICE], now, self._wall_clock())
-                    )
-                    await asyncio.sleep(0)
-                self._route(self.assembler.expire(now))
+                quiet = self.assembler.quiet_traces(self._clock())
+                slices = range(0, len(quiet), FINISH_SLICE)
+                for number, start in enumerate(slices, 1):
+                    traces = quiet[start : start + FINISH_SLICE]
+                    self._route(self.assembler.finish_quiet(traces, self._clock(), self._wall_clock()))
+                    # The slices are spread over the tick: run back to back, they held every request
+                    # that came meanwhile for the whole burst (each of its awaits waited for a slice).
+                    await asyncio.sleep(max(0.0, began + tick * number / len(slices) - loop.time()))
+                self._route(self.assembler.expire(self._clock()))
             except Exception:
                 log.exception("finishing runs failed; continuing")
 
