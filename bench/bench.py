@@ -6,6 +6,7 @@
     .venv/bin/python bench/bench.py --runs --rounds 3  # the built-in default and rotel, alternated 3 times
     .venv/bin/python bench/bench.py --forward  # the service also forwards enriched spans to the sink
     .venv/bin/python bench/bench.py --forward --persistent-queue  # ... through a queue kept in SQLite
+    .venv/bin/python bench/bench.py --runs --checkpoint 5 --duration 30  # open runs saved every 5 s
 
 Layout on a 2-core machine: the system under test (agentopz-otel, then rotel) runs alone on core 1;
 the load generator and the discard sink run on core 0. The load is a fixed set of pre-serialized
@@ -667,12 +668,22 @@ class Outcome:
 
 
 def service_config(
-    grpc_port: int, http_port: int, admin_port: int, forward: dict | None, runs: bool, storage: Path | None = None
+    grpc_port: int,
+    http_port: int,
+    admin_port: int,
+    forward: dict | None,
+    runs: bool,
+    storage: Path | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> str:
-    """With `storage`, the forwarding exporter's sending queue is kept in a storage extension there."""
+    """With `storage`, a storage extension there keeps the forwarding exporter's sending queue, and with
+    `checkpoint_seconds` also the runs processor's open runs, saved that often."""
     exporters: dict = {"prometheus": {}}
     if forward is not None:
         exporters["otlp/sink"] = {**forward, **({"sending_queue": {"storage": "storage"}} if storage else {})}
+    runs_config = (
+        {"checkpoint": {"storage": "storage", "interval_seconds": checkpoint_seconds}} if checkpoint_seconds else {}
+    )
     config = {
         "receivers": {
             "otlp": {
@@ -682,7 +693,7 @@ def service_config(
                 }
             }
         },
-        "processors": {"normalize": {}, "cost": {}, "prompt_version": {}, **({"runs": {}} if runs else {})},
+        "processors": {"normalize": {}, "cost": {}, "prompt_version": {}, **({"runs": runs_config} if runs else {})},
         "exporters": exporters,
         "extensions": {"storage": {"path": str(storage)}} if storage else {},
         "service": {
@@ -773,13 +784,22 @@ class Bench:
             forward = {"endpoint": f"http://{LOOPBACK}:{self.sink_port}", "protocol": "grpc"}
         elif self.args.forward == "http":
             forward = {"endpoint": f"http://{LOOPBACK}:{self.sink_http_port}/v1/traces", "protocol": "http/protobuf"}
-        storage = self.workdir / "agentopz.sqlite" if self.args.persistent_queue else None
+        storage = self.workdir / "agentopz.sqlite" if self.args.persistent_queue or self.args.checkpoint else None
+        if storage is not None:  # each run starts empty: no queue or open runs left by the one before
+            for leftover in (
+                storage,
+                storage.with_name(storage.name + "-wal"),
+                storage.with_name(storage.name + "-shm"),
+            ):
+                leftover.unlink(missing_ok=True)
         source = str(Path(self.args.source).resolve())
         env = {"PYTHONPATH": os.pathsep.join(filter(None, (source, os.environ.get("PYTHONPATH"))))}
 
         def command(ports: tuple[int, ...]) -> Command:
             grpc_port, http_port, admin_port = ports
-            config.write_text(service_config(grpc_port, http_port, admin_port, forward, self.args.runs, storage))
+            config.write_text(
+                service_config(grpc_port, http_port, admin_port, forward, self.args.runs, storage, self.args.checkpoint)
+            )
             argv = [self.args.python, "-m", "agentopz_otel", "run", "--config", str(config)]
             ready = http_ok(f"http://{LOOPBACK}:{admin_port}/readyz")
             return Command(pinned(TARGET_CORE, argv), ready, env=env, cwd=self.workdir)
@@ -801,7 +821,8 @@ class Bench:
             "agentopz-otel"
             + (" +runs" if self.args.runs else "")
             + (f" +forward/{self.args.forward}" if self.args.forward else "")
-            + (" +persistent queue" if self.args.persistent_queue else ""),
+            + (" +persistent queue" if self.args.persistent_queue else "")
+            + (f" +checkpoint/{self.args.checkpoint:g}s" if self.args.checkpoint else ""),
             load,
             proc_status_kib(process.pid, "VmHWM"),
             proc_status_kib(process.pid, "VmRSS"),
@@ -1024,6 +1045,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--runs", action="store_true", help="also assemble runs (runs processor: outcomes, run metrics, in flight)"
     )
+    parser.add_argument(
+        "--checkpoint",
+        type=float,
+        metavar="SECONDS",
+        help="with --runs: open runs are saved in a storage extension (SQLite) this often, as the built-in "
+        "default does every 30 s (runs.checkpoint)",
+    )
     parser.add_argument("--payloads", type=int, default=32, help="distinct pre-built requests (default 32)")
     parser.add_argument("--spans-per-request", type=int, default=512)
     parser.add_argument("--seed", type=int, default=7)
@@ -1046,6 +1074,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rate_fraction is not None and (args.rate or not 0 < args.rate_fraction < 1):
         parser.error("--rate-fraction takes a fraction between 0 and 1, and not with --rate")
+    if args.checkpoint is not None and (not args.runs or args.checkpoint <= 0):
+        parser.error("--checkpoint takes a positive number of seconds, with --runs")
     if args.quick:
         args.duration = 5.0
     if args.warmup is None:

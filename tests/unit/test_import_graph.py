@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "metrics",
                 "spans",
                 "netaddr",
+                "pacing",
                 "records",
                 "runbooks",
                 "slo",

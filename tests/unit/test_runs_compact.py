@@ -60,7 +60,14 @@ from agentopz_otel.processors.runs.assembly import (
     run_counts,
     tools_of,
 )
-from agentopz_otel.processors.runs.checkpoint import _PLAIN, RunCheckpoint, RunState, pack_trace, unpack_trace
+from agentopz_otel.processors.runs.checkpoint import (
+    _PLAIN,
+    SLICE,
+    RunCheckpoint,
+    RunState,
+    pack_trace,
+    unpack_trace,
+)
 from agentopz_otel.processors.runs.evaluations import PENDING_TRACE_BYTES, UNMATCHED
 from agentopz_otel.processors.runs.logged_content import TRACE_CONTENT_BYTES
 from agentopz_otel.spans import NO_TOKENS, Batch, Call
@@ -435,6 +442,52 @@ def test_the_current_checkpoint_format_round_trips_held_calls(calls):
         state = checkpoint.load()
     loaded = state.traces[trace.trace_id].groups[0]
     assert (None if loaded.calls is None else held_calls(loaded.calls)) == (None if calls is None else list(calls))
+
+
+def test_a_checkpoint_of_several_slices_keeps_every_trace_and_not_the_downtime():
+    """Open traces in three slices, finished ones in two: all come back in order, each as quiet as it
+    was when its slice was packed, not older by the time the service was down."""
+    now = time.monotonic()
+    opened = [TraceState((number + 1).to_bytes(16, "big"), now - number / 1000) for number in range(2 * SLICE + 1)]
+    done = [TraceState((10**6 + number).to_bytes(16, "big"), now - 60) for number in range(SLICE + 1)]
+    for trace in (*opened, *done):
+        new_group(trace, b"", trace.last_seen)
+    state = RunState(
+        OrderedDict((t.trace_id, t) for t in opened), OrderedDict((t.trace_id, (t, now - 30)) for t in done)
+    )
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(asyncio.run(checkpoint.snapshot(state)))
+        time.sleep(0.5)  # down
+        loaded = checkpoint.load()
+        after = time.monotonic()
+    assert loaded is not None
+    assert list(loaded.traces) == [t.trace_id for t in opened]
+    assert list(loaded.finished) == [t.trace_id for t in done]
+    for number, trace in enumerate(loaded.traces.values()):
+        assert number / 1000 <= after - trace.last_seen < number / 1000 + 0.25
+    for trace, finished_at in loaded.finished.values():
+        assert 60 <= after - trace.last_seen < 60.25 and 30 <= after - finished_at < 30.25
+
+
+def test_a_trace_that_finishes_while_the_checkpoint_is_taken_is_left_out_if_its_slice_comes_later():
+    traces = [TraceState((number + 1).to_bytes(16, "big"), 0.0) for number in range(SLICE + 1)]
+    for trace in traces:
+        new_group(trace, b"", 0.0)
+    state = RunState(OrderedDict((t.trace_id, t) for t in traces), OrderedDict())
+    first, last = traces[0].trace_id, traces[-1].trace_id
+
+    async def finish_two_meanwhile(checkpoint: RunCheckpoint) -> bytes:
+        taking = asyncio.create_task(checkpoint.snapshot(state))
+        await asyncio.sleep(0)  # the first slice is packed; the second waits for its turn
+        del state.traces[first], state.traces[last]
+        return await taking
+
+    with sqlite3.connect(":memory:") as connection:
+        checkpoint = RunCheckpoint(connection, "runs")
+        checkpoint.write(asyncio.run(finish_two_meanwhile(checkpoint)))
+        loaded = checkpoint.load()
+    assert loaded is not None and list(loaded.traces) == [t.trace_id for t in traces[:-1]]
 
 
 def open_run(index: int) -> ExportTraceServiceRequest:

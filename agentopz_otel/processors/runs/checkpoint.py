@@ -5,18 +5,27 @@ processor, at shutdown and every `interval_seconds`, and read back at start, so 
 finish in-flight runs early or turn them into `abandoned`.
 
 Each trace is packed into plain values (tuples, lists, bytes, numbers, strings; references between
-groups as indexes, held root spans as their protobuf encoding) on the event loop, a slice of traces
-at a time so intake keeps flowing, and pickled and written on a worker thread. Pickling the objects
+groups as indexes, held root spans as their protobuf encoding), and each slice of packed traces is
+pickled on its own, on the event loop: pickling holds the interpreter lock, so on a worker thread it
+stopped the event loop for the whole checkpoint (about a second at 100,000 open runs), and one pickle
+of everything costs three times as much as pickles of 500 traces (its memo grows with every object).
+A periodic save takes at most a tenth of the event loop's time (pacing.py). Pickling the objects
 themselves costs ten times more. A trace is packed as it is when its slice comes; one that finished
 in the meantime is left out. Group fields are stored by name, so a checkpoint written before a field
 was added still loads (the new field takes its default). Times on the monotonic clock are rebased on
 load, so the downtime does not count as quiet time: a run needs its grace period again after a
 restart, which gives senders time to deliver what they retried.
+
+The row holds pickles one after another: a header (format, the monotonic time after the last slice,
+the group field names, how many slices of open traces follow), then the slices of open traces, then
+those of finished ones (each a list of (trace, when it finished)). Formats before 8 are one pickle of
+(format, time, names, traces, finished).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import math
 import operator
@@ -31,19 +40,21 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from ...pacing import throttled
 from ...records import Evaluation
 from ...spans import LLM, NO_TOKENS, Call
 from .assembly import GROUP_FIELDS, NO_CALLS, Group, HeldCalls, HeldRoot, TraceState, hold_call, new_group, run_counts
 
 log = logging.getLogger("agentopz_otel.runs")
 
-# 7: held calls' token counts as 4-byte ints when they fit (a bit of the row's mask says so; rows of
-# formats 5 and 6 read the same); 6: a group's calls by model and by tool in one tuple (`counts`); 5:
-# held calls as rows of the numbers given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call; 3:
-# groups count calls per model and per tool, may hold the input.
-FORMAT_VERSION = 7
-READABLE_VERSIONS = (3, 4, 5, 6, 7)
-SLICE = 2000  # traces packed between two yields to the event loop
+# 8: a pickle per slice of traces after a header (the module's docstring); 7: held calls' token counts
+# as 4-byte ints when they fit (a bit of the row's mask says so; rows of formats 5 and 6 read the
+# same); 6: a group's calls by model and by tool in one tuple (`counts`); 5: held calls as rows of the
+# numbers given; 4: held calls as 8 doubles (LLM) or 2 (tool) a call; 3: groups count calls per model
+# and per tool, may hold the input.
+FORMAT_VERSION = 8
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8)
+SLICE = 500  # traces packed and pickled in one slice of the event loop's time, about 4 ms
 _SCHEMA = "CREATE TABLE IF NOT EXISTS run_checkpoint (owner TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB)"
 # Group fields that are references, packed apart; every other field is a plain value.
 _REFERENCES = ("trace", "merged_into", "root", "calls", "evaluations")
@@ -193,39 +204,52 @@ class RunCheckpoint:
         if row is None or row[0] is None:
             return None
         try:
-            version, saved_monotonic, names, traces, finished = pickle.loads(row[0])
+            stream = io.BytesIO(row[0])
+            version, *head = pickle.load(stream)
             if version not in READABLE_VERSIONS:
                 raise ValueError(f"format {version}, not {FORMAT_VERSION}")
-            shift = time.monotonic() - saved_monotonic
+            if version < 8:
+                saved_monotonic, names, traces, finished = head
+                open_slices, slices = 1, iter([(saved_monotonic, traces), (saved_monotonic, finished)])
+            else:
+                names, open_slices = head
+                slices = iter(lambda: pickle.load(stream) if stream.tell() < len(row[0]) else None, None)
+            now = time.monotonic()
             state = RunState({}, OrderedDict())
-            for packed in traces:
-                trace = unpack_trace(packed, names, shift, version)
-                state.traces[trace.trace_id] = trace
-            for packed, finished_at in finished:
-                trace = unpack_trace(packed, names, shift, version)
-                state.finished[trace.trace_id] = (trace, finished_at + shift)
+            for number, (packed_at, items) in enumerate(slices):
+                shift = now - packed_at
+                if number < open_slices:
+                    for packed in items:
+                        trace = unpack_trace(packed, names, shift, version)
+                        state.traces[trace.trace_id] = trace
+                else:
+                    for packed, finished_at in items:
+                        trace = unpack_trace(packed, names, shift, version)
+                        state.finished[trace.trace_id] = (trace, finished_at + shift)
         except Exception as error:  # written by another version of the code, or damaged
             log.warning("%s: the run checkpoint cannot be read (%s); starting without it", self._owner, error)
             return None
         return state
 
-    async def snapshot(self, state: RunState) -> bytes:
-        """Pack every trace, a slice at a time, then pickle on a worker thread."""
-        started = time.monotonic()
-        traces = []
-        for start, (trace_id, trace) in enumerate(list(state.traces.items())):
-            if state.traces.get(trace_id) is trace:
-                traces.append(pack_trace(trace))
-            if start % SLICE == SLICE - 1:
-                await asyncio.sleep(0)
-        finished = []
-        for start, (trace_id, entry) in enumerate(list(state.finished.items())):
-            if state.finished.get(trace_id) is entry:
-                finished.append((pack_trace(entry[0]), entry[1]))
-            if start % SLICE == SLICE - 1:
-                await asyncio.sleep(0)
-        document = (FORMAT_VERSION, started, _PLAIN, traces, finished)
-        return await asyncio.to_thread(pickle.dumps, document, pickle.HIGHEST_PROTOCOL)
+    async def snapshot(self, state: RunState, share: float = 1.0) -> bytes:
+        """Pack and pickle every trace a slice at a time, taking at most `share` of the event loop."""
+        open_traces = list(state.traces.items())
+        finished = list(state.finished.items())
+        open_slices = range(0, len(open_traces), SLICE)
+        slices = [(True, start) for start in open_slices] + [(False, start) for start in range(0, len(finished), SLICE)]
+        pickles = [pickle.dumps((FORMAT_VERSION, _PLAIN, len(open_slices)), pickle.HIGHEST_PROTOCOL)]
+        async for is_open, start in throttled(slices, share):
+            if is_open:
+                items = [pack_trace(t) for i, t in open_traces[start : start + SLICE] if state.traces.get(i) is t]
+            else:
+                items = [
+                    (pack_trace(entry[0]), entry[1])
+                    for i, entry in finished[start : start + SLICE]
+                    if state.finished.get(i) is entry
+                ]
+            # Its own time: the downtime counted on load is from when the slice was packed.
+            pickles.append(pickle.dumps((time.monotonic(), items), pickle.HIGHEST_PROTOCOL))
+        return b"".join(pickles)
 
     def write(self, blob: bytes) -> None:
         self._connection.execute(
@@ -234,9 +258,10 @@ class RunCheckpoint:
             (self._owner, time.time(), blob),
         )
 
-    async def save(self, state: RunState) -> None:
+    async def save(self, state: RunState, share: float = 1.0) -> None:
+        """Save `state`, taking at most `share` of the event loop (at shutdown all of it)."""
         try:
-            blob = await self.snapshot(state)
+            blob = await self.snapshot(state, share)
             await asyncio.to_thread(self.write, blob)
         except (sqlite3.Error, pickle.PicklingError) as error:
             log.warning("%s: saving the run checkpoint failed: %s", self._owner, error)
