@@ -2,8 +2,9 @@
 
 Prints bytes per open run and the total for the requested number of open runs, the pause of a full
 garbage collection with them open, and what a checkpoint of them (runs.checkpoint) costs: its size,
-the time the event loop spends taking it, its largest slice, and the time to restore it. With --finished, the bytes per
-finished trace of an agent span and a call, kept for late spans (runs.late_window_seconds), instead.
+the time the event loop spends taking it, the event loop's largest delay meanwhile, and the time to
+restore it. With --finished, the bytes per finished trace of an agent span and a call, kept for late
+spans (runs.late_window_seconds), instead.
     .venv/bin/python bench/open_runs_memory.py --runs 100000 --calls 4 --tools 2
     .venv/bin/python bench/open_runs_memory.py --runs 10000 --finished
 """

@@ -16,10 +16,10 @@ was added still loads (the new field takes its default). Times on the monotonic 
 load, so the downtime does not count as quiet time: a run needs its grace period again after a
 restart, which gives senders time to deliver what they retried.
 
-The row holds pickles one after another: a header (format, the monotonic time after the last slice,
-the group field names, how many slices of open traces follow), then the slices of open traces, then
-those of finished ones (each a list of (trace, when it finished)). Formats before 8 are one pickle of
-(format, time, names, traces, finished).
+The row holds pickles one after another: a header (format, the group field names, how many slices of
+open traces follow), then each slice as (the monotonic time it was packed, its items): the slices of
+open traces, then those of finished ones (items of (trace, when it finished)). Each slice is rebased
+by its own time. Formats before 8 are one pickle of (format, time, names, traces, finished).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ log = logging.getLogger("agentopz_otel.runs")
 
 FINISH_SLICE = 200  # quiet traces finished in one slice (pacing.py), about 3 ms
 # The share of the event loop a periodic checkpoint takes at most: saving 100,000 open runs takes
-# about a second of CPU, spread so over ten.
+# about a second of CPU, so about ten seconds.
 CHECKPOINT_SHARE = 0.1
 # The counters an Output's `counts` may name.
 COUNTED = (
