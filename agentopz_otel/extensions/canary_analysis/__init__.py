@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import sqlite3
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS canary_analysis_history (
 """
 
 VERDICTS = catalogue.enum("analysis_verdict")
+# The guards' tests of significance come from it; it takes a second of CPU to import.
+STATISTICS_LIBRARY = "scipy.stats"
 ACTOR = "canary_analysis"
 ACTOR_KIND = "analysis"
 
@@ -180,6 +184,10 @@ class CanaryAnalysisExtension:
         self._forget_saved(live)
         self._paused_by_analysis &= live
         self.save_history(time.time())
+        if active and STATISTICS_LIBRARY not in sys.modules:
+            # Imported by a guard on the event loop, it would stop intake and scrapes for that second;
+            # on a thread the loop keeps its turns (the interpreter switches threads every few ms).
+            await asyncio.to_thread(importlib.import_module, STATISTICS_LIBRARY)
         for rollout in active:
             config = merged(self.config.defaults, rollout.analysis)
             if not config.enabled:
