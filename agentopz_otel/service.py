@@ -21,6 +21,7 @@ from .config import ComponentConfig, Config
 from .exposition import metrics_handler
 from .garbage import GarbageCollection
 from .httpserver import ConnectionGuard, serve
+from .loop_lag import EventLoopLag
 from .metrics import Registry
 from .spans import Batch, Call
 
@@ -140,6 +141,7 @@ class Service:
         self._ready = False
         self._stopped = asyncio.Event()
         self._garbage = GarbageCollection()
+        self._loop_lag = EventLoopLag(self.metrics)
 
     def _create(self, component: ComponentConfig) -> Any:
         return component.factory.create(component.id, component.config, self.context)
@@ -186,6 +188,7 @@ class Service:
         for rid, receiver in self.receivers.items():
             await receiver.start(self.fanouts[rid])
         self._garbage.start()
+        self._loop_lag.start()
         self._ready = True
         compiled = compiled_modules()
         log.info(
@@ -213,6 +216,7 @@ class Service:
         for extension in reversed(self.context.extensions.values()):
             await extension.shutdown(timeout)
         await self._garbage.stop()
+        await self._loop_lag.stop()
         self._stopped.set()
 
     async def run(self) -> None:

@@ -1436,12 +1436,24 @@ def service_health() -> dict:
             targets((f"sum by (attribute) (rate(agentopz_invalid_attributes_total[{RI}]))", "{{attribute}}")),
             w=8,
         ),
+        timeseries(
+            "Event loop lag",
+            "How late each replica's event loop ran a timer that was due. Intake, scrapes and admin requests wait "
+            "as long behind the work in progress: a p99 in the hundreds of milliseconds means some step holds "
+            "the loop (scrapes then time out and the replica shows as down).",
+            "s",
+            targets(
+                (quantile(0.5, "agentopz_event_loop_lag_seconds", "", by="instance"), "p50 {{instance}}"),
+                (quantile(0.99, "agentopz_event_loop_lag_seconds", "", by="instance"), "p99 {{instance}}"),
+            ),
+            w=24,
+        ),
     ]
     return dashboard(
         "agentopz-health",
         "Agent Opz / Service health",
         "The agentopz service itself: spans received, rejected, forwarded and dropped, exporter queues, open "
-        "runs, evictions and late spans.",
+        "runs, evictions, late spans and event loop lag.",
         ["health"],
         panels,
     )

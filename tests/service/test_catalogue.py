@@ -57,7 +57,7 @@ NAME = re.compile(r"agentopz_[a-z_]+\*?")
 
 def test_the_catalogue_follows_its_schema_and_its_references_resolve():
     assert catalogue.problems() == []
-    assert len(catalogue.metrics()) == 64
+    assert len(catalogue.metrics()) == 65
     assert catalogue.metric("agentopz_runs_total") == catalogue.MetricSpec(
         name="agentopz_runs_total",
         type="counter",

@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "fleet",
                 "garbage",
                 "httpserver",
+                "loop_lag",
                 "metrics",
                 "spans",
                 "netaddr",
