@@ -72,6 +72,7 @@ def test_the_rule_files_hold_the_expected_alerts():
             "AgentopzUnpricedModel",
             "AgentopzLabelOverflow",
             "AgentopzRunsEvicted",
+            "AgentopzEventLoopLagging",
             "AgentSuccessSLOBurn",
             "AgentQualitySLOBurn",
             "AgentLatencySLOBurn",
