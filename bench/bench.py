@@ -81,6 +81,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 NS = 1_000_000_000
 
+# The service's event-loop lag histogram: all probes, and those on time within each bound.
+LOOP_PROBES = "agentopz_event_loop_lag_seconds_count"
+LOOP_PROBES_ON_TIME = {
+    late: f'agentopz_event_loop_lag_seconds_bucket{{le="{bound}"}}'
+    for late, bound in (("50 ms", "0.05"), ("250 ms", "0.25"))
+}
 FINISH_REASONS = (("stop",) * 8) + ("tool_calls", "tool_calls", "length")
 USER_QUESTIONS = (
     "My deployment in eu-west-1 keeps failing with a 502 since this morning, can you check?",
@@ -458,16 +464,18 @@ def proc_status_kib(pid: int, key: str) -> int | None:
 
 
 def scrape(url: str, names: tuple[str, ...]) -> dict[str, float]:
-    """Sum of every sample of each metric in `names` on a Prometheus text page."""
+    """Sum of every sample of each metric in `names` on a Prometheus text page; a name written with its
+    labels (`x_bucket{le="0.05"}`) is that one series."""
     totals = dict.fromkeys(names, 0.0)
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
+        series, value = line.rsplit(" ", 1)
+        for key in {series.split("{", 1)[0], series}:
+            if key in totals:
+                totals[key] += float(value)
     return totals
 
 
@@ -555,7 +563,13 @@ async def drive_load(args: argparse.Namespace) -> dict:
         async def sink_stats() -> dict:
             return json.loads(await sink_call(b"", timeout=10))
 
-    metric_names = ("agentopz_receiver_spans_total", "agentopz_exporter_sent_spans_total", "agentopz_runs_total")
+    metric_names = (
+        "agentopz_receiver_spans_total",
+        "agentopz_exporter_sent_spans_total",
+        "agentopz_runs_total",
+        LOOP_PROBES,
+        *LOOP_PROBES_ON_TIME.values(),
+    )
 
     async def snapshot() -> dict:
         taken = {
@@ -648,6 +662,12 @@ async def drive_load(args: argparse.Namespace) -> dict:
     if "metrics" in start:
         for name in metric_names:
             result[name + "_per_second"] = (end["metrics"][name] - start["metrics"][name]) / window
+        probes = end["metrics"][LOOP_PROBES] - start["metrics"][LOOP_PROBES]
+        if probes:
+            result["loop_probes_late"] = {
+                late: 1 - (end["metrics"][series] - start["metrics"][series]) / probes
+                for late, series in LOOP_PROBES_ON_TIME.items()
+            }
     if "sink" in start:
         result["sink_bytes_per_second"] = (end["sink"]["bytes"] - start["sink"]["bytes"]) / window
         result["sink_requests"] = end["sink"]["requests"] - start["sink"]["requests"]
@@ -953,6 +973,9 @@ def print_outcome(outcome: Outcome) -> None:
     if load.get("sink_bytes_per_second"):
         print(f"  sink received          {load['sink_bytes_per_second'] / 2**20:>12,.1f} MiB/s")
     print(f"  latency p50 / p99      {load['latency_p50_ms']:>9.1f} / {load['latency_p99_ms']:.1f} ms")
+    if "loop_probes_late" in load:
+        shares = ", ".join(f"{share:.2%} over {late}" for late, share in load["loop_probes_late"].items())
+        print(f"  event loop probes late {shares}")
     print(f"  cpu of target core     {_fmt(load.get('cpu_utilization'), '>12.0%')}")
     print(f"  spans per CPU-second   {_fmt(load.get('spans_per_cpu_second'), '>12,.0f')}  (target, all threads)")
     print(f"  cpu of load generator  {_fmt(load.get('load_cpu_utilization'), '>12.0%')}")
