@@ -1,6 +1,8 @@
 """How late the event loop runs what is due: one loop serves intake, scrapes, admin requests and every
 background job, so a step that holds it (a long computation, an import, a collection) delays them all.
-A timer is probed every `PROBE_SECONDS`; a hold of that length or more is always seen in full."""
+A timer is probed every `PROBE_SECONDS`: a hold longer than that always shows, as one probe late by the
+hold less the time its timer still had to wait (up to a probe interval); a shorter one shows when a
+timer falls due during it."""
 
 from __future__ import annotations
 

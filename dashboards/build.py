@@ -1440,7 +1440,7 @@ def service_health() -> dict:
             "Event loop lag",
             "How late each replica's event loop ran a timer that was due. Intake, scrapes and admin requests wait "
             "as long behind the work in progress: a p99 in the hundreds of milliseconds means some step holds "
-            "the loop (scrapes then time out and the replica shows as down).",
+            "the loop; past the scrape timeout, scrapes fail and the replica shows as down.",
             "s",
             targets(
                 (quantile(0.5, "agentopz_event_loop_lag_seconds", "", by="instance"), "p50 {{instance}}"),

@@ -32,7 +32,8 @@ class ImportWatch(importlib.abc.MetaPathFinder):
 
 
 def test_the_first_look_at_a_rollout_imports_the_statistics_library_on_a_thread(tmp_path, monkeypatch) -> None:
-    # As in a service that just started: the library not imported yet (other tests here have imported it).
+    # The library not imported yet, as in a service that just started (other tests here imported it; its
+    # submodules stay loaded, so the import is quick: what is checked is the thread it runs on).
     monkeypatch.delitem(sys.modules, STATISTICS_LIBRARY)
     monkeypatch.setattr(scipy, "stats", scipy.stats)  # the import rebinds it: put the original back after
     watch = ImportWatch()
@@ -52,9 +53,12 @@ def test_the_first_look_at_a_rollout_imports_the_statistics_library_on_a_thread(
         analysis._on_finished(
             [SimpleNamespace(agent="bot", prompt_version="v1", outcome=o, started_at=before) for o in outcomes]
         )
-        rollouts.define_agent("bot", {"v1": None, "v2": None}, "v1", actor="alice")
+        for agent in ("bot", "unwatched"):
+            rollouts.define_agent(agent, {"v1": None, "v2": None}, "v1", actor="alice")
         await analysis.look()
-        idle = list(watch.on_the_loop)  # no rollout yet: nothing to import for
+        rollouts.start_rollout("unwatched", "v2", [5, 50, 100], actor="alice", analysis={"enabled": False})
+        await analysis.look()
+        idle = list(watch.on_the_loop)  # no rollout it analyses yet: nothing to import for
         rollouts.start_rollout("bot", "v2", [5, 50, 100], actor="alice")
         await analysis.look()
         history_runs = analysis._analyses[rollouts.rollout("bot").id].history_runs

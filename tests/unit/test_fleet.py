@@ -4,15 +4,13 @@ exact."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import statistics
-import sys
 
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
-from support import ROOT
+from support import bench_script
 
 from agentopz_otel import fleet
 from agentopz_otel.records import BUDGET_EXCEEDED
@@ -227,17 +225,8 @@ def test_conversations_are_sticky_per_agent_and_seeded():
     assert len(turns) / len(starts) == pytest.approx(6.0, abs=0.6)
 
 
-def _bench():
-    """bench/bench.py, a script rather than a package module, loaded from its file."""
-    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "bench" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_runs_take_the_fleets_latencies_and_a_failed_chat_ends_the_run():
-    factory = _bench().TraceFactory(random.Random(7))
+    factory = bench_script().TraceFactory(random.Random(7))
     traces = [factory.trace(agent) for _ in range(300) for agent in fleet.AGENTS]
     failed = [spans for spans in traces if spans[0].error is not None]
     assert len(failed) > 20

@@ -175,6 +175,13 @@ class CanaryAnalysisExtension:
     async def look(self) -> None:
         """One look at every active rollout (the loop calls this every interval)."""
         assert self._rollouts is not None
+        if STATISTICS_LIBRARY not in sys.modules and any(
+            merged(self.config.defaults, rollout.analysis).enabled for rollout in self._rollouts.active()
+        ):
+            # Imported by a guard on the event loop, it would stop intake and scrapes for that second;
+            # on a thread the loop keeps its turns (the interpreter switches threads every few ms). Done
+            # before the rollouts are read: one may be stopped or started meanwhile.
+            await asyncio.to_thread(importlib.import_module, STATISTICS_LIBRARY)
         active = self._rollouts.active()
         self.source.forget_except(active)
         self._local.forget_except(active)
@@ -184,10 +191,6 @@ class CanaryAnalysisExtension:
         self._forget_saved(live)
         self._paused_by_analysis &= live
         self.save_history(time.time())
-        if active and STATISTICS_LIBRARY not in sys.modules:
-            # Imported by a guard on the event loop, it would stop intake and scrapes for that second;
-            # on a thread the loop keeps its turns (the interpreter switches threads every few ms).
-            await asyncio.to_thread(importlib.import_module, STATISTICS_LIBRARY)
         for rollout in active:
             config = merged(self.config.defaults, rollout.analysis)
             if not config.enabled:

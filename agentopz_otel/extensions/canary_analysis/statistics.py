@@ -575,7 +575,8 @@ def rank_test(
             return state
         evidence = {"candidate_runs": len(candidate), "baseline_runs": len(baseline), "min_runs": min_runs}
         return RankLooks(0, GuardResult(guard, INCONCLUSIVE, 0.0, math.log(1 / look_alpha(1, alpha)), evidence))
-    # scipy.stats takes a second of CPU to import: only when a rank test first runs, not at service start.
+    # scipy.stats takes a second of CPU to import: not at service start (the extension imports it on a
+    # thread before its first look at a rollout).
     from scipy.stats import mannwhitneyu
 
     look = state.looks + 1
